@@ -1,0 +1,67 @@
+// Package testenv gives tests what they need from the host: root, devices,
+// programs, and a private network namespace per test. Outside CI a missing
+// prerequisite skips the test; under CI (CI=true) it fails it.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/vmnet/vmnet/netns"
+)
+
+// CI reports whether the tests run under CI, where nothing may be skipped.
+func CI() bool { return os.Getenv("CI") == "true" }
+
+// Missing skips t outside CI and fails it under CI.
+func Missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if CI() {
+		t.Fatalf("prerequisite missing under CI: "+format, args...)
+	}
+	t.Skipf("prerequisite missing: "+format, args...)
+}
+
+// RequireRoot needs CAP_NET_ADMIN (root) and /dev/net/tun.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Missing(t, "needs root (CAP_NET_ADMIN)")
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		Missing(t, "/dev/net/tun: %v", err)
+	}
+}
+
+// RequireProgram needs an executable on PATH and returns its path.
+func RequireProgram(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		Missing(t, "program %s not on PATH (apt-get install it)", name)
+	}
+	return p
+}
+
+// NetNS returns a fresh private network namespace that is released when
+// the test ends. Run code in it with netns.Do, or open netlink handles in
+// it with netlink.NewHandleAt.
+func NetNS(t testing.TB) netns.Handle {
+	t.Helper()
+	RequireRoot(t)
+	h, err := netns.New()
+	if err != nil {
+		t.Fatalf("new network namespace: %v", err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// Do runs fn inside ns on a locked thread and fails the test on error.
+func Do(t testing.TB, ns netns.Handle, fn func() error) {
+	t.Helper()
+	if err := netns.Do(ns, fn); err != nil {
+		t.Fatal(err)
+	}
+}

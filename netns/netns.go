@@ -1,0 +1,104 @@
+// Package netns runs code inside a Linux network namespace.
+//
+// Taps are created in the namespace of the calling OS thread, and netlink
+// sockets keep the namespace they were opened in; these helpers pin the
+// goroutine to a thread, switch it, and always switch it back.
+package netns
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	vns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Handle is an open reference to a network namespace.
+type Handle = vns.NsHandle
+
+// Current returns a handle to the calling thread's namespace.
+func Current() (Handle, error) { return vns.Get() }
+
+// Open returns a handle to the namespace named by `ip netns` (under
+// /run/netns) or by an absolute path such as /proc/PID/ns/net.
+func Open(name string) (Handle, error) {
+	path := name
+	if !filepath.IsAbs(name) {
+		path = filepath.Join("/run/netns", name)
+	}
+	h, err := vns.GetFromPath(path)
+	if err != nil {
+		return vns.None(), fmt.Errorf("netns %s: %w (create it with `ip netns add %s`)", name, err, name)
+	}
+	return h, nil
+}
+
+// New creates a fresh, unnamed network namespace and returns a handle to
+// it without moving the caller into it. The namespace lives as long as a
+// handle (or an interface or process inside it) keeps it alive.
+func New() (Handle, error) {
+	var h Handle
+	err := withThread(func(orig Handle) error {
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("netns: unshare: %w", err)
+		}
+		var err error
+		h, err = vns.Get()
+		return err
+	})
+	return h, err
+}
+
+// Do runs fn with the calling goroutine locked to a thread inside ns.
+// Goroutines that fn starts do not inherit the namespace.
+func Do(ns Handle, fn func() error) error {
+	return withThread(func(orig Handle) error {
+		if err := vns.Set(ns); err != nil {
+			return fmt.Errorf("netns: setns: %w", err)
+		}
+		return fn()
+	})
+}
+
+// DoNamed runs fn inside the namespace with the given name or path.
+func DoNamed(name string, fn func() error) error {
+	h, err := Open(name)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return Do(h, fn)
+}
+
+// DoPrivate runs fn inside a fresh namespace that disappears when fn
+// returns and nothing else holds it.
+func DoPrivate(fn func() error) error {
+	return withThread(func(orig Handle) error {
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("netns: unshare: %w", err)
+		}
+		return fn()
+	})
+}
+
+// withThread locks the goroutine to its thread, remembers the thread's
+// namespace and restores it after fn. If it cannot be restored the thread
+// stays locked, so the runtime discards it instead of reusing it.
+func withThread(fn func(orig Handle) error) error {
+	runtime.LockOSThread()
+	orig, err := vns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("netns: current namespace: %w", err)
+	}
+	defer orig.Close()
+	ferr := fn(orig)
+	if err := vns.Set(orig); err != nil {
+		fmt.Fprintf(os.Stderr, "netns: cannot restore namespace, discarding thread: %v\n", err)
+		return ferr
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
