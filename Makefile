@@ -1,0 +1,40 @@
+# vmnet: the two commands a new user needs are `make demo` and `make test`.
+GO ?= go
+FUZZTIME ?= 10s
+PKGS := ./...
+
+.PHONY: all build deps test vet fuzz bench demo image clean
+
+all: build
+
+build:
+	$(GO) build -o vmnet ./cmd/vmnet
+
+deps:
+	./scripts/install-deps.sh
+
+vet:
+	$(GO) vet $(PKGS)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+
+# Every test, as root: unit, kernel (private namespaces), guests and fuzz.
+test: deps vet build
+	./scripts/gotest.sh -timeout 45m $(PKGS)
+	$(MAKE) fuzz
+
+# Short fuzz runs over every target; the seed corpora also run in `go test`.
+fuzz:
+	./scripts/fuzz.sh $(FUZZTIME)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+# The main job: a demo that boots, talks and tears down.
+demo: deps build
+	./scripts/demo.sh
+
+image: deps
+	$(GO) run ./images/cmd/vmnet-image
+
+clean:
+	rm -f vmnet

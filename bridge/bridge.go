@@ -1,0 +1,366 @@
+// Package bridge creates, configures, describes and deletes Linux bridges
+// and their ports in one network namespace, tagging what it creates with
+// its owner so that vmnet never deletes a bridge it did not make.
+package bridge
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	vns "github.com/vishvananda/netns"
+	"github.com/vmnet/vmnet/netns"
+	"github.com/vmnet/vmnet/owner"
+	"golang.org/x/sys/unix"
+)
+
+// Group forwarding masks. Bit n of a mask forwards frames sent to the
+// link-local group address 01:80:C2:00:00:0n, which a bridge otherwise
+// consumes (IEEE 802.1D reserved addresses).
+const (
+	// TransparentMask is the widest bridge-wide group_fwd_mask the kernel
+	// accepts. It forwards 802.1X PAE (03), LLDP (0E) and the other
+	// reserved addresses 03-0F. The kernel refuses bits 0-2 (BR_GROUPFWD_RESTRICTED: STP, MAC PAUSE,
+	// LACP) on the bridge with EINVAL. STP BPDUs (00) are forwarded anyway
+	// while STP is off; LACP (02) needs PortTransparentMask on the ports.
+	TransparentMask uint16 = 0xFFF8
+	// PortTransparentMask is the widest per-port group_fwd_mask the kernel
+	// accepts: it refuses only bit 1 (MAC PAUSE, never forwarded). Set on
+	// the ingress port, it forwards LACP (02) and STP BPDUs (00) even when
+	// the bridge runs STP, which the bridge-wide mask cannot express.
+	PortTransparentMask uint16 = 0xFFFD
+
+	restrictedMask     uint16 = 0x0007
+	portRestrictedMask uint16 = 0x0002
+)
+
+// MTU limits of a Linux bridge (ETH_MIN_MTU, ETH_MAX_MTU), and the
+// smallest MTU on which the kernel keeps IPv6 (IPV6_MIN_MTU).
+const (
+	MinMTU     = 68
+	MaxMTU     = 65535
+	MinIPv6MTU = 1280
+)
+
+// ErrNotFound is wrapped by errors about a bridge or port that does not
+// exist.
+var ErrNotFound = errors.New("no such interface")
+
+// FeatureError reports a bridge feature that the running kernel was built
+// without. It matches unix.EOPNOTSUPP with errors.Is, which is what the
+// kernel answers.
+type FeatureError struct {
+	Feature string // what vmnet wanted, e.g. "VLAN filtering"
+	Config  string // the kernel option, e.g. "CONFIG_BRIDGE_VLAN_FILTERING"
+}
+
+func (e *FeatureError) Error() string {
+	return "this kernel lacks " + e.Config + " (EOPNOTSUPP); boot a kernel built with it " +
+		"(Debian's linux-image-amd64 has it) or drop the " + e.Feature + " settings"
+}
+
+// Is makes errors.Is(err, unix.EOPNOTSUPP) true.
+func (e *FeatureError) Is(target error) bool { return target == unix.EOPNOTSUPP }
+
+// The kernel features vmnet detects.
+var (
+	ErrNoVLANFiltering     = &FeatureError{Feature: "VLAN", Config: "CONFIG_BRIDGE_VLAN_FILTERING"}
+	ErrNoMulticastSnooping = &FeatureError{Feature: "multicast snooping", Config: "CONFIG_BRIDGE_IGMP_SNOOPING"}
+)
+
+// Config is the desired state of a bridge.
+//
+// On a bridge this owner holds (created by Ensure, or tagged with Owner)
+// every field is applied, so a zero field restores the kernel default. On
+// a bridge vmnet reuses (not tagged, or tagged by another owner) only
+// non-zero fields are applied and the bridge is never tagged.
+type Config struct {
+	Name      string
+	MTU       int            // 0 leaves the MTU alone (1500 on a new bridge)
+	Addresses []netip.Prefix // added if missing; other addresses are left alone
+	// VLANFiltering turns on 802.1Q filtering; DefaultPVID (1-4094, 0 for
+	// the kernel's default of 1) is the VLAN untagged frames of ports
+	// without their own PVID belong to.
+	VLANFiltering bool
+	DefaultPVID   uint16
+	STP           bool
+	// GroupFwdMask forwards link-local group frames; see TransparentMask.
+	GroupFwdMask      uint16
+	MulticastSnooping *bool  // nil leaves the kernel default (on)
+	Owner             string // "" means owner.Default
+}
+
+// Manager works on the bridges of one network namespace. It is safe for
+// use by one goroutine at a time from any thread.
+type Manager struct {
+	h     *netlink.Handle
+	socks map[int]*nl.SocketHandle
+}
+
+// New returns a Manager for the network namespace ns. A closed handle
+// (vishvananda/netns.None()) means
+// the namespace of the calling thread. The namespace is taken explicitly
+// because the kernel binds netlink sockets to the namespace they are
+// opened in, while Go moves goroutines between threads.
+func New(ns netns.Handle) (*Manager, error) {
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("bridge: netlink handle in namespace %v: %w", ns, err)
+	}
+	s, err := nl.GetNetlinkSocketAt(ns, vns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("bridge: netlink socket in namespace %v: %w", ns, err)
+	}
+	_ = s.SetExtAck(true) // only adds the kernel's own words to errors
+	return &Manager{h: h, socks: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}}, nil
+}
+
+// Handle is the netlink handle the Manager uses, bound to its namespace.
+func (m *Manager) Handle() *netlink.Handle { return m.h }
+
+// Close releases the Manager's netlink sockets.
+func (m *Manager) Close() {
+	m.h.Close()
+	for _, s := range m.socks {
+		s.Close()
+	}
+}
+
+// Ensure makes the bridge cfg.Name exist and match cfg, creating and
+// tagging it if there is no interface of that name. It reports whether it
+// created the bridge. If it created the bridge and then fails, it deletes
+// it again.
+func (m *Manager) Ensure(cfg Config) (created bool, err error) {
+	if err := cfg.validate(); err != nil {
+		return false, err
+	}
+	own := ownerOr(cfg.Owner)
+	link, err := m.h.LinkByName(cfg.Name)
+	switch {
+	case err == nil:
+		if !isBridge(link) {
+			return false, fmt.Errorf("bridge %s: an interface of that name exists and is a %s, not a bridge; "+
+				"choose another bridge name or remove that interface", cfg.Name, link.Type())
+		}
+	case isNotFound(err):
+		link, err = m.create(cfg.Name, own)
+		if err != nil {
+			return false, err
+		}
+		created = true
+		defer func() {
+			if err != nil {
+				_ = m.h.LinkDel(link)
+			}
+		}()
+	default:
+		return false, fmt.Errorf("bridge %s: look up: %w", cfg.Name, err)
+	}
+	tag, _ := owner.Of(link)
+	full := created || tag == own
+	if err := m.apply(link, cfg, full); err != nil {
+		return created, err
+	}
+	return created, nil
+}
+
+func (m *Manager) create(name, own string) (netlink.Link, error) {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = name
+	if err := m.h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("bridge %s: create: someone else created an interface of that name meanwhile; retry", name)
+		}
+		return nil, fmt.Errorf("bridge %s: create: %w", name, err)
+	}
+	link, err := m.h.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("bridge %s: look up after creating it: %w", name, err)
+	}
+	if err := owner.Set(m.h, link, own); err != nil {
+		_ = m.h.LinkDel(link)
+		return nil, fmt.Errorf("bridge %w", err)
+	}
+	link.Attrs().Alias = owner.Alias(own)
+	return link, nil
+}
+
+// apply moves an existing bridge to cfg. With full false it applies only
+// the non-zero fields of cfg.
+func (m *Manager) apply(link netlink.Link, cfg Config, full bool) error {
+	a := link.Attrs()
+	o, err := m.linkOpts(a.Index)
+	if err != nil {
+		return fmt.Errorf("bridge %s: read options: %w", a.Name, err)
+	}
+
+	if cfg.VLANFiltering || cfg.DefaultPVID != 0 {
+		// The kernel reports the default PVID only when built with VLAN
+		// filtering, and silently ignores it otherwise.
+		if o.defaultPVID == nil || o.vlanFiltering == nil {
+			return fmt.Errorf("bridge %s: VLAN filtering: %w", a.Name, ErrNoVLANFiltering)
+		}
+	}
+	if (full || cfg.VLANFiltering) && o.vlanFiltering != nil && *o.vlanFiltering != cfg.VLANFiltering {
+		if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_VLAN_FILTERING, boolAttr(cfg.VLANFiltering)); err != nil {
+			return vlanErr(a.Name, fmt.Sprintf("set vlan_filtering %d", b2i(cfg.VLANFiltering)), err)
+		}
+	}
+	if cfg.DefaultPVID != 0 && *o.defaultPVID != cfg.DefaultPVID {
+		if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_VLAN_DEFAULT_PVID, nl.Uint16Attr(cfg.DefaultPVID)); err != nil {
+			return vlanErr(a.Name, fmt.Sprintf("set default_pvid %d", cfg.DefaultPVID), err)
+		}
+	}
+	if (full || cfg.STP) && (o.stp != 0) != cfg.STP {
+		if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_STP_STATE, nl.Uint32Attr(uint32(b2i(cfg.STP)))); err != nil {
+			return fmt.Errorf("bridge %s: set stp_state %d: %w", a.Name, b2i(cfg.STP), err)
+		}
+	}
+	if (full || cfg.GroupFwdMask != 0) && o.groupFwdMask != cfg.GroupFwdMask {
+		if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_GROUP_FWD_MASK, nl.Uint16Attr(cfg.GroupFwdMask)); err != nil {
+			return fmt.Errorf("bridge %s: set group_fwd_mask %#04x: %w", a.Name, cfg.GroupFwdMask, err)
+		}
+	}
+	if want := cfg.MulticastSnooping; want != nil {
+		if o.mcastSnooping == nil {
+			return fmt.Errorf("bridge %s: multicast snooping: %w", a.Name, ErrNoMulticastSnooping)
+		}
+		if *o.mcastSnooping != *want {
+			if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_MCAST_SNOOPING, boolAttr(*want)); err != nil {
+				return fmt.Errorf("bridge %s: set mcast_snooping %d: %w", a.Name, b2i(*want), err)
+			}
+		}
+	}
+	// Through ndo_change_mtu, so that the kernel marks the MTU as chosen
+	// by the user and stops lowering it to the smallest port's.
+	if cfg.MTU != 0 && a.MTU != cfg.MTU {
+		if err := m.h.LinkSetMTU(link, cfg.MTU); err != nil {
+			return fmt.Errorf("bridge %s: set MTU %d: %w", a.Name, cfg.MTU, err)
+		}
+	}
+	if a.Flags&net.FlagUp == 0 {
+		if err := m.h.LinkSetUp(link); err != nil {
+			return fmt.Errorf("bridge %s: bring up: %w", a.Name, err)
+		}
+	}
+	for _, p := range cfg.Addresses {
+		if err := m.addAddress(link, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Delete deletes the bridge name if it is tagged as own's (owner.Default
+// if own is empty), or regardless of its tag if force is set. It never
+// deletes an interface that is not a bridge.
+func (m *Manager) Delete(name, own string, force bool) error {
+	if err := checkName("bridge", name); err != nil {
+		return err
+	}
+	link, err := m.bridge(name)
+	if err != nil {
+		return err
+	}
+	if !force {
+		if err := owner.Check(link, ownerOr(own)); err != nil {
+			return fmt.Errorf("bridge %w", err)
+		}
+	}
+	if err := m.h.LinkDel(link); err != nil {
+		return fmt.Errorf("bridge %s: delete: %w", name, err)
+	}
+	return nil
+}
+
+// AddAddress adds p (a host address with its prefix length, such as
+// 10.0.0.1/24) to the bridge name. Adding an address that is there is not
+// an error.
+func (m *Manager) AddAddress(name string, p netip.Prefix) error {
+	if err := checkAddress(name, p); err != nil {
+		return err
+	}
+	link, err := m.bridge(name)
+	if err != nil {
+		return err
+	}
+	return m.addAddress(link, p)
+}
+
+// RemoveAddress removes p from the bridge name. Removing an address that
+// is not there is not an error.
+func (m *Manager) RemoveAddress(name string, p netip.Prefix) error {
+	if err := checkAddress(name, p); err != nil {
+		return err
+	}
+	link, err := m.bridge(name)
+	if err != nil {
+		return err
+	}
+	if err := m.h.AddrDel(link, toAddr(p)); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		return fmt.Errorf("bridge %s: remove address %s: %w", name, p, err)
+	}
+	return nil
+}
+
+func (m *Manager) addAddress(link netlink.Link, p netip.Prefix) error {
+	name := link.Attrs().Name
+	if err := m.h.AddrAdd(link, toAddr(p)); err != nil && !errors.Is(err, unix.EEXIST) {
+		if p.Addr().Is6() && errors.Is(err, unix.EACCES) {
+			return fmt.Errorf("bridge %s: add address %s: IPv6 is disabled on %s (MTU below %d or disable_ipv6 set): %w",
+				name, p, name, MinIPv6MTU, err)
+		}
+		return fmt.Errorf("bridge %s: add address %s: %w", name, p, err)
+	}
+	return nil
+}
+
+// bridge looks up name and insists that it is a bridge.
+func (m *Manager) bridge(name string) (netlink.Link, error) {
+	link, err := m.h.LinkByName(name)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, fmt.Errorf("bridge %s: %w", name, ErrNotFound)
+		}
+		return nil, fmt.Errorf("bridge %s: look up: %w", name, err)
+	}
+	if !isBridge(link) {
+		return nil, fmt.Errorf("bridge %s: is a %s, not a bridge", name, link.Type())
+	}
+	return link, nil
+}
+
+func toAddr(p netip.Prefix) *netlink.Addr {
+	a := p.Addr()
+	return &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(p.Bits(), a.BitLen())}}
+}
+
+func vlanErr(bridge, what string, err error) error {
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		return fmt.Errorf("bridge %s: VLAN filtering: %s: %w", bridge, what, ErrNoVLANFiltering)
+	}
+	return fmt.Errorf("bridge %s: %s: %w", bridge, what, err)
+}
+
+func isNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
+}
+
+func ownerOr(own string) string {
+	if own == "" {
+		return owner.Default
+	}
+	return own
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,554 @@
+package images
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmnet/vmnet/images/cpio"
+)
+
+// recipeVersion changes whenever the Go side of the recipe changes what
+// goes into an image; init.sh is hashed separately.
+const recipeVersion = "vmnet-image-1"
+
+//go:embed init.sh
+var initScript []byte
+
+// BootModules are loaded by /init at every boot (with their
+// dependencies, from modules.dep): the virtio-net driver and both virtio
+// transports, PCI for -M pc/q35 and MMIO for -M microvm.
+var BootModules = []string{"virtio_pci", "virtio_mmio", "virtio_net"}
+
+// DefaultCmdline is the kernel command line the contract assumes: console
+// on ttyS0, kernel chatter off the console, and reboot (a QEMU exit with
+// -no-reboot) instead of hanging on a panic.
+const DefaultCmdline = "console=ttyS0 quiet panic=-1"
+
+// Options controls Ensure.
+type Options struct {
+	// CacheDir holds downloads and built images. Empty means
+	// DefaultCacheDir().
+	CacheDir string
+	// Progress receives one line per build step with its duration. Nil
+	// discards it.
+	Progress io.Writer
+	// Modules are extra kernel modules put into the image (with their
+	// dependencies) so that a guest can load them with vmnet.modules= or
+	// modprobe. Names as in lsmod ("8021q", "sch_netem"); '-' and '_'
+	// are the same. Built-in modules are accepted and need nothing.
+	Modules []string
+}
+
+// Image is a built guest image. All paths are absolute.
+type Image struct {
+	Dir              string
+	Kernel           string // uncompressed ELF vmlinux, boots through QEMU's PVH entry
+	KernelCompressed string // the Debian bzImage (vmlinuz)
+	Initrd           string // initramfs (newc cpio)
+	KernelVersion    string // uname -r of the guest, e.g. 6.1.0-56-amd64
+	KernelPackage    string // Debian package and version it came from
+	Modules          []string
+}
+
+// manifest is written last into an image directory; its presence marks
+// the image complete.
+type manifest struct {
+	Recipe        string            `json:"recipe"`
+	Key           string            `json:"key"`
+	BaseKey       string            `json:"base_key"` // key without the kernel, for offline fallback
+	KernelPackage string            `json:"kernel_package"`
+	KernelVersion string            `json:"kernel_version"`
+	Release       string            `json:"release"`
+	Modules       []string          `json:"modules"`
+	Builtin       []string          `json:"builtin_modules,omitempty"`
+	ModuleFiles   []string          `json:"module_files"`
+	HostPackages  map[string]string `json:"host_packages"`
+	HostFiles     []string          `json:"host_files"`
+	Initrd        string            `json:"initrd"`
+	Built         time.Time         `json:"built"`
+	BuildSeconds  float64           `json:"build_seconds"`
+}
+
+const (
+	fileVmlinux  = "vmlinux"
+	fileVmlinuz  = "vmlinuz"
+	fileInitrd   = "initramfs.cpio.gz"
+	fileManifest = "manifest.json"
+)
+
+// DefaultCacheDir is $VMNET_CACHE, else $XDG_CACHE_HOME/vmnet, else
+// ~/.cache/vmnet.
+func DefaultCacheDir() (string, error) {
+	if d := os.Getenv("VMNET_CACHE"); d != "" {
+		return d, nil
+	}
+	d, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("vmnet image: no cache directory (set VMNET_CACHE): %w", err)
+	}
+	return filepath.Join(d, "vmnet"), nil
+}
+
+// CmdArg returns the vmnet.cmd= kernel parameter that makes /init run
+// shellCmd with sh -c.
+func CmdArg(shellCmd string) string {
+	return "vmnet.cmd=" + base64.StdEncoding.EncodeToString([]byte(shellCmd))
+}
+
+// progress prints build steps with their durations.
+type progress struct{ w io.Writer }
+
+func (p progress) printf(format string, args ...any) {
+	fmt.Fprintf(p.w, "vmnet image: "+format+"\n", args...)
+}
+
+func (p progress) step(what string) func() {
+	t := time.Now()
+	return func() { p.printf("%-40s %6.2fs", what, time.Since(t).Seconds()) }
+}
+
+// hostFile is a host file copied into the image at the same path.
+type hostFile struct {
+	dst  string // path in the image, relative
+	src  string
+	mode uint32
+	data []byte
+}
+
+// collectHostFiles reads busybox, iperf3, ethtool and their shared
+// libraries from the host (Debian 12 like the guest userland expects).
+func collectHostFiles(ctx context.Context) ([]hostFile, error) {
+	var files []hostFile
+	seen := map[string]bool{}
+	add := func(src, dst string, mode uint32) error {
+		if seen[dst] {
+			return nil
+		}
+		seen[dst] = true
+		data, err := os.ReadFile(src)
+		if err != nil {
+			return fmt.Errorf("vmnet image: %w", err)
+		}
+		files = append(files, hostFile{dst: strings.TrimPrefix(dst, "/"), src: src, mode: mode, data: data})
+		return nil
+	}
+	if err := add(busyboxPath, "/bin/busybox", 0o755); err != nil {
+		return nil, err
+	}
+	for _, b := range []struct{ name, dst string }{{"iperf3", "/usr/bin/iperf3"}, {"ethtool", "/usr/sbin/ethtool"}} {
+		src, err := exec.LookPath(b.name)
+		if err != nil {
+			return nil, &MissingError{Tools: []string{b.name}, Packages: []string{b.name}}
+		}
+		if err := add(src, b.dst, 0o755); err != nil {
+			return nil, err
+		}
+		libs, err := sharedLibs(ctx, src)
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range libs {
+			if err := add(l, l, 0o755); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return files, nil
+}
+
+// key hashes every input of the image except (for base) the kernel.
+func key(k kernelPkg, modules []string, files []hostFile) (full, base string) {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%x\n", recipeVersion, sha256.Sum256(initScript))
+	fmt.Fprintf(h, "modules %s\n", strings.Join(modules, ","))
+	for _, f := range files {
+		fmt.Fprintf(h, "%s %o %x\n", f.dst, f.mode, sha256.Sum256(f.data))
+	}
+	base = hex.EncodeToString(h.Sum(nil))
+	fmt.Fprintf(h, "kernel %s %s\n", k.Name, k.Version)
+	full = hex.EncodeToString(h.Sum(nil))
+	return full, base
+}
+
+// normModules returns the boot modules plus extra, normalized, sorted and
+// deduplicated.
+func normModules(extra []string) ([]string, error) {
+	set := map[string]bool{}
+	for _, m := range append(append([]string{}, BootModules...), extra...) {
+		m = strings.ReplaceAll(strings.TrimSpace(m), "-", "_")
+		if m == "" || strings.ContainsAny(m, "/ ,.") {
+			return nil, fmt.Errorf("vmnet image: invalid module name %q", m)
+		}
+		set[m] = true
+	}
+	var out []string
+	for m := range set {
+		out = append(out, m)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// Ensure returns the guest image for the current Debian kernel, building
+// it in opts.CacheDir unless an image with the same inputs is there.
+func Ensure(ctx context.Context, opts Options) (Image, error) {
+	p := progress{opts.Progress}
+	if p.w == nil {
+		p.w = io.Discard
+	}
+	cache := opts.CacheDir
+	if cache == "" {
+		var err error
+		if cache, err = DefaultCacheDir(); err != nil {
+			return Image{}, err
+		}
+	}
+	cache, err := filepath.Abs(cache)
+	if err != nil {
+		return Image{}, err
+	}
+	modules, err := normModules(opts.Modules)
+	if err != nil {
+		return Image{}, err
+	}
+	if err := checkHostTools(); err != nil {
+		return Image{}, err
+	}
+	done := p.step("read host programs and libraries")
+	files, err := collectHostFiles(ctx)
+	if err != nil {
+		return Image{}, err
+	}
+	done()
+	imagesDir := filepath.Join(cache, "images")
+	done = p.step("resolve kernel (linux-image-amd64)")
+	k, kerr := resolveKernelCached(ctx, cache)
+	if kerr != nil {
+		// Offline or a stale package list: an image built earlier from
+		// the same recipe still does the job.
+		_, base := key(kernelPkg{}, modules, files)
+		if img, m, ok := newestWithBase(imagesDir, base); ok {
+			p.printf("cannot resolve the kernel (%v); using cached image %s (kernel %s)", kerr, img.Dir, m.KernelPackage)
+			return img, nil
+		}
+		return Image{}, kerr
+	}
+	done()
+	full, base := key(k, modules, files)
+	name := k.Release + "-" + full[:12]
+	dir := filepath.Join(imagesDir, name)
+	if img, _, err := load(dir); err == nil {
+		p.printf("using cached image %s", dir)
+		return img, nil
+	}
+	if err := os.MkdirAll(imagesDir, 0o755); err != nil {
+		return Image{}, fmt.Errorf("vmnet image: %w", err)
+	}
+	unlock, err := lock(ctx, filepath.Join(imagesDir, ".lock"), p)
+	if err != nil {
+		return Image{}, err
+	}
+	defer unlock()
+	if img, _, err := load(dir); err == nil { // built while we waited
+		p.printf("using cached image %s", dir)
+		return img, nil
+	}
+	start := time.Now()
+	tmp, err := os.MkdirTemp(imagesDir, ".build-"+name+"-")
+	if err != nil {
+		return Image{}, fmt.Errorf("vmnet image: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	m := manifest{
+		Recipe: recipeVersion, Key: full, BaseKey: base,
+		KernelPackage: k.Name + " " + k.Version, KernelVersion: k.Version, Release: k.Release,
+		Modules: modules,
+	}
+	if m.HostPackages, err = hostVersions(ctx); err != nil {
+		return Image{}, err
+	}
+	for _, f := range files {
+		m.HostFiles = append(m.HostFiles, f.src)
+	}
+	if err := build(ctx, p, cache, tmp, k, &m, files); err != nil {
+		return Image{}, err
+	}
+	m.Built = time.Now().UTC()
+	m.BuildSeconds = time.Since(start).Seconds()
+	mj, _ := json.MarshalIndent(m, "", "  ")
+	if err := os.WriteFile(filepath.Join(tmp, fileManifest), append(mj, '\n'), 0o644); err != nil {
+		return Image{}, fmt.Errorf("vmnet image: %w", err)
+	}
+	os.RemoveAll(dir) // an incomplete leftover without manifest
+	if err := os.Rename(tmp, dir); err != nil {
+		return Image{}, fmt.Errorf("vmnet image: %w", err)
+	}
+	p.printf("built %s in %.1fs", dir, m.BuildSeconds)
+	img, _, err := load(dir)
+	return img, err
+}
+
+func build(ctx context.Context, p progress, cache, tmp string, k kernelPkg, m *manifest, files []hostFile) error {
+	done := p.step("download " + k.Name + " " + k.Version)
+	deb, err := download(ctx, filepath.Join(cache, "debs"), k)
+	if err != nil {
+		return err
+	}
+	done()
+
+	root := filepath.Join(tmp, "kernel")
+	done = p.step("unpack kernel and modules, depmod")
+	if err := unpackKernel(ctx, deb, root, k); err != nil {
+		return err
+	}
+	done()
+	moddir := filepath.Join(root, "lib", "modules", k.Release)
+	md, err := readModDeps(moddir)
+	if err != nil {
+		return err
+	}
+	modFiles, builtin, err := md.closure(k.Release, m.Modules)
+	if err != nil {
+		return err
+	}
+	m.Builtin, m.ModuleFiles = builtin, modFiles
+	if len(builtin) > 0 {
+		p.printf("built into the kernel, nothing to add: %s", strings.Join(builtin, " "))
+	}
+
+	done = p.step("extract vmlinux from vmlinuz")
+	bz, err := os.ReadFile(filepath.Join(root, "boot", "vmlinuz-"+k.Release))
+	if err != nil {
+		return fmt.Errorf("vmnet image: %w", err)
+	}
+	vmlinux, err := extractVmlinux(ctx, bz)
+	if err != nil {
+		return fmt.Errorf("vmnet image: vmlinuz-%s: %w", k.Release, err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, fileVmlinuz), bz, 0o644); err != nil {
+		return fmt.Errorf("vmnet image: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, fileVmlinux), vmlinux, 0o644); err != nil {
+		return fmt.Errorf("vmnet image: %w", err)
+	}
+	done()
+
+	done = p.step("write initramfs")
+	var raw bytes.Buffer
+	if err := writeInitramfs(ctx, &raw, k, md, moddir, modFiles, files); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(tmp, fileInitrd))
+	if err != nil {
+		return fmt.Errorf("vmnet image: %w", err)
+	}
+	zw, _ := gzip.NewWriterLevel(f, gzip.BestSpeed)
+	if _, err := zw.Write(raw.Bytes()); err == nil {
+		err = zw.Close()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("vmnet image: write initramfs: %w", err)
+	}
+	m.Initrd = fmt.Sprintf("newc cpio, gzip, %d bytes uncompressed", raw.Len())
+	done()
+	return os.RemoveAll(root)
+}
+
+// writeInitramfs writes the guest's root file system as a newc archive.
+func writeInitramfs(ctx context.Context, w io.Writer, k kernelPkg, md *modDeps, moddir string, modFiles []string, files []hostFile) error {
+	c := cpio.NewWriter(w)
+	dirs := map[string]bool{}
+	var mkdir func(d string)
+	mkdir = func(d string) {
+		if d == "." || d == "" || dirs[d] {
+			return
+		}
+		mkdir(filepath.Dir(d))
+		dirs[d] = true
+		perm := uint32(0o755)
+		if d == "tmp" {
+			perm = 0o1777
+		}
+		c.Dir(d, perm)
+	}
+	for _, d := range []string{"bin", "sbin", "usr/bin", "usr/sbin", "lib", "lib64", "etc/vmnet", "dev", "proc", "sys", "tmp", "run", "root"} {
+		mkdir(d)
+	}
+	c.CharDev("dev/console", 0o600, 5, 1)
+	c.CharDev("dev/null", 0o666, 1, 3)
+	c.File("init", 0o755, initScript)
+	for _, f := range files {
+		mkdir(filepath.Dir(f.dst))
+		c.File(f.dst, f.mode, f.data)
+	}
+	// Applet links for everything busybox provides, except programs
+	// that come from their own package.
+	out, err := run(ctx, "", busyboxPath, "--list-full")
+	if err != nil {
+		return fmt.Errorf("vmnet image: %w", err)
+	}
+	have := map[string]bool{}
+	for _, f := range files {
+		have[f.dst] = true
+	}
+	for _, l := range strings.Fields(string(out)) {
+		if l == "bin/busybox" || have[l] {
+			continue
+		}
+		mkdir(filepath.Dir(l))
+		c.Symlink(l, "/bin/busybox")
+	}
+	// Modules, with a modules.dep restricted to them for busybox modprobe.
+	rel := "lib/modules/" + k.Release
+	for _, mf := range modFiles {
+		data, err := os.ReadFile(filepath.Join(moddir, mf))
+		if err != nil {
+			return fmt.Errorf("vmnet image: %w", err)
+		}
+		mkdir(filepath.Dir(rel + "/" + mf))
+		c.File(rel+"/"+mf, 0o644, data)
+	}
+	dep, err := md.subsetDep(moddir, modFiles)
+	if err != nil {
+		return fmt.Errorf("vmnet image: %w", err)
+	}
+	c.File(rel+"/modules.dep", 0o644, dep)
+	for _, extra := range []string{"modules.builtin", "modules.order"} {
+		if data, err := os.ReadFile(filepath.Join(moddir, extra)); err == nil {
+			c.File(rel+"/"+extra, 0o644, data)
+		}
+	}
+	var names []string
+	for _, mf := range modFiles {
+		names = append(names, modName(mf))
+	}
+	sort.Strings(names)
+	c.File("etc/vmnet/boot-modules", 0o644, []byte(strings.Join(BootModules, "\n")+"\n"))
+	c.File("etc/vmnet/modules", 0o644, []byte(strings.Join(names, "\n")+"\n"))
+	c.File("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\n"))
+	c.File("etc/group", 0o644, []byte("root:x:0:\n"))
+	c.File("etc/hosts", 0o644, []byte("127.0.0.1 localhost\n::1 localhost\n"))
+	return c.Close()
+}
+
+// load returns the complete image in dir.
+func load(dir string) (Image, manifest, error) {
+	var m manifest
+	data, err := os.ReadFile(filepath.Join(dir, fileManifest))
+	if err != nil {
+		return Image{}, m, err
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		return Image{}, m, fmt.Errorf("vmnet image: %s: %w", filepath.Join(dir, fileManifest), err)
+	}
+	img := Image{
+		Dir:              dir,
+		Kernel:           filepath.Join(dir, fileVmlinux),
+		KernelCompressed: filepath.Join(dir, fileVmlinuz),
+		Initrd:           filepath.Join(dir, fileInitrd),
+		KernelVersion:    m.Release,
+		KernelPackage:    m.KernelPackage,
+		Modules:          m.Modules,
+	}
+	for _, f := range []string{img.Kernel, img.KernelCompressed, img.Initrd} {
+		if _, err := os.Stat(f); err != nil {
+			return Image{}, m, err
+		}
+	}
+	return img, m, nil
+}
+
+// newestWithBase finds the most recently built complete image whose
+// inputs other than the kernel match base.
+func newestWithBase(imagesDir, base string) (Image, manifest, bool) {
+	ents, _ := os.ReadDir(imagesDir)
+	var best Image
+	var bestM manifest
+	ok := false
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		img, m, err := load(filepath.Join(imagesDir, e.Name()))
+		if err != nil || m.BaseKey != base {
+			continue
+		}
+		if !ok || m.Built.After(bestM.Built) {
+			best, bestM, ok = img, m, true
+		}
+	}
+	return best, bestM, ok
+}
+
+// lock takes an exclusive flock on path, waiting (cancellably) while
+// another process builds.
+func lock(ctx context.Context, path string, p progress) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("vmnet image: %w", err)
+	}
+	told := false
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("vmnet image: lock %s: %w", path, err)
+		}
+		if !told {
+			p.printf("waiting for another build (lock %s)", path)
+			told = true
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// HostTSCParam returns "tsc_early_khz=<kHz>" for guests under TCG on
+// machines without a PIT/HPET/PM timer to calibrate the TSC against
+// (-M microvm): without it the kernel stops at "tsc: Marking TSC unstable".
+// Under TCG the guest reads the host's TSC, whose rate the host's
+// /proc/cpuinfo reports as "cpu MHz" on constant_tsc CPUs. It returns ""
+// when that is unknown.
+func HostTSCParam() string {
+	data, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil || !bytes.Contains(data, []byte(" constant_tsc")) {
+		return ""
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && strings.TrimSpace(k) == "cpu MHz" {
+			var mhz float64
+			if _, err := fmt.Sscan(strings.TrimSpace(v), &mhz); err == nil && mhz > 0 {
+				return fmt.Sprintf("tsc_early_khz=%d", int64(mhz*1000))
+			}
+		}
+	}
+	return ""
+}

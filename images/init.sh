@@ -1,0 +1,188 @@
+#!/bin/sh
+# vmnet guest /init, run by busybox sh as PID 1. The kernel command line
+# contract it implements is documented in images/doc.go: keep them in sync.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+set -f # cmdline words are never globbed
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null # already there if the kernel automounted it
+mkdir -p /dev/pts /dev/shm /tmp /run /root
+mount -t devpts devpts /dev/pts
+ln -sf /proc/self/fd /dev/fd 2>/dev/null
+
+errors=0
+err() {
+	echo "VMNET-ERROR: $*"
+	errors=$((errors + 1))
+}
+
+finish() { # finish STATUS: report the exit status on its own line and power off
+	printf '\nVMNET-EXIT=%d\n' "$1"
+	sync
+	poweroff -f
+	sleep 2
+	reboot -f # -no-reboot turns this into a QEMU exit where poweroff is unsupported
+}
+
+ips= routes= mtus= mods= cmd64= havecmd=
+for w in $(cat /proc/cmdline); do
+	case "$w" in
+	vmnet.ip=*) ips="$ips ${w#vmnet.ip=}" ;;
+	vmnet.route=*) routes="$routes ${w#vmnet.route=}" ;;
+	vmnet.mtu=*) mtus="$mtus ${w#vmnet.mtu=}" ;;
+	vmnet.modules=*) mods="$mods $(echo "${w#vmnet.modules=}" | tr , ' ')" ;;
+	vmnet.cmd=*)
+		cmd64=${w#vmnet.cmd=}
+		havecmd=cmdline
+		;;
+	vmnet.*) err "unknown kernel parameter $w (known: vmnet.ip, vmnet.route, vmnet.mtu, vmnet.modules, vmnet.cmd)" ;;
+	esac
+done
+if [ -z "$havecmd" ] && [ -x /vmnet/run ]; then
+	havecmd=run
+fi
+cmd=
+if [ "$havecmd" = cmdline ]; then
+	if ! cmd=$(echo "$cmd64" | base64 -d 2>/dev/null); then
+		err "vmnet.cmd is not valid standard base64: $cmd64"
+	fi
+fi
+
+# Addresses must be usable when VMNET-READY is printed: no IPv6 duplicate
+# address detection. default/ is copied into each interface created later.
+echo 0 >/proc/sys/net/ipv6/conf/default/accept_dad
+echo 0 >/proc/sys/net/ipv6/conf/all/accept_dad
+
+kver=$(uname -r)
+builtin=/lib/modules/$kver/modules.builtin
+for m in $(cat /etc/vmnet/boot-modules) $mods; do
+	n=$(echo "$m" | tr - _)
+	if grep -q -e "/$n.ko\$" -e "/$m.ko\$" "$builtin" 2>/dev/null; then
+		continue
+	fi
+	if ! out=$(modprobe "$n" 2>&1) || [ -n "$out" ]; then
+		err "cannot load module $m: ${out:-modprobe failed} (modules in the image: /etc/vmnet/modules; add it with Options.Modules / vmnet image build -modules)"
+	fi
+done
+
+ip link set lo up
+
+# Interfaces named on the command line must exist; wait briefly for late probes.
+want=
+for s in $ips $mtus; do
+	want="$want ${s%%:*}"
+done
+for i in $want; do
+	n=0
+	while [ ! -e "/sys/class/net/$i" ] && [ $n -lt 50 ]; do
+		sleep 0.1
+		n=$((n + 1))
+	done
+	[ -e "/sys/class/net/$i" ] || err "interface $i not found (have: $(ls /sys/class/net | tr '\n' ' '))"
+done
+
+for s in $mtus; do
+	i=${s%%:*}
+	v=${s#*:}
+	if [ "$i" = "$s" ] || [ -z "$v" ]; then
+		err "vmnet.mtu=$s: want IFACE:MTU"
+	elif [ -e "/sys/class/net/$i" ]; then
+		out=$(ip link set dev "$i" mtu "$v" 2>&1) || err "vmnet.mtu=$s: $out"
+	fi
+done
+
+for d in /sys/class/net/eth*; do
+	[ -e "$d" ] || continue
+	i=${d##*/}
+	out=$(ip link set dev "$i" up 2>&1) || err "cannot bring up $i: $out"
+done
+
+for s in $ips; do
+	i=${s%%:*}
+	a=${s#*:}
+	if [ "$i" = "$s" ] || [ -z "$a" ]; then
+		err "vmnet.ip=$s: want IFACE:ADDR/LEN[+ADDR/LEN...]"
+		continue
+	fi
+	[ -e "/sys/class/net/$i" ] || continue
+	ip link set dev "$i" up 2>/dev/null
+	for x in $(echo "$a" | tr + ' '); do
+		case "$x" in
+		*/*) out=$(ip addr add "$x" dev "$i" 2>&1) || err "vmnet.ip: add $x to $i: $out" ;;
+		*) err "vmnet.ip=$s: address $x has no /LEN" ;;
+		esac
+	done
+done
+
+for s in $routes; do
+	case "$s" in
+	default:*)
+		dst=default
+		gw=${s#default:}
+		;;
+	*/*:*)
+		p=${s%%/*}
+		r=${s#*/}
+		dst=$p/${r%%:*}
+		gw=${r#*:}
+		;;
+	*)
+		err "vmnet.route=$s: want DEST:GW with DEST 'default' or ADDR/LEN"
+		continue
+		;;
+	esac
+	fam=-4
+	case "$gw" in *:*) fam=-6 ;; esac
+	[ -n "$gw" ] || err "vmnet.route=$s: missing gateway"
+	out=$(ip $fam route add "$dst" via "$gw" 2>&1) || err "vmnet.route=$s: $out"
+done
+
+if [ "$errors" -gt 0 ] && [ -n "$havecmd" ]; then
+	finish 125
+fi
+
+# No command: a machine-oriented shell on ttyS1 (no echo, no prompt, LF line
+# ends) when that port exists, set up before VMNET-READY so that a host
+# writing as soon as it sees the marker is not echoed.
+if [ -z "$havecmd" ] && [ "$(cat /sys/class/tty/ttyS1/type 2>/dev/null || echo 0)" != 0 ]; then
+	stty -F /dev/ttyS1 115200 -echo -onlcr 2>/dev/null
+	# Hold the port open so that input arriving before the shell opens it
+	# is kept (a closed 8250 drops what it receives). PID 1 is no session
+	# leader, so this does not make ttyS1 its controlling terminal.
+	exec 9<>/dev/ttyS1
+	(
+		exec 9>&-
+		while :; do
+			stty -F /dev/ttyS1 -echo -onlcr 2>/dev/null
+			PS1= PS2= setsid sh -c 'exec sh </dev/ttyS1 >/dev/ttyS1 2>&1'
+			sleep 1
+		done
+	) &
+fi
+
+[ "$errors" -gt 0 ] || echo VMNET-READY
+
+if [ -n "$havecmd" ]; then
+	cd /
+	if [ "$havecmd" = cmdline ]; then
+		sh -c "$cmd" </dev/null
+		st=$?
+	else
+		set --
+		if [ -f /vmnet/args ]; then
+			while IFS= read -r a || [ -n "$a" ]; do
+				set -- "$@" "$a"
+			done </vmnet/args
+		fi
+		/vmnet/run "$@" </dev/null
+		st=$?
+	fi
+	finish "$st"
+fi
+
+# And an interactive shell on the console.
+while :; do
+	setsid cttyhack sh -i 9>&-
+	sleep 1
+done

@@ -1,0 +1,379 @@
+// Package lab makes the networks, taps and guests of a vmconfig.Lab real
+// on this host, and removes them again: only what it created, in reverse
+// order, whatever failed in between.
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/vmnet/vmnet/bridge"
+	"github.com/vmnet/vmnet/images"
+	"github.com/vmnet/vmnet/internal/qemu"
+	"github.com/vmnet/vmnet/netns"
+	"github.com/vmnet/vmnet/tap"
+	"github.com/vmnet/vmnet/vmconfig"
+	"golang.org/x/sys/unix"
+)
+
+// Options tune how a lab is brought up.
+type Options struct {
+	// Logf receives one line per step, with timings. Nil discards.
+	Logf func(format string, args ...any)
+	// Console receives every guest's serial console. Nil discards.
+	Console io.Writer
+	// Image boots VMs whose config names no kernel. Nil builds (or reuses)
+	// the test image on first use.
+	Image *images.Image
+	// ImageProgress receives the image recipe's progress lines.
+	ImageProgress io.Writer
+	// RunDir holds QMP and console sockets; default: the lab's state dir.
+	RunDir string
+}
+
+// Lab is a lab being brought up on this host: it remembers what it
+// created so that Teardown removes exactly that.
+type Lab struct {
+	cfg  *vmconfig.Lab
+	opts Options
+	br   *bridge.Manager
+
+	mu       sync.Mutex
+	bridges  []string // bridges this Lab created, in creation order
+	networks map[string]bool
+	taps     map[*vmconfig.NIC]*tap.Tap
+	vms      map[string]*qemu.VM
+}
+
+// New prepares to bring cfg up in the calling thread's network namespace.
+func New(cfg *vmconfig.Lab, opts Options) (*Lab, error) {
+	cur, err := netns.Current()
+	if err != nil {
+		return nil, err
+	}
+	defer cur.Close()
+	br, err := bridge.New(cur)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Logf == nil {
+		opts.Logf = func(string, ...any) {}
+	}
+	if opts.RunDir == "" {
+		opts.RunDir = cfg.StateDir
+	}
+	return &Lab{cfg: cfg, opts: opts, br: br, networks: map[string]bool{},
+		taps: map[*vmconfig.NIC]*tap.Tap{}, vms: map[string]*qemu.VM{}}, nil
+}
+
+// Config is the lab's configuration.
+func (l *Lab) Config() *vmconfig.Lab { return l.cfg }
+
+// VM finds a VM of the config by name.
+func (l *Lab) VM(name string) (*vmconfig.VM, error) {
+	for _, vm := range l.cfg.VMs {
+		if vm.Name == name {
+			return vm, nil
+		}
+	}
+	var names []string
+	for _, vm := range l.cfg.VMs {
+		names = append(names, vm.Name)
+	}
+	return nil, fmt.Errorf("lab %s: no VM named %q (the lab has %v)", l.cfg.Name, name, names)
+}
+
+func (l *Lab) step(what string) func(error) {
+	start := time.Now()
+	return func(err error) {
+		if err == nil {
+			l.opts.Logf("%-48s %7.3fs", what, time.Since(start).Seconds())
+		}
+	}
+}
+
+// EnsureNetwork creates (or reuses) the bridge of the named network.
+func (l *Lab) EnsureNetwork(name string) (err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.networks[name] {
+		return nil
+	}
+	var n *vmconfig.Network
+	for _, c := range l.cfg.Networks {
+		if c.Name == name {
+			n = c
+		}
+	}
+	if n == nil {
+		return fmt.Errorf("lab %s: no network named %q", l.cfg.Name, name)
+	}
+	done := l.step("network " + n.Name + " (bridge " + n.Bridge + ")")
+	defer func() { done(err) }()
+	cfg := bridge.Config{Name: n.Bridge, MTU: n.MTU, Addresses: n.Addresses, VLANFiltering: n.VLANFiltering,
+		STP: n.STP, Owner: l.cfg.Name}
+	if n.VLANFiltering {
+		cfg.DefaultPVID = uint16(n.DefaultPVID)
+	}
+	if n.Transparent {
+		cfg.GroupFwdMask = bridge.TransparentMask
+	}
+	created, err := l.br.Ensure(cfg)
+	if err != nil {
+		return fmt.Errorf("lab %s: network %s: %w", l.cfg.Name, n.Name, err)
+	}
+	if created {
+		l.bridges = append(l.bridges, n.Bridge)
+	} else {
+		l.opts.Logf("network %s: reusing existing bridge %s (it stays after teardown)", n.Name, n.Bridge)
+	}
+	l.networks[name] = true
+	return nil
+}
+
+func (l *Lab) network(name string) *vmconfig.Network {
+	for _, n := range l.cfg.Networks {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// autoOffloads is what "auto" asks for: everything the kernel has but UFO,
+// which it ignores. QEMU then narrows it to what the guest negotiated.
+const autoOffloads = tap.OffloadAll &^ tap.OffloadUFO
+
+// CreateTaps creates the taps of vm's NICs and attaches them to their
+// networks' bridges, creating the networks first.
+func (l *Lab) CreateTaps(vm *vmconfig.VM) error {
+	uid, gid, err := lookupUser(vm.User)
+	if err != nil {
+		return fmt.Errorf("vm %s: user %s: %w", vm.Name, vm.User, err)
+	}
+	for _, nic := range vm.NICs {
+		if nic.Network != "" {
+			if err := l.EnsureNetwork(nic.Network); err != nil {
+				return err
+			}
+		}
+		if err := l.createTap(vm, nic, uid, gid); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (err error) {
+	done := l.step(fmt.Sprintf("vm %s nic %d: tap %s, %d queue(s)", vm.Name, nic.Index, nic.IfName, nic.Queues))
+	defer func() { done(err) }()
+	cfg := tap.NewConfig(nic.IfName, nic.Queues)
+	cfg.Tag, cfg.Owner, cfg.Group, cfg.Up = l.cfg.Name, uid, gid, true
+	cfg.MTU = nic.MTU
+	if net := l.network(nic.Network); net != nil && cfg.MTU == 0 {
+		cfg.MTU = net.MTU
+	}
+	if nic.VnetHdr {
+		cfg.VnetHdrSize = 12
+		if nic.OffloadsAuto {
+			cfg.Offloads, cfg.BestEffort = autoOffloads, true
+		} else {
+			for _, o := range nic.Offloads {
+				v, err := tap.ParseOffloads(o)
+				if err != nil {
+					return fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
+				}
+				cfg.Offloads |= v
+			}
+		}
+	}
+	t, err := tap.Create(cfg)
+	if err != nil {
+		return fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
+	}
+	l.mu.Lock()
+	l.taps[nic] = t
+	l.mu.Unlock()
+	if nic.Network == "" {
+		return nil
+	}
+	n := l.network(nic.Network)
+	p := bridge.PortConfig{Name: t.Name(), PVID: uint16(nic.VLAN)}
+	for _, v := range nic.Tagged {
+		p.Tagged = append(p.Tagged, uint16(v))
+	}
+	if n.Transparent {
+		p.GroupFwdMask = bridge.PortTransparentMask
+	}
+	if err := l.br.AddPort(n.Bridge, p); err != nil {
+		return fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
+	}
+	return nil
+}
+
+// Tap returns the open tap of a NIC created by CreateTaps.
+func (l *Lab) Tap(nic *vmconfig.NIC) *tap.Tap {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.taps[nic]
+}
+
+func lookupUser(name string) (uid, gid int, err error) {
+	if name == "" {
+		return -1, -1, nil
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		if n, aerr := strconv.Atoi(name); aerr == nil {
+			return n, -1, nil
+		}
+		return 0, 0, err
+	}
+	uid, _ = strconv.Atoi(u.Uid)
+	gid, _ = strconv.Atoi(u.Gid)
+	return uid, gid, nil
+}
+
+// image returns the test image, building it on first use.
+func (l *Lab) image(ctx context.Context) (images.Image, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.opts.Image != nil {
+		return *l.opts.Image, nil
+	}
+	done := l.step("test image")
+	img, err := images.Ensure(ctx, images.Options{Progress: l.opts.ImageProgress})
+	done(err)
+	if err != nil {
+		return img, err
+	}
+	l.opts.Image = &img
+	return img, nil
+}
+
+// Boot starts vm's QEMU on the taps CreateTaps made. cmd, if not empty,
+// replaces the VM's configured command.
+func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM, err error) {
+	done := l.step("vm " + vm.Name + ": start QEMU")
+	defer func() { done(err) }()
+	if cmd == "" {
+		cmd = vm.Command
+	}
+	spec := qemu.Spec{Name: vm.Name, Binary: vm.QEMU, Machine: vm.Machine, Accel: vm.Accel, CPUs: vm.CPUs,
+		MemoryMiB: vm.MemoryMiB, Kernel: vm.Kernel, Initrd: vm.Initrd, Disk: vm.Disk, DiskFormat: vm.DiskFormat,
+		ExtraArgs: vm.ExtraArgs, ConsoleLog: vm.Console, ConsoleTee: l.opts.Console, Logf: l.opts.Logf,
+		RunDir: filepath.Join(l.opts.RunDir, "vm-"+vm.Name)}
+	if vm.Kernel == "" {
+		img, err := l.image(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
+		}
+		spec.Kernel, spec.Initrd = img.Kernel, img.Initrd
+	}
+	guest := qemu.GuestArgs{Cmd: cmd}
+	for i, nic := range vm.NICs {
+		iface := "eth" + strconv.Itoa(i)
+		if len(nic.Addresses) > 0 {
+			guest.IPs = append(guest.IPs, qemu.GuestIP{Iface: iface, Addrs: nic.Addresses})
+		}
+		mtu := nic.MTU
+		if n := l.network(nic.Network); n != nil && mtu == 0 {
+			mtu = n.MTU
+		}
+		if mtu != 0 && mtu != 1500 {
+			guest.MTUs = append(guest.MTUs, qemu.GuestMTU{Iface: iface, MTU: mtu})
+		}
+		t := l.Tap(nic)
+		if t == nil {
+			return nil, fmt.Errorf("vm %s nic %d: no tap (CreateTaps first)", vm.Name, nic.Index)
+		}
+		spec.NICs = append(spec.NICs, qemu.NIC{ID: fmt.Sprintf("nic%d", i), Model: nic.Model, MAC: nic.MAC.String(),
+			Queues: t.Files(), Vhost: nic.Vhost})
+	}
+	for _, gw := range vm.Gateways {
+		guest.Routes = append(guest.Routes, qemu.GuestRoute{GW: gw})
+	}
+	base := qemu.BaseAppend
+	if vm.Append != "" {
+		base += " " + vm.Append
+	}
+	if spec.Append, err = guest.Append(base); err != nil {
+		return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
+	}
+	if vm.User != "" {
+		uid, gid, err := lookupUser(vm.User)
+		if err != nil {
+			return nil, fmt.Errorf("vm %s: user %s: %w", vm.Name, vm.User, err)
+		}
+		spec.User = &qemu.User{UID: uint32(uid), GID: uint32(max(gid, 0))}
+	}
+	if err := os.MkdirAll(l.opts.RunDir, 0o700); err != nil {
+		return nil, fmt.Errorf("vm %s: run directory: %w", vm.Name, err)
+	}
+	v, err := qemu.Start(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	l.vms[vm.Name] = v
+	l.mu.Unlock()
+	return v, nil
+}
+
+// Teardown stops the guests, closes and deletes the taps and deletes the
+// bridges this Lab created, in that order. It goes on after errors and
+// returns them all.
+func (l *Lab) Teardown(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var errs []error
+	var wg sync.WaitGroup
+	var emu sync.Mutex
+	for name, v := range l.vms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			done := l.step("vm " + name + ": stop")
+			err := v.Stop(ctx)
+			done(err)
+			if err != nil {
+				emu.Lock()
+				errs = append(errs, err)
+				emu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	l.vms = map[string]*qemu.VM{}
+	for nic, t := range l.taps {
+		name := t.Name()
+		if err := t.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		// A tap that is not persistent is gone once its last fd closes;
+		// delete it by tag in case something else still holds it.
+		if err := tap.Delete(name, l.cfg.Name, false); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, err)
+		}
+		delete(l.taps, nic)
+	}
+	for i := len(l.bridges) - 1; i >= 0; i-- {
+		if err := l.br.Delete(l.bridges[i], l.cfg.Name, false); err != nil && !errors.Is(err, bridge.ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	l.bridges = nil
+	l.networks = map[string]bool{}
+	return errors.Join(errs...)
+}
+
+// Close releases the netlink sockets; call after Teardown.
+func (l *Lab) Close() { l.br.Close() }

@@ -1,0 +1,229 @@
+package qemu
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Files vmnet keeps in Spec.RunDir.
+const (
+	QMPSocketName     = "qmp.sock"
+	ConsoleSocketName = "console.sock"
+	PidfileName       = "qemu.pid"
+)
+
+// Host is what the command line depends on besides the Spec. Start fills
+// it from the machine; tests fill it by hand.
+type Host struct {
+	KVM       bool   // KVM can run guests here (ProbeKVM)
+	KVMReason string // why not, for the note when accel=auto falls back
+
+	VhostNet bool // /dev/vhost-net exists
+	// OpenVhost opens /dev/vhost-net once; called once per queue of every
+	// NIC that uses vhost.
+	OpenVhost func() (*os.File, error)
+
+	// TSCkHz is the host TSC rate (0 unknown). A microvm under TCG gets it
+	// as tsc_early_khz; see hostTSCkHz.
+	TSCkHz int
+}
+
+// Cmdline is a complete QEMU invocation.
+type Cmdline struct {
+	Binary string
+	Args   []string
+	// Files become exec.Cmd.ExtraFiles: Files[i] is fd 3+i inside QEMU.
+	Files []*os.File
+	// Opened are the Files the builder opened itself (vhost-net fds); the
+	// caller closes them once QEMU has started (or failed to).
+	Opened []*os.File
+	Accel  string   // resolved accelerator: kvm or tcg
+	Notes  []string // one-time notes for the log
+	Spec   Spec     // the spec with defaults filled in
+}
+
+// Close closes the files the builder opened.
+func (c *Cmdline) Close() {
+	for _, f := range c.Opened {
+		f.Close()
+	}
+	c.Opened = nil
+}
+
+// qemuPath escapes a path for a QEMU option value (commas are doubled).
+func qemuPath(p string) string { return strings.ReplaceAll(p, ",", ",,") }
+
+// BuildCmdline turns a Spec into QEMU arguments and the fds QEMU inherits.
+// Apart from h.OpenVhost it has no side effects.
+func BuildCmdline(s Spec, h Host) (_ *Cmdline, err error) {
+	s, err = s.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	c := &Cmdline{Binary: s.Binary, Spec: s}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+	a := func(args ...string) { c.Args = append(c.Args, args...) }
+
+	if s.Name != "" {
+		a("-name", s.Name)
+	}
+	a("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot")
+	a("-machine", s.Machine)
+
+	c.Accel = s.Accel
+	if c.Accel == AccelAuto {
+		c.Accel = AccelTCG
+		if h.KVM {
+			c.Accel = AccelKVM
+		} else {
+			why := h.KVMReason
+			if why == "" {
+				why = "KVM not usable"
+			}
+			c.Notes = append(c.Notes, "accel auto: using TCG (software emulation): "+why)
+		}
+	}
+	a("-accel", c.Accel)
+	if c.Accel == AccelKVM {
+		a("-cpu", "host")
+	}
+	a("-smp", strconv.Itoa(s.CPUs), "-m", strconv.Itoa(s.MemoryMiB))
+
+	if s.Kernel != "" {
+		a("-kernel", s.Kernel)
+		if s.Initrd != "" {
+			a("-initrd", s.Initrd)
+		}
+		app := s.Append
+		if s.Machine == MachineMicroVM && c.Accel == AccelTCG && h.TSCkHz > 0 && !strings.Contains(app, "tsc_early_khz=") {
+			app = strings.TrimSpace(app + " tsc_early_khz=" + strconv.Itoa(h.TSCkHz))
+			c.Notes = append(c.Notes, "microvm under TCG: telling the guest the TSC rate (tsc_early_khz), since it has no timer to calibrate against")
+		}
+		if app != "" {
+			a("-append", app)
+		}
+	}
+	if s.Disk != "" {
+		if s.Machine == MachineMicroVM {
+			a("-drive", "id=vmnet-disk0,if=none,format="+s.DiskFormat+",file="+qemuPath(s.Disk),
+				"-device", "virtio-blk-device,drive=vmnet-disk0")
+		} else {
+			a("-drive", "if=virtio,format="+s.DiskFormat+",file="+qemuPath(s.Disk))
+		}
+	}
+
+	// The console is a unix socket that vmnet listens on and QEMU connects
+	// to before the guest starts, so no early output is lost.
+	a("-chardev", "socket,id=vmnet-console,path="+qemuPath(filepath.Join(s.RunDir, ConsoleSocketName)),
+		"-serial", "chardev:vmnet-console")
+	if s.ControlSocket != "" {
+		a("-serial", "unix:"+qemuPath(s.ControlSocket)+",server=on,wait=off")
+	}
+	a("-qmp", "unix:"+qemuPath(filepath.Join(s.RunDir, QMPSocketName))+",server=on,wait=off")
+	a("-pidfile", filepath.Join(s.RunDir, PidfileName))
+
+	for i := 0; i < s.HotplugPorts; i++ {
+		a("-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d", hotplugPort(i), i+1))
+	}
+
+	vhostNoted := false
+	for _, nic := range s.NICs {
+		useVhost, note, err := vhostMode(nic, h)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", s.name(), err)
+		}
+		if note != "" && !vhostNoted {
+			c.Notes = append(c.Notes, note)
+			vhostNoted = true
+		}
+		var fds, vfds []string
+		for _, f := range nic.Queues {
+			fds = append(fds, strconv.Itoa(3+len(c.Files)))
+			c.Files = append(c.Files, f)
+		}
+		if useVhost {
+			for q := range nic.Queues {
+				f, err := h.OpenVhost()
+				if err != nil {
+					return nil, fmt.Errorf("%s: nic %s: open /dev/vhost-net for queue %d: %w", s.name(), nic.ID, q, err)
+				}
+				c.Opened = append(c.Opened, f)
+				vfds = append(vfds, strconv.Itoa(3+len(c.Files)))
+				c.Files = append(c.Files, f)
+			}
+		}
+		a("-netdev", netdevArg(nic.ID, fds, vfds))
+		a("-device", deviceArg(nic, s.Machine))
+	}
+	a(s.ExtraArgs...)
+	return c, nil
+}
+
+// hotplugPort names the i-th reserved root port.
+func hotplugPort(i int) string { return "vmnet-hp" + strconv.Itoa(i) }
+
+// vhostMode decides vhost for one NIC. QEMU 7.2 aborts on vhost=on without
+// /dev/vhost-net instead of falling back, so the check happens here.
+func vhostMode(nic NIC, h Host) (bool, string, error) {
+	switch nic.Vhost {
+	case VhostOff:
+		return false, "", nil
+	case VhostOn:
+		if !h.VhostNet || h.OpenVhost == nil {
+			return false, "", fmt.Errorf("nic %s: vhost=on needs /dev/vhost-net, which this host lacks (load the vhost_net module; the kernel needs CONFIG_VHOST_NET) or set vhost to auto or off", nic.ID)
+		}
+		return true, "", nil
+	default:
+		if !h.VhostNet || h.OpenVhost == nil {
+			return false, "vhost auto: /dev/vhost-net missing (kernel without CONFIG_VHOST_NET or module not loaded): QEMU moves packets itself (vhost=off)", nil
+		}
+		return true, "", nil
+	}
+}
+
+func netdevArg(id string, fds, vfds []string) string {
+	var b strings.Builder
+	b.WriteString("tap,id=" + id)
+	if len(fds) == 1 {
+		b.WriteString(",fd=" + fds[0])
+	} else {
+		b.WriteString(",fds=" + strings.Join(fds, ":"))
+	}
+	if len(vfds) == 0 {
+		b.WriteString(",vhost=off")
+		return b.String()
+	}
+	b.WriteString(",vhost=on")
+	if len(vfds) == 1 {
+		b.WriteString(",vhostfd=" + vfds[0])
+	} else {
+		b.WriteString(",vhostfds=" + strings.Join(vfds, ":"))
+	}
+	return b.String()
+}
+
+func deviceArg(nic NIC, machine string) string {
+	var b strings.Builder
+	b.WriteString(nic.Model + ",netdev=" + nic.ID + ",id=" + nic.ID)
+	if nic.Bus != "" {
+		b.WriteString(",bus=" + nic.Bus)
+	}
+	if nic.MAC != "" {
+		b.WriteString(",mac=" + nic.MAC)
+	}
+	if n := len(nic.Queues); n > 1 {
+		b.WriteString(",mq=on")
+		if nic.Model == ModelVirtioPCI {
+			// One vector per rx and tx queue, one for config, one for control.
+			b.WriteString(",vectors=" + strconv.Itoa(2*n+2))
+		}
+	}
+	return b.String()
+}

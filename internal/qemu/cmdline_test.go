@@ -1,0 +1,261 @@
+package qemu
+
+import (
+	"os"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func devNull(t *testing.T, n int) []*os.File {
+	t.Helper()
+	var fs []*os.File
+	for i := 0; i < n; i++ {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		fs = append(fs, f)
+	}
+	return fs
+}
+
+func baseSpec(t *testing.T) Spec {
+	return Spec{Name: "r1", Kernel: "/k", Initrd: "/i", Append: "console=ttyS0", RunDir: "/run/vmnet/r1", CPUs: 2, MemoryMiB: 512}
+}
+
+// argAfter returns the values that follow every occurrence of flag.
+func argsAfter(args []string, flag string) []string {
+	var v []string
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			v = append(v, args[i+1])
+		}
+	}
+	return v
+}
+
+func build(t *testing.T, s Spec, h Host) *Cmdline {
+	t.Helper()
+	c, err := BuildCmdline(s, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func TestCmdlineBasics(t *testing.T) {
+	s := baseSpec(t)
+	c := build(t, s, Host{})
+	for _, want := range [][]string{
+		{"-nodefaults"}, {"-no-user-config"}, {"-display", "none"}, {"-no-reboot"},
+		{"-machine", "q35"}, {"-accel", "tcg"}, {"-smp", "2"}, {"-m", "512"},
+		{"-kernel", "/k"}, {"-initrd", "/i"}, {"-append", "console=ttyS0"},
+		{"-qmp", "unix:/run/vmnet/r1/qmp.sock,server=on,wait=off"},
+		{"-chardev", "socket,id=vmnet-console,path=/run/vmnet/r1/console.sock"},
+		{"-serial", "chardev:vmnet-console"},
+		{"-pidfile", "/run/vmnet/r1/qemu.pid"},
+	} {
+		found := false
+		for i := range c.Args {
+			if i+len(want) <= len(c.Args) && slices.Equal(c.Args[i:i+len(want)], want) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("missing %q in %q", want, c.Args)
+		}
+	}
+	if c.Accel != AccelTCG || len(c.Notes) != 1 || !strings.Contains(c.Notes[0], "TCG") {
+		t.Errorf("accel auto without KVM: accel %s notes %q", c.Accel, c.Notes)
+	}
+	if slices.Contains(c.Args, "-cpu") {
+		t.Errorf("TCG got a -cpu: %q", c.Args)
+	}
+
+	c = build(t, s, Host{KVM: true})
+	if c.Accel != AccelKVM || !slices.Contains(c.Args, "host") || len(c.Notes) != 0 {
+		t.Errorf("accel auto with KVM: accel %s args %q notes %q", c.Accel, c.Args, c.Notes)
+	}
+	s.Accel = AccelTCG
+	if c := build(t, s, Host{KVM: true}); c.Accel != AccelTCG {
+		t.Errorf("explicit tcg overridden: %s", c.Accel)
+	}
+}
+
+func TestCmdlineQueueFDsAndVectors(t *testing.T) {
+	s := baseSpec(t)
+	n0, n1, n2 := devNull(t, 2), devNull(t, 3), devNull(t, 1)
+	s.NICs = []NIC{
+		{ID: "n0", MAC: "52:54:00:00:00:01", Queues: n0},
+		{ID: "n1", Queues: n1, Vhost: VhostOff},
+		{ID: "n2", Model: "e1000e", Queues: n2},
+	}
+	c := build(t, s, Host{})
+	netdevs := argsAfter(c.Args, "-netdev")
+	want := []string{
+		"tap,id=n0,fds=3:4,vhost=off",
+		"tap,id=n1,fds=5:6:7,vhost=off",
+		"tap,id=n2,fd=8,vhost=off",
+	}
+	if !slices.Equal(netdevs, want) {
+		t.Errorf("netdevs\n got %q\nwant %q", netdevs, want)
+	}
+	devs := argsAfter(c.Args, "-device")
+	wantDevs := []string{
+		"virtio-net-pci,netdev=n0,id=n0,mac=52:54:00:00:00:01,mq=on,vectors=6",
+		"virtio-net-pci,netdev=n1,id=n1,mq=on,vectors=8",
+		"e1000e,netdev=n2,id=n2",
+	}
+	if !slices.Equal(devs, wantDevs) {
+		t.Errorf("devices\n got %q\nwant %q", devs, wantDevs)
+	}
+	// Files[i] must be fd 3+i.
+	wantFiles := append(append(append([]*os.File{}, n0...), n1...), n2...)
+	if !slices.Equal(c.Files, wantFiles) {
+		t.Errorf("ExtraFiles order wrong")
+	}
+	if len(c.Opened) != 0 {
+		t.Errorf("builder opened files without vhost")
+	}
+}
+
+func TestCmdlineMicroVM(t *testing.T) {
+	s := baseSpec(t)
+	s.Machine = MachineMicroVM
+	s.NICs = []NIC{{ID: "n0", Queues: devNull(t, 2)}}
+	c := build(t, s, Host{})
+	if got := argsAfter(c.Args, "-device"); !slices.Equal(got, []string{"virtio-net-device,netdev=n0,id=n0,mq=on"}) {
+		t.Errorf("microvm device %q", got)
+	}
+	if got := argsAfter(c.Args, "-append"); got[0] != "console=ttyS0" {
+		t.Errorf("append changed without a TSC rate: %q", got)
+	}
+	c = build(t, s, Host{TSCkHz: 2000000})
+	if got := argsAfter(c.Args, "-append"); got[0] != "console=ttyS0 tsc_early_khz=2000000" {
+		t.Errorf("microvm under TCG needs the TSC rate: %q", got)
+	}
+	c = build(t, s, Host{TSCkHz: 2000000, KVM: true})
+	if got := argsAfter(c.Args, "-append"); got[0] != "console=ttyS0" {
+		t.Errorf("TSC rate added under KVM: %q", got)
+	}
+	s.NICs = []NIC{{ID: "n0", Model: ModelVirtioPCI, Queues: devNull(t, 1)}}
+	if _, err := BuildCmdline(s, Host{}); err == nil || !strings.Contains(err.Error(), "virtio-net-device") {
+		t.Errorf("virtio-net-pci on microvm: %v", err)
+	}
+	s.NICs = nil
+	s.HotplugPorts = 1
+	if _, err := BuildCmdline(s, Host{}); err == nil || !strings.Contains(err.Error(), "q35") {
+		t.Errorf("hotplug ports on microvm: %v", err)
+	}
+}
+
+func TestCmdlineVhost(t *testing.T) {
+	s := baseSpec(t)
+	s.NICs = []NIC{{ID: "a", Queues: devNull(t, 2)}, {ID: "b", Queues: devNull(t, 1)}}
+
+	// auto without /dev/vhost-net: off, one note for all NICs.
+	c := build(t, s, Host{})
+	if got := argsAfter(c.Args, "-netdev"); !slices.Equal(got, []string{"tap,id=a,fds=3:4,vhost=off", "tap,id=b,fd=5,vhost=off"}) {
+		t.Errorf("auto fallback: %q", got)
+	}
+	vhostNotes := 0
+	for _, n := range c.Notes {
+		if strings.Contains(n, "vhost") {
+			vhostNotes++
+		}
+	}
+	if vhostNotes != 1 {
+		t.Errorf("want one vhost note, got %q", c.Notes)
+	}
+
+	// on without the device: an error that says what is missing.
+	s.NICs[0].Vhost = VhostOn
+	_, err := BuildCmdline(s, Host{})
+	if err == nil || !strings.Contains(err.Error(), "/dev/vhost-net") || !strings.Contains(err.Error(), "CONFIG_VHOST_NET") || !strings.Contains(err.Error(), "nic a") {
+		t.Errorf("vhost=on without device: %v", err)
+	}
+
+	// With the device: one vhost fd per queue, after the NIC's queues.
+	opened := 0
+	h := Host{VhostNet: true, OpenVhost: func() (*os.File, error) { opened++; return os.Open(os.DevNull) }}
+	s.NICs[1].Vhost = VhostOff
+	c = build(t, s, h)
+	if got := argsAfter(c.Args, "-netdev"); !slices.Equal(got, []string{"tap,id=a,fds=3:4,vhost=on,vhostfds=5:6", "tap,id=b,fd=7,vhost=off"}) {
+		t.Errorf("vhost on: %q", got)
+	}
+	if opened != 2 || len(c.Opened) != 2 || len(c.Files) != 5 || c.Files[2] != c.Opened[0] || c.Files[3] != c.Opened[1] {
+		t.Errorf("vhost files: opened %d, Opened %d, Files %d", opened, len(c.Opened), len(c.Files))
+	}
+	c.Close()
+	if _, err := c.Files[2].Stat(); err == nil {
+		t.Errorf("Close left a vhost fd open")
+	}
+}
+
+func TestCmdlineHotplugPorts(t *testing.T) {
+	s := baseSpec(t)
+	s.HotplugPorts = 3
+	c := build(t, s, Host{})
+	got := argsAfter(c.Args, "-device")
+	want := []string{
+		"pcie-root-port,id=vmnet-hp0,chassis=1",
+		"pcie-root-port,id=vmnet-hp1,chassis=2",
+		"pcie-root-port,id=vmnet-hp2,chassis=3",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("root ports %q", got)
+	}
+	s.Machine = MachinePC
+	if _, err := BuildCmdline(s, Host{}); err == nil {
+		t.Errorf("hotplug ports accepted on pc")
+	}
+}
+
+func TestCmdlineControlAndPaths(t *testing.T) {
+	s := baseSpec(t)
+	s.RunDir = "/run/a,b"
+	s.ControlSocket = "/run/a,b/ctl.sock"
+	s.Disk = "/d.img"
+	c := build(t, s, Host{})
+	serials := argsAfter(c.Args, "-serial")
+	if !slices.Equal(serials, []string{"chardev:vmnet-console", "unix:/run/a,,b/ctl.sock,server=on,wait=off"}) {
+		t.Errorf("serials %q (console must be ttyS0, control ttyS1, commas doubled)", serials)
+	}
+	if got := argsAfter(c.Args, "-drive"); !slices.Equal(got, []string{"if=virtio,format=raw,file=/d.img"}) {
+		t.Errorf("drive %q", got)
+	}
+	if got := argsAfter(c.Args, "-qmp"); got[0] != "unix:/run/a,,b/qmp.sock,server=on,wait=off" {
+		t.Errorf("qmp %q", got)
+	}
+}
+
+func TestSpecErrors(t *testing.T) {
+	one := devNull(t, 1)
+	two := devNull(t, 2)
+	for _, tc := range []struct {
+		mod  func(*Spec)
+		want string
+	}{
+		{func(s *Spec) { s.Machine = "virt" }, `machine "virt"`},
+		{func(s *Spec) { s.Accel = "hvf" }, `accel "hvf"`},
+		{func(s *Spec) { s.Kernel = ""; s.Initrd = ""; s.Append = "" }, "nothing to boot"},
+		{func(s *Spec) { s.RunDir = "" }, "RunDir"},
+		{func(s *Spec) { s.NICs = []NIC{{ID: "n0"}} }, "nic n0: no tap queue"},
+		{func(s *Spec) { s.NICs = []NIC{{ID: "n0", Queues: one}, {ID: "n0", Queues: one}} }, "used twice"},
+		{func(s *Spec) { s.NICs = []NIC{{ID: "n,0", Queues: one}} }, "id must start"},
+		{func(s *Spec) { s.NICs = []NIC{{ID: "n0", Queues: one, MAC: "zz"}} }, "mac"},
+		{func(s *Spec) { s.NICs = []NIC{{ID: "n0", Queues: one, Vhost: "yes"}} }, "vhost"},
+		{func(s *Spec) { s.NICs = []NIC{{ID: "n0", Model: "e1000e", Queues: two}} }, "e1000e has one queue"},
+		{func(s *Spec) { s.CPUs = 1000 }, "cpus"},
+	} {
+		s := baseSpec(t)
+		tc.mod(&s)
+		_, err := BuildCmdline(s, Host{})
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "vm r1") {
+			t.Errorf("want error with %q naming vm r1, got %v", tc.want, err)
+		}
+	}
+}

@@ -1,0 +1,197 @@
+package qemu
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
+)
+
+// Hotplug adds a NIC to the running guest: every tap queue fd travels to
+// QEMU with a QMP getfd (SCM_RIGHTS), netdev_add names them, and
+// device_add plugs the device, on q35 into a free reserved root port. The
+// caller keeps its copies of the fds.
+func (vm *VM) Hotplug(ctx context.Context, nic NIC) (err error) {
+	ctx, cancel, _ := withDefault(ctx, 30*time.Second)
+	defer cancel()
+	name := vm.spec.name()
+	if vm.spec.Machine == MachineMicroVM {
+		return fmt.Errorf("%s: nic %s: microvm has no hot-plug bus; declare the NIC at start", name, nic.ID)
+	}
+	nic, err = nic.withDefaults(vm.spec.Machine)
+	if err != nil {
+		return fmt.Errorf("%s: hot-plug: %w", name, err)
+	}
+	useVhost, note, err := vhostMode(nic, HostCaps(false, false))
+	if err != nil {
+		return fmt.Errorf("%s: hot-plug: %w", name, err)
+	}
+	if note != "" {
+		noteOnce(vm.spec.Logf, note)
+	}
+
+	port := ""
+	if vm.spec.Machine == MachineQ35 && nic.Bus == "" {
+		if port, err = vm.takePort(nic.ID); err != nil {
+			return err
+		}
+		nic.Bus = port
+		defer func() {
+			if err != nil {
+				vm.freePort(port)
+			}
+		}()
+	}
+
+	var sent []string // fd names QEMU holds until netdev_add consumes them
+	defer func() {
+		if err != nil {
+			for _, n := range sent {
+				vm.bestEffort("closefd", map[string]any{"fdname": n})
+			}
+		}
+	}()
+	reattachQueues(nic.Queues)
+	var fds, vfds []string
+	for i, f := range nic.Queues {
+		n := fmt.Sprintf("%s-q%d", nic.ID, i)
+		if _, err := vm.mon.run(ctx, "getfd", map[string]any{"fdname": n}, f); err != nil {
+			return vm.qmpErr(fmt.Errorf("hot-plug nic %s: pass tap queue %d: %w", nic.ID, i, err))
+		}
+		sent = append(sent, n)
+		fds = append(fds, n)
+	}
+	if useVhost {
+		h := HostCaps(false, false)
+		for i := range nic.Queues {
+			f, err := h.OpenVhost()
+			if err != nil {
+				return fmt.Errorf("%s: hot-plug nic %s: open /dev/vhost-net for queue %d: %w", name, nic.ID, i, err)
+			}
+			n := fmt.Sprintf("%s-v%d", nic.ID, i)
+			_, err = vm.mon.run(ctx, "getfd", map[string]any{"fdname": n}, f)
+			f.Close()
+			if err != nil {
+				return vm.qmpErr(fmt.Errorf("hot-plug nic %s: pass vhost fd %d: %w", nic.ID, i, err))
+			}
+			sent = append(sent, n)
+			vfds = append(vfds, n)
+		}
+	}
+
+	netdev := map[string]any{"type": "tap", "id": nic.ID, "vhost": useVhost}
+	if len(fds) == 1 {
+		netdev["fd"] = fds[0]
+	} else {
+		netdev["fds"] = strings.Join(fds, ":")
+	}
+	if len(vfds) == 1 {
+		netdev["vhostfd"] = vfds[0]
+	} else if len(vfds) > 1 {
+		netdev["vhostfds"] = strings.Join(vfds, ":")
+	}
+	if _, err := vm.mon.run(ctx, "netdev_add", netdev, nil); err != nil {
+		return vm.qmpErr(fmt.Errorf("hot-plug nic %s: %w", nic.ID, err))
+	}
+	sent = nil // consumed by the netdev
+	defer func() {
+		if err != nil {
+			vm.bestEffort("netdev_del", map[string]any{"id": nic.ID})
+		}
+	}()
+
+	if _, err := vm.mon.run(ctx, "device_add", deviceProps(nic), nil); err != nil {
+		return vm.qmpErr(fmt.Errorf("hot-plug nic %s: %w", nic.ID, err))
+	}
+	return nil
+}
+
+// deviceProps is the device_add argument; the same properties as the
+// -device option of deviceArg, typed for QMP.
+func deviceProps(nic NIC) map[string]any {
+	d := map[string]any{"driver": nic.Model, "id": nic.ID, "netdev": nic.ID}
+	if nic.Bus != "" {
+		d["bus"] = nic.Bus
+	}
+	if nic.MAC != "" {
+		d["mac"] = nic.MAC
+	}
+	if n := len(nic.Queues); n > 1 {
+		d["mq"] = true
+		if nic.Model == ModelVirtioPCI {
+			d["vectors"] = 2*n + 2
+		}
+	}
+	return d
+}
+
+// Unplug removes a NIC: device_del, then (once the guest has let go of the
+// device, which QEMU reports as DEVICE_DELETED) netdev_del. Linux guests
+// take about 5 s: pciehp waits that long after the attention button.
+func (vm *VM) Unplug(ctx context.Context, id string) error {
+	ctx, cancel, limit := withDefault(ctx, 30*time.Second)
+	defer cancel()
+	name := vm.spec.name()
+	deleted, unsub := vm.mon.subscribe(func(ev qmp.Event) bool {
+		return ev.Event == "DEVICE_DELETED" && ev.Data["device"] == id
+	})
+	defer unsub()
+	if _, err := vm.mon.run(ctx, "device_del", map[string]any{"id": id}, nil); err != nil {
+		return vm.qmpErr(fmt.Errorf("unplug nic %s: %w", id, err))
+	}
+	select {
+	case <-deleted:
+	case <-vm.exited:
+		return fmt.Errorf("%s: unplug nic %s: QEMU exited", name, id)
+	case <-ctx.Done():
+		return fmt.Errorf("%s: unplug nic %s: guest did not release the device (no DEVICE_DELETED) within %v; last console lines: %s",
+			name, id, limit, vm.con.tailText(tailLines))
+	}
+	vm.freeNIC(id)
+	if _, err := vm.mon.run(ctx, "netdev_del", map[string]any{"id": id}, nil); err != nil {
+		return vm.qmpErr(fmt.Errorf("unplug nic %s: %w", id, err))
+	}
+	return nil
+}
+
+func (vm *VM) takePort(id string) (string, error) {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	for i := 0; i < vm.spec.HotplugPorts; i++ {
+		p := hotplugPort(i)
+		if _, used := vm.usedPorts[p]; !used {
+			vm.usedPorts[p] = id
+			return p, nil
+		}
+	}
+	if vm.spec.HotplugPorts == 0 {
+		return "", fmt.Errorf("%s: hot-plug nic %s: no pcie-root-port reserved; start the VM with HotplugPorts > 0", vm.spec.name(), id)
+	}
+	return "", fmt.Errorf("%s: hot-plug nic %s: all %d reserved pcie-root-ports are in use; start the VM with more HotplugPorts", vm.spec.name(), id, vm.spec.HotplugPorts)
+}
+
+func (vm *VM) freePort(p string) {
+	vm.mu.Lock()
+	delete(vm.usedPorts, p)
+	vm.mu.Unlock()
+}
+
+func (vm *VM) freeNIC(id string) {
+	vm.mu.Lock()
+	for p, n := range vm.usedPorts {
+		if n == id {
+			delete(vm.usedPorts, p)
+		}
+	}
+	vm.mu.Unlock()
+}
+
+// bestEffort runs a clean-up command whose failure changes nothing for
+// the caller (it already has an error to report).
+func (vm *VM) bestEffort(execute string, args any) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	vm.mon.run(ctx, execute, args, nil)
+}

@@ -1,0 +1,277 @@
+package qemu
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+)
+
+// Machine types vmnet knows how to wire.
+const (
+	MachinePC      = "pc"
+	MachineQ35     = "q35"
+	MachineMicroVM = "microvm"
+)
+
+// Accelerators. AccelAuto uses KVM only where a probe shows it really runs
+// guests (see ProbeKVM), else TCG.
+const (
+	AccelAuto = "auto"
+	AccelKVM  = "kvm"
+	AccelTCG  = "tcg"
+)
+
+// Vhost modes for a NIC. VhostAuto uses vhost-net when /dev/vhost-net exists.
+const (
+	VhostAuto = "auto"
+	VhostOn   = "on"
+	VhostOff  = "off"
+)
+
+// Device models with special handling; any other QEMU NIC model (e1000e,
+// rtl8139, ...) is passed through with a single queue.
+const (
+	ModelVirtioPCI    = "virtio-net-pci"
+	ModelVirtioDevice = "virtio-net-device"
+)
+
+// DefaultBinary is the QEMU system emulator vmnet runs.
+const DefaultBinary = "qemu-system-x86_64"
+
+// Spec describes one guest. It is plain data: nothing happens until Start.
+type Spec struct {
+	Name      string // VM name, used in errors and as QEMU's -name
+	Binary    string // default DefaultBinary
+	Machine   string // pc, q35 (default) or microvm
+	Accel     string // auto (default), kvm or tcg
+	CPUs      int    // default 1
+	MemoryMiB int    // default 256
+
+	Kernel string // vmlinux (PVH entry, fastest) or bzImage
+	Initrd string
+	Append string
+
+	Disk       string // optional disk image
+	DiskFormat string // raw (default) or qcow2 ...
+
+	NICs []NIC
+
+	ConsoleLog string    // file that receives the raw serial console; optional
+	ConsoleTee io.Writer // optional second copy of the console (e.g. os.Stdout)
+
+	// RunDir holds the QMP socket, the console socket and the pidfile. It
+	// is created with mode 0700 if missing.
+	RunDir string
+
+	// User runs QEMU under another uid/gid. QEMU only receives already
+	// opened fds, so it never needs CAP_NET_ADMIN.
+	User *User
+
+	ExtraArgs []string
+
+	// HotplugPorts reserves that many free pcie-root-ports on q35 for
+	// Hotplug; pcie.0 itself refuses hot-plugged devices.
+	HotplugPorts int
+
+	// ControlSocket, if set, adds a second serial port (ttyS1) as a unix
+	// socket server at this path, for a guest shell.
+	ControlSocket string
+
+	// ConsoleLines is how many console lines ConsoleTail keeps (default 200).
+	ConsoleLines int
+
+	// PowerdownGrace bounds how long Stop waits for the guest to react to
+	// an ACPI power button before it uses QMP quit (default 3s).
+	PowerdownGrace time.Duration
+
+	// Logf receives one-time notes (vhost fallback, accelerator choice).
+	// Nil discards them.
+	Logf func(format string, args ...any)
+}
+
+// NIC is one guest network interface backed by an already opened tap.
+type NIC struct {
+	ID    string     // netdev and device id; also names the NIC in errors
+	Model string     // default virtio-net-pci (virtio-net-device on microvm)
+	MAC   string     // optional, e.g. 52:54:00:12:34:56
+	Queues []*os.File // one fd per tap queue; the caller keeps ownership
+	Vhost string     // auto (default), on or off
+
+	// Bus places the device; Hotplug fills it with a free root port on q35.
+	Bus string
+}
+
+// User is the identity QEMU runs as.
+type User struct {
+	UID, GID uint32
+}
+
+func (s *Spec) name() string {
+	if s.Name == "" {
+		return "vm"
+	}
+	return "vm " + s.Name
+}
+
+// withDefaults returns a copy of s with defaults filled in and the input
+// checked; errors name the VM and the field.
+func (s Spec) withDefaults() (Spec, error) {
+	if s.Binary == "" {
+		s.Binary = DefaultBinary
+	}
+	if s.Machine == "" {
+		s.Machine = MachineQ35
+	}
+	if s.Accel == "" {
+		s.Accel = AccelAuto
+	}
+	if s.CPUs == 0 {
+		s.CPUs = 1
+	}
+	if s.MemoryMiB == 0 {
+		s.MemoryMiB = 256
+	}
+	if s.ConsoleLines == 0 {
+		s.ConsoleLines = 200
+	}
+	if s.PowerdownGrace == 0 {
+		s.PowerdownGrace = 3 * time.Second
+	}
+	if s.DiskFormat == "" {
+		s.DiskFormat = "raw"
+	}
+	n := s.name()
+	switch s.Machine {
+	case MachinePC, MachineQ35, MachineMicroVM:
+	default:
+		return s, fmt.Errorf("%s: machine %q is not one of pc, q35, microvm", n, s.Machine)
+	}
+	switch s.Accel {
+	case AccelAuto, AccelKVM, AccelTCG:
+	default:
+		return s, fmt.Errorf("%s: accel %q is not one of auto, kvm, tcg", n, s.Accel)
+	}
+	if s.CPUs < 1 || s.CPUs > 255 {
+		return s, fmt.Errorf("%s: cpus %d out of range 1..255", n, s.CPUs)
+	}
+	if s.MemoryMiB < 32 {
+		return s, fmt.Errorf("%s: memory %d MiB is too small (at least 32)", n, s.MemoryMiB)
+	}
+	if s.Kernel == "" && s.Disk == "" {
+		return s, fmt.Errorf("%s: neither kernel nor disk given: nothing to boot", n)
+	}
+	if s.Kernel == "" && (s.Initrd != "" || s.Append != "") {
+		return s, fmt.Errorf("%s: initrd/append need a kernel", n)
+	}
+	if s.RunDir == "" {
+		return s, fmt.Errorf("%s: no run directory (RunDir) for the QMP socket", n)
+	}
+	if s.HotplugPorts < 0 || s.HotplugPorts > 32 {
+		return s, fmt.Errorf("%s: hotplug ports %d out of range 0..32", n, s.HotplugPorts)
+	}
+	if s.HotplugPorts > 0 && s.Machine != MachineQ35 {
+		return s, fmt.Errorf("%s: hotplug ports need machine q35 (have %s)", n, s.Machine)
+	}
+	if strings.ContainsAny(s.Name, ",= \t\n") {
+		return s, fmt.Errorf("%s: name must not contain commas, '=' or spaces", n)
+	}
+	seen := map[string]bool{}
+	nics := make([]NIC, len(s.NICs))
+	for i, nic := range s.NICs {
+		nic, err := nic.withDefaults(s.Machine)
+		if err != nil {
+			return s, fmt.Errorf("%s: %w", n, err)
+		}
+		if seen[nic.ID] {
+			return s, fmt.Errorf("%s: nic id %q used twice", n, nic.ID)
+		}
+		seen[nic.ID] = true
+		nics[i] = nic
+	}
+	s.NICs = nics
+	return s, nil
+}
+
+func (nic NIC) withDefaults(machine string) (NIC, error) {
+	if nic.ID == "" {
+		return nic, fmt.Errorf("nic without id")
+	}
+	if !validID(nic.ID) {
+		return nic, fmt.Errorf("nic %q: id must start with a letter and hold only letters, digits, '-', '_' or '.' (at most 32)", nic.ID)
+	}
+	if nic.Model == "" {
+		nic.Model = ModelVirtioPCI
+		if machine == MachineMicroVM {
+			nic.Model = ModelVirtioDevice
+		}
+	}
+	if machine == MachineMicroVM && nic.Model != ModelVirtioDevice {
+		return nic, fmt.Errorf("nic %s: microvm has no PCI bus; use model %s, not %s", nic.ID, ModelVirtioDevice, nic.Model)
+	}
+	if nic.Vhost == "" {
+		nic.Vhost = VhostAuto
+	}
+	switch nic.Vhost {
+	case VhostAuto, VhostOn, VhostOff:
+	default:
+		return nic, fmt.Errorf("nic %s: vhost %q is not one of auto, on, off", nic.ID, nic.Vhost)
+	}
+	if len(nic.Queues) == 0 {
+		return nic, fmt.Errorf("nic %s: no tap queue fds", nic.ID)
+	}
+	if len(nic.Queues) > 1 && !isVirtio(nic.Model) {
+		return nic, fmt.Errorf("nic %s: model %s has one queue but %d tap queues were given; use %s or a single queue", nic.ID, nic.Model, len(nic.Queues), ModelVirtioPCI)
+	}
+	for i, f := range nic.Queues {
+		if f == nil {
+			return nic, fmt.Errorf("nic %s: tap queue %d is nil", nic.ID, i)
+		}
+	}
+	if nic.MAC != "" && !validMAC(nic.MAC) {
+		return nic, fmt.Errorf("nic %s: mac %q is not of the form 52:54:00:12:34:56", nic.ID, nic.MAC)
+	}
+	if strings.ContainsAny(nic.Bus+nic.Model, ", =") {
+		return nic, fmt.Errorf("nic %s: model/bus must not contain commas, '=' or spaces", nic.ID)
+	}
+	return nic, nil
+}
+
+func isVirtio(model string) bool {
+	return model == ModelVirtioPCI || model == ModelVirtioDevice
+}
+
+func validID(id string) bool {
+	if len(id) == 0 || len(id) > 32 {
+		return false
+	}
+	for i, c := range id {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z':
+		case i > 0 && (c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func validMAC(mac string) bool {
+	if len(mac) != 17 {
+		return false
+	}
+	for i := 0; i < 17; i++ {
+		c := mac[i]
+		if i%3 == 2 {
+			if c != ':' {
+				return false
+			}
+			continue
+		}
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,5 @@
+//go:build !amd64
+
+package qemu
+
+func hostTSCkHz() int { return 0 }

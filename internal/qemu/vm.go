@@ -1,0 +1,524 @@
+// Package qemu starts QEMU guests wired to vmnet's multi-queue vnet_hdr
+// taps (fds inherited, never opened by QEMU), streams their serial console,
+// and drives them over QMP: status, NIC hot-plug, shutdown.
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Default bounds for waits whose context carries no deadline.
+const (
+	DefaultStartTimeout = 30 * time.Second
+	DefaultReadyTimeout = 2 * time.Minute
+	DefaultWaitTimeout  = 10 * time.Minute
+)
+
+// tailLines is how many console lines go into error messages.
+const tailLines = 15
+
+// VM is a running QEMU process.
+type VM struct {
+	spec    Spec
+	cmdline *Cmdline
+	cmd     *exec.Cmd
+	con     *console
+	stderr  *ringBuffer
+	mon     *monitor
+	logFile *os.File
+	conLn   net.Listener
+
+	exited  chan struct{} // closed when QEMU has exited
+	waitErr error         // QEMU's exit status, valid after exited
+
+	mu        sync.Mutex
+	usedPorts map[string]string // hot-plug root port -> NIC id
+	stopped   bool
+}
+
+var (
+	notesMu   sync.Mutex
+	notesSeen = map[string]bool{}
+)
+
+// noteOnce logs each distinct note once per process.
+func noteOnce(logf func(string, ...any), note string) {
+	if logf == nil {
+		return
+	}
+	notesMu.Lock()
+	seen := notesSeen[note]
+	notesSeen[note] = true
+	notesMu.Unlock()
+	if !seen {
+		logf("qemu: %s", note)
+	}
+}
+
+var (
+	tscOnce sync.Once
+	tscKHz  int
+)
+
+// HostCaps inspects this machine: /dev/vhost-net, and on request a KVM
+// probe and the TSC rate (both cached for the process).
+func HostCaps(probeKVM, measureTSC bool) Host {
+	h := Host{KVMReason: "KVM not probed"}
+	if probeKVM {
+		p := ProbeKVM()
+		h.KVM, h.KVMReason = p.Usable, p.Reason
+	}
+	if measureTSC {
+		tscOnce.Do(func() { tscKHz = hostTSCkHz() })
+		h.TSCkHz = tscKHz
+	}
+	if st, err := os.Stat("/dev/vhost-net"); err == nil && st.Mode()&os.ModeDevice != 0 {
+		h.VhostNet = true
+		h.OpenVhost = func() (*os.File, error) { return os.OpenFile("/dev/vhost-net", os.O_RDWR, 0) }
+	}
+	return h
+}
+
+// Start launches QEMU for s and returns once QEMU is up: its console is
+// connected and QMP answers query-status. ctx bounds the start-up only.
+func Start(ctx context.Context, s Spec) (_ *VM, err error) {
+	s, err = s.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	name := s.name()
+	if _, err := exec.LookPath(s.Binary); err != nil {
+		return nil, fmt.Errorf("%s: QEMU binary %s not found: %w (install qemu-system-x86)", name, s.Binary, err)
+	}
+	for _, p := range []struct{ what, path string }{{"kernel", s.Kernel}, {"initrd", s.Initrd}, {"disk", s.Disk}} {
+		if p.path == "" {
+			continue
+		}
+		if _, err := os.Stat(p.path); err != nil {
+			return nil, fmt.Errorf("%s: %s: %w", name, p.what, err)
+		}
+	}
+	if s.Accel == AccelKVM {
+		if _, err := os.Stat("/dev/kvm"); err != nil {
+			return nil, fmt.Errorf("%s: accel kvm: %w (use accel auto or tcg)", name, err)
+		}
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultStartTimeout)
+		defer cancel()
+	}
+
+	cl, err := BuildCmdline(s, HostCaps(s.Accel == AccelAuto, s.Machine == MachineMicroVM && s.Accel != AccelKVM))
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close() // QEMU holds its own copies after exec
+	for _, n := range cl.Notes {
+		noteOnce(s.Logf, n)
+	}
+
+	var cleanup []func()
+	defer func() {
+		if err != nil {
+			for i := len(cleanup) - 1; i >= 0; i-- {
+				cleanup[i]()
+			}
+		}
+	}()
+
+	if err := prepareRunDir(s); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	qmpPath := filepath.Join(s.RunDir, QMPSocketName)
+	conPath := filepath.Join(s.RunDir, ConsoleSocketName)
+	pidPath := filepath.Join(s.RunDir, PidfileName)
+	for _, p := range []string{qmpPath, conPath, pidPath} {
+		os.Remove(p) // leftovers of an earlier run of this VM
+	}
+	cleanup = append(cleanup, func() {
+		for _, p := range []string{qmpPath, conPath, pidPath} {
+			os.Remove(p)
+		}
+	})
+
+	vm := &VM{spec: s, cmdline: cl, stderr: &ringBuffer{max: 16 << 10}, exited: make(chan struct{}), usedPorts: map[string]string{}}
+	var outs []io.Writer
+	if s.ConsoleLog != "" {
+		f, err := os.OpenFile(s.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+		if err != nil {
+			return nil, fmt.Errorf("%s: console log: %w", name, err)
+		}
+		vm.logFile = f
+		cleanup = append(cleanup, func() { f.Close() })
+		outs = append(outs, f)
+	}
+	outs = append(outs, s.ConsoleTee)
+	vm.con = newConsole(s.ConsoleLines, outs...)
+
+	ln, err := net.Listen("unix", conPath)
+	if err != nil {
+		return nil, fmt.Errorf("%s: console socket: %w", name, err)
+	}
+	vm.conLn = ln
+	cleanup = append(cleanup, func() { ln.Close() })
+	if s.User != nil {
+		if err := os.Chown(conPath, int(s.User.UID), int(s.User.GID)); err != nil {
+			return nil, fmt.Errorf("%s: console socket: %w", name, err)
+		}
+	}
+
+	for _, nic := range s.NICs {
+		reattachQueues(nic.Queues)
+	}
+	cmd := exec.Command(cl.Binary, cl.Args...)
+	cmd.ExtraFiles = cl.Files
+	cmd.Stdin = nil
+	cmd.Stdout = vm.stderr
+	cmd.Stderr = vm.stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Setpgid:   true,            // a terminal's ^C goes to vmnet, which stops QEMU in order
+		Pdeathsig: syscall.SIGKILL, // no orphaned guests if vmnet dies
+	}
+	if s.User != nil {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: s.User.UID, Gid: s.User.GID, Groups: []uint32{}}
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("%s: start %s: %w", name, cl.Binary, err)
+	}
+	vm.cmd = cmd
+	go func() {
+		vm.waitErr = cmd.Wait()
+		close(vm.exited)
+	}()
+	cleanup = append(cleanup, func() { vm.kill() })
+
+	// The console connection comes first: QEMU makes it while parsing its
+	// options, before the guest runs.
+	conn, err := vm.acceptConsole(ctx, ln)
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		io.Copy(vm.con, conn)
+		vm.con.flush()
+		conn.Close()
+		close(vm.con.done)
+	}()
+
+	vm.mon = newMonitor(qmpPath, vm.exited)
+	cleanup = append(cleanup, vm.mon.close)
+	if _, err := vm.Status(ctx); err != nil {
+		return nil, vm.startErr(err)
+	}
+	return vm, nil
+}
+
+func prepareRunDir(s Spec) error {
+	if err := os.MkdirAll(s.RunDir, 0o700); err != nil {
+		return fmt.Errorf("run dir: %w", err)
+	}
+	st, err := os.Stat(s.RunDir)
+	if err != nil {
+		return fmt.Errorf("run dir: %w", err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(s.RunDir, 0o700); err != nil {
+			return fmt.Errorf("run dir: %w", err)
+		}
+	}
+	if s.User != nil {
+		// QEMU creates its QMP socket and pidfile here.
+		if err := os.Chown(s.RunDir, int(s.User.UID), int(s.User.GID)); err != nil {
+			return fmt.Errorf("run dir: %w", err)
+		}
+	}
+	return nil
+}
+
+func (vm *VM) acceptConsole(ctx context.Context, ln net.Listener) (net.Conn, error) {
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := ln.Accept()
+		ch <- res{c, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, fmt.Errorf("%s: console socket: %w", vm.spec.name(), r.err)
+		}
+		return r.c, nil
+	case <-vm.exited:
+		return nil, vm.startErr(errQEMUExited)
+	case <-ctx.Done():
+		return nil, vm.startErr(fmt.Errorf("QEMU did not connect its console: %w", ctx.Err()))
+	}
+}
+
+// startErr explains a start-up failure, with QEMU's stderr if it died.
+func (vm *VM) startErr(err error) error {
+	select {
+	case <-vm.exited:
+		return fmt.Errorf("%s: QEMU exited during start-up (%v): %s", vm.spec.name(), vm.waitErr, orNone(vm.stderr.String()))
+	case <-time.After(100 * time.Millisecond):
+	}
+	if errors.Is(err, errQEMUExited) {
+		return fmt.Errorf("%s: QEMU exited during start-up: %s", vm.spec.name(), orNone(vm.stderr.String()))
+	}
+	return fmt.Errorf("%s: %w; QEMU stderr: %s", vm.spec.name(), err, orNone(vm.stderr.String()))
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(empty)"
+	}
+	return s
+}
+
+// Name is the VM's name.
+func (vm *VM) Name() string { return vm.spec.Name }
+
+// PID is QEMU's process id.
+func (vm *VM) PID() int { return vm.cmd.Process.Pid }
+
+// Cmdline is the command QEMU was started with.
+func (vm *VM) Cmdline() []string { return append([]string{vm.cmdline.Binary}, vm.cmdline.Args...) }
+
+// Accel is the accelerator QEMU runs with (kvm or tcg).
+func (vm *VM) Accel() string { return vm.cmdline.Accel }
+
+// ConsoleTail returns up to n of the last console lines, oldest first.
+func (vm *VM) ConsoleTail(n int) []string { return vm.con.tail(n) }
+
+// Exited is closed when QEMU has exited.
+func (vm *VM) Exited() <-chan struct{} { return vm.exited }
+
+// Stderr returns the last part of QEMU's stderr and stdout.
+func (vm *VM) Stderr() string { return vm.stderr.String() }
+
+// withDefault gives ctx a deadline if it has none.
+func withDefault(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc, time.Duration) {
+	if dl, ok := ctx.Deadline(); ok {
+		return ctx, func() {}, time.Until(dl).Round(time.Second)
+	}
+	ctx, cancel := context.WithTimeout(ctx, d)
+	return ctx, cancel, d
+}
+
+// WaitReady waits until the guest prints VMNET-READY.
+func (vm *VM) WaitReady(ctx context.Context) error {
+	ctx, cancel, limit := withDefault(ctx, DefaultReadyTimeout)
+	defer cancel()
+	start := time.Now()
+	select {
+	case <-vm.con.ready:
+		return nil
+	case <-vm.con.failed:
+		time.Sleep(100 * time.Millisecond) // collect the other error lines
+		return fmt.Errorf("%s: guest set-up failed: %s; last console lines: %s",
+			vm.spec.name(), strings.Join(vm.con.guestErrors(), "; "), vm.con.tailText(tailLines))
+	case <-vm.exited:
+		// The console may still hold the marker, written just before exit.
+		select {
+		case <-vm.con.ready:
+			return nil
+		case <-time.After(200 * time.Millisecond):
+		}
+		return fmt.Errorf("%s: QEMU exited (%v) before %s; QEMU stderr: %s; last console lines: %s",
+			vm.spec.name(), vm.waitErr, ReadyMarker, orNone(vm.stderr.String()), vm.con.tailText(tailLines))
+	case <-ctx.Done():
+		return fmt.Errorf("%s: no %s within %v (%v); last console lines: %s",
+			vm.spec.name(), ReadyMarker, limitOr(limit, start), ctx.Err(), vm.con.tailText(tailLines))
+	}
+}
+
+func limitOr(limit time.Duration, start time.Time) time.Duration {
+	if limit > 0 {
+		return limit
+	}
+	return time.Since(start).Round(time.Millisecond)
+}
+
+// Wait waits for the guest's VMNET-EXIT=<n> line and QEMU's exit, and
+// returns n. On timeout the VM keeps running; call Stop.
+func (vm *VM) Wait(ctx context.Context) (int, error) {
+	ctx, cancel, limit := withDefault(ctx, DefaultWaitTimeout)
+	defer cancel()
+	start := time.Now()
+	select {
+	case <-vm.con.exited:
+	case <-vm.exited:
+		select {
+		case <-vm.con.exited:
+		case <-vm.con.done:
+			select {
+			case <-vm.con.exited:
+			default:
+				return 0, fmt.Errorf("%s: QEMU exited (%v) without %s<status>; QEMU stderr: %s; last console lines: %s",
+					vm.spec.name(), vm.waitErr, ExitMarker, orNone(vm.stderr.String()), vm.con.tailText(tailLines))
+			}
+		case <-time.After(2 * time.Second):
+			return 0, fmt.Errorf("%s: QEMU exited (%v) without %s<status>; last console lines: %s",
+				vm.spec.name(), vm.waitErr, ExitMarker, vm.con.tailText(tailLines))
+		}
+	case <-ctx.Done():
+		return 0, fmt.Errorf("%s: guest command did not finish (no %s) within %v; last console lines: %s",
+			vm.spec.name(), ExitMarker, limitOr(limit, start), vm.con.tailText(tailLines))
+	}
+	status := vm.con.status
+	select {
+	case <-vm.exited:
+	case <-ctx.Done():
+		return status, fmt.Errorf("%s: guest printed %s%d but QEMU did not exit within %v; last console lines: %s",
+			vm.spec.name(), ExitMarker, status, limitOr(limit, start), vm.con.tailText(tailLines))
+	}
+	vm.release()
+	return status, nil
+}
+
+// Status is QMP query-status.
+type Status struct {
+	Status  string `json:"status"` // running, paused, shutdown, ...
+	Running bool   `json:"running"`
+}
+
+// Status asks QEMU for the run state.
+func (vm *VM) Status(ctx context.Context) (Status, error) {
+	ctx, cancel, _ := withDefault(ctx, 10*time.Second)
+	defer cancel()
+	var st Status
+	raw, err := vm.mon.run(ctx, "query-status", nil, nil)
+	if err != nil {
+		return st, vm.qmpErr(err)
+	}
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return st, fmt.Errorf("%s: query-status: %w", vm.spec.name(), err)
+	}
+	return st, nil
+}
+
+// QMP runs any QMP command with JSON-encodable arguments and returns its
+// "return" value.
+func (vm *VM) QMP(ctx context.Context, execute string, args any) (json.RawMessage, error) {
+	ctx, cancel, _ := withDefault(ctx, 10*time.Second)
+	defer cancel()
+	raw, err := vm.mon.run(ctx, execute, args, nil)
+	if err != nil {
+		return nil, vm.qmpErr(err)
+	}
+	return raw, nil
+}
+
+// qmpErr names the VM and, if QEMU is gone, says so with its stderr.
+func (vm *VM) qmpErr(err error) error {
+	select {
+	case <-vm.exited:
+		return fmt.Errorf("%s: %w (QEMU exited: %v; stderr: %s)", vm.spec.name(), err, vm.waitErr, orNone(vm.stderr.String()))
+	default:
+		return fmt.Errorf("%s: %w", vm.spec.name(), err)
+	}
+}
+
+// Stop shuts the guest down: ACPI power button (skipped once the guest has
+// reported its exit status), then QMP quit, then SIGKILL, each bounded.
+// It always releases the VM's resources.
+func (vm *VM) Stop(ctx context.Context) error {
+	ctx, cancel, _ := withDefault(ctx, vm.spec.PowerdownGrace+15*time.Second)
+	defer cancel()
+	defer vm.release()
+	wait := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-vm.exited:
+			return true
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		return false
+	}
+	select {
+	case <-vm.exited:
+		return nil
+	default:
+	}
+	select {
+	case <-vm.con.exited:
+		if wait(vm.spec.PowerdownGrace) { // the guest is powering off by itself
+			return nil
+		}
+	default:
+		pctx, pcancel := context.WithTimeout(ctx, 3*time.Second)
+		_, err := vm.mon.run(pctx, "system_powerdown", nil, nil)
+		pcancel()
+		if err == nil && wait(vm.spec.PowerdownGrace) {
+			return nil
+		}
+	}
+	qctx, qcancel := context.WithTimeout(ctx, 3*time.Second)
+	vm.mon.run(qctx, "quit", nil, nil)
+	qcancel()
+	if wait(3 * time.Second) {
+		return nil
+	}
+	vm.kill()
+	if wait(5 * time.Second) {
+		return nil
+	}
+	return fmt.Errorf("%s: QEMU (pid %d) did not exit even after SIGKILL", vm.spec.name(), vm.PID())
+}
+
+func (vm *VM) kill() {
+	select {
+	case <-vm.exited:
+		return
+	default:
+	}
+	if vm.cmd != nil && vm.cmd.Process != nil {
+		vm.cmd.Process.Signal(syscall.SIGKILL)
+	}
+}
+
+// release closes what vmnet holds for the VM once QEMU is gone (or being
+// killed) and removes the run files.
+func (vm *VM) release() {
+	vm.mu.Lock()
+	if vm.stopped {
+		vm.mu.Unlock()
+		return
+	}
+	vm.stopped = true
+	vm.mu.Unlock()
+	if vm.mon != nil {
+		vm.mon.close()
+	}
+	if vm.conLn != nil {
+		vm.conLn.Close()
+	}
+	select {
+	case <-vm.con.done:
+	case <-time.After(2 * time.Second):
+	}
+	if vm.logFile != nil {
+		vm.logFile.Close()
+	}
+	for _, p := range []string{QMPSocketName, ConsoleSocketName, PidfileName} {
+		os.Remove(filepath.Join(vm.spec.RunDir, p))
+	}
+}

@@ -1,0 +1,73 @@
+package tap
+
+import (
+	"errors"
+	"fmt"
+	"unicode"
+
+	"golang.org/x/sys/unix"
+)
+
+// MaxQueues is the kernel's limit on queues per tap (MAX_TAP_QUEUES).
+const MaxQueues = 256
+
+// hinted wraps a syscall error with advice; errors.Is still sees the errno.
+type hinted struct {
+	err  error
+	hint string
+}
+
+func (h *hinted) Error() string { return h.err.Error() + " (" + h.hint + ")" }
+func (h *hinted) Unwrap() error { return h.err }
+
+// explain adds what to do to the errno values users actually meet.
+// multiQueue is the flag vmnet asked for, used to explain EINVAL.
+func explain(err error, op string) error {
+	var hint string
+	switch {
+	case errors.Is(err, unix.ENOENT) && op == "open":
+		hint = "/dev/net/tun is missing: load the tun module with `modprobe tun`, or create the node with `mkdir -p /dev/net && mknod /dev/net/tun c 10 200`"
+	case errors.Is(err, unix.ENODEV) && op == "open":
+		hint = "/dev/net/tun exists but no tun driver answers (misc 10:200): `modprobe tun`"
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		hint = "needs CAP_NET_ADMIN in the tap's network namespace, or to be the tap's owner or group"
+	case errors.Is(err, unix.EBUSY) && op == "create":
+		hint = "a network interface with this name already exists: pick another name, or use Open to attach to an existing tap"
+	case errors.Is(err, unix.EBUSY):
+		hint = "the tap exists and is single-queue and already held by another file (QEMU or another vmnet); close that first, or recreate it with more than one queue"
+	case errors.Is(err, unix.EINVAL) && (op == "attach" || op == "create"):
+		hint = "the existing device differs in multi_queue or type (tun/tap) from what was asked, or the name is taken by a non-tun device"
+	default:
+		return err
+	}
+	return &hinted{err: err, hint: hint}
+}
+
+// checkName applies the kernel's dev_valid_name rules plus IFNAMSIZ, so a
+// name is never truncated silently.
+func checkName(name string) error {
+	bad := func(why string) error {
+		return fmt.Errorf("tap %q: invalid name: %s: %w", name, why, unix.EINVAL)
+	}
+	switch {
+	case name == "":
+		return bad("empty")
+	case len(name) > unix.IFNAMSIZ-1:
+		return bad(fmt.Sprintf("%d bytes, the limit is %d", len(name), unix.IFNAMSIZ-1))
+	case name == "." || name == "..":
+		return bad("reserved")
+	}
+	for _, r := range name {
+		if r == '/' || r == ':' || unicode.IsSpace(r) || r == 0 {
+			return bad(fmt.Sprintf("contains %q (no '/', ':', NUL or whitespace allowed)", r))
+		}
+	}
+	return nil
+}
+
+func checkQueues(name string, n int) error {
+	if n < 1 || n > MaxQueues {
+		return fmt.Errorf("tap %s: %d queues: must be 1..%d: %w", name, n, MaxQueues, unix.EINVAL)
+	}
+	return nil
+}

@@ -1,0 +1,185 @@
+package tap
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/vishvananda/netlink"
+
+	"github.com/vmnet/vmnet/internal/testenv"
+	"github.com/vmnet/vmnet/netns"
+)
+
+// testEtherType marks frames the tests send (IEEE local experimental), so
+// anything else the kernel emits is ignored.
+const testEtherType = 0x88b5
+
+var (
+	srcMAC = net.HardwareAddr{0x02, 0, 0, 0, 0, 0xa1}
+	dstMAC = net.HardwareAddr{0x02, 0, 0, 0, 0, 0xb2}
+)
+
+// newNS gives the test a fresh namespace without IPv6 autoconfiguration
+// chatter on new links.
+func newNS(t testing.TB) netns.Handle {
+	t.Helper()
+	ns := testenv.NetNS(t)
+	testenv.Do(t, ns, func() error {
+		for _, p := range []string{"all", "default"} {
+			// Best effort: a host without IPv6 has nothing to silence.
+			_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+p+"/disable_ipv6", []byte("1"), 0)
+		}
+		return nil
+	})
+	return ns
+}
+
+// bridgeTaps creates bridge br0 (directly through netlink) and enslaves
+// the taps, bringing everything up. Run inside the namespace.
+func bridgeTaps(taps ...*Tap) error {
+	h := &netlink.Handle{}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+	if err := h.LinkAdd(br); err != nil {
+		return fmt.Errorf("add bridge: %w", err)
+	}
+	if err := h.LinkSetUp(br); err != nil {
+		return err
+	}
+	for _, tp := range taps {
+		l, err := h.LinkByName(tp.Name())
+		if err != nil {
+			return err
+		}
+		if err := h.LinkSetMaster(l, br); err != nil {
+			return fmt.Errorf("enslave %s: %w", tp.Name(), err)
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func mustCreate(t testing.TB, cfg Config) *Tap {
+	t.Helper()
+	tp, err := Create(cfg)
+	if err != nil {
+		t.Fatalf("Create(%+v): %v", cfg, err)
+	}
+	t.Cleanup(func() { tp.Close() })
+	return tp
+}
+
+// markedFrame is an Ethernet frame of the test EtherType carrying id.
+func markedFrame(id uint32, size int) []byte {
+	f := make([]byte, size)
+	copy(f[0:], dstMAC)
+	copy(f[6:], srcMAC)
+	binary.BigEndian.PutUint16(f[12:], testEtherType)
+	binary.BigEndian.PutUint32(f[14:], id)
+	for i := 18; i < size; i++ {
+		f[i] = byte(i)
+	}
+	return f
+}
+
+// udpFrame builds a valid Ethernet/IPv4/UDP frame with gopacket; the
+// ports make the flow.
+func udpFrame(t testing.TB, sport, dport uint16, payload []byte) []byte {
+	t.Helper()
+	eth := &layers.Ethernet{SrcMAC: srcMAC, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP,
+		SrcIP: net.IPv4(10, 0, 0, 1), DstIP: net.IPv4(10, 0, 0, 2)}
+	udp := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
+	if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
+		t.Fatal(err)
+	}
+	buf := gopacket.NewSerializeBuffer()
+	opts := gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}
+	if err := gopacket.SerializeLayers(buf, opts, eth, ip, udp, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// isTestUDP reports whether frame is one of udpFrame's, by decoding it
+// with gopacket.
+func isTestUDP(frame []byte) (*layers.UDP, bool) {
+	p := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+	u, ok := p.Layer(layers.LayerTypeUDP).(*layers.UDP)
+	if !ok || !bytes.HasPrefix(u.Payload, []byte("vmnet-tap-test")) {
+		return nil, false
+	}
+	return u, true
+}
+
+func isMarked(frame []byte) bool {
+	return len(frame) >= 18 && binary.BigEndian.Uint16(frame[12:]) == testEtherType
+}
+
+// readMatch reads from q until a frame (after hdr bytes of vnet header)
+// satisfies match, or the timeout passes.
+func readMatch(q *Queue, timeout time.Duration, match func(frame []byte) bool) ([]byte, error) {
+	if err := q.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return nil, err
+	}
+	defer q.SetReadDeadline(time.Time{})
+	buf := make([]byte, 70000)
+	for {
+		n, err := q.Read(buf)
+		if err != nil {
+			return nil, err
+		}
+		if match(buf[q.VnetHdrSize():n]) {
+			return buf[:n], nil
+		}
+	}
+}
+
+// drain counts the frames matching match that arrive on q within d.
+func drain(q *Queue, d time.Duration, match func([]byte) bool) (int, error) {
+	n := 0
+	_, err := readMatch(q, d, func(f []byte) bool {
+		if match(f) {
+			n++
+		}
+		return false
+	})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = nil
+	}
+	return n, err
+}
+
+// run runs a command in the calling (locked) thread's namespace.
+func run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func linkNames(t testing.TB) []string {
+	t.Helper()
+	links, err := (&netlink.Handle{}).LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range links {
+		names = append(names, l.Attrs().Name)
+	}
+	return names
+}

@@ -1,0 +1,384 @@
+package tap
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrDeviceGone is in the error of a read on a queue whose tap was
+// deleted. The kernel says so either with end of file (the queue's socket
+// was shut down) or EBADFD (the queue no longer points at a device); the
+// error wraps that too.
+var ErrDeviceGone = errors.New("the tap was deleted")
+
+func deviceGone(err error) error { return fmt.Errorf("%w: %w", err, ErrDeviceGone) }
+
+// Queue is one fd of a tap. Reads and writes go through Go's netpoller, so
+// deadlines work and Close wakes a blocked Read. One reader and one writer
+// may use a Queue at the same time; further readers (or writers) wait for
+// each other.
+//
+// The kernel sends each frame to exactly one queue (by flow hash), and a
+// frame written to any queue enters the device.
+type Queue struct {
+	tap   *Tap
+	index int
+	fd    int // for ioctls before the file is handed out; never read after Close
+	f     *os.File
+	rc    syscall.RawConn
+	hdr   int
+
+	closed atomic.Bool
+
+	mu       sync.Mutex // guards detached
+	detached bool
+
+	// Read state. The callbacks are method values made once, so a read
+	// through RawConn.Read allocates nothing.
+	rmu    sync.Mutex
+	rbufs  [][]byte
+	rsizes []int
+	roff   int
+	rn     int
+	rerr   error
+	rfn    func(uintptr) bool
+	rvfn   func(uintptr) bool
+	riov   [2]unix.Iovec
+	riovn  int
+	rone   [1][]byte
+	rsz    [1]int
+
+	wmu   sync.Mutex
+	wbufs [][]byte
+	woff  int
+	wn    int
+	werr  error
+	wfn   func(uintptr) bool
+	wvfn  func(uintptr) bool
+	wiov  [2]unix.Iovec
+	wiovn int
+	wone  [1][]byte
+}
+
+func newQueue(t *Tap, index, fd int) *Queue {
+	f := os.NewFile(uintptr(fd), fmt.Sprintf("tap %s queue %d", t.name, index))
+	if f == nil {
+		return nil
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	q := &Queue{tap: t, index: index, fd: fd, f: f, rc: rc, hdr: t.vnetHdr}
+	q.rfn = q.readFrames
+	q.rvfn = q.readv
+	q.wfn = q.writeFrames
+	q.wvfn = q.writev
+	return q
+}
+
+// Index is the queue's position in the Tap (not the kernel's queue index,
+// which changes as queues detach).
+func (q *Queue) Index() int { return q.index }
+
+// File is the queue's file, e.g. for exec.Cmd.ExtraFiles (see Tap.Files).
+func (q *Queue) File() *os.File { return q.f }
+
+// VnetHdrSize is the length of the virtio-net header in front of frames.
+func (q *Queue) VnetHdrSize() int { return q.hdr }
+
+// Close closes the queue's file.
+func (q *Queue) Close() error {
+	q.closed.Store(true)
+	return q.f.Close()
+}
+
+// SetDeadline, SetReadDeadline and SetWriteDeadline work as on os.File.
+func (q *Queue) SetDeadline(t time.Time) error      { return q.f.SetDeadline(t) }
+func (q *Queue) SetReadDeadline(t time.Time) error  { return q.f.SetReadDeadline(t) }
+func (q *Queue) SetWriteDeadline(t time.Time) error { return q.f.SetWriteDeadline(t) }
+
+// Detach disables the queue (TUNSETQUEUE IFF_DETACH_QUEUE): the kernel
+// stops steering frames to it and counts it in num_disabled_queues. It
+// does not fail I/O on it: a read waits (nothing arrives) until Attach,
+// a deadline or Close, and a write still enters the device. Reads fail
+// with ErrDeviceGone (EBADFD or end of file) only once the tap is deleted.
+func (q *Queue) Detach() error { return q.setQueue(unix.IFF_DETACH_QUEUE, "detach") }
+
+// Attach re-enables a detached queue.
+func (q *Queue) Attach() error { return q.setQueue(unix.IFF_ATTACH_QUEUE, "attach") }
+
+// Detached reports whether Detach was the last successful call of the two.
+func (q *Queue) Detached() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.detached
+}
+
+func (q *Queue) setQueue(flag uint16, what string) error {
+	var ierr error
+	err := q.rc.Control(func(fd uintptr) {
+		ifr, err := unix.NewIfreq("")
+		if err != nil {
+			ierr = err
+			return
+		}
+		ifr.SetUint16(flag)
+		ierr = unix.IoctlIfreq(int(fd), unix.TUNSETQUEUE, ifr)
+	})
+	if err == nil {
+		err = ierr
+	}
+	if err != nil {
+		return fmt.Errorf("tap %s: %s queue %d: %w", q.tap.name, what, q.index, explain(err, ""))
+	}
+	q.mu.Lock()
+	q.detached = flag == unix.IFF_DETACH_QUEUE
+	q.mu.Unlock()
+	return nil
+}
+
+func (q *Queue) wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if q.closed.Load() && !errors.Is(err, os.ErrClosed) {
+		// RawConn reports a closed file as internal/poll's
+		// ErrFileClosing, which os.ErrClosed does not match.
+		err = fmt.Errorf("%w (%v)", os.ErrClosed, err)
+	}
+	switch {
+	case op == "write" && errors.Is(err, unix.EIO):
+		err = &hinted{err, "the tap is down: bring it up (Config.Up, or `ip link set " + q.tap.name + " up`)"}
+	case op == "write" && errors.Is(err, unix.EINVAL):
+		err = &hinted{err, "frame shorter than an Ethernet header, or a vnet header the kernel rejects"}
+	}
+	return fmt.Errorf("tap %s: queue %d: %s: %w", q.tap.name, q.index, op, err)
+}
+
+// ReadBatch reads up to len(bufs) frames, each into bufs[i][offset:], and
+// stores their lengths in sizes[i]. It waits for the first frame, then
+// takes what else is already queued without waiting. With a vnet header
+// the header is at the start of each frame and counted in its size. A
+// frame longer than its buffer is cut by the kernel, so buffers must hold
+// MTU+14+header bytes (64 KiB+header with TSO/USO offloads).
+// It returns the number of frames read; err is set when the next read
+// failed, possibly after n > 0 frames.
+func (q *Queue) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if len(sizes) < len(bufs) {
+		return 0, q.wrap("read", fmt.Errorf("%d sizes for %d buffers", len(sizes), len(bufs)))
+	}
+	q.rmu.Lock()
+	defer q.rmu.Unlock()
+	return q.readBatch(bufs, sizes, offset)
+}
+
+func (q *Queue) readBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
+	q.rbufs, q.rsizes, q.roff, q.rn, q.rerr = bufs, sizes, offset, 0, nil
+	err := q.rc.Read(q.rfn)
+	n, rerr := q.rn, q.rerr
+	q.rbufs, q.rsizes = nil, nil
+	if err == nil {
+		err = rerr
+	}
+	return n, q.wrap("read", err)
+}
+
+func (q *Queue) readFrames(fd uintptr) bool {
+	for q.rn < len(q.rbufs) {
+		n, err := unix.Read(int(fd), q.rbufs[q.rn][q.roff:])
+		switch err {
+		case nil:
+			if n == 0 {
+				// tun reports an unregistered device as end of file.
+				q.rerr = deviceGone(io.EOF)
+				return true
+			}
+			q.rsizes[q.rn] = n
+			q.rn++
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return q.rn > 0
+		case unix.EBADFD:
+			q.rerr = deviceGone(err)
+			return true
+		default:
+			q.rerr = err
+			return true
+		}
+	}
+	return true
+}
+
+// Read reads one frame (with the vnet header in front, if any) into b.
+func (q *Queue) Read(b []byte) (int, error) {
+	q.rmu.Lock()
+	defer q.rmu.Unlock()
+	q.rone[0] = b
+	n, err := q.readBatch(q.rone[:], q.rsz[:], 0)
+	q.rone[0] = nil
+	if n == 0 {
+		return 0, err
+	}
+	return q.rsz[0], nil
+}
+
+// ReadHdr reads one frame, putting the vnet header into hdr (which must
+// hold VnetHdrSize bytes) and the Ethernet frame into frame. It returns
+// the frame's length without the header. Without a vnet header hdr is
+// not touched.
+func (q *Queue) ReadHdr(hdr, frame []byte) (int, error) {
+	if len(hdr) < q.hdr {
+		return 0, q.wrap("read", fmt.Errorf("header buffer of %d bytes for a %d-byte vnet header", len(hdr), q.hdr))
+	}
+	q.rmu.Lock()
+	defer q.rmu.Unlock()
+	q.riovn = setIov(&q.riov, hdr[:q.hdr], frame)
+	q.rn, q.rerr = 0, nil
+	err := q.rc.Read(q.rvfn)
+	q.riov = [2]unix.Iovec{}
+	if err == nil {
+		err = q.rerr
+	}
+	if err != nil {
+		return 0, q.wrap("read", err)
+	}
+	return q.rn - q.hdr, nil
+}
+
+func setIov(iov *[2]unix.Iovec, hdr, frame []byte) int {
+	i := 0
+	for _, b := range [2][]byte{hdr, frame} {
+		if len(b) > 0 {
+			iov[i].Base = &b[0]
+			iov[i].SetLen(len(b))
+			i++
+		}
+	}
+	return i
+}
+
+func (q *Queue) readv(fd uintptr) bool {
+	for {
+		n, _, e := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&q.riov[0])), uintptr(q.riovn))
+		switch e {
+		case 0:
+			if n == 0 {
+				q.rerr = deviceGone(io.EOF)
+			}
+			q.rn = int(n)
+			return true
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		case unix.EBADFD:
+			q.rerr = deviceGone(e)
+			return true
+		default:
+			q.rerr = e
+			return true
+		}
+	}
+}
+
+// WriteBatch writes bufs[i][offset:] as one frame each (starting with the
+// vnet header, if the tap has one). It returns how many were written.
+func (q *Queue) WriteBatch(bufs [][]byte, offset int) (int, error) {
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
+	return q.writeBatch(bufs, offset)
+}
+
+func (q *Queue) writeBatch(bufs [][]byte, offset int) (int, error) {
+	q.wbufs, q.woff, q.wn, q.werr = bufs, offset, 0, nil
+	err := q.rc.Write(q.wfn)
+	n, werr := q.wn, q.werr
+	q.wbufs = nil
+	if err == nil {
+		err = werr
+	}
+	return n, q.wrap("write", err)
+}
+
+func (q *Queue) writeFrames(fd uintptr) bool {
+	for q.wn < len(q.wbufs) {
+		_, err := unix.Write(int(fd), q.wbufs[q.wn][q.woff:])
+		switch err {
+		case nil:
+			q.wn++
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		case unix.EBADFD:
+			q.werr = deviceGone(err)
+			return true
+		default:
+			q.werr = err
+			return true
+		}
+	}
+	return true
+}
+
+// Write writes one frame, starting with the vnet header if there is one.
+func (q *Queue) Write(b []byte) (int, error) {
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
+	q.wone[0] = b
+	n, err := q.writeBatch(q.wone[:], 0)
+	q.wone[0] = nil
+	if n == 0 {
+		return 0, err
+	}
+	return len(b), err
+}
+
+// WriteHdr writes one frame whose vnet header is in hdr (VnetHdrSize
+// bytes are used) and Ethernet frame in frame.
+func (q *Queue) WriteHdr(hdr, frame []byte) (int, error) {
+	if len(hdr) < q.hdr {
+		return 0, q.wrap("write", fmt.Errorf("header of %d bytes for a %d-byte vnet header", len(hdr), q.hdr))
+	}
+	q.wmu.Lock()
+	defer q.wmu.Unlock()
+	q.wiovn = setIov(&q.wiov, hdr[:q.hdr], frame)
+	q.wn, q.werr = 0, nil
+	err := q.rc.Write(q.wvfn)
+	q.wiov = [2]unix.Iovec{}
+	if err == nil {
+		err = q.werr
+	}
+	if err != nil {
+		return 0, q.wrap("write", err)
+	}
+	return len(frame), nil
+}
+
+func (q *Queue) writev(fd uintptr) bool {
+	for {
+		n, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&q.wiov[0])), uintptr(q.wiovn))
+		switch e {
+		case 0:
+			q.wn = int(n)
+			return true
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		case unix.EBADFD:
+			q.werr = deviceGone(e)
+			return true
+		default:
+			q.werr = e
+			return true
+		}
+	}
+}

@@ -1,0 +1,605 @@
+package tap
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmnet/vmnet/internal/testenv"
+	"github.com/vmnet/vmnet/owner"
+)
+
+func TestFrameAcrossBridge(t *testing.T) {
+	t.Parallel()
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		a := mustCreate(t, NewConfig("tapa", 1))
+		b := mustCreate(t, NewConfig("tapb", 1))
+		if err := bridgeTaps(a, b); err != nil {
+			return err
+		}
+		want := markedFrame(7, 100)
+		if n, err := a.Queues()[0].Write(want); err != nil || n != len(want) {
+			return fmt.Errorf("write: %d, %v", n, err)
+		}
+		got, err := readMatch(b.Queues()[0], 2*time.Second, isMarked)
+		if err != nil {
+			return fmt.Errorf("frame written to tapa never reached tapb: %w", err)
+		}
+		if !bytes.Equal(got, want) {
+			return fmt.Errorf("tapb read\n%x\nwant\n%x", got, want)
+		}
+		info, err := Describe("tapa")
+		if err != nil {
+			return err
+		}
+		if info.Master != "br0" || !info.Up || !info.Carrier || info.NumQueues != -1 {
+			return fmt.Errorf("Describe(tapa) on the bridge: %+v", info)
+		}
+		return nil
+	})
+}
+
+// TestVnetHdr sends a UDP frame whose checksum is left to the receiver
+// (NEEDS_CSUM) and checks that a tap with csum offload hands the header
+// over intact while one without it gets a finished frame.
+func TestVnetHdr(t *testing.T) {
+	for _, size := range []int{10, 12} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			t.Parallel()
+			ns := newNS(t)
+			testenv.Do(t, ns, func() error {
+				cfg := NewConfig("tapa", 1)
+				cfg.VnetHdrSize = size
+				cfg.Offloads = OffloadCsum | OffloadTSO4 | OffloadTSO6
+				a := mustCreate(t, cfg)
+				cfg.Name = "tapb"
+				b := mustCreate(t, cfg)
+				plain := NewConfig("tapc", 1)
+				plain.VnetHdrSize = size
+				c := mustCreate(t, plain)
+				if err := bridgeTaps(a, b, c); err != nil {
+					return err
+				}
+				for _, tp := range []*Tap{a, b, c} {
+					if tp.VnetHdrSize() != size || tp.Queues()[0].VnetHdrSize() != size {
+						return fmt.Errorf("%s: vnet header size %d, want %d", tp.Name(), tp.VnetHdrSize(), size)
+					}
+				}
+				frame := udpFrame(t, 1000, 2000, []byte("vmnet-tap-test vnet"))
+				binary.BigEndian.PutUint16(frame[14+20+6:], 0) // checksum left to the offload
+				hdr := make([]byte, size)
+				hdr[0] = unix.VIRTIO_NET_HDR_F_NEEDS_CSUM
+				binary.LittleEndian.PutUint16(hdr[6:], 14+20) // csum_start
+				binary.LittleEndian.PutUint16(hdr[8:], 6)     // csum_offset
+				if _, err := a.Queues()[0].WriteHdr(hdr, frame); err != nil {
+					return err
+				}
+
+				// In place: header then frame in one buffer.
+				got, err := readMatch(b.Queues()[0], 2*time.Second, func(f []byte) bool { _, ok := isTestUDP(f); return ok })
+				if err != nil {
+					return fmt.Errorf("tapb: %w", err)
+				}
+				if len(got) != size+len(frame) || !bytes.Equal(got[size:], frame) {
+					return fmt.Errorf("tapb frame differs: got %d bytes, want %d+%d", len(got), size, len(frame))
+				}
+				if got[0]&unix.VIRTIO_NET_HDR_F_NEEDS_CSUM == 0 ||
+					binary.LittleEndian.Uint16(got[6:]) != 34 || binary.LittleEndian.Uint16(got[8:]) != 6 {
+					return fmt.Errorf("tapb (csum offload) header %x: want NEEDS_CSUM, csum_start 34, csum_offset 6", got[:size])
+				}
+
+				// Separate header, and a tap without offloads: the kernel
+				// finished the checksum, so NEEDS_CSUM must be gone.
+				q := c.Queues()[0]
+				q.SetReadDeadline(time.Now().Add(2 * time.Second))
+				rh := make([]byte, size)
+				rf := make([]byte, 2048)
+				for {
+					n, err := q.ReadHdr(rh, rf)
+					if err != nil {
+						return fmt.Errorf("tapc: %w", err)
+					}
+					u, ok := isTestUDP(rf[:n])
+					if !ok {
+						continue
+					}
+					if rh[0]&unix.VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+						return fmt.Errorf("tapc (no offloads) header %x still asks for a checksum", rh)
+					}
+					if u.Checksum == 0 {
+						return fmt.Errorf("tapc got UDP checksum 0; the kernel should have filled it in")
+					}
+					return nil
+				}
+			})
+		})
+	}
+}
+
+func TestMultiQueueSpreadsFlows(t *testing.T) {
+	t.Parallel()
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		a := mustCreate(t, NewConfig("tapa", 1))
+		b := mustCreate(t, NewConfig("tapb", 4))
+		if !b.MultiQueue() || len(b.Queues()) != 4 || len(b.Files()) != 4 {
+			return fmt.Errorf("tapb: multi_queue %v, %d queues", b.MultiQueue(), len(b.Queues()))
+		}
+		if err := bridgeTaps(a, b); err != nil {
+			return err
+		}
+		const flows = 64
+		for i := range flows {
+			if _, err := a.Queues()[0].Write(udpFrame(t, uint16(10000+i), 53, []byte("vmnet-tap-test flow"))); err != nil {
+				return err
+			}
+		}
+		total, busy := 0, 0
+		for i, q := range b.Queues() {
+			n, err := drain(q, 300*time.Millisecond, func(f []byte) bool { _, ok := isTestUDP(f); return ok })
+			if err != nil {
+				return err
+			}
+			t.Logf("queue %d: %d frames", i, n)
+			total += n
+			if n > 0 {
+				busy++
+			}
+		}
+		if total != flows || busy < 2 {
+			return fmt.Errorf("%d of %d frames arrived, on %d queues; want all, on more than one", total, flows, busy)
+		}
+		return nil
+	})
+}
+
+// TestDetachQueue checks what the kernel does with a disabled queue: no
+// frames are steered to it and a read on it waits (the kernel does not
+// fail it: tun_do_read finds an empty ring and says EAGAIN), while a
+// write on it still enters the device.
+func TestDetachQueue(t *testing.T) {
+	t.Parallel()
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		a := mustCreate(t, NewConfig("tapa", 1))
+		b := mustCreate(t, NewConfig("tapb", 2))
+		if err := bridgeTaps(a, b); err != nil {
+			return err
+		}
+		q0, q1 := b.Queues()[0], b.Queues()[1]
+		if err := q1.Detach(); err != nil {
+			return err
+		}
+		if !q1.Detached() {
+			return errors.New("Detached() false after Detach")
+		}
+		if err := q1.Detach(); !errors.Is(err, unix.EINVAL) || !strings.Contains(err.Error(), "tap tapb: detach queue 1: ") {
+			return fmt.Errorf("second detach: %v, want EINVAL naming the tap and queue", err)
+		}
+		info, err := b.Describe()
+		if err != nil {
+			return err
+		}
+		if info.NumQueues != 1 || info.NumDisabledQueues != 1 {
+			return fmt.Errorf("after detach: num_queues %d, num_disabled_queues %d; want 1, 1", info.NumQueues, info.NumDisabledQueues)
+		}
+		isUDP := func(f []byte) bool { _, ok := isTestUDP(f); return ok }
+		send := func() error {
+			for i := range 32 {
+				if _, err := a.Queues()[0].Write(udpFrame(t, uint16(20000+i), 53, []byte("vmnet-tap-test detach"))); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if err := send(); err != nil {
+			return err
+		}
+		n1, err := drain(q1, 300*time.Millisecond, isUDP)
+		if err != nil {
+			return fmt.Errorf("read on detached queue: %w (want it to wait until the deadline)", err)
+		}
+		n0, err := drain(q0, 300*time.Millisecond, isUDP)
+		if err != nil {
+			return err
+		}
+		if n1 != 0 || n0 != 32 {
+			return fmt.Errorf("detached queue got %d frames, attached one %d; want 0 and 32", n1, n0)
+		}
+		// A write on the detached queue still reaches the bridge.
+		if _, err := q1.Write(markedFrame(9, 64)); err != nil {
+			return fmt.Errorf("write on detached queue: %w", err)
+		}
+		if _, err := readMatch(a.Queues()[0], 2*time.Second, isMarked); err != nil {
+			return fmt.Errorf("frame written on detached queue did not reach tapa: %w", err)
+		}
+
+		if err := q1.Attach(); err != nil {
+			return err
+		}
+		if info, _ := b.Describe(); info.NumQueues != 2 || info.NumDisabledQueues != 0 {
+			return fmt.Errorf("after attach: num_queues %d, num_disabled_queues %d; want 2, 0", info.NumQueues, info.NumDisabledQueues)
+		}
+		if err := send(); err != nil {
+			return err
+		}
+		n1, _ = drain(q1, 300*time.Millisecond, isUDP)
+		n0, _ = drain(q0, 300*time.Millisecond, isUDP)
+		if n0+n1 != 32 || n1 == 0 {
+			return fmt.Errorf("after re-attach: queue 0 got %d, queue 1 %d; want 32 in all and some on queue 1", n0, n1)
+		}
+		return nil
+	})
+}
+
+// TestCreateSeenByIPAndEthtool checks every setting of Create against
+// `ip -d link` and `ethtool -k`, and against Describe.
+func TestCreateSeenByIPAndEthtool(t *testing.T) {
+	t.Parallel()
+	testenv.RequireProgram(t, "ethtool")
+	testenv.RequireProgram(t, "ip")
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		mac := net.HardwareAddr{0x02, 0x11, 0x22, 0x33, 0x44, 0x55}
+		on := true
+		cfg := Config{Name: "vm0", Queues: 2, VnetHdrSize: 12, Offloads: OffloadAll, Persist: true,
+			Owner: 4242, Group: 4343, MTU: 9000, MAC: mac, TxQueueLen: 777, Carrier: &on, Up: true, Tag: "lab1"}
+		tp := mustCreate(t, cfg)
+		if got, err := tp.Offloads(); err != nil || got != OffloadAll {
+			return fmt.Errorf("Offloads() = %s, %v", got, err)
+		}
+		ipOut := run(t, "ip", "-d", "link", "show", "vm0")
+		for _, want := range []string{
+			"mtu 9000", "qlen 777", "link/ether 02:11:22:33:44:55", "alias vmnet:lab1",
+			"tun type tap pi off vnet_hdr on multi_queue numqueues 2 numdisabled 0 persist on user 4242 group 4343",
+		} {
+			if !strings.Contains(ipOut, want) {
+				t.Errorf("ip -d link show vm0 lacks %q:\n%s", want, ipOut)
+			}
+		}
+		ethOut := run(t, "ethtool", "-k", "vm0")
+		for _, f := range []string{"tx-checksum-ip-generic", "tx-tcp-segmentation", "tx-tcp6-segmentation", "tx-tcp-ecn-segmentation", "tx-udp-segmentation"} {
+			if !regexp.MustCompile(`(?m)^\s*` + f + `: on`).MatchString(ethOut) {
+				t.Errorf("ethtool -k vm0: %s not on:\n%s", f, ethOut)
+			}
+		}
+		info, err := Describe("vm0")
+		if err != nil {
+			return err
+		}
+		want := Info{Name: "vm0", Index: tp.Index(), Type: "tap", VnetHdr: true, Persist: true, MultiQueue: true,
+			Owner: 4242, Group: 4343, NumQueues: 2, MTU: 9000, MAC: mac.String(), TxQueueLen: 777,
+			OperState: "unknown", Up: true, Carrier: true, Alias: "vmnet:lab1", Tag: "lab1", Tagged: true, Offloads: info.Offloads}
+		if info.Offloads == nil || *info.Offloads != OffloadAll&^OffloadUFO {
+			t.Errorf("Describe offloads %v (%s), want %s (ufo is not visible)", info.Offloads, info.OffloadsError, OffloadAll&^OffloadUFO)
+		}
+		if info != want {
+			t.Errorf("Describe:\n got %+v\nwant %+v", info, want)
+		}
+
+		// Persistent: Close leaves it; Delete checks the tag.
+		if err := tp.Close(); err != nil {
+			return err
+		}
+		if info, err := Describe("vm0"); err != nil || info.NumQueues != 0 || info.Carrier {
+			return fmt.Errorf("after Close: %+v, %v; want a persistent tap with 0 queues", info, err)
+		}
+		if err := Delete("vm0", "", false); !errors.Is(err, owner.ErrNotOwned) {
+			return fmt.Errorf("Delete with the default owner: %v, want ErrNotOwned", err)
+		}
+		if err := Delete("vm0", "lab1", false); err != nil {
+			return err
+		}
+		if _, err := Describe("vm0"); !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("after Delete: %v, want ENODEV", err)
+		}
+
+		// Defaults: no offloads show in ethtool, owner unset in ip.
+		plain := mustCreate(t, NewConfig("vm1", 1))
+		_ = plain
+		ethOut = run(t, "ethtool", "-k", "vm1")
+		if !regexp.MustCompile(`(?m)^\s*tx-tcp-segmentation: off`).MatchString(ethOut) {
+			t.Errorf("ethtool -k vm1: TSO should be off:\n%s", ethOut)
+		}
+		ipOut = run(t, "ip", "-d", "link", "show", "vm1")
+		if !strings.Contains(ipOut, "tun type tap pi off vnet_hdr off persist off addrgenmode") {
+			t.Errorf("ip -d link show vm1:\n%s", ipOut)
+		}
+		return nil
+	})
+}
+
+// TestOpenIPTuntap describes and opens a tap that iproute2 made.
+func TestOpenIPTuntap(t *testing.T) {
+	t.Parallel()
+	testenv.RequireProgram(t, "ip")
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		run(t, "ip", "tuntap", "add", "dev", "ext0", "mode", "tap", "multi_queue", "vnet_hdr", "user", "4242")
+		info, err := Describe("ext0")
+		if err != nil {
+			return err
+		}
+		if info.Type != "tap" || !info.MultiQueue || !info.VnetHdr || !info.Persist || info.PI ||
+			info.Owner != 4242 || info.Group != -1 || info.NumQueues != 0 || info.Tagged {
+			return fmt.Errorf("Describe(ext0) = %+v", info)
+		}
+		tp, err := Open("ext0", 3)
+		if err != nil {
+			return err
+		}
+		defer tp.Close()
+		if tp.VnetHdrSize() != 10 || !tp.MultiQueue() || len(tp.Files()) != 3 {
+			return fmt.Errorf("Open: vnet header %d, multi_queue %v, %d files", tp.VnetHdrSize(), tp.MultiQueue(), len(tp.Files()))
+		}
+		if _, err := tp.AddQueue(); err != nil {
+			return err
+		}
+		info, _ = tp.Describe()
+		if info.NumQueues != 4 || !info.VnetHdr || !info.MultiQueue {
+			return fmt.Errorf("after AddQueue: %+v", info)
+		}
+		list, err := List()
+		if err != nil {
+			return err
+		}
+		if len(list) != 1 || list[0].Name != "ext0" || list[0].NumQueues != 4 {
+			return fmt.Errorf("List = %+v", list)
+		}
+		j, _ := json.Marshal(list[0])
+		for _, key := range []string{`"name":"ext0"`, `"type":"tap"`, `"pi":false`, `"vnet_hdr":true`, `"persist":true`,
+			`"multi_queue":true`, `"owner":4242`, `"group":-1`, `"num_queues":4`, `"num_disabled_queues":0`, `"tagged":false`, `"offloads":[]`} {
+			if !strings.Contains(string(j), key) {
+				t.Errorf("Info JSON %s lacks %s", j, key)
+			}
+		}
+		if err := Delete("ext0", "", false); !errors.Is(err, owner.ErrNotOwned) || !strings.Contains(err.Error(), "force") {
+			return fmt.Errorf("Delete of a tap vmnet did not make: %v, want ErrNotOwned mentioning force", err)
+		}
+		tp.Close()
+		if err := Delete("ext0", "", true); err != nil {
+			return err
+		}
+		if names := linkNames(t); len(names) != 1 {
+			return fmt.Errorf("links left: %v", names)
+		}
+		return nil
+	})
+}
+
+func TestAddQueueToLimit(t *testing.T) {
+	t.Parallel()
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		tp := mustCreate(t, NewConfig("mq0", 2))
+		for len(tp.Queues()) < MaxQueues {
+			if _, err := tp.AddQueue(); err != nil {
+				return fmt.Errorf("queue %d: %w", len(tp.Queues()), err)
+			}
+		}
+		if info, _ := tp.Describe(); info.NumQueues != MaxQueues {
+			return fmt.Errorf("num_queues %d, want %d", info.NumQueues, MaxQueues)
+		}
+		_, err := tp.AddQueue()
+		if !errors.Is(err, unix.EINVAL) || !strings.Contains(err.Error(), "tap mq0: add queue 256: ") {
+			return fmt.Errorf("257th queue: %v", err)
+		}
+		single := mustCreate(t, NewConfig("sq0", 1))
+		if _, err := single.AddQueue(); !errors.Is(err, unix.EINVAL) || !strings.Contains(err.Error(), "single-queue") {
+			return fmt.Errorf("AddQueue on a single-queue tap: %v", err)
+		}
+		return nil
+	})
+}
+
+func TestCloseUnblocksReadAndDeadlines(t *testing.T) {
+	t.Parallel()
+	ns := newNS(t)
+	var tp *Tap
+	testenv.Do(t, ns, func() error {
+		tp = mustCreate(t, NewConfig("tapd", 2))
+		return nil
+	})
+	q := tp.Queues()[0]
+	start := time.Now()
+	q.SetReadDeadline(start.Add(100 * time.Millisecond))
+	bufs := [][]byte{make([]byte, 2048)}
+	sizes := make([]int, 1)
+	if _, err := q.ReadBatch(bufs, sizes, 0); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past deadline: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("deadline of 100ms fired after %v", d)
+	}
+	q.SetReadDeadline(time.Time{})
+
+	done := make(chan error, 1)
+	go func() { _, err := q.Read(make([]byte, 2048)); done <- err }()
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("read returned before Close: %v", err)
+	default:
+	}
+	if err := tp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, os.ErrClosed) {
+			t.Errorf("read after Close: %v, want os.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not unblock the pending read")
+	}
+	// The tap was not persistent: closing its queues removed it.
+	testenv.Do(t, ns, func() error {
+		if names := linkNames(t); len(names) != 1 {
+			return fmt.Errorf("links left after Close: %v", names)
+		}
+		return nil
+	})
+}
+
+// TestDeleteWhileReading: deleting a tap under a blocked reader ends the
+// read with end of file (the kernel shuts the queue's socket down).
+func TestDeleteWhileReading(t *testing.T) {
+	t.Parallel()
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		tp := mustCreate(t, NewConfig("tapx", 1))
+		done := make(chan error, 1)
+		go func() { _, err := tp.Queues()[0].Read(make([]byte, 2048)); done <- err }()
+		time.Sleep(50 * time.Millisecond)
+		if err := Delete("tapx", "", false); err != nil {
+			return err
+		}
+		select {
+		case err := <-done:
+			// Which of the two the kernel says depends on timing.
+			if !errors.Is(err, ErrDeviceGone) || !(errors.Is(err, unix.EBADFD) || errors.Is(err, io.EOF)) ||
+				!strings.HasPrefix(err.Error(), "tap tapx: queue 0: read: ") {
+				return fmt.Errorf("read after delete: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			return errors.New("read still blocked after the tap was deleted")
+		}
+		return nil
+	})
+}
+
+func TestBatchReadWrite(t *testing.T) {
+	t.Parallel()
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		a := mustCreate(t, NewConfig("tapa", 1))
+		b := mustCreate(t, NewConfig("tapb", 1))
+		if err := bridgeTaps(a, b); err != nil {
+			return err
+		}
+		const n, off = 16, 4
+		out := make([][]byte, n)
+		for i := range out {
+			out[i] = append(make([]byte, off), markedFrame(uint32(i), 60+i)...)
+		}
+		if w, err := a.Queues()[0].WriteBatch(out, off); err != nil || w != n {
+			return fmt.Errorf("WriteBatch: %d, %v", w, err)
+		}
+		in := make([][]byte, n)
+		for i := range in {
+			in[i] = make([]byte, off+2048)
+		}
+		sizes := make([]int, n)
+		q := b.Queues()[0]
+		q.SetReadDeadline(time.Now().Add(2 * time.Second))
+		var got [][]byte
+		for len(got) < n {
+			r, err := q.ReadBatch(in, sizes, off)
+			if err != nil {
+				return fmt.Errorf("ReadBatch after %d frames: %w", len(got), err)
+			}
+			for i := range r {
+				if f := in[i][off : off+sizes[i]]; isMarked(f) {
+					got = append(got, append([]byte(nil), f...))
+				}
+			}
+		}
+		for i := range got {
+			if !bytes.Equal(got[i], out[i][off:]) {
+				return fmt.Errorf("frame %d: got %x, want %x", i, got[i], out[i][off:])
+			}
+		}
+		return nil
+	})
+}
+
+func TestProbe(t *testing.T) {
+	t.Parallel()
+	testenv.RequireRoot(t)
+	f, err := Probe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Offloads != OffloadAll {
+		t.Errorf("offloads %s, want %s on this kernel (%s)", f.Offloads, OffloadAll, f.Kernel)
+	}
+	_, verr := os.Stat("/dev/vhost-net")
+	if !f.DevNetTun || !f.MultiQueue || !f.VnetHdr || f.MaxQueues != 256 || f.VhostNet != (verr == nil) {
+		t.Errorf("features %+v", f)
+	}
+	j, _ := json.Marshal(f)
+	for _, key := range []string{`"dev_net_tun":true`, `"vhost_net":`, `"multi_queue":true`, `"offloads":["csum","tso4","tso6","tso_ecn","ufo","uso"]`, `"tap"`, `"no_pi"`} {
+		if !strings.Contains(string(j), key) {
+			t.Errorf("JSON %s lacks %s", j, key)
+		}
+	}
+	// The throwaway tap was made elsewhere: none here.
+	if names := linkNames(t); strings.Contains(strings.Join(names, ","), "vmnetprobe") {
+		t.Errorf("probe left %v", names)
+	}
+}
+
+// TestFilesInChild hands a queue to another process, as the QEMU launcher
+// does, and lets that process write a frame into the tap.
+func TestFilesInChild(t *testing.T) {
+	t.Parallel()
+	testenv.RequireProgram(t, "sh")
+	ns := newNS(t)
+	frameFile := t.TempDir() + "/frame"
+	if err := os.WriteFile(frameFile, markedFrame(42, 80), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Do(t, ns, func() error {
+		a := mustCreate(t, NewConfig("tapa", 2))
+		b := mustCreate(t, NewConfig("tapb", 1))
+		if err := bridgeTaps(a, b); err != nil {
+			return err
+		}
+		cmd := exec.Command("sh", "-c", `cat "$0" >&4`, frameFile)
+		cmd.ExtraFiles = a.Files() // fd 3 and 4: queues 0 and 1
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("child: %v: %s", err, out)
+		}
+		got, err := readMatch(b.Queues()[0], 2*time.Second, isMarked)
+		if err != nil {
+			return fmt.Errorf("frame the child wrote to queue 1 did not arrive: %w", err)
+		}
+		if binary.BigEndian.Uint32(got[14:]) != 42 {
+			return fmt.Errorf("got frame %x", got)
+		}
+		return nil
+	})
+}
+
+func TestCreateUnnamedAndWriteDown(t *testing.T) {
+	t.Parallel()
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		tp := mustCreate(t, NewConfig("", 2))
+		if tp.Name() != "tap0" {
+			return fmt.Errorf("kernel-chosen name %q, want tap0", tp.Name())
+		}
+		if info, err := tp.Describe(); err != nil || !info.Tagged || info.NumQueues != 2 {
+			return fmt.Errorf("Describe: %+v, %v", info, err)
+		}
+		_, err := tp.Queues()[1].Write(markedFrame(1, 60))
+		if !errors.Is(err, unix.EIO) || !strings.Contains(err.Error(), "tap tap0: queue 1: write: ") ||
+			!strings.Contains(err.Error(), "the tap is down") {
+			return fmt.Errorf("write to a down tap: %v", err)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,93 @@
+// Package tests holds end-to-end tests: they build the vmnet binary, boot
+// real guests under QEMU inside private network namespaces, and check the
+// results through the kernel and independent tools.
+package tests
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmnet/vmnet/internal/testenv"
+	"github.com/vmnet/vmnet/netns"
+)
+
+var vmnetBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "vmnet-e2e-")
+	if err != nil {
+		panic(err)
+	}
+	vmnetBin = filepath.Join(dir, "vmnet")
+	if out, err := exec.Command("go", "build", "-o", vmnetBin, "../cmd/vmnet").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build vmnet: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// result is what one vmnet invocation did.
+type result struct {
+	status         int
+	stdout, stderr string
+	took           time.Duration
+}
+
+// vmnetIn runs the vmnet binary with --netns pointing at ns.
+func vmnetIn(t *testing.T, ns netns.Handle, args ...string) result {
+	t.Helper()
+	full := append([]string{"--netns", fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(ns))}, args...)
+	cmd := exec.Command(vmnetBin, full...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String(), took: time.Since(start)}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.status = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("vmnet %v: %v", args, err)
+	}
+	t.Logf("vmnet %s: status %d in %v", strings.Join(args, " "), r.status, r.took.Round(time.Millisecond))
+	return r
+}
+
+// requireGuests checks what booting a guest needs.
+func requireGuests(t *testing.T) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireProgram(t, "qemu-system-x86_64")
+	if runtime.GOARCH != "amd64" {
+		testenv.Missing(t, "guest tests need an amd64 host")
+	}
+}
+
+// links lists the interfaces in ns, as `ip` sees them.
+func links(t *testing.T, ns netns.Handle) string {
+	t.Helper()
+	var out []byte
+	testenv.Do(t, ns, func() error {
+		var err error
+		out, err = exec.Command("ip", "-o", "link", "show").CombinedOutput()
+		return err
+	})
+	return string(out)
+}
+
+// onlyLoopback fails t when anything but lo is left in ns.
+func onlyLoopback(t *testing.T, ns netns.Handle) {
+	t.Helper()
+	out := strings.TrimSpace(links(t, ns))
+	if n := strings.Count(out, "\n") + 1; n != 1 || !strings.Contains(out, ": lo:") {
+		t.Errorf("interfaces left behind:\n%s", out)
+	}
+}

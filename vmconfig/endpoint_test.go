@@ -1,0 +1,101 @@
+package vmconfig
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func TestParseEndpoint(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	tests := []struct {
+		in   string
+		want Endpoint
+		err  string // substring of the error; "" = must parse
+	}{
+		{in: "tap:lab0", want: Endpoint{Kind: KindTap, Name: "lab0"}},
+		{in: "tap:t1,queues=4,vnet_hdr=off,netns=r1", want: Endpoint{Kind: KindTap, Name: "t1", Queues: 4, VnetHdr: Off, NetNS: "r1"}},
+		{in: "tap:t1,vnet_hdr=on", want: Endpoint{Kind: KindTap, Name: "t1", VnetHdr: On}},
+		{in: "packet:eth0,netns=ns-a", want: Endpoint{Kind: KindPacket, Name: "eth0", NetNS: "ns-a"}},
+		{in: "udp:127.0.0.1:5000,remote=127.0.0.1:5001", want: Endpoint{Kind: KindUDP, Local: ap("127.0.0.1:5000"), Remote: ap("127.0.0.1:5001")}},
+		{in: "udp:0.0.0.0:5000,remote=10.1.1.1:5001", want: Endpoint{Kind: KindUDP, Local: ap("0.0.0.0:5000"), Remote: ap("10.1.1.1:5001")}},
+		{in: "udp:[::1]:5000,remote=[fe80::1%eth0]:5001", want: Endpoint{Kind: KindUDP, Local: ap("[::1]:5000"), Remote: ap("[fe80::1%eth0]:5001")}},
+		{in: "vm:router:1", want: Endpoint{Kind: KindVM, Name: "router", NIC: 1}},
+		{in: "vm:r-1.a:0", want: Endpoint{Kind: KindVM, Name: "r-1.a"}},
+
+		{in: "", err: "want KIND:SPEC"},
+		{in: "tap", err: "want KIND:SPEC"},
+		{in: "veth:x", err: `unknown kind "veth"`},
+		{in: "tap:", err: "interface name is empty"},
+		{in: "tap:abcdefghijklmnop", err: "16 bytes"},
+		{in: "tap:a/b", err: `contains '/'`},
+		{in: "tap:a b", err: "whitespace"},
+		{in: "tap:a:b", err: `contains ':'`},
+		{in: "tap:..", err: "not allowed"},
+		{in: "tap:a\x00", err: "control character"},
+		{in: "tap:x,queues=0", err: "queues=0"},
+		{in: "tap:x,queues=257", err: "queues=257"},
+		{in: "tap:x,queues=two", err: "queues=two"},
+		{in: "tap:x,vnet_hdr=yes", err: "want on or off"},
+		{in: "tap:x,remote=1.2.3.4:5", err: `unknown option "remote"`},
+		{in: "tap:x,queues=1,queues=2", err: "given twice"},
+		{in: "tap:x,queues", err: "not key=value"},
+		{in: "tap:x,", err: "not key=value"},
+		{in: "tap:x,netns=a/b", err: "netns"},
+		{in: "packet:eth0,queues=2", err: `unknown option "queues"`},
+		{in: "udp:127.0.0.1:5000", err: "needs remote"},
+		{in: "udp:127.0.0.1,remote=127.0.0.1:1", err: "local address"},
+		{in: "udp:::1:5000,remote=[::1]:1", err: "IPv6 as [ADDR]:PORT"},
+		{in: "udp:127.0.0.1:0,remote=127.0.0.1:1", err: "port 0"},
+		{in: "udp:127.0.0.1:1,remote=0.0.0.0:1", err: "unspecified"},
+		{in: "udp:127.0.0.1:1,remote=[::1]:1", err: "different address families"},
+		{in: "udp:127.0.0.1:70000,remote=127.0.0.1:1", err: "want ADDR:PORT"},
+		{in: "vm:router", err: "want vm:NAME:NICINDEX"},
+		{in: "vm:router:x", err: "NIC index"},
+		{in: "vm:router:-1", err: "NIC index"},
+		{in: "vm:-r:0", err: "VM name"},
+		{in: "vm:r:0,netns=x", err: "take no options"},
+	}
+	for _, tc := range tests {
+		got, err := ParseEndpoint(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("ParseEndpoint(%q) = %+v, %v; want error containing %q", tc.in, got, err, tc.err)
+			}
+			if err != nil && !strings.Contains(err.Error(), "endpoint "+quote(tc.in)) {
+				t.Errorf("ParseEndpoint(%q): error %q does not name the endpoint", tc.in, err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("ParseEndpoint(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
+			continue
+		}
+		if s := got.String(); s != tc.in {
+			t.Errorf("ParseEndpoint(%q).String() = %q", tc.in, s)
+		}
+	}
+}
+
+func quote(s string) string { return fmt.Sprintf("%q", s) }
+
+func FuzzParseEndpoint(f *testing.F) {
+	for _, s := range []string{"tap:t1,queues=4,vnet_hdr=off,netns=r1", "packet:eth0", "udp:[::1]:5000,remote=[::1]:5001",
+		"udp:127.0.0.1:5000,remote=127.0.0.1:5001", "vm:r:0", "vm:r:01", "udp:[::ffff:1.2.3.4]:1,remote=[::ffff:1.2.3.5]:2"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		e, err := ParseEndpoint(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseEndpoint(e.String())
+		if err != nil {
+			t.Fatalf("%q parsed to %+v, whose String %q does not parse: %v", s, e, e.String(), err)
+		}
+		if again != e {
+			t.Fatalf("%q parsed to %+v, String %q reparsed to %+v", s, e, e.String(), again)
+		}
+	})
+}

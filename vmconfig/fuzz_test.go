@@ -1,0 +1,101 @@
+package vmconfig
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// FuzzParseValues puts fuzzed values into a well-formed config, reaching the
+// semantic checks that random bytes rarely get past the TOML parser to.
+func FuzzParseValues(f *testing.F) {
+	f.Add("a", "52:54:00:00:00:01", "tap0", int64(2), int64(1), "vm:a:1", "10.0.0.2/24", "512M", "pc", "virtio-net-pci")
+	f.Add("r-1", "", "", int64(0), int64(300), "udp:[::1]:1,remote=[::1]:2", "fd00::1/64", "1G", "microvm", "e1000")
+	f.Fuzz(func(t *testing.T, name, mac, ifname string, cpus, queues int64, endpoint, addr, memory, machine, model string) {
+		q := strconv.Quote
+		doc := "[lab]\nname = \"f\"\n[[network]]\nname = \"n\"\naddresses = [\"10.0.0.1/24\"]\n" +
+			"[[vm]]\nname = " + q(name) + "\nkernel = \"ok\"\ncpus = " + strconv.FormatInt(cpus, 10) +
+			"\nmemory = " + q(memory) + "\nmachine = " + q(machine) + "\ngateway = \"10.0.0.1\"\n" +
+			"[[vm.nic]]\nnetwork = \"n\"\nmac = " + q(mac) + "\nqueues = " + strconv.FormatInt(queues, 10) +
+			"\nmodel = " + q(model) + "\naddress = [" + q(addr) + "]\n" +
+			"[[vm.nic]]\nifname = " + q(ifname) + "\n" +
+			"[[link]]\na = " + q(endpoint) + "\nb = \"tap:other\"\n"
+		checkParse(t, []byte(doc))
+	})
+}
+
+func FuzzParse(f *testing.F) {
+	files, _ := filepath.Glob("testdata/*.toml")
+	more, _ := filepath.Glob("testdata/good/*.toml")
+	for _, file := range append(files, more...) {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Fuzz(checkParse)
+}
+
+// checkParse holds the invariants of Parse for any input.
+func checkParse(t *testing.T, data []byte) {
+	const name = "/fuzz/lab.toml"
+	opts := Options{FileExists: fakeFiles}
+	lab, err := Parse(name, data, opts)
+	lab2, err2 := Parse(name, data, opts)
+	if !reflect.DeepEqual(lab, lab2) || !reflect.DeepEqual(err, err2) {
+		t.Fatalf("Parse is not deterministic:\n%v\n%v", err, err2)
+	}
+	var probs Problems
+	switch {
+	case err == nil && lab == nil:
+		t.Fatal("nil lab and nil error")
+	case err != nil && lab != nil:
+		t.Fatal("lab returned with an error")
+	case err != nil && !errors.As(err, &probs):
+		t.Fatalf("error %T is not Problems", err)
+	case err != nil && !probs.HasErrors():
+		t.Fatal("error without an Error problem")
+	case err == nil:
+		probs = lab.Warnings
+		if probs.HasErrors() {
+			t.Fatal("lab.Warnings holds errors")
+		}
+	}
+	lines := strings.Split(string(data), "\n")
+	for i, p := range probs {
+		if p.Pos.File != name || p.Pos.Line < 1 || p.Pos.Line > len(lines) || p.Pos.Col < 1 || p.Pos.Col > len(lines[p.Pos.Line-1])+1 {
+			t.Fatalf("problem outside the file (%d lines): %s", len(lines), p)
+		}
+		if i > 0 {
+			q := probs[i-1].Pos
+			if q.Line > p.Pos.Line || q.Line == p.Pos.Line && q.Col > p.Pos.Col {
+				t.Fatalf("problems not sorted: %s before %s", probs[i-1], p)
+			}
+		}
+		if p.Msg == "" {
+			t.Fatal("empty message")
+		}
+	}
+	if lab == nil {
+		return
+	}
+	checkResolved(t, lab)
+	for _, vm := range lab.VMs {
+		for _, n := range vm.NICs {
+			if n.MAC[0]&1 != 0 {
+				t.Fatalf("vm %s nic %d: multicast MAC %s", vm.Name, n.Index, n.MAC)
+			}
+			if !reflect.DeepEqual(n.MAC, DeriveMAC(lab.Name, vm.Name, n.Index)) {
+				continue // explicit MAC
+			}
+			if n.MAC[0]&2 == 0 {
+				t.Fatalf("derived MAC %s is not locally administered", n.MAC)
+			}
+		}
+	}
+}

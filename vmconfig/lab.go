@@ -1,0 +1,120 @@
+// Package vmconfig reads a vmnet lab description (TOML) into a fully
+// resolved, validated Lab: every default filled in, every derived name, MAC
+// and path computed once, every mistake reported with its file:line:col.
+// It has no side effects on the host. testdata/example.toml documents every
+// key.
+package vmconfig
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+)
+
+// Limits and defaults.
+const (
+	MaxQueues      = 256 // tun allows at most 256 queues per device
+	maxNICs        = 1023
+	DefaultCPUs    = 1
+	DefaultMemory  = 256 // MiB
+	DefaultMTU     = 1500
+	DefaultMachine = "pc" // broadest guest kernel support
+	DefaultAccel   = "auto"
+	DefaultQEMU    = "qemu-system-x86_64"
+	DefaultModel   = "virtio-net-pci"
+)
+
+// Lab is a loaded config. Slices keep file order.
+type Lab struct {
+	Name     string
+	File     string // absolute path of the config file ("" when parsed from a name that is not a file)
+	StateDir string // absolute; default /run/vmnet/<name>
+	Networks []*Network
+	VMs      []*VM
+	Links    []*Link
+	Warnings Problems // warnings only; a Lab is never returned with errors
+}
+
+// Network is a Linux bridge.
+type Network struct {
+	Name          string
+	Bridge        string         // interface name; default "<lab>-<network>"
+	MTU           int            // default 1500
+	Addresses     []netip.Prefix // host addresses on the bridge
+	VLANFiltering bool
+	DefaultPVID   int // 1..4094, default 1
+	STP           bool
+	Transparent   bool // forward link-local frames (LLDP, LACP, STP) like a wire
+	Pos           Pos
+}
+
+// VM is one QEMU guest.
+type VM struct {
+	Name       string
+	CPUs       int
+	MemoryMiB  int
+	Kernel     string // absolute path or ""
+	Initrd     string // absolute path or ""
+	Append     string
+	Disk       string // absolute path or ""
+	DiskFormat string // raw, qcow2, ...; "" when there is no disk
+	Machine    string // pc, q35 or microvm
+	Accel      string // kvm, tcg or auto
+	QEMU       string // binary: a bare name (looked up in PATH) or an absolute path
+	User       string // run QEMU as this user; "" = as the caller
+	ExtraArgs  []string
+	Console    string // absolute path of the serial console log
+	Command    string // command the test image runs, "" = none
+	Gateways   []netip.Addr
+	NICs       []*NIC
+	Pos        Pos
+}
+
+// NIC is one guest network interface and the tap behind it.
+type NIC struct {
+	VM      string
+	Index   int
+	Network string // "" when the NIC is the vm: end of a [[link]]
+	Link    *Link  // the link using this NIC, if any
+	MAC     net.HardwareAddr
+	Queues  int
+	VnetHdr bool
+	// OffloadsAuto means "whatever the kernel and guest support"; otherwise
+	// Offloads lists the wanted ones (possibly none) in canonical order.
+	OffloadsAuto bool
+	Offloads     []string
+	Model        string // virtio-net-pci, virtio-net-device, e1000e, e1000, rtl8139
+	Vhost        string // auto, on or off
+	VLAN         int    // PVID on the bridge port, 0 = the network's default
+	Tagged       []int
+	MTU          int
+	IfName       string // tap name; default "<lab>-<vm>-<index>"
+	Addresses    []netip.Prefix
+	Pos          Pos
+}
+
+// Link joins two endpoints with a userspace copier.
+type Link struct {
+	Index int
+	A, B  Endpoint
+	PCAP  string // absolute path or ""
+	Pos   Pos
+}
+
+// Summary is the one-line description printed by `vmnet validate`.
+func (l *Lab) Summary() string {
+	nics := 0
+	for _, vm := range l.VMs {
+		nics += len(vm.NICs)
+	}
+	return fmt.Sprintf("lab %s: %s, %s, %s, %s", l.Name,
+		plural(len(l.Networks), "network"), plural(len(l.VMs), "VM"),
+		plural(nics, "NIC"), plural(len(l.Links), "link"))
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
+}

@@ -1,0 +1,586 @@
+package vmconfig
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// resolver builds the Lab and does the checks across objects.
+type resolver struct {
+	p        *parser
+	lab      *Lab
+	labOK    bool
+	ifnames  map[string]string // netns + "\x00" + name -> where it was first used
+	macs     map[string]string
+	addrs    map[netip.Addr]string
+	networks map[string]*Network
+	vms      map[string]*VM
+	nicPaths map[*NIC]string
+	udp      map[netip.AddrPort]string
+}
+
+func (r *resolver) where(path string) string {
+	pos := r.p.at(path)
+	return fmt.Sprintf("line %d", pos.Line)
+}
+
+// claimIfName reports a name used twice in one namespace.
+func (r *resolver) claimIfName(netns, name, path, what string) {
+	k := netns + "\x00" + name
+	if first, dup := r.ifnames[k]; dup {
+		r.p.errorf(path, "%sinterface name %q is already used at %s: names must be unique", what, name, first)
+		return
+	}
+	r.ifnames[k] = r.where(path)
+}
+
+func (r *resolver) claimAddr(a netip.Addr, path, what string) {
+	if first, dup := r.addrs[a]; dup {
+		r.p.errorf(path, "%saddress %s is already used at %s", what, a, first)
+		return
+	}
+	r.addrs[a] = r.where(path)
+}
+
+func (r *resolver) network(t *table) {
+	n := &Network{Pos: r.p.at(t.path)}
+	name := t.str("name")
+	ok := false
+	switch {
+	case !name.set:
+		if _, has := t.m["name"]; !has {
+			r.p.errorf(t.path, "%sname is required", t.what)
+		}
+	case checkName("network", name.v) != nil:
+		t.errorf("name", "%v", checkName("network", name.v))
+	case r.networks[name.v] != nil:
+		t.errorf("name", "network %q is defined twice (first at line %d): rename one", name.v, r.networks[name.v].Pos.Line)
+	default:
+		ok = true
+		n.Name = name.v
+		t.what = fmt.Sprintf("network %q: ", name.v)
+	}
+	bridge := t.str("bridge")
+	switch {
+	case bridge.set:
+		if err := checkIfName(bridge.v); err != nil {
+			t.errorf("bridge", "bridge: %v", err)
+		} else {
+			n.Bridge = bridge.v
+		}
+	case ok && r.labOK:
+		n.Bridge = r.lab.Name + "-" + n.Name
+		if len(n.Bridge) > IfNameMax {
+			t.errorf("name", "derived bridge name %q is %d bytes, more than Linux allows (%d): set bridge = \"...\" or shorten the lab or network name",
+				n.Bridge, len(n.Bridge), IfNameMax)
+			n.Bridge = ""
+		}
+	}
+	if n.Bridge != "" {
+		where := "name" // a derived bridge name comes from the network name
+		if bridge.set {
+			where = "bridge"
+		}
+		r.claimIfName("", n.Bridge, t.key(where), t.what)
+	}
+	mtu := t.integer("mtu", 68, 65535)
+	n.MTU = DefaultMTU
+	if mtu.set {
+		n.MTU = mtu.v
+	}
+	addrs := t.prefixes("addresses")
+	n.Addresses = addrs.v
+	for i, a := range n.Addresses {
+		r.claimAddr(a.Addr(), indexPath(addrs.path, i), t.what)
+		if a.Addr().Is6() && !a.Addr().Is4In6() && n.MTU < 1280 {
+			t.errorf("mtu", "mtu %d is below 1280, the minimum for IPv6 address %s: raise mtu or drop the address", n.MTU, a)
+		}
+	}
+	n.VLANFiltering = t.boolean("vlan_filtering").v
+	pvid := t.integer("default_pvid", 1, 4094)
+	n.DefaultPVID = 1
+	if pvid.set {
+		n.DefaultPVID = pvid.v
+		if !n.VLANFiltering {
+			t.warnf("default_pvid", "default_pvid has no effect without vlan_filtering = true")
+		}
+	}
+	n.STP = t.boolean("stp").v
+	n.Transparent = t.boolean("transparent").v
+	if n.STP && n.Transparent {
+		t.errorf("transparent", "transparent = true forwards STP frames like a wire, which contradicts stp = true: drop one of them")
+	}
+	t.finish(networkKeys)
+	if ok {
+		r.networks[n.Name] = n
+		r.lab.Networks = append(r.lab.Networks, n)
+	}
+}
+
+func (r *resolver) vm(t *table, defaults vmFields) {
+	p := r.p
+	vm := &VM{Pos: p.at(t.path)}
+	name := t.str("name")
+	ok := false
+	switch {
+	case !name.set:
+		if _, has := t.m["name"]; !has {
+			p.errorf(t.path, "%sname is required", t.what)
+		}
+	case checkName("VM", name.v) != nil:
+		t.errorf("name", "%v", checkName("VM", name.v))
+	case r.vms[name.v] != nil:
+		t.errorf("name", "VM %q is defined twice (first at line %d): rename one", name.v, r.vms[name.v].Pos.Line)
+	default:
+		ok = true
+		vm.Name = name.v
+		t.what = fmt.Sprintf("vm %q: ", name.v)
+	}
+	own := p.readVMFields(t)
+	f := own.or(defaults)
+	// Messages about merged values name the VM even when the key is in
+	// [defaults], where t.what would not.
+	what := t.what
+	errorf := func(path, format string, args ...any) { p.errorf(path, what+format, args...) }
+	warnf := func(path, format string, args ...any) { p.warnf(path, what+format, args...) }
+
+	vm.CPUs = pick(f.cpus, DefaultCPUs)
+	vm.MemoryMiB = pick(f.memory, DefaultMemory)
+	vm.Kernel, vm.Initrd, vm.Append = f.kernel.v, f.initrd.v, f.appendArgs.v
+	vm.Disk = f.disk.v
+	vm.Machine = pick(f.machine, DefaultMachine)
+	vm.Accel = pick(f.accel, DefaultAccel)
+	vm.QEMU = pick(f.qemu, DefaultQEMU)
+	vm.User = f.user.v
+	vm.ExtraArgs = f.extraArgs.v
+	vm.Command = f.command.v
+	vm.Gateways = f.gateways.v
+	if !f.kernel.set {
+		if f.initrd.set {
+			errorf(f.initrd.path, "initrd needs kernel: QEMU only loads an initrd together with -kernel")
+		}
+		if f.appendArgs.set {
+			errorf(f.appendArgs.path, "append needs kernel: QEMU only passes a command line together with -kernel")
+		}
+		if !f.disk.set && ok {
+			warnf(t.path, "has neither kernel nor disk: it boots only what extra_args provide")
+		}
+	}
+	if vm.Disk != "" {
+		vm.DiskFormat = f.diskFormat.v
+		if vm.DiskFormat == "" {
+			vm.DiskFormat = diskFormatOf(vm.Disk)
+		}
+	}
+	if f.console.set {
+		vm.Console = f.console.v
+	} else if ok {
+		vm.Console = filepath.Join(r.lab.StateDir, vm.Name+".console")
+	}
+
+	var nics []*table
+	if v, has := t.get("nic"); has {
+		nics = p.tables(t.key("nic"), "nic", v)
+	}
+	for i, nt := range nics {
+		nt.what = fmt.Sprintf("%snic %d: ", what, i)
+		if nic := r.nic(nt, vm, i); nic != nil {
+			vm.NICs = append(vm.NICs, nic)
+		}
+	}
+	for _, gw := range vm.Gateways {
+		reachable := false
+		for _, nic := range vm.NICs {
+			for _, a := range nic.Addresses {
+				if a.Masked().Contains(gw) {
+					reachable = true
+				}
+			}
+		}
+		if !reachable {
+			warnf(f.gateways.path, "gateway %s is not inside any NIC address of this VM; the guest cannot reach it", gw)
+		}
+	}
+	hints := map[string]string{}
+	for _, k := range nicKeys {
+		if !contains(vmKeys, k) {
+			hints[k] = fmt.Sprintf("%s is a NIC key: put it in a [[vm.nic]] table", k)
+		}
+	}
+	t.finishHint(append(append([]string{}, vmOnlyKeys...), vmKeys...), hints)
+	if ok {
+		r.vms[vm.Name] = vm
+		r.lab.VMs = append(r.lab.VMs, vm)
+	}
+}
+
+func pick[T any](f field[T], def T) T {
+	if f.set {
+		return f.v
+	}
+	return def
+}
+
+func diskFormatOf(path string) string {
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".qcow2", ".qcow":
+		return "qcow2"
+	case ".vmdk":
+		return "vmdk"
+	case ".vdi":
+		return "vdi"
+	case ".vhdx":
+		return "vhdx"
+	}
+	return "raw"
+}
+
+func isVirtio(model string) bool { return strings.HasPrefix(model, "virtio-") }
+
+// DeriveMAC returns the default MAC of a NIC: stable across runs and
+// machines, locally administered and unicast.
+func DeriveMAC(lab, vm string, index int) net.HardwareAddr {
+	sum := sha256.Sum256([]byte(lab + "\x00" + vm + "\x00" + strconv.Itoa(index)))
+	mac := net.HardwareAddr(sum[:6:6])
+	mac[0] = mac[0]&^0x01 | 0x02
+	return mac
+}
+
+func (r *resolver) nic(t *table, vm *VM, index int) *NIC {
+	p := r.p
+	n := &NIC{VM: vm.Name, Index: index, Pos: p.at(t.path)}
+	network := t.str("network")
+	if !network.set {
+		if r.nicPaths == nil {
+			r.nicPaths = map[*NIC]string{}
+		}
+		r.nicPaths[n] = t.path
+	}
+	var nw *Network
+	if network.set {
+		nw = r.networks[network.v]
+		if nw == nil {
+			var names []string
+			for _, nn := range r.lab.Networks {
+				names = append(names, nn.Name)
+			}
+			hint := "no networks are defined"
+			if len(names) > 0 {
+				hint = "defined networks: " + strings.Join(names, ", ")
+			}
+			t.errorf("network", "network %q is not defined (%s): add a [[network]] with that name or fix the name", network.v, hint)
+		} else {
+			n.Network = nw.Name
+		}
+	}
+
+	mac := t.str("mac")
+	if mac.set {
+		hw, err := parseMAC(mac.v)
+		if err != nil {
+			t.errorf("mac", "mac %q: %v", mac.v, err)
+		} else {
+			n.MAC = hw
+		}
+	} else if r.labOK && vm.Name != "" {
+		n.MAC = DeriveMAC(r.lab.Name, vm.Name, index)
+	}
+	if n.MAC != nil {
+		path := mac.path
+		if !mac.set {
+			path = t.path
+		}
+		if first, dup := r.macs[n.MAC.String()]; dup {
+			p.errorf(path, "%smac %s is already used at %s: every NIC needs its own MAC", t.what, n.MAC, first)
+		} else {
+			r.macs[n.MAC.String()] = r.where(path)
+		}
+	}
+
+	model := t.enum("model", models)
+	n.Model = DefaultModel
+	if vm.Machine == "microvm" {
+		n.Model = "virtio-net-device"
+	}
+	if model.set {
+		n.Model = model.v
+		if vm.Machine == "microvm" && n.Model != "virtio-net-device" {
+			t.errorf("model", "model %s is a PCI device but machine microvm has no PCI bus: use model = \"virtio-net-device\" or another machine", n.Model)
+		}
+		if vm.Machine != "microvm" && n.Model == "virtio-net-device" {
+			t.errorf("model", "model virtio-net-device needs machine = \"microvm\"; on %s use virtio-net-pci", vm.Machine)
+		}
+	}
+
+	queues := t.integer("queues", 1, MaxQueues)
+	n.Queues = 1
+	if isVirtio(n.Model) {
+		n.Queues = min(vm.CPUs, MaxQueues)
+	}
+	if queues.set {
+		n.Queues = queues.v
+		if n.Queues > 1 && !isVirtio(n.Model) {
+			t.errorf("queues", "queues = %d needs a virtio model; %s has a single queue", n.Queues, n.Model)
+		} else if n.Queues > vm.CPUs {
+			t.warnf("queues", "queues = %d is more than cpus = %d; the guest only uses %d queue pairs", n.Queues, vm.CPUs, vm.CPUs)
+		}
+	}
+
+	vh := t.boolean("vnet_hdr")
+	n.VnetHdr = !vh.set || vh.v
+
+	n.OffloadsAuto = true
+	if v, has := t.get("offloads"); has {
+		if s, isStr := v.(string); isStr && s == "auto" {
+			// default
+		} else if _, isList := v.([]any); isList {
+			list, paths := t.strList("offloads", false)
+			n.OffloadsAuto = false
+			n.Offloads = r.offloads(t, list.v, paths, list.path)
+			if len(n.Offloads) > 0 && !n.VnetHdr {
+				t.errorf("offloads", "offloads need vnet_hdr = true: the offload metadata travels in the virtio-net header")
+			}
+		} else {
+			t.errorf("offloads", "offloads must be \"auto\" or a list of %s", strings.Join(offloadList, ", "))
+		}
+	}
+
+	vhost := t.enum("vhost", vhostModes)
+	n.Vhost = pick(vhost, "auto")
+	if n.Vhost == "on" {
+		if !isVirtio(n.Model) {
+			t.errorf("vhost", "vhost = \"on\" needs a virtio model, not %s", n.Model)
+		} else if !n.VnetHdr {
+			t.errorf("vhost", "vhost = \"on\" needs vnet_hdr = true")
+		}
+	}
+
+	vlan := t.integer("vlan", 1, 4094)
+	n.VLAN = vlan.v
+	tagged, tpaths := t.vlanList("tagged")
+	n.Tagged = tagged.v
+	if vlan.set || tagged.set {
+		k := "vlan"
+		if !vlan.set {
+			k = "tagged"
+		}
+		switch {
+		case nw == nil && network.set:
+		case nw == nil:
+			t.errorf(k, "%s needs a network; a NIC used by a link carries whatever frames the link gives it", k)
+		case !nw.VLANFiltering:
+			t.errorf(k, "%s needs vlan_filtering = true on network %q", k, nw.Name)
+		}
+	}
+	seen := map[int]bool{}
+	for i, v := range n.Tagged {
+		if seen[v] {
+			p.errorf(tpaths[i], "%stagged VLAN %d is listed twice", t.what, v)
+		}
+		if vlan.set && v == n.VLAN {
+			p.errorf(tpaths[i], "%sVLAN %d is both the untagged vlan (PVID) and tagged: pick one", t.what, v)
+		}
+		seen[v] = true
+	}
+
+	mtu := t.integer("mtu", 68, 65535)
+	n.MTU = DefaultMTU
+	if nw != nil {
+		n.MTU = nw.MTU
+	}
+	if mtu.set {
+		n.MTU = mtu.v
+		if nw != nil && n.MTU != nw.MTU {
+			t.warnf("mtu", "mtu %d differs from network %q mtu %d; frames larger than the smaller one are dropped", n.MTU, nw.Name, nw.MTU)
+		}
+	}
+
+	ifname := t.str("ifname")
+	switch {
+	case ifname.set:
+		if err := checkIfName(ifname.v); err != nil {
+			t.errorf("ifname", "ifname: %v", err)
+		} else {
+			n.IfName = ifname.v
+		}
+	case r.labOK && vm.Name != "":
+		n.IfName = fmt.Sprintf("%s-%s-%d", r.lab.Name, vm.Name, index)
+		if len(n.IfName) > IfNameMax {
+			p.errorf(t.path, "%sderived tap name %q is %d bytes, more than Linux allows (%d): set ifname = \"...\" or shorten the lab or VM name",
+				t.what, n.IfName, len(n.IfName), IfNameMax)
+			n.IfName = ""
+		}
+	}
+	if n.IfName != "" {
+		path := ifname.path
+		if !ifname.set {
+			path = t.path
+		}
+		r.claimIfName("", n.IfName, path, t.what)
+	}
+
+	addrs := t.prefixes("address")
+	n.Addresses = addrs.v
+	for i, a := range n.Addresses {
+		r.claimAddr(a.Addr(), indexPath(addrs.path, i), t.what)
+	}
+	t.finish(nicKeys)
+	return n
+}
+
+func (r *resolver) offloads(t *table, list, paths []string, path string) []string {
+	want := map[string]bool{}
+	for i, o := range list {
+		switch {
+		case !contains(offloadList, o):
+			r.p.errorf(paths[i], "%sunknown offload %q: use \"auto\" or a list of %s", t.what, o, strings.Join(offloadList, ", "))
+		case want[o]:
+			r.p.errorf(paths[i], "%soffload %q is listed twice", t.what, o)
+		}
+		want[o] = true
+	}
+	// The tun driver refuses these combinations (TUNSETOFFLOAD).
+	for _, o := range offloadList[1:] {
+		if want[o] && !want["csum"] {
+			r.p.errorf(path, "%soffload %s needs csum: add \"csum\" to offloads", t.what, o)
+		}
+	}
+	if want["tso_ecn"] && !want["tso4"] && !want["tso6"] {
+		r.p.errorf(path, "%soffload tso_ecn needs tso4 or tso6", t.what)
+	}
+	out := []string{}
+	for _, o := range offloadList {
+		if want[o] {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func parseMAC(s string) (net.HardwareAddr, error) {
+	hw, err := net.ParseMAC(s)
+	if err != nil || len(hw) != 6 {
+		return nil, errors.New("want six hex bytes like \"52:54:00:12:34:56\"")
+	}
+	if hw[0]&1 != 0 {
+		return nil, errors.New("has the multicast bit set (lowest bit of the first byte): use a unicast MAC such as 52:54:00:xx:xx:xx")
+	}
+	if string(hw) == "\x00\x00\x00\x00\x00\x00" {
+		return nil, errors.New("the all-zero MAC is not usable")
+	}
+	return hw, nil
+}
+
+func (r *resolver) link(t *table) {
+	p := r.p
+	idx := len(r.lab.Links)
+	l := &Link{Pos: p.at(t.path)}
+	ok := true
+	ends := []*Endpoint{&l.A, &l.B}
+	keys := []string{"a", "b"}
+	var parsed [2]bool
+	for i, k := range keys {
+		s := t.str(k)
+		if !s.set {
+			if _, has := t.m[k]; !has {
+				p.errorf(t.path, "%s%s is required: both ends of a link must be given", t.what, k)
+			}
+			ok = false
+			continue
+		}
+		e, err := parseEndpoint(s.v)
+		if err != nil {
+			t.errorf(k, "%s = %q: %v", k, s.v, err)
+			ok = false
+			continue
+		}
+		*ends[i] = e
+		parsed[i] = true
+	}
+	if ok && l.A == l.B {
+		t.errorf("b", "both ends are %s: a link needs two different endpoints", l.A)
+		ok = false
+		parsed = [2]bool{}
+	}
+	for i, k := range keys {
+		if parsed[i] && !r.endpoint(t, k, ends[i], l) {
+			ok = false
+		}
+	}
+	pcap := t.str("pcap")
+	if pcap.set {
+		if pcap.v == "" {
+			t.errorf("pcap", "pcap is empty: remove it or name a file")
+		} else {
+			l.PCAP = p.abs(pcap.v)
+		}
+	}
+	t.finish(linkKeys)
+	if ok {
+		l.Index = idx
+		r.lab.Links = append(r.lab.Links, l)
+	}
+}
+
+// endpoint checks an endpoint against the rest of the lab and fills in
+// defaults.
+func (r *resolver) endpoint(t *table, k string, e *Endpoint, l *Link) bool {
+	switch e.Kind {
+	case KindTap:
+		if e.Queues == 0 {
+			e.Queues = 1
+		}
+		if e.VnetHdr == Unset {
+			e.VnetHdr = On
+		}
+		r.claimIfName(e.NetNS, e.Name, t.key(k), t.what)
+	case KindUDP:
+		if r.udp == nil {
+			r.udp = map[netip.AddrPort]string{}
+		}
+		if first, dup := r.udp[e.Local]; dup {
+			t.errorf(k, "local UDP address %s is already used at %s", e.Local, first)
+			return false
+		}
+		r.udp[e.Local] = r.where(t.key(k))
+	case KindVM:
+		vm := r.vms[e.Name]
+		if vm == nil {
+			t.errorf(k, "%s: there is no VM named %q: add a [[vm]] with that name or fix the name", e, e.Name)
+			return false
+		}
+		if e.NIC >= len(vm.NICs) {
+			t.errorf(k, "%s: VM %q has %d NICs (indexes from 0): add a [[vm.nic]] without network to it", e, e.Name, len(vm.NICs))
+			return false
+		}
+		nic := vm.NICs[e.NIC]
+		if nic.Network != "" {
+			t.errorf(k, "%s: that NIC is on network %q; a NIC used by a link must have no network", e, nic.Network)
+			return false
+		}
+		if nic.Link != nil {
+			t.errorf(k, "%s: that NIC is already used by the link at line %d", e, nic.Link.Pos.Line)
+			return false
+		}
+		nic.Link = l
+	}
+	return true
+}
+
+// finishLinks warns about NICs that are connected to nothing.
+func (r *resolver) finishLinks() {
+	for _, vm := range r.lab.VMs {
+		for _, n := range vm.NICs {
+			if path, unwired := r.nicPaths[n]; unwired && n.Link == nil {
+				r.p.warnf(path, "vm %q: nic %d: has no network and no [[link]] uses it (vm:%s:%d): it is not connected to anything",
+					vm.Name, n.Index, vm.Name, n.Index)
+			}
+		}
+	}
+}

@@ -1,0 +1,378 @@
+package vnethdr
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// CoalesceOptions tune a Coalescer.
+type CoalesceOptions struct {
+	Link Link
+	// UDP merges UDP datagrams of one flow into UDP_L4 (USO) super-packets.
+	// Only for a destination that accepts USO (TUN_F_USO4|TUN_F_USO6).
+	UDP bool
+}
+
+const (
+	maxGROLen     = 0xffff // IP length field limit, as the kernel's legacy GRO limit
+	maxUDPGROSegs = 64     // the kernel's UDP_GRO_CNT_MAX
+)
+
+// Coalescer is software GRO: it merges the MTU-sized TCP (and, optionally, UDP)
+// packets of each flow in a batch into super-packets with the vnet header that
+// describes them, following the kernel's tcp_gro_receive and
+// udp_gro_receive_segment rules: same flow and link header, same TOS/TTL/DF
+// (IPv4, with incrementing ids unless DF) or traffic class/flow label/hop
+// limit (IPv6), no IPv4 options or IPv6 extension headers, equal TCP options,
+// ack and window, consecutive sequence numbers, only ACK with PSH on the last
+// segment (CWR only on the first), no segment larger than the first, nothing
+// after a shorter one, checksums verified first, at most 64 KB. Everything
+// else passes through unchanged, in order within its flow. A batch is flushed
+// when Coalesce returns; nothing is carried to the next batch.
+//
+// A Coalescer is not safe for concurrent use. It allocates only while its
+// internal tables grow to the largest batch seen.
+type Coalescer struct {
+	opt    CoalesceOptions
+	pkts   [][]byte
+	info   []pktInfo
+	groups []group
+	open   []int32 // indices of groups that may still grow
+	iov    [][]byte
+	iovAt  []int32 // groups[i]'s iovecs are iov[iovAt[i]:iovAt[i+1]]
+	heads  []byte  // rewritten headers of merged groups
+}
+
+type pktInfo struct {
+	h    headers
+	next int32
+}
+
+type group struct {
+	hash    uint32
+	first   int32
+	last    int32
+	count   int32
+	mss     int // payload of the first packet
+	size    int // IP length of the merged packet (from l3)
+	nextSeq uint32
+	nextID  uint16
+	closed  bool
+}
+
+// NewCoalescer returns a Coalescer for packets of the given link type.
+func NewCoalescer(opt CoalesceOptions) *Coalescer { return &Coalescer{opt: opt} }
+
+// Coalesce merges the batch pkts, each a whole frame with complete
+// checksums, and returns the number of output packets. Output i is
+// described by Out(i). The inputs are not modified: a merged packet is its
+// rewritten headers (held by the Coalescer) followed by the payloads of its
+// segments, which point into pkts; outputs stay valid until pkts is reused
+// or Coalesce is called again.
+func (c *Coalescer) Coalesce(pkts [][]byte) int {
+	c.pkts = pkts
+	c.info = c.info[:0]
+	c.groups = c.groups[:0]
+	c.open = c.open[:0]
+	for i, pkt := range pkts {
+		c.info = append(c.info, pktInfo{next: -1})
+		c.add(int32(i), pkt)
+	}
+	// Headers of merged groups are rewritten into c.heads, so the inputs stay
+	// untouched; size it first so that the slices handed out stay valid.
+	need := 0
+	for gi := range c.groups {
+		if g := &c.groups[gi]; g.count > 1 {
+			need += c.info[g.first].h.pay
+		}
+	}
+	if cap(c.heads) < need {
+		c.heads = make([]byte, need)
+	}
+	heads := c.heads[:need]
+	c.iov = c.iov[:0]
+	c.iovAt = c.iovAt[:0]
+	for gi := range c.groups {
+		g := &c.groups[gi]
+		c.iovAt = append(c.iovAt, int32(len(c.iov)))
+		if g.count == 1 {
+			c.iov = append(c.iov, pkts[g.first])
+			continue
+		}
+		pay := c.info[g.first].h.pay
+		head := heads[:pay:pay]
+		heads = heads[pay:]
+		c.finish(g, head)
+		c.iov = append(c.iov, head)
+		for p := g.first; p >= 0; p = c.info[p].next {
+			c.iov = append(c.iov, pkts[p][c.info[p].h.pay:])
+		}
+	}
+	c.iovAt = append(c.iovAt, int32(len(c.iov)))
+	return len(c.groups)
+}
+
+// Out returns the vnet header and the pieces (iovecs) of output i: their
+// concatenation is the frame. A packet passed through has a zero header.
+func (c *Coalescer) Out(i int) (Hdr, [][]byte) {
+	g := &c.groups[i]
+	iov := c.iov[c.iovAt[i]:c.iovAt[i+1]]
+	if g.count == 1 {
+		return Hdr{}, iov
+	}
+	h := c.info[g.first].h
+	hdr := Hdr{
+		Flags:     FlagNeedsCsum,
+		HdrLen:    uint16(h.pay),
+		GSOSize:   uint16(g.mss),
+		CsumStart: uint16(h.l4),
+	}
+	switch {
+	case h.proto == protoUDP:
+		hdr.GSOType, hdr.CsumOffset = GSOUDPL4, 6
+	case h.ipv6:
+		hdr.GSOType, hdr.CsumOffset = GSOTCPv6, 16
+	default:
+		hdr.GSOType, hdr.CsumOffset = GSOTCPv4, 16
+	}
+	if h.proto == protoTCP && c.pkts[g.first][h.l4+13]&tcpCWR != 0 {
+		hdr.GSOType |= GSOECN
+	}
+	return hdr, iov
+}
+
+// CopyOut copies output i into dst and returns its length.
+func (c *Coalescer) CopyOut(i int, dst []byte) (int, error) {
+	_, iov := c.Out(i)
+	n := 0
+	for _, v := range iov {
+		n += len(v)
+	}
+	if len(dst) < n {
+		return 0, fmt.Errorf("vnethdr: buffer of %d bytes for a %d-byte coalesced frame", len(dst), n)
+	}
+	n = 0
+	for _, v := range iov {
+		n += copy(dst[n:], v)
+	}
+	return n, nil
+}
+
+// add classifies packet i and either merges it, starts a group, or passes it.
+func (c *Coalescer) add(i int32, pkt []byte) {
+	h, ok := c.candidate(pkt)
+	c.info[i].h = h
+	var hash uint32
+	if h.l4 != 0 {
+		hash = flowHash(pkt, &h)
+		if gi := c.lookup(hash, pkt, &h); gi >= 0 {
+			if ok && c.merge(gi, i, pkt, &h) {
+				return
+			}
+			c.close(gi)
+		}
+	}
+	c.groups = append(c.groups, group{hash: hash, first: i, last: i, count: 1, closed: !ok})
+	if !ok {
+		return
+	}
+	g := &c.groups[len(c.groups)-1]
+	g.mss = len(pkt) - h.pay
+	g.size = len(pkt) - h.l3
+	if h.proto == protoTCP {
+		g.nextSeq = binary.BigEndian.Uint32(pkt[h.l4+4:]) + uint32(g.mss)
+		if pkt[h.l4+13]&tcpPSH != 0 {
+			g.closed = true
+			return
+		}
+	}
+	if !h.ipv6 {
+		g.nextID = binary.BigEndian.Uint16(pkt[h.l3+4:]) + 1
+	}
+	c.open = append(c.open, int32(len(c.groups)-1))
+}
+
+// candidate parses pkt. h.l4 is non-zero when the flow could be identified;
+// ok says whether the packet may be merged at all.
+func (c *Coalescer) candidate(pkt []byte) (h headers, ok bool) {
+	var err error
+	if h, err = parseHeaders(pkt, c.opt.Link); err != nil {
+		return headers{}, false
+	}
+	if h.proto != protoTCP && !(h.proto == protoUDP && c.opt.UDP) {
+		return headers{}, false
+	}
+	if parseL4(pkt, &h) != nil {
+		return headers{}, false
+	}
+	n := len(pkt)
+	ip := pkt[h.l3:]
+	var ph uint64
+	if h.ipv6 {
+		if h.l4 != h.l3+40 || int(binary.BigEndian.Uint16(ip[4:])) != n-h.l3-40 {
+			return h, false
+		}
+		ph = sumLE(ip[8:40])
+	} else {
+		if h.l4 != h.l3+20 || int(binary.BigEndian.Uint16(ip[2:])) != n-h.l3 || fold(sumLE(ip[:20])) != 0xffff {
+			return h, false
+		}
+		ph = sumLE(ip[12:20])
+	}
+	if n == h.pay {
+		return h, false
+	}
+	l4 := pkt[h.l4:]
+	if h.proto == protoTCP {
+		if l4[13]&^(tcpPSH|tcpECE|tcpCWR) != tcpACK {
+			return h, false
+		}
+	} else if int(binary.BigEndian.Uint16(l4[4:])) != n-h.l4 || l4[6]|l4[7] == 0 {
+		return h, false
+	}
+	ph += uint64(h.proto)<<8 + lenLE(n-h.l4)
+	if fold(add(ph, sumLE(l4))) != 0xffff {
+		return h, false
+	}
+	return h, true
+}
+
+func flowHash(pkt []byte, h *headers) uint32 {
+	var a []byte
+	if h.ipv6 {
+		a = pkt[h.l3+8 : h.l3+40]
+	} else {
+		a = pkt[h.l3+12 : h.l3+20]
+	}
+	x := binary.LittleEndian.Uint32(pkt[h.l4:]) ^ uint32(h.proto)
+	for len(a) >= 4 {
+		x = (x ^ binary.LittleEndian.Uint32(a)) * 0x9e3779b1
+		a = a[4:]
+	}
+	return x
+}
+
+// lookup returns the open group of pkt's flow, or -1.
+func (c *Coalescer) lookup(hash uint32, pkt []byte, h *headers) int32 {
+	for _, gi := range c.open {
+		g := &c.groups[gi]
+		if g.hash != hash {
+			continue
+		}
+		fh := &c.info[g.first].h
+		f := c.pkts[g.first]
+		if fh.l3 != h.l3 || fh.ipv6 != h.ipv6 || fh.proto != h.proto || string(f[:h.l3]) != string(pkt[:h.l3]) {
+			continue
+		}
+		if h.ipv6 {
+			if string(f[h.l3+8:h.l3+40]) != string(pkt[h.l3+8:h.l3+40]) {
+				continue
+			}
+		} else if string(f[h.l3+12:h.l3+20]) != string(pkt[h.l3+12:h.l3+20]) {
+			continue
+		}
+		if string(f[fh.l4:fh.l4+4]) != string(pkt[h.l4:h.l4+4]) {
+			continue
+		}
+		return gi
+	}
+	return -1
+}
+
+func (c *Coalescer) close(gi int32) {
+	c.groups[gi].closed = true
+	for k, o := range c.open {
+		if o == gi {
+			c.open[k] = c.open[len(c.open)-1]
+			c.open = c.open[:len(c.open)-1]
+			return
+		}
+	}
+}
+
+// merge appends packet i to group gi if the kernel's rules allow it.
+func (c *Coalescer) merge(gi, i int32, pkt []byte, h *headers) bool {
+	g := &c.groups[gi]
+	f := c.pkts[g.first]
+	fh := &c.info[g.first].h
+	l3, l4 := h.l3, h.l4
+	pay := len(pkt) - h.pay
+	if pay > g.mss || g.size+pay > maxGROLen {
+		return false
+	}
+	if h.ipv6 {
+		// Version, traffic class, flow label; hop limit.
+		if string(f[l3:l3+4]) != string(pkt[l3:l3+4]) || f[l3+7] != pkt[l3+7] {
+			return false
+		}
+	} else {
+		df := pkt[l3+6] & 0x40
+		if f[l3+1] != pkt[l3+1] || f[l3+8] != pkt[l3+8] || f[l3+6]&0x40 != df {
+			return false
+		}
+		if df == 0 && binary.BigEndian.Uint16(pkt[l3+4:]) != g.nextID {
+			return false
+		}
+	}
+	closeAfter := pay < g.mss
+	if h.proto == protoTCP {
+		th, fth := pkt[l4:h.pay], f[fh.l4:fh.pay]
+		if len(th) != len(fth) || binary.BigEndian.Uint32(th[4:]) != g.nextSeq {
+			return false
+		}
+		fl := th[13]
+		if fl&tcpCWR != 0 {
+			return false
+		}
+		// Ack, data offset, flags other than PSH/CWR, window, options.
+		if string(th[8:13]) != string(fth[8:13]) || (fl^fth[13])&^(tcpPSH|tcpCWR) != 0 ||
+			string(th[14:16]) != string(fth[14:16]) || string(th[20:]) != string(fth[20:]) {
+			return false
+		}
+		if fl&tcpPSH != 0 {
+			closeAfter = true
+		}
+		g.nextSeq += uint32(pay)
+	} else if g.count >= maxUDPGROSegs {
+		return false
+	}
+	c.info[g.last].next = i
+	g.last = i
+	g.count++
+	g.size += pay
+	g.nextID++
+	if closeAfter || (h.proto == protoUDP && g.count >= maxUDPGROSegs) {
+		c.close(gi)
+	}
+	return true
+}
+
+// finish rewrites the first packet's headers to describe the merged packet:
+// IP length (and IPv4 header checksum), PSH from the last segment, UDP length,
+// and the pseudo-header seed NEEDS_CSUM expects in the L4 checksum field.
+func (c *Coalescer) finish(g *group, f []byte) {
+	h := &c.info[g.first].h
+	copy(f, c.pkts[g.first][:h.pay])
+	l3, l4 := h.l3, h.l4
+	n := l3 + g.size
+	var ph uint64
+	if h.ipv6 {
+		binary.BigEndian.PutUint16(f[l3+4:], uint16(g.size-40))
+		ph = sumLE(f[l3+8 : l3+40])
+	} else {
+		binary.BigEndian.PutUint16(f[l3+2:], uint16(g.size))
+		f[l3+10], f[l3+11] = 0, 0
+		putCsum(f[l3+10:], sumLE(f[l3:l4]), false)
+		ph = sumLE(f[l3+12 : l3+20])
+	}
+	ph += uint64(h.proto)<<8 + lenLE(n-l4)
+	var field []byte
+	if h.proto == protoUDP {
+		binary.BigEndian.PutUint16(f[l4+4:], uint16(n-l4))
+		field = f[l4+6:]
+	} else {
+		f[l4+13] |= c.pkts[g.last][c.info[g.last].h.l4+13] & tcpPSH
+		field = f[l4+16:]
+	}
+	binary.LittleEndian.PutUint16(field, fold(ph))
+}

@@ -1,0 +1,470 @@
+package vnethdr
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+)
+
+// Packet is a validated vnet header and frame, ready to be split. Parse makes
+// one; it holds offsets into Data and allocates nothing.
+type Packet struct {
+	Hdr  Hdr
+	Data []byte
+	opt  Options
+	h    headers
+	gso  uint8 // gso type without ECN; GSONone when the packet passes whole
+	mss  int   // payload bytes per segment (fragment data bytes for UFO)
+	segs int
+}
+
+// Validate reports whether the kernel would accept hdr and pkt from a tap or
+// tun device, and whether they can be segmented.
+func Validate(hdr Hdr, pkt []byte, opt Options) error {
+	_, err := Parse(hdr, pkt, opt)
+	return err
+}
+
+// Parse applies the kernel's rules (virtio_net_hdr_to_skb, tun_get_user) to
+// hdr and pkt, then, for GSO packets, parses the headers the way the kernel's
+// GSO code does. hdr.HdrLen is only checked against the packet length; the
+// real header length comes from the packet. For GSO packets CsumStart is
+// checked like the kernel does but the L4 offset is derived from the IP header.
+func Parse(hdr Hdr, pkt []byte, opt Options) (Packet, error) {
+	p := Packet{Hdr: hdr, Data: pkt, opt: opt}
+	gso := hdr.GSOType &^ GSOECN
+	thlen, nhMin := 0, 20
+	if hdr.GSOType != GSONone {
+		switch gso {
+		case GSOTCPv4:
+			thlen = 20
+		case GSOTCPv6:
+			thlen, nhMin = 20, 40
+		case GSOUDP, GSOUDPL4:
+			thlen = 8
+		default:
+			return p, fail(RuleGSOType, "gso_type %#x", hdr.GSOType)
+		}
+		if hdr.GSOSize == 0 {
+			return p, fail(RuleGSOSize, "gso_type %#x", hdr.GSOType)
+		}
+	}
+	n := len(pkt)
+	if int(hdr.HdrLen) > n {
+		return p, fail(RuleHdrLen, "hdr_len %d, packet %d bytes", hdr.HdrLen, n)
+	}
+	// tun_get_user on a tap: a frame shorter than an Ethernet header, or a
+	// non-zero hdr_len that does not even cover one, is refused.
+	if opt.Link == LinkEthernet {
+		if n < 14 {
+			return p, fail(RuleLink, "frame of %d bytes is shorter than an Ethernet header", n)
+		}
+		if hdr.HdrLen != 0 && hdr.HdrLen < 14 {
+			return p, fail(RuleHdrLen, "hdr_len %d is shorter than an Ethernet header", hdr.HdrLen)
+		}
+	}
+	pOff := 0
+	partial := hdr.Flags&FlagNeedsCsum != 0
+	if partial {
+		start, off := int(hdr.CsumStart), int(hdr.CsumOffset)
+		if start+max(thlen, off+2) > n {
+			return p, fail(RuleCsumBounds, "csum_start %d csum_offset %d, packet %d bytes", start, off, n)
+		}
+		if start < nhMin {
+			return p, fail(RuleTransportOffset, "csum_start %d, minimum %d", start, nhMin)
+		}
+		pOff = start + thlen
+	}
+	if hdr.GSOType == GSONone {
+		p.segs = 1
+		return p, nil
+	}
+	switch gso {
+	case GSOUDPL4:
+		if !partial {
+			return p, fail(RuleUDPL4NoCsum, "")
+		}
+		if hdr.CsumOffset != 6 {
+			return p, fail(RuleUDPL4CsumOffset, "csum_offset %d", hdr.CsumOffset)
+		}
+		// The kernel counts from csum_start+8 here; the derived check below
+		// counts from the real payload, which is the same for valid packets.
+		maxSegs := opt.UDPMaxSegments
+		if maxSegs <= 0 {
+			maxSegs = 128
+		}
+		if n-pOff > int(hdr.GSOSize)*maxSegs {
+			return p, fail(RuleTooManySegments, "%d payload bytes at gso_size %d exceed %d segments", n-pOff, hdr.GSOSize, maxSegs)
+		}
+		if hdr.GSOType&GSOECN != 0 {
+			return p, fail(RuleUDPL4ECN, "gso_type %#x", hdr.GSOType)
+		}
+	case GSOTCPv4, GSOTCPv6:
+		if partial && hdr.CsumOffset != 16 {
+			return p, fail(RuleTCPCsumOffset, "csum_offset %d", hdr.CsumOffset)
+		}
+	}
+	if hdr.GSOSize == 0xffff {
+		return p, fail(RuleGSOByFrags, "")
+	}
+
+	// What the kernel's GSO code checks when it later walks the headers.
+	h, err := parseHeaders(pkt, opt.Link)
+	if err != nil {
+		return p, err
+	}
+	switch gso {
+	case GSOTCPv4:
+		if h.ipv6 {
+			return p, fail(RuleNetwork, "gso_type TCPV4 on an IPv6 packet")
+		}
+	case GSOTCPv6:
+		if !h.ipv6 {
+			return p, fail(RuleNetwork, "gso_type TCPV6 on an IPv4 packet")
+		}
+	}
+	wantProto := uint8(protoTCP)
+	if gso == GSOUDP || gso == GSOUDPL4 {
+		wantProto = protoUDP
+	}
+	if h.proto != wantProto {
+		return p, fail(RuleTransport, "gso_type %#x on IP protocol %d", hdr.GSOType, h.proto)
+	}
+	if err := parseL4(pkt, &h); err != nil {
+		return p, err
+	}
+	p.h = h
+	p.gso = gso
+	p.mss = int(hdr.GSOSize)
+	hdrLen := h.pay
+	data := n - h.pay
+	if gso == GSOUDP {
+		p.mss &^= 7 // fragment offsets count in 8-byte units
+		if p.mss == 0 {
+			return p, fail(RuleGSOSize, "UFO gso_size %d is below one 8-byte fragment unit", hdr.GSOSize)
+		}
+		hdrLen = h.l4
+		if h.ipv6 {
+			hdrLen = h.fragAt + 8
+			data = n - h.fragAt
+		} else {
+			data = n - h.l4
+		}
+	}
+	p.segs = max(1, (data+p.mss-1)/p.mss)
+	if gso == GSOUDPL4 && p.segs > 1 {
+		maxSegs := opt.UDPMaxSegments
+		if maxSegs <= 0 {
+			maxSegs = 128
+		}
+		if p.segs > maxSegs {
+			return p, fail(RuleTooManySegments, "%d segments, maximum %d", p.segs, maxSegs)
+		}
+	}
+	if l := hdrLen + min(p.mss, data) - h.l3; l > 0xffff+boolInt(h.ipv6)*40 {
+		return p, fail(RuleNetwork, "segment of %d IP bytes overflows the IP length field", l)
+	}
+	return p, nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Segments returns how many frames Segment writes.
+func (p *Packet) Segments() int { return p.segs }
+
+// IsGSO reports whether the packet is split (or fragmented) at all.
+func (p *Packet) IsGSO() bool { return p.gso != GSONone }
+
+// HeaderLen returns the length of the headers copied in front of every
+// segment: link, IP (and IPv6 fragment header for UFO) and, except for UFO, L4.
+// It is 0 for packets that pass whole.
+func (p *Packet) HeaderLen() int {
+	switch p.gso {
+	case GSONone:
+		return 0
+	case GSOUDP:
+		if p.h.ipv6 {
+			return p.h.fragAt + 8
+		}
+		return p.h.l4
+	}
+	return p.h.pay
+}
+
+// MaxSegmentLen returns the size of the largest frame Segment writes: the
+// headers plus gso_size, or the whole packet when it passes whole.
+func (p *Packet) MaxSegmentLen() int {
+	if p.gso == GSONone {
+		return len(p.Data)
+	}
+	return p.HeaderLen() + min(p.mss, len(p.Data)-p.dataStart())
+}
+
+func (p *Packet) dataStart() int {
+	if p.gso == GSOUDP {
+		if p.h.ipv6 {
+			return p.h.fragAt
+		}
+		return p.h.l4
+	}
+	return p.h.pay
+}
+
+// SegmentHdr returns the vnet header to send with every frame Segment or
+// SegmentIov produced, towards a device with IFF_VNET_HDR. Without
+// Options.PartialCsum it is all zeros: checksums are complete.
+func (p *Packet) SegmentHdr() Hdr {
+	if !p.opt.PartialCsum {
+		return Hdr{}
+	}
+	switch p.gso {
+	case GSONone:
+		if p.Hdr.Flags&FlagNeedsCsum != 0 {
+			return Hdr{Flags: FlagNeedsCsum, HdrLen: p.Hdr.HdrLen, CsumStart: p.Hdr.CsumStart, CsumOffset: p.Hdr.CsumOffset}
+		}
+		return Hdr{}
+	case GSOTCPv4, GSOTCPv6:
+		return Hdr{Flags: FlagNeedsCsum, HdrLen: uint16(p.h.pay), CsumStart: uint16(p.h.l4), CsumOffset: 16}
+	case GSOUDPL4:
+		return Hdr{Flags: FlagNeedsCsum, HdrLen: uint16(p.h.pay), CsumStart: uint16(p.h.l4), CsumOffset: 6}
+	}
+	return Hdr{}
+}
+
+func (p *Packet) checkBatch(nOut, nSizes int) error {
+	if nOut < p.segs || nSizes < p.segs {
+		return fail(RuleShortBatch, "%d segments, %d buffers and %d sizes", p.segs, nOut, nSizes)
+	}
+	return nil
+}
+
+// Segment writes the segments into out[0:n], frame i being out[i][:sizes[i]],
+// and returns n. Every frame carries complete IP and L4 checksums unless
+// Options.PartialCsum was given. Nothing is written if out, sizes or one of
+// the buffers is too small.
+func (p *Packet) Segment(out [][]byte, sizes []int) (int, error) {
+	if err := p.checkBatch(len(out), len(sizes)); err != nil {
+		return 0, err
+	}
+	if p.gso == GSONone {
+		n := len(p.Data)
+		if len(out[0]) < n {
+			return 0, fail(RuleShortBatch, "buffer of %d bytes for a %d-byte frame", len(out[0]), n)
+		}
+		copy(out[0], p.Data)
+		sizes[0] = n
+		if p.Hdr.Flags&FlagNeedsCsum != 0 && !p.opt.PartialCsum {
+			completeCsum(out[0][:n], int(p.Hdr.CsumStart), int(p.Hdr.CsumOffset))
+		}
+		return 1, nil
+	}
+	hl, start := p.HeaderLen(), p.dataStart()
+	data := len(p.Data) - start
+	for i := 0; i < p.segs; i++ {
+		want := hl + min(p.mss, data-i*p.mss)
+		if len(out[i]) < want {
+			return 0, fail(RuleShortBatch, "buffer %d has %d bytes for a %d-byte segment", i, len(out[i]), want)
+		}
+	}
+	if p.gso == GSOUDP {
+		return p.fragment(out, sizes), nil
+	}
+	ctx := p.newSegCtx()
+	hdr := p.Data[:hl]
+	for i := 0; i < p.segs; i++ {
+		off := start + i*p.mss
+		end := min(off+p.mss, len(p.Data))
+		dst := out[i]
+		copy(dst, hdr)
+		m := end - off
+		var ps uint64
+		if p.opt.PartialCsum {
+			copy(dst[hl:], p.Data[off:end])
+		} else {
+			ps = copySum(dst[hl:], p.Data[off:end])
+		}
+		ctx.fix(dst, hl+m, i, ps)
+		sizes[i] = hl + m
+	}
+	return p.segs, nil
+}
+
+// SegmentIov splits without copying the payload: segment i is heads[i][:headLens[i]]
+// (headers written into the caller's buffer) followed by payloads[i], a slice
+// of p.Data, ready for writev or sendmmsg. UFO packets are not supported here
+// (their fragments cut through the UDP header); use Segment.
+func (p *Packet) SegmentIov(heads [][]byte, headLens []int, payloads [][]byte) (int, error) {
+	if err := p.checkBatch(min(len(heads), len(payloads)), len(headLens)); err != nil {
+		return 0, err
+	}
+	switch p.gso {
+	case GSOUDP:
+		return 0, fmt.Errorf("vnethdr: SegmentIov does not fragment UFO packets; use Segment")
+	case GSONone:
+		if p.Hdr.Flags&FlagNeedsCsum == 0 || p.opt.PartialCsum {
+			headLens[0] = 0
+			payloads[0] = p.Data
+			return 1, nil
+		}
+		// The checksum field lies inside the packet: copy up to and including it.
+		end := int(p.Hdr.CsumStart) + int(p.Hdr.CsumOffset) + 2
+		if len(heads[0]) < end {
+			return 0, fail(RuleShortBatch, "head buffer of %d bytes, need %d", len(heads[0]), end)
+		}
+		copy(heads[0], p.Data[:end])
+		start, off := int(p.Hdr.CsumStart), int(p.Hdr.CsumOffset)
+		// The field keeps the pseudo-header seed, which is part of the sum.
+		s := add(sumLE(heads[0][start:end]), sumAt(p.Data[end:], end-start))
+		putCsum(heads[0][start+off:], s, true)
+		headLens[0] = end
+		payloads[0] = p.Data[end:]
+		return 1, nil
+	}
+	hl := p.h.pay
+	for i := 0; i < p.segs; i++ {
+		if len(heads[i]) < hl {
+			return 0, fail(RuleShortBatch, "head buffer %d has %d bytes, need %d", i, len(heads[i]), hl)
+		}
+	}
+	ctx := p.newSegCtx()
+	hdr := p.Data[:hl]
+	for i := 0; i < p.segs; i++ {
+		off := hl + i*p.mss
+		end := min(off+p.mss, len(p.Data))
+		pl := p.Data[off:end]
+		var ps uint64
+		if !p.opt.PartialCsum {
+			ps = sumLE(pl)
+		}
+		copy(heads[i], hdr)
+		ctx.fix(heads[i], hl+len(pl), i, ps)
+		headLens[i] = hl
+		payloads[i] = pl
+	}
+	return p.segs, nil
+}
+
+// sumAt sums b as if it started at offset off of the checksummed range:
+// an odd offset swaps the bytes of every word.
+func sumAt(b []byte, off int) uint64 {
+	s := sumLE(b)
+	if off&1 == 1 {
+		f := fold(s)
+		return uint64(f>>8 | f<<8)
+	}
+	return s
+}
+
+// segCtx holds what every segment's header fix-up needs. The IP and L4
+// header sums are taken once with the per-segment fields zeroed; each
+// segment adds its own values instead of summing its headers again.
+type segCtx struct {
+	p       *Packet
+	pseudo  uint64 // LE-domain sum of addresses and protocol
+	ipBase  uint64 // IPv4 header without total length, id and checksum
+	l4Base  uint64 // L4 header without seq/flags/length and checksum
+	id0     uint16
+	seq0    uint32
+	flags   uint8
+	doff    uint8
+	partial bool
+}
+
+// le is the LE-domain value of a 16-bit field stored big endian.
+func le(v uint16) uint64 { return uint64(bits.ReverseBytes16(v)) }
+
+func (p *Packet) newSegCtx() segCtx {
+	c := segCtx{p: p, partial: p.opt.PartialCsum}
+	b := p.Data
+	l3, l4, pay := p.h.l3, p.h.l4, p.h.pay
+	if p.h.ipv6 {
+		c.pseudo = sumLE(b[l3+8 : l3+40])
+	} else {
+		ip := b[l3:l4]
+		c.pseudo = sumLE(ip[12:20])
+		c.id0 = binary.BigEndian.Uint16(ip[4:])
+		// Words 0, 4 (flags/fragment offset), 8 (ttl/protocol), the
+		// addresses and any options; not 2-3 (length, id) nor 5 (checksum).
+		c.ipBase = add(sumLE(ip[:2]), add(sumLE(ip[6:10]), sumLE(ip[12:])))
+	}
+	c.pseudo += uint64(p.h.proto) << 8
+	th := b[l4:pay]
+	if p.h.proto == protoTCP {
+		c.seq0 = binary.BigEndian.Uint32(th[4:])
+		c.doff, c.flags = th[12], th[13]
+		// Ports, ack, window, urgent pointer, options.
+		c.l4Base = add(sumLE(th[:4]), add(sumLE(th[8:12]), add(sumLE(th[14:16]), sumLE(th[18:]))))
+	} else {
+		c.l4Base = sumLE(th[:4]) // ports
+	}
+	return c
+}
+
+// fix rewrites the headers at dst[:pay] for segment i of n bytes whose payload
+// sums to paySum (LE domain).
+func (c *segCtx) fix(dst []byte, n, i int, paySum uint64) {
+	p := c.p
+	l3, l4 := p.h.l3, p.h.l4
+	if p.h.ipv6 {
+		binary.BigEndian.PutUint16(dst[l3+4:], uint16(n-l3-40))
+	} else {
+		ip := dst[l3:l4]
+		tot, id := uint16(n-l3), c.id0+uint16(i)
+		binary.BigEndian.PutUint16(ip[2:], tot)
+		binary.BigEndian.PutUint16(ip[4:], id)
+		putCsum(ip[10:], c.ipBase+le(tot)+le(id), false)
+	}
+	l4len := n - l4
+	ph := c.pseudo + lenLE(l4len)
+	var field []byte
+	s := c.l4Base
+	if p.h.proto == protoTCP {
+		th := dst[l4:p.h.pay]
+		seq := c.seq0 + uint32(i*p.mss)
+		binary.BigEndian.PutUint32(th[4:], seq)
+		f := c.flags
+		if i != p.segs-1 {
+			f &^= tcpFIN | tcpPSH
+		}
+		if i > 0 {
+			f &^= tcpCWR
+		}
+		th[13] = f
+		field = th[16:18]
+		s += le(uint16(seq>>16)) + le(uint16(seq)) + le(uint16(c.doff)<<8|uint16(f))
+	} else {
+		binary.BigEndian.PutUint16(dst[l4+4:], uint16(l4len))
+		field = dst[l4+6 : l4+8]
+		s += le(uint16(l4len))
+	}
+	if c.partial {
+		binary.LittleEndian.PutUint16(field, fold(ph))
+		return
+	}
+	putCsum(field, add(ph, add(s, paySum)), p.h.proto == protoUDP)
+}
+
+// CompleteChecksum completes a partial checksum (NEEDS_CSUM) in place, as the
+// kernel's skb_checksum_help does: the sum from CsumStart to the end of pkt,
+// which includes the pseudo-header seed already in the field, is stored at
+// CsumStart+CsumOffset. It does nothing without NEEDS_CSUM.
+func CompleteChecksum(hdr Hdr, pkt []byte) error {
+	if hdr.Flags&FlagNeedsCsum == 0 {
+		return nil
+	}
+	start, off := int(hdr.CsumStart), int(hdr.CsumOffset)
+	if start+off+2 > len(pkt) {
+		return fail(RuleCsumBounds, "csum_start %d csum_offset %d, packet %d bytes", start, off, len(pkt))
+	}
+	completeCsum(pkt, start, off)
+	return nil
+}
+
+func completeCsum(pkt []byte, start, off int) {
+	putCsum(pkt[start+off:], sumLE(pkt[start:]), true)
+}
