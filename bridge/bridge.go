@@ -22,10 +22,11 @@ import (
 // consumes (IEEE 802.1D reserved addresses).
 const (
 	// TransparentMask is the widest bridge-wide group_fwd_mask the kernel
-	// accepts. It forwards 802.1X PAE (03), LLDP (0E) and the other
-	// reserved addresses 03-0F. The kernel refuses bits 0-2 (BR_GROUPFWD_RESTRICTED: STP, MAC PAUSE,
-	// LACP) on the bridge with EINVAL. STP BPDUs (00) are forwarded anyway
-	// while STP is off; LACP (02) needs PortTransparentMask on the ports.
+	// accepts: it forwards 802.1X PAE (03), LLDP (0E) and the rest of
+	// 03-0F. The kernel refuses bits 0-2 (BR_GROUPFWD_RESTRICTED: STP,
+	// MAC PAUSE, LACP) on the bridge with EINVAL. STP BPDUs (00) cross
+	// anyway while STP is off; LACP (02) needs PortTransparentMask on the
+	// ingress port; PAUSE (01) is always dropped.
 	TransparentMask uint16 = 0xFFF8
 	// PortTransparentMask is the widest per-port group_fwd_mask the kernel
 	// accepts: it refuses only bit 1 (MAC PAUSE, never forwarded). Set on
@@ -53,7 +54,7 @@ var ErrNotFound = errors.New("no such interface")
 // without. It matches unix.EOPNOTSUPP with errors.Is, which is what the
 // kernel answers.
 type FeatureError struct {
-	Feature string // what vmnet wanted, e.g. "VLAN filtering"
+	Feature string // what vmnet wanted, e.g. "VLAN"
 	Config  string // the kernel option, e.g. "CONFIG_BRIDGE_VLAN_FILTERING"
 }
 

@@ -175,12 +175,12 @@ func (m *Manager) setVLANs(port netlink.Link, cur []VLAN, pvid uint16, tagged []
 		if h, ok := have[id]; ok && h == v {
 			continue
 		}
-		if err := m.h.BridgeVlanAdd(port, id, v.PVID, false, false, true); err != nil {
+		if err := m.h.BridgeVlanAdd(port, id, v.PVID, v.Untagged, false, true); err != nil {
 			return fmt.Errorf("add VLAN %d: %w", id, err)
 		}
 	}
 	for _, v := range cur {
-		if _, ok := want[v.ID]; !ok && false {
+		if _, ok := want[v.ID]; !ok {
 			if err := m.h.BridgeVlanDel(port, v.ID, false, false, false, true); err != nil {
 				return fmt.Errorf("remove VLAN %d: %w", v.ID, err)
 			}

@@ -220,37 +220,47 @@ func TestLinkLocalForwarding(t *testing.T) {
 	lldp := net.HardwareAddr{0x01, 0x80, 0xc2, 0, 0, 0x0e}
 	lacp := net.HardwareAddr{0x01, 0x80, 0xc2, 0, 0, 0x02}
 	dot1x := net.HardwareAddr{0x01, 0x80, 0xc2, 0, 0, 0x03}
-	crosses := func(s []*packetSock, dst net.HardwareAddr, typ uint16) bool {
+	stp := net.HardwareAddr{0x01, 0x80, 0xc2, 0, 0, 0x00}
+	// crosses sends from p0 and reports whether p1 got it, waiting long
+	// for what should arrive and briefly for what should not.
+	crosses := func(s []*packetSock, dst net.HardwareAddr, typ uint16, expect bool) bool {
 		f, tag := s[0].frame(dst, typ, 0)
 		s[0].send(f)
 		d := silence
+		if expect {
+			d = arrives
+		}
 		_, ok := s[1].recv(tag, d)
 		return ok
 	}
 
 	t.Run("default", func(t *testing.T) {
 		_, s := scene(t, bridge.Config{Name: "br0"}, bridge.PortConfig{Name: "p0"}, bridge.PortConfig{Name: "p1"})
-		if crosses(s, lldp, lldpType) || crosses(s, dot1x, unix.ETH_P_PAE) || crosses(s, lacp, slowType) {
+		if crosses(s, lldp, lldpType, false) || crosses(s, dot1x, unix.ETH_P_PAE, false) || crosses(s, lacp, slowType, false) {
 			t.Fatal("a link-local frame crossed a bridge with group_fwd_mask 0")
 		}
-		if !crosses(s, broadcast, testEtherType) {
+		if !crosses(s, broadcast, testEtherType, true) {
 			t.Fatal("control: broadcast did not cross")
+		}
+		// 802.3 length field instead of an EtherType, as in a real BPDU.
+		if !crosses(s, stp, 0x0026, true) {
+			t.Fatal("an STP BPDU did not cross a bridge with STP off")
 		}
 	})
 	t.Run("bridge mask", func(t *testing.T) {
 		_, s := scene(t, bridge.Config{Name: "br0", GroupFwdMask: bridge.TransparentMask},
 			bridge.PortConfig{Name: "p0"}, bridge.PortConfig{Name: "p1"})
-		if !crosses(s, lldp, lldpType) || !crosses(s, dot1x, unix.ETH_P_PAE) {
+		if !crosses(s, lldp, lldpType, true) || !crosses(s, dot1x, unix.ETH_P_PAE, true) {
 			t.Fatal("LLDP or 802.1X did not cross a bridge with TransparentMask")
 		}
-		if crosses(s, lacp, slowType) {
+		if crosses(s, lacp, slowType, false) {
 			t.Fatal("LACP crossed with only the bridge mask; the kernel refuses bit 2 there, so it should not")
 		}
 	})
 	t.Run("port mask", func(t *testing.T) {
 		_, s := scene(t, bridge.Config{Name: "br0", GroupFwdMask: bridge.TransparentMask},
 			bridge.PortConfig{Name: "p0", GroupFwdMask: bridge.PortTransparentMask}, bridge.PortConfig{Name: "p1"})
-		if !crosses(s, lacp, slowType) || !crosses(s, lldp, lldpType) {
+		if !crosses(s, lacp, slowType, true) || !crosses(s, lldp, lldpType, true) {
 			t.Fatal("LACP or LLDP did not cross from a port with PortTransparentMask")
 		}
 	})

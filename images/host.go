@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -42,14 +41,12 @@ var hostTools = []hostTool{
 	{"depmod", "kmod"},
 	{"ldd", "libc-bin"},
 	{"xz", "xz-utils"},
-	{busyboxPath, "busybox-static"},
 	{"iperf3", "iperf3"},
 	{"ethtool", "ethtool"},
+	{"ip", "iproute2"},
+	{"tc", "iproute2"},
+	{"bridge", "iproute2"},
 }
-
-// busyboxPath is where busybox-static installs its binary; the dynamic
-// "busybox" package uses the same path, so it is checked to be static.
-const busyboxPath = "/bin/busybox"
 
 func checkHostTools() error {
 	var miss MissingError
@@ -65,16 +62,6 @@ func checkHostTools() error {
 	}
 	if len(miss.Tools) > 0 {
 		return &miss
-	}
-	if f, err := elf.Open(busyboxPath); err != nil {
-		return fmt.Errorf("vmnet image: %s: %w (run: sudo apt-get install busybox-static)", busyboxPath, err)
-	} else {
-		defer f.Close()
-		for _, p := range f.Progs {
-			if p.Type == elf.PT_INTERP {
-				return &MissingError{Tools: []string{busyboxPath + " (is dynamically linked)"}, Packages: []string{"busybox-static"}}
-			}
-		}
 	}
 	return nil
 }
@@ -98,11 +85,12 @@ func run(ctx context.Context, dir string, name string, args ...string) ([]byte, 
 	return out, nil
 }
 
-// kernelPkg is the Debian kernel package the image is built from.
-type kernelPkg struct {
+// debPkg is a Debian package the image is built from, downloaded with
+// apt-get download (never installed).
+type debPkg struct {
 	Name     string // linux-image-6.1.0-56-amd64
 	Version  string // 6.1.192-2
-	Release  string // 6.1.0-56-amd64, what uname -r prints
+	Release  string // kernels only: 6.1.0-56-amd64, what uname -r prints
 	Filename string // file name apt-get download gives the package
 }
 
@@ -110,27 +98,54 @@ type kernelPkg struct {
 // it currently depends on: superseded kernel versions leave the mirror,
 // so a pinned name would break on its own. The metapackage pins the exact
 // version ("Depends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)").
-func resolveKernel(ctx context.Context) (kernelPkg, error) {
+func resolveKernel(ctx context.Context) (debPkg, error) {
 	const meta = "linux-image-amd64"
 	out, err := run(ctx, "", "apt-cache", "show", "--no-all-versions", meta)
 	if err != nil {
-		return kernelPkg{}, fmt.Errorf("vmnet image: resolve %s: %w (is the package list current? run: sudo apt-get update)", meta, err)
+		return debPkg{}, fmt.Errorf("vmnet image: resolve %s: %w (is the package list current? run: sudo apt-get update)", meta, err)
 	}
 	return parseMeta(out)
 }
 
 var dependsRE = regexp.MustCompile(`(?m)^Depends:.*?\b(linux-image-([0-9][^\s,()]*))\s*\(=\s*([^\s)]+)\)`)
 
-func parseMeta(show []byte) (kernelPkg, error) {
+func parseMeta(show []byte) (debPkg, error) {
 	m := dependsRE.FindSubmatch(show)
 	if m == nil {
-		return kernelPkg{}, fmt.Errorf("vmnet image: apt-cache show linux-image-amd64: no \"Depends: linux-image-<release> (= <version>)\" line:\n%s", show)
+		return debPkg{}, fmt.Errorf("vmnet image: apt-cache show linux-image-amd64: no \"Depends: linux-image-<release> (= <version>)\" line:\n%s", show)
 	}
-	k := kernelPkg{Name: string(m[1]), Release: string(m[2]), Version: string(m[3])}
-	// apt-get download names the file like the pool does, with the
-	// epoch's ':' escaped.
-	k.Filename = fmt.Sprintf("%s_%s_amd64.deb", k.Name, strings.ReplaceAll(k.Version, ":", "%3a"))
+	k := debPkg{Name: string(m[1]), Release: string(m[2]), Version: string(m[3])}
+	k.Filename = debFilename(k.Name, k.Version, "amd64")
 	return k, nil
+}
+
+// debFilename is the name apt-get download gives a package file, with the
+// epoch's ':' escaped as the pool does not.
+func debFilename(name, version, arch string) string {
+	return fmt.Sprintf("%s_%s_%s.deb", name, strings.ReplaceAll(version, ":", "%3a"), arch)
+}
+
+// resolvePkg finds the candidate version of a package.
+func resolvePkg(ctx context.Context, name string) (debPkg, error) {
+	out, err := run(ctx, "", "apt-cache", "show", "--no-all-versions", name)
+	if err != nil {
+		return debPkg{}, fmt.Errorf("vmnet image: resolve %s: %w (is the package list current? run: sudo apt-get update)", name, err)
+	}
+	p := debPkg{Name: name}
+	arch := ""
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "Version: "); ok && p.Version == "" {
+			p.Version = strings.TrimSpace(v)
+		}
+		if v, ok := strings.CutPrefix(line, "Architecture: "); ok && arch == "" {
+			arch = strings.TrimSpace(v)
+		}
+	}
+	if p.Version == "" || arch == "" {
+		return debPkg{}, fmt.Errorf("vmnet image: apt-cache show %s: no Version or Architecture field", name)
+	}
+	p.Filename = debFilename(name, p.Version, arch)
+	return p, nil
 }
 
 // aptListsStamp describes the state of apt's package lists and sources;
@@ -149,38 +164,52 @@ func aptListsStamp() string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// resolveKernelCached is resolveKernel memoized in cache/resolved.json.
-func resolveKernelCached(ctx context.Context, cache string) (kernelPkg, error) {
+// resolved are the packages the image is built from.
+type resolved struct {
+	Kernel  debPkg
+	Busybox debPkg
+}
+
+// resolveCached resolves the packages, memoized in cache/resolved.json
+// under the state of the package lists.
+func resolveCached(ctx context.Context, cache string) (resolved, error) {
 	type memo struct {
-		Stamp  string
-		Kernel kernelPkg
+		Stamp string
+		Pkgs  resolved
 	}
 	stamp := aptListsStamp()
 	path := filepath.Join(cache, "resolved.json")
 	var mm memo
-	if data, err := os.ReadFile(path); err == nil && json.Unmarshal(data, &mm) == nil && mm.Stamp == stamp && mm.Kernel.Name != "" {
-		return mm.Kernel, nil
+	if data, err := os.ReadFile(path); err == nil && json.Unmarshal(data, &mm) == nil && mm.Stamp == stamp && mm.Pkgs.Kernel.Name != "" && mm.Pkgs.Busybox.Name != "" {
+		return mm.Pkgs, nil
 	}
-	k, err := resolveKernel(ctx)
-	if err != nil {
-		return k, err
+	var r resolved
+	var err error
+	if r.Kernel, err = resolveKernel(ctx); err != nil {
+		return r, err
 	}
-	if data, err := json.Marshal(memo{stamp, k}); err == nil && os.MkdirAll(cache, 0o755) == nil {
+	// The regular busybox package, not busybox-static: the static build
+	// prefers its own applets over PATH (FEATURE_SH_STANDALONE), so "ip"
+	// would always be busybox's, never iproute2's.
+	if r.Busybox, err = resolvePkg(ctx, "busybox"); err != nil {
+		return r, err
+	}
+	if data, err := json.Marshal(memo{stamp, r}); err == nil && os.MkdirAll(cache, 0o755) == nil {
 		tmp := path + ".tmp" + strconv.Itoa(os.Getpid())
 		if os.WriteFile(tmp, data, 0o644) == nil {
 			os.Rename(tmp, path)
 		}
 	}
-	return k, nil
+	return r, nil
 }
 
 // debFile is the name apt-get download gives the package file.
-func (k kernelPkg) debFile() string { return k.Filename }
+func (k debPkg) debFile() string { return k.Filename }
 
-// download fetches the kernel package into debsDir unless it is there.
-// Older kernel packages in debsDir are removed once the new one is in
-// place: they are 70 MB each and can no longer be downloaded anyway.
-func download(ctx context.Context, debsDir string, k kernelPkg) (string, error) {
+// download fetches a package into debsDir unless it is there. Older
+// versions in debsDir are removed once the new one is in place: a kernel
+// is 70 MB and superseded ones can no longer be downloaded anyway.
+func download(ctx context.Context, debsDir string, k debPkg) (string, error) {
 	dst := filepath.Join(debsDir, k.debFile())
 	if _, err := os.Stat(dst); err == nil {
 		return dst, nil
@@ -205,7 +234,11 @@ func download(ctx context.Context, debsDir string, k kernelPkg) (string, error) 
 	if err := os.Rename(got[0], dst); err != nil {
 		return "", fmt.Errorf("vmnet image: %w", err)
 	}
-	old, _ := filepath.Glob(filepath.Join(debsDir, "linux-image-*.deb"))
+	pattern := k.Name + "_*.deb"
+	if k.Release != "" {
+		pattern = "linux-image-*.deb"
+	}
+	old, _ := filepath.Glob(filepath.Join(debsDir, pattern))
 	for _, o := range old {
 		if o != dst {
 			os.Remove(o)
@@ -217,7 +250,7 @@ func download(ctx context.Context, debsDir string, k kernelPkg) (string, error) 
 // hostVersions returns the installed versions of the packages whose
 // programs go into the image, for the manifest.
 func hostVersions(ctx context.Context) (map[string]string, error) {
-	pkgs := []string{"busybox-static", "iperf3", "ethtool", "libc6"}
+	pkgs := []string{"iperf3", "ethtool", "iproute2", "libc6"}
 	out, err := run(ctx, "", "dpkg-query", append([]string{"-W", "-f=${Package} ${Version} ${db:Status-Status}\\n"}, pkgs...)...)
 	vers := map[string]string{}
 	for _, line := range strings.Split(string(out), "\n") {

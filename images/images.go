@@ -26,7 +26,7 @@ import (
 
 // recipeVersion changes whenever the Go side of the recipe changes what
 // goes into an image; init.sh is hashed separately.
-const recipeVersion = "vmnet-image-1"
+const recipeVersion = "vmnet-image-3"
 
 //go:embed init.sh
 var initScript []byte
@@ -78,6 +78,7 @@ type manifest struct {
 	Release       string            `json:"release"`
 	Modules       []string          `json:"modules"`
 	Builtin       []string          `json:"builtin_modules,omitempty"`
+	Busybox       string            `json:"busybox"`
 	ModuleFiles   []string          `json:"module_files"`
 	HostPackages  map[string]string `json:"host_packages"`
 	HostFiles     []string          `json:"host_files"`
@@ -132,8 +133,20 @@ type hostFile struct {
 	data []byte
 }
 
-// collectHostFiles reads busybox, iperf3, ethtool and their shared
-// libraries from the host (Debian 12 like the guest userland expects).
+// guestPrograms are copied from the host with their shared libraries.
+// iproute2 replaces busybox's ip (and adds tc and bridge) because tests
+// configure veth, vxlan, netem and bridge VLANs, which busybox cannot.
+var guestPrograms = []struct{ name, dst, pkg string }{
+	{"iperf3", "/usr/bin/iperf3", "iperf3"},
+	{"ethtool", "/usr/sbin/ethtool", "ethtool"},
+	{"ip", "/usr/sbin/ip", "iproute2"},
+	{"tc", "/usr/sbin/tc", "iproute2"},
+	{"bridge", "/usr/sbin/bridge", "iproute2"},
+}
+
+// collectHostFiles reads the guestPrograms and their shared
+// libraries from the host (Debian 12, the release the guest kernel is
+// from).
 func collectHostFiles(ctx context.Context) ([]hostFile, error) {
 	var files []hostFile
 	seen := map[string]bool{}
@@ -149,13 +162,10 @@ func collectHostFiles(ctx context.Context) ([]hostFile, error) {
 		files = append(files, hostFile{dst: strings.TrimPrefix(dst, "/"), src: src, mode: mode, data: data})
 		return nil
 	}
-	if err := add(busyboxPath, "/bin/busybox", 0o755); err != nil {
-		return nil, err
-	}
-	for _, b := range []struct{ name, dst string }{{"iperf3", "/usr/bin/iperf3"}, {"ethtool", "/usr/sbin/ethtool"}} {
+	for _, b := range guestPrograms {
 		src, err := exec.LookPath(b.name)
 		if err != nil {
-			return nil, &MissingError{Tools: []string{b.name}, Packages: []string{b.name}}
+			return nil, &MissingError{Tools: []string{b.name}, Packages: []string{b.pkg}}
 		}
 		if err := add(src, b.dst, 0o755); err != nil {
 			return nil, err
@@ -173,8 +183,9 @@ func collectHostFiles(ctx context.Context) ([]hostFile, error) {
 	return files, nil
 }
 
-// key hashes every input of the image except (for base) the kernel.
-func key(k kernelPkg, modules []string, files []hostFile) (full, base string) {
+// key hashes every input of the image; base leaves out the downloaded
+// packages (kernel, busybox).
+func key(r resolved, modules []string, files []hostFile) (full, base string) {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n%x\n", recipeVersion, sha256.Sum256(initScript))
 	fmt.Fprintf(h, "modules %s\n", strings.Join(modules, ","))
@@ -182,7 +193,7 @@ func key(k kernelPkg, modules []string, files []hostFile) (full, base string) {
 		fmt.Fprintf(h, "%s %o %x\n", f.dst, f.mode, sha256.Sum256(f.data))
 	}
 	base = hex.EncodeToString(h.Sum(nil))
-	fmt.Fprintf(h, "kernel %s %s\n", k.Name, k.Version)
+	fmt.Fprintf(h, "kernel %s %s\nbusybox %s\n", r.Kernel.Name, r.Kernel.Version, r.Busybox.Version)
 	full = hex.EncodeToString(h.Sum(nil))
 	return full, base
 }
@@ -238,12 +249,12 @@ func Ensure(ctx context.Context, opts Options) (Image, error) {
 	}
 	done()
 	imagesDir := filepath.Join(cache, "images")
-	done = p.step("resolve kernel (linux-image-amd64)")
-	k, kerr := resolveKernelCached(ctx, cache)
+	done = p.step("resolve packages (linux-image-amd64, busybox)")
+	pkgs, kerr := resolveCached(ctx, cache)
 	if kerr != nil {
 		// Offline or a stale package list: an image built earlier from
 		// the same recipe still does the job.
-		_, base := key(kernelPkg{}, modules, files)
+		_, base := key(resolved{}, modules, files)
 		if img, m, ok := newestWithBase(imagesDir, base); ok {
 			p.printf("cannot resolve the kernel (%v); using cached image %s (kernel %s)", kerr, img.Dir, m.KernelPackage)
 			return img, nil
@@ -251,7 +262,8 @@ func Ensure(ctx context.Context, opts Options) (Image, error) {
 		return Image{}, kerr
 	}
 	done()
-	full, base := key(k, modules, files)
+	k := pkgs.Kernel
+	full, base := key(pkgs, modules, files)
 	name := k.Release + "-" + full[:12]
 	dir := filepath.Join(imagesDir, name)
 	if img, _, err := load(dir); err == nil {
@@ -279,7 +291,7 @@ func Ensure(ctx context.Context, opts Options) (Image, error) {
 	m := manifest{
 		Recipe: recipeVersion, Key: full, BaseKey: base,
 		KernelPackage: k.Name + " " + k.Version, KernelVersion: k.Version, Release: k.Release,
-		Modules: modules,
+		Modules: modules, Busybox: pkgs.Busybox.Name + " " + pkgs.Busybox.Version,
 	}
 	if m.HostPackages, err = hostVersions(ctx); err != nil {
 		return Image{}, err
@@ -287,7 +299,7 @@ func Ensure(ctx context.Context, opts Options) (Image, error) {
 	for _, f := range files {
 		m.HostFiles = append(m.HostFiles, f.src)
 	}
-	if err := build(ctx, p, cache, tmp, k, &m, files); err != nil {
+	if err := build(ctx, p, cache, tmp, pkgs, &m, files); err != nil {
 		return Image{}, err
 	}
 	m.Built = time.Now().UTC()
@@ -301,15 +313,55 @@ func Ensure(ctx context.Context, opts Options) (Image, error) {
 		return Image{}, fmt.Errorf("vmnet image: %w", err)
 	}
 	p.printf("built %s in %.1fs", dir, m.BuildSeconds)
+	prune(p, imagesDir, m.KernelPackage)
 	img, _, err := load(dir)
 	return img, err
 }
 
-func build(ctx context.Context, p progress, cache, tmp string, k kernelPkg, m *manifest, files []hostFile) error {
+func build(ctx context.Context, p progress, cache, tmp string, pkgs resolved, m *manifest, files []hostFile) error {
+	k := pkgs.Kernel
 	done := p.step("download " + k.Name + " " + k.Version)
 	deb, err := download(ctx, filepath.Join(cache, "debs"), k)
 	if err != nil {
 		return err
+	}
+	done()
+
+	done = p.step("download and unpack busybox " + pkgs.Busybox.Version)
+	bbDeb, err := download(ctx, filepath.Join(cache, "debs"), pkgs.Busybox)
+	if err != nil {
+		return err
+	}
+	bb, err := extractFile(ctx, bbDeb, "bin/busybox")
+	if err != nil {
+		return err
+	}
+	bbPath := filepath.Join(tmp, "busybox")
+	if err := os.WriteFile(bbPath, bb, 0o755); err != nil {
+		return fmt.Errorf("vmnet image: %w", err)
+	}
+	defer os.Remove(bbPath)
+	files = append([]hostFile{{dst: "bin/busybox", src: bbDeb, mode: 0o755, data: bb}}, files...)
+	bbLibs, err := sharedLibs(ctx, bbPath)
+	if err != nil {
+		return err
+	}
+	have := map[string]bool{}
+	for _, f := range files {
+		have[f.dst] = true
+	}
+	for _, l := range bbLibs {
+		if dst := strings.TrimPrefix(l, "/"); !have[dst] {
+			data, err := os.ReadFile(l)
+			if err != nil {
+				return fmt.Errorf("vmnet image: %w", err)
+			}
+			files = append(files, hostFile{dst: dst, src: l, mode: 0o755, data: data})
+		}
+	}
+	applets, err := run(ctx, "", bbPath, "--list-full")
+	if err != nil {
+		return fmt.Errorf("vmnet image: %w", err)
 	}
 	done()
 
@@ -333,26 +385,19 @@ func build(ctx context.Context, p progress, cache, tmp string, k kernelPkg, m *m
 		p.printf("built into the kernel, nothing to add: %s", strings.Join(builtin, " "))
 	}
 
-	done = p.step("extract vmlinux from vmlinuz")
-	bz, err := os.ReadFile(filepath.Join(root, "boot", "vmlinuz-"+k.Release))
-	if err != nil {
-		return fmt.Errorf("vmnet image: %w", err)
+	if sib, ok := siblingKernel(filepath.Dir(tmp), m.KernelPackage); ok &&
+		os.Link(filepath.Join(sib, fileVmlinux), filepath.Join(tmp, fileVmlinux)) == nil &&
+		os.Link(filepath.Join(sib, fileVmlinuz), filepath.Join(tmp, fileVmlinuz)) == nil {
+		// Same kernel package as an image built before (other modules or
+		// recipe): share its kernel files instead of 75 MB more.
+		p.printf("kernel files shared with %s", sib)
+	} else if err := writeKernels(ctx, p, root, tmp, k); err != nil {
+		return err
 	}
-	vmlinux, err := extractVmlinux(ctx, bz)
-	if err != nil {
-		return fmt.Errorf("vmnet image: vmlinuz-%s: %w", k.Release, err)
-	}
-	if err := os.WriteFile(filepath.Join(tmp, fileVmlinuz), bz, 0o644); err != nil {
-		return fmt.Errorf("vmnet image: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(tmp, fileVmlinux), vmlinux, 0o644); err != nil {
-		return fmt.Errorf("vmnet image: %w", err)
-	}
-	done()
 
 	done = p.step("write initramfs")
 	var raw bytes.Buffer
-	if err := writeInitramfs(ctx, &raw, k, md, moddir, modFiles, files); err != nil {
+	if err := writeInitramfs(&raw, k, md, moddir, modFiles, files, strings.Fields(string(applets))); err != nil {
 		return err
 	}
 	f, err := os.Create(filepath.Join(tmp, fileInitrd))
@@ -374,8 +419,65 @@ func build(ctx context.Context, p progress, cache, tmp string, k kernelPkg, m *m
 	return os.RemoveAll(root)
 }
 
+// writeKernels writes vmlinuz and the vmlinux extracted from it into dir.
+func writeKernels(ctx context.Context, p progress, root, dir string, k debPkg) error {
+	done := p.step("extract vmlinux from vmlinuz")
+	bz, err := os.ReadFile(filepath.Join(root, "boot", "vmlinuz-"+k.Release))
+	if err != nil {
+		return fmt.Errorf("vmnet image: %w", err)
+	}
+	vmlinux, err := extractVmlinux(ctx, bz)
+	if err != nil {
+		return fmt.Errorf("vmnet image: vmlinuz-%s: %w", k.Release, err)
+	}
+	// Never write through a hard link shared with another image.
+	os.Remove(filepath.Join(dir, fileVmlinuz))
+	os.Remove(filepath.Join(dir, fileVmlinux))
+	if err := os.WriteFile(filepath.Join(dir, fileVmlinuz), bz, 0o644); err != nil {
+		return fmt.Errorf("vmnet image: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, fileVmlinux), vmlinux, 0o644); err != nil {
+		return fmt.Errorf("vmnet image: %w", err)
+	}
+	done()
+	return nil
+}
+
+// siblingKernel finds a complete image built from the same kernel package.
+func siblingKernel(imagesDir, kernelPackage string) (string, bool) {
+	ents, _ := os.ReadDir(imagesDir)
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		d := filepath.Join(imagesDir, e.Name())
+		if _, m, err := load(d); err == nil && m.KernelPackage == kernelPackage {
+			return d, true
+		}
+	}
+	return "", false
+}
+
+// prune removes images built from other kernel packages than keep's:
+// superseded kernels can no longer be downloaded and are not chosen again
+// while the package lists name a newer one.
+func prune(p progress, imagesDir, kernelPackage string) {
+	ents, _ := os.ReadDir(imagesDir)
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		d := filepath.Join(imagesDir, e.Name())
+		if _, m, err := load(d); err == nil && m.KernelPackage != kernelPackage {
+			if os.RemoveAll(d) == nil {
+				p.printf("removed image of superseded kernel %s: %s", m.KernelPackage, d)
+			}
+		}
+	}
+}
+
 // writeInitramfs writes the guest's root file system as a newc archive.
-func writeInitramfs(ctx context.Context, w io.Writer, k kernelPkg, md *modDeps, moddir string, modFiles []string, files []hostFile) error {
+func writeInitramfs(w io.Writer, k debPkg, md *modDeps, moddir string, modFiles []string, files []hostFile, applets []string) error {
 	c := cpio.NewWriter(w)
 	dirs := map[string]bool{}
 	var mkdir func(d string)
@@ -403,16 +505,12 @@ func writeInitramfs(ctx context.Context, w io.Writer, k kernelPkg, md *modDeps, 
 	}
 	// Applet links for everything busybox provides, except programs
 	// that come from their own package.
-	out, err := run(ctx, "", busyboxPath, "--list-full")
-	if err != nil {
-		return fmt.Errorf("vmnet image: %w", err)
-	}
 	have := map[string]bool{}
 	for _, f := range files {
-		have[f.dst] = true
+		have[filepath.Base(f.dst)] = true
 	}
-	for _, l := range strings.Fields(string(out)) {
-		if l == "bin/busybox" || have[l] {
+	for _, l := range applets {
+		if l == "bin/busybox" || have[filepath.Base(l)] {
 			continue
 		}
 		mkdir(filepath.Dir(l))

@@ -347,11 +347,18 @@ func TestShellOnTTYS1(t *testing.T) {
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(60 * time.Second))
 			fmt.Fprintf(c, "echo sum=$((40+2)) uid=$(id -u)\n")
-			line, err := bufio.NewReader(c).ReadString('\n')
-			if err != nil {
-				line = err.Error()
+			fmt.Fprintf(c, "no-such-command; echo status=$?\n")
+			br := bufio.NewReader(c)
+			var lines string
+			for i := 0; i < 3; i++ {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					lines += err.Error()
+					break
+				}
+				lines += line
 			}
-			got <- line
+			got <- lines
 			fmt.Fprintf(c, "poweroff -f\n")
 			time.Sleep(5 * time.Second) // let the guest read it before the socket closes
 		},
@@ -361,9 +368,10 @@ func TestShellOnTTYS1(t *testing.T) {
 	}
 	select {
 	case line := <-got:
-		// No echo and no prompt: the first line back is the output.
-		if line != "sum=42 uid=0\n" {
-			t.Fatalf("ttyS1 answered %q, want %q", line, "sum=42 uid=0\n")
+		// No echo and no prompt: only the commands' output comes back.
+		want := "sum=42 uid=0\nsh: no-such-command: not found\nstatus=127\n"
+		if line != want {
+			t.Fatalf("ttyS1 answered %q, want %q", line, want)
 		}
 	default:
 		t.Fatal("ttyS1 never answered")
@@ -423,5 +431,37 @@ func BenchmarkEnsureCached(b *testing.B) {
 		if _, err := images.Ensure(context.Background(), images.Options{}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// The kernel features missing on the host (802.1Q, bridge VLAN filtering,
+// netem, vhost-net) work inside a guest built with extra modules.
+func TestExtraModules(t *testing.T) {
+	testenv.RequireProgram(t, "qemu-system-x86_64")
+	mods := []string{"bridge", "8021q", "vhost_net", "tun", "veth", "sch_netem", "vxlan"}
+	var log bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	im, err := images.Ensure(ctx, images.Options{Modules: mods, Progress: &log})
+	t.Log(strings.TrimSpace(log.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := strings.Join([]string{
+		"set -e",
+		"ip link add br0 type bridge vlan_filtering 1",
+		"ip link add v0 type veth peer name v1",
+		"ip link set v0 master br0",
+		"bridge vlan add dev v0 vid 5",
+		"ip link add link v1 name v1.5 type vlan id 5",
+		"ip link add vx0 type vxlan id 5 dstport 4789 local 127.0.0.1",
+		"tc qdisc add dev v1 root netem delay 1ms",
+		"test -c /dev/vhost-net && test -c /dev/net/tun",
+		"echo extra-ok",
+	}, "\n")
+	r := boot(t, vm{kernel: im.Kernel, initrd: im.Initrd,
+		params: []string{"vmnet.modules=" + strings.Join(mods, ","), images.CmdArg(script)}})
+	if r.exit != 0 || !hasLine(r.lines, "extra-ok") {
+		t.Fatalf("VMNET-EXIT=%d; console:\n%s", r.exit, r.out)
 	}
 }

@@ -142,20 +142,23 @@ if [ "$errors" -gt 0 ] && [ -n "$havecmd" ]; then
 	finish 125
 fi
 
-# No command: a machine-oriented shell on ttyS1 (no echo, no prompt, LF line
+# No command: a shell for programs on ttyS1 (no echo, no prompt, LF line
 # ends) when that port exists, set up before VMNET-READY so that a host
 # writing as soon as it sees the marker is not echoed.
 if [ -z "$havecmd" ] && [ "$(cat /sys/class/tty/ttyS1/type 2>/dev/null || echo 0)" != 0 ]; then
-	stty -F /dev/ttyS1 115200 -echo -onlcr 2>/dev/null
 	# Hold the port open so that input arriving before the shell opens it
 	# is kept (a closed 8250 drops what it receives). PID 1 is no session
 	# leader, so this does not make ttyS1 its controlling terminal.
 	exec 9<>/dev/ttyS1
+	stty -F /dev/ttyS1 115200 -echo -onlcr 2>/dev/null
 	(
 		exec 9>&-
 		while :; do
 			stty -F /dev/ttyS1 -echo -onlcr 2>/dev/null
-			PS1= PS2= setsid sh -c 'exec sh </dev/ttyS1 >/dev/ttyS1 2>&1'
+			# stdout is a pipe, so sh is not interactive: no prompt and no
+			# line editing (which would query the cursor position and eat
+			# input). A ^C kills it; it is restarted.
+			setsid sh -c 'sh </dev/ttyS1 2>&1 | cat >/dev/ttyS1'
 			sleep 1
 		done
 	) &

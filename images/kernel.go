@@ -23,7 +23,7 @@ import (
 // into dir (dir/boot/vmlinuz-R, dir/lib/modules/R/...) without running
 // any maintainer script, then generates modules.dep with depmod: the
 // package ships modules.order but leaves modules.dep to its postinst.
-func unpackKernel(ctx context.Context, deb, dir string, k kernelPkg) error {
+func unpackKernel(ctx context.Context, deb, dir string, k debPkg) error {
 	cmd := exec.CommandContext(ctx, "dpkg-deb", "--fsys-tarfile", deb)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -86,6 +86,43 @@ func unpackKernel(ctx context.Context, deb, dir string, k kernelPkg) error {
 		return fmt.Errorf("vmnet image: %w", err)
 	}
 	return nil
+}
+
+// extractFile returns one regular file of a package.
+func extractFile(ctx context.Context, deb, name string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "dpkg-deb", "--fsys-tarfile", deb)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("vmnet image: dpkg-deb: %w", err)
+	}
+	var data []byte
+	tr := tar.NewReader(out)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		if h.Typeflag == tar.TypeReg && strings.TrimPrefix(path.Clean("/"+h.Name), "/") == name {
+			data, err = io.ReadAll(tr)
+			if err != nil {
+				data = nil
+			}
+			break
+		}
+	}
+	io.Copy(io.Discard, out)
+	if err := cmd.Wait(); err != nil {
+		return nil, fmt.Errorf("vmnet image: dpkg-deb --fsys-tarfile %s: %w: %s", deb, err, strings.TrimSpace(stderr.String()))
+	}
+	if data == nil {
+		return nil, fmt.Errorf("vmnet image: %s has no /%s", deb, name)
+	}
+	return data, nil
 }
 
 // modDeps is a parsed modules.dep: module name -> path relative to the

@@ -240,6 +240,9 @@ func (q *Queue) ReadHdr(hdr, frame []byte) (int, error) {
 	if len(hdr) < q.hdr {
 		return 0, q.wrap("read", fmt.Errorf("header buffer of %d bytes for a %d-byte vnet header", len(hdr), q.hdr))
 	}
+	if len(frame) == 0 {
+		return 0, q.wrap("read", errors.New("empty frame buffer"))
+	}
 	q.rmu.Lock()
 	defer q.rmu.Unlock()
 	q.riovn = setIov(&q.riov, hdr[:q.hdr], frame)

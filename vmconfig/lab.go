@@ -53,7 +53,7 @@ type VM struct {
 	Name       string
 	CPUs       int
 	MemoryMiB  int
-	Kernel     string // absolute path or ""
+	Kernel     string // absolute path, or "" for vmnet's test image (when there is no disk either)
 	Initrd     string // absolute path or ""
 	Append     string
 	Disk       string // absolute path or ""

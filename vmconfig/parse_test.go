@@ -173,7 +173,9 @@ func TestParseProblems(t *testing.T) {
 			`9:1: vm "a": nic 0: unknown key "netwrk"; did you mean "network"?`,
 			`8:1: warning: vm "a": nic 0: has no network`}},
 		{"initrd without kernel", head + "[[vm]]\nname = \"a\"\ninitrd = \"ok-i\"\nappend = \"x\"\n", []string{
-			"7:1: vm \"a\": initrd needs kernel", "8:1: vm \"a\": append needs kernel", "5:1: warning: vm \"a\": has neither kernel nor disk"}},
+			"7:1: vm \"a\": initrd needs kernel"}},
+		{"append without kernel on a disk", head + "[[vm]]\nname = \"a\"\ndisk = \"ok-d\"\nappend = \"x\"\n", []string{
+			"8:1: vm \"a\": append needs kernel"}},
 		{"memory forms", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\nmemory = \"1.5G\"\n[[vm]]\nname = \"b\"\nkernel = \"ok\"\nmemory = 0\n[[vm]]\nname = \"c\"\nkernel = \"ok\"\nmemory = 1.5\n", []string{
 			"8:1: vm \"a\": memory \"1.5G\"", "12:1: vm \"b\": memory 0 is out of range", "16:1: vm \"c\": memory must be MiB as an integer"}},
 		{"root user", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\nuser = \"root\"\n", []string{"8:1: vm \"a\": user = \"root\" is not an unprivileged user"}},
@@ -250,11 +252,11 @@ func TestParseProblems(t *testing.T) {
 }
 
 func TestProblemsSortedWithWarnings(t *testing.T) {
-	lab, ps := parse(t, head+"[[vm]]\nname = \"a\"\n[[vm.nic]]\nnetwork = \"n\"\nqueues = 3\n")
-	if lab == nil || len(ps) != 2 || ps.HasErrors() || ps[0].Pos.Line != 5 || ps[1].Pos.Line != 9 {
+	lab, ps := parse(t, head+"[[vm]]\nname = \"a\"\n[[vm.nic]]\nnetwork = \"n\"\nqueues = 3\n[[vm.nic]]\nnetwork = \"n\"\nmac = \"02:00:00:00:00:01\"\nqueues = 2\n")
+	if lab == nil || len(ps) != 2 || ps.HasErrors() || ps[0].Pos.Line != 9 || ps[1].Pos.Line != 13 {
 		t.Fatalf("lab %v, problems %v", lab, ps)
 	}
-	if ps[1].String() != `/cfg/lab.toml:9:1: warning: vm "a": nic 0: queues = 3 is more than cpus = 1; the guest only uses 1 queue pairs` {
+	if ps[0].String() != `/cfg/lab.toml:9:1: warning: vm "a": nic 0: queues = 3 is more than cpus = 1; the guest only uses 1 queue pairs` {
 		t.Errorf("got %q", ps[1])
 	}
 }

@@ -165,11 +165,10 @@ func (r *resolver) vm(t *table, defaults vmFields) {
 		if f.initrd.set {
 			errorf(f.initrd.path, "initrd needs kernel: QEMU only loads an initrd together with -kernel")
 		}
-		if f.appendArgs.set {
-			errorf(f.appendArgs.path, "append needs kernel: QEMU only passes a command line together with -kernel")
-		}
-		if !f.disk.set && ok {
-			warnf(t.path, "has neither kernel nor disk: it boots only what extra_args provide")
+		// Without kernel and disk the VM boots vmnet's test image, whose
+		// kernel command line append extends.
+		if f.appendArgs.set && f.disk.set {
+			errorf(f.appendArgs.path, "append needs kernel: QEMU only passes a command line together with -kernel, not to a disk boot")
 		}
 	}
 	if vm.Disk != "" {

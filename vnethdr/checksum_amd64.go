@@ -13,30 +13,25 @@ var useAVX2 = cpu.X86.HasAVX2
 // avx2Chunk bounds one assembly call so its 32-bit lanes cannot overflow.
 const avx2Chunk = 512 << 10
 
+// sumAVX2 returns the LE-domain sum of p[:n]; n is a multiple of 32 and at
+// most avx2Chunk.
+//
 //go:noescape
-func sumAVX2(p *byte, n int, out *[16]uint32)
+func sumAVX2(p *byte, n int) uint64
 
+// copySumAVX2 copies src[:n] to dst and returns its sum, as sumAVX2.
+//
 //go:noescape
-func copySumAVX2(dst, src *byte, n int, out *[16]uint32)
-
-func lanes(acc *[16]uint32) uint64 {
-	var s uint64
-	for _, v := range acc {
-		s += uint64(v)
-	}
-	return s
-}
+func copySumAVX2(dst, src *byte, n int) uint64
 
 func sumFast(b []byte) uint64 {
 	if !useAVX2 || len(b) < 128 {
 		return sumGeneric(b)
 	}
 	var s uint64
-	for len(b) >= 64 {
-		n := min(len(b)&^63, avx2Chunk)
-		var acc [16]uint32
-		sumAVX2(&b[0], n, &acc)
-		s += lanes(&acc)
+	for len(b) >= 32 {
+		n := min(len(b)&^31, avx2Chunk)
+		s += sumAVX2(&b[0], n)
 		b = b[n:]
 	}
 	return add(s, sumGeneric(b))
@@ -57,11 +52,9 @@ func copySum(dst, src []byte) uint64 {
 	head := sumGeneric(src[:h])
 	src, dst = src[h:], dst[h:]
 	var s uint64
-	for len(src) >= 64 {
-		n := min(len(src)&^63, avx2Chunk)
-		var acc [16]uint32
-		copySumAVX2(&dst[0], &src[0], n, &acc)
-		s += lanes(&acc)
+	for len(src) >= 32 {
+		n := min(len(src)&^31, avx2Chunk)
+		s += copySumAVX2(&dst[0], &src[0], n)
 		src, dst = src[n:], dst[n:]
 	}
 	copy(dst, src)

@@ -22,7 +22,7 @@ const (
 // packets of each flow in a batch into super-packets with the vnet header that
 // describes them, following the kernel's tcp_gro_receive and
 // udp_gro_receive_segment rules: same flow and link header, same TOS/TTL/DF
-// (IPv4, with incrementing ids unless DF) or traffic class/flow label/hop
+// (IPv4, with incrementing ids, or fixed ones under DF) or traffic class/flow label/hop
 // limit (IPv6), no IPv4 options or IPv6 extension headers, equal TCP options,
 // ack and window, consecutive sequence numbers, only ACK with PSH on the last
 // segment (CWR only on the first), no segment larger than the first, nothing
@@ -57,6 +57,7 @@ type group struct {
 	size    int // IP length of the merged packet (from l3)
 	nextSeq uint32
 	nextID  uint16
+	idMode  int8 // IPv4 ids seen so far: 1 incrementing, -1 fixed, 0 not known yet
 	closed  bool
 }
 
@@ -310,7 +311,15 @@ func (c *Coalescer) merge(gi, i int32, pkt []byte, h *headers) bool {
 		if f[l3+1] != pkt[l3+1] || f[l3+8] != pkt[l3+8] || f[l3+6]&0x40 != df {
 			return false
 		}
-		if df == 0 && binary.BigEndian.Uint16(pkt[l3+4:]) != g.nextID {
+		// Ids must increment; with DF the kernel also takes a fixed id
+		// (SKB_GSO_TCP_FIXEDID), but not a mix of both.
+		id := binary.BigEndian.Uint16(pkt[l3+4:])
+		switch {
+		case id == g.nextID && g.idMode >= 0:
+			g.idMode = 1
+		case df != 0 && id == g.nextID-uint16(g.count) && g.idMode <= 0:
+			g.idMode = -1
+		default:
 			return false
 		}
 	}

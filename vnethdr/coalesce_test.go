@@ -247,6 +247,20 @@ func coalesceCases() []coalesceCase {
 			}
 			return p
 		}, []int{4}},
+		{"df_id_random", tcp4, 4, false, func(t *testing.T, p [][]byte) [][]byte {
+			for i, id := range []uint16{7, 100, 3, 9} {
+				binary.BigEndian.PutUint16(p[i][14+4:], id)
+				refix(t, p[i], LinkEthernet)
+			}
+			return p
+		}, []int{1, 1, 1, 1}},
+		{"df_id_fixed_then_incrementing", tcp4, 4, false, func(t *testing.T, p [][]byte) [][]byte {
+			for i, id := range []uint16{7, 7, 8, 9} {
+				binary.BigEndian.PutUint16(p[i][14+4:], id)
+				refix(t, p[i], LinkEthernet)
+			}
+			return p
+		}, []int{2, 2}},
 		{"ip_options", spec{mss: 996, ipv4Opts: true}, 3, false, nil, []int{1, 1, 1}},
 		{"ipv6_ext_header", spec{v6: true, mss: 1000, ext: []byte{60}}, 3, false, nil, []int{1, 1, 1}},
 		{"bigger_after_smaller", tcp4, 4, false, func(t *testing.T, p [][]byte) [][]byte {

@@ -30,6 +30,11 @@ func Validate(hdr Hdr, pkt []byte, opt Options) error {
 // GSO code does. hdr.HdrLen is only checked against the packet length; the
 // real header length comes from the packet. For GSO packets CsumStart is
 // checked like the kernel does but the L4 offset is derived from the IP header.
+// A GSO packet no longer than gso_size (counted as the kernel does) passes
+// whole, with only its checksum completed, as in the kernel.
+//
+// Parse and Segment trust nothing in hdr or pkt: hostile input gets an *Error
+// naming the rule, never a panic or a write outside the caller's buffers.
 func Parse(hdr Hdr, pkt []byte, opt Options) (Packet, error) {
 	p := Packet{Hdr: hdr, Data: pkt, opt: opt}
 	gso := hdr.GSOType &^ GSOECN
@@ -107,8 +112,20 @@ func Parse(hdr Hdr, pkt []byte, opt Options) (Packet, error) {
 	if hdr.GSOSize == 0xffff {
 		return p, fail(RuleGSOByFrags, "")
 	}
+	// "Too small packets are not really GSO ones": the kernel measures from
+	// csum_start plus the minimal L4 header (UFO: from csum_start) and, below
+	// gso_size, only completes the checksum, without looking at the headers.
+	nhOff := pOff
+	if gso == GSOUDP {
+		nhOff -= thlen
+	}
+	if partial && n-nhOff <= int(hdr.GSOSize) {
+		p.segs = 1
+		return p, nil
+	}
 
-	// What the kernel's GSO code checks when it later walks the headers.
+	// What the kernel's flow dissector and GSO code check when they walk
+	// the headers.
 	h, err := parseHeaders(pkt, opt.Link)
 	if err != nil {
 		return p, err
@@ -132,6 +149,16 @@ func Parse(hdr Hdr, pkt []byte, opt Options) (Packet, error) {
 	}
 	if err := parseL4(pkt, &h); err != nil {
 		return p, err
+	}
+	if !partial {
+		nhOff = h.l4
+		if gso != GSOUDP {
+			nhOff += thlen
+		}
+		if n-nhOff <= int(hdr.GSOSize) {
+			p.segs = 1
+			return p, nil
+		}
 	}
 	p.h = h
 	p.gso = gso

@@ -337,7 +337,11 @@ func TestValidateRejects(t *testing.T) {
 		}, ErrLink},
 		{"truncated_ethernet", tcp4, func(b *built) { b.frame = b.frame[:13]; b.hdr = Hdr{GSOType: GSOTCPv4, GSOSize: 100} }, ErrLink},
 		{"short_frame_no_gso", tcp4, func(b *built) { b.frame = b.frame[:13]; b.hdr = Hdr{} }, ErrLink},
-		{"ethertype_truncated_gso", tcp4, func(b *built) { b.frame = b.frame[:14]; b.frame[12] = 0x81; b.hdr = Hdr{GSOType: GSOTCPv4, GSOSize: 100} }, ErrLink},
+		{"ethertype_truncated_gso", tcp4, func(b *built) {
+			b.frame = b.frame[:14]
+			b.frame[12] = 0x81
+			b.hdr = Hdr{GSOType: GSOTCPv4, GSOSize: 100}
+		}, ErrLink},
 		{"hdr_len_below_ethernet", tcp4, func(b *built) { b.hdr.HdrLen = 13 }, ErrHdrLen},
 		{"truncated_ipv4", tcp4, func(b *built) { b.frame = b.frame[:b.l3+19]; b.hdr = Hdr{GSOType: GSOTCPv4, GSOSize: 100} }, ErrNetwork},
 		{"ipv4_ihl_4", tcp4, func(b *built) { b.frame[b.l3] = 0x44 }, ErrNetwork},
@@ -347,7 +351,11 @@ func TestValidateRejects(t *testing.T) {
 		{"ipv6_fragment_header", tcp6, func(b *built) { b.frame[b.l3+6] = 44 }, ErrNetwork},
 		{"truncated_tcp_no_csum", tcp4, func(b *built) { b.frame = b.frame[:b.l4+19]; b.hdr = Hdr{GSOType: GSOTCPv4, GSOSize: 100} }, ErrTransport},
 		{"tcp_doff_4", tcp4, func(b *built) { b.frame[b.l4+12] = 0x40 }, ErrTransport},
-		{"tcp_doff_past_end", tcp4, func(b *built) { b.frame = b.frame[:b.l4+24]; b.frame[b.l4+12] = 0xf0; b.hdr.HdrLen = 0 }, ErrTransport},
+		{"tcp_doff_past_end", tcp4, func(b *built) {
+			b.frame = b.frame[:b.l4+24]
+			b.frame[b.l4+12] = 0xf0
+			b.hdr.HdrLen, b.hdr.GSOSize = 0, 1
+		}, ErrTransport},
 		{"ufo_gso_size_below_8", spec{udp: true, ufo: true, payload: 100, mss: 7}, func(b *built) {}, ErrGSOSize},
 		{"short_vnet_header", tcp4, nil, ErrShortHeader},
 	}
@@ -445,5 +453,35 @@ func TestHdrEncoding(t *testing.T) {
 	}
 	if _, err := (Format{Size: 8}).Decode(make([]byte, 12)); err == nil {
 		t.Fatal("8-byte format accepted")
+	}
+}
+
+// TestNotReallyGSO: below gso_size the kernel only completes the checksum and
+// never looks at the headers, so neither does Parse.
+func TestNotReallyGSO(t *testing.T) {
+	b := build(t, spec{payload: 500, mss: 1448})
+	b.frame[b.l3+6] |= 0x20 // a "fragment" would be refused if it were segmented
+	p, err := Parse(b.hdr, b.frame, Options{})
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if p.IsGSO() || p.Segments() != 1 {
+		t.Fatalf("IsGSO %v, %d segments", p.IsGSO(), p.Segments())
+	}
+	out, sizes := segBuffers(1, len(b.frame))
+	if _, err := p.Segment(out, sizes); err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte(nil), b.frame...)
+	if err := CompleteChecksum(b.hdr, want); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out[0][:sizes[0]], want) {
+		t.Fatal("not-really-GSO packet changed beyond its checksum")
+	}
+	// One byte more than gso_size (counted from csum_start+20) is GSO.
+	b = build(t, spec{payload: 1449, mss: 1448})
+	if p, err := Parse(b.hdr, b.frame, Options{}); err != nil || !p.IsGSO() || p.Segments() != 2 {
+		t.Fatalf("1449 bytes: IsGSO %v, %d segments, %v", p.IsGSO(), p.Segments(), err)
 	}
 }

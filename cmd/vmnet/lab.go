@@ -86,8 +86,14 @@ func runVM(e *env, args []string) (err error) {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// A private run directory: CI jobs may run the same lab side by side.
+	runDir, err := os.MkdirTemp("", "vmnet-run-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(runDir)
 	opts := lab.Options{Logf: func(f string, a ...any) { fmt.Fprintf(e.stderr, "vmnet: "+f+"\n", a...) },
-		Console: e.stdout, ImageProgress: e.stderr}
+		Console: e.stdout, ImageProgress: e.stderr, RunDir: runDir}
 	if *quiet {
 		opts.Logf, opts.Console, opts.ImageProgress = nil, nil, nil
 	}

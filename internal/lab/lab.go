@@ -37,6 +37,9 @@ type Options struct {
 	ImageProgress io.Writer
 	// RunDir holds QMP and console sockets; default: the lab's state dir.
 	RunDir string
+	// HotplugPorts reserves free PCIe root ports on q35 guests for NICs
+	// added at run time (other machines cannot hot-plug).
+	HotplugPorts int
 }
 
 // Lab is a lab being brought up on this host: it remembers what it
@@ -48,19 +51,18 @@ type Lab struct {
 
 	mu       sync.Mutex
 	bridges  []string // bridges this Lab created, in creation order
+	reused   []string // bridges that existed before; they stay
 	networks map[string]bool
 	taps     map[*vmconfig.NIC]*tap.Tap
 	vms      map[string]*qemu.VM
+	started  map[string]time.Time
+	hotplug  map[string][]*hotNIC // per VM, NICs added at run time
+	state    *State               // nil unless the Lab is supervised (Up)
 }
 
 // New prepares to bring cfg up in the calling thread's network namespace.
 func New(cfg *vmconfig.Lab, opts Options) (*Lab, error) {
-	cur, err := netns.Current()
-	if err != nil {
-		return nil, err
-	}
-	defer cur.Close()
-	br, err := bridge.New(cur)
+	br, err := newBridgeManager()
 	if err != nil {
 		return nil, err
 	}
@@ -71,7 +73,8 @@ func New(cfg *vmconfig.Lab, opts Options) (*Lab, error) {
 		opts.RunDir = cfg.StateDir
 	}
 	return &Lab{cfg: cfg, opts: opts, br: br, networks: map[string]bool{},
-		taps: map[*vmconfig.NIC]*tap.Tap{}, vms: map[string]*qemu.VM{}}, nil
+		taps: map[*vmconfig.NIC]*tap.Tap{}, vms: map[string]*qemu.VM{}, started: map[string]time.Time{},
+		hotplug: map[string][]*hotNIC{}}, nil
 }
 
 // Config is the lab's configuration.
@@ -133,10 +136,11 @@ func (l *Lab) EnsureNetwork(name string) (err error) {
 	if created {
 		l.bridges = append(l.bridges, n.Bridge)
 	} else {
+		l.reused = append(l.reused, n.Bridge)
 		l.opts.Logf("network %s: reusing existing bridge %s (it stays after teardown)", n.Name, n.Bridge)
 	}
 	l.networks[name] = true
-	return nil
+	return l.saveLocked()
 }
 
 func (l *Lab) network(name string) *vmconfig.Network {
@@ -165,14 +169,23 @@ func (l *Lab) CreateTaps(vm *vmconfig.VM) error {
 				return err
 			}
 		}
-		if err := l.createTap(vm, nic, uid, gid); err != nil {
+		t, err := l.createTap(vm, nic, uid, gid)
+		if err != nil {
+			return err
+		}
+		l.mu.Lock()
+		l.taps[nic] = t
+		l.mu.Unlock()
+		if err := l.save(); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (err error) {
+// createTap creates the tap of one NIC and attaches it to its network's
+// bridge. On failure it leaves nothing behind.
+func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (_ *tap.Tap, err error) {
 	done := l.step(fmt.Sprintf("vm %s nic %d: tap %s, %d queue(s)", vm.Name, nic.Index, nic.IfName, nic.Queues))
 	defer func() { done(err) }()
 	cfg := tap.NewConfig(nic.IfName, nic.Queues)
@@ -189,7 +202,7 @@ func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (err e
 			for _, o := range nic.Offloads {
 				v, err := tap.ParseOffloads(o)
 				if err != nil {
-					return fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
+					return nil, fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
 				}
 				cfg.Offloads |= v
 			}
@@ -197,13 +210,10 @@ func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (err e
 	}
 	t, err := tap.Create(cfg)
 	if err != nil {
-		return fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
+		return nil, fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
 	}
-	l.mu.Lock()
-	l.taps[nic] = t
-	l.mu.Unlock()
 	if nic.Network == "" {
-		return nil
+		return t, nil
 	}
 	n := l.network(nic.Network)
 	p := bridge.PortConfig{Name: t.Name(), PVID: uint16(nic.VLAN)}
@@ -214,9 +224,12 @@ func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (err e
 		p.GroupFwdMask = bridge.PortTransparentMask
 	}
 	if err := l.br.AddPort(n.Bridge, p); err != nil {
-		return fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
+		if cerr := closeAndDelete(t, l.cfg.Name); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+		return nil, fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
 	}
-	return nil
+	return t, nil
 }
 
 // Tap returns the open tap of a NIC created by CreateTaps.
@@ -270,13 +283,19 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 	spec := qemu.Spec{Name: vm.Name, Binary: vm.QEMU, Machine: vm.Machine, Accel: vm.Accel, CPUs: vm.CPUs,
 		MemoryMiB: vm.MemoryMiB, Kernel: vm.Kernel, Initrd: vm.Initrd, Disk: vm.Disk, DiskFormat: vm.DiskFormat,
 		ExtraArgs: vm.ExtraArgs, ConsoleLog: vm.Console, ConsoleTee: l.opts.Console, Logf: l.opts.Logf,
-		RunDir: filepath.Join(l.opts.RunDir, "vm-"+vm.Name)}
+		RunDir: l.runDir(vm.Name)}
+	if vm.Machine == qemu.MachineQ35 {
+		spec.HotplugPorts = l.opts.HotplugPorts
+	}
 	if vm.Kernel == "" {
 		img, err := l.image(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
 		}
 		spec.Kernel, spec.Initrd = img.Kernel, img.Initrd
+		if cmd == "" {
+			spec.ControlSocket = filepath.Join(spec.RunDir, shellSocket)
+		}
 	}
 	guest := qemu.GuestArgs{Cmd: cmd}
 	for i, nic := range vm.NICs {
@@ -324,8 +343,9 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 	}
 	l.mu.Lock()
 	l.vms[vm.Name] = v
+	l.started[vm.Name] = time.Now()
 	l.mu.Unlock()
-	return v, nil
+	return v, l.save()
 }
 
 // Teardown stops the guests, closes and deletes the taps and deletes the
@@ -353,14 +373,16 @@ func (l *Lab) Teardown(ctx context.Context) error {
 	}
 	wg.Wait()
 	l.vms = map[string]*qemu.VM{}
-	for nic, t := range l.taps {
-		name := t.Name()
-		if err := t.Close(); err != nil {
-			errs = append(errs, err)
+	for vm, hs := range l.hotplug {
+		for _, h := range hs {
+			if err := closeAndDelete(h.tap, l.cfg.Name); err != nil {
+				errs = append(errs, err)
+			}
 		}
-		// A tap that is not persistent is gone once its last fd closes;
-		// delete it by tag in case something else still holds it.
-		if err := tap.Delete(name, l.cfg.Name, false); err != nil && !errors.Is(err, unix.ENODEV) {
+		delete(l.hotplug, vm)
+	}
+	for nic, t := range l.taps {
+		if err := closeAndDelete(t, l.cfg.Name); err != nil {
 			errs = append(errs, err)
 		}
 		delete(l.taps, nic)
@@ -370,10 +392,37 @@ func (l *Lab) Teardown(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	l.bridges = nil
+	l.bridges, l.reused = nil, nil
 	l.networks = map[string]bool{}
+	if l.state != nil && len(errs) == 0 {
+		if err := os.RemoveAll(l.cfg.StateDir); err != nil {
+			errs = append(errs, err)
+		}
+		l.state = nil
+	}
 	return errors.Join(errs...)
+}
+
+// closeAndDelete closes vmnet's queues of t. A tap that is not persistent
+// is gone once its last fd closes; delete it by tag in case something
+// else still holds it.
+func closeAndDelete(t *tap.Tap, owner string) error {
+	name := t.Name()
+	err := t.Close()
+	if derr := tap.Delete(name, owner, false); derr != nil && !errors.Is(derr, unix.ENODEV) {
+		err = errors.Join(err, derr)
+	}
+	return err
 }
 
 // Close releases the netlink sockets; call after Teardown.
 func (l *Lab) Close() { l.br.Close() }
+
+func newBridgeManager() (*bridge.Manager, error) {
+	cur, err := netns.Current()
+	if err != nil {
+		return nil, err
+	}
+	defer cur.Close()
+	return bridge.New(cur)
+}

@@ -630,3 +630,49 @@ func TestRestartSameTap(t *testing.T) {
 		t.Logf("after boot %d: %d enabled, %d disabled queues", i, en, dis)
 	}
 }
+
+// QEMU runs as an unprivileged user: it only gets fds, so networking works
+// without CAP_NET_ADMIN.
+func TestGuestAsUser(t *testing.T) {
+	img := guestImage(t)
+	l := newLab(t)
+	tp := l.tap(t, "us0", 2)
+	s := guestSpec(t, img, "nobody", GuestArgs{
+		IPs: []GuestIP{{Iface: "eth0", Addrs: addr("10.0.0.2/24")}},
+		Cmd: "ping -c 1 -W 5 10.0.0.1",
+	})
+	// The user must reach the image and the run directory.
+	dir := t.TempDir()
+	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	for _, f := range []*string{&s.Kernel, &s.Initrd} {
+		b, err := os.ReadFile(*f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, filepath.Base(*f))
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		*f = p
+	}
+	s.RunDir = filepath.Join(dir, "run")
+	s.User = &User{UID: 65534, GID: 65534}
+	s.NICs = []NIC{{ID: "n0", Queues: tp.Files()}}
+	vm := start(t, s)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", vm.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^Uid:\s+65534\s+65534\s+65534\s+65534$`).Match(status) {
+		t.Errorf("QEMU does not run as 65534:\n%s", status)
+	}
+	if !regexp.MustCompile(`(?m)^CapEff:\s+0+$`).Match(status) {
+		t.Errorf("QEMU has capabilities:\n%s", status)
+	}
+	waitReady(t, vm, 90*time.Second)
+	if st := wait(t, vm, 60*time.Second); st != 0 {
+		t.Fatalf("guest as nobody: exit %d:\n%s", st, strings.Join(vm.ConsoleTail(20), "\n"))
+	}
+}

@@ -1,0 +1,383 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vmnet/vmnet/internal/lab"
+	"github.com/vmnet/vmnet/vmconfig"
+)
+
+func upCommand() *command {
+	return &command{name: "up", args: "LAB.toml [--detach]", summary: "bring a lab's networks and VMs up and supervise them", run: up}
+}
+
+func downCommand() *command {
+	return &command{name: "down", args: "LAB.toml|LABNAME", summary: "remove every trace of a lab, even after a crash", run: down}
+}
+
+func statusCommand() *command {
+	return &command{name: "status", args: "[LAB.toml|LABNAME] [-o table|json|dot]", summary: "show labs: networks, VMs, NICs, queues, counters", run: status}
+}
+
+func nicCommand() *command {
+	return &command{name: "nic", summary: "hot-plug NICs into running guests", subs: []*command{
+		{name: "add", args: "LAB VM --network NET [--queues N] [--mac MAC]", summary: "add a NIC to a running guest", run: nicAdd},
+		{name: "del", args: "LAB VM NIC", summary: "remove a hot-plugged NIC", run: nicDel},
+	}}
+}
+
+// hotplugPorts is how many free PCIe root ports `up` reserves on q35
+// guests for `vmnet nic add`.
+const hotplugPorts = 4
+
+func up(e *env, args []string) error {
+	fs := e.flags("vmnet up", "LAB.toml [--detach] [--ready-timeout D]")
+	detach := fs.Bool("detach", false, "return once every VM is up and leave a background supervisor")
+	ready := fs.Duration("ready-timeout", 3*time.Minute, "how long each guest may take to become ready")
+	supervised := fs.Bool("supervised", false, "internal: run as the background supervisor of --detach")
+	pos, err := fs.parse(args, 1, 1)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadLab(e, pos[0])
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("lab %s: state directory: %w", cfg.Name, err)
+	}
+	if st, err := lab.ReadState(cfg.StateDir); err == nil && !*supervised {
+		if lab.Alive(st.Supervisor) {
+			fmt.Fprintf(e.stdout, "lab %s is already up (supervisor pid %d); nothing changed\n", cfg.Name, st.Supervisor)
+			return nil
+		}
+		return fmt.Errorf("lab %s: a previous run did not finish cleanly (supervisor %d is gone); run `vmnet down %s` first",
+			cfg.Name, st.Supervisor, cfg.Name)
+	}
+	if *detach {
+		return e.detach(cfg)
+	}
+	var readyPipe *os.File
+	if *supervised {
+		readyPipe = os.NewFile(3, "ready")
+	}
+	return e.supervise(cfg, *ready, readyPipe)
+}
+
+// supervise brings the lab up and keeps it until SIGINT or SIGTERM, then
+// tears it down. readyPipe, when set, learns "ok" or the error.
+func (e *env) supervise(cfg *vmconfig.Lab, ready time.Duration, readyPipe *os.File) (err error) {
+	lock, err := lockState(cfg)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	start := time.Now()
+	logf := func(f string, a ...any) { fmt.Fprintf(e.stderr, "vmnet: "+f+"\n", a...) }
+	l, err := lab.New(cfg, lab.Options{Logf: logf, ImageProgress: e.stderr, HotplugPorts: hotplugPorts})
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	if err := l.Up(ctx, ready); err != nil {
+		if readyPipe != nil {
+			fmt.Fprintf(readyPipe, "error: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+		}
+		return err
+	}
+	logf("lab %s is up in %.1fs (Ctrl-C or `vmnet down %s` tears it down)", cfg.Name, time.Since(start).Seconds(), cfg.Name)
+	if readyPipe != nil {
+		fmt.Fprintln(readyPipe, "ok")
+		readyPipe.Close()
+	}
+	for _, vm := range cfg.VMs {
+		if v := l.Running(vm.Name); v != nil {
+			go func() {
+				select {
+				case <-v.Exited():
+					logf("vm %s: QEMU exited; it is not restarted (the lab stays up until `vmnet down`)", vm.Name)
+				case <-ctx.Done():
+				}
+			}()
+		}
+	}
+	serr := l.Serve(ctx)
+	<-ctx.Done()
+	logf("lab %s: tearing down", cfg.Name)
+	tctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return errors.Join(serr, l.Teardown(tctx))
+}
+
+// lockState keeps a second supervisor of the same lab out for as long as
+// the first one lives.
+func lockState(cfg *vmconfig.Lab) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(cfg.StateDir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lab %s: lock: %w", cfg.Name, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lab %s: another vmnet is bringing it up or supervising it (%w)", cfg.Name, err)
+	}
+	return f, nil
+}
+
+// detach starts a background supervisor (this binary, --supervised) in a
+// session of its own and returns once it reports the lab up, or its error.
+func (e *env) detach(cfg *vmconfig.Lab) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	args := []string{}
+	for _, a := range os.Args[1:] {
+		if a == "--detach" || a == "-detach" {
+			a = "--supervised"
+		}
+		args = append(args, a)
+	}
+	logPath := filepath.Join(cfg.StateDir, "supervisor.log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("lab %s: supervisor log: %w", cfg.Name, err)
+	}
+	defer logf.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Stdout, cmd.Stderr, cmd.ExtraFiles = logf, logf, []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		r.Close()
+		return fmt.Errorf("lab %s: start supervisor: %w", cfg.Name, err)
+	}
+	w.Close()
+	defer r.Close()
+	go cmd.Wait() // reaps it only if it dies while we wait
+	line, rerr := bufio.NewReader(r).ReadString('\n')
+	line = strings.TrimSpace(line)
+	switch {
+	case line == "ok":
+		fmt.Fprintf(e.stdout, "lab %s is up; supervisor pid %d, log %s\n", cfg.Name, cmd.Process.Pid, logPath)
+		return nil
+	case strings.HasPrefix(line, "error: "):
+		return fmt.Errorf("%s (log: %s)", strings.TrimPrefix(line, "error: "), logPath)
+	}
+	if rerr != nil && !errors.Is(rerr, io.EOF) {
+		return rerr
+	}
+	return fmt.Errorf("lab %s: the supervisor exited before the lab was up; its log %s ends:\n%s", cfg.Name, logPath, tail(logPath, 15))
+}
+
+func tail(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// labDir resolves LAB.toml or a lab name to the lab's name, state
+// directory and (when readable) config.
+func (e *env) labDir(arg string) (name, dir string, cfg *vmconfig.Lab, err error) {
+	if st, serr := os.Stat(arg); serr == nil && !st.IsDir() {
+		cfg, err := loadLab(e, arg)
+		if err != nil {
+			return "", "", nil, err
+		}
+		return cfg.Name, cfg.StateDir, cfg, nil
+	}
+	if strings.HasSuffix(arg, ".toml") || strings.ContainsRune(arg, '/') {
+		return "", "", nil, fmt.Errorf("%s: no such lab file", arg)
+	}
+	dir = filepath.Join(lab.DefaultStateRoot, arg)
+	if st, err := lab.ReadState(dir); err == nil && st.Config != "" {
+		if c, err := vmconfig.Load(st.Config); err == nil {
+			cfg = c
+		}
+	}
+	return arg, dir, cfg, nil
+}
+
+func down(e *env, args []string) error {
+	fs := e.flags("vmnet down", "LAB.toml|LABNAME")
+	pos, err := fs.parse(args, 1, 1)
+	if err != nil {
+		return err
+	}
+	name, dir, _, err := e.labDir(pos[0])
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := lab.Down(ctx, name, dir, func(f string, a ...any) { fmt.Fprintf(e.stderr, "vmnet: "+f+"\n", a...) }); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "lab %s is down\n", name)
+	return nil
+}
+
+func status(e *env, args []string) error {
+	fs := e.flags("vmnet status", "[LAB.toml|LABNAME] [-o table|json|dot]")
+	var o output
+	o.register(fs, "table", "json", "dot")
+	pos, err := fs.parse(args, 0, 1)
+	if err != nil {
+		return err
+	}
+	if err := o.check("table", "json", "dot"); err != nil {
+		return err
+	}
+	var dirs []string
+	cfgs := map[string]*vmconfig.Lab{}
+	if len(pos) == 1 {
+		_, dir, cfg, err := e.labDir(pos[0])
+		if err != nil {
+			return err
+		}
+		dirs, cfgs[dir] = []string{dir}, cfg
+	} else {
+		ents, _ := os.ReadDir(lab.DefaultStateRoot)
+		for _, ent := range ents {
+			dirs = append(dirs, filepath.Join(lab.DefaultStateRoot, ent.Name()))
+		}
+	}
+	reports := []lab.Report{}
+	for _, dir := range dirs {
+		st, err := lab.ReadState(dir)
+		if err != nil {
+			if len(pos) == 1 {
+				return fmt.Errorf("lab %s is not up (no state in %s)", pos[0], dir)
+			}
+			continue
+		}
+		cfg := cfgs[dir]
+		if cfg == nil && st.Config != "" {
+			cfg, _ = vmconfig.Load(st.Config)
+		}
+		var vmStatus map[string]string
+		if lab.Alive(st.Supervisor) {
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			if resp, err := lab.Call(ctx, dir, lab.Request{Op: "vm-status"}); err == nil {
+				vmStatus = resp.VMStatus
+			}
+			cancel()
+		}
+		reports = append(reports, lab.Describe(st, cfg, vmStatus))
+	}
+	switch o.format {
+	case "json":
+		if len(pos) == 1 && len(reports) == 1 {
+			return writeJSON(e.stdout, reports[0])
+		}
+		return writeJSON(e.stdout, reports)
+	case "dot":
+		for _, r := range reports {
+			r.WriteDOT(e.stdout)
+		}
+	default:
+		if len(reports) == 0 {
+			fmt.Fprintln(e.stdout, "no labs are up")
+		}
+		for _, r := range reports {
+			r.WriteTable(e.stdout)
+		}
+	}
+	return nil
+}
+
+func nicAdd(e *env, args []string) error {
+	fs := e.flags("vmnet nic add", "LAB VM --network NET [--queues N] [--mac MAC]")
+	network := fs.String("network", "", "network (from the lab file) to attach the new NIC to")
+	queues := fs.Int("queues", 0, "tap queues (default: one per vCPU)")
+	mac := fs.String("mac", "", "MAC address (default: derived from lab, VM and index)")
+	pos, err := fs.parse(args, 2, 2)
+	if err != nil {
+		return err
+	}
+	if *network == "" {
+		return usagef("vmnet nic add: --network is required")
+	}
+	_, dir, _, err := e.labDir(pos[0])
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	resp, err := lab.Call(ctx, dir, lab.Request{Op: "nic-add", VM: pos[1], Network: *network, Queues: *queues, MAC: *mac})
+	if err != nil {
+		return err
+	}
+	n := resp.NIC
+	fmt.Fprintf(e.stdout, "vm %s: added %s (tap %s, mac %s, %d queue(s)) on network %s\n", pos[1], n.ID, n.Tap, n.MAC, n.Queues, n.Network)
+	return nil
+}
+
+func nicDel(e *env, args []string) error {
+	fs := e.flags("vmnet nic del", "LAB VM NIC")
+	pos, err := fs.parse(args, 3, 3)
+	if err != nil {
+		return err
+	}
+	_, dir, _, err := e.labDir(pos[0])
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := lab.Call(ctx, dir, lab.Request{Op: "nic-del", VM: pos[1], NIC: pos[2]}); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "vm %s: removed %s\n", pos[1], pos[2])
+	return nil
+}
+
+func shCommand() *command {
+	return &command{name: "sh", args: "LAB VM [--timeout D] -- COMMAND...", summary: "run a command in a running lab guest", run: labShell}
+}
+
+func labShell(e *env, args []string) error {
+	fs := e.flags("vmnet sh", "LAB VM [--timeout D] -- COMMAND...")
+	timeout := fs.Duration("timeout", lab.ShellTimeout, "give up (exit 124) when the command has not finished after this long")
+	pos, err := fs.parse(args, 3, -1)
+	if err != nil {
+		return err
+	}
+	_, dir, _, err := e.labDir(pos[0])
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	st, err := lab.Shell(ctx, dir, pos[1], shellJoin(pos[2:]), e.stdout)
+	if errors.Is(err, context.DeadlineExceeded) {
+		fmt.Fprintf(e.stderr, "vmnet: timeout: %v\n", err)
+		return exitStatus(exitTimeout)
+	}
+	if err != nil {
+		return err
+	}
+	if st != 0 {
+		return exitStatus(st)
+	}
+	return nil
+}

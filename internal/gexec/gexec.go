@@ -1,0 +1,303 @@
+// Package gexec runs one statically linked program inside a throwaway
+// vmnet test guest and returns its exit status: the engine of `vmnet exec`
+// and thereby of `go test -exec` for tests that need a kernel feature the
+// host lacks (bridge VLAN filtering, 802.1Q, vhost-net, netem).
+package gexec
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/vmnet/vmnet/images"
+	"github.com/vmnet/vmnet/internal/qemu"
+)
+
+// DefaultModules are put into the image and loaded at boot (busybox
+// modprobe resolves their dependencies from the kernel's modules.dep):
+// what vmnet's kernel-dependent tests need.
+var DefaultModules = []string{
+	"bridge", "stp", "llc", "8021q", "garp", "mrp", "tun", "tap", "veth",
+	"vhost", "vhost_iotlb", "vhost_net", "sch_netem", "vxlan",
+}
+
+// DefaultPrograms are host programs carried into the guest (with their
+// shared libraries) when the host has them: the observers tests use.
+// Busybox has ip too, but without -j, and no bridge or tc.
+var DefaultPrograms = []string{"ip", "bridge", "tc", "unshare"}
+
+// DefaultEnv are the host environment variables passed into the guest
+// when set.
+var DefaultEnv = []string{"CI", "GITHUB_ACTIONS", "GODEBUG", "GOTRACEBACK", "GOMAXPROCS", "GOGC", "GOMEMLIMIT", "TERM"}
+
+// ErrTimeout marks a guest that did not come up or finish in time.
+var ErrTimeout = errors.New("timeout")
+
+// Options describe one run.
+type Options struct {
+	Program string   // host path of the program
+	Args    []string // its arguments (without argv[0])
+	// Dir is the host directory the program starts in (default: the
+	// current directory). The program starts at the same path in the
+	// guest, and Dir/testdata, if present, is carried along.
+	Dir string
+	// Env are NAME=VALUE pairs set in the guest, after the passed-through
+	// DefaultEnv.
+	Env []string
+	// Modules are put into the image and loaded at boot; nil means
+	// DefaultModules.
+	Modules []string
+	// Programs are host programs (names on PATH or paths) carried into
+	// /vmnet/bin, first in the guest's PATH, with their libraries. Nil
+	// means those of DefaultPrograms the host has.
+	Programs []string
+
+	CPUs        int           // default 2
+	MemoryMiB   int           // default 512
+	Accel       string        // qemu.AccelAuto (default), kvm, tcg
+	Machine     string        // default microvm
+	BootTimeout time.Duration // until VMNET-READY; default 2 minutes
+	Timeout     time.Duration // for the program; default 10 minutes
+
+	CacheDir string    // image cache (images.DefaultCacheDir)
+	Progress io.Writer // image build steps; nil discards
+	Stdout   io.Writer // the program's stdout and stderr (one console)
+	Console  io.Writer // the raw boot console up to VMNET-READY; nil discards
+	// KernelLog leaves kernel messages on the console while the program
+	// runs (by default only emergencies get through, so output stays clean).
+	KernelLog bool
+	Logf      func(format string, args ...any)
+}
+
+// Result is what a finished run measured.
+type Result struct {
+	Status int
+	Image  time.Duration // image lookup (or build) and archive
+	Boot   time.Duration // QEMU start to VMNET-READY
+	Run    time.Duration // VMNET-READY to QEMU exit
+	Total  time.Duration // QEMU start to QEMU exit
+}
+
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// Run boots a guest, runs the program in it and returns its exit status.
+// An error means the program's status is unknown: it names the cause (a
+// dynamic binary, a guest that never got ready, a timeout) with the last
+// console lines.
+func Run(ctx context.Context, o Options) (Result, error) {
+	var res Result
+	if err := o.defaults(); err != nil {
+		return res, err
+	}
+	if err := CheckStatic(o.Program); err != nil {
+		return res, err
+	}
+	t0 := time.Now()
+	img, err := images.Ensure(ctx, images.Options{CacheDir: o.CacheDir, Progress: o.Progress, Modules: o.Modules})
+	if err != nil {
+		return res, err
+	}
+	run, err := os.MkdirTemp("", "vmnet-exec-")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(run)
+	initrd := filepath.Join(run, "initrd")
+	if err := o.writeInitrd(ctx, img.Initrd, initrd); err != nil {
+		return res, err
+	}
+	res.Image = time.Since(t0)
+
+	app, err := qemu.GuestArgs{Modules: o.Modules}.Append(images.DefaultCmdline)
+	if err != nil {
+		return res, err
+	}
+	out := newOutputFilter(o.Stdout, o.Console)
+	spec := qemu.Spec{
+		Name: "exec", Machine: o.Machine, Accel: o.Accel, CPUs: o.CPUs, MemoryMiB: o.MemoryMiB,
+		Kernel: img.Kernel, Initrd: initrd, Append: app,
+		RunDir: run, ConsoleTee: out, Logf: o.Logf,
+	}
+	start := time.Now()
+	vm, err := qemu.Start(ctx, spec)
+	if err != nil {
+		return res, err
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			vm.Stop(sctx)
+			cancel()
+		}
+	}()
+	bctx, cancel := context.WithTimeout(ctx, o.BootTimeout)
+	err = vm.WaitReady(bctx)
+	cancel()
+	if err != nil {
+		if bctx.Err() != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%w: %w", ErrTimeout, err)
+		}
+		return res, fmt.Errorf("guest for %s did not come up: %w", filepath.Base(o.Program), err)
+	}
+	res.Boot = time.Since(start)
+	wctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	st, err := vm.Wait(wctx)
+	cancel()
+	if err != nil {
+		if wctx.Err() != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%w: %s did not finish within %v: %w", ErrTimeout, filepath.Base(o.Program), o.Timeout, err)
+		}
+		return res, err
+	}
+	stopped = true
+	out.flush()
+	res.Total = time.Since(start)
+	res.Run = res.Total - res.Boot
+	res.Status = st
+	return res, nil
+}
+
+func (o *Options) defaults() error {
+	if o.Program == "" {
+		return errors.New("no program to run")
+	}
+	if o.Stdout == nil {
+		o.Stdout = io.Discard
+	}
+	if o.Dir == "" {
+		d, err := os.Getwd()
+		if err != nil {
+			return err
+		}
+		o.Dir = d
+	}
+	d, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return err
+	}
+	o.Dir = d
+	if o.Modules == nil {
+		o.Modules = DefaultModules
+	}
+	if o.Programs == nil {
+		for _, p := range DefaultPrograms {
+			if _, err := exec.LookPath(p); err == nil {
+				o.Programs = append(o.Programs, p)
+			}
+		}
+	}
+	if o.CPUs == 0 {
+		o.CPUs = 2
+	}
+	if o.MemoryMiB == 0 {
+		o.MemoryMiB = 512
+	}
+	if o.Machine == "" {
+		o.Machine = qemu.MachineMicroVM
+	}
+	if o.BootTimeout == 0 {
+		o.BootTimeout = 2 * time.Minute
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 10 * time.Minute
+	}
+	for _, kv := range o.Env {
+		k, _, ok := strings.Cut(kv, "=")
+		if !ok || !envName.MatchString(k) {
+			return fmt.Errorf("environment %q: want NAME=VALUE with NAME of letters, digits and '_'", kv)
+		}
+	}
+	return nil
+}
+
+// env is what the guest gets: DefaultEnv from the host, then o.Env.
+func (o *Options) env() []string {
+	var env []string
+	for _, k := range DefaultEnv {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	return append(env, o.Env...)
+}
+
+// writeInitrd writes base followed by the overlay with the program, its
+// wrapper, the host programs and testdata/.
+func (o *Options) writeInitrd(ctx context.Context, base, dst string) error {
+	b, err := os.ReadFile(base)
+	if err != nil {
+		return fmt.Errorf("guest image: %w", err)
+	}
+	prog, err := os.ReadFile(o.Program)
+	if err != nil {
+		return fmt.Errorf("program: %w", err)
+	}
+	var progs []string
+	for _, p := range o.Programs {
+		lp, err := exec.LookPath(p)
+		if err != nil {
+			return fmt.Errorf("host program %s to carry into the guest: %w", p, err)
+		}
+		progs = append(progs, lp)
+	}
+
+	var buf bytes.Buffer
+	buf.Grow(len(b) + len(prog) + 8<<20)
+	buf.Write(b)
+	ov := newOverlay(&buf)
+	guestProg := path.Join("/", guestProgDir, filepath.Base(o.Program))
+	ov.file(guestProg, 0o755, prog)
+	if err := ov.addPrograms(ctx, progs); err != nil {
+		return err
+	}
+	dir := filepath.ToSlash(o.Dir)
+	if guestReserved(dir) {
+		return fmt.Errorf("directory %s: the guest cannot start a program there (it mounts /proc, /sys, /dev over it); run from another directory", o.Dir)
+	}
+	ov.mkdir(dir)
+	td := filepath.Join(o.Dir, "testdata")
+	if st, err := os.Stat(td); err == nil && st.IsDir() {
+		if err := ov.addTestdata(td, path.Join(dir, "testdata"), MaxTestdata); err != nil {
+			return err
+		}
+	}
+	ov.file(guestRun, 0o755, wrapperScript(guestProg, dir, o.Args, o.env(), o.outputDirs(), o.KernelLog))
+	if err := ov.close(); err != nil {
+		return err
+	}
+	return os.WriteFile(dst, buf.Bytes(), 0o600)
+}
+
+func guestReserved(dir string) bool {
+	for _, r := range []string{"/proc", "/sys", "/dev", "/vmnet"} {
+		if dir == r || strings.HasPrefix(dir, r+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// outputDirs are directories named by go test flags that the test binary
+// writes into (coverage, profiles): they must exist in the guest, though
+// what is written there stays in the guest.
+func (o *Options) outputDirs() []string {
+	var dirs []string
+	for _, a := range o.Args {
+		for _, f := range []string{"-test.gocoverdir=", "-test.outputdir="} {
+			if d, ok := strings.CutPrefix(a, f); ok && d != "" {
+				dirs = append(dirs, d)
+			}
+		}
+	}
+	return dirs
+}

@@ -1,0 +1,155 @@
+package gexec
+
+import (
+	"bytes"
+	"io"
+	"sync"
+)
+
+const (
+	readyLine   = "VMNET-READY"
+	exitPrefix  = "VMNET-EXIT="
+	maxBootLine = 4096
+)
+
+// outputFilter turns the guest's serial console into the program's
+// output: everything up to the VMNET-READY line is boot chatter (copied
+// to boot, if set), everything after it is the program's stdout and
+// stderr, byte for byte, until the VMNET-EXIT=<n> line, which is dropped
+// together with the newline /init prints in front of it. Output is passed
+// on as it arrives; only the start of a line that may still become the
+// exit marker is held back.
+type outputFilter struct {
+	mu    sync.Mutex
+	out   io.Writer // program output
+	boot  io.Writer // boot chatter; nil discards
+	ready bool
+	done  bool // exit marker seen: the rest is power-off chatter
+
+	line []byte // boot: current line
+
+	holding   bool   // at the start of a line that may be the marker
+	hold      []byte // that line so far
+	pendingNL bool   // a '\n' not yet written: it may precede the marker
+	buf       bytes.Buffer
+}
+
+func newOutputFilter(out, boot io.Writer) *outputFilter {
+	return &outputFilter{out: out, boot: boot, holding: true}
+}
+
+func (f *outputFilter) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.buf.Reset()
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		switch {
+		case f.done:
+			if f.boot != nil {
+				f.boot.Write(p[i:])
+			}
+			i = len(p)
+		case !f.ready:
+			f.bootByte(c)
+		default:
+			f.outByte(c)
+		}
+	}
+	if f.buf.Len() > 0 {
+		// A broken stdout (go test gone) must not stop the console reader.
+		f.out.Write(f.buf.Bytes())
+	}
+	return len(p), nil
+}
+
+func (f *outputFilter) bootByte(c byte) {
+	if c != '\n' {
+		if len(f.line) < maxBootLine {
+			f.line = append(f.line, c)
+		}
+		return
+	}
+	l := bytes.TrimRight(f.line, "\r")
+	if f.boot != nil {
+		f.boot.Write(append(append([]byte(nil), l...), '\n'))
+	}
+	if string(bytes.TrimSpace(l)) == readyLine {
+		f.ready = true
+	}
+	f.line = f.line[:0]
+}
+
+func (f *outputFilter) outByte(c byte) {
+	if c == '\n' {
+		if f.holding {
+			if isExitLine(f.hold, true) {
+				f.done, f.hold, f.pendingNL = true, nil, false
+				return
+			}
+			f.emitHeld()
+		}
+		f.pendingNL, f.holding, f.hold = true, true, f.hold[:0]
+		return
+	}
+	if !f.holding {
+		f.buf.WriteByte(c)
+		return
+	}
+	f.hold = append(f.hold, c)
+	if !isExitLine(f.hold, false) {
+		f.emitHeld()
+		f.holding = false
+	}
+}
+
+// emitHeld writes the held newline and line start.
+func (f *outputFilter) emitHeld() {
+	if f.pendingNL {
+		f.buf.WriteByte('\n')
+		f.pendingNL = false
+	}
+	f.buf.Write(f.hold)
+	f.hold = f.hold[:0]
+}
+
+// flush writes what is still held back when the console ends without
+// the exit marker.
+func (f *outputFilter) flush() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.ready || f.done {
+		return
+	}
+	f.buf.Reset()
+	f.emitHeld()
+	if f.buf.Len() > 0 {
+		f.out.Write(f.buf.Bytes())
+	}
+}
+
+// isExitLine reports whether l is "VMNET-EXIT=<digits>" (optionally with a
+// final '\r'), or with complete false whether it can still become one.
+func isExitLine(l []byte, complete bool) bool {
+	if len(l) <= len(exitPrefix) {
+		return !complete && bytes.HasPrefix([]byte(exitPrefix), l)
+	}
+	if !bytes.HasPrefix(l, []byte(exitPrefix)) {
+		return false
+	}
+	d := l[len(exitPrefix):]
+	if complete {
+		d = bytes.TrimSuffix(d, []byte("\r"))
+		if len(d) == 0 {
+			return false
+		}
+	} else if n := len(d); d[n-1] == '\r' {
+		d = d[:n-1]
+	}
+	for _, c := range d {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}

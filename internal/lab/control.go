@@ -1,0 +1,135 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// The supervisor answers on a unix socket in the state directory, one
+// JSON request and one JSON response per connection, so that other vmnet
+// commands can ask it about its guests and change them while it holds the
+// tap fds and the QMP connections.
+const controlSocket = "control.sock"
+
+// Request is one control call.
+type Request struct {
+	Op      string `json:"op"` // vm-status, nic-add, nic-del
+	VM      string `json:"vm,omitempty"`
+	Network string `json:"network,omitempty"`
+	Queues  int    `json:"queues,omitempty"`
+	MAC     string `json:"mac,omitempty"`
+	NIC     string `json:"nic,omitempty"`
+}
+
+// Response answers a Request.
+type Response struct {
+	Error    string            `json:"error,omitempty"`
+	VMStatus map[string]string `json:"vm_status,omitempty"`
+	NIC      *NICState         `json:"nic,omitempty"`
+}
+
+// Serve answers control requests until ctx ends. Call it after Up.
+func (l *Lab) Serve(ctx context.Context) error {
+	path := filepath.Join(l.cfg.StateDir, controlSocket)
+	os.Remove(path)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return fmt.Errorf("lab %s: control socket: %w", l.cfg.Name, err)
+	}
+	os.Chmod(path, 0o600)
+	go func() {
+		<-ctx.Done()
+		ln.Close()
+	}()
+	for {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("lab %s: control socket: %w", l.cfg.Name, err)
+		}
+		go l.answer(ctx, c)
+	}
+}
+
+func (l *Lab) answer(ctx context.Context, c *net.UnixConn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	var req Request
+	var resp Response
+	if err := json.NewDecoder(c).Decode(&req); err != nil {
+		resp.Error = "bad request: " + err.Error()
+	} else if err := l.handle(ctx, req, &resp); err != nil {
+		resp.Error = err.Error()
+	}
+	json.NewEncoder(c).Encode(resp)
+}
+
+func (l *Lab) handle(ctx context.Context, req Request, resp *Response) error {
+	switch req.Op {
+	case "vm-status":
+		resp.VMStatus = map[string]string{}
+		for _, vm := range l.cfg.VMs {
+			v := l.Running(vm.Name)
+			if v == nil {
+				resp.VMStatus[vm.Name] = "not started"
+				continue
+			}
+			select {
+			case <-v.Exited():
+				resp.VMStatus[vm.Name] = "exited"
+				continue
+			default:
+			}
+			st, err := v.Status(ctx)
+			if err != nil {
+				resp.VMStatus[vm.Name] = "unknown: " + err.Error()
+				continue
+			}
+			resp.VMStatus[vm.Name] = st.Status
+		}
+		return nil
+	case "nic-add":
+		n, err := l.AddNIC(ctx, req.VM, req.Network, req.Queues, req.MAC)
+		if err != nil {
+			return err
+		}
+		resp.NIC = &n
+		return nil
+	case "nic-del":
+		return l.DelNIC(ctx, req.VM, req.NIC)
+	}
+	return fmt.Errorf("unknown control op %q", req.Op)
+}
+
+// Call sends one request to the supervisor of the lab whose state is in
+// dir.
+func Call(ctx context.Context, dir string, req Request) (Response, error) {
+	var resp Response
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", filepath.Join(dir, controlSocket))
+	if err != nil {
+		return resp, fmt.Errorf("lab supervisor at %s: %w (is the lab up? see `vmnet status`)", dir, err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		return resp, err
+	}
+	if err := json.NewDecoder(c).Decode(&resp); err != nil {
+		return resp, fmt.Errorf("lab supervisor at %s: %w", dir, err)
+	}
+	if resp.Error != "" {
+		return resp, errors.New(resp.Error)
+	}
+	return resp, nil
+}

@@ -1,0 +1,119 @@
+package lab
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// State is what a lab's supervisor records in its state directory, so
+// that `vmnet status` can describe the lab and `vmnet down` can remove it
+// even after the supervisor was killed. It is rewritten atomically after
+// every step; the interface ownership tags back it up when it is missing.
+type State struct {
+	Lab        string    `json:"lab"`
+	Config     string    `json:"config"`
+	StateDir   string    `json:"state_dir"`
+	Supervisor int       `json:"supervisor_pid"`
+	Started    time.Time `json:"started"`
+	Phase      string    `json:"phase"` // starting, up, stopping
+	Bridges    []string  `json:"bridges_created"`
+	Reused     []string  `json:"bridges_reused,omitempty"`
+	VMs        []VMState `json:"vms"`
+}
+
+// VMState is one guest as the supervisor started it.
+type VMState struct {
+	Name    string     `json:"name"`
+	PID     int        `json:"pid"`
+	Started time.Time  `json:"started"`
+	Console string     `json:"console,omitempty"`
+	RunDir  string     `json:"run_dir"`
+	NICs    []NICState `json:"nics"`
+}
+
+// NICState is one guest NIC and its tap.
+type NICState struct {
+	ID         string `json:"id"`
+	Tap        string `json:"tap"`
+	MAC        string `json:"mac"`
+	Network    string `json:"network,omitempty"`
+	Queues     int    `json:"queues"`
+	Hotplugged bool   `json:"hotplugged,omitempty"`
+}
+
+const stateFile = "state.json"
+
+// DefaultStateRoot holds one directory per lab unless the lab file says
+// otherwise.
+const DefaultStateRoot = "/run/vmnet"
+
+// ReadState reads the state a supervisor left in dir. A missing file is
+// reported with os.ErrNotExist.
+func ReadState(dir string) (*State, error) {
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		return nil, err
+	}
+	var s State
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("%s: %w (remove the directory, then run `vmnet down` again)", filepath.Join(dir, stateFile), err)
+	}
+	return &s, nil
+}
+
+// writeState replaces the state file atomically: readers see the old or
+// the new state, never half of one.
+func writeState(s *State) error {
+	if err := os.MkdirAll(s.StateDir, 0o700); err != nil {
+		return fmt.Errorf("lab %s: state directory: %w", s.Lab, err)
+	}
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(s.StateDir, ".state-*")
+	if err != nil {
+		return fmt.Errorf("lab %s: write state: %w", s.Lab, err)
+	}
+	_, err = tmp.Write(append(b, '\n'))
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), filepath.Join(s.StateDir, stateFile))
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("lab %s: write state: %w", s.Lab, err)
+	}
+	return nil
+}
+
+// Alive reports whether pid is a running process (not a zombie).
+func Alive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	for i := len(b) - 1; i > 0; i-- {
+		if b[i] == ')' && i+2 < len(b) {
+			return b[i+2] != 'Z' && b[i+2] != 'X'
+		}
+	}
+	return true
+}

@@ -1,0 +1,258 @@
+package lab
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vmnet/vmnet/bridge"
+	"github.com/vmnet/vmnet/tap"
+	"github.com/vmnet/vmnet/vmconfig"
+)
+
+// Report is `vmnet status` for one lab: its recorded state checked
+// against what the kernel and the supervisor say now.
+type Report struct {
+	Lab        string          `json:"lab"`
+	Config     string          `json:"config"`
+	StateDir   string          `json:"state_dir"`
+	Phase      string          `json:"phase"`
+	Supervisor int             `json:"supervisor_pid"`
+	Running    bool            `json:"supervisor_running"`
+	Started    time.Time       `json:"started"`
+	Networks   []NetworkReport `json:"networks"`
+	VMs        []VMReport      `json:"vms"`
+	Links      []LinkReport    `json:"links"`
+}
+
+// NetworkReport is one bridge.
+type NetworkReport struct {
+	Name      string         `json:"name"`
+	Bridge    string         `json:"bridge"`
+	Created   bool           `json:"created"` // false: the bridge existed before and stays
+	State     string         `json:"state"`
+	MTU       int            `json:"mtu"`
+	Addresses []netip.Prefix `json:"addresses"`
+	Ports     []string       `json:"ports"`
+	Error     string         `json:"error,omitempty"`
+}
+
+// VMReport is one guest.
+type VMReport struct {
+	Name    string      `json:"name"`
+	State   string      `json:"state"` // QMP run state, or why it is unknown
+	PID     int         `json:"pid"`
+	Uptime  string      `json:"uptime,omitempty"`
+	Console string      `json:"console,omitempty"`
+	NICs    []NICReport `json:"nics"`
+}
+
+// NICReport is one NIC and its tap as the kernel sees it now.
+type NICReport struct {
+	NICState
+	Present           bool     `json:"present"`
+	VnetHdr           bool     `json:"vnet_hdr"`
+	NumQueues         int      `json:"num_queues"`
+	NumDisabledQueues int      `json:"num_disabled_queues"`
+	Offloads          []string `json:"offloads"`
+	RxPackets         uint64   `json:"rx_packets"`
+	TxPackets         uint64   `json:"tx_packets"`
+	RxBytes           uint64   `json:"rx_bytes"`
+	TxBytes           uint64   `json:"tx_bytes"`
+	Error             string   `json:"error,omitempty"`
+}
+
+// LinkReport is one [[link]] of the lab file.
+type LinkReport struct {
+	A string `json:"a"`
+	B string `json:"b"`
+}
+
+// Describe builds the report of a lab from its state, the lab file (for
+// the topology, when it can still be read) and the kernel. vmStatus holds
+// the supervisor's answer (nil when it is not running).
+func Describe(st *State, cfg *vmconfig.Lab, vmStatus map[string]string) Report {
+	r := Report{Lab: st.Lab, Config: st.Config, StateDir: st.StateDir, Phase: st.Phase, Supervisor: st.Supervisor,
+		Running: Alive(st.Supervisor), Started: st.Started, Networks: []NetworkReport{}, VMs: []VMReport{}, Links: []LinkReport{}}
+	created := map[string]bool{}
+	for _, b := range st.Bridges {
+		created[b] = true
+	}
+	var bm *bridge.Manager
+	if m, err := newBridgeManager(); err == nil {
+		bm = m
+		defer m.Close()
+	}
+	addNet := func(name, br string) {
+		nr := NetworkReport{Name: name, Bridge: br, Created: created[br], Addresses: []netip.Prefix{}, Ports: []string{}}
+		if bm == nil {
+			nr.Error = "netlink unavailable"
+		} else if info, err := bm.Show(br); err != nil {
+			nr.Error = err.Error()
+			nr.State = "missing"
+		} else {
+			nr.State, nr.MTU = info.OperState, info.MTU
+			for _, a := range info.Addresses {
+				if !a.Addr().IsLinkLocalUnicast() {
+					nr.Addresses = append(nr.Addresses, a)
+				}
+			}
+			for _, p := range info.Ports {
+				nr.Ports = append(nr.Ports, p.Name)
+			}
+		}
+		r.Networks = append(r.Networks, nr)
+	}
+	if cfg != nil {
+		for _, n := range cfg.Networks {
+			addNet(n.Name, n.Bridge)
+		}
+		for _, l := range cfg.Links {
+			r.Links = append(r.Links, LinkReport{A: l.A.String(), B: l.B.String()})
+		}
+	} else {
+		for _, b := range append(append([]string{}, st.Bridges...), st.Reused...) {
+			addNet(b, b)
+		}
+	}
+	for _, vs := range st.VMs {
+		vr := VMReport{Name: vs.Name, PID: vs.PID, Console: vs.Console, NICs: []NICReport{}}
+		switch {
+		case vmStatus != nil && vmStatus[vs.Name] != "":
+			vr.State = vmStatus[vs.Name]
+		case vs.PID != 0 && Alive(vs.PID):
+			vr.State = "running (supervisor not answering)"
+		case vs.PID != 0:
+			vr.State = "gone"
+		default:
+			vr.State = "not started"
+		}
+		if !vs.Started.IsZero() && vs.PID != 0 && Alive(vs.PID) {
+			vr.Uptime = time.Since(vs.Started).Round(time.Second).String()
+		}
+		for _, n := range vs.NICs {
+			vr.NICs = append(vr.NICs, describeNIC(n))
+		}
+		r.VMs = append(r.VMs, vr)
+	}
+	return r
+}
+
+func describeNIC(n NICState) NICReport {
+	nr := NICReport{NICState: n, Offloads: []string{}}
+	info, err := tap.Describe(n.Tap)
+	if err != nil {
+		nr.Error = err.Error()
+		return nr
+	}
+	nr.Present, nr.VnetHdr = true, info.VnetHdr
+	nr.NumQueues, nr.NumDisabledQueues = info.NumQueues, info.NumDisabledQueues
+	if info.Offloads != nil {
+		nr.Offloads = info.Offloads.Names()
+	}
+	if l, err := netlink.LinkByName(n.Tap); err == nil && l.Attrs().Statistics != nil {
+		s := l.Attrs().Statistics
+		nr.RxPackets, nr.TxPackets, nr.RxBytes, nr.TxBytes = s.RxPackets, s.TxPackets, s.RxBytes, s.TxBytes
+	}
+	return nr
+}
+
+// WriteTable prints the report for people.
+func (r Report) WriteTable(w io.Writer) {
+	sup := fmt.Sprintf("supervisor %d", r.Supervisor)
+	if !r.Running {
+		sup += " (not running: run `vmnet down " + r.Lab + "` to clean up)"
+	}
+	fmt.Fprintf(w, "lab %s (%s), %s, %s, since %s\n", r.Lab, r.Config, r.Phase, sup, r.Started.Format(time.RFC3339))
+	for _, n := range r.Networks {
+		var as []string
+		for _, a := range n.Addresses {
+			as = append(as, a.String())
+		}
+		how := "created"
+		if !n.Created {
+			how = "reused"
+		}
+		fmt.Fprintf(w, "  network %-10s bridge %-15s %-8s mtu %-5d %s  addresses %s  ports %s\n", n.Name, n.Bridge, dash(n.State),
+			n.MTU, how, dash(strings.Join(as, ",")), dash(strings.Join(n.Ports, ",")))
+	}
+	for _, v := range r.VMs {
+		fmt.Fprintf(w, "  vm %-12s %-10s pid %-7d uptime %-8s console %s\n", v.Name, v.State, v.PID, dash(v.Uptime), dash(v.Console))
+		for _, n := range v.NICs {
+			q := fmt.Sprintf("%d/%d queues enabled", n.NumQueues, n.Queues)
+			if n.NumQueues < 0 {
+				q = "1 queue"
+			}
+			extra := ""
+			if n.Hotplugged {
+				extra = " (hot-plugged)"
+			}
+			if n.Error != "" {
+				fmt.Fprintf(w, "    %s tap %s: %s\n", n.ID, n.Tap, n.Error)
+				continue
+			}
+			fmt.Fprintf(w, "    %-5s tap %-15s mac %s net %-8s %s vnet_hdr %v offloads %s rx %d/%dB tx %d/%dB%s\n", n.ID, n.Tap, n.MAC,
+				dash(n.Network), q, n.VnetHdr, dash(strings.Join(n.Offloads, ",")), n.RxPackets, n.RxBytes, n.TxPackets, n.TxBytes, extra)
+		}
+	}
+	for _, l := range r.Links {
+		fmt.Fprintf(w, "  link %s <-> %s\n", l.A, l.B)
+	}
+}
+
+// WriteDOT renders the topology as Graphviz DOT: networks as boxes, VMs
+// as ellipses, NICs as edges labelled with their taps, links as edges
+// between their endpoints.
+func (r Report) WriteDOT(w io.Writer) {
+	q := func(s string) string { return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"` }
+	fmt.Fprintf(w, "graph %s {\n  label=%s;\n  node [fontname=\"Helvetica\"];\n", q("lab "+r.Lab), q("lab "+r.Lab))
+	for _, n := range r.Networks {
+		var as []string
+		for _, a := range n.Addresses {
+			as = append(as, a.String())
+		}
+		label := n.Name + "\\n" + n.Bridge
+		if len(as) > 0 {
+			label += "\\n" + strings.Join(as, "\\n")
+		}
+		fmt.Fprintf(w, "  %s [shape=box, label=%s];\n", q("net:"+n.Name), q(label))
+	}
+	names := make([]string, 0, len(r.VMs))
+	for _, v := range r.VMs {
+		names = append(names, v.Name)
+		fmt.Fprintf(w, "  %s [shape=ellipse, label=%s];\n", q("vm:"+v.Name), q(v.Name+"\\n"+v.State))
+	}
+	sort.Strings(names)
+	for _, v := range r.VMs {
+		for _, n := range v.NICs {
+			if n.Network == "" {
+				continue
+			}
+			fmt.Fprintf(w, "  %s -- %s [label=%s];\n", q("vm:"+v.Name), q("net:"+n.Network), q(n.Tap))
+		}
+	}
+	for _, l := range r.Links {
+		fmt.Fprintf(w, "  %s -- %s [style=dashed];\n", q(endpointNode(l.A)), q(endpointNode(l.B)))
+	}
+	fmt.Fprintln(w, "}")
+}
+
+// endpointNode names a link endpoint's graph node: a VM for vm:NAME:N.
+func endpointNode(ep string) string {
+	if rest, ok := strings.CutPrefix(ep, "vm:"); ok {
+		name, _, _ := strings.Cut(rest, ":")
+		return "vm:" + name
+	}
+	return ep
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

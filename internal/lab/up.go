@@ -1,0 +1,164 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/vmnet/vmnet/internal/qemu"
+	"github.com/vmnet/vmnet/tap"
+)
+
+// hotNIC is a NIC added to a running guest.
+type hotNIC struct {
+	id      string
+	network string
+	mac     string
+	tap     *tap.Tap
+}
+
+// save records the Lab's current state if it is supervised.
+func (l *Lab) save() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.saveLocked()
+}
+
+func (l *Lab) saveLocked() error {
+	if l.state == nil {
+		return nil
+	}
+	s := l.state
+	s.Bridges = append([]string(nil), l.bridges...)
+	s.Reused = append([]string(nil), l.reused...)
+	s.VMs = s.VMs[:0]
+	for _, vm := range l.cfg.VMs {
+		vs := VMState{Name: vm.Name, Console: vm.Console, RunDir: l.runDir(vm.Name), Started: l.started[vm.Name]}
+		if v := l.vms[vm.Name]; v != nil {
+			vs.PID = v.PID()
+		}
+		for i, nic := range vm.NICs {
+			if t := l.taps[nic]; t != nil {
+				vs.NICs = append(vs.NICs, NICState{ID: fmt.Sprintf("nic%d", i), Tap: t.Name(), MAC: nic.MAC.String(),
+					Network: nic.Network, Queues: len(t.Queues())})
+			}
+		}
+		for _, h := range l.hotplug[vm.Name] {
+			vs.NICs = append(vs.NICs, NICState{ID: h.id, Tap: h.tap.Name(), MAC: h.mac, Network: h.network,
+				Queues: len(h.tap.Queues()), Hotplugged: true})
+		}
+		s.VMs = append(s.VMs, vs)
+	}
+	return writeState(s)
+}
+
+func (l *Lab) runDir(vm string) string { return filepath.Join(l.opts.RunDir, "vm-"+vm) }
+
+// failpoint stops `up` for good at a named step when VMNET_FAILPOINT names
+// it, so tests can kill the supervisor at exactly that point and check
+// that `vmnet down` still removes everything.
+func (l *Lab) failpoint(name string) {
+	if os.Getenv("VMNET_FAILPOINT") != name {
+		return
+	}
+	l.opts.Logf("failpoint %s reached; waiting to be killed", name)
+	select {}
+}
+
+// Up brings the whole lab up: its networks, every VM's taps, then the
+// guests in parallel, and waits until each guest is ready (the test
+// image's VMNET-READY; QEMU answering QMP for other kernels). If any step
+// fails, everything created so far is removed again and the error names
+// the object that failed.
+func (l *Lab) Up(ctx context.Context, readyTimeout time.Duration) (err error) {
+	l.mu.Lock()
+	l.state = &State{Lab: l.cfg.Name, Config: l.cfg.File, StateDir: l.cfg.StateDir, Supervisor: os.Getpid(),
+		Started: time.Now(), Phase: "starting"}
+	l.mu.Unlock()
+	if err := l.save(); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+			defer cancel()
+			if terr := l.Teardown(tctx); terr != nil {
+				err = fmt.Errorf("%w; cleaning up also failed: %v (run `vmnet down %s`)", err, terr, l.cfg.Name)
+			}
+		}
+	}()
+	for _, n := range l.cfg.Networks {
+		if err := l.EnsureNetwork(n.Name); err != nil {
+			return err
+		}
+	}
+	l.failpoint("after-networks")
+	for _, vm := range l.cfg.VMs {
+		if err := l.CreateTaps(vm); err != nil {
+			return err
+		}
+	}
+	l.failpoint("after-taps")
+	if len(l.cfg.VMs) > 0 {
+		// Build the test image once, before the parallel boots want it.
+		for _, vm := range l.cfg.VMs {
+			if vm.Kernel == "" && vm.Disk == "" {
+				if _, err := l.image(ctx); err != nil {
+					return fmt.Errorf("vm %s: %w", vm.Name, err)
+				}
+				break
+			}
+		}
+	}
+	// The first guest that fails stops the others' waits: the lab is
+	// coming down anyway.
+	bctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make([]error, len(l.cfg.VMs))
+	var wg sync.WaitGroup
+	for i, vm := range l.cfg.VMs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v, err := l.Boot(bctx, vm, "")
+			if err != nil {
+				errs[i] = err
+				cancel()
+				return
+			}
+			if vm.Kernel != "" || vm.Disk != "" {
+				return // only the test image prints a ready marker
+			}
+			rctx, rcancel := context.WithTimeout(bctx, readyTimeout)
+			defer rcancel()
+			done := l.step("vm " + vm.Name + ": ready")
+			if err := v.WaitReady(rctx); err != nil {
+				if bctx.Err() == nil || ctx.Err() != nil {
+					errs[i] = err // not merely stopped for another guest's failure
+				}
+				cancel()
+			}
+			done(errs[i])
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	l.failpoint("after-qemu")
+	l.mu.Lock()
+	l.state.Phase = "up"
+	l.mu.Unlock()
+	return l.save()
+}
+
+// Running returns the QEMU of a VM started by Boot or Up.
+func (l *Lab) Running(name string) *qemu.VM {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.vms[name]
+}

@@ -1,0 +1,54 @@
+// Package link is vmnet's userspace link data plane: it joins two endpoints
+// (taps, AF_PACKET sockets, UDP tunnels) and moves every frame between them,
+// keeping GSO super-frames whole where the far side takes them.
+//
+// A Link carries everything a wire would (LLDP, LACP, STP: nothing is
+// filtered), so labs get point-to-point links that a Linux bridge would not
+// give them, links that span hosts, and a capture on any link.
+//
+// Usage:
+//
+//	ea, _ := vmconfig.ParseEndpoint("tap:lab0,queues=2")
+//	eb, _ := vmconfig.ParseEndpoint("udp:0.0.0.0:4789,remote=192.0.2.7:4789")
+//	a, err := link.Open(ctx, ea, link.OpenOptions{})
+//	if err != nil { ... }            // names the endpoint; nothing is left behind
+//	b, err := link.Open(ctx, eb, link.OpenOptions{})
+//	if err != nil { a.Close(); ... }
+//	l, err := link.New(a, b, link.Options{PCAP: "lab0.pcap"})
+//	if err != nil { a.Close(); b.Close(); ... }
+//	defer l.Close()                  // closes both endpoints and the capture
+//	go func() { for range time.Tick(time.Second) { s := l.Stats(); ... } }()
+//	err = l.Run(ctx)                 // until ctx is done or an endpoint fails
+//
+// # Frames inside the link
+//
+// Every endpoint reads into buffers that keep Headroom bytes free in front
+// of the Ethernet frame, with the endpoint's own virtio-net header (0, 10 or
+// 12 bytes) right before the frame. Forwarding re-encodes the header in that
+// headroom for the destination, so a frame that passes unchanged is never
+// copied. A GSO frame is passed on when the destination accepts GSO (a tap
+// with vnet_hdr, an AF_PACKET socket, a UDP tunnel); otherwise vnethdr
+// splits it into MTU-sized frames with complete checksums. A frame without
+// GSO that is longer than the destination's MTU (plus Ethernet header and
+// one VLAN tag) is dropped and counted, as a switch would.
+//
+// # UDP tunnel wire format
+//
+// One UDP datagram carries one Ethernet frame, preceded by a 10-byte
+// virtio_net_hdr in little-endian byte order (the legacy layout of
+// include/uapi/linux/virtio_net.h: flags, gso_type, hdr_len, gso_size,
+// csum_start, csum_offset). A datagram without offloads has an all-zero
+// header and a frame with complete checksums, so another implementation
+// can interoperate by prepending ten zero bytes. With offloads, the frame
+// may be a TCP or UDP (USO) super-frame whose gso_size says how to split
+// it, with a partial checksum (NEEDS_CSUM) as the kernel would hand it to a
+// virtio-net device; the receiver validates the header with the kernel's
+// rules (vnethdr.Parse) and segments it only if its own destination cannot
+// take GSO. A datagram holds at most 65507 bytes (IPv4), so a super-frame
+// longer than MaxUDPFrame is cut into shorter super-frames that are each a
+// whole multiple of gso_size (TCP sequence numbers, flags and lengths fixed
+// up; the IPv4 ID of later pieces restarts one above the previous piece's,
+// which matters to no receiver because TCP super-frames are sent with DF).
+// Datagrams larger than the path MTU are fragmented by IP; on a lossy path
+// between hosts, a lost fragment loses the whole super-frame.
+package link

@@ -1,0 +1,240 @@
+package link
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmnet/vmnet/netns"
+	"github.com/vmnet/vmnet/tap"
+	"github.com/vmnet/vmnet/vmconfig"
+	"github.com/vmnet/vmnet/vnethdr"
+)
+
+// Headroom is the space kept in front of every frame in the link's
+// buffers: room for the largest virtio-net header (12 bytes).
+const Headroom = vnethdr.HdrLenV1
+
+// MaxFrame is the largest frame (without vnet header) an endpoint reads:
+// a 64 KiB GSO super-frame plus Ethernet header and two VLAN tags.
+const MaxFrame = 65536 + 14 + 8
+
+// MaxUDPFrame is the largest frame one tunnel datagram carries: the IPv4
+// UDP payload limit minus the 10-byte vnet header.
+const MaxUDPFrame = 65507 - vnethdr.HdrLen
+
+// ethOverhead is what a frame may add to the interface MTU: the Ethernet
+// header and one VLAN tag, the same slack the kernel's is_skb_forwardable
+// allows.
+const ethOverhead = 14 + 4
+
+// OpenOptions tune how endpoints are opened.
+type OpenOptions struct {
+	// PacketSockets is the number of AF_PACKET sockets (one goroutine
+	// each) in the fanout group of a packet endpoint; 0 means one per CPU,
+	// at most 4.
+	PacketSockets int
+	// SocketBuffer is SO_SNDBUF/SO_RCVBUF for packet and UDP sockets in
+	// bytes; 0 means 4 MiB. Small buffers drop datagrams at high rates.
+	SocketBuffer int
+}
+
+// Info describes an open endpoint (for `vmnet status` and logs).
+type Info struct {
+	Endpoint string `json:"endpoint"`
+	Kind     string `json:"kind"`
+	Queues   int    `json:"queues"`
+	VnetHdr  int    `json:"vnet_hdr"`  // header bytes in front of each frame, 0 = none
+	GSO      bool   `json:"gso"`       // takes GSO super-frames as they are
+	MaxFrame int    `json:"max_frame"` // longest frame without GSO it takes
+	Created  bool   `json:"created,omitempty"`
+}
+
+// queueIO is one queue (tap fd or socket) of an endpoint. read and write
+// take buffers whose bytes from off on are the vnet header (if any) and
+// frame. One reader and any number of writers may use a queue at once.
+type queueIO interface {
+	// read fills sizes[i] with the byte count of bufs[i][off:] (more than
+	// the buffer holds when the frame was truncated) and returns how many
+	// frames it read. It waits for the first one.
+	read(bufs [][]byte, off int, sizes []int) (int, error)
+	// write sends bufs[i][off:] each as one frame. It returns how many went
+	// out; when err is set it concerns bufs[n].
+	write(bufs [][]byte, off int) (int, error)
+	setDeadline(t time.Time) error
+}
+
+// Endpoint is one open end of a link. Open makes it; a Link uses it; Close
+// releases it (and removes a tap that Open created).
+type Endpoint struct {
+	spec     string
+	kind     vmconfig.EndpointKind
+	hdr      vnethdr.Format // Size 0: no vnet header
+	maxFrame int            // longest non-GSO frame
+	gso      bool           // takes TCP and USO super-frames
+	gsoMax   int            // longest super-frame
+	segCheck bool           // segments of passed-through GSO frames must fit maxFrame
+	created  bool
+	queues   []queueIO
+
+	closeOnce sync.Once
+	closeFn   func() error
+	closeErr  error
+}
+
+// String is the endpoint as the user wrote it (normalised).
+func (e *Endpoint) String() string { return e.spec }
+
+// Info describes the endpoint.
+func (e *Endpoint) Info() Info {
+	return Info{Endpoint: e.spec, Kind: string(e.kind), Queues: len(e.queues), VnetHdr: e.hdr.Size,
+		GSO: e.gso, MaxFrame: e.maxFrame, Created: e.created}
+}
+
+// Close releases the endpoint's files. A tap that Open created disappears.
+func (e *Endpoint) Close() error {
+	e.closeOnce.Do(func() {
+		if e.closeFn != nil {
+			e.closeErr = e.closeFn()
+		}
+	})
+	return e.closeErr
+}
+
+func (e *Endpoint) setDeadline(t time.Time) {
+	for _, q := range e.queues {
+		q.setDeadline(t)
+	}
+}
+
+// Open opens (or, for a tap that does not exist, creates) the endpoint ep
+// in the calling thread's network namespace, or in ep.NetNS when set. A
+// vm: endpoint must be resolved to a tap by the caller first. Errors name
+// the endpoint; on error nothing stays open and a tap Open made is gone.
+func Open(ctx context.Context, ep vmconfig.Endpoint, opts OpenOptions) (*Endpoint, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("link endpoint %s: %w", ep, err)
+	}
+	if opts.PacketSockets <= 0 {
+		opts.PacketSockets = min(runtime.NumCPU(), 4)
+	}
+	if opts.SocketBuffer <= 0 {
+		opts.SocketBuffer = 4 << 20
+	}
+	var e *Endpoint
+	var err error
+	open := func() error {
+		switch ep.Kind {
+		case vmconfig.KindTap:
+			e, err = openTap(ep)
+		case vmconfig.KindPacket:
+			e, err = openPacket(ep, opts)
+		case vmconfig.KindUDP:
+			if ep.NetNS != "" {
+				return errors.New("udp endpoints take no netns")
+			}
+			e, err = openUDP(ep, opts)
+		case vmconfig.KindVM:
+			return errors.New("vm endpoints are resolved to the VM's tap by the lab; a bare link cannot open them")
+		default:
+			return fmt.Errorf("unknown endpoint kind %q (want tap, packet or udp)", ep.Kind)
+		}
+		return err
+	}
+	if ep.NetNS != "" && ep.Kind != vmconfig.KindUDP {
+		err = netns.DoNamed(ep.NetNS, open)
+	} else {
+		runtime.LockOSThread()
+		err = open()
+		runtime.UnlockOSThread()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("link endpoint %s: %w", ep, err)
+	}
+	e.spec = ep.String()
+	e.kind = ep.Kind
+	return e, nil
+}
+
+// openTap attaches to the tap ep.Name if it exists (keeping its flags) or
+// creates it, with vnet_hdr and every offload the kernel has unless
+// vnet_hdr=off.
+func openTap(ep vmconfig.Endpoint) (*Endpoint, error) {
+	queues := max(ep.Queues, 1)
+	var t *tap.Tap
+	info, derr := tap.Describe(ep.Name)
+	created := false
+	switch {
+	case derr == nil:
+		switch {
+		case ep.VnetHdr == vmconfig.On && !info.VnetHdr:
+			return nil, fmt.Errorf("tap %s exists without vnet_hdr and vmnet does not change an existing device's flags: drop vnet_hdr=on, or delete the tap and let vmnet create it", ep.Name)
+		case ep.VnetHdr == vmconfig.Off && info.VnetHdr:
+			return nil, fmt.Errorf("tap %s exists with vnet_hdr and vmnet does not change an existing device's flags: drop vnet_hdr=off, or delete the tap and let vmnet create it", ep.Name)
+		}
+		var err error
+		if t, err = tap.Open(ep.Name, queues); err != nil {
+			return nil, err
+		}
+	case errors.Is(derr, unix.ENODEV):
+		cfg := tap.NewConfig(ep.Name, queues)
+		if ep.VnetHdr != vmconfig.Off {
+			cfg.VnetHdrSize = vnethdr.HdrLen
+			cfg.Offloads = tap.OffloadCsum | tap.OffloadTSO4 | tap.OffloadTSO6 | tap.OffloadTSOECN | tap.OffloadUSO
+			cfg.BestEffort = true
+		}
+		cfg.Up = true
+		var err error
+		if t, err = tap.Create(cfg); err != nil {
+			return nil, err
+		}
+		created = true
+	case errors.Is(derr, unix.EINVAL):
+		return nil, fmt.Errorf("%w (to use an interface that is not a tap, write packet:%s)", derr, ep.Name)
+	default:
+		return nil, derr
+	}
+	// Read the MTU now: a created tap has the default, an existing one
+	// whatever its owner set.
+	info, err := tap.Describe(ep.Name)
+	if err != nil {
+		t.Close()
+		return nil, err
+	}
+	e := &Endpoint{
+		hdr:      vnethdr.Format{Size: t.VnetHdrSize()},
+		maxFrame: info.MTU + ethOverhead,
+		gso:      t.VnetHdrSize() > 0,
+		gsoMax:   MaxFrame,
+		segCheck: true,
+		created:  created,
+		closeFn:  t.Close,
+	}
+	for _, q := range t.Queues() {
+		e.queues = append(e.queues, tapQueue{q})
+	}
+	return e, nil
+}
+
+// tapQueue adapts a tap.Queue.
+type tapQueue struct{ q *tap.Queue }
+
+func (t tapQueue) read(bufs [][]byte, off int, sizes []int) (int, error) {
+	return t.q.ReadBatch(bufs, sizes, off)
+}
+func (t tapQueue) write(bufs [][]byte, off int) (int, error) { return t.q.WriteBatch(bufs, off) }
+func (t tapQueue) setDeadline(d time.Time) error             { return t.q.SetDeadline(d) }
+
+// fatal reports whether an I/O error means the endpoint is gone (rather
+// than one frame being refused).
+func fatal(err error) bool {
+	return errors.Is(err, tap.ErrDeviceGone) || errors.Is(err, os.ErrClosed) ||
+		errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, unix.EBADF) ||
+		errors.Is(err, unix.EBADFD) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENXIO)
+}

@@ -1,0 +1,472 @@
+package link
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vmnet/vmnet/vnethdr"
+)
+
+// Options tune a Link.
+type Options struct {
+	// PCAP, when set, is a file the link writes a pcap capture of both
+	// directions to, with frames as they would appear on a wire:
+	// super-frames segmented, checksums complete.
+	PCAP string
+	// Batch is the most frames read per call; 0 means 32.
+	Batch int
+}
+
+// Link joins two endpoints and forwards frames both ways.
+type Link struct {
+	a, b    *Endpoint
+	batch   int
+	capture *capture
+	ab, ba  counters
+
+	running atomic.Bool
+	closeMu sync.Mutex
+	closed  bool
+}
+
+// New makes a link between a and b. The Link owns both endpoints from then
+// on (Close closes them), also when New fails.
+func New(a, b *Endpoint, opts Options) (*Link, error) {
+	l := &Link{a: a, b: b, batch: opts.Batch}
+	if l.batch <= 0 {
+		l.batch = 32
+	}
+	l.batch = min(l.batch, maxBatch)
+	if opts.PCAP != "" {
+		c, err := newCapture(opts.PCAP)
+		if err != nil {
+			a.Close()
+			b.Close()
+			return nil, fmt.Errorf("link %s <-> %s: %w", a, b, err)
+		}
+		l.capture = c
+	}
+	return l, nil
+}
+
+// String names the link by its endpoints.
+func (l *Link) String() string { return l.a.String() + " <-> " + l.b.String() }
+
+// Close closes both endpoints and finishes the capture file.
+func (l *Link) Close() error {
+	l.closeMu.Lock()
+	defer l.closeMu.Unlock()
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	errs := []error{l.a.Close(), l.b.Close()}
+	if l.capture != nil {
+		errs = append(errs, l.capture.close())
+	}
+	return errors.Join(errs...)
+}
+
+// Run forwards frames until ctx is done (it then returns nil) or an
+// endpoint fails for good (a tap deleted, a socket closed), which stops
+// both directions and is returned. A Link runs once.
+func (l *Link) Run(ctx context.Context) error {
+	if l.running.Swap(true) {
+		return fmt.Errorf("link %s: Run called twice", l)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg      sync.WaitGroup
+		errOnce sync.Once
+		first   error
+	)
+	start := func(src, dst *Endpoint, c *counters) {
+		for i := range src.queues {
+			p := newPump(l, src, dst, i, c)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := p.run(ctx); err != nil {
+					errOnce.Do(func() { first = fmt.Errorf("link %s: %w", l, err) })
+					cancel()
+				}
+			}()
+		}
+	}
+	start(l.a, l.b, &l.ab)
+	start(l.b, l.a, &l.ba)
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				// A deadline in the past wakes every blocked read and write.
+				past := time.Unix(1, 0)
+				l.a.setDeadline(past)
+				l.b.setDeadline(past)
+				return
+			case <-tick.C:
+				if l.capture != nil {
+					l.capture.flush()
+				}
+			}
+		}
+	}()
+	wg.Wait()
+	cancel()
+	<-stopped
+	if l.capture != nil {
+		if err := l.capture.flush(); err != nil && first == nil {
+			first = fmt.Errorf("link %s: %w", l, err)
+		}
+	}
+	return first
+}
+
+// Stats are a link's counters, per direction.
+type Stats struct {
+	A    string   `json:"a"`
+	B    string   `json:"b"`
+	AtoB DirStats `json:"a_to_b"`
+	BtoA DirStats `json:"b_to_a"`
+}
+
+// DirStats count one direction. Frames and Bytes are what was read from
+// the source (a super-frame counts once, bytes without vnet header); Tx*
+// is what the destination took.
+type DirStats struct {
+	Frames      uint64 `json:"frames"`
+	Bytes       uint64 `json:"bytes"`
+	SuperFrames uint64 `json:"super_frames"` // GSO frames read
+	Segmented   uint64 `json:"segmented"`    // super-frames split in software
+	Segments    uint64 `json:"segments"`     // frames those splits produced
+	TxFrames    uint64 `json:"tx_frames"`
+	TxBytes     uint64 `json:"tx_bytes"`
+	Drops       Drops  `json:"drops"`
+}
+
+// Drops count frames lost, by reason.
+type Drops struct {
+	MTU       uint64 `json:"mtu"`       // longer than the destination's MTU and not GSO (or segments too long)
+	Invalid   uint64 `json:"invalid"`   // vnet header the kernel would reject, or a runt
+	Truncated uint64 `json:"truncated"` // longer than the read buffer
+	Segments  uint64 `json:"segments"`  // needs more segments than the link's buffers hold
+	Write     uint64 `json:"write"`     // refused by the destination (down, no buffer, bad frame)
+}
+
+// Total is the sum of all drops.
+func (d Drops) Total() uint64 { return d.MTU + d.Invalid + d.Truncated + d.Segments + d.Write }
+
+// Stats reads the counters; safe at any time, from any goroutine.
+func (l *Link) Stats() Stats {
+	return Stats{A: l.a.String(), B: l.b.String(), AtoB: l.ab.load(), BtoA: l.ba.load()}
+}
+
+// String formats the stats on one line per direction for --stats output.
+func (s Stats) String() string {
+	f := func(from, to string, d DirStats) string {
+		return fmt.Sprintf("%s -> %s: %d frames %d bytes (%d super, %d split into %d), sent %d frames %d bytes, dropped %d (mtu %d invalid %d truncated %d segments %d write %d)",
+			from, to, d.Frames, d.Bytes, d.SuperFrames, d.Segmented, d.Segments, d.TxFrames, d.TxBytes,
+			d.Drops.Total(), d.Drops.MTU, d.Drops.Invalid, d.Drops.Truncated, d.Drops.Segments, d.Drops.Write)
+	}
+	return f(s.A, s.B, s.AtoB) + "\n" + f(s.B, s.A, s.BtoA)
+}
+
+type counters struct {
+	frames, bytes, super, segmented, segments, txFrames, txBytes atomic.Uint64
+	dMTU, dInvalid, dTrunc, dSegs, dWrite                        atomic.Uint64
+}
+
+func (c *counters) load() DirStats {
+	return DirStats{
+		Frames: c.frames.Load(), Bytes: c.bytes.Load(), SuperFrames: c.super.Load(),
+		Segmented: c.segmented.Load(), Segments: c.segments.Load(),
+		TxFrames: c.txFrames.Load(), TxBytes: c.txBytes.Load(),
+		Drops: Drops{MTU: c.dMTU.Load(), Invalid: c.dInvalid.Load(), Truncated: c.dTrunc.Load(),
+			Segments: c.dSegs.Load(), Write: c.dWrite.Load()},
+	}
+}
+
+// add publishes a pump's local counts; once per batch, so the shared
+// cache lines are touched rarely.
+func (c *counters) add(d *DirStats) {
+	add := func(a *atomic.Uint64, v *uint64) {
+		if *v != 0 {
+			a.Add(*v)
+			*v = 0
+		}
+	}
+	add(&c.frames, &d.Frames)
+	add(&c.bytes, &d.Bytes)
+	add(&c.super, &d.SuperFrames)
+	add(&c.segmented, &d.Segmented)
+	add(&c.segments, &d.Segments)
+	add(&c.txFrames, &d.TxFrames)
+	add(&c.txBytes, &d.TxBytes)
+	add(&c.dMTU, &d.Drops.MTU)
+	add(&c.dInvalid, &d.Drops.Invalid)
+	add(&c.dTrunc, &d.Drops.Truncated)
+	add(&c.dSegs, &d.Drops.Segments)
+	add(&c.dWrite, &d.Drops.Write)
+}
+
+// pump forwards one source queue to the destination: read a batch, decide
+// per frame (pass, complete checksum, segment, cut for a datagram, drop),
+// write a batch. All buffers are made here, once.
+type pump struct {
+	l        *Link
+	src, dst *Endpoint
+	sq, dq   queueIO
+	c        *counters
+	local    DirStats
+
+	rbufs [][]byte
+	sizes []int
+
+	out [][]byte // frames to write: buf[:Headroom+len]; header already encoded
+
+	// Segment pool, made on first use (links that never segment never pay
+	// for it). segFull[i] is a whole buffer, segView[i] = segFull[i][Headroom:].
+	segFull  [][]byte
+	segView  [][]byte
+	segSizes []int
+	segUsed  int
+
+	cs *captureScratch
+}
+
+func newPump(l *Link, src, dst *Endpoint, i int, c *counters) *pump {
+	p := &pump{l: l, src: src, dst: dst, sq: src.queues[i], dq: dst.queues[i%len(dst.queues)], c: c}
+	size := Headroom + MaxFrame + 64
+	back := make([]byte, size*l.batch)
+	p.rbufs = make([][]byte, l.batch)
+	for j := range p.rbufs {
+		p.rbufs[j] = back[j*size : (j+1)*size : (j+1)*size]
+	}
+	p.sizes = make([]int, l.batch)
+	p.out = make([][]byte, 0, l.batch+1024)
+	if l.capture != nil {
+		p.cs = newCaptureScratch()
+	}
+	return p
+}
+
+func (p *pump) run(ctx context.Context) error {
+	off := Headroom - p.src.hdr.Size
+	for {
+		n, err := p.sq.read(p.rbufs, off, p.sizes)
+		for i := 0; i < n; i++ {
+			p.handle(p.rbufs[i], p.sizes[i])
+		}
+		if n > 0 {
+			if ferr := p.flush(); ferr != nil {
+				p.c.add(&p.local)
+				if ctx.Err() != nil {
+					return nil
+				}
+				return ferr
+			}
+			p.c.add(&p.local)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if fatal(err) {
+				return err
+			}
+			// ECONNREFUSED (the tunnel's far end is not up yet), ENETDOWN
+			// (the interface went down) and the like pass.
+			if n == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
+}
+
+func (p *pump) handle(buf []byte, size int) {
+	h := p.src.hdr.Size
+	switch {
+	case size > len(buf)-(Headroom-h):
+		p.local.Frames++
+		p.local.Drops.Truncated++
+		return
+	case size < h+14:
+		p.local.Frames++
+		p.local.Drops.Invalid++
+		return
+	}
+	flen := size - h
+	var hd vnethdr.Hdr
+	if h > 0 {
+		hd, _ = p.src.hdr.Decode(buf[Headroom-h:])
+	}
+	frame := buf[Headroom : Headroom+flen]
+	p.local.Frames++
+	p.local.Bytes += uint64(flen)
+	dst := p.dst
+
+	if hd.GSOType == vnethdr.GSONone {
+		if flen > dst.maxFrame {
+			p.local.Drops.MTU++
+			return
+		}
+		if hd.Flags&vnethdr.FlagNeedsCsum != 0 && dst.hdr.Size == 0 {
+			if err := vnethdr.CompleteChecksum(hd, frame); err != nil {
+				p.local.Drops.Invalid++
+				return
+			}
+			hd.Flags &^= vnethdr.FlagNeedsCsum
+		}
+		p.emit(buf, flen, hd)
+		return
+	}
+
+	p.local.SuperFrames++
+	pkt, err := vnethdr.Parse(hd, frame, vnethdr.Options{})
+	if err != nil {
+		p.local.Drops.Invalid++
+		return
+	}
+	if dst.gso && hd.GSOType&^vnethdr.GSOECN != vnethdr.GSOUDP {
+		if dst.segCheck && pkt.MaxSegmentLen() > dst.maxFrame {
+			p.local.Drops.MTU++
+			return
+		}
+		if flen <= dst.gsoMax {
+			p.emit(buf, flen, hd)
+			return
+		}
+		p.cut(hd, frame, &pkt)
+		return
+	}
+	if pkt.MaxSegmentLen() > dst.maxFrame {
+		p.local.Drops.MTU++
+		return
+	}
+	p.segment(&pkt, vnethdr.Hdr{}, false)
+}
+
+// cut splits a super-frame too long for one tunnel datagram into shorter
+// super-frames: the same packet segmented at a multiple of gso_size, with
+// partial checksums, each sent with the original gso_size.
+func (p *pump) cut(hd vnethdr.Hdr, frame []byte, pkt *vnethdr.Packet) {
+	mss := int(hd.GSOSize)
+	k := (p.dst.gsoMax - pkt.HeaderLen()) / mss
+	if k < 1 {
+		p.local.Drops.MTU++
+		return
+	}
+	h2 := hd
+	h2.GSOSize = uint16(k * mss)
+	big, err := vnethdr.Parse(h2, frame, vnethdr.Options{PartialCsum: true})
+	if err != nil {
+		p.local.Drops.Invalid++
+		return
+	}
+	sh := big.SegmentHdr()
+	sh.GSOType, sh.GSOSize = hd.GSOType, hd.GSOSize
+	p.segment(&big, sh, true)
+}
+
+// segment splits pkt into the pool and queues the pieces with header sh.
+func (p *pump) segment(pkt *vnethdr.Packet, sh vnethdr.Hdr, cut bool) {
+	if p.segFull == nil {
+		p.makePool()
+	}
+	ns := pkt.Segments()
+	if ns > len(p.segFull) || pkt.MaxSegmentLen() > len(p.segView[0]) {
+		p.local.Drops.Segments++
+		return
+	}
+	if p.segUsed+ns > len(p.segFull) || len(p.out)+ns > cap(p.out) {
+		p.flush()
+	}
+	k, err := pkt.Segment(p.segView[p.segUsed:p.segUsed+ns], p.segSizes[p.segUsed:p.segUsed+ns])
+	if err != nil {
+		p.local.Drops.Invalid++
+		return
+	}
+	if !cut {
+		p.local.Segmented++
+		p.local.Segments += uint64(k)
+	}
+	for j := 0; j < k; j++ {
+		i := p.segUsed + j
+		p.emit(p.segFull[i], p.segSizes[i], sh)
+	}
+	p.segUsed += k
+}
+
+func (p *pump) makePool() {
+	frame := p.dst.maxFrame
+	if p.dst.gso {
+		frame = max(frame, p.dst.gsoMax)
+	}
+	frame = min(frame, MaxFrame)
+	size := Headroom + frame
+	n := max(64, min(1024, (8<<20)/size))
+	back := make([]byte, size*n)
+	p.segFull = make([][]byte, n)
+	p.segView = make([][]byte, n)
+	p.segSizes = make([]int, n)
+	for i := range p.segFull {
+		p.segFull[i] = back[i*size : (i+1)*size : (i+1)*size]
+		p.segView[i] = p.segFull[i][Headroom:]
+	}
+}
+
+// emit queues buf's frame for the destination with header hd.
+func (p *pump) emit(buf []byte, flen int, hd vnethdr.Hdr) {
+	if len(p.out) == cap(p.out) {
+		p.flush()
+	}
+	if h := p.dst.hdr.Size; h > 0 {
+		hd.NumBuffers = 0
+		p.dst.hdr.Encode(buf[Headroom-h:], hd)
+	}
+	if p.l.capture != nil {
+		p.l.capture.write(p.cs, hd, buf[Headroom:Headroom+flen])
+	}
+	p.out = append(p.out, buf[:Headroom+flen])
+}
+
+// flush writes the queued frames. A frame the destination refuses is
+// counted and skipped; an error that means the destination is gone is
+// returned.
+func (p *pump) flush() error {
+	off := Headroom - p.dst.hdr.Size
+	out := p.out
+	var ferr error
+	for len(out) > 0 {
+		n, err := p.dq.write(out, off)
+		for _, b := range out[:n] {
+			p.local.TxFrames++
+			p.local.TxBytes += uint64(len(b) - Headroom)
+		}
+		out = out[n:]
+		if err == nil {
+			break
+		}
+		if fatal(err) {
+			ferr = err
+			break
+		}
+		p.local.Drops.Write++
+		if len(out) > 0 {
+			out = out[1:]
+		}
+	}
+	clear(p.out) // drop references so old buffers are not kept by the slice header
+	p.out = p.out[:0]
+	p.segUsed = 0
+	return ferr
+}

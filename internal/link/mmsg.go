@@ -1,0 +1,166 @@
+package link
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxBatch is the most frames one recvmmsg/sendmmsg call moves.
+const maxBatch = 256
+
+// mmsgConn moves batches of datagrams through a non-blocking socket with
+// recvmmsg/sendmmsg, waiting in Go's netpoller. Its message arrays are
+// made once; the callbacks are method values made once, so a batch
+// allocates nothing.
+type mmsgConn struct {
+	name string
+	f    *os.File // nil when rc belongs to a net.Conn
+	rc   syscall.RawConn
+
+	// Read state: one reader at a time.
+	rmsgs  [maxBatch]unix.Mmsghdr
+	riovs  [maxBatch]unix.Iovec
+	rcount int
+	rn     int
+	rerr   error
+	rfn    func(uintptr) bool
+
+	wmu    sync.Mutex
+	wmsgs  [maxBatch]unix.Mmsghdr
+	wiovs  [maxBatch]unix.Iovec
+	wcount int
+	wn     int
+	werr   error
+	wfn    func(uintptr) bool
+
+	deadline func(time.Time) error
+}
+
+func newMmsgConn(name string, rc syscall.RawConn, deadline func(time.Time) error) *mmsgConn {
+	c := &mmsgConn{name: name, rc: rc, deadline: deadline}
+	c.rfn = c.recv
+	c.wfn = c.send
+	for i := range c.rmsgs {
+		c.rmsgs[i].Hdr.Iov = &c.riovs[i]
+		c.rmsgs[i].Hdr.SetIovlen(1)
+		c.wmsgs[i].Hdr.Iov = &c.wiovs[i]
+		c.wmsgs[i].Hdr.SetIovlen(1)
+	}
+	return c
+}
+
+func (c *mmsgConn) setDeadline(t time.Time) error { return c.deadline(t) }
+
+func (c *mmsgConn) read(bufs [][]byte, off int, sizes []int) (int, error) {
+	n := min(len(bufs), maxBatch)
+	for i := 0; i < n; i++ {
+		b := bufs[i][off:]
+		c.riovs[i].Base = &b[0]
+		c.riovs[i].SetLen(len(b))
+		c.rmsgs[i].Hdr.Flags = 0
+	}
+	c.rcount, c.rn, c.rerr = n, 0, nil
+	err := c.rc.Read(c.rfn)
+	if err == nil {
+		err = c.rerr
+	}
+	for i := 0; i < c.rn; i++ {
+		sizes[i] = int(c.rmsgs[i].Len)
+		if c.rmsgs[i].Hdr.Flags&unix.MSG_TRUNC != 0 && sizes[i] <= len(bufs[i])-off {
+			sizes[i] = len(bufs[i]) - off + 1
+		}
+	}
+	if err != nil {
+		err = fmt.Errorf("%s: receive: %w", c.name, err)
+	}
+	return c.rn, err
+}
+
+func (c *mmsgConn) recv(fd uintptr) bool {
+	for {
+		// MSG_TRUNC makes the kernel report a datagram's full length, so
+		// a cut frame is seen and dropped instead of forwarded short.
+		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&c.rmsgs[0])), uintptr(c.rcount), unix.MSG_TRUNC, 0, 0)
+		switch e {
+		case 0:
+			c.rn = int(n)
+			return true
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			c.rerr = e
+			return true
+		}
+	}
+}
+
+func (c *mmsgConn) write(bufs [][]byte, off int) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	done := 0
+	for done < len(bufs) {
+		n := min(len(bufs)-done, maxBatch)
+		for i := 0; i < n; i++ {
+			b := bufs[done+i][off:]
+			c.wiovs[i].Base = &b[0]
+			c.wiovs[i].SetLen(len(b))
+		}
+		c.wcount, c.wn, c.werr = n, 0, nil
+		err := c.rc.Write(c.wfn)
+		if err == nil {
+			err = c.werr
+		}
+		done += c.wn
+		if err != nil {
+			return done, fmt.Errorf("%s: send: %w", c.name, err)
+		}
+	}
+	return done, nil
+}
+
+func (c *mmsgConn) send(fd uintptr) bool {
+	for c.wn < c.wcount {
+		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&c.wmsgs[c.wn])), uintptr(c.wcount-c.wn), 0, 0, 0)
+		switch e {
+		case 0:
+			c.wn += int(n)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			c.werr = e
+			return true
+		}
+	}
+	return true
+}
+
+// newSocketFile wraps a non-blocking socket fd so that Go's netpoller
+// waits on it.
+func newSocketFile(fd int, name string) (*os.File, syscall.RawConn, error) {
+	f := os.NewFile(uintptr(fd), name)
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, rc, nil
+}
+
+// setBuffers sets the socket's send and receive buffers, past the sysctl
+// limits when allowed (root), else as far as they go.
+func setBuffers(fd, size int) {
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size) != nil {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, size)
+	}
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, size) != nil {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, size)
+	}
+}

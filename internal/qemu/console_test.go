@@ -1,0 +1,98 @@
+package qemu
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestConsoleMarkersAndRing(t *testing.T) {
+	var log bytes.Buffer
+	c := newConsole(3, &log, nil)
+	input := "boot\r\nVMNET-READY\r\nsaying VMNET-EXIT=5 is not a marker\r\n\r\nVMNET-EXIT=42\r\ntail-without-newline"
+	// Feed in awkward chunks: markers split across writes.
+	for i := 0; i < len(input); i += 4 {
+		c.Write([]byte(input[i:min(i+4, len(input))]))
+	}
+	select {
+	case <-c.ready:
+	default:
+		t.Fatal("VMNET-READY not seen")
+	}
+	select {
+	case <-c.exited:
+	default:
+		t.Fatal("VMNET-EXIT not seen")
+	}
+	if c.status != 42 {
+		t.Errorf("status %d, want 42 (a marker inside other text must not count)", c.status)
+	}
+	if log.String() != input {
+		t.Errorf("log is not the raw console")
+	}
+	c.flush()
+	if got, want := c.tail(10), []string{"", "VMNET-EXIT=42", "tail-without-newline"}; !slices.Equal(got, want) {
+		t.Errorf("tail %q, want %q", got, want)
+	}
+	if got := c.tail(1); !slices.Equal(got, []string{"tail-without-newline"}) {
+		t.Errorf("tail(1) %q", got)
+	}
+}
+
+func TestConsoleErrorsAndLongLines(t *testing.T) {
+	c := newConsole(5)
+	fmt.Fprintf(c, "VMNET-ERROR: vmnet.ip: no interface eth9\nVMNET-ERROR: second\n%s\n", strings.Repeat("x", 3*maxLine))
+	select {
+	case <-c.failed:
+	default:
+		t.Fatal("VMNET-ERROR not seen")
+	}
+	if got := c.guestErrors(); len(got) != 2 || !strings.Contains(got[0], "eth9") {
+		t.Errorf("errors %q", got)
+	}
+	if l := c.tail(1)[0]; len(l) != maxLine {
+		t.Errorf("long line kept %d bytes, want %d", len(l), maxLine)
+	}
+	for _, bad := range []string{"VMNET-EXIT=", "VMNET-EXIT=x", "VMNET-EXIT=1 2"} {
+		if _, ok := parseExit(bad); ok {
+			t.Errorf("parseExit accepted %q", bad)
+		}
+	}
+	if n, ok := parseExit("VMNET-EXIT=-1"); !ok || n != -1 {
+		t.Errorf("parseExit(-1) = %d %v", n, ok)
+	}
+}
+
+func TestGuestArgs(t *testing.T) {
+	g := GuestArgs{
+		IPs:     []GuestIP{{Iface: "eth0", Addrs: []netipPrefix{mustPrefix("10.0.0.2/24"), mustPrefix("fd00::2/64")}}},
+		Routes:  []GuestRoute{{GW: mustAddr("10.0.0.1")}, {Dest: mustPrefix("10.1.2.3/16"), GW: mustAddr("10.0.0.1")}, {Dest: mustPrefix("fd01::/64"), GW: mustAddr("fd00::1")}},
+		MTUs:    []GuestMTU{{Iface: "eth0", MTU: 9000}},
+		Modules: []string{"8021q", "bridge"},
+		Cmd:     "echo hi",
+	}
+	got, err := g.Append("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "console=ttyS0 quiet panic=-1 vmnet.ip=eth0:10.0.0.2/24+fd00::2/64 vmnet.mtu=eth0:9000 " +
+		"vmnet.route=default:10.0.0.1 vmnet.route=10.1.0.0/16:10.0.0.1 vmnet.route=fd01::/64:fd00::1 " +
+		"vmnet.modules=8021q,bridge vmnet.cmd=ZWNobyBoaQ=="
+	if got != want {
+		t.Errorf("append\n got %s\nwant %s", got, want)
+	}
+	for _, bad := range []GuestArgs{
+		{IPs: []GuestIP{{Iface: "eth 0", Addrs: []netipPrefix{mustPrefix("10.0.0.2/24")}}}},
+		{IPs: []GuestIP{{Iface: "eth0"}}},
+		{Routes: []GuestRoute{{Dest: mustPrefix("10.0.0.0/8"), GW: mustAddr("fd00::1")}}},
+		{Routes: []GuestRoute{{Dest: mustPrefix("10.0.0.0/8")}}},
+		{MTUs: []GuestMTU{{Iface: "eth0", MTU: 10}}},
+		{Cmd: strings.Repeat("x", 2000)},
+	} {
+		if s, err := bad.Append(""); err == nil {
+			t.Errorf("accepted %+v: %s", bad, s)
+		}
+	}
+}

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Measures vmnet's userspace links against the kernel, side by side in one run
+# (the machine is shared and noisy: compare only figures from the same run).
+#
+#   sudo tests/bench-link.sh            # or: make bench-link
+#   T=10 PROFILE=0 tests/bench-link.sh  # longer runs, no CPU profiles
+#
+# Topology, in private namespaces named ${ID}* (removed on exit):
+#   ns A: veth 10.77.0.1 -- ns L: bridge brA + tap tA   <vmnet link>   tap tB + bridge brB -- ns B: veth 10.77.0.2
+# iperf3 client in A, server in B, TCP, one stream, T seconds. Cases:
+#   kernel       A and B joined by one veth pair (the ceiling)
+#   kernel-noTSO the same with `ethtool -K tso off gso off` on both ends
+#   passthrough  tap:tA <-> tap:tB, both vnet_hdr (super-frames pass whole)
+#   segment      tap:tA <-> tap:tB,vnet_hdr=off (vmnet segments in software)
+#   udp          tap:tA <-> udp:127.0.0.1:P1 ... udp:127.0.0.1:P2 <-> tap:tB (two link processes)
+# Environment: T (seconds, default 5), LINK (link command; default builds
+# ./internal/link/cmd/linkbench), PROFILE=1 (default) writes CPU profiles of
+# the link processes and prints `go tool pprof -top` for them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+T=${T:-5}
+PROFILE=${PROFILE:-1}
+[ "$(id -u)" = 0 ] || { echo "bench-link: needs root (network namespaces, taps)" >&2; exit 1; }
+for p in iperf3 ethtool jq ip; do
+  command -v "$p" >/dev/null || { echo "bench-link: $p is missing (apt-get install $p)" >&2; exit 1; }
+done
+
+ID=vb$$
+WORK=$(mktemp -d /tmp/bench-link.XXXXXX)
+NSS=()
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  for n in "${NSS[@]}"; do ip netns del "$n" 2>/dev/null || true; done
+  [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ -z "${LINK:-}" ]; then
+  go build -o "$WORK/linkbench" ./internal/link/cmd/linkbench
+  LINK=$WORK/linkbench
+fi
+
+addns() { ip netns add "$1"; NSS+=("$1"); ip -n "$1" link set lo up; }
+
+# iperf A -> B; prints Gbit/s received.
+iperf() {
+  local a=$1 b=$2 addr=$3
+  ip netns exec "$b" timeout $((T + 20)) iperf3 -s -1 >/dev/null 2>&1 &
+  local srv=$!
+  sleep 0.3
+  local out
+  out=$(ip netns exec "$a" timeout $((T + 15)) iperf3 -c "$addr" -t "$T" -J 2>/dev/null || true)
+  wait "$srv" 2>/dev/null || true
+  echo "$out" | jq -r '(.end.sum_received.bits_per_second // 0) / 1e9 | . * 100 | round / 100' 2>/dev/null || echo 0
+}
+
+# Kernel ceiling: a veth pair straight between two namespaces.
+kernel() {
+  local ka=${ID}ka kb=${ID}kb
+  addns "$ka"; addns "$kb"
+  ip -n "$ka" link add e0 type veth peer name e0 netns "$kb"
+  ip -n "$ka" addr add 10.78.0.1/24 dev e0; ip -n "$ka" link set e0 up
+  ip -n "$kb" addr add 10.78.0.2/24 dev e0; ip -n "$kb" link set e0 up
+  if [ "$1" = notso ]; then
+    ip netns exec "$ka" ethtool -K e0 tso off gso off >/dev/null
+    ip netns exec "$kb" ethtool -K e0 tso off gso off >/dev/null
+  fi
+  iperf "$ka" "$kb" 10.78.0.2
+  ip netns del "$ka"; ip netns del "$kb"
+}
+
+# The bridged topology for the link cases, made once.
+NA=${ID}a NB=${ID}b NL=${ID}l
+addns "$NA"; addns "$NB"; addns "$NL"
+for s in A B; do
+  n=${ID}${s,,}
+  ip -n "$NL" link add "br$s" type bridge
+  ip -n "$NL" link set "br$s" type bridge forward_delay 0 stp_state 0
+  ip -n "$NL" link set "br$s" up
+  ip -n "$NL" link add "v$s" type veth peer name eth0 netns "$n"
+  ip -n "$NL" link set "v$s" master "br$s" up
+done
+ip -n "$NA" addr add 10.77.0.1/24 dev eth0; ip -n "$NA" link set eth0 up
+ip -n "$NB" addr add 10.77.0.2/24 dev eth0; ip -n "$NB" link set eth0 up
+
+# startlink NAME ENDPOINT ENDPOINT: run a link process in NL, wait for it.
+startlink() {
+  local name=$1; shift
+  rm -f "$WORK/$name.ready"
+  local prof=()
+  [ "$PROFILE" = 1 ] && prof=(-cpuprofile "$WORK/$name.prof")
+  ip netns exec "$NL" "$LINK" -ready "$WORK/$name.ready" "${prof[@]}" "$@" >"$WORK/$name.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do
+    [ -e "$WORK/$name.ready" ] && return 0
+    kill -0 "${PIDS[-1]}" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "bench-link: link $name did not start:" >&2; cat "$WORK/$name.log" >&2; exit 1
+}
+stoplinks() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+plug() { ip -n "$NL" link set tA master brA up; ip -n "$NL" link set tB master brB up; }
+
+linkcase() {
+  local name=$1
+  case $name in
+    passthrough) startlink "$name" tap:tA tap:tB ;;
+    segment) startlink "$name" tap:tA tap:tB,vnet_hdr=off ;;
+    udp)
+      local p1=$((20000 + $$ % 20000)) p2=$((20001 + $$ % 20000))
+      startlink udp1 tap:tA "udp:127.0.0.1:$p1,remote=127.0.0.1:$p2"
+      startlink udp2 "udp:127.0.0.1:$p2,remote=127.0.0.1:$p1" tap:tB
+      ;;
+  esac
+  plug
+  sleep 0.5 # bridge ports forward at once (forward_delay 0); let ARP settle
+  iperf "$NA" "$NB" 10.77.0.2
+  stoplinks
+}
+
+declare -A R
+R[kernel]=$(kernel tso)
+R[kernel-noTSO]=$(kernel notso)
+for c in passthrough segment udp; do R[$c]=$(linkcase $c); done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%5.0f%%", 100 * a / b; else print "  n/a" }'; }
+echo
+echo "bench-link: iperf3 TCP, 1 stream, ${T}s, $(nproc) CPUs, $(uname -r), link command $(basename "$LINK")"
+printf "%-14s %10s %10s   %s\n" case Gbit/s "of kernel" "target"
+printf "%-14s %10s %10s   %s\n" kernel "${R[kernel]}" "100%" "(ceiling)"
+printf "%-14s %10s %10s   %s\n" kernel-noTSO "${R[kernel-noTSO]}" "$(ratio "${R[kernel-noTSO]}" "${R[kernel]}")" ""
+printf "%-14s %10s %10s   %s\n" passthrough "${R[passthrough]}" "$(ratio "${R[passthrough]}" "${R[kernel]}")" ">= 60% of kernel"
+printf "%-14s %10s %10s   %s\n" segment "${R[segment]}" "$(ratio "${R[segment]}" "${R[kernel]}")" \
+  ">= 50% of kernel-noTSO: $(ratio "${R[segment]}" "${R[kernel-noTSO]}" | tr -d ' ')"
+printf "%-14s %10s %10s   %s\n" udp "${R[udp]}" "$(ratio "${R[udp]}" "${R[kernel]}")" ">= 30% of kernel"
+echo
+for f in "$WORK"/*.log; do
+  echo "== link $(basename "$f" .log) counters at exit:"; sed 's/^/   /' "$f"
+done
+if [ "$PROFILE" = 1 ]; then
+  for f in "$WORK"/*.prof; do
+    [ -s "$f" ] || continue
+    echo "== CPU profile, link $(basename "$f" .prof) (go tool pprof -top):"
+    go tool pprof -top -nodecount=25 "$LINK" "$f" 2>/dev/null | sed 's/^/   /'
+  done
+fi

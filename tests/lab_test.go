@@ -1,0 +1,312 @@
+package tests
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vmnet/vmnet/internal/testenv"
+	"github.com/vmnet/vmnet/netns"
+)
+
+// writeLab writes a lab file whose state lives in a test directory.
+func writeLab(t *testing.T, body string) (path, stateDir string) {
+	t.Helper()
+	dir := t.TempDir()
+	stateDir = filepath.Join(dir, "state")
+	path = filepath.Join(dir, "lab.toml")
+	if err := os.WriteFile(path, []byte(fmt.Sprintf("[lab]\nname = %q\nstate_dir = %q\n%s", "t", stateDir, body)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path, stateDir
+}
+
+const twoNets = `
+[defaults]
+accel = "tcg"
+
+[[network]]
+name = "lan"
+addresses = ["10.70.0.1/24"]
+
+[[network]]
+name = "dmz"
+addresses = ["10.71.0.1/24"]
+
+[[vm]]
+name = "a"
+cpus = 2
+  [[vm.nic]]
+  network = "lan"
+  queues = 2
+  address = ["10.70.0.11/24"]
+
+[[vm]]
+name = "b"
+machine = "q35"
+gateway = ["10.70.0.1"]
+  [[vm.nic]]
+  network = "lan"
+  address = ["10.70.0.12/24"]
+
+[[vm]]
+name = "c"
+gateway = ["10.71.0.1"]
+  [[vm.nic]]
+  network = "dmz"
+  address = ["10.71.0.13/24"]
+`
+
+// ipLink is the part of `ip -d -j link` the tests compare against.
+type ipLink struct {
+	Ifname   string `json:"ifname"`
+	Master   string `json:"master"`
+	Linkinfo struct {
+		InfoKind string `json:"info_kind"`
+		InfoData struct {
+			MultiQueue        bool `json:"multi_queue"`
+			VnetHdr           bool `json:"vnet_hdr"`
+			NumQueues         int  `json:"numqueues"`
+			NumDisabledQueues int  `json:"numdisabled"`
+		} `json:"info_data"`
+	} `json:"linkinfo"`
+}
+
+func kernelLinks(t *testing.T, ns netns.Handle) map[string]ipLink {
+	t.Helper()
+	var out []byte
+	testenv.Do(t, ns, func() error {
+		var err error
+		out, err = exec.Command("ip", "-d", "-j", "link", "show").Output()
+		return err
+	})
+	var ls []ipLink
+	if err := json.Unmarshal(out, &ls); err != nil {
+		t.Fatalf("ip -j link: %v", err)
+	}
+	m := map[string]ipLink{}
+	for _, l := range ls {
+		m[l.Ifname] = l
+	}
+	return m
+}
+
+func TestLabUpStatusHotplugDown(t *testing.T) {
+	requireGuests(t)
+	ns := testenv.NetNS(t)
+	path, stateDir := writeLab(t, twoNets)
+	r := vmnetIn(t, ns, "up", path, "--detach")
+	if r.status != 0 {
+		t.Fatalf("up: %d\n%s%s", r.status, r.stdout, r.stderr)
+	}
+	t.Cleanup(func() { vmnetIn(t, ns, "down", path) })
+
+	// Idempotent: a second up changes nothing.
+	if r := vmnetIn(t, ns, "up", path); r.status != 0 || !strings.Contains(r.stdout, "already up") {
+		t.Errorf("second up: %d %q %q", r.status, r.stdout, r.stderr)
+	}
+
+	// Guests on one bridge reach each other and the host; the guest on
+	// the other bridge reaches neither (the host does not forward).
+	sh := func(vm, cmd string) result { return vmnetIn(t, ns, "sh", path, vm, "--timeout", "90s", "--", cmd) }
+	if r := sh("a", "ping -c 2 -W 5 10.70.0.12 && ping -c 1 -W 5 10.70.0.1"); r.status != 0 {
+		t.Errorf("a cannot reach b and the host: %d\n%s%s", r.status, r.stdout, r.stderr)
+	}
+	if r := sh("c", "ping -c 2 -W 2 10.70.0.11"); r.status == 0 {
+		t.Errorf("c on dmz reached a on lan:\n%s", r.stdout)
+	}
+	if r := sh("c", "ping -c 1 -W 5 10.71.0.1"); r.status != 0 {
+		t.Errorf("c cannot reach its own bridge: %d\n%s%s", r.status, r.stdout, r.stderr)
+	}
+
+	// status -o json agrees with the kernel for every NIC.
+	r = vmnetIn(t, ns, "status", path, "-o", "json")
+	var rep struct {
+		Phase string `json:"phase"`
+		VMs   []struct {
+			Name  string `json:"name"`
+			State string `json:"state"`
+			NICs  []struct {
+				Tap               string `json:"tap"`
+				VnetHdr           bool   `json:"vnet_hdr"`
+				NumQueues         int    `json:"num_queues"`
+				NumDisabledQueues int    `json:"num_disabled_queues"`
+			} `json:"nics"`
+		} `json:"vms"`
+	}
+	if r.status != 0 || json.Unmarshal([]byte(r.stdout), &rep) != nil {
+		t.Fatalf("status: %d %q %q", r.status, r.stdout, r.stderr)
+	}
+	k := kernelLinks(t, ns)
+	nics := 0
+	for _, vm := range rep.VMs {
+		if vm.State != "running" {
+			t.Errorf("vm %s: state %q", vm.Name, vm.State)
+		}
+		for _, n := range vm.NICs {
+			nics++
+			kl, ok := k[n.Tap]
+			kd := kl.Linkinfo.InfoData
+			if !ok || kl.Linkinfo.InfoKind != "tun" || kd.VnetHdr != n.VnetHdr {
+				t.Errorf("vm %s tap %s: status %+v, kernel %+v", vm.Name, n.Tap, n, kl)
+			}
+			if kd.MultiQueue && (kd.NumQueues != n.NumQueues || kd.NumDisabledQueues != n.NumDisabledQueues) {
+				t.Errorf("vm %s tap %s: status queues %d/%d, kernel %d/%d", vm.Name, n.Tap, n.NumQueues, n.NumDisabledQueues, kd.NumQueues, kd.NumDisabledQueues)
+			}
+		}
+	}
+	if rep.Phase != "up" || nics != 3 {
+		t.Errorf("status: phase %q, %d NICs", rep.Phase, nics)
+	}
+	if a := k["t-a-0"].Linkinfo.InfoData; !a.MultiQueue || a.NumQueues != 2 || a.NumDisabledQueues != 0 {
+		t.Errorf("a's tap should have 2 enabled queues once the guest driver runs: %+v", a)
+	}
+	if r := vmnetIn(t, ns, "status", path, "-o", "dot"); r.status != 0 || !strings.Contains(r.stdout, `"vm:a" -- "net:lan"`) {
+		t.Errorf("status -o dot: %d\n%s", r.status, r.stdout)
+	}
+
+	// Hot-plug: b gets a NIC on dmz, uses it, and loses it again.
+	if r := vmnetIn(t, ns, "nic", "add", path, "b", "--network", "dmz"); r.status != 0 {
+		t.Fatalf("nic add: %d %s", r.status, r.stderr)
+	}
+	if k := kernelLinks(t, ns); k["t-b-1"].Master != "t-dmz" {
+		t.Errorf("hot-plugged tap not on the dmz bridge: %+v", k["t-b-1"])
+	}
+	if r := sh("b", "ip addr add 10.71.0.12/24 dev eth1 && ip link set eth1 up && ping -c 2 -W 5 10.71.0.13"); r.status != 0 {
+		t.Errorf("hot-plugged NIC does not carry a ping: %d\n%s%s", r.status, r.stdout, r.stderr)
+	}
+	if r := vmnetIn(t, ns, "nic", "del", path, "b", "nic1"); r.status != 0 {
+		t.Fatalf("nic del: %d %s", r.status, r.stderr)
+	}
+	if _, ok := kernelLinks(t, ns)["t-b-1"]; ok {
+		t.Error("tap of the removed NIC still exists")
+	}
+	if r := sh("b", "test ! -e /sys/class/net/eth1"); r.status != 0 {
+		t.Errorf("guest still has eth1 after nic del:\n%s", r.stdout)
+	}
+
+	if r := vmnetIn(t, ns, "down", path); r.status != 0 {
+		t.Fatalf("down: %d %s", r.status, r.stderr)
+	}
+	onlyLoopback(t, ns)
+	noQEMU(t, stateDir)
+	if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
+		t.Errorf("state directory left: %v", err)
+	}
+}
+
+// noQEMU fails t when a QEMU process still runs from stateDir.
+func noQEMU(t *testing.T, stateDir string) {
+	t.Helper()
+	out, _ := exec.Command("pgrep", "-af", "qemu-system").Output()
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, stateDir) {
+			t.Errorf("QEMU left running: %s", line)
+		}
+	}
+}
+
+// TestLabFailedUpLeavesNothing: the second VM's kernel is not a kernel,
+// so QEMU refuses it after the first VM, the networks and the taps exist.
+func TestLabFailedUpLeavesNothing(t *testing.T) {
+	requireGuests(t)
+	ns := testenv.NetNS(t)
+	junk := filepath.Join(t.TempDir(), "not-a-kernel")
+	os.WriteFile(junk, []byte("this is not a kernel\n"), 0o644)
+	path, stateDir := writeLab(t, fmt.Sprintf(`
+[[network]]
+name = "lan"
+[[vm]]
+name = "good"
+accel = "tcg"
+  [[vm.nic]]
+  network = "lan"
+[[vm]]
+name = "bad"
+accel = "tcg"
+kernel = %q
+  [[vm.nic]]
+  network = "lan"
+`, junk))
+	r := vmnetIn(t, ns, "up", path, "--detach")
+	if r.status != 1 || !strings.Contains(r.stderr, "bad") {
+		t.Fatalf("up with a broken VM: status %d, want 1 naming vm bad\n%s", r.status, r.stderr)
+	}
+	onlyLoopback(t, ns)
+	noQEMU(t, stateDir)
+}
+
+// TestLabKilledSupervisor kills `vmnet up` with SIGKILL at several points
+// and checks that `vmnet down` still removes everything but the bridge
+// that existed before the lab.
+func TestLabKilledSupervisor(t *testing.T) {
+	requireGuests(t)
+	for _, point := range []string{"after-networks", "after-taps", "after-qemu"} {
+		t.Run(point, func(t *testing.T) {
+			ns := testenv.NetNS(t)
+			testenv.Do(t, ns, func() error { return exec.Command("ip", "link", "add", "pre0", "type", "bridge").Run() })
+			path, stateDir := writeLab(t, `
+[[network]]
+name = "lan"
+addresses = ["10.72.0.1/24"]
+[[network]]
+name = "old"
+bridge = "pre0"
+[[vm]]
+name = "a"
+accel = "tcg"
+  [[vm.nic]]
+  network = "lan"
+  [[vm.nic]]
+  network = "old"
+`)
+			cmd := exec.Command(vmnetBin, "--netns", fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(ns)), "up", path)
+			cmd.Env = append(os.Environ(), "VMNET_FAILPOINT="+point)
+			stderr, _ := cmd.StderrPipe()
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			reached := make(chan bool, 1)
+			go func() {
+				sc := bufio.NewScanner(stderr)
+				for sc.Scan() {
+					if strings.Contains(sc.Text(), "failpoint "+point+" reached") {
+						reached <- true
+					}
+				}
+				close(reached)
+			}()
+			select {
+			case ok := <-reached:
+				if !ok {
+					cmd.Wait()
+					t.Fatalf("vmnet up exited before failpoint %s", point)
+				}
+			case <-time.After(4 * time.Minute):
+				cmd.Process.Kill()
+				t.Fatalf("failpoint %s not reached", point)
+			}
+			cmd.Process.Signal(syscall.SIGKILL)
+			cmd.Wait()
+
+			if r := vmnetIn(t, ns, "down", path); r.status != 0 {
+				t.Fatalf("down: %d %s", r.status, r.stderr)
+			}
+			left := strings.TrimSpace(links(t, ns))
+			if strings.Count(left, "\n") != 1 || !strings.Contains(left, ": pre0:") {
+				t.Errorf("want only lo and the pre-existing pre0, have:\n%s", left)
+			}
+			noQEMU(t, stateDir)
+			if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
+				t.Errorf("state directory left: %v", err)
+			}
+		})
+	}
+}
