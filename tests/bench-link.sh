@@ -13,7 +13,7 @@
 #   passthrough  tap:tA <-> tap:tB, both vnet_hdr (super-frames pass whole)
 #   segment      tap:tA <-> tap:tB,vnet_hdr=off (vmnet segments in software)
 #   udp          tap:tA <-> udp:127.0.0.1:P1 ... udp:127.0.0.1:P2 <-> tap:tB (two link processes)
-# Environment: T (seconds, default 5), LINK (link command; default builds
+# Environment: T (seconds, default 5), CASES (default: all, in the order above), LINK (link command; default builds
 # ./internal/link/cmd/linkbench), PROFILE=1 (default) writes CPU profiles of
 # the link processes and prints `go tool pprof -top` for them.
 set -euo pipefail
@@ -55,6 +55,7 @@ iperf() {
   local out
   out=$(ip netns exec "$a" timeout $((T + 15)) iperf3 -c "$addr" -t "$T" -J 2>/dev/null || true)
   wait "$srv" 2>/dev/null || true
+  echo "$out" >"$WORK/iperf.$(date +%s%N).json"
   echo "$out" | jq -r '(.end.sum_received.bits_per_second // 0) / 1e9 | . * 100 | round / 100' 2>/dev/null || echo 0
 }
 
@@ -127,9 +128,16 @@ linkcase() {
 }
 
 declare -A R
-R[kernel]=$(kernel tso)
-R[kernel-noTSO]=$(kernel notso)
-for c in passthrough segment udp; do R[$c]=$(linkcase $c); done
+CASES=${CASES:-kernel kernel-noTSO passthrough segment udp}
+for c in kernel kernel-noTSO passthrough segment udp; do R[$c]=-; done
+for c in $CASES; do
+  case $c in
+    kernel) R[$c]=$(kernel tso) ;;
+    kernel-noTSO) R[$c]=$(kernel notso) ;;
+    passthrough | segment | udp) R[$c]=$(linkcase "$c") ;;
+    *) echo "bench-link: unknown case $c" >&2; exit 2 ;;
+  esac
+done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%5.0f%%", 100 * a / b; else print "  n/a" }'; }
 echo

@@ -107,11 +107,11 @@ func checkFuzzSegments(t *testing.T, p *Packet, frames [][]byte) {
 	t.Helper()
 	switch p.gso {
 	case GSONone:
-		want := p.Data
-		if p.Hdr.Flags&FlagNeedsCsum != 0 && !p.opt.PartialCsum {
-			want = append([]byte(nil), p.Data...)
-			at := int(p.Hdr.CsumStart) + int(p.Hdr.CsumOffset)
-			c := ^refFoldOdd(p.Data[p.Hdr.CsumStart:])
+		want := p.data
+		if p.hdr.Flags&FlagNeedsCsum != 0 && !p.opt.PartialCsum {
+			want = append([]byte(nil), p.data...)
+			at := int(p.hdr.CsumStart) + int(p.hdr.CsumOffset)
+			c := ^refFoldOdd(p.data[p.hdr.CsumStart:])
 			if c == 0 {
 				c = 0xffff
 			}
@@ -131,7 +131,7 @@ func checkFuzzSegments(t *testing.T, p *Packet, frames [][]byte) {
 		}
 		st := p.dataStart()
 		rest := p.h.l4 + 8 - st // bytes up to the end of the UDP header
-		if !bytes.Equal(data[rest:], p.Data[st+rest:]) || !bytes.Equal(data[:p.h.l4-st], p.Data[st:p.h.l4]) {
+		if !bytes.Equal(data[rest:], p.data[st+rest:]) || !bytes.Equal(data[:p.h.l4-st], p.data[st:p.h.l4]) {
 			t.Fatal("fragments do not carry the datagram")
 		}
 		return
@@ -176,7 +176,7 @@ func checkFuzzSegments(t *testing.T, p *Packet, frames [][]byte) {
 			t.Fatalf("segment %d: bad L4 checksum", i)
 		}
 	}
-	if !bytes.Equal(payload, p.Data[p.HeaderLen():]) {
+	if !bytes.Equal(payload, p.data[p.HeaderLen():]) {
 		t.Fatal("payload not preserved")
 	}
 }

@@ -205,7 +205,7 @@ func (c *cable) bToA() {
 		}
 		m := co.Coalesce(pkts)
 		for i := 0; i < m; i++ {
-			hdr, iov := co.Out(i)
+			hdr, _ := co.Out(i)
 			if hdr.GSOType != vnethdr.GSONone {
 				c.merged.Add(1)
 				if hdr.GSOType == vnethdr.GSOUDPL4 {
@@ -218,7 +218,6 @@ func (c *cable) bToA() {
 				c.fail(err)
 				return
 			}
-			_ = iov
 			if _, err := qa.WriteHdr(hb[:], wbuf[:l]); err != nil {
 				if !closed(err) {
 					c.fail(fmt.Errorf("kernel refused coalesced packet (%v): %w", hdr, err))

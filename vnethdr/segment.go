@@ -9,8 +9,8 @@ import (
 // Packet is a validated vnet header and frame, ready to be split. Parse makes
 // one; it holds offsets into Data and allocates nothing.
 type Packet struct {
-	Hdr  Hdr
-	Data []byte
+	hdr  Hdr
+	data []byte
 	opt  Options
 	h    headers
 	gso  uint8 // gso type without ECN; GSONone when the packet passes whole
@@ -36,7 +36,7 @@ func Validate(hdr Hdr, pkt []byte, opt Options) error {
 // Parse and Segment trust nothing in hdr or pkt: hostile input gets an *Error
 // naming the rule, never a panic or a write outside the caller's buffers.
 func Parse(hdr Hdr, pkt []byte, opt Options) (Packet, error) {
-	p := Packet{Hdr: hdr, Data: pkt, opt: opt}
+	p := Packet{hdr: hdr, data: pkt, opt: opt}
 	gso := hdr.GSOType &^ GSOECN
 	thlen, nhMin := 0, 20
 	if hdr.GSOType != GSONone {
@@ -201,6 +201,12 @@ func boolInt(b bool) int {
 	return 0
 }
 
+// Hdr returns the vnet header the packet came with.
+func (p *Packet) Hdr() Hdr { return p.hdr }
+
+// Data returns the frame the packet was parsed from.
+func (p *Packet) Data() []byte { return p.data }
+
 // Segments returns how many frames Segment writes.
 func (p *Packet) Segments() int { return p.segs }
 
@@ -227,9 +233,9 @@ func (p *Packet) HeaderLen() int {
 // headers plus gso_size, or the whole packet when it passes whole.
 func (p *Packet) MaxSegmentLen() int {
 	if p.gso == GSONone {
-		return len(p.Data)
+		return len(p.data)
 	}
-	return p.HeaderLen() + min(p.mss, len(p.Data)-p.dataStart())
+	return p.HeaderLen() + min(p.mss, len(p.data)-p.dataStart())
 }
 
 func (p *Packet) dataStart() int {
@@ -251,8 +257,8 @@ func (p *Packet) SegmentHdr() Hdr {
 	}
 	switch p.gso {
 	case GSONone:
-		if p.Hdr.Flags&FlagNeedsCsum != 0 {
-			return Hdr{Flags: FlagNeedsCsum, HdrLen: p.Hdr.HdrLen, CsumStart: p.Hdr.CsumStart, CsumOffset: p.Hdr.CsumOffset}
+		if p.hdr.Flags&FlagNeedsCsum != 0 {
+			return Hdr{Flags: FlagNeedsCsum, HdrLen: p.hdr.HdrLen, CsumStart: p.hdr.CsumStart, CsumOffset: p.hdr.CsumOffset}
 		}
 		return Hdr{}
 	case GSOTCPv4, GSOTCPv6:
@@ -279,19 +285,19 @@ func (p *Packet) Segment(out [][]byte, sizes []int) (int, error) {
 		return 0, err
 	}
 	if p.gso == GSONone {
-		n := len(p.Data)
+		n := len(p.data)
 		if len(out[0]) < n {
 			return 0, fail(RuleShortBatch, "buffer of %d bytes for a %d-byte frame", len(out[0]), n)
 		}
-		copy(out[0], p.Data)
+		copy(out[0], p.data)
 		sizes[0] = n
-		if p.Hdr.Flags&FlagNeedsCsum != 0 && !p.opt.PartialCsum {
-			completeCsum(out[0][:n], int(p.Hdr.CsumStart), int(p.Hdr.CsumOffset))
+		if p.hdr.Flags&FlagNeedsCsum != 0 && !p.opt.PartialCsum {
+			completeCsum(out[0][:n], int(p.hdr.CsumStart), int(p.hdr.CsumOffset))
 		}
 		return 1, nil
 	}
 	hl, start := p.HeaderLen(), p.dataStart()
-	data := len(p.Data) - start
+	data := len(p.data) - start
 	for i := 0; i < p.segs; i++ {
 		want := hl + min(p.mss, data-i*p.mss)
 		if len(out[i]) < want {
@@ -302,18 +308,18 @@ func (p *Packet) Segment(out [][]byte, sizes []int) (int, error) {
 		return p.fragment(out, sizes), nil
 	}
 	ctx := p.newSegCtx()
-	hdr := p.Data[:hl]
+	hdr := p.data[:hl]
 	for i := 0; i < p.segs; i++ {
 		off := start + i*p.mss
-		end := min(off+p.mss, len(p.Data))
+		end := min(off+p.mss, len(p.data))
 		dst := out[i]
 		copy(dst, hdr)
 		m := end - off
 		var ps uint64
 		if p.opt.PartialCsum {
-			copy(dst[hl:], p.Data[off:end])
+			copy(dst[hl:], p.data[off:end])
 		} else {
-			ps = copySum(dst[hl:], p.Data[off:end])
+			ps = copySum(dst[hl:], p.data[off:end])
 		}
 		ctx.fix(dst, hl+m, i, ps)
 		sizes[i] = hl + m
@@ -323,7 +329,7 @@ func (p *Packet) Segment(out [][]byte, sizes []int) (int, error) {
 
 // SegmentIov splits without copying the payload: segment i is heads[i][:headLens[i]]
 // (headers written into the caller's buffer) followed by payloads[i], a slice
-// of p.Data, ready for writev or sendmmsg. UFO packets are not supported here
+// of p.data, ready for writev or sendmmsg. UFO packets are not supported here
 // (their fragments cut through the UDP header); use Segment.
 func (p *Packet) SegmentIov(heads [][]byte, headLens []int, payloads [][]byte) (int, error) {
 	if err := p.checkBatch(min(len(heads), len(payloads)), len(headLens)); err != nil {
@@ -333,23 +339,23 @@ func (p *Packet) SegmentIov(heads [][]byte, headLens []int, payloads [][]byte) (
 	case GSOUDP:
 		return 0, fmt.Errorf("vnethdr: SegmentIov does not fragment UFO packets; use Segment")
 	case GSONone:
-		if p.Hdr.Flags&FlagNeedsCsum == 0 || p.opt.PartialCsum {
+		if p.hdr.Flags&FlagNeedsCsum == 0 || p.opt.PartialCsum {
 			headLens[0] = 0
-			payloads[0] = p.Data
+			payloads[0] = p.data
 			return 1, nil
 		}
 		// The checksum field lies inside the packet: copy up to and including it.
-		end := int(p.Hdr.CsumStart) + int(p.Hdr.CsumOffset) + 2
+		end := int(p.hdr.CsumStart) + int(p.hdr.CsumOffset) + 2
 		if len(heads[0]) < end {
 			return 0, fail(RuleShortBatch, "head buffer of %d bytes, need %d", len(heads[0]), end)
 		}
-		copy(heads[0], p.Data[:end])
-		start, off := int(p.Hdr.CsumStart), int(p.Hdr.CsumOffset)
+		copy(heads[0], p.data[:end])
+		start, off := int(p.hdr.CsumStart), int(p.hdr.CsumOffset)
 		// The field keeps the pseudo-header seed, which is part of the sum.
-		s := add(sumLE(heads[0][start:end]), sumAt(p.Data[end:], end-start))
+		s := add(sumLE(heads[0][start:end]), sumAt(p.data[end:], end-start))
 		putCsum(heads[0][start+off:], s, true)
 		headLens[0] = end
-		payloads[0] = p.Data[end:]
+		payloads[0] = p.data[end:]
 		return 1, nil
 	}
 	hl := p.h.pay
@@ -359,11 +365,11 @@ func (p *Packet) SegmentIov(heads [][]byte, headLens []int, payloads [][]byte) (
 		}
 	}
 	ctx := p.newSegCtx()
-	hdr := p.Data[:hl]
+	hdr := p.data[:hl]
 	for i := 0; i < p.segs; i++ {
 		off := hl + i*p.mss
-		end := min(off+p.mss, len(p.Data))
-		pl := p.Data[off:end]
+		end := min(off+p.mss, len(p.data))
+		pl := p.data[off:end]
 		var ps uint64
 		if !p.opt.PartialCsum {
 			ps = sumLE(pl)
@@ -407,7 +413,7 @@ func le(v uint16) uint64 { return uint64(bits.ReverseBytes16(v)) }
 
 func (p *Packet) newSegCtx() segCtx {
 	c := segCtx{p: p, partial: p.opt.PartialCsum}
-	b := p.Data
+	b := p.data
 	l3, l4, pay := p.h.l3, p.h.l4, p.h.pay
 	if p.h.ipv6 {
 		c.pseudo = sumLE(b[l3+8 : l3+40])

@@ -18,7 +18,7 @@ func init() { ipv6FragID.Store(uint32(time.Now().UnixNano())) }
 // unfragmentable headers are cut into gso_size (rounded down to 8) pieces.
 // The caller checked the buffers.
 func (p *Packet) fragment(out [][]byte, sizes []int) int {
-	b := p.Data
+	b := p.data
 	l3, l4 := p.h.l3, p.h.l4
 	hl, start := p.HeaderLen(), p.dataStart()
 
@@ -26,7 +26,7 @@ func (p *Packet) fragment(out [][]byte, sizes []int) int {
 	copy(udp[:], b[l4:l4+8])
 	ulen := len(b) - l4
 	binary.BigEndian.PutUint16(udp[4:], uint16(ulen))
-	keepZero := !p.h.ipv6 && p.Hdr.Flags&FlagNeedsCsum == 0 && udp[6] == 0 && udp[7] == 0
+	keepZero := !p.h.ipv6 && p.hdr.Flags&FlagNeedsCsum == 0 && udp[6] == 0 && udp[7] == 0
 	if !keepZero {
 		udp[6], udp[7] = 0, 0
 		var ph uint64

@@ -373,20 +373,17 @@ func (l *Lab) Teardown(ctx context.Context) error {
 	}
 	wg.Wait()
 	l.vms = map[string]*qemu.VM{}
-	for vm, hs := range l.hotplug {
+	var taps []*tap.Tap
+	for _, hs := range l.hotplug {
 		for _, h := range hs {
-			if err := closeAndDelete(h.tap, l.cfg.Name); err != nil {
-				errs = append(errs, err)
-			}
+			taps = append(taps, h.tap)
 		}
-		delete(l.hotplug, vm)
 	}
-	for nic, t := range l.taps {
-		if err := closeAndDelete(t, l.cfg.Name); err != nil {
-			errs = append(errs, err)
-		}
-		delete(l.taps, nic)
+	for _, t := range l.taps {
+		taps = append(taps, t)
 	}
+	l.hotplug, l.taps = map[string][]*hotNIC{}, map[*vmconfig.NIC]*tap.Tap{}
+	errs = append(errs, closeAndDeleteAll(taps, l.cfg.Name))
 	for i := len(l.bridges) - 1; i >= 0; i-- {
 		if err := l.br.Delete(l.bridges[i], l.cfg.Name, false); err != nil && !errors.Is(err, bridge.ErrNotFound) {
 			errs = append(errs, err)
@@ -399,6 +396,31 @@ func (l *Lab) Teardown(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 		l.state = nil
+	}
+	return errors.Join(errs...)
+}
+
+// closeAndDeleteAll is closeAndDelete for many taps. Closing a queue
+// waits for an RCU grace period in the kernel, so the closes run in
+// parallel; the deletes stay on the calling thread, whose network
+// namespace is the taps'.
+func closeAndDeleteAll(taps []*tap.Tap, owner string) error {
+	errs := make([]error, len(taps))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for i, t := range taps {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = t.Close()
+		}()
+	}
+	wg.Wait()
+	for i, t := range taps {
+		if err := tap.Delete(t.Name(), owner, false); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs[i] = errors.Join(errs[i], err)
+		}
 	}
 	return errors.Join(errs...)
 }

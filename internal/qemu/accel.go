@@ -66,9 +66,9 @@ const (
 )
 
 type kvmSegment struct {
-	Base                                            uint64
-	Limit                                           uint32
-	Selector                                        uint16
+	Base                                              uint64
+	Limit                                             uint32
+	Selector                                          uint16
 	Type, Present, DPL, DB, S, L, G, AVL, Unusable, _ uint8
 }
 
@@ -92,7 +92,7 @@ type kvmRegs struct {
 }
 
 type kvmMemRegion struct {
-	Slot, Flags                     uint32
+	Slot, Flags                    uint32
 	GuestPhys, Size, UserspaceAddr uint64
 }
 

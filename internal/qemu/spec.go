@@ -93,11 +93,11 @@ type Spec struct {
 
 // NIC is one guest network interface backed by an already opened tap.
 type NIC struct {
-	ID    string     // netdev and device id; also names the NIC in errors
-	Model string     // default virtio-net-pci (virtio-net-device on microvm)
-	MAC   string     // optional, e.g. 52:54:00:12:34:56
+	ID     string     // netdev and device id; also names the NIC in errors
+	Model  string     // default virtio-net-pci (virtio-net-device on microvm)
+	MAC    string     // optional, e.g. 52:54:00:12:34:56
 	Queues []*os.File // one fd per tap queue; the caller keeps ownership
-	Vhost string     // auto (default), on or off
+	Vhost  string     // auto (default), on or off
 
 	// Bus places the device; Hotplug fills it with a free root port on q35.
 	Bus string

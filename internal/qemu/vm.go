@@ -1,6 +1,3 @@
-// Package qemu starts QEMU guests wired to vmnet's multi-queue vnet_hdr
-// taps (fds inherited, never opened by QEMU), streams their serial console,
-// and drives them over QMP: status, NIC hot-plug, shutdown.
 package qemu
 
 import (
@@ -195,7 +192,7 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	if s.User != nil {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: s.User.UID, Gid: s.User.GID, Groups: []uint32{}}
 	}
-	if err := cmd.Start(); err != nil {
+	if err := startFromLauncher(cmd); err != nil {
 		return nil, fmt.Errorf("%s: start %s: %w", name, cl.Binary, err)
 	}
 	vm.cmd = cmd

@@ -126,13 +126,6 @@ func (l *lab) queues(t *testing.T, name string) (enabled, disabled int) {
 	return tt.Queues, tt.DisabledQueues
 }
 
-type testLog struct{ t *testing.T }
-
-func (w testLog) Write(p []byte) (int, error) {
-	w.t.Logf("console: %s", strings.TrimRight(string(p), "\r\n"))
-	return len(p), nil
-}
-
 func guestSpec(t *testing.T, img images.Image, name string, g GuestArgs) Spec {
 	t.Helper()
 	app, err := g.Append("")
@@ -675,4 +668,20 @@ func TestGuestAsUser(t *testing.T) {
 	if st := wait(t, vm, 60*time.Second); st != 0 {
 		t.Fatalf("guest as nobody: exit %d:\n%s", st, strings.Join(vm.ConsoleTail(20), "\n"))
 	}
+}
+
+// A guest whose set-up fails (VMNET-ERROR) makes WaitReady fail at once
+// with the guest's reason, instead of waiting for the timeout.
+func TestGuestSetupError(t *testing.T) {
+	img := guestImage(t)
+	s := guestSpec(t, img, "broken", GuestArgs{IPs: []GuestIP{{Iface: "eth7", Addrs: addr("10.0.0.2/24")}}, Cmd: "true"})
+	s.CPUs = 1
+	vm := start(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	err := vm.WaitReady(ctx)
+	if err == nil || !strings.Contains(err.Error(), "vm broken: guest set-up failed: VMNET-ERROR") || !strings.Contains(err.Error(), "eth7") {
+		t.Fatalf("WaitReady: %v", err)
+	}
+	t.Log(err)
 }

@@ -1,0 +1,129 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmnet/vmnet/internal/testenv"
+	"github.com/vmnet/vmnet/netns"
+	"github.com/vmnet/vmnet/vmconfig"
+)
+
+// labOf parses a lab file body with file checks off.
+func labOf(t testing.TB, body string) *vmconfig.Lab {
+	t.Helper()
+	cfg, err := vmconfig.Parse("lab.toml", []byte(body), vmconfig.Options{SkipFileChecks: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func manyNICs(n, queues int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "[lab]\nname = \"p\"\nstate_dir = \"/tmp/vmnet-bench-state\"\n[[network]]\nname = \"n\"\nmtu = 9000\n[[vm]]\nname = \"v\"\ncpus = %d\n", queues)
+	for range n {
+		fmt.Fprintf(&b, "[[vm.nic]]\nnetwork = \"n\"\nqueues = %d\n", queues)
+	}
+	return b.String()
+}
+
+// TestProvisionAndTeardown creates a network and a VM's taps without
+// booting it, checks them with iproute2 and tears them down, leaving a
+// reused bridge in place.
+func TestProvisionAndTeardown(t *testing.T) {
+	ns := testenv.NetNS(t)
+	cfg := labOf(t, `[lab]
+name = "p"
+[[network]]
+name = "n"
+mtu = 9000
+addresses = ["10.66.0.1/24"]
+[[network]]
+name = "old"
+bridge = "pre0"
+[[vm]]
+name = "v"
+cpus = 4
+  [[vm.nic]]
+  network = "n"
+  [[vm.nic]]
+  network = "old"
+  queues = 1
+  vnet_hdr = false
+`)
+	testenv.Do(t, ns, func() error {
+		if out, err := exec.Command("ip", "link", "add", "pre0", "type", "bridge").CombinedOutput(); err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		l, err := New(cfg, Options{RunDir: t.TempDir()})
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		if err := l.CreateTaps(cfg.VMs[0]); err != nil {
+			return err
+		}
+		out, _ := exec.Command("ip", "-d", "link", "show", "p-v-0").CombinedOutput()
+		for _, want := range []string{"master p-n", "mtu 9000", "multi_queue", "vnet_hdr on", "numqueues 4"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("p-v-0 lacks %q:\n%s", want, out)
+			}
+		}
+		out, _ = exec.Command("ip", "-d", "link", "show", "p-v-1").CombinedOutput()
+		if !strings.Contains(string(out), "master pre0") || !strings.Contains(string(out), "vnet_hdr off") {
+			t.Errorf("p-v-1:\n%s", out)
+		}
+		if err := l.Teardown(context.Background()); err != nil {
+			return err
+		}
+		ifs, _ := net.Interfaces()
+		var names []string
+		for _, i := range ifs {
+			names = append(names, i.Name)
+		}
+		if strings.Join(names, ",") != "lo,pre0" {
+			t.Errorf("after teardown: %v, want lo and the reused pre0", names)
+		}
+		return nil
+	})
+}
+
+// BenchmarkProvision100NICs creates 100 NICs of 4 queues each on one
+// bridge (taps with vnet_hdr and offloads, attached to the bridge): the
+// part of `vmnet up` before QEMU. Teardown runs with the timer stopped and
+// is reported as its own metric.
+func BenchmarkProvision100NICs(b *testing.B) {
+	ns := testenv.NetNS(b)
+	cfg := labOf(b, manyNICs(100, 4))
+	b.ReportAllocs()
+	var down time.Duration
+	for b.Loop() {
+		err := netns.Do(ns, func() error {
+			l, err := New(cfg, Options{RunDir: b.TempDir()})
+			if err != nil {
+				return err
+			}
+			defer l.Close()
+			if err := l.CreateTaps(cfg.VMs[0]); err != nil {
+				return err
+			}
+			b.StopTimer()
+			t := time.Now()
+			err = l.Teardown(context.Background())
+			down += time.Since(t)
+			b.StartTimer()
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/100/1000, "ms/nic")
+	b.ReportMetric(float64(down.Microseconds())/float64(b.N)/100/1000, "teardown-ms/nic")
+}
