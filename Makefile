@@ -20,6 +20,7 @@ vet:
 # Every test, as root: unit, kernel (private namespaces), guests and fuzz.
 test: deps vet build
 	./scripts/gotest.sh -timeout 45m $(PKGS)
+	./scripts/gotest.sh -tags purego ./vnethdr/
 	$(MAKE) fuzz
 
 # Short fuzz runs over every target; the seed corpora also run in `go test`.

@@ -120,6 +120,17 @@ func New(ns netns.Handle) (*Manager, error) {
 	return &Manager{h: h, socks: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}}, nil
 }
 
+// NewCurrent returns a Manager for the calling thread's namespace (the
+// one netns.Do or `vmnet --netns` entered).
+func NewCurrent() (*Manager, error) {
+	cur, err := netns.Current()
+	if err != nil {
+		return nil, fmt.Errorf("bridge: current network namespace: %w", err)
+	}
+	defer cur.Close()
+	return New(cur)
+}
+
 // Handle is the netlink handle the Manager uses, bound to its namespace.
 func (m *Manager) Handle() *netlink.Handle { return m.h }
 

@@ -8,7 +8,6 @@ import (
 	"text/tabwriter"
 
 	"github.com/vmnet/vmnet/bridge"
-	"github.com/vmnet/vmnet/netns"
 )
 
 func bridgeCommand() *command {
@@ -22,17 +21,6 @@ func bridgeCommand() *command {
 			{name: "del", args: "BRIDGE PORT", summary: "detach an interface from a bridge", run: bridgePortDel},
 		}},
 	}}
-}
-
-// newBridgeManager works in the calling thread's network namespace, which
-// --netns has already entered.
-func newBridgeManager() (*bridge.Manager, error) {
-	cur, err := netns.Current()
-	if err != nil {
-		return nil, err
-	}
-	defer cur.Close()
-	return bridge.New(cur)
 }
 
 // onOff is a tri-state flag: unset, on or off.
@@ -133,7 +121,7 @@ func bridgeCreate(e *env, args []string) error {
 		}
 		cfg.GroupFwdMask = uint16(m)
 	}
-	m, err := newBridgeManager()
+	m, err := bridge.NewCurrent()
 	if err != nil {
 		return err
 	}
@@ -161,7 +149,7 @@ func bridgeShow(e *env, args []string) error {
 	if err := o.check("table", "json"); err != nil {
 		return err
 	}
-	m, err := newBridgeManager()
+	m, err := bridge.NewCurrent()
 	if err != nil {
 		return err
 	}
@@ -187,7 +175,7 @@ func bridgeList(e *env, args []string) error {
 	if err := o.check("table", "json"); err != nil {
 		return err
 	}
-	m, err := newBridgeManager()
+	m, err := bridge.NewCurrent()
 	if err != nil {
 		return err
 	}
@@ -255,7 +243,7 @@ func bridgeDelete(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	m, err := newBridgeManager()
+	m, err := bridge.NewCurrent()
 	if err != nil {
 		return err
 	}
@@ -295,7 +283,7 @@ func bridgePortAdd(e *env, args []string) error {
 	if *transparent {
 		p.GroupFwdMask = bridge.PortTransparentMask
 	}
-	m, err := newBridgeManager()
+	m, err := bridge.NewCurrent()
 	if err != nil {
 		return err
 	}
@@ -313,7 +301,7 @@ func bridgePortDel(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	m, err := newBridgeManager()
+	m, err := bridge.NewCurrent()
 	if err != nil {
 		return err
 	}

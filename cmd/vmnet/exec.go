@@ -117,7 +117,7 @@ func execProgram(e *env, args []string) error {
 		o.Programs = strings.Split(*progs, ",")
 	}
 	if o.Timeout == 0 {
-		o.Timeout = testTimeout(o.Args)
+		o.Timeout = gexec.TimeoutFor(o.Args)
 	}
 	if *cpus < 1 {
 		return usagef("vmnet exec: --cpus %d: want at least 1", *cpus)
@@ -129,7 +129,7 @@ func execProgram(e *env, args []string) error {
 	} else {
 		// Image builds take a while and say so; a cached image says nothing,
 		// since go test shows stderr as test output.
-		o.Progress = &dropLines{w: e.stderr, drop: "using cached image"}
+		o.Progress = &quietCached{w: e.stderr}
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -157,43 +157,44 @@ func execProgram(e *env, args []string) error {
 	}
 }
 
-// testTimeout is a go test binary's own -test.timeout plus a minute for
-// booting and reporting, so that the test's panic with its goroutine dump
-// comes first; 10 minutes otherwise.
-func testTimeout(args []string) time.Duration {
-	for i, a := range args {
-		s := strings.TrimLeft(a, "-")
-		v, ok := strings.CutPrefix(s, "test.timeout=")
-		if !ok && s == "test.timeout" && i+1 < len(args) {
-			v, ok = args[i+1], true
-		}
-		if ok {
-			if d, err := time.ParseDuration(v); err == nil && d > 0 {
-				return d + time.Minute
-			}
-		}
+// quietCached holds back the image recipe's first steps and drops them
+// when the image turns out to be cached; anything else (a build) is shown.
+type quietCached struct {
+	w       io.Writer
+	held    []byte
+	partial []byte
+	pass    bool
+	drop    bool
+}
+
+func (q *quietCached) Write(p []byte) (int, error) {
+	if q.pass {
+		return q.w.Write(p)
 	}
-	return 10 * time.Minute
-}
-
-// dropLines passes on whole lines except those containing drop.
-type dropLines struct {
-	w    io.Writer
-	drop string
-	buf  []byte
-}
-
-func (d *dropLines) Write(p []byte) (int, error) {
-	d.buf = append(d.buf, p...)
+	if q.drop {
+		return len(p), nil
+	}
+	q.partial = append(q.partial, p...)
 	for {
-		i := strings.IndexByte(string(d.buf), '\n')
+		i := strings.IndexByte(string(q.partial), '\n')
 		if i < 0 {
 			return len(p), nil
 		}
-		line := d.buf[:i+1]
-		if !strings.Contains(string(line), d.drop) {
-			d.w.Write(line)
+		line := string(q.partial[:i+1])
+		q.partial = q.partial[i+1:]
+		switch {
+		case strings.Contains(line, "using cached image"):
+			q.drop, q.held = true, nil
+			return len(p), nil
+		case strings.Contains(line, "read host programs"), strings.Contains(line, "resolve "):
+			q.held = append(q.held, line...)
+		default:
+			q.pass = true
+			q.w.Write(q.held)
+			q.w.Write([]byte(line))
+			q.w.Write(q.partial)
+			q.held, q.partial = nil, nil
+			return len(p), nil
 		}
-		d.buf = d.buf[i+1:]
 	}
 }

@@ -62,7 +62,7 @@ func tapCreate(e *env, args []string) error {
 	}
 	var m *bridge.Manager
 	if *br != "" {
-		if m, err = newBridgeManager(); err != nil {
+		if m, err = bridge.NewCurrent(); err != nil {
 			return err
 		}
 		defer m.Close()

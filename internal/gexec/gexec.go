@@ -138,6 +138,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			vm.Stop(sctx)
 			cancel()
+			out.flush() // what the program wrote before it was cut off
 		}
 	}()
 	bctx, cancel := context.WithTimeout(ctx, o.BootTimeout)
@@ -209,7 +210,7 @@ func (o *Options) defaults() error {
 		o.BootTimeout = 2 * time.Minute
 	}
 	if o.Timeout == 0 {
-		o.Timeout = 10 * time.Minute
+		o.Timeout = TimeoutFor(o.Args)
 	}
 	for _, kv := range o.Env {
 		k, _, ok := strings.Cut(kv, "=")
@@ -220,9 +221,12 @@ func (o *Options) defaults() error {
 	return nil
 }
 
-// env is what the guest gets: DefaultEnv from the host, then o.Env.
+// GuestEnv is set to 1 in the guest, so that tests can tell where they run.
+const GuestEnv = "VMNET_EXEC_GUEST"
+
+// env is what the guest gets: DefaultEnv from the host, GuestEnv, then o.Env.
 func (o *Options) env() []string {
-	var env []string
+	env := []string{GuestEnv + "=1"}
 	for _, k := range DefaultEnv {
 		if v, ok := os.LookupEnv(k); ok {
 			env = append(env, k+"="+v)
@@ -254,6 +258,11 @@ func (o *Options) writeInitrd(ctx context.Context, base, dst string) error {
 	var buf bytes.Buffer
 	buf.Grow(len(b) + len(prog) + 8<<20)
 	buf.Write(b)
+	// The kernel looks for a following cpio header only at 4-byte aligned
+	// offsets and skips zero bytes in between.
+	for buf.Len()%4 != 0 {
+		buf.WriteByte(0)
+	}
 	ov := newOverlay(&buf)
 	guestProg := path.Join("/", guestProgDir, filepath.Base(o.Program))
 	ov.file(guestProg, 0o755, prog)
@@ -300,4 +309,24 @@ func (o *Options) outputDirs() []string {
 		}
 	}
 	return dirs
+}
+
+// TimeoutFor is the time to allow a go test binary with these arguments:
+// its own -test.timeout plus a minute for booting and reporting, so that
+// the test's panic with its goroutine dump comes first; 10 minutes for
+// other programs.
+func TimeoutFor(args []string) time.Duration {
+	for i, a := range args {
+		s := strings.TrimLeft(a, "-")
+		v, ok := strings.CutPrefix(s, "test.timeout=")
+		if !ok && s == "test.timeout" && a != s && i+1 < len(args) {
+			v, ok = args[i+1], true
+		}
+		if ok && a != s {
+			if d, err := time.ParseDuration(v); err == nil && d > 0 {
+				return d + time.Minute
+			}
+		}
+	}
+	return 10 * time.Minute
 }

@@ -45,12 +45,7 @@ func (f *outputFilter) Write(p []byte) (int, error) {
 	for i := 0; i < len(p); i++ {
 		c := p[i]
 		switch {
-		case f.done:
-			if f.boot != nil {
-				f.boot.Write(p[i:])
-			}
-			i = len(p)
-		case !f.ready:
+		case f.done, !f.ready:
 			f.bootByte(c)
 		default:
 			f.outByte(c)
@@ -63,6 +58,8 @@ func (f *outputFilter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// bootByte takes the console outside the program's run: boot messages,
+// and power-off messages after the exit marker.
 func (f *outputFilter) bootByte(c byte) {
 	if c != '\n' {
 		if len(f.line) < maxBootLine {

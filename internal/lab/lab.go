@@ -18,7 +18,6 @@ import (
 	"github.com/vmnet/vmnet/bridge"
 	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/internal/qemu"
-	"github.com/vmnet/vmnet/netns"
 	"github.com/vmnet/vmnet/tap"
 	"github.com/vmnet/vmnet/vmconfig"
 	"golang.org/x/sys/unix"
@@ -62,7 +61,7 @@ type Lab struct {
 
 // New prepares to bring cfg up in the calling thread's network namespace.
 func New(cfg *vmconfig.Lab, opts Options) (*Lab, error) {
-	br, err := newBridgeManager()
+	br, err := bridge.NewCurrent()
 	if err != nil {
 		return nil, err
 	}
@@ -439,12 +438,3 @@ func closeAndDelete(t *tap.Tap, owner string) error {
 
 // Close releases the netlink sockets; call after Teardown.
 func (l *Lab) Close() { l.br.Close() }
-
-func newBridgeManager() (*bridge.Manager, error) {
-	cur, err := netns.Current()
-	if err != nil {
-		return nil, err
-	}
-	defer cur.Close()
-	return bridge.New(cur)
-}

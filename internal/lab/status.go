@@ -83,7 +83,7 @@ func Describe(st *State, cfg *vmconfig.Lab, vmStatus map[string]string) Report {
 		created[b] = true
 	}
 	var bm *bridge.Manager
-	if m, err := newBridgeManager(); err == nil {
+	if m, err := bridge.NewCurrent(); err == nil {
 		bm = m
 		defer m.Close()
 	}

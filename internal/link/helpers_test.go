@@ -3,6 +3,7 @@ package link
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -305,19 +306,20 @@ func checkWire(t *testing.T, file string, maxLen int) (frames, tcpBytes int) {
 	if len(bad) > 0 {
 		t.Errorf("%s: %d frames too long or with bad checksums, first: %q", file, len(bad), bad[:min(5, len(bad))])
 	}
-	lens := tshark(t, file, append(opts, "-T", "fields", "-e", "tcp.len")...)
-	for _, l := range lens {
-		var n int
-		fmt.Sscan(l, &n)
+	lines := tshark(t, file, append(opts, "-T", "fields", "-e", "frame.number", "-e", "tcp.len")...)
+	for _, l := range lines {
+		var num, n int
+		fmt.Sscan(l, &num, &n)
 		tcpBytes += n
 	}
-	return len(lens), tcpBytes
+	return len(lines), tcpBytes
 }
 
 // rawSocket is an AF_PACKET socket on an interface for writing and
 // reading test frames.
 type rawSocket struct {
-	fd int
+	fd   int
+	vnet bool
 }
 
 func openRaw(t *testing.T, ns netns.Handle, ifname string, vnet bool) *rawSocket {
@@ -339,6 +341,10 @@ func openRaw(t *testing.T, ns netns.Handle, ifname string, vnet bool) *rawSocket
 			}
 		}
 		unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1)
+		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_AUXDATA, 1); err != nil {
+			return err
+		}
+		s.vnet = vnet
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
 		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})
 	})
@@ -353,20 +359,62 @@ func (s *rawSocket) send(t *testing.T, b []byte) {
 	}
 }
 
-// recv returns frames until timeout passes without one.
+// recv returns frames until timeout passes without one, with an 802.1Q
+// tag the receiving device took out of the data put back in (as libpcap
+// does), so that frames compare with what was sent.
 func (s *rawSocket) recv(timeout time.Duration) [][]byte {
 	var frames [][]byte
 	tv := unix.NsecToTimeval(timeout.Nanoseconds())
 	unix.SetsockoptTimeval(s.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	buf := make([]byte, 70000)
+	oob := make([]byte, 256)
 	for {
-		n, err := unix.Read(s.fd, buf)
+		n, oobn, _, _, err := unix.Recvmsg(s.fd, buf, oob, 0)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
 			return frames
 		}
-		frames = append(frames, append([]byte(nil), buf[:n]...))
+		f := append([]byte(nil), buf[:n]...)
+		msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
+		for _, m := range msgs {
+			if m.Header.Level != unix.SOL_PACKET || m.Header.Type != unix.PACKET_AUXDATA || len(m.Data) < 20 {
+				continue
+			}
+			status := binary.NativeEndian.Uint32(m.Data[0:])
+			tci, tpid := binary.NativeEndian.Uint16(m.Data[16:]), binary.NativeEndian.Uint16(m.Data[18:])
+			if status&unix.TP_STATUS_VLAN_VALID != 0 {
+				if status&unix.TP_STATUS_VLAN_TPID_VALID == 0 {
+					tpid = 0x8100
+				}
+				at := 12
+				if s.vnet {
+					at += 10
+				}
+				tag := binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint16(nil, tpid), tci)
+				f = append(f[:at:at], append(tag, f[at:]...)...)
+			}
+		}
+		frames = append(frames, f)
 	}
+}
+
+// lockedBuffer collects a child's output while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b = append(l.b, p...)
+	return len(p), nil
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.b)
 }

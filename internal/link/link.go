@@ -399,9 +399,15 @@ func (p *pump) segment(pkt *vnethdr.Packet, sh vnethdr.Hdr, cut bool) {
 		p.local.Segmented++
 		p.local.Segments += uint64(k)
 	}
+	hl := pkt.HeaderLen()
 	for j := 0; j < k; j++ {
 		i := p.segUsed + j
-		p.emit(p.segFull[i], p.segSizes[i], sh)
+		h := sh
+		if cut && p.segSizes[i]-hl <= int(sh.GSOSize) {
+			// A last piece no longer than gso_size is an ordinary frame.
+			h.GSOType, h.GSOSize = vnethdr.GSONone, 0
+		}
+		p.emit(p.segFull[i], p.segSizes[i], h)
 	}
 	p.segUsed += k
 }

@@ -1,6 +1,7 @@
 package link
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"sync"
@@ -9,6 +10,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnet/vmnet/vnethdr"
 )
 
 // maxBatch is the most frames one recvmmsg/sendmmsg call moves.
@@ -20,8 +23,13 @@ const maxBatch = 256
 // allocates nothing.
 type mmsgConn struct {
 	name string
-	f    *os.File // nil when rc belongs to a net.Conn
 	rc   syscall.RawConn
+
+	// vlan: the socket is AF_PACKET with PACKET_AUXDATA, and an 802.1Q tag
+	// the receiving device moved into metadata is put back into the frame
+	// after the vnet header.
+	vlan  bool
+	rctrl [][auxSpace]byte
 
 	// Read state: one reader at a time.
 	rmsgs  [maxBatch]unix.Mmsghdr
@@ -42,8 +50,24 @@ type mmsgConn struct {
 	deadline func(time.Time) error
 }
 
-func newMmsgConn(name string, rc syscall.RawConn, deadline func(time.Time) error) *mmsgConn {
-	c := &mmsgConn{name: name, rc: rc, deadline: deadline}
+// auxSpace holds one control message with a tpacket_auxdata: a 16-byte
+// cmsghdr and 20 bytes of data, aligned to 8 (CMSG_SPACE).
+const auxSpace = 16 + 24
+
+func init() {
+	if unix.CmsgSpace(int(unsafe.Sizeof(unix.TpacketAuxdata{}))) > auxSpace {
+		panic("link: auxSpace too small for tpacket_auxdata on this platform")
+	}
+}
+
+func newMmsgConn(name string, rc syscall.RawConn, deadline func(time.Time) error, vlan bool) *mmsgConn {
+	c := &mmsgConn{name: name, rc: rc, deadline: deadline, vlan: vlan}
+	if vlan {
+		c.rctrl = make([][auxSpace]byte, maxBatch)
+		for i := range c.rmsgs {
+			c.rmsgs[i].Hdr.Control = &c.rctrl[i][0]
+		}
+	}
 	c.rfn = c.recv
 	c.wfn = c.send
 	for i := range c.rmsgs {
@@ -64,6 +88,9 @@ func (c *mmsgConn) read(bufs [][]byte, off int, sizes []int) (int, error) {
 		c.riovs[i].Base = &b[0]
 		c.riovs[i].SetLen(len(b))
 		c.rmsgs[i].Hdr.Flags = 0
+		if c.vlan {
+			c.rmsgs[i].Hdr.SetControllen(auxSpace)
+		}
 	}
 	c.rcount, c.rn, c.rerr = n, 0, nil
 	err := c.rc.Read(c.rfn)
@@ -75,11 +102,53 @@ func (c *mmsgConn) read(bufs [][]byte, off int, sizes []int) (int, error) {
 		if c.rmsgs[i].Hdr.Flags&unix.MSG_TRUNC != 0 && sizes[i] <= len(bufs[i])-off {
 			sizes[i] = len(bufs[i]) - off + 1
 		}
+		if c.vlan {
+			sizes[i] = c.untagged(i, bufs[i][off:], sizes[i])
+		}
 	}
 	if err != nil {
 		err = fmt.Errorf("%s: receive: %w", c.name, err)
 	}
 	return c.rn, err
+}
+
+// untagged puts back the VLAN tag of message i, if it had one, into b
+// (vnet header, then frame of n-10 bytes) and returns the new length.
+// Moving the frame's tail by four bytes costs a copy, but only for tagged
+// frames.
+func (c *mmsgConn) untagged(i int, b []byte, n int) int {
+	h := &c.rmsgs[i].Hdr
+	if int(h.Controllen) < auxSpace || n > len(b) {
+		return n
+	}
+	cm := (*unix.Cmsghdr)(unsafe.Pointer(&c.rctrl[i][0]))
+	if cm.Level != unix.SOL_PACKET || cm.Type != unix.PACKET_AUXDATA {
+		return n
+	}
+	aux := (*unix.TpacketAuxdata)(unsafe.Pointer(&c.rctrl[i][unix.CmsgLen(0)]))
+	if aux.Status&unix.TP_STATUS_VLAN_VALID == 0 {
+		return n
+	}
+	tpid := uint16(unix.ETH_P_8021Q)
+	if aux.Status&unix.TP_STATUS_VLAN_TPID_VALID != 0 {
+		tpid = aux.Vlan_tpid
+	}
+	const at = vnethdr.HdrLen + 12 // after the vnet header and the MAC addresses
+	if n < at || n+4 > len(b) {
+		return len(b) + 1 // no room: report it truncated
+	}
+	copy(b[at+4:n+4], b[at:n])
+	binary.BigEndian.PutUint16(b[at:], tpid)
+	binary.BigEndian.PutUint16(b[at+2:], aux.Vlan_tci)
+	// Offsets in the vnet header count from the frame start: four more now.
+	if hd, err := vnethdr.Decode(b); err == nil && hd.Flags&vnethdr.FlagNeedsCsum != 0 {
+		hd.CsumStart += 4
+		if hd.HdrLen != 0 {
+			hd.HdrLen += 4
+		}
+		hd.Encode(b)
+	}
+	return n + 4
 }
 
 func (c *mmsgConn) recv(fd uintptr) bool {

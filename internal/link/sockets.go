@@ -71,7 +71,7 @@ func openPacket(ep vmconfig.Endpoint, opts OpenOptions) (*Endpoint, error) {
 			return nil, fmt.Errorf("interface %s: socket %d: %w", ep.Name, i, err)
 		}
 		files = append(files, f)
-		e.queues = append(e.queues, newMmsgConn(name, rc, f.SetDeadline))
+		e.queues = append(e.queues, newMmsgConn(name, rc, f.SetDeadline, true))
 	}
 	return e, nil
 }
@@ -94,6 +94,11 @@ func packetSocket(ifindex, bufSize int, promisc bool) (int, error) {
 	// link's own frames from coming back).
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
 		return fail("PACKET_IGNORE_OUTGOING (needs Linux 4.20)", err)
+	}
+	// The receiving device has moved any 802.1Q tag out of the frame; the
+	// auxiliary data gives it back.
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_AUXDATA, 1); err != nil {
+		return fail("PACKET_AUXDATA", err)
 	}
 	setBuffers(fd, bufSize)
 	sa := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifindex}
@@ -154,6 +159,6 @@ func openUDP(ep vmconfig.Endpoint, opts OpenOptions) (*Endpoint, error) {
 		gso:      true,
 		gsoMax:   MaxUDPFrame,
 		closeFn:  conn.Close,
-		queues:   []queueIO{newMmsgConn(name, rc, conn.SetDeadline)},
+		queues:   []queueIO{newMmsgConn(name, rc, conn.SetDeadline, false)},
 	}, nil
 }

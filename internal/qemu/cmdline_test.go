@@ -250,6 +250,7 @@ func TestSpecErrors(t *testing.T) {
 		{func(s *Spec) { s.NICs = []NIC{{ID: "n0", Queues: one, Vhost: "yes"}} }, "vhost"},
 		{func(s *Spec) { s.NICs = []NIC{{ID: "n0", Model: "e1000e", Queues: two}} }, "e1000e has one queue"},
 		{func(s *Spec) { s.CPUs = 1000 }, "cpus"},
+		{func(s *Spec) { s.RunDir = "/" + strings.Repeat("d", 100) }, "too long for unix sockets"},
 	} {
 		s := baseSpec(t)
 		tc.mod(&s)

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/vmnet/vmnet/images"
 )
 
 func TestConsoleMarkersAndRing(t *testing.T) {
@@ -94,5 +96,17 @@ func TestGuestArgs(t *testing.T) {
 		if s, err := bad.Append(""); err == nil {
 			t.Errorf("accepted %+v: %s", bad, s)
 		}
+	}
+}
+
+// The parameters must stay what the image's /init reads.
+func TestGuestArgsMatchImageContract(t *testing.T) {
+	if BaseAppend != images.DefaultCmdline {
+		t.Errorf("BaseAppend %q != images.DefaultCmdline %q", BaseAppend, images.DefaultCmdline)
+	}
+	cmd := "echo 'a b'; exit 3"
+	p, err := GuestArgs{Cmd: cmd}.Params()
+	if err != nil || len(p) != 1 || p[0] != images.CmdArg(cmd) {
+		t.Errorf("cmd param %q, images.CmdArg gives %q (%v)", p, images.CmdArg(cmd), err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -61,8 +62,9 @@ type Spec struct {
 	ConsoleLog string    // file that receives the raw serial console; optional
 	ConsoleTee io.Writer // optional second copy of the console (e.g. os.Stdout)
 
-	// RunDir holds the QMP socket, the console socket and the pidfile. It
-	// is created with mode 0700 if missing.
+	// RunDir is this VM's own directory for the QMP socket, the console
+	// socket and the pidfile: made (or chmod'ed) 0700, and chowned to User
+	// if set, so do not point it at a shared directory.
 	RunDir string
 
 	// User runs QEMU under another uid/gid. QEMU only receives already
@@ -167,6 +169,13 @@ func (s Spec) withDefaults() (Spec, error) {
 	}
 	if s.RunDir == "" {
 		return s, fmt.Errorf("%s: no run directory (RunDir) for the QMP socket", n)
+	}
+	// sun_path holds 108 bytes including the terminating NUL.
+	if p := filepath.Join(s.RunDir, "console.sock"); len(p) > 107 {
+		return s, fmt.Errorf("%s: run dir %s is too long for unix sockets in it (%s is %d bytes, at most 107)", n, s.RunDir, p, len(p))
+	}
+	if len(s.ControlSocket) > 107 {
+		return s, fmt.Errorf("%s: control socket path %s is %d bytes, at most 107", n, s.ControlSocket, len(s.ControlSocket))
 	}
 	if s.HotplugPorts < 0 || s.HotplugPorts > 32 {
 		return s, fmt.Errorf("%s: hotplug ports %d out of range 0..32", n, s.HotplugPorts)

@@ -10,10 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
 )
 
 // Default bounds for waits whose context carries no deadline.
@@ -90,6 +94,8 @@ func HostCaps(probeKVM, measureTSC bool) Host {
 
 // Start launches QEMU for s and returns once QEMU is up: its console is
 // connected and QMP answers query-status. ctx bounds the start-up only.
+// QEMU gets dups of the tap queue fds (the caller keeps and closes its
+// own), runs in its own process group, and is killed if vmnet dies.
 func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	s, err = s.withDefaults()
 	if err != nil {
@@ -142,6 +148,9 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	qmpPath := filepath.Join(s.RunDir, QMPSocketName)
 	conPath := filepath.Join(s.RunDir, ConsoleSocketName)
 	pidPath := filepath.Join(s.RunDir, PidfileName)
+	if pid := runningPid(pidPath); pid != 0 {
+		return nil, fmt.Errorf("%s: already running as QEMU pid %d (pidfile %s); stop it first", name, pid, pidPath)
+	}
 	for _, p := range []string{qmpPath, conPath, pidPath} {
 		os.Remove(p) // leftovers of an earlier run of this VM
 	}
@@ -200,7 +209,13 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 		vm.waitErr = cmd.Wait()
 		close(vm.exited)
 	}()
-	cleanup = append(cleanup, func() { vm.kill() })
+	cleanup = append(cleanup, func() {
+		vm.kill()
+		select {
+		case <-vm.exited:
+		case <-time.After(5 * time.Second):
+		}
+	})
 
 	// The console connection comes first: QEMU makes it while parsing its
 	// options, before the guest runs.
@@ -221,6 +236,24 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 		return nil, vm.startErr(err)
 	}
 	return vm, nil
+}
+
+// runningPid returns the pid in a QEMU pidfile if that process is alive
+// and is QEMU, else 0.
+func runningPid(pidfile string) int {
+	b, err := os.ReadFile(pidfile)
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if err != nil || !strings.HasPrefix(string(comm), "qemu") {
+		return 0
+	}
+	return pid
 }
 
 func prepareRunDir(s Spec) error {
@@ -408,6 +441,14 @@ func (vm *VM) Status(ctx context.Context) (Status, error) {
 		return st, fmt.Errorf("%s: query-status: %w", vm.spec.name(), err)
 	}
 	return st, nil
+}
+
+// Events delivers the QMP events with the given names (all if none) until
+// cancel is called. Events arriving while the channel is full are dropped.
+func (vm *VM) Events(names ...string) (<-chan qmp.Event, func()) {
+	return vm.mon.subscribe(func(ev qmp.Event) bool {
+		return len(names) == 0 || slices.Contains(names, ev.Event)
+	})
 }
 
 // QMP runs any QMP command with JSON-encodable arguments and returns its

@@ -12,8 +12,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,7 +34,7 @@ var (
 )
 
 // guestImage builds (or finds in the cache) the vmnet test guest.
-func guestImage(t *testing.T) images.Image {
+func guestImage(t testing.TB) images.Image {
 	t.Helper()
 	testenv.RequireProgram(t, DefaultBinary)
 	imageOnce.Do(func() {
@@ -57,7 +59,7 @@ type lab struct {
 	nl *netlink.Handle
 }
 
-func newLab(t *testing.T) *lab {
+func newLab(t testing.TB) *lab {
 	t.Helper()
 	ns := testenv.NetNS(t)
 	nl, err := netlink.NewHandleAt(ns)
@@ -83,7 +85,7 @@ func newLab(t *testing.T) *lab {
 }
 
 // tap makes a vnet_hdr tap with the given queues on br0.
-func (l *lab) tap(t *testing.T, name string, queues int) *tap.Tap {
+func (l *lab) tap(t testing.TB, name string, queues int) *tap.Tap {
 	t.Helper()
 	var tp *tap.Tap
 	testenv.Do(t, l.ns, func() error {
@@ -105,7 +107,7 @@ func (l *lab) tap(t *testing.T, name string, queues int) *tap.Tap {
 	return tp
 }
 
-func (l *lab) index(t *testing.T, name string) int {
+func (l *lab) index(t testing.TB, name string) int {
 	link, err := l.nl.LinkByName(name)
 	if err != nil {
 		t.Fatal(err)
@@ -263,10 +265,18 @@ func TestGuestExitStatus(t *testing.T) {
 			s.NICs = []NIC{{ID: "n0", Queues: tp.Files()}}
 			t0 := time.Now()
 			vm := start(t, s)
+			shutdown, unsub := vm.Events("SHUTDOWN")
+			defer unsub()
 			waitReady(t, vm, 90*time.Second)
 			t.Logf("boot to %s: %v on %s", ReadyMarker, time.Since(t0).Round(time.Millisecond), tc.machine)
 			if got := wait(t, vm, 60*time.Second); got != tc.want {
 				t.Fatalf("exit status %d, want %d; console:\n%s", got, tc.want, strings.Join(vm.ConsoleTail(30), "\n"))
+			}
+			select {
+			case ev := <-shutdown:
+				t.Logf("QMP event %s %v", ev.Event, ev.Data)
+			default:
+				t.Errorf("no SHUTDOWN event over QMP")
 			}
 			select {
 			case <-vm.Exited():
@@ -294,6 +304,22 @@ func TestGuestTimeout(t *testing.T) {
 		t.Errorf("WaitReady with 1ms: %v", err)
 	}
 	waitReady(t, vm, 90*time.Second)
+
+	// A QEMU that does not answer: the QMP call times out, and once QEMU
+	// runs again the next call reconnects.
+	if err := syscall.Kill(vm.PID(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 500*time.Millisecond)
+	_, err = vm.Status(ctx)
+	cancel()
+	syscall.Kill(vm.PID(), syscall.SIGCONT)
+	if err == nil || !strings.Contains(err.Error(), "vm stuck: qmp query-status: no reply") {
+		t.Fatalf("query-status on a stopped QEMU: %v", err)
+	}
+	if st, err := vm.Status(context.Background()); err != nil || st.Status != "running" {
+		t.Fatalf("query-status after SIGCONT: %+v %v", st, err)
+	}
 
 	ctx, cancel = context.WithTimeout(context.Background(), 3*time.Second)
 	_, err = vm.Wait(ctx)
@@ -479,7 +505,13 @@ func TestHotplug(t *testing.T) {
 
 	t0 := time.Now()
 	if err := vm.Unplug(ctx, "n1"); err != nil {
+		out, _ := sh.run(t, "dmesg | tail -40; ls /sys/bus/pci/slots; cat /sys/bus/pci/slots/*/power", 10*time.Second)
+		t.Logf("DEBUG guest dmesg:\n%s", out)
 		t.Fatal(err)
+	}
+	{
+		out, _ := sh.run(t, "dmesg | grep -i -E 'hotplug|pciehp|acpiphp|virtio|slot' | tail -20; ls /sys/bus/pci/slots", 10*time.Second)
+		t.Logf("DEBUG guest dmesg (ok):\n%s", out)
 	}
 	t.Logf("unplug took %v", time.Since(t0).Round(time.Millisecond))
 	if out, _ := sh.run(t, "ls /sys/class/net", 10*time.Second); strings.Contains(out, "eth1") {
@@ -684,4 +716,62 @@ func TestGuestSetupError(t *testing.T) {
 		t.Fatalf("WaitReady: %v", err)
 	}
 	t.Log(err)
+}
+
+// QEMU must survive the exit of the thread that called Start: it dies
+// with vmnet through PR_SET_PDEATHSIG, which follows the forking thread,
+// and Go ends a thread whose goroutine exits while locked to it.
+func TestStartFromExitingThread(t *testing.T) {
+	img := guestImage(t)
+	s := guestSpec(t, img, "orphan", GuestArgs{Cmd: "sleep 600"})
+	s.CPUs = 1
+	type res struct {
+		vm  *VM
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: this thread ends with the goroutine
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		vm, err := Start(ctx, s)
+		ch <- res{vm, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	vm := r.vm
+	t.Cleanup(func() { vm.Stop(context.Background()) })
+	time.Sleep(time.Second)
+	select {
+	case <-vm.Exited():
+		t.Fatalf("QEMU died with the thread that started it: %s", vm.Stderr())
+	default:
+	}
+	if _, err := vm.Status(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A second Start on the run directory of a running VM is refused.
+func TestStartTwice(t *testing.T) {
+	img := guestImage(t)
+	s := guestSpec(t, img, "twice", GuestArgs{Cmd: "sleep 600"})
+	s.CPUs = 1
+	s.PowerdownGrace = time.Millisecond
+	vm := start(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	vm2, err := Start(ctx, s)
+	if err == nil {
+		vm2.Stop(ctx)
+		t.Fatal("second Start on the same run dir succeeded")
+	}
+	if !strings.Contains(err.Error(), fmt.Sprintf("already running as QEMU pid %d", vm.PID())) {
+		t.Fatalf("unexpected error: %v", err)
+	}
+	if _, err := vm.Status(ctx); err != nil {
+		t.Fatalf("first VM harmed: %v", err)
+	}
 }

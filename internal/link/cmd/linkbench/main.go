@@ -93,7 +93,13 @@ func run(pcap string, stats time.Duration, cpu, ready, sa, sb string) error {
 			}
 		}()
 	}
+	start := time.Now()
 	err = l.Run(ctx)
 	fmt.Println(l.Stats())
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		fmt.Printf("cpu: user %.2fs system %.2fs in %.1fs\n", time.Duration(ru.Utime.Nano()).Seconds(),
+			time.Duration(ru.Stime.Nano()).Seconds(), time.Since(start).Seconds())
+	}
 	return err
 }

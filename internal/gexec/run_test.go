@@ -1,0 +1,195 @@
+package gexec_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vmnet/vmnet/images"
+	"github.com/vmnet/vmnet/internal/gexec"
+	"github.com/vmnet/vmnet/internal/testenv"
+)
+
+// probe is the program the host tests run in the guest: it reports what
+// it sees, driven by its arguments.
+const probe = `package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+func main() {
+	code := 0
+	for _, a := range os.Args[1:] {
+		switch {
+		case strings.HasPrefix(a, "exit="):
+			code, _ = strconv.Atoi(a[5:])
+		case strings.HasPrefix(a, "sleep="):
+			d, _ := time.ParseDuration(a[6:])
+			fmt.Println("sleeping")
+			time.Sleep(d)
+		}
+	}
+	wd, _ := os.Getwd()
+	td, err := os.ReadFile("testdata/hello.txt")
+	if err != nil {
+		td = []byte(err.Error())
+	}
+	fmt.Printf("args=%q\nwd=%s\nuid=%d\nCI=%s\nguest=%s\nX=%s\ntestdata=%q\n", os.Args[1:], wd, os.Getuid(),
+		os.Getenv("CI"), os.Getenv("VMNET_EXEC_GUEST"), os.Getenv("X"), td)
+	fmt.Fprint(os.Stderr, "to stderr, no newline")
+	os.Exit(code)
+}
+`
+
+var (
+	probeOnce sync.Once
+	probePath string
+	probeErr  error
+)
+
+// staticProgram builds probe with CGO_ENABLED=0 once per test binary.
+func staticProgram(t testing.TB) string {
+	t.Helper()
+	goTool := testenv.RequireProgram(t, "go")
+	probeOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "gexec-probe-")
+		if err != nil {
+			probeErr = err
+			return
+		}
+		os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module probe\ngo 1.22\n"), 0o644)
+		os.WriteFile(filepath.Join(dir, "main.go"), []byte(probe), 0o644)
+		cmd := exec.Command(goTool, "build", "-o", "probe", ".")
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			probeErr = errors.New(string(out))
+		}
+		probePath = filepath.Join(dir, "probe")
+	})
+	if probeErr != nil {
+		t.Fatalf("build probe: %v", probeErr)
+	}
+	return probePath
+}
+
+// needGuest skips (outside CI) where no guest can boot, and inside a
+// guest, which has no QEMU of its own.
+func needGuest(t *testing.T) {
+	t.Helper()
+	if os.Getenv(gexec.GuestEnv) != "" {
+		t.Skip("already inside a vmnet exec guest")
+	}
+	testenv.RequireProgram(t, "qemu-system-x86_64")
+}
+
+func run(t *testing.T, o gexec.Options) (gexec.Result, string, error) {
+	t.Helper()
+	var out, boot bytes.Buffer
+	o.Stdout, o.Console = &out, &boot
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	res, err := gexec.Run(ctx, o)
+	var miss *images.MissingError
+	if errors.As(err, &miss) {
+		testenv.Missing(t, "%v", err)
+	}
+	return res, out.String(), err
+}
+
+// The program gets its arguments, directory, testdata/ and environment;
+// its output arrives byte for byte without boot messages or markers, and
+// its exit status comes back.
+func TestRun(t *testing.T) {
+	needGuest(t)
+	prog := staticProgram(t)
+	dir := filepath.Join(t.TempDir(), "pkg dir")
+	os.MkdirAll(filepath.Join(dir, "testdata", "sub"), 0o755)
+	os.WriteFile(filepath.Join(dir, "testdata", "hello.txt"), []byte("hello from the host\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "testdata", "sub", "x"), []byte("x"), 0o644)
+	t.Setenv("CI", "from-host")
+	args := []string{"two words", "it's", "", "-test.v=true", "exit=3"}
+	res, out, err := run(t, gexec.Options{Program: prog, Args: args, Dir: dir, Env: []string{"X=a'b c"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `args=["two words" "it's" "" "-test.v=true" "exit=3"]` + "\n" +
+		"wd=" + dir + "\nuid=0\nCI=from-host\nguest=1\nX=a'b c\n" +
+		`testdata="hello from the host\n"` + "\n" +
+		"to stderr, no newline"
+	if out != want {
+		t.Errorf("output\n%q\nwant\n%q", out, want)
+	}
+	if res.Status != 3 {
+		t.Errorf("status %d, want 3", res.Status)
+	}
+	t.Logf("image+archive %.2fs, QEMU start to ready %.2fs, ready to exit %.2fs, QEMU start to exit %.2fs",
+		res.Image.Seconds(), res.Boot.Seconds(), res.Run.Seconds(), res.Total.Seconds())
+}
+
+func TestRunRefusesDynamic(t *testing.T) {
+	dyn := testenv.RequireProgram(t, "true")
+	_, _, err := run(t, gexec.Options{Program: dyn})
+	if !errors.Is(err, gexec.ErrDynamic) || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
+		t.Fatalf("Run(%s) = %v, want ErrDynamic naming CGO_ENABLED=0", dyn, err)
+	}
+}
+
+func TestRunTestdataTooBig(t *testing.T) {
+	needGuest(t)
+	prog := staticProgram(t)
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "testdata"), 0o755)
+	f, err := os.Create(filepath.Join(dir, "testdata", "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(gexec.MaxTestdata + 1) // sparse: costs no disk
+	f.Close()
+	_, _, err = run(t, gexec.Options{Program: prog, Dir: dir})
+	if err == nil || !strings.Contains(err.Error(), "testdata "+filepath.Join(dir, "testdata")) || !strings.Contains(err.Error(), "64 MiB") {
+		t.Fatalf("err = %v, want a testdata size error", err)
+	}
+}
+
+// A guest that is not ready in time and a program that does not finish in
+// time both end in ErrTimeout with the last console lines.
+func TestRunTimeouts(t *testing.T) {
+	needGuest(t)
+	prog := staticProgram(t)
+	t.Run("boot", func(t *testing.T) {
+		t.Parallel()
+		// No guest kernel reaches /init within 300ms, even with KVM.
+		_, out, err := run(t, gexec.Options{Program: prog, BootTimeout: 300 * time.Millisecond, Dir: t.TempDir()})
+		if !errors.Is(err, gexec.ErrTimeout) || !strings.Contains(err.Error(), "no VMNET-READY within") ||
+			!strings.Contains(err.Error(), "last console lines") {
+			t.Fatalf("err = %v", err)
+		}
+		if out != "" {
+			t.Errorf("program output %q from a guest that never got ready", out)
+		}
+	})
+	t.Run("program", func(t *testing.T) {
+		t.Parallel()
+		_, out, err := run(t, gexec.Options{Program: prog, Args: []string{"sleep=10m"}, Timeout: 3 * time.Second, Dir: t.TempDir()})
+		if !errors.Is(err, gexec.ErrTimeout) || !strings.Contains(err.Error(), "probe did not finish within 3s") ||
+			!strings.Contains(err.Error(), "\tsleeping") {
+			t.Fatalf("err = %v", err)
+		}
+		if out != "sleeping\n" {
+			t.Errorf("output %q, want what the program printed before the timeout", out)
+		}
+	})
+}
