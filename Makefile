@@ -3,7 +3,7 @@ GO ?= go
 FUZZTIME ?= 10s
 PKGS := ./...
 
-.PHONY: all build deps test vet fuzz bench demo image clean
+.PHONY: all build deps test vet fuzz bench bench-link demo image clean
 
 all: build
 
@@ -29,6 +29,10 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+# Link throughput in private namespaces: kernel veth vs vmnet link cases.
+bench-link: build
+	./tests/bench-link.sh
 
 # The main job: a demo that boots, talks and tears down.
 demo: deps build

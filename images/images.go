@@ -26,7 +26,7 @@ import (
 
 // recipeVersion changes whenever the Go side of the recipe changes what
 // goes into an image; init.sh is hashed separately.
-const recipeVersion = "vmnet-image-3"
+const recipeVersion = "vmnet-image-4"
 
 //go:embed init.sh
 var initScript []byte
@@ -404,9 +404,17 @@ func build(ctx context.Context, p progress, cache, tmp string, pkgs resolved, m 
 	if err != nil {
 		return fmt.Errorf("vmnet image: %w", err)
 	}
-	zw, _ := gzip.NewWriterLevel(f, gzip.BestSpeed)
-	if _, err := zw.Write(raw.Bytes()); err == nil {
+	// The kernel finds an archive appended to this one only at a 4-byte
+	// offset of the whole initrd (init/initramfs.c checks this_header&3,
+	// counting compressed bytes), so pad the gzip stream with zeros,
+	// which the kernel skips between archives.
+	cw := &countWriter{w: f}
+	zw, _ := gzip.NewWriterLevel(cw, gzip.BestSpeed)
+	if _, err = zw.Write(raw.Bytes()); err == nil {
 		err = zw.Close()
+	}
+	if err == nil && cw.n%4 != 0 {
+		_, err = cw.Write(make([]byte, 4-cw.n%4))
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -649,4 +657,15 @@ func HostTSCParam() string {
 		}
 	}
 	return ""
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n += int64(n)
+	return n, err
 }

@@ -13,8 +13,10 @@
 #   passthrough  tap:tA <-> tap:tB, both vnet_hdr (super-frames pass whole)
 #   segment      tap:tA <-> tap:tB,vnet_hdr=off (vmnet segments in software)
 #   udp          tap:tA <-> udp:127.0.0.1:P1 ... udp:127.0.0.1:P2 <-> tap:tB (two link processes)
-# Environment: T (seconds, default 5), CASES (default: all, in the order above), LINK (link command; default builds
-# ./internal/link/cmd/linkbench), PROFILE=1 (default) writes CPU profiles of
+#   udp-noTSO    the same with both taps vnet_hdr=off: MTU-sized frames only (what
+#                ubridge or QEMU's socket backend carry), sent with UDP_SEGMENT
+# Environment: T (seconds, default 5), CASES (default: all, in the order above), LINK (a vmnet binary; default builds
+# ./cmd/vmnet), PROFILE=1 (default) writes CPU profiles of
 # the link processes and prints `go tool pprof -top` for them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,8 +42,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 if [ -z "${LINK:-}" ]; then
-  go build -o "$WORK/linkbench" ./internal/link/cmd/linkbench
-  LINK=$WORK/linkbench
+  go build -o "$WORK/vmnet" ./cmd/vmnet
+  LINK=$WORK/vmnet
 fi
 
 addns() { ip netns add "$1"; NSS+=("$1"); ip -n "$1" link set lo up; }
@@ -51,11 +53,17 @@ iperf() {
   local a=$1 b=$2 addr=$3
   ip netns exec "$b" timeout $((T + 20)) iperf3 -s -1 >/dev/null 2>&1 &
   local srv=$!
-  sleep 0.3
+  for _ in $(seq 50); do
+    ip netns exec "$b" ss -ltnH 'sport = :5201' 2>/dev/null | grep -q . && break
+    sleep 0.1
+  done
   local out
   out=$(ip netns exec "$a" timeout $((T + 15)) iperf3 -c "$addr" -t "$T" -J 2>/dev/null || true)
   wait "$srv" 2>/dev/null || true
   echo "$out" >"$WORK/iperf.$(date +%s%N).json"
+  if ! echo "$out" | jq -e '.end.sum_received.bits_per_second' >/dev/null 2>&1; then
+    echo "bench-link: iperf3 $a -> $b failed: $(echo "$out" | jq -r '.error // empty' 2>/dev/null)" >&2
+  fi
   echo "$out" | jq -r '(.end.sum_received.bits_per_second // 0) / 1e9 | . * 100 | round / 100' 2>/dev/null || echo 0
 }
 
@@ -100,7 +108,7 @@ startlink() {
   rm -f "$WORK/$name.ready"
   local prof=()
   [ "$PROFILE" = 1 ] && prof=(-cpuprofile "$WORK/$name.prof")
-  ip netns exec "$NL" "$LINK" -ready "$WORK/$name.ready" "${prof[@]}" "$@" >"$WORK/$name.log" 2>&1 &
+  ip netns exec "$NL" "$LINK" link -ready "$WORK/$name.ready" "${prof[@]}" "$@" >"$WORK/$name.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 100); do
     [ -e "$WORK/$name.ready" ] && return 0
@@ -121,10 +129,11 @@ linkcase() {
   case $name in
     passthrough) startlink "$name" tap:tA tap:tB ;;
     segment) startlink "$name" tap:tA tap:tB,vnet_hdr=off ;;
-    udp)
-      local p1=$((20000 + $$ % 20000)) p2=$((20001 + $$ % 20000))
-      startlink udp1 tap:tA "udp:127.0.0.1:$p1,remote=127.0.0.1:$p2"
-      startlink udp2 "udp:127.0.0.1:$p2,remote=127.0.0.1:$p1" tap:tB
+    udp | udp-noTSO)
+      local p1=$((20000 + $$ % 20000)) p2=$((20001 + $$ % 20000)) opt=
+      [ "$name" = udp-noTSO ] && opt=,vnet_hdr=off
+      startlink "$name-1" "tap:tA$opt" "udp:127.0.0.1:$p1,remote=127.0.0.1:$p2"
+      startlink "$name-2" "udp:127.0.0.1:$p2,remote=127.0.0.1:$p1" "tap:tB$opt"
       ;;
   esac
   plug
@@ -134,13 +143,13 @@ linkcase() {
 }
 
 declare -A R
-CASES=${CASES:-kernel kernel-noTSO passthrough segment udp}
-for c in kernel kernel-noTSO passthrough segment udp; do R[$c]=-; done
+CASES=${CASES:-kernel kernel-noTSO passthrough segment udp udp-noTSO}
+for c in kernel kernel-noTSO passthrough segment udp udp-noTSO; do R[$c]=-; done
 for c in $CASES; do
   case $c in
     kernel) R[$c]=$(kernel tso) ;;
     kernel-noTSO) R[$c]=$(kernel notso) ;;
-    passthrough | segment | udp) R[$c]=$(linkcase "$c") ;;
+    passthrough | segment | udp | udp-noTSO) R[$c]=$(linkcase "$c") ;;
     *) echo "bench-link: unknown case $c" >&2; exit 2 ;;
   esac
 done
@@ -155,6 +164,7 @@ printf "%-14s %10s %10s   %s\n" passthrough "${R[passthrough]}" "$(ratio "${R[pa
 printf "%-14s %10s %10s   %s\n" segment "${R[segment]}" "$(ratio "${R[segment]}" "${R[kernel]}")" \
   ">= 50% of kernel-noTSO: $(ratio "${R[segment]}" "${R[kernel-noTSO]}" | tr -d ' ')"
 printf "%-14s %10s %10s   %s\n" udp "${R[udp]}" "$(ratio "${R[udp]}" "${R[kernel]}")" ">= 30% of kernel"
+printf "%-14s %10s %10s   %s\n" udp-noTSO "${R[udp-noTSO]}" "$(ratio "${R[udp-noTSO]}" "${R[kernel]}")" "(no target; ubridge: 1.6 at kernel 13-19)"
 echo
 for f in "$WORK"/*.log; do
   echo "== link $(basename "$f" .log) counters at exit:"; sed 's/^/   /' "$f"

@@ -136,7 +136,7 @@ func execProgram(e *env, args []string) error {
 	defer stop()
 	res, err := gexec.Run(ctx, o)
 	if *verbose && res.Total > 0 {
-		fmt.Fprintf(e.stderr, "vmnet exec: image+archive %.2fs, QEMU start to ready %.2fs, ready to exit %.2fs, QEMU start to exit %.2fs; status %d\n",
+		fmt.Fprintf(e.stderr, "vmnet exec: image+archive %.2fs, QEMU start to program start %.2fs, program start to QEMU exit %.2fs, QEMU start to exit %.2fs; status %d\n",
 			res.Image.Seconds(), res.Boot.Seconds(), res.Run.Seconds(), res.Total.Seconds(), res.Status)
 	}
 	switch {

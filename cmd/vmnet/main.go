@@ -66,6 +66,7 @@ func root() *command {
 			statusCommand(),
 			nicCommand(),
 			shCommand(),
+			linkCommand(),
 			runCommand(),
 			imageCommand(),
 			execCommand(),

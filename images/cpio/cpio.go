@@ -1,7 +1,10 @@
 // Package cpio writes "newc" cpio archives, the format the Linux kernel
 // unpacks as an initramfs. Archives may be concatenated: the kernel unpacks
 // them in order and later entries replace earlier ones, which is how extra
-// files (such as /vmnet/run) are appended to a prebuilt guest image.
+// files (such as /vmnet/run) are appended to a prebuilt guest image. Each
+// archive, compressed or not, must start at a multiple of 4 bytes into the
+// concatenated file (pad with zero bytes); a Writer's output is a
+// multiple of 4 long.
 package cpio
 
 import (

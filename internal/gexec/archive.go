@@ -190,11 +190,23 @@ func shQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-// wrapperScript is /vmnet/run: it prepares the console and environment
-// and execs the program in dir with args.
-func wrapperScript(prog, dir string, args, env []string, mkdirs []string, keepKernelLog bool) []byte {
+// wrapperScript is /vmnet/run: it loads the modules, prepares the console
+// and environment, says VMNET-EXEC-START and execs the program in dir.
+func wrapperScript(prog, dir string, args, env, mkdirs, modules []string, keepKernelLog bool) []byte {
 	var b strings.Builder
 	b.WriteString("#!/bin/sh\n# Written by vmnet exec: runs the program with its arguments, environment and directory.\n")
+	if len(modules) > 0 {
+		// One modprobe for all: every process start costs under TCG.
+		// Built-in modules need nothing (busybox modprobe does not know them).
+		b.WriteString("read -r rel </proc/sys/kernel/osrelease\nbuiltin=$(cat /lib/modules/$rel/modules.builtin 2>/dev/null)\nmods=\n")
+		for _, m := range modules {
+			m = strings.ReplaceAll(m, "-", "_")
+			fmt.Fprintf(&b, "case \"$builtin\" in */%s.ko*|*/%s.ko*) ;; *) mods=\"$mods %s\" ;; esac\n",
+				m, strings.ReplaceAll(m, "_", "-"), m)
+		}
+		b.WriteString("if [ -n \"$mods\" ] && ! out=$(modprobe -a $mods 2>&1); then\n" +
+			"\techo \"" + errorPrefix + "cannot load kernel modules$mods: $out\"\n\texit 125\nfi\n")
+	}
 	if !keepKernelLog {
 		// The console is the program's stdout: only emergencies may interrupt it.
 		b.WriteString("echo 1 >/proc/sys/kernel/printk\n")
@@ -209,7 +221,8 @@ func wrapperScript(prog, dir string, args, env []string, mkdirs []string, keepKe
 	for _, d := range mkdirs {
 		fmt.Fprintf(&b, "mkdir -p %s\n", shQuote(d))
 	}
-	fmt.Fprintf(&b, "cd %s || exit 125\n", shQuote(dir))
+	fmt.Fprintf(&b, "cd %s || { echo \"%scannot enter %s\"; exit 125; }\n", shQuote(dir), errorPrefix, strings.ReplaceAll(dir, `"`, ""))
+	b.WriteString("echo " + startLine + "\n")
 	b.WriteString("exec " + shQuote(prog))
 	for _, a := range args {
 		b.WriteString(" " + shQuote(a))

@@ -15,6 +15,7 @@ import (
 // The host's own programs are the oracle: coreutils are dynamic PIEs,
 // busybox-static is static.
 func TestCheckStatic(t *testing.T) {
+	hostOnly(t)
 	dyn := testenv.RequireProgram(t, "true")
 	err := gexec.CheckStatic(dyn)
 	if !errors.Is(err, gexec.ErrDynamic) {
@@ -52,6 +53,7 @@ func TestCheckStatic(t *testing.T) {
 
 // A cgo program built the usual way is refused before any guest boots.
 func TestCheckStaticCgo(t *testing.T) {
+	hostOnly(t)
 	goTool := testenv.RequireProgram(t, "go")
 	if _, err := exec.LookPath("gcc"); err != nil {
 		t.Skip("no C compiler for a cgo build; TestCheckStatic covers dynamic binaries with the host's own")

@@ -71,7 +71,7 @@ type Options struct {
 	CacheDir string    // image cache (images.DefaultCacheDir)
 	Progress io.Writer // image build steps; nil discards
 	Stdout   io.Writer // the program's stdout and stderr (one console)
-	Console  io.Writer // the raw boot console up to VMNET-READY; nil discards
+	Console  io.Writer // the boot console up to the program's start; nil discards
 	// KernelLog leaves kernel messages on the console while the program
 	// runs (by default only emergencies get through, so output stays clean).
 	KernelLog bool
@@ -82,8 +82,8 @@ type Options struct {
 type Result struct {
 	Status int
 	Image  time.Duration // image lookup (or build) and archive
-	Boot   time.Duration // QEMU start to VMNET-READY
-	Run    time.Duration // VMNET-READY to QEMU exit
+	Boot   time.Duration // QEMU start to program start (kernel, /init, modules)
+	Run    time.Duration // program start to QEMU exit
 	Total  time.Duration // QEMU start to QEMU exit
 }
 
@@ -117,7 +117,8 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	res.Image = time.Since(t0)
 
-	app, err := qemu.GuestArgs{Modules: o.Modules}.Append(images.DefaultCmdline)
+	// The wrapper loads the modules, in one modprobe (see wrapperScript).
+	app, err := qemu.GuestArgs{}.Append(images.DefaultCmdline)
 	if err != nil {
 		return res, err
 	}
@@ -163,6 +164,12 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	stopped = true
 	out.flush()
 	res.Total = time.Since(start)
+	if e := out.startError(); e != "" {
+		return res, fmt.Errorf("guest for %s: %s", filepath.Base(o.Program), e)
+	}
+	if !out.started.IsZero() {
+		res.Boot = out.started.Sub(start)
+	}
 	res.Run = res.Total - res.Boot
 	res.Status = st
 	return res, nil
@@ -280,7 +287,7 @@ func (o *Options) writeInitrd(ctx context.Context, base, dst string) error {
 			return err
 		}
 	}
-	ov.file(guestRun, 0o755, wrapperScript(guestProg, dir, o.Args, o.env(), o.outputDirs(), o.KernelLog))
+	ov.file(guestRun, 0o755, wrapperScript(guestProg, dir, o.Args, o.env(), o.outputDirs(), o.Modules, o.KernelLog))
 	if err := ov.close(); err != nil {
 		return err
 	}

@@ -3,28 +3,41 @@ package gexec
 import (
 	"bytes"
 	"io"
+	"strings"
 	"sync"
+	"time"
 )
 
+// startError returns the wrapper's VMNET-EXEC-ERROR message, if any.
+func (f *outputFilter) startError() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.execErr
+}
+
+// Lines the wrapper (/vmnet/run) prints before it starts the program.
 const (
-	readyLine   = "VMNET-READY"
+	startLine   = "VMNET-EXEC-START"   // the program's output follows
+	errorPrefix = "VMNET-EXEC-ERROR: " // the program could not be started
 	exitPrefix  = "VMNET-EXIT="
 	maxBootLine = 4096
 )
 
 // outputFilter turns the guest's serial console into the program's
-// output: everything up to the VMNET-READY line is boot chatter (copied
+// output: everything up to the VMNET-EXEC-START line is boot chatter (copied
 // to boot, if set), everything after it is the program's stdout and
 // stderr, byte for byte, until the VMNET-EXIT=<n> line, which is dropped
 // together with the newline /init prints in front of it. Output is passed
 // on as it arrives; only the start of a line that may still become the
 // exit marker is held back.
 type outputFilter struct {
-	mu    sync.Mutex
-	out   io.Writer // program output
-	boot  io.Writer // boot chatter; nil discards
-	ready bool
-	done  bool // exit marker seen: the rest is power-off chatter
+	mu      sync.Mutex
+	out     io.Writer // program output
+	boot    io.Writer // boot chatter; nil discards
+	ready   bool      // VMNET-EXEC-START seen
+	done    bool      // exit marker seen: the rest is power-off chatter
+	execErr string    // VMNET-EXEC-ERROR message
+	started time.Time // when VMNET-EXEC-START arrived
 
 	line []byte // boot: current line
 
@@ -71,8 +84,12 @@ func (f *outputFilter) bootByte(c byte) {
 	if f.boot != nil {
 		f.boot.Write(append(append([]byte(nil), l...), '\n'))
 	}
-	if string(bytes.TrimSpace(l)) == readyLine {
-		f.ready = true
+	if f.done {
+		// Power-off chatter.
+	} else if m := string(bytes.TrimSpace(l)); m == startLine {
+		f.ready, f.started = true, time.Now()
+	} else if e, ok := strings.CutPrefix(m, errorPrefix); ok && f.execErr == "" {
+		f.execErr = e
 	}
 	f.line = f.line[:0]
 }

@@ -11,7 +11,7 @@ import (
 // "\nVMNET-EXIT=<n>\n" and power-off chatter.
 func console(program string, exit string) string {
 	return "[    0.9] PCI: Fatal: No config space access function found\r\n" +
-		"VMNET-READY\r\n" + program + "\n" + exit + "\n[   3.1] reboot: Power down\r\n"
+		"VMNET-READY\r\nVMNET-EXEC-START\n" + program + "\n" + exit + "\n[   3.1] reboot: Power down\r\n"
 }
 
 func TestOutputFilter(t *testing.T) {
@@ -50,18 +50,21 @@ func TestOutputFilter(t *testing.T) {
 func TestOutputFilterNoMarker(t *testing.T) {
 	var out bytes.Buffer
 	f := newOutputFilter(&out, nil)
-	f.Write([]byte("VMNET-READY\r\npanic: boom\nVMNET-EX"))
+	f.Write([]byte("VMNET-READY\r\nVMNET-EXEC-START\npanic: boom\nVMNET-EX"))
 	f.flush()
 	if got := out.String(); got != "panic: boom\nVMNET-EX" {
 		t.Fatalf("output %q", got)
 	}
-	// Before VMNET-READY nothing is program output.
+	// Before VMNET-EXEC-START nothing is program output.
 	out.Reset()
 	f = newOutputFilter(&out, nil)
-	f.Write([]byte("Kernel panic - not syncing\r\n"))
+	f.Write([]byte("Kernel panic - not syncing\r\nVMNET-READY\r\nVMNET-EXEC-ERROR: cannot load kernel modules x: not found\n\nVMNET-EXIT=125\n"))
 	f.flush()
 	if out.Len() != 0 {
 		t.Fatalf("boot chatter reached the output: %q", out.String())
+	}
+	if got := f.startError(); got != "cannot load kernel modules x: not found" {
+		t.Fatalf("startError = %q", got)
 	}
 }
 
@@ -90,10 +93,11 @@ func TestIsExitLine(t *testing.T) {
 
 func TestWrapperQuoting(t *testing.T) {
 	s := string(wrapperScript("/vmnet/prog/x.test", "/work/it's", []string{"a b", "it's", "", "$(reboot)"},
-		[]string{"CI=true", "X=a'b"}, []string{"/tmp/cover"}, false))
+		[]string{"CI=true", "X=a'b"}, []string{"/tmp/cover"}, []string{"sch_netem", "8021q"}, false))
 	for _, want := range []string{
 		"export CI='true'\n", `export X='a'\''b'` + "\n", "mkdir -p '/tmp/cover'\n",
-		`cd '/work/it'\''s' || exit 125`,
+		`cd '/work/it'\''s' || {`, "echo VMNET-EXEC-START\n",
+		`*/sch_netem.ko*|*/sch-netem.ko*) ;; *) mods="$mods sch_netem" ;; esac`, "modprobe -a $mods",
 		`exec '/vmnet/prog/x.test' 'a b' 'it'\''s' '' '$(reboot)' </dev/null`,
 		"echo 1 >/proc/sys/kernel/printk", "stty -onlcr",
 	} {

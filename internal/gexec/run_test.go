@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -85,13 +86,19 @@ func staticProgram(t testing.TB) string {
 	return probePath
 }
 
-// needGuest skips (outside CI) where no guest can boot, and inside a
-// guest, which has no QEMU of its own.
-func needGuest(t *testing.T) {
+// hostOnly skips inside a vmnet exec guest, which has no QEMU, no Go
+// toolchain and a static busybox for every host program.
+func hostOnly(t *testing.T) {
 	t.Helper()
 	if os.Getenv(gexec.GuestEnv) != "" {
-		t.Skip("already inside a vmnet exec guest")
+		t.Skip("runs on the host, not inside a vmnet exec guest")
 	}
+}
+
+// needGuest needs a host that can boot guests.
+func needGuest(t *testing.T) {
+	t.Helper()
+	hostOnly(t)
 	testenv.RequireProgram(t, "qemu-system-x86_64")
 }
 
@@ -140,6 +147,7 @@ func TestRun(t *testing.T) {
 }
 
 func TestRunRefusesDynamic(t *testing.T) {
+	hostOnly(t)
 	dyn := testenv.RequireProgram(t, "true")
 	_, _, err := run(t, gexec.Options{Program: dyn})
 	if !errors.Is(err, gexec.ErrDynamic) || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
@@ -192,4 +200,35 @@ func TestRunTimeouts(t *testing.T) {
 			t.Errorf("output %q, want what the program printed before the timeout", out)
 		}
 	})
+}
+
+// BenchmarkRun measures one vmnet exec of a trivial static program: QEMU
+// start to VMNET-READY and to QEMU's exit, with the default modules loaded
+// at boot and without any, on one and two vCPUs.
+func BenchmarkRun(b *testing.B) {
+	if os.Getenv(gexec.GuestEnv) != "" {
+		b.Skip("runs on the host")
+	}
+	testenv.RequireProgram(b, "qemu-system-x86_64")
+	prog := staticProgram(b)
+	for _, mods := range []struct {
+		name string
+		list []string
+	}{{"default-modules", nil}, {"no-modules", []string{}}} {
+		for _, cpus := range []int{1, 2} {
+			b.Run(mods.name+"/cpus="+strconv.Itoa(cpus), func(b *testing.B) {
+				var ready, total time.Duration
+				for i := 0; i < b.N; i++ {
+					res, err := gexec.Run(context.Background(), gexec.Options{Program: prog, Modules: mods.list, CPUs: cpus, Dir: b.TempDir()})
+					if err != nil || res.Status != 0 {
+						b.Fatalf("status %d: %v", res.Status, err)
+					}
+					ready += res.Boot
+					total += res.Total
+				}
+				b.ReportMetric(ready.Seconds()/float64(b.N), "s-to-start")
+				b.ReportMetric(total.Seconds()/float64(b.N), "s-to-exit")
+			})
+		}
+	}
 }

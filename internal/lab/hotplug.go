@@ -65,7 +65,7 @@ func (l *Lab) AddNIC(ctx context.Context, vmName, network string, queues int, ma
 	err = v.Hotplug(ctx, qemu.NIC{ID: id, Model: nic.Model, MAC: hw.String(), Queues: t.Files(), Vhost: nic.Vhost})
 	done(err)
 	if err != nil {
-		closeAndDelete(t, l.cfg.Name)
+		l.closeAndDelete(t)
 		return NICState{}, err
 	}
 	h := &hotNIC{id: id, network: network, mac: hw.String(), tap: t}
@@ -109,7 +109,7 @@ func (l *Lab) DelNIC(ctx context.Context, vmName, id string) error {
 	l.mu.Lock()
 	l.hotplug[vmName] = slices.Delete(l.hotplug[vmName], i, i+1)
 	l.mu.Unlock()
-	if err := closeAndDelete(h.tap, l.cfg.Name); err != nil {
+	if err := l.closeAndDelete(h.tap); err != nil {
 		return err
 	}
 	return l.save()

@@ -18,6 +18,7 @@ import (
 	"github.com/vmnet/vmnet/bridge"
 	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/internal/qemu"
+	"github.com/vmnet/vmnet/netns"
 	"github.com/vmnet/vmnet/tap"
 	"github.com/vmnet/vmnet/vmconfig"
 	"golang.org/x/sys/unix"
@@ -47,6 +48,11 @@ type Lab struct {
 	cfg  *vmconfig.Lab
 	opts Options
 	br   *bridge.Manager
+	// ns is the network namespace the lab lives in. Taps are made in the
+	// namespace of the calling thread, and the supervisor answers control
+	// calls on goroutines that may run on any thread, so tap work enters
+	// ns explicitly.
+	ns netns.Handle
 
 	mu       sync.Mutex
 	bridges  []string // bridges this Lab created, in creation order
@@ -61,8 +67,13 @@ type Lab struct {
 
 // New prepares to bring cfg up in the calling thread's network namespace.
 func New(cfg *vmconfig.Lab, opts Options) (*Lab, error) {
-	br, err := bridge.NewCurrent()
+	ns, err := netns.Current()
 	if err != nil {
+		return nil, err
+	}
+	br, err := bridge.New(ns)
+	if err != nil {
+		ns.Close()
 		return nil, err
 	}
 	if opts.Logf == nil {
@@ -71,7 +82,7 @@ func New(cfg *vmconfig.Lab, opts Options) (*Lab, error) {
 	if opts.RunDir == "" {
 		opts.RunDir = cfg.StateDir
 	}
-	return &Lab{cfg: cfg, opts: opts, br: br, networks: map[string]bool{},
+	return &Lab{cfg: cfg, opts: opts, br: br, ns: ns, networks: map[string]bool{},
 		taps: map[*vmconfig.NIC]*tap.Tap{}, vms: map[string]*qemu.VM{}, started: map[string]time.Time{},
 		hotplug: map[string][]*hotNIC{}}, nil
 }
@@ -207,7 +218,12 @@ func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (_ *ta
 			}
 		}
 	}
-	t, err := tap.Create(cfg)
+	var t *tap.Tap
+	err = netns.Do(l.ns, func() error {
+		var err error
+		t, err = tap.Create(cfg)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
 	}
@@ -223,7 +239,7 @@ func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (_ *ta
 		p.GroupFwdMask = bridge.PortTransparentMask
 	}
 	if err := l.br.AddPort(n.Bridge, p); err != nil {
-		if cerr := closeAndDelete(t, l.cfg.Name); cerr != nil {
+		if cerr := l.closeAndDelete(t); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
 		return nil, fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
@@ -382,7 +398,7 @@ func (l *Lab) Teardown(ctx context.Context) error {
 		taps = append(taps, t)
 	}
 	l.hotplug, l.taps = map[string][]*hotNIC{}, map[*vmconfig.NIC]*tap.Tap{}
-	errs = append(errs, closeAndDeleteAll(taps, l.cfg.Name))
+	errs = append(errs, l.closeAndDeleteAll(taps))
 	for i := len(l.bridges) - 1; i >= 0; i-- {
 		if err := l.br.Delete(l.bridges[i], l.cfg.Name, false); err != nil && !errors.Is(err, bridge.ErrNotFound) {
 			errs = append(errs, err)
@@ -401,9 +417,8 @@ func (l *Lab) Teardown(ctx context.Context) error {
 
 // closeAndDeleteAll is closeAndDelete for many taps. Closing a queue
 // waits for an RCU grace period in the kernel, so the closes run in
-// parallel; the deletes stay on the calling thread, whose network
-// namespace is the taps'.
-func closeAndDeleteAll(taps []*tap.Tap, owner string) error {
+// parallel; the deletes happen in the lab's namespace.
+func (l *Lab) closeAndDeleteAll(taps []*tap.Tap) error {
 	errs := make([]error, len(taps))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 32)
@@ -416,25 +431,22 @@ func closeAndDeleteAll(taps []*tap.Tap, owner string) error {
 		}()
 	}
 	wg.Wait()
-	for i, t := range taps {
-		if err := tap.Delete(t.Name(), owner, false); err != nil && !errors.Is(err, unix.ENODEV) {
-			errs[i] = errors.Join(errs[i], err)
+	err := netns.Do(l.ns, func() error {
+		for i, t := range taps {
+			if err := tap.Delete(t.Name(), l.cfg.Name, false); err != nil && !errors.Is(err, unix.ENODEV) {
+				errs[i] = errors.Join(errs[i], err)
+			}
 		}
-	}
-	return errors.Join(errs...)
+		return nil
+	})
+	return errors.Join(append(errs, err)...)
 }
 
-// closeAndDelete closes vmnet's queues of t. A tap that is not persistent
-// is gone once its last fd closes; delete it by tag in case something
-// else still holds it.
-func closeAndDelete(t *tap.Tap, owner string) error {
-	name := t.Name()
-	err := t.Close()
-	if derr := tap.Delete(name, owner, false); derr != nil && !errors.Is(derr, unix.ENODEV) {
-		err = errors.Join(err, derr)
-	}
-	return err
-}
+// closeAndDelete closes vmnet's queues of t and deletes it.
+func (l *Lab) closeAndDelete(t *tap.Tap) error { return l.closeAndDeleteAll([]*tap.Tap{t}) }
 
 // Close releases the netlink sockets; call after Teardown.
-func (l *Lab) Close() { l.br.Close() }
+func (l *Lab) Close() {
+	l.br.Close()
+	l.ns.Close()
+}

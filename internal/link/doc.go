@@ -6,19 +6,15 @@
 // filtered), so labs get point-to-point links that a Linux bridge would not
 // give them, links that span hosts, and a capture on any link.
 //
-// Usage:
+// Usage (see Example for a whole program):
 //
-//	ea, _ := vmconfig.ParseEndpoint("tap:lab0,queues=2")
-//	eb, _ := vmconfig.ParseEndpoint("udp:0.0.0.0:4789,remote=192.0.2.7:4789")
-//	a, err := link.Open(ctx, ea, link.OpenOptions{})
-//	if err != nil { ... }            // names the endpoint; nothing is left behind
-//	b, err := link.Open(ctx, eb, link.OpenOptions{})
-//	if err != nil { a.Close(); ... }
-//	l, err := link.New(a, b, link.Options{PCAP: "lab0.pcap"})
-//	if err != nil { a.Close(); b.Close(); ... }
-//	defer l.Close()                  // closes both endpoints and the capture
-//	go func() { for range time.Tick(time.Second) { s := l.Stats(); ... } }()
-//	err = l.Run(ctx)                 // until ctx is done or an endpoint fails
+//	ep, _ := vmconfig.ParseEndpoint("tap:lab0,queues=2")
+//	a, err := link.Open(ctx, ep, link.OpenOptions{}) // error names the endpoint; nothing left behind
+//	... b likewise, closing a if it fails ...
+//	l, err := link.New(a, b, link.Options{PCAP: "lab0.pcap"}) // owns a and b from here on
+//	defer l.Close()                                          // closes both, removes taps Open created
+//	err = l.Run(ctx)                                         // until ctx is done or an endpoint is gone
+//	s := l.Stats()                                           // any time, from any goroutine; JSON-friendly
 //
 // # Frames inside the link
 //
@@ -51,4 +47,11 @@
 // which matters to no receiver because TCP super-frames are sent with DF).
 // Datagrams larger than the path MTU are fragmented by IP; on a lossy path
 // between hosts, a lost fragment loses the whole super-frame.
+//
+// Sends and receives are batched (sendmmsg, recvmmsg). Where the kernel
+// has them, a run of equal-sized datagrams (MTU-sized frames from a device
+// without offloads) goes out as one UDP_SEGMENT message and comes in as
+// one UDP_GRO buffer; both ends accept either form, so peers with and
+// without them interoperate. Runs are built only while one datagram fits
+// the path MTU, and UDP_SEGMENT is dropped for good if the route refuses it.
 package link

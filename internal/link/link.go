@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vmnet/vmnet/vmconfig"
 	"github.com/vmnet/vmnet/vnethdr"
 )
 
@@ -475,4 +476,19 @@ func (p *pump) flush() error {
 	p.out = p.out[:0]
 	p.segUsed = 0
 	return ferr
+}
+
+// Dial opens both endpoints and makes a link between them. On error
+// nothing stays open (a tap it created is gone again).
+func Dial(ctx context.Context, a, b vmconfig.Endpoint, oo OpenOptions, opts Options) (*Link, error) {
+	ea, err := Open(ctx, a, oo)
+	if err != nil {
+		return nil, err
+	}
+	eb, err := Open(ctx, b, oo)
+	if err != nil {
+		ea.Close()
+		return nil, err
+	}
+	return New(ea, eb, opts)
 }

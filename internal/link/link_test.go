@@ -487,13 +487,14 @@ func TestTapDeleted(t *testing.T) {
 }
 
 // TestAttachExisting: a tap that exists is attached to, not recreated; its
-// vnet_hdr flag is kept, vmnet asks for offloads since it is the only
-// reader, and the tap survives the link (vmnet did not create it).
+// vnet_hdr flag and header size (12 bytes here, as QEMU sets for virtio
+// 1.0) are kept, vmnet asks for offloads since it is the only reader, and
+// the tap survives the link (vmnet did not create it).
 func TestAttachExisting(t *testing.T) {
 	w := newWorld(t, true)
 	testenv.Do(t, w.L, func() error {
 		cfg := tap.NewConfig("old0", 1)
-		cfg.VnetHdrSize = vnethdr.HdrLen
+		cfg.VnetHdrSize = vnethdr.HdrLenV1
 		cfg.Persist = true
 		tp, err := tap.Create(cfg)
 		if err != nil {
@@ -507,8 +508,8 @@ func TestAttachExisting(t *testing.T) {
 		}
 	})
 	a := w.open("tap:old0")
-	if i := a.Info(); i.Created || i.VnetHdr != vnethdr.HdrLen || !i.GSO {
-		t.Errorf("attached endpoint: %+v; want not created, 10-byte vnet header, GSO", i)
+	if i := a.Info(); i.Created || i.VnetHdr != vnethdr.HdrLenV1 || !i.GSO {
+		t.Errorf("attached endpoint: %+v; want not created, 12-byte vnet header, GSO", i)
 	}
 	var info tap.Info
 	testenv.Do(t, w.L, func() (err error) {
@@ -526,8 +527,12 @@ func TestAttachExisting(t *testing.T) {
 	w.plug("old0", "brA")
 	w.plug("tB", "brB")
 	stop := stopper(t, l)
-	w.tcpTransfer(1 << 20)
+	w.tcpTransfer(transferSize)
+	s := l.Stats()
 	stop()
+	if s.AtoB.SuperFrames == 0 {
+		t.Errorf("no super-frames from the attached tap:\n%s", s)
+	}
 	if _, err := w.nlL.LinkByName("old0"); err != nil {
 		t.Errorf("tap old0 gone after the link closed: %v; vmnet must not remove what it did not create", err)
 	}
@@ -557,5 +562,39 @@ func TestNamedNetNS(t *testing.T) {
 		return err
 	}); err != nil {
 		t.Errorf("tap nt0 not in namespace %s: %v", name, err)
+	}
+}
+
+// TestWireCheckCatchesBadFrames makes sure the tshark oracle used above
+// can fail: a capture with one bad TCP checksum and one oversized frame
+// must produce two complaints.
+func TestWireCheckCatchesBadFrames(t *testing.T) {
+	testenv.RequireProgram(t, "tshark")
+	file := filepath.Join(t.TempDir(), "bad.pcap")
+	f, err := os.Create(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := pcapgo.NewWriter(f)
+	w.WriteFileHeader(65536, layers.LinkTypeEthernet)
+	_, good := tcpSuperFrame(t, 1000)
+	ok := append([]byte(nil), good...)
+	if err := vnethdr.CompleteChecksum(vnethdr.Hdr{Flags: vnethdr.FlagNeedsCsum, CsumStart: 34, CsumOffset: 16}, ok); err != nil {
+		t.Fatal(err)
+	}
+	bad := append([]byte(nil), ok...)
+	bad[len(bad)-1] ^= 0xff
+	_, big := tcpSuperFrame(t, 3000)
+	if err := vnethdr.CompleteChecksum(vnethdr.Hdr{Flags: vnethdr.FlagNeedsCsum, CsumStart: 34, CsumOffset: 16}, big); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range [][]byte{ok, bad, big} {
+		w.WritePacket(gopacket.CaptureInfo{Timestamp: time.Now(), CaptureLength: len(b), Length: len(b)}, b)
+	}
+	f.Close()
+	opts := []string{"-o", "tcp.check_checksum:TRUE", "-o", "ip.check_checksum:TRUE", "-Y", "frame.len > 1514 or _ws.expert.group == \"Checksum\"",
+		"-T", "fields", "-e", "frame.number"}
+	if got := tshark(t, file, opts...); len(got) != 2 || got[0] != "2" || got[1] != "3" {
+		t.Errorf("tshark flagged frames %q, want 2 (bad checksum) and 3 (too long)", got)
 	}
 }

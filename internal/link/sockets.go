@@ -159,6 +159,6 @@ func openUDP(ep vmconfig.Endpoint, opts OpenOptions) (*Endpoint, error) {
 		gso:      true,
 		gsoMax:   MaxUDPFrame,
 		closeFn:  conn.Close,
-		queues:   []queueIO{newMmsgConn(name, rc, conn.SetDeadline, false)},
+		queues:   []queueIO{newUDPConn(name, rc, conn.SetDeadline, network == "udp6")},
 	}, nil
 }

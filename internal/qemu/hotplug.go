@@ -57,7 +57,13 @@ func (vm *VM) Hotplug(ctx context.Context, nic NIC) (err error) {
 	var fds, vfds []string
 	for i, f := range nic.Queues {
 		n := fmt.Sprintf("%s-q%d", nic.ID, i)
-		if _, err := vm.mon.run(ctx, "getfd", map[string]any{"fdname": n}, f); err != nil {
+		dup, err := passable(f)
+		if err != nil {
+			return fmt.Errorf("%s: hot-plug nic %s: tap queue %d: %w", name, nic.ID, i, err)
+		}
+		_, err = vm.mon.run(ctx, "getfd", map[string]any{"fdname": n}, dup)
+		dup.Close()
+		if err != nil {
 			return vm.qmpErr(fmt.Errorf("hot-plug nic %s: pass tap queue %d: %w", nic.ID, i, err))
 		}
 		sent = append(sent, n)
@@ -128,8 +134,8 @@ func deviceProps(nic NIC) map[string]any {
 }
 
 // Unplug removes a NIC: device_del, then (once the guest has let go of the
-// device, which QEMU reports as DEVICE_DELETED) netdev_del. Linux guests
-// take about 5 s: pciehp waits that long after the attention button.
+// device, which QEMU reports as DEVICE_DELETED) netdev_del. The guest must
+// cooperate; a guest that does not runs into ctx's deadline.
 func (vm *VM) Unplug(ctx context.Context, id string) error {
 	ctx, cancel, limit := withDefault(ctx, 30*time.Second)
 	defer cancel()
@@ -141,13 +147,24 @@ func (vm *VM) Unplug(ctx context.Context, id string) error {
 	if _, err := vm.mon.run(ctx, "device_del", map[string]any{"id": id}, nil); err != nil {
 		return vm.qmpErr(fmt.Errorf("unplug nic %s: %w", id, err))
 	}
-	select {
-	case <-deleted:
-	case <-vm.exited:
-		return fmt.Errorf("%s: unplug nic %s: QEMU exited", name, id)
-	case <-ctx.Done():
-		return fmt.Errorf("%s: unplug nic %s: guest did not release the device (no DEVICE_DELETED) within %v; last console lines: %s",
-			name, id, limit, vm.con.tailText(tailLines))
+	// q35 in QEMU 7.2 unplugs through ACPI; a busy guest sometimes misses
+	// the eject event (seen under TCG on a loaded host), and QEMU accepts
+	// device_del again to resend it.
+	retry := time.NewTicker(3 * time.Second)
+	defer retry.Stop()
+wait:
+	for {
+		select {
+		case <-deleted:
+			break wait
+		case <-retry.C:
+			vm.mon.run(ctx, "device_del", map[string]any{"id": id}, nil)
+		case <-vm.exited:
+			return fmt.Errorf("%s: unplug nic %s: QEMU exited", name, id)
+		case <-ctx.Done():
+			return fmt.Errorf("%s: unplug nic %s: guest did not release the device (no DEVICE_DELETED) within %v; last console lines: %s",
+				name, id, limit, vm.con.tailText(tailLines))
+		}
 	}
 	vm.freeNIC(id)
 	if _, err := vm.mon.run(ctx, "netdev_del", map[string]any{"id": id}, nil); err != nil {

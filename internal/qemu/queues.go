@@ -29,3 +29,32 @@ func reattachQueues(files []*os.File) {
 		})
 	}
 }
+
+// passable returns a dup of f for QMP getfd that go-qemu can send without
+// harm. go-qemu calls File.Fd, and Fd switches a file that Go put into
+// non-blocking mode back to blocking. O_NONBLOCK belongs to the file
+// description that QEMU shares, so a running QEMU (whose tap reads loop
+// until EAGAIN) would then block in read and hang. A dup wrapped by
+// os.NewFile while the description is already non-blocking is one Go did
+// not switch, so its Fd leaves the mode alone.
+func passable(f *os.File) (*os.File, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	nfd := -1
+	var derr error
+	if err := rc.Control(func(fd uintptr) {
+		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, derr
+	}
+	if err := unix.SetNonblock(nfd, true); err != nil {
+		unix.Close(nfd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(nfd), f.Name()), nil
+}

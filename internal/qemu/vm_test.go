@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/internal/testenv"
@@ -473,16 +474,29 @@ func TestHotplug(t *testing.T) {
 		t.Fatalf("before hot-plug: %q status %d", out, st)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := vm.Hotplug(ctx, NIC{ID: "n1", MAC: "52:54:00:00:01:01", Queues: tp1.Files()}); err != nil {
+	opCtx := func() context.Context {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		t.Cleanup(cancel)
+		return ctx
+	}
+	dbgFlags := func(when string) {
+		for i, f := range tp1.Files() {
+			rc, _ := f.SyscallConn()
+			var fl int
+			rc.Control(func(fd uintptr) { fl, _ = unix.FcntlInt(fd, unix.F_GETFL, 0) })
+			t.Logf("DEBUG %s: q%d flags %#x", when, i, fl)
+		}
+	}
+	dbgFlags("before hotplug")
+	defer dbgFlags("end")
+	if err := vm.Hotplug(opCtx(), NIC{ID: "n1", MAC: "52:54:00:00:01:01", Queues: tp1.Files()}); err != nil {
 		t.Fatal(err)
 	}
 	// The netdev must be QEMU's, on the tap's two fds.
 	if !pciHas(t, vm, "n1") {
 		t.Errorf("n1 not on the PCI bus")
 	}
-	out, st := sh.run(t, `i=0; while [ $i -lt 100 ] && ! [ -e /sys/class/net/eth1 ]; do sleep 0.1; i=$((i+1)); done; `+
+	out, st := sh.run(t, `i=0; while [ $i -lt 300 ] && ! [ -e /sys/class/net/eth1 ]; do sleep 0.1; i=$((i+1)); done; `+
 		`cat /sys/class/net/eth1/address && ip link set eth1 up && ip addr add 10.0.0.3/24 dev eth1 && `+
 		`ip route add 10.0.0.1/32 dev eth1 && ping -c 2 -W 3 -I eth1 10.0.0.1 && ethtool -l eth1`, 60*time.Second)
 	t.Logf("guest after hot-plug:\n%s", out)
@@ -496,23 +510,34 @@ func TestHotplug(t *testing.T) {
 		t.Errorf("tap hp1: %d enabled, %d disabled queues; want 2, 0", en, dis)
 	}
 
-	// A second hot-plug with the same id must fail cleanly.
-	if err := vm.Hotplug(ctx, NIC{ID: "n1", Queues: tp1.Files()}); err == nil {
+	dbgFlags("after hotplug+shell")
+	// A second hot-plug with the same id must fail cleanly, and must not
+	// switch the tap fds QEMU is using to blocking mode (QEMU would hang).
+	if err := vm.Hotplug(opCtx(), NIC{ID: "n1", Queues: tp1.Files()}); err == nil {
 		t.Errorf("duplicate hot-plug id accepted")
 	} else {
 		t.Log(err)
 	}
+	for i, f := range tp1.Files() {
+		rc, err := f.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fl int
+		rc.Control(func(fd uintptr) { fl, err = unix.FcntlInt(fd, unix.F_GETFL, 0) })
+		if err != nil || fl&unix.O_NONBLOCK == 0 {
+			t.Errorf("tap hp1 queue %d in use by QEMU is blocking now (flags %#x, %v)", i, fl, err)
+		}
+	}
+	if _, err := vm.Status(opCtx()); err != nil {
+		t.Fatalf("QEMU unresponsive after the duplicate hot-plug: %v", err)
+	}
 
 	t0 := time.Now()
-	if err := vm.Unplug(ctx, "n1"); err != nil {
-		out, _ := sh.run(t, "dmesg | tail -40; ls /sys/bus/pci/slots; cat /sys/bus/pci/slots/*/power", 10*time.Second)
-		t.Logf("DEBUG guest dmesg:\n%s", out)
+	if err := vm.Unplug(opCtx(), "n1"); err != nil {
 		t.Fatal(err)
 	}
-	{
-		out, _ := sh.run(t, "dmesg | grep -i -E 'hotplug|pciehp|acpiphp|virtio|slot' | tail -20; ls /sys/bus/pci/slots", 10*time.Second)
-		t.Logf("DEBUG guest dmesg (ok):\n%s", out)
-	}
+
 	t.Logf("unplug took %v", time.Since(t0).Round(time.Millisecond))
 	if out, _ := sh.run(t, "ls /sys/class/net", 10*time.Second); strings.Contains(out, "eth1") {
 		t.Errorf("eth1 still in the guest after unplug: %q", out)
@@ -521,7 +546,7 @@ func TestHotplug(t *testing.T) {
 		t.Errorf("n1 still on the PCI bus")
 	}
 	// Port freed: plug again.
-	if err := vm.Hotplug(ctx, NIC{ID: "n1", Queues: tp1.Files()}); err != nil {
+	if err := vm.Hotplug(opCtx(), NIC{ID: "n1", Queues: tp1.Files()}); err != nil {
 		select {
 		case <-vm.Exited():
 			t.Logf("QEMU exited: %s", vm.Stderr())
@@ -529,7 +554,7 @@ func TestHotplug(t *testing.T) {
 		}
 		t.Fatalf("re-plug after unplug: %v", err)
 	}
-	out, st = sh.run(t, `i=0; while [ $i -lt 100 ] && ! [ -e /sys/class/net/eth1 ]; do sleep 0.1; i=$((i+1)); done; `+
+	out, st = sh.run(t, `i=0; while [ $i -lt 300 ] && ! [ -e /sys/class/net/eth1 ]; do sleep 0.1; i=$((i+1)); done; `+
 		`ip link set eth1 up && ip addr add 10.0.0.3/24 dev eth1 && ip route replace 10.0.0.1/32 dev eth1 && ping -c 2 -W 3 -I eth1 10.0.0.1`, 60*time.Second)
 	if st != 0 {
 		t.Fatalf("re-plugged NIC not usable (status %d):\n%s", st, out)
