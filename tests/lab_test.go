@@ -310,3 +310,58 @@ accel = "tcg"
 		})
 	}
 }
+
+// TestLabBackToBackLink wires two guests with a [[link]] (no bridge in
+// between), lets them ping each other and checks the link's capture with
+// tshark.
+func TestLabBackToBackLink(t *testing.T) {
+	requireGuests(t)
+	tshark := testenv.RequireProgram(t, "tshark")
+	ns := testenv.NetNS(t)
+	pcap := filepath.Join(t.TempDir(), "link.pcap")
+	path, stateDir := writeLab(t, fmt.Sprintf(`
+[defaults]
+accel = "tcg"
+[[vm]]
+name = "r1"
+  [[vm.nic]]
+  address = ["10.73.0.1/30"]
+[[vm]]
+name = "r2"
+  [[vm.nic]]
+  address = ["10.73.0.2/30"]
+[[link]]
+a = "vm:r1:0"
+b = "vm:r2:0"
+pcap = %q
+`, pcap))
+	if r := vmnetIn(t, ns, "up", path, "--detach"); r.status != 0 {
+		t.Fatalf("up: %d\n%s%s", r.status, r.stdout, r.stderr)
+	}
+	t.Cleanup(func() { vmnetIn(t, ns, "down", path) })
+	if r := vmnetIn(t, ns, "sh", path, "r1", "--timeout", "90s", "--", "ping -c 3 -W 5 10.73.0.2"); r.status != 0 {
+		t.Fatalf("r1 cannot ping r2 over the link: %d\n%s%s", r.status, r.stdout, r.stderr)
+	}
+	r := vmnetIn(t, ns, "status", path, "-o", "json")
+	var rep struct {
+		Links []struct {
+			Stats *struct {
+				AtoB struct{ Frames uint64 } `json:"a_to_b"`
+				BtoA struct{ Frames uint64 } `json:"b_to_a"`
+			} `json:"stats"`
+		} `json:"links"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || len(rep.Links) != 1 || rep.Links[0].Stats == nil ||
+		rep.Links[0].Stats.AtoB.Frames < 3 || rep.Links[0].Stats.BtoA.Frames < 3 {
+		t.Errorf("status shows no link counters: %v\n%s", err, r.stdout)
+	}
+	if r := vmnetIn(t, ns, "down", path); r.status != 0 {
+		t.Fatalf("down: %d %s", r.status, r.stderr)
+	}
+	out, err := exec.Command(tshark, "-r", pcap, "-Y", "icmp.type == 0 && ip.src == 10.73.0.2").CombinedOutput()
+	if err != nil || strings.Count(strings.TrimSpace(string(out)), "\n") < 2 {
+		t.Errorf("capture lacks r2's three echo replies: %v\n%s", err, out)
+	}
+	onlyLoopback(t, ns)
+	noQEMU(t, stateDir)
+}

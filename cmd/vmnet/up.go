@@ -274,15 +274,15 @@ func status(e *env, args []string) error {
 		if cfg == nil && st.Config != "" {
 			cfg, _ = vmconfig.Load(st.Config)
 		}
-		var vmStatus map[string]string
+		var live *lab.Response
 		if lab.Alive(st.Supervisor) {
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			if resp, err := lab.Call(ctx, dir, lab.Request{Op: "vm-status"}); err == nil {
-				vmStatus = resp.VMStatus
+				live = &resp
 			}
 			cancel()
 		}
-		reports = append(reports, lab.Describe(st, cfg, vmStatus))
+		reports = append(reports, lab.Describe(st, cfg, live))
 	}
 	switch o.format {
 	case "json":

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/vmnet/vmnet/internal/link"
 )
 
 // The supervisor answers on a unix socket in the state directory, one
@@ -31,6 +33,7 @@ type Request struct {
 type Response struct {
 	Error    string            `json:"error,omitempty"`
 	VMStatus map[string]string `json:"vm_status,omitempty"`
+	Links    []link.Stats      `json:"links,omitempty"`
 	NIC      *NICState         `json:"nic,omitempty"`
 }
 
@@ -95,6 +98,7 @@ func (l *Lab) handle(ctx context.Context, req Request, resp *Response) error {
 			}
 			resp.VMStatus[vm.Name] = st.Status
 		}
+		resp.Links = l.LinkStats()
 		return nil
 	case "nic-add":
 		n, err := l.AddNIC(ctx, req.VM, req.Network, req.Queues, req.MAC)

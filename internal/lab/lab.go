@@ -63,6 +63,9 @@ type Lab struct {
 	started  map[string]time.Time
 	hotplug  map[string][]*hotNIC // per VM, NICs added at run time
 	state    *State               // nil unless the Lab is supervised (Up)
+	links    []*runningLink
+	linkCtx  context.Context
+	linkStop context.CancelFunc
 }
 
 // New prepares to bring cfg up in the calling thread's network namespace.
@@ -370,6 +373,9 @@ func (l *Lab) Teardown(ctx context.Context) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var errs []error
+	if err := l.stopLinksLocked(); err != nil {
+		errs = append(errs, err)
+	}
 	var wg sync.WaitGroup
 	var emu sync.Mutex
 	for name, v := range l.vms {

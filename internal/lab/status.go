@@ -10,6 +10,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vmnet/vmnet/bridge"
+	"github.com/vmnet/vmnet/internal/link"
 	"github.com/vmnet/vmnet/tap"
 	"github.com/vmnet/vmnet/vmconfig"
 )
@@ -66,16 +67,22 @@ type NICReport struct {
 	Error             string   `json:"error,omitempty"`
 }
 
-// LinkReport is one [[link]] of the lab file.
+// LinkReport is one [[link]] of the lab file, with its counters while the
+// supervisor runs it.
 type LinkReport struct {
-	A string `json:"a"`
-	B string `json:"b"`
+	A     string      `json:"a"`
+	B     string      `json:"b"`
+	Stats *link.Stats `json:"stats,omitempty"`
 }
 
 // Describe builds the report of a lab from its state, the lab file (for
-// the topology, when it can still be read) and the kernel. vmStatus holds
-// the supervisor's answer (nil when it is not running).
-func Describe(st *State, cfg *vmconfig.Lab, vmStatus map[string]string) Report {
+// the topology, when it can still be read) and the kernel. live is the
+// supervisor's answer to vm-status (nil when it is not running).
+func Describe(st *State, cfg *vmconfig.Lab, live *Response) Report {
+	var vmStatus map[string]string
+	if live != nil {
+		vmStatus = live.VMStatus
+	}
 	r := Report{Lab: st.Lab, Config: st.Config, StateDir: st.StateDir, Phase: st.Phase, Supervisor: st.Supervisor,
 		Running: Alive(st.Supervisor), Started: st.Started, Networks: []NetworkReport{}, VMs: []VMReport{}, Links: []LinkReport{}}
 	created := map[string]bool{}
@@ -111,8 +118,12 @@ func Describe(st *State, cfg *vmconfig.Lab, vmStatus map[string]string) Report {
 		for _, n := range cfg.Networks {
 			addNet(n.Name, n.Bridge)
 		}
-		for _, l := range cfg.Links {
-			r.Links = append(r.Links, LinkReport{A: l.A.String(), B: l.B.String()})
+		for i, l := range cfg.Links {
+			lr := LinkReport{A: l.A.String(), B: l.B.String()}
+			if live != nil && i < len(live.Links) {
+				lr.Stats = &live.Links[i]
+			}
+			r.Links = append(r.Links, lr)
 		}
 	} else {
 		for _, b := range append(append([]string{}, st.Bridges...), st.Reused...) {
@@ -201,6 +212,11 @@ func (r Report) WriteTable(w io.Writer) {
 	}
 	for _, l := range r.Links {
 		fmt.Fprintf(w, "  link %s <-> %s\n", l.A, l.B)
+		if l.Stats != nil {
+			for _, line := range strings.Split(l.Stats.String(), "\n") {
+				fmt.Fprintf(w, "    %s\n", line)
+			}
+		}
 	}
 }
 

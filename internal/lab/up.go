@@ -102,6 +102,9 @@ func (l *Lab) Up(ctx context.Context, readyTimeout time.Duration) (err error) {
 			return err
 		}
 	}
+	if err := l.StartLinks(ctx); err != nil {
+		return err
+	}
 	l.failpoint("after-taps")
 	if len(l.cfg.VMs) > 0 {
 		// Build the test image once, before the parallel boots want it.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
+	"golang.org/x/sys/unix"
 )
 
 // Hotplug adds a NIC to the running guest: every tap queue fd travels to
@@ -24,6 +25,17 @@ func (vm *VM) Hotplug(ctx context.Context, nic NIC) (err error) {
 	if err != nil {
 		return fmt.Errorf("%s: hot-plug: %w", name, err)
 	}
+	// Refuse a plugged id before any fd travels: QEMU would reject the
+	// netdev anyway, but receiving the fds already switched them (shared
+	// with the live NIC) to blocking mode.
+	if err := vm.claimNIC(nic.ID); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			vm.releaseNIC(nic.ID)
+		}
+	}()
 	useVhost, note, err := vhostMode(nic, HostCaps(false, false))
 	if err != nil {
 		return fmt.Errorf("%s: hot-plug: %w", name, err)
@@ -62,6 +74,10 @@ func (vm *VM) Hotplug(ctx context.Context, nic NIC) (err error) {
 			return fmt.Errorf("%s: hot-plug nic %s: tap queue %d: %w", name, nic.ID, i, err)
 		}
 		_, err = vm.mon.run(ctx, "getfd", map[string]any{"fdname": n}, dup)
+		// QEMU makes every fd it receives blocking ("O_NONBLOCK is
+		// preserved across SCM_RIGHTS so reset it"); give the shared
+		// description back the mode a running netdev on it needs.
+		unix.SetNonblock(int(dup.Fd()), true)
 		dup.Close()
 		if err != nil {
 			return vm.qmpErr(fmt.Errorf("hot-plug nic %s: pass tap queue %d: %w", nic.ID, i, err))
@@ -167,6 +183,7 @@ wait:
 		}
 	}
 	vm.freeNIC(id)
+	vm.releaseNIC(id)
 	if _, err := vm.mon.run(ctx, "netdev_del", map[string]any{"id": id}, nil); err != nil {
 		return vm.qmpErr(fmt.Errorf("unplug nic %s: %w", id, err))
 	}
@@ -211,4 +228,20 @@ func (vm *VM) bestEffort(execute string, args any) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	vm.mon.run(ctx, execute, args, nil)
+}
+
+func (vm *VM) claimNIC(id string) error {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if vm.nics[id] {
+		return fmt.Errorf("%s: hot-plug nic %s: a NIC with this id is plugged already (unplug it first)", vm.spec.name(), id)
+	}
+	vm.nics[id] = true
+	return nil
+}
+
+func (vm *VM) releaseNIC(id string) {
+	vm.mu.Lock()
+	delete(vm.nics, id)
+	vm.mu.Unlock()
 }

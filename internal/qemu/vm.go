@@ -46,6 +46,7 @@ type VM struct {
 
 	mu        sync.Mutex
 	usedPorts map[string]string // hot-plug root port -> NIC id
+	nics      map[string]bool   // ids of plugged NICs
 	stopped   bool
 }
 
@@ -160,7 +161,10 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 		}
 	})
 
-	vm := &VM{spec: s, cmdline: cl, stderr: &ringBuffer{max: 16 << 10}, exited: make(chan struct{}), usedPorts: map[string]string{}}
+	vm := &VM{spec: s, cmdline: cl, stderr: &ringBuffer{max: 16 << 10}, exited: make(chan struct{}), usedPorts: map[string]string{}, nics: map[string]bool{}}
+	for _, nic := range s.NICs {
+		vm.nics[nic.ID] = true
+	}
 	var outs []io.Writer
 	if s.ConsoleLog != "" {
 		f, err := os.OpenFile(s.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
