@@ -33,6 +33,7 @@ for w in $(cat /proc/cmdline); do
 	vmnet.mtu=*) mtus="$mtus ${w#vmnet.mtu=}" ;;
 	vmnet.modules=*) mods="$mods $(echo "${w#vmnet.modules=}" | tr , ' ')" ;;
 	vmnet.cmd=*)
+		[ -z "$havecmd" ] || err "vmnet.cmd given more than once"
 		cmd64=${w#vmnet.cmd=}
 		havecmd=cmdline
 		;;

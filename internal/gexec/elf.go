@@ -63,7 +63,7 @@ func CheckStatic(path string) error {
 	}
 	libs, _ := ef.ImportedLibraries() // error means no dynamic section
 	if interp == "" && len(libs) == 0 {
-		if ef.Type == elf.ET_DYN && ef.Section(".interp") == nil && !hasEntry(ef) {
+		if ef.Type == elf.ET_DYN && ef.Entry == 0 {
 			return fmt.Errorf("program %s: is a shared library, not an executable", path)
 		}
 		return nil
@@ -78,5 +78,3 @@ func CheckStatic(path string) error {
 	return fmt.Errorf("program %s: %w (%s), and the guest has none of that for it: build it with CGO_ENABLED=0 (e.g. CGO_ENABLED=0 go test -exec 'vmnet exec' ...)",
 		path, ErrDynamic, strings.Join(what, "; "))
 }
-
-func hasEntry(ef *elf.File) bool { return ef.Entry != 0 }

@@ -167,8 +167,8 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if e := out.startError(); e != "" {
 		return res, fmt.Errorf("guest for %s: %s", filepath.Base(o.Program), e)
 	}
-	if !out.started.IsZero() {
-		res.Boot = out.started.Sub(start)
+	if t := out.startTime(); !t.IsZero() {
+		res.Boot = t.Sub(start)
 	}
 	res.Run = res.Total - res.Boot
 	res.Status = st

@@ -4,11 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,14 +21,17 @@ import (
 
 // guestOnly are the tests that need a kernel feature the host lacks; they
 // skip on such a host naming the feature, so here they must run (and
-// pass) inside a guest.
+// pass) inside a guest. Their whole packages run there, so that a new
+// test that skips on the host for a missing feature is caught too.
 var guestOnly = map[string][]string{
 	"./bridge/":         {"TestVLANs", "TestPortVLANsNeedFiltering"},
 	"./internal/gexec/": {"TestVhostFdsPerQueue", "TestKernel8021Q", "TestKernelNetem"},
 }
 
-// guestRun selects them (and nothing that boots guests itself).
-const guestRun = "^(TestVLANs|TestPortVLANsNeedFiltering|TestVhostFdsPerQueue|TestKernel8021Q|TestKernelNetem)$"
+// missingFeature matches the skip messages of tests that need something
+// the kernel lacks (bridge/, tap/, this package) or a missing prerequisite
+// (internal/testenv).
+var missingFeature = regexp.MustCompile(`this kernel lacks|prerequisite missing`)
 
 type testEvent struct {
 	Action  string
@@ -44,26 +51,15 @@ func TestGuestOnly(t *testing.T) {
 		t.Skip("boots guests; not in -short mode")
 	}
 	goTool := testenv.RequireProgram(t, "go")
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
-		t.Fatalf("module root: %v", err)
-	}
-	vmnet := filepath.Join(t.TempDir(), "vmnet")
-	build := exec.Command(goTool, "build", "-o", vmnet, "./cmd/vmnet")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/vmnet: %v\n%s", err, out)
-	}
+	root := moduleRoot(t)
+	vmnet := buildVmnet(t)
 
 	var pkgs []string
 	for p := range guestOnly {
 		pkgs = append(pkgs, p)
 	}
 	sort.Strings(pkgs)
-	args := append([]string{"test", "-json", "-count=1", "-timeout=10m", "-exec", vmnet + " exec", "-run", guestRun}, pkgs...)
+	args := append([]string{"test", "-json", "-count=1", "-timeout=10m", "-exec", vmnet + " exec"}, pkgs...)
 	cmd := exec.Command(goTool, args...)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "CI=true")
@@ -113,12 +109,116 @@ func TestGuestOnly(t *testing.T) {
 			}
 		}
 	}
-	for k, r := range result {
-		if r == "fail" {
+	var keys []string
+	for k := range result {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		switch {
+		case result[k] == "fail":
 			t.Errorf("%s failed in the guest:\n%s", k, output[k])
+		case result[k] == "skip" && missingFeature.MatchString(output[k]):
+			t.Errorf("%s skipped in the guest for something the guest kernel or image lacks:\n%s", k, output[k])
+		case result[k] == "skip":
+			t.Logf("%s skipped in the guest: %s", k, strings.TrimSpace(lastLine(output[k])))
 		}
 	}
 	if runErr != nil && !t.Failed() {
 		t.Errorf("go test: %v\n%s\n%s", runErr, stderr.String(), out)
+	}
+}
+
+// lastLine is the skip message of a test's output: the line before "--- SKIP".
+func lastLine(out string) string {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) >= 2 {
+		return lines[len(lines)-2]
+	}
+	return out
+}
+
+// moduleRoot is the directory of go.mod, two levels up from this package.
+func moduleRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
+		t.Fatalf("module root: %v", err)
+	}
+	return root
+}
+
+var (
+	vmnetOnce sync.Once
+	vmnetPath string
+	vmnetErr  error
+)
+
+// buildVmnet builds the vmnet command once per test binary.
+func buildVmnet(t *testing.T) string {
+	t.Helper()
+	goTool := testenv.RequireProgram(t, "go")
+	root := moduleRoot(t)
+	vmnetOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "gexec-vmnet-")
+		if err != nil {
+			vmnetErr = err
+			return
+		}
+		vmnetPath = filepath.Join(dir, "vmnet")
+		build := exec.Command(goTool, "build", "-o", vmnetPath, "./cmd/vmnet")
+		build.Dir = root
+		if out, err := build.CombinedOutput(); err != nil {
+			vmnetErr = fmt.Errorf("go build ./cmd/vmnet: %v\n%s", err, out)
+		}
+	})
+	if vmnetErr != nil {
+		t.Fatal(vmnetErr)
+	}
+	return vmnetPath
+}
+
+// The command's contract with go test: stdout is the program's output
+// only, the exit status is the program's, and failures to run it at all
+// have their own statuses with the reason on stderr.
+func TestCLI(t *testing.T) {
+	needGuest(t)
+	vmnet := buildVmnet(t)
+	prog := staticProgram(t)
+	dir := t.TempDir()
+	run := func(args ...string) (string, string, int) {
+		cmd := exec.Command(vmnet, args...)
+		cmd.Dir = dir
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatal(err)
+		}
+		return out.String(), errb.String(), cmd.ProcessState.ExitCode()
+	}
+	// Flags after PROGRAM belong to it, even ones vmnet exec also has.
+	out, stderr, code := run("exec", "--cpus=1", prog, "-test.v=true", "--cpus=7", "exit=3")
+	if code != 3 || !strings.HasPrefix(out, `args=["-test.v=true" "--cpus=7" "exit=3"]`+"\n") || !strings.HasSuffix(out, "to stderr, no newline") {
+		t.Errorf("exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(stderr), "\n") {
+		if l != "" && !strings.HasPrefix(l, "vmnet image: ") { // an image build (recipe changed) says so
+			t.Errorf("stderr line %q: want nothing but image build steps", l)
+		}
+	}
+	dyn := testenv.RequireProgram(t, "true")
+	if _, stderr, code := run("exec", dyn); code != 125 || !strings.Contains(stderr, "CGO_ENABLED=0") {
+		t.Errorf("dynamic program: exit %d, stderr %q; want 125 and the CGO_ENABLED=0 hint", code, stderr)
+	}
+	if _, stderr, code := run("exec", "--boot-timeout=200ms", prog); code != 124 || !strings.Contains(stderr, "no VMNET-READY within") {
+		t.Errorf("boot timeout: exit %d, stderr %q; want 124", code, stderr)
+	}
+	if _, stderr, code := run("exec", "--memory=lots", prog); code != 2 || !strings.Contains(stderr, "--memory") && !strings.Contains(stderr, "-memory") {
+		t.Errorf("bad flag: exit %d, stderr %q; want 2", code, stderr)
 	}
 }

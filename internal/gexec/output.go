@@ -8,6 +8,13 @@ import (
 	"time"
 )
 
+// startTime is when the program started (zero if it did not).
+func (f *outputFilter) startTime() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.started
+}
+
 // startError returns the wrapper's VMNET-EXEC-ERROR message, if any.
 func (f *outputFilter) startError() string {
 	f.mu.Lock()

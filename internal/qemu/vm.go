@@ -114,6 +114,9 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 			return nil, fmt.Errorf("%s: %s: %w", name, p.what, err)
 		}
 	}
+	if err := checkUserAccess(s); err != nil {
+		return nil, err
+	}
 	if s.Accel == AccelKVM {
 		if _, err := os.Stat("/dev/kvm"); err != nil {
 			return nil, fmt.Errorf("%s: accel kvm: %w (use accel auto or tcg)", name, err)

@@ -681,7 +681,15 @@ func TestGuestAsUser(t *testing.T) {
 		IPs: []GuestIP{{Iface: "eth0", Addrs: addr("10.0.0.2/24")}},
 		Cmd: "ping -c 1 -W 5 10.0.0.1",
 	})
-	// The user must reach the image and the run directory.
+	// The user must reach the image and the run directory; vmnet says so
+	// before starting QEMU.
+	s.User = &User{UID: 65534, GID: 65534}
+	s.NICs = []NIC{{ID: "n0", Queues: tp.Files()}}
+	if _, err := Start(context.Background(), s); err == nil || !strings.Contains(err.Error(), "QEMU runs as uid 65534 but") {
+		t.Fatalf("Start with an unreachable image: %v", err)
+	} else {
+		t.Log(err)
+	}
 	dir := t.TempDir()
 	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
 		os.Chmod(d, 0o755)
@@ -698,8 +706,6 @@ func TestGuestAsUser(t *testing.T) {
 		*f = p
 	}
 	s.RunDir = filepath.Join(dir, "run")
-	s.User = &User{UID: 65534, GID: 65534}
-	s.NICs = []NIC{{ID: "n0", Queues: tp.Files()}}
 	vm := start(t, s)
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", vm.PID()))
 	if err != nil {
