@@ -228,6 +228,7 @@ func TestConfigErrors(t *testing.T) {
 		{"unknown parameter", []string{"vmnet.iq=eth0:10.0.0.2/24"}, "unknown kernel parameter vmnet.iq"},
 		{"no prefix length", []string{"vmnet.ip=lo:10.9.9.9"}, "has no /LEN"},
 		{"bad route", []string{"vmnet.route=10.0.0.0:10.0.0.1"}, "vmnet.route=10.0.0.0:10.0.0.1"},
+		{"command twice", []string{images.CmdArg("true")}, "vmnet.cmd given more than once"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := boot(t, vm{params: append(tc.params, images.CmdArg("echo should-not-run"))})
