@@ -70,8 +70,8 @@
 // "\r" (the serial console ends lines with "\r\n").
 //
 // A command is given by vmnet.cmd, or else by an executable /vmnet/run in
-// the initramfs (append a second cpio archive to Image.Initrd, see
-// package cpio), called with the lines of /vmnet/args as its arguments
+// the initramfs (append a second cpio archive to Image.Initrd, starting
+// at a multiple of 4 bytes, see package cpio), called with the lines of /vmnet/args as its arguments
 // (one argument per line, no quoting). The command runs in / as root with
 // stdin /dev/null, stdout and stderr on the console. Afterwards /init
 // prints "\nVMNET-EXIT=<status>\n" (a newline first, so the marker is on
@@ -80,9 +80,13 @@
 // with a command given, the command is not run: VMNET-EXIT=125.
 //
 // Without a command the guest keeps running: a shell for programs on
-// ttyS1 if that port exists (no echo, no prompt, "\n" line ends; for
-// example a unix-socket -serial the host connects to) and an interactive
-// shell on the console, both restarted when they exit. After VMNET-ERROR
+// ttyS1 if that port exists (for example a unix-socket -serial the host
+// connects to) and an interactive shell on the console, both restarted
+// when they exit. The ttyS1 shell is set up before VMNET-READY and is not
+// interactive: no echo, no prompt, no line editing, "\n" line ends, lines
+// of at most 4095 bytes; only command output comes back, so frame it
+// yourself (e.g. send "CMD; echo END-$?"). ^C or a syntax error ends it
+// and a new one starts within a second; input sent meanwhile is kept. After VMNET-ERROR
 // the shells start too (for debugging), without VMNET-READY.
 //
 // # Cache

@@ -69,7 +69,7 @@ func execProgram(e *env, args []string) error {
 		"kernel modules to put into the image and load at boot, with their dependencies (comma-separated; \"\" for none)")
 	progs := fs.String("programs", "", "host programs to carry into the guest's PATH with their libraries (comma-separated; default: those of "+
 		strings.Join(gexec.DefaultPrograms, ",")+" the host has; \"none\" for none)")
-	cpus := fs.Int("cpus", 2, "guest vCPUs")
+	cpus := fs.Int("cpus", 1, "guest vCPUs (under TCG on a busy host one boots fastest; more for tests that need parallelism)")
 	mem := memFlag(512)
 	fs.Var(&mem, "memory", "guest memory in MiB (512, 512M, 1G)")
 	timeout := fs.Duration("timeout", 0, "give up (exit 124) when the program has not finished after this long (default: the program's -test.timeout plus 1m, else 10m)")

@@ -3,7 +3,6 @@ package gexec_test
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -48,27 +47,5 @@ func TestCheckStatic(t *testing.T) {
 	}
 	if err := gexec.CheckStatic(dir); err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Errorf("directory: %v", err)
-	}
-}
-
-// A cgo program built the usual way is refused before any guest boots.
-func TestCheckStaticCgo(t *testing.T) {
-	hostOnly(t)
-	goTool := testenv.RequireProgram(t, "go")
-	if _, err := exec.LookPath("gcc"); err != nil {
-		t.Skip("no C compiler for a cgo build; TestCheckStatic covers dynamic binaries with the host's own")
-	}
-	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module c\ngo 1.22\n"), 0o644)
-	os.WriteFile(filepath.Join(dir, "main.go"), []byte("package main\n\n// int two(void) { return 2; }\nimport \"C\"\n\nfunc main() { println(C.two()) }\n"), 0o644)
-	cmd := exec.Command(goTool, "build", "-o", "c", ".")
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	err := gexec.CheckStatic(filepath.Join(dir, "c"))
-	if !errors.Is(err, gexec.ErrDynamic) || !strings.Contains(err.Error(), "build it with CGO_ENABLED=0") {
-		t.Fatalf("cgo binary: %v", err)
 	}
 }

@@ -61,7 +61,7 @@ type Options struct {
 	// means those of DefaultPrograms the host has.
 	Programs []string
 
-	CPUs        int           // default 2
+	CPUs        int           // default 1
 	MemoryMiB   int           // default 512
 	Accel       string        // qemu.AccelAuto (default), kvm, tcg
 	Machine     string        // default microvm
@@ -205,7 +205,9 @@ func (o *Options) defaults() error {
 		}
 	}
 	if o.CPUs == 0 {
-		o.CPUs = 2
+		// Under TCG a second vCPU is a second busy host thread: on a shared
+		// 2-core machine one vCPU boots in ~5 s, two in ~8-10 s.
+		o.CPUs = 1
 	}
 	if o.MemoryMiB == 0 {
 		o.MemoryMiB = 512

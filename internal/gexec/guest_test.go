@@ -168,6 +168,7 @@ func buildVmnet(t *testing.T) string {
 			vmnetErr = err
 			return
 		}
+		tempDirs = append(tempDirs, dir)
 		vmnetPath = filepath.Join(dir, "vmnet")
 		build := exec.Command(goTool, "build", "-o", vmnetPath, "./cmd/vmnet")
 		build.Dir = root

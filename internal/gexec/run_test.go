@@ -54,6 +54,17 @@ func main() {
 }
 `
 
+// tempDirs are shared across tests (built programs) and removed by TestMain.
+var tempDirs []string
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	for _, d := range tempDirs {
+		os.RemoveAll(d)
+	}
+	os.Exit(code)
+}
+
 var (
 	probeOnce sync.Once
 	probePath string
@@ -70,6 +81,7 @@ func staticProgram(t testing.TB) string {
 			probeErr = err
 			return
 		}
+		tempDirs = append(tempDirs, dir)
 		os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module probe\ngo 1.22\n"), 0o644)
 		os.WriteFile(filepath.Join(dir, "main.go"), []byte(probe), 0o644)
 		cmd := exec.Command(goTool, "build", "-o", "probe", ".")
