@@ -2,10 +2,12 @@ package tests
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vmnet/vmnet/internal/testenv"
 )
@@ -80,6 +82,55 @@ func TestRunBadInput(t *testing.T) {
 	r = vmnetIn(t, ns, "validate", ciLab)
 	if r.status != 0 || !strings.Contains(r.stdout, "lab ci: 1 network, 1 VM, 1 NIC") {
 		t.Errorf("validate: %d %q %q", r.status, r.stdout, r.stderr)
+	}
+	onlyLoopback(t, ns)
+}
+
+// TestRunAsUser boots a guest whose QEMU runs as nobody: the tap is owned
+// by nobody, QEMU only receives fds, and the test image is shared with it.
+func TestRunAsUser(t *testing.T) {
+	requireGuests(t)
+	ns := testenv.NetNS(t)
+	lab := filepath.Join(t.TempDir(), "user.toml")
+	os.WriteFile(lab, []byte(`[lab]
+name = "u"
+[[network]]
+name = "lan"
+addresses = ["10.81.0.1/24"]
+[[vm]]
+name = "a"
+accel = "tcg"
+user = "nobody"
+  [[vm.nic]]
+  network = "lan"
+  address = ["10.81.0.2/24"]
+`), 0o644)
+	seen := make(chan string, 1)
+	stop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				seen <- ""
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+			out, _ := exec.Command("ps", "-o", "user=,args=", "-C", "qemu-system-x86_64").Output()
+			for _, line := range strings.Split(string(out), "\n") {
+				if strings.Contains(line, "/vmnet-run-") && strings.Contains(line, "-name a ") {
+					seen <- strings.Fields(line)[0]
+					return
+				}
+			}
+		}
+	}()
+	r := vmnetIn(t, ns, "run", lab, "a", "--", "ping -c 2 -W 5 10.81.0.1 && sleep 3")
+	close(stop)
+	if r.status != 0 {
+		t.Fatalf("status %d\n%s\n%s", r.status, r.stdout, r.stderr)
+	}
+	if user := <-seen; user != "nobody" {
+		t.Errorf("QEMU ran as %q, want nobody", user)
 	}
 	onlyLoopback(t, ns)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -105,6 +106,11 @@ func runVM(e *env, args []string) (err error) {
 	vm, err := l.VM(pos[1])
 	if err != nil {
 		return err
+	}
+	// The console streams to stdout; a log the lab file did not ask for
+	// goes away with the run instead of into the lab's state directory.
+	if vm.Console == filepath.Join(cfg.StateDir, vm.Name+".console") {
+		vm.Console = filepath.Join(runDir, vm.Name+".console")
 	}
 	// Whatever happens from here on, everything created goes away again.
 	defer func() {

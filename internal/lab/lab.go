@@ -355,6 +355,16 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 	if err := os.MkdirAll(l.opts.RunDir, 0o700); err != nil {
 		return nil, fmt.Errorf("vm %s: run directory: %w", vm.Name, err)
 	}
+	if spec.ConsoleLog != "" {
+		if err := os.MkdirAll(filepath.Dir(spec.ConsoleLog), 0o700); err != nil {
+			return nil, fmt.Errorf("vm %s: console log: %w", vm.Name, err)
+		}
+	}
+	if spec.User != nil && spec.User.UID != 0 && vm.Kernel == "" {
+		if err := l.shareImage(&spec); err != nil {
+			return nil, fmt.Errorf("vm %s: user %s: %w", vm.Name, vm.User, err)
+		}
+	}
 	v, err := qemu.Start(ctx, spec)
 	if err != nil {
 		return nil, err
@@ -364,6 +374,59 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 	l.started[vm.Name] = time.Now()
 	l.mu.Unlock()
 	return v, l.save()
+}
+
+// shareImage lets an unprivileged QEMU reach the test image: the cache
+// usually sits in root's home, so the kernel and initrd are copied into
+// the lab's run directory, which others may traverse (0711) but not list.
+func (l *Lab) shareImage(spec *qemu.Spec) error {
+	if err := os.Chmod(l.opts.RunDir, 0o711); err != nil {
+		return err
+	}
+	dir := filepath.Join(l.opts.RunDir, "image")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, p := range []*string{&spec.Kernel, &spec.Initrd} {
+		dst := filepath.Join(dir, filepath.Base(*p))
+		if err := copyFile(*p, dst); err != nil {
+			return fmt.Errorf("share the test image: %w", err)
+		}
+		*p = dst
+	}
+	return nil
+}
+
+// copyFile copies src to dst (mode 0644) unless dst already has its size.
+func copyFile(src, dst string) error {
+	si, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	if di, err := os.Stat(dst); err == nil && di.Size() == si.Size() {
+		return nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp := dst + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
 }
 
 // Teardown stops the guests, closes and deletes the taps and deletes the
