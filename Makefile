@@ -38,8 +38,9 @@ bench-link: build
 demo: deps build
 	./scripts/demo.sh
 
+# The test guest image (cached); IMAGE_MODULES=bridge,8021q adds modules.
 image: deps
-	$(GO) run ./images/cmd/vmnet-image
+	$(GO) run ./images/cmd/vmnet-image $(if $(IMAGE_MODULES),-modules $(IMAGE_MODULES))
 
 clean:
 	rm -f vmnet

@@ -2,7 +2,7 @@
 # Installs the Debian packages vmnet's tests and demo need (as root).
 # Packages already present are not touched, so a second run is quick.
 set -euo pipefail
-pkgs=(iproute2 ethtool qemu-system-x86 busybox-static cpio kmod xz-utils zstd iperf3 tcpdump tshark)
+pkgs=(apt dpkg libc-bin iproute2 ethtool qemu-system-x86 cpio kmod xz-utils zstd iperf3 tcpdump tshark procps util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
