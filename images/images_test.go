@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -472,5 +473,32 @@ func TestExtraModules(t *testing.T) {
 		params: []string{"vmnet.modules=" + strings.Join(mods, ","), images.CmdArg(script)}})
 	if r.exit != 0 || !hasLine(r.lines, "extra-ok") {
 		t.Fatalf("VMNET-EXIT=%d; console:\n%s", r.exit, r.out)
+	}
+}
+
+// TestBuildFromScratch builds the image into an empty cache, as on a
+// fresh machine (download, unpack, initramfs), and then reuses it.
+func TestBuildFromScratch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("downloads the Debian kernel package; not in -short mode")
+	}
+	dir := t.TempDir()
+	var log bytes.Buffer
+	img, err := images.Ensure(context.Background(), images.Options{CacheDir: dir, Progress: &log})
+	var missing *images.MissingError
+	if errors.As(err, &missing) {
+		testenv.Missing(t, "%v", err)
+	}
+	if err != nil {
+		t.Fatalf("%v\n%s", err, log.String())
+	}
+	t.Logf("build from an empty cache:\n%s", log.String())
+	if strings.Contains(log.String(), "using cached image") || !strings.HasPrefix(img.Dir, dir) {
+		t.Fatalf("did not build into the empty cache %s: %s\n%s", dir, img.Dir, log.String())
+	}
+	log.Reset()
+	again, err := images.Ensure(context.Background(), images.Options{CacheDir: dir, Progress: &log})
+	if err != nil || again.Dir != img.Dir || !strings.Contains(log.String(), "using cached image") {
+		t.Fatalf("second Ensure did not reuse %s: %v %s\n%s", img.Dir, err, again.Dir, log.String())
 	}
 }
