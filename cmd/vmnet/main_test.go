@@ -73,8 +73,8 @@ func TestTapLifecycle(t *testing.T) {
 	ns := testenv.NetNS(t)
 	p := nsPath(ns)
 	st, out, stderr := vmnet(t, "--netns", p, "bridge", "create", "br0", "--mtu", "9000", "--address", "10.7.0.1/24")
-	if st != 0 {
-		t.Fatalf("bridge create: %d %s", st, stderr)
+	if st != 0 || !strings.Contains(out, "created bridge br0") {
+		t.Fatalf("bridge create: %d %q %s", st, out, stderr)
 	}
 	st, out, stderr = vmnet(t, "--netns", p, "tap", "create", "t0", "--queues", "4", "--offload", "csum,tso4,tso6", "--bridge", "br0", "--owner", "65534")
 	if st != 0 {
