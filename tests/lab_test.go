@@ -365,3 +365,38 @@ pcap = %q
 	onlyLoopback(t, ns)
 	noQEMU(t, stateDir)
 }
+
+// TestLabVLANsNeedTheKernelFeature: port VLANs need bridge VLAN filtering.
+// On a kernel without it (this host) `up` must fail naming the kernel
+// option and leave nothing behind; bridge/'s VLAN tests cover the feature
+// itself inside a guest whose kernel has it (internal/gexec TestGuestOnly).
+func TestLabVLANsNeedTheKernelFeature(t *testing.T) {
+	requireGuests(t)
+	ns := testenv.NetNS(t)
+	var supported bool
+	testenv.Do(t, ns, func() error {
+		exec.Command("ip", "link", "add", "probe0", "type", "bridge").Run()
+		supported = exec.Command("ip", "link", "set", "probe0", "type", "bridge", "vlan_filtering", "1").Run() == nil
+		return exec.Command("ip", "link", "del", "probe0").Run()
+	})
+	if supported {
+		t.Skip("this kernel has CONFIG_BRIDGE_VLAN_FILTERING; the test covers kernels without it")
+	}
+	path, stateDir := writeLab(t, `
+[[network]]
+name = "lan"
+vlan_filtering = true
+[[vm]]
+name = "a"
+accel = "tcg"
+  [[vm.nic]]
+  network = "lan"
+  vlan = 20
+`)
+	r := vmnetIn(t, ns, "up", path, "--detach")
+	if r.status != 1 || !strings.Contains(r.stderr, "CONFIG_BRIDGE_VLAN_FILTERING") || !strings.Contains(r.stderr, "lan") {
+		t.Fatalf("up on a kernel without VLAN filtering: status %d, want 1 naming the network and the kernel option\n%s", r.status, r.stderr)
+	}
+	onlyLoopback(t, ns)
+	noQEMU(t, stateDir)
+}
