@@ -339,6 +339,13 @@ pcap = %q
 		t.Fatalf("up: %d\n%s%s", r.status, r.stdout, r.stderr)
 	}
 	t.Cleanup(func() { vmnetIn(t, ns, "down", path) })
+	testenv.Do(t, ns, func() error {
+		out, err := exec.Command("ip", "-6", "-o", "addr", "show", "dev", "t-r1-0").CombinedOutput()
+		if err != nil || len(strings.TrimSpace(string(out))) != 0 {
+			t.Errorf("the link's tap should have no IPv6 on the host side: %v %s", err, out)
+		}
+		return nil
+	})
 	if r := vmnetIn(t, ns, "sh", path, "r1", "--timeout", "90s", "--", "ping -c 3 -W 5 10.73.0.2"); r.status != 0 {
 		t.Fatalf("r1 cannot ping r2 over the link: %d\n%s%s", r.status, r.stdout, r.stderr)
 	}

@@ -231,6 +231,16 @@ func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (_ *ta
 		return nil, fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
 	}
 	if nic.Network == "" {
+		// The tap is one end of a [[link]]: a wire, not a host interface.
+		// Without IPv6 the host sends no router solicitations or MLD
+		// reports down it to the guest.
+		err := netns.Do(l.ns, func() error {
+			return os.WriteFile("/proc/sys/net/ipv6/conf/"+t.Name()+"/disable_ipv6", []byte("1"), 0)
+		})
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			l.closeAndDelete(t)
+			return nil, fmt.Errorf("vm %s nic %d: tap %s: disable IPv6: %w", vm.Name, nic.Index, t.Name(), err)
+		}
 		return t, nil
 	}
 	n := l.network(nic.Network)
