@@ -151,20 +151,25 @@ func (c *mmsgConn) untagged(i int, b []byte, n int) int {
 	return n + 4
 }
 
-func (c *mmsgConn) recv(fd uintptr) bool {
+func (c *mmsgConn) recv(fd uintptr) bool { return recvmmsg(fd, &c.rmsgs, c.rcount, &c.rn, &c.rerr) }
+
+// recvmmsg is one RawConn.Read callback: it receives up to count messages
+// into msgs, storing how many in *n or the error in *err, and returns
+// false when nothing is waiting (the poller then waits for the socket).
+func recvmmsg(fd uintptr, msgs *[maxBatch]unix.Mmsghdr, count int, n *int, err *error) bool {
 	for {
 		// MSG_TRUNC makes the kernel report a datagram's full length, so
 		// a cut frame is seen and dropped instead of forwarded short.
-		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&c.rmsgs[0])), uintptr(c.rcount), unix.MSG_TRUNC, 0, 0)
+		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&msgs[0])), uintptr(count), unix.MSG_TRUNC, 0, 0)
 		switch e {
 		case 0:
-			c.rn = int(n)
+			*n = int(r)
 			return true
 		case unix.EINTR:
 		case unix.EAGAIN:
 			return false
 		default:
-			c.rerr = e
+			*err = e
 			return true
 		}
 	}

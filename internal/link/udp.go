@@ -192,22 +192,7 @@ func (c *udpConn) fromStash(bufs [][]byte, off int, sizes []int) int {
 	return n
 }
 
-func (c *udpConn) recv(fd uintptr) bool {
-	for {
-		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&c.rmsgs[0])), uintptr(c.rcount), unix.MSG_TRUNC, 0, 0)
-		switch e {
-		case 0:
-			c.rn = int(n)
-			return true
-		case unix.EINTR:
-		case unix.EAGAIN:
-			return false
-		default:
-			c.rerr = e
-			return true
-		}
-	}
-}
+func (c *udpConn) recv(fd uintptr) bool { return recvmmsg(fd, &c.rmsgs, c.rcount, &c.rn, &c.rerr) }
 
 // write sends bufs[i][off:] as one datagram each; runs of equal size go
 // as one UDP_SEGMENT message. It returns how many datagrams were sent.
