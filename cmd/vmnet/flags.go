@@ -55,11 +55,12 @@ func (fs *flags) parse(args []string, min, max int) ([]string, error) {
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
+	synopsis, _, _ := strings.Cut(fs.synopsis, "\n") // errors stay on one line
 	switch {
 	case len(pos) < min:
-		return nil, usagef("%s: missing argument (usage: %s %s)", fs.Name(), fs.Name(), fs.synopsis)
+		return nil, usagef("%s: missing argument (usage: %s %s)", fs.Name(), fs.Name(), synopsis)
 	case max >= 0 && len(pos) > max:
-		return nil, usagef("%s: unexpected argument %q (usage: %s %s)", fs.Name(), pos[max], fs.Name(), fs.synopsis)
+		return nil, usagef("%s: unexpected argument %q (usage: %s %s)", fs.Name(), pos[max], fs.Name(), synopsis)
 	}
 	return pos, nil
 }

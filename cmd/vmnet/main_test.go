@@ -52,10 +52,13 @@ func TestUsageErrors(t *testing.T) {
 		{"tap", "create", "t0", "--offload", "csum,warp"},
 		{"bridge", "port", "add", "br0", "p0", "--tagged", "5000"},
 		{"--netns"},
+		{"link", "tap:a"},
+		{"link", "vde:x", "tap:y"},
+		{"run", "lab.toml"},
 	} {
 		st, _, stderr := vmnet(t, args...)
-		if st != exitUsage {
-			t.Errorf("vmnet %q: status %d, want %d (stderr %q)", args, st, exitUsage, stderr)
+		if st != exitUsage || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+			t.Errorf("vmnet %q: status %d, want %d with a one-line message (stderr %q)", args, st, exitUsage, stderr)
 		}
 	}
 }
