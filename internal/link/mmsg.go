@@ -199,17 +199,22 @@ func (c *mmsgConn) write(bufs [][]byte, off int) (int, error) {
 	return done, nil
 }
 
-func (c *mmsgConn) send(fd uintptr) bool {
-	for c.wn < c.wcount {
-		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&c.wmsgs[c.wn])), uintptr(c.wcount-c.wn), 0, 0, 0)
+func (c *mmsgConn) send(fd uintptr) bool { return sendmmsg(fd, &c.wmsgs, c.wcount, &c.wn, &c.werr) }
+
+// sendmmsg is one RawConn.Write callback: it sends msgs[*sent:count],
+// advancing *sent, storing a hard error in *err, and returns false when
+// the socket is full (the poller then waits until it can write).
+func sendmmsg(fd uintptr, msgs *[maxBatch]unix.Mmsghdr, count int, sent *int, err *error) bool {
+	for *sent < count {
+		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&msgs[*sent])), uintptr(count-*sent), 0, 0, 0)
 		switch e {
 		case 0:
-			c.wn += int(n)
+			*sent += int(n)
 		case unix.EINTR:
 		case unix.EAGAIN:
 			return false
 		default:
-			c.werr = e
+			*err = e
 			return true
 		}
 	}

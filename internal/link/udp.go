@@ -270,19 +270,4 @@ func (c *udpConn) build(bufs [][]byte, off int) (nmsg, ndg int) {
 	return nmsg, ndg
 }
 
-func (c *udpConn) send(fd uintptr) bool {
-	for c.wn < c.wcount {
-		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&c.wmsgs[c.wn])), uintptr(c.wcount-c.wn), 0, 0, 0)
-		switch e {
-		case 0:
-			c.wn += int(n)
-		case unix.EINTR:
-		case unix.EAGAIN:
-			return false
-		default:
-			c.werr = e
-			return true
-		}
-	}
-	return true
-}
+func (c *udpConn) send(fd uintptr) bool { return sendmmsg(fd, &c.wmsgs, c.wcount, &c.wn, &c.werr) }
