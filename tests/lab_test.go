@@ -407,3 +407,56 @@ accel = "tcg"
 	onlyLoopback(t, ns)
 	noQEMU(t, stateDir)
 }
+
+// TestLabForegroundSignal: `vmnet up` in the foreground is the lab's
+// supervisor; SIGTERM (or Ctrl-C) tears everything down, the state
+// directory included, and it exits 0.
+func TestLabForegroundSignal(t *testing.T) {
+	requireGuests(t)
+	ns := testenv.NetNS(t)
+	path, stateDir := writeLab(t, `
+[[network]]
+name = "lan"
+[[vm]]
+name = "a"
+accel = "tcg"
+  [[vm.nic]]
+  network = "lan"
+`)
+	cmd := exec.Command(vmnetBin, "--netns", fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(ns)), "up", path)
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	up := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "lab t is up") {
+				up <- true
+			}
+		}
+		close(up)
+	}()
+	select {
+	case ok := <-up:
+		if !ok {
+			cmd.Wait()
+			t.Fatal("vmnet up exited before the lab was up")
+		}
+	case <-time.After(4 * time.Minute):
+		cmd.Process.Kill()
+		t.Fatal("lab not up in time")
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("vmnet up after SIGTERM: %v", err)
+	}
+	onlyLoopback(t, ns)
+	noQEMU(t, stateDir)
+	if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
+		t.Errorf("state directory left after teardown: %v", err)
+	}
+}

@@ -485,7 +485,7 @@ func (l *Lab) Teardown(ctx context.Context) error {
 	}
 	l.bridges, l.reused = nil, nil
 	l.networks = map[string]bool{}
-	if l.state != nil && len(errs) == 0 {
+	if l.state != nil && errors.Join(errs...) == nil {
 		if err := os.RemoveAll(l.cfg.StateDir); err != nil {
 			errs = append(errs, err)
 		}
