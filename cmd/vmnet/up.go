@@ -58,7 +58,7 @@ func up(e *env, args []string) error {
 		return fmt.Errorf("lab %s: state directory: %w", cfg.Name, err)
 	}
 	if st, err := lab.ReadState(cfg.StateDir); err == nil && !*supervised {
-		if lab.Alive(st.Supervisor) {
+		if st.SupervisorAlive() {
 			fmt.Fprintf(e.stdout, "lab %s is already up (supervisor pid %d); nothing changed\n", cfg.Name, st.Supervisor)
 			return nil
 		}
@@ -275,7 +275,7 @@ func status(e *env, args []string) error {
 			cfg, _ = vmconfig.Load(st.Config)
 		}
 		var live *lab.Response
-		if lab.Alive(st.Supervisor) {
+		if st.SupervisorAlive() {
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			if resp, err := lab.Call(ctx, dir, lab.Request{Op: "vm-status"}); err == nil {
 				live = &resp

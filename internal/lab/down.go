@@ -36,7 +36,7 @@ func Down(ctx context.Context, name, dir string, logf func(string, ...any)) erro
 	case st.Lab != name:
 		return fmt.Errorf("%s holds lab %q, not %q", dir, st.Lab, name)
 	}
-	if st != nil && Alive(st.Supervisor) && st.Supervisor != os.Getpid() {
+	if st != nil && st.SupervisorAlive() && st.Supervisor != os.Getpid() {
 		logf("lab %s: stopping supervisor %d", name, st.Supervisor)
 		if err := stopProcess(ctx, st.Supervisor, 60*time.Second); err != nil {
 			errs = append(errs, fmt.Errorf("lab %s: supervisor %d: %w", name, st.Supervisor, err))

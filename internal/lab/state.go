@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -116,4 +118,19 @@ func Alive(pid int) bool {
 		}
 	}
 	return true
+}
+
+// SupervisorAlive reports whether the supervisor recorded in s still
+// runs: its pid is alive and is a `vmnet ... up` process, so a pid the
+// kernel has since given to something else is never signalled.
+func (s *State) SupervisorAlive() bool {
+	if !Alive(s.Supervisor) {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", s.Supervisor))
+	if err != nil {
+		return false
+	}
+	args := strings.Split(string(b), "\x00")
+	return strings.Contains(filepath.Base(args[0]), "vmnet") && slices.Contains(args, "up")
 }

@@ -84,7 +84,7 @@ func Describe(st *State, cfg *vmconfig.Lab, live *Response) Report {
 		vmStatus = live.VMStatus
 	}
 	r := Report{Lab: st.Lab, Config: st.Config, StateDir: st.StateDir, Phase: st.Phase, Supervisor: st.Supervisor,
-		Running: Alive(st.Supervisor), Started: st.Started, Networks: []NetworkReport{}, VMs: []VMReport{}, Links: []LinkReport{}}
+		Running: st.SupervisorAlive(), Started: st.Started, Networks: []NetworkReport{}, VMs: []VMReport{}, Links: []LinkReport{}}
 	created := map[string]bool{}
 	for _, b := range st.Bridges {
 		created[b] = true
