@@ -38,7 +38,12 @@ var BootModules = []string{"virtio_pci", "virtio_mmio", "virtio_net"}
 // DefaultCmdline is the kernel command line the contract assumes: console
 // on ttyS0, kernel chatter off the console, and reboot (a QEMU exit with
 // -no-reboot) instead of hanging on a panic.
-const DefaultCmdline = "console=ttyS0 quiet panic=-1"
+//
+// The rest is for speed under TCG, where a throwaway test guest boots in
+// about 4.4 s instead of 5.5 s with it: no crypto self-tests, no CPU
+// vulnerability mitigations, no audit and no AppArmor (measured side by
+// side with plain QEMU on this 2-core host).
+const DefaultCmdline = "console=ttyS0 quiet panic=-1 cryptomgr.notests mitigations=off audit=0 apparmor=0"
 
 // Options controls Ensure.
 type Options struct {

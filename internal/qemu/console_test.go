@@ -79,7 +79,7 @@ func TestGuestArgs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "console=ttyS0 quiet panic=-1 vmnet.ip=eth0:10.0.0.2/24+fd00::2/64 vmnet.mtu=eth0:9000 " +
+	want := images.DefaultCmdline + " vmnet.ip=eth0:10.0.0.2/24+fd00::2/64 vmnet.mtu=eth0:9000 " +
 		"vmnet.route=default:10.0.0.1 vmnet.route=10.1.0.0/16:10.0.0.1 vmnet.route=fd01::/64:fd00::1 " +
 		"vmnet.modules=8021q,bridge vmnet.cmd=ZWNobyBoaQ=="
 	if got != want {
@@ -101,9 +101,6 @@ func TestGuestArgs(t *testing.T) {
 
 // The parameters must stay what the image's /init reads.
 func TestGuestArgsMatchImageContract(t *testing.T) {
-	if BaseAppend != images.DefaultCmdline {
-		t.Errorf("BaseAppend %q != images.DefaultCmdline %q", BaseAppend, images.DefaultCmdline)
-	}
 	cmd := "echo 'a b'; exit 3"
 	p, err := GuestArgs{Cmd: cmd}.Params()
 	if err != nil || len(p) != 1 || p[0] != images.CmdArg(cmd) {

@@ -6,12 +6,14 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/vmnet/vmnet/images"
 )
 
-// BaseAppend is the kernel command line the vmnet test image expects
-// (images.DefaultCmdline): console on ttyS0, quiet, and a panic ends QEMU
-// (with -no-reboot, which vmnet always passes).
-const BaseAppend = "console=ttyS0 quiet panic=-1"
+// BaseAppend is the kernel command line the vmnet test image expects: see
+// images.DefaultCmdline (a panic ends QEMU, with -no-reboot, which vmnet
+// always passes).
+const BaseAppend = images.DefaultCmdline
 
 // maxAppend is the x86 kernel command line limit (COMMAND_LINE_SIZE - 1).
 const maxAppend = 2047
