@@ -14,7 +14,7 @@ func bridgeCommand() *command {
 	return &command{name: "bridge", summary: "create, show, list and delete bridges and their ports", subs: []*command{
 		{name: "create", args: "NAME [flags]", summary: "create a bridge (or configure an existing one)", run: bridgeCreate},
 		{name: "show", args: "NAME [-o table|json]", summary: "describe a bridge and its ports", run: bridgeShow},
-		{name: "list", args: "[-o table|json] [--all]", summary: "list the bridges vmnet created", run: bridgeList},
+		{name: "list", args: "[-o table|json] [--tag OWNER]", summary: "list the bridges vmnet created", run: bridgeList},
 		{name: "delete", args: "NAME [--force]", summary: "delete a bridge that vmnet created", run: bridgeDelete},
 		{name: "port", summary: "attach and detach bridge ports", subs: []*command{
 			{name: "add", args: "BRIDGE PORT [flags]", summary: "attach an interface to a bridge", run: bridgePortAdd},
@@ -146,9 +146,6 @@ func bridgeShow(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := o.check("table", "json"); err != nil {
-		return err
-	}
 	m, err := bridge.NewCurrent()
 	if err != nil {
 		return err
@@ -165,14 +162,11 @@ func bridgeShow(e *env, args []string) error {
 }
 
 func bridgeList(e *env, args []string) error {
-	fs := e.flags("vmnet bridge list", "[-o table|json] [--all] [--tag OWNER]")
+	fs := e.flags("vmnet bridge list", "[-o table|json] [--tag OWNER]")
 	var o output
 	o.register(fs, "table", "json")
 	tag := fs.String("tag", "", "only bridges of this owner (default: every owner)")
 	if _, err := fs.parse(args, 0, 0); err != nil {
-		return err
-	}
-	if err := o.check("table", "json"); err != nil {
 		return err
 	}
 	m, err := bridge.NewCurrent()

@@ -18,9 +18,6 @@ func features(e *env, args []string) error {
 	if _, err := fs.parse(args, 0, 0); err != nil {
 		return err
 	}
-	if err := o.check("table", "json"); err != nil {
-		return err
-	}
 	f, err := tap.Probe()
 	if err != nil {
 		return err

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 )
 
@@ -65,21 +66,26 @@ func (fs *flags) parse(args []string, min, max int) ([]string, error) {
 	return pos, nil
 }
 
-// output is the -o flag of verbs that describe things.
-type output struct{ format string }
-
-func (o *output) register(fs *flags, formats ...string) {
-	o.format = formats[0]
-	fs.StringVar(&o.format, "o", formats[0], "output format: "+strings.Join(formats, ", "))
+// output is the -o flag of verbs that describe things. An unknown format
+// is refused while the flags are parsed, as a usage error.
+type output struct {
+	format  string
+	formats []string
 }
 
-func (o *output) check(formats ...string) error {
-	for _, f := range formats {
-		if o.format == f {
-			return nil
-		}
+func (o *output) register(fs *flags, formats ...string) {
+	o.format, o.formats = formats[0], formats
+	fs.Var(o, "o", "output format: "+strings.Join(formats, ", "))
+}
+
+func (o *output) String() string { return o.format }
+
+func (o *output) Set(s string) error {
+	if !slices.Contains(o.formats, s) {
+		return fmt.Errorf("unknown output format (choose %s)", strings.Join(o.formats, ", "))
 	}
-	return usagef("-o %s: unknown output format (choose %s)", o.format, strings.Join(formats, ", "))
+	o.format = s
+	return nil
 }
 
 func writeJSON(w io.Writer, v any) error {

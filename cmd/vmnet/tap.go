@@ -132,9 +132,6 @@ func tapShow(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := o.check("table", "json"); err != nil {
-		return err
-	}
 	info, err := tap.Describe(pos[0])
 	if err != nil {
 		return err
@@ -151,9 +148,6 @@ func tapList(e *env, args []string) error {
 	o.register(fs, "table", "json")
 	only := fs.Bool("vmnet", false, "only taps that vmnet created")
 	if _, err := fs.parse(args, 0, 0); err != nil {
-		return err
-	}
-	if err := o.check("table", "json"); err != nil {
 		return err
 	}
 	all, err := tap.List()

@@ -244,9 +244,6 @@ func status(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := o.check("table", "json", "dot"); err != nil {
-		return err
-	}
 	var dirs []string
 	cfgs := map[string]*vmconfig.Lab{}
 	if len(pos) == 1 {
