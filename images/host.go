@@ -14,6 +14,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/vmnet/vmnet/netns"
 )
 
 // MissingError reports host programs the build needs and the Debian
@@ -224,7 +226,14 @@ func download(ctx context.Context, debsDir string, k debPkg) (string, error) {
 	defer os.RemoveAll(tmp)
 	// apt-get warns when its _apt user cannot write the directory and then
 	// downloads as the caller; that is fine and not an error.
-	if _, err := run(ctx, tmp, "apt-get", "download", k.Name+"="+k.Version); err != nil {
+	// The caller may work inside a network namespace of its own (vmnet
+	// --netns), where names do not resolve: fetch from the one vmnet
+	// started in.
+	err = netns.DoInitial(func() error {
+		_, err := run(ctx, tmp, "apt-get", "download", k.Name+"="+k.Version)
+		return err
+	})
+	if err != nil {
 		return "", fmt.Errorf("vmnet image: download %s: %w (check the apt sources, or run: sudo apt-get update)", k.Name, err)
 	}
 	got, _ := filepath.Glob(filepath.Join(tmp, "*.deb"))

@@ -18,6 +18,30 @@ import (
 // Handle is an open reference to a network namespace.
 type Handle = vns.NsHandle
 
+// initial is the namespace the process started in, taken while package
+// initialisation still runs on the main thread, before any code can move
+// a thread elsewhere. It is where the host's routes and name resolution
+// are, which a fresh namespace lacks.
+var initial, initialErr = vns.Get()
+
+// DoInitial runs fn on a thread in the namespace the process started in,
+// whatever namespace the caller works in. Anything that reaches the
+// network (package downloads) or must outlive a namespace the caller
+// entered (a detached supervisor) starts from there.
+func DoInitial(fn func() error) error {
+	if initialErr != nil {
+		return fmt.Errorf("netns: namespace at start: %w", initialErr)
+	}
+	if cur, err := vns.Get(); err == nil {
+		same := cur.Equal(initial)
+		cur.Close()
+		if same {
+			return fn() // no setns, so no privilege needed
+		}
+	}
+	return Do(initial, fn)
+}
+
 // Current returns a handle to the calling thread's namespace.
 func Current() (Handle, error) { return vns.Get() }
 

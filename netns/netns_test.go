@@ -1,11 +1,15 @@
 package netns_test
 
 import (
+	"fmt"
 	"net"
+	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/vmnet/vmnet/internal/testenv"
 	"github.com/vmnet/vmnet/netns"
+	"golang.org/x/sys/unix"
 )
 
 func loopbackOnly(t *testing.T) {
@@ -55,4 +59,50 @@ func TestOpenMissing(t *testing.T) {
 		t.Fatal("expected an error for a missing namespace")
 	}
 	t.Log(err)
+}
+
+// DoInitial leaves whatever namespace the caller entered: a child process
+// started from it lives where vmnet started, with the host's interfaces.
+func TestDoInitialLeavesTheCallersNamespace(t *testing.T) {
+	ns := testenv.NetNS(t)
+	start, err := netns.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer start.Close()
+	testenv.Do(t, ns, func() error {
+		var out []byte
+		err := netns.DoInitial(func() error {
+			cur, err := netns.Current()
+			if err != nil {
+				return err
+			}
+			defer cur.Close()
+			if !cur.Equal(start) {
+				t.Error("DoInitial did not run in the namespace the process started in")
+			}
+			out, err = exec.Command("readlink", "/proc/self/ns/net").Output()
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(int(start), &st); err != nil {
+			return err
+		}
+		want := fmt.Sprintf("net:[%d]", st.Ino)
+		if got := strings.TrimSpace(string(out)); got != want {
+			t.Errorf("a child started by DoInitial is in %s, want the start namespace %s", got, want)
+		}
+		cur, err := netns.Current()
+		if err != nil {
+			return err
+		}
+		defer cur.Close()
+		if !cur.Equal(ns) {
+			t.Error("DoInitial did not return the thread to the caller's namespace")
+		}
+		return nil
+	})
 }

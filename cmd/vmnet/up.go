@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vmnet/vmnet/internal/lab"
+	"github.com/vmnet/vmnet/netns"
 	"github.com/vmnet/vmnet/vmconfig"
 )
 
@@ -163,7 +164,10 @@ func (e *env) detach(cfg *vmconfig.Lab) error {
 	cmd := exec.Command(self, args...)
 	cmd.Stdout, cmd.Stderr, cmd.ExtraFiles = logf, logf, []*os.File{w}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	// The supervisor starts where vmnet started and enters the lab's
+	// namespace itself (--netns is among its arguments): started from
+	// inside that namespace it could not fetch the test image.
+	if err := netns.DoInitial(cmd.Start); err != nil {
 		w.Close()
 		r.Close()
 		return fmt.Errorf("lab %s: start supervisor: %w", cfg.Name, err)
