@@ -47,6 +47,10 @@ type Info struct {
 	// did not create the tap.
 	Tag    string `json:"tag,omitempty"`
 	Tagged bool   `json:"tagged"`
+	// Qdisc is the root qdisc as tc names it ("noqueue", "mq", ...), or
+	// QdiscError when it could not be read.
+	Qdisc      string `json:"qdisc"`
+	QdiscError string `json:"qdisc_error,omitempty"`
 	// Offloads active on the device, from ethtool features (the tun driver
 	// does not report them over rtnetlink). UFO never shows: the kernel
 	// accepts and ignores it. Nil, with OffloadsError, when unreadable.
@@ -90,6 +94,7 @@ func Describe(name string) (Info, error) {
 		}
 	}
 	info.addOffloads()
+	info.addQdisc(link)
 	return info, nil
 }
 
@@ -121,6 +126,7 @@ func List() ([]Info, error) {
 			out[i].Master = names[m]
 		}
 		out[i].addOffloads()
+		out[i].addQdisc(&netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Index: out[i].Index, Name: out[i].Name}})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
@@ -377,4 +383,12 @@ func readOffloads(name string) (Offload, error) {
 		}
 	}
 	return o, nil
+}
+
+func (i *Info) addQdisc(link netlink.Link) {
+	q, err := rootQdisc(&netlink.Handle{}, link)
+	if err != nil {
+		i.QdiscError = err.Error()
+	}
+	i.Qdisc = q
 }

@@ -62,6 +62,8 @@ type Config struct {
 	Up bool
 	// Tag is the owner recorded in the interface alias; "" is owner.Default.
 	Tag string
+	// Qdisc is the root qdisc; the zero value is noqueue.
+	Qdisc Qdisc
 }
 
 // NewConfig returns a Config for name with the given number of queues and
@@ -288,6 +290,9 @@ func Create(cfg Config) (*Tap, error) {
 	}
 	if err := owner.Set(h, link, cfg.Tag); err != nil {
 		return fail(fmt.Errorf("tap %w", err))
+	}
+	if err := setQdisc(h, link, cfg.Qdisc); err != nil {
+		return fail(err)
 	}
 	if cfg.Up {
 		if err := h.LinkSetUp(link); err != nil {

@@ -287,7 +287,8 @@ func TestCreateSeenByIPAndEthtool(t *testing.T) {
 		}
 		want := Info{Name: "vm0", Index: tp.Index(), Type: "tap", VnetHdr: true, Persist: true, MultiQueue: true,
 			Owner: 4242, Group: 4343, NumQueues: 2, MTU: 9000, MAC: mac.String(), TxQueueLen: 777,
-			OperState: "unknown", Up: true, Carrier: true, Alias: "vmnet:lab1", Tag: "lab1", Tagged: true, Offloads: info.Offloads}
+			OperState: "unknown", Up: true, Carrier: true, Alias: "vmnet:lab1", Tag: "lab1", Tagged: true, Offloads: info.Offloads,
+			Qdisc: "noqueue"}
 		if info.Offloads == nil || *info.Offloads != all&^OffloadUFO {
 			t.Errorf("Describe offloads %v (%s), want %s (ufo is not visible)", info.Offloads, info.OffloadsError, all&^OffloadUFO)
 		}
@@ -634,4 +635,82 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// TestQdisc checks with tc, not with the code under test, that a new tap
+// has a noqueue root qdisc unless the kernel's default was asked for, and
+// that frames still flow through a noqueue tap.
+func TestQdisc(t *testing.T) {
+	t.Parallel()
+	testenv.RequireProgram(t, "tc")
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		root := func(name string) string {
+			var qs []struct {
+				Kind string `json:"kind"`
+				Root bool   `json:"root"`
+			}
+			if err := json.Unmarshal([]byte(run(t, "tc", "-j", "qdisc", "show", "dev", name)), &qs); err != nil {
+				t.Fatalf("tc -j qdisc show dev %s: %v", name, err)
+			}
+			for _, q := range qs {
+				if q.Root {
+					return q.Kind
+				}
+			}
+			return ""
+		}
+		for _, c := range []struct {
+			name   string
+			queues int
+			qdisc  Qdisc
+			want   string
+		}{
+			{"nq1", 1, QdiscNoqueue, "noqueue"},
+			{"nq4", 4, QdiscNoqueue, "noqueue"},
+			{"dq1", 1, QdiscDefault, "pfifo_fast"},
+			{"dq4", 4, QdiscDefault, "mq"},
+		} {
+			cfg := NewConfig(c.name, c.queues)
+			cfg.Qdisc, cfg.Up = c.qdisc, true
+			tp := mustCreate(t, cfg)
+			if got := root(c.name); got != c.want {
+				t.Errorf("tap %s (%s, %d queues): tc shows root qdisc %q, want %q", c.name, c.qdisc, c.queues, got, c.want)
+			}
+			info, err := tp.Describe()
+			if err != nil {
+				return err
+			}
+			if info.Qdisc != c.want {
+				t.Errorf("tap %s: Describe says qdisc %q (%s), tc %q", c.name, info.Qdisc, info.QdiscError, c.want)
+			}
+		}
+		// Frames cross a bridge between two noqueue taps both ways.
+		a, b := mustCreate(t, NewConfig("nqa", 1)), mustCreate(t, NewConfig("nqb", 1))
+		if err := bridgeTaps(a, b); err != nil {
+			return err
+		}
+		for _, dir := range [][2]*Tap{{a, b}, {b, a}} {
+			frame := markedFrame(7, 600)
+			if _, err := dir[0].Queues()[0].Write(frame); err != nil {
+				return err
+			}
+			if _, err := readMatch(dir[1].Queues()[0], 5*time.Second, isMarked); err != nil {
+				return fmt.Errorf("%s to %s through noqueue taps: %w", dir[0].Name(), dir[1].Name(), err)
+			}
+		}
+		return nil
+	})
+}
+
+func TestParseQdisc(t *testing.T) {
+	for _, s := range Qdiscs {
+		q, err := ParseQdisc(s)
+		if err != nil || q.String() != s {
+			t.Errorf("ParseQdisc(%q) = %v, %v", s, q, err)
+		}
+	}
+	if _, err := ParseQdisc("fq_codel"); err == nil || !strings.Contains(err.Error(), "noqueue or default") {
+		t.Errorf("ParseQdisc(fq_codel): %v", err)
+	}
 }

@@ -44,7 +44,8 @@ type Network struct {
 	VLANFiltering bool
 	DefaultPVID   int // 1..4094, default 1
 	STP           bool
-	Transparent   bool // forward link-local frames (LLDP, LACP, STP) like a wire
+	Transparent   bool   // forward link-local frames (LLDP, LACP, STP) like a wire
+	Qdisc         string // root qdisc of the network's taps: noqueue (default) or default
 	Pos           Pos
 }
 
@@ -89,6 +90,7 @@ type NIC struct {
 	Tagged       []int
 	MTU          int
 	IfName       string // tap name; default "<lab>-<vm>-<index>"
+	Qdisc        string // root qdisc of the tap: noqueue or default; default the network's, else noqueue
 	Addresses    []netip.Prefix
 	Pos          Pos
 }

@@ -96,18 +96,19 @@ func (p *parser) warnf(path, format string, args ...any) {
 var (
 	topKeys     = []string{"lab", "defaults", "network", "vm", "link"}
 	labKeys     = []string{"name", "state_dir"}
-	networkKeys = []string{"name", "bridge", "mtu", "addresses", "vlan_filtering", "default_pvid", "stp", "transparent"}
+	networkKeys = []string{"name", "bridge", "mtu", "addresses", "vlan_filtering", "default_pvid", "stp", "transparent", "qdisc"}
 	vmOnlyKeys  = []string{"name", "nic"}
 	vmKeys      = []string{"cpus", "memory", "kernel", "initrd", "append", "disk", "disk_format", "machine", "accel",
 		"qemu", "user", "extra_args", "console", "command", "gateway"}
 	nicKeys = []string{"network", "mac", "queues", "vnet_hdr", "offloads", "model", "vhost", "vlan", "tagged", "mtu",
-		"ifname", "address"}
+		"ifname", "address", "qdisc"}
 	linkKeys = []string{"a", "b", "pcap"}
 
 	machines    = []string{"pc", "q35", "microvm"}
 	accels      = []string{"auto", "kvm", "tcg"}
 	models      = []string{"virtio-net-pci", "virtio-net-device", "e1000e", "e1000", "rtl8139"}
 	vhostModes  = []string{"auto", "on", "off"}
+	qdiscs      = []string{"noqueue", "default"} // tap.Qdiscs
 	offloadList = []string{"csum", "tso4", "tso6", "tso_ecn", "ufo", "uso"}
 	diskFormats = []string{"raw", "qcow2", "qed", "vmdk", "vdi", "vhdx", "vpc"}
 )

@@ -406,3 +406,45 @@ func TestProblemsSortedByColumn(t *testing.T) {
 		t.Fatalf("got %v", ps)
 	}
 }
+
+// A NIC takes its network's qdisc unless it names its own; a NIC without
+// a network gets noqueue.
+func TestQdiscResolved(t *testing.T) {
+	lab, probs := parse(t, `[lab]
+name = "q"
+[[network]]
+name = "a"
+[[network]]
+name = "b"
+qdisc = "default"
+[[vm]]
+name = "v"
+  [[vm.nic]]
+  network = "a"
+  [[vm.nic]]
+  network = "b"
+  [[vm.nic]]
+  network = "b"
+  qdisc = "noqueue"
+  [[vm.nic]]
+  network = "a"
+  qdisc = "default"
+`)
+	if len(probs) != 0 {
+		t.Fatal(probs)
+	}
+	var got []string
+	for _, n := range lab.VMs[0].NICs {
+		got = append(got, n.Qdisc)
+	}
+	if want := "noqueue default noqueue default"; strings.Join(got, " ") != want {
+		t.Errorf("NIC qdiscs %v, want %s", got, want)
+	}
+	if lab.Networks[0].Qdisc != "noqueue" || lab.Networks[1].Qdisc != "default" {
+		t.Errorf("network qdiscs %s %s", lab.Networks[0].Qdisc, lab.Networks[1].Qdisc)
+	}
+	_, probs = parse(t, "[lab]\nname = \"q\"\n[[network]]\nname = \"a\"\nqdisc = \"fq\"\n")
+	if len(probs) != 1 || probs[0].Pos.Line != 5 || !strings.Contains(probs[0].Msg, "noqueue") {
+		t.Errorf("qdisc = \"fq\": %v", probs)
+	}
+}

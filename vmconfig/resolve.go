@@ -116,6 +116,7 @@ func (r *resolver) network(t *table) {
 	if n.STP && n.Transparent {
 		t.errorf("transparent", "transparent = true forwards STP frames like a wire, which contradicts stp = true: drop one of them")
 	}
+	n.Qdisc = pick(t.enum("qdisc", qdiscs), "noqueue")
 	t.finish(networkKeys)
 	if ok {
 		r.networks[n.Name] = n
@@ -423,6 +424,13 @@ func (r *resolver) nic(t *table, vm *VM, index int) *NIC {
 		}
 		r.claimIfName("", n.IfName, path, t.what)
 	}
+
+	qdisc := t.enum("qdisc", qdiscs)
+	n.Qdisc = "noqueue"
+	if nw != nil {
+		n.Qdisc = nw.Qdisc
+	}
+	n.Qdisc = pick(qdisc, n.Qdisc)
 
 	addrs := t.prefixes("address")
 	n.Addresses = addrs.v

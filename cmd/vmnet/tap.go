@@ -21,7 +21,7 @@ func tapCommand() *command {
 }
 
 func tapCreate(e *env, args []string) error {
-	fs := e.flags("vmnet tap create", "NAME [--queues N] [--vnet-hdr-size 10|12|0] [--offload csum,tso4,tso6,tso_ecn,ufo,uso] [--owner USER|UID] [--group GROUP|GID] [--mtu N] [--mac MAC] [--bridge BR] [--persist]")
+	fs := e.flags("vmnet tap create", "NAME [--queues N] [--vnet-hdr-size 10|12|0] [--offload csum,tso4,tso6,tso_ecn,ufo,uso] [--owner USER|UID] [--group GROUP|GID] [--mtu N] [--mac MAC] [--bridge BR] [--qdisc noqueue|default] [--persist]")
 	queues := fs.Int("queues", 1, "number of queues (1..256); more than one makes a multi_queue tap")
 	hdr := fs.Int("vnet-hdr-size", 12, "virtio-net header size: 12 (virtio 1.0, what QEMU uses), 10, or 0 for no header")
 	offl := fs.String("offload", "", "offloads to enable: csum,tso4,tso6,tso_ecn,ufo,uso (needs a vnet header)")
@@ -32,6 +32,7 @@ func tapCreate(e *env, args []string) error {
 	mac := fs.String("mac", "", "MAC address of the host side (default: random)")
 	txq := fs.Int("txqueuelen", 0, "transmit queue length (default: the kernel's)")
 	br := fs.String("bridge", "", "attach the tap to this existing bridge")
+	qd := fs.String("qdisc", "noqueue", "root qdisc: noqueue (no buffering in front of the reader, as libvirt does) or default (the kernel's, one pfifo_fast per queue)")
 	fs.Bool("persist", true, "keep the tap after vmnet exits (always on: a tap made from the command line must outlive it)")
 	tag := fs.String("tag", "", "owner recorded on the tap (default \"vmnet\"); `vmnet tap delete` refuses taps of other owners")
 	pos, err := fs.parse(args, 1, 1)
@@ -40,6 +41,9 @@ func tapCreate(e *env, args []string) error {
 	}
 	cfg := tap.NewConfig(pos[0], *queues)
 	cfg.VnetHdrSize, cfg.BestEffort, cfg.Persist, cfg.MTU, cfg.TxQueueLen, cfg.Tag, cfg.Up = *hdr, *best, true, *mtu, *txq, *tag, true
+	if cfg.Qdisc, err = tap.ParseQdisc(*qd); err != nil {
+		return usagef("--qdisc: %v", err)
+	}
 	if *offl != "" {
 		if cfg.Offloads, err = tap.ParseOffloads(*offl); err != nil {
 			return usagef("--offload %s: %v", *offl, err)
@@ -168,7 +172,7 @@ func tapList(e *env, args []string) error {
 
 func tapTable(e *env, infos []tap.Info) error {
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "NAME\tSTATE\tQUEUES\tVNET_HDR\tOFFLOADS\tMTU\tMAC\tMASTER\tOWNER\tTAG")
+	fmt.Fprintln(w, "NAME\tSTATE\tQUEUES\tVNET_HDR\tOFFLOADS\tQDISC\tMTU\tMAC\tMASTER\tOWNER\tTAG")
 	for _, i := range infos {
 		queues := "1"
 		if i.MultiQueue {
@@ -182,8 +186,8 @@ func tapTable(e *env, infos []tap.Info) error {
 		if i.Tagged {
 			tag = i.Tag
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%s\t%d\t%s\t%s\t%s\t%s\n", i.Name, i.OperState, queues, i.VnetHdr,
-			offloadText(i), i.MTU, i.MAC, dash(i.Master), own, tag)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", i.Name, i.OperState, queues, i.VnetHdr,
+			offloadText(i), dash(i.Qdisc), i.MTU, i.MAC, dash(i.Master), own, tag)
 	}
 	return w.Flush()
 }

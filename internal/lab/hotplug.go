@@ -52,6 +52,9 @@ func (l *Lab) AddNIC(ctx context.Context, vmName, network string, queues int, ma
 	}
 	nic := &vmconfig.NIC{VM: vmName, Index: index, Network: network, MAC: hw, Queues: queues, VnetHdr: true,
 		OffloadsAuto: true, Model: qemu.ModelVirtioPCI, Vhost: qemu.VhostAuto, IfName: ifname}
+	if n := l.network(network); n != nil {
+		nic.Qdisc = n.Qdisc
+	}
 	uid, gid, err := lookupUser(vm.User)
 	if err != nil {
 		return NICState{}, fmt.Errorf("vm %s: user %s: %w", vm.Name, vm.User, err)

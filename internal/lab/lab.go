@@ -204,6 +204,9 @@ func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (_ *ta
 	cfg := tap.NewConfig(nic.IfName, nic.Queues)
 	cfg.Tag, cfg.Owner, cfg.Group, cfg.Up = l.cfg.Name, uid, gid, true
 	cfg.MTU = nic.MTU
+	if cfg.Qdisc, err = tap.ParseQdisc(nic.Qdisc); err != nil {
+		return nil, fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
+	}
 	if net := l.network(nic.Network); net != nil && cfg.MTU == 0 {
 		cfg.MTU = net.MTU
 	}

@@ -47,6 +47,7 @@ addresses = ["10.66.0.1/24"]
 [[network]]
 name = "old"
 bridge = "pre0"
+qdisc = "default"
 [[vm]]
 name = "v"
 cpus = 4
@@ -78,6 +79,12 @@ cpus = 4
 		out, _ = exec.Command("ip", "-d", "link", "show", "p-v-1").CombinedOutput()
 		if !strings.Contains(string(out), "master pre0") || !strings.Contains(string(out), "vnet_hdr off") {
 			t.Errorf("p-v-1:\n%s", out)
+		}
+		// noqueue by default; the network's qdisc = "default" keeps the kernel's.
+		for tap, want := range map[string]string{"p-v-0": "qdisc noqueue ", "p-v-1": "qdisc pfifo_fast 0: root"} {
+			if out, _ := exec.Command("tc", "qdisc", "show", "dev", tap).CombinedOutput(); !strings.Contains(string(out), want) {
+				t.Errorf("tc qdisc show dev %s: want %q:\n%s", tap, want, out)
+			}
 		}
 		if err := l.Teardown(context.Background()); err != nil {
 			return err
