@@ -245,7 +245,7 @@ func TestBadInput(t *testing.T) {
 		{bridge.Config{Name: "br-this-is-too-long"}, []string{`"br-this-is-too-long"`, "19 bytes", "at most 15"}},
 		{bridge.Config{Name: ""}, []string{"empty"}},
 		{bridge.Config{Name: "br/0"}, []string{`"br/0"`, "'/'"}},
-		{bridge.Config{Name: "br 0"}, []string{`"br 0"`, "spaces"}},
+		{bridge.Config{Name: "br 0"}, []string{`"br 0"`, "whitespace"}},
 		{bridge.Config{Name: "br%d"}, []string{`"br%d"`}},
 		{bridge.Config{Name: "veth0"}, []string{"veth0", "is a veth, not a bridge"}},
 		{bridge.Config{Name: "br0", MTU: 70000}, []string{"br0", "MTU 70000", "68-65535"}},

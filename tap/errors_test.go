@@ -46,7 +46,7 @@ func TestBadNames(t *testing.T) {
 		wantErr(t, "Delete "+name, err, unix.EINVAL, "invalid name")
 	}
 	_, err := Create(NewConfig("sixteen-bytes-xx", 1))
-	wantErr(t, "long name", err, unix.EINVAL, "16 bytes, the limit is 15")
+	wantErr(t, "long name", err, unix.EINVAL, "16 bytes; Linux allows at most 15")
 	_, err = Open("", 1)
 	wantErr(t, "empty name", err, unix.EINVAL, "empty")
 }
