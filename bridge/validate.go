@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/vmnet/vmnet/names"
+	"github.com/vmnet/vmnet/owner"
 )
 
 // IFNAMSIZ-1: the kernel refuses longer names, and vishvananda/netlink
@@ -15,13 +15,6 @@ const maxNameLen = 15
 
 // checkName applies names.Interface, vmnet's one interface name grammar.
 func checkName(what, name string) error { return names.Interface(what, name) }
-
-func checkOwner(own string) error {
-	if len(own) > 200 || strings.IndexFunc(own, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
-		return fmt.Errorf("owner %q is not usable as an interface alias tag; use a short printable name", own)
-	}
-	return nil
-}
 
 // checkAddress refuses what cannot be an interface address, and a network
 // or broadcast address given where a host address was meant.
@@ -70,7 +63,7 @@ func (cfg *Config) validate() error {
 	if err := checkName("bridge", cfg.Name); err != nil {
 		return err
 	}
-	if err := checkOwner(cfg.Owner); err != nil {
+	if err := owner.Valid(ownerOr(cfg.Owner)); err != nil {
 		return fmt.Errorf("bridge %s: %w", cfg.Name, err)
 	}
 	if cfg.MTU != 0 && (cfg.MTU < MinMTU || cfg.MTU > MaxMTU) {

@@ -126,7 +126,7 @@ func TestTapLifecycle(t *testing.T) {
 	if st != 0 || json.Unmarshal([]byte(out), &info) != nil {
 		t.Fatalf("tap show: %d %q", st, out)
 	}
-	if info.Name != "t0" || !info.MultiQueue || !info.VnetHdr || info.Master != "br0" || info.Owner != 65534 || info.Tag != "vmnet" ||
+	if info.Name != "t0" || !info.MultiQueue || !info.VnetHdr || info.Master != "br0" || info.Owner != 65534 || info.Tag != "vmnet:adhoc" ||
 		strings.Join(info.Offloads, ",") != "csum,tso4,tso6" {
 		t.Errorf("tap show: %+v", info)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/internal/qemu"
 	"github.com/vmnet/vmnet/netns"
+	"github.com/vmnet/vmnet/owner"
 	"github.com/vmnet/vmnet/tap"
 	"github.com/vmnet/vmnet/vmconfig"
 	"golang.org/x/sys/unix"
@@ -135,7 +136,7 @@ func (l *Lab) EnsureNetwork(name string) (err error) {
 	done := l.step("network " + n.Name + " (bridge " + n.Bridge + ")")
 	defer func() { done(err) }()
 	cfg := bridge.Config{Name: n.Bridge, MTU: n.MTU, Addresses: n.Addresses, VLANFiltering: n.VLANFiltering,
-		STP: n.STP, Owner: l.cfg.Name}
+		STP: n.STP, Owner: owner.Lab(l.cfg.Name)}
 	if n.VLANFiltering {
 		cfg.DefaultPVID = uint16(n.DefaultPVID)
 	}
@@ -202,7 +203,7 @@ func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (_ *ta
 	done := l.step(fmt.Sprintf("vm %s nic %d: tap %s, %d queue(s)", vm.Name, nic.Index, nic.IfName, nic.Queues))
 	defer func() { done(err) }()
 	cfg := tap.NewConfig(nic.IfName, nic.Queues)
-	cfg.Tag, cfg.Owner, cfg.Group, cfg.Up = l.cfg.Name, uid, gid, true
+	cfg.Tag, cfg.Owner, cfg.Group, cfg.Up = owner.Lab(l.cfg.Name), uid, gid, true
 	cfg.MTU = nic.MTU
 	if net := l.network(nic.Network); net != nil && cfg.MTU == 0 {
 		cfg.MTU = net.MTU
@@ -479,7 +480,7 @@ func (l *Lab) Teardown(ctx context.Context) error {
 	l.hotplug, l.taps = map[string][]*hotNIC{}, map[*vmconfig.NIC]*tap.Tap{}
 	errs = append(errs, l.closeAndDeleteAll(taps))
 	for i := len(l.bridges) - 1; i >= 0; i-- {
-		if err := l.br.Delete(l.bridges[i], l.cfg.Name, false); err != nil && !errors.Is(err, bridge.ErrNotFound) {
+		if err := l.br.Delete(l.bridges[i], owner.Lab(l.cfg.Name), false); err != nil && !errors.Is(err, bridge.ErrNotFound) {
 			errs = append(errs, err)
 		}
 	}
@@ -512,7 +513,7 @@ func (l *Lab) closeAndDeleteAll(taps []*tap.Tap) error {
 	wg.Wait()
 	err := netns.Do(l.ns, func() error {
 		for i, t := range taps {
-			if err := tap.Delete(t.Name(), l.cfg.Name, false); err != nil && !errors.Is(err, unix.ENODEV) {
+			if err := tap.Delete(t.Name(), owner.Lab(l.cfg.Name), false); err != nil && !errors.Is(err, unix.ENODEV) {
 				errs[i] = errors.Join(errs[i], err)
 			}
 		}
