@@ -21,6 +21,9 @@ import (
 var vmnetBin string
 
 func TestMain(m *testing.M) {
+	// Labs keep state under /run/vmnet and tests tear them down: never
+	// against the machine's real /run.
+	testenv.PrivateRun()
 	dir, err := os.MkdirTemp("", "vmnet-e2e-")
 	if err != nil {
 		panic(err)

@@ -54,19 +54,22 @@ type Lab struct {
 	// calls on goroutines that may run on any thread, so tap work enters
 	// ns explicitly.
 	ns netns.Handle
+	// netNS identifies ns; it keys the lab's state directory.
+	netNS NetNS
 
-	mu       sync.Mutex
-	bridges  []string // bridges this Lab created, in creation order
-	reused   []string // bridges that existed before; they stay
-	networks map[string]bool
-	taps     map[*vmconfig.NIC]*tap.Tap
-	vms      map[string]*qemu.VM
-	started  map[string]time.Time
-	hotplug  map[string][]*hotNIC // per VM, NICs added at run time
-	state    *State               // nil unless the Lab is supervised (Up)
-	links    []*runningLink
-	linkCtx  context.Context
-	linkStop context.CancelFunc
+	mu        sync.Mutex
+	bridges   []string // bridges this Lab created, in creation order
+	reused    []string // bridges that existed before; they stay
+	networks  map[string]bool
+	taps      map[*vmconfig.NIC]*tap.Tap
+	vms       map[string]*qemu.VM
+	started   map[string]time.Time
+	hotplug   map[string][]*hotNIC // per VM, NICs added at run time
+	pidStarts map[int]uint64       // start times of the processes in the state
+	state     *State               // nil unless the Lab is supervised (Up)
+	links     []*runningLink
+	linkCtx   context.Context
+	linkStop  context.CancelFunc
 }
 
 // New prepares to bring cfg up in the calling thread's network namespace.
@@ -80,13 +83,23 @@ func New(cfg *vmconfig.Lab, opts Options) (*Lab, error) {
 		ns.Close()
 		return nil, err
 	}
+	id, err := netns.IdentifyPath(fmt.Sprintf("/proc/self/fd/%d", int(ns)))
+	if err != nil {
+		br.Close()
+		ns.Close()
+		return nil, err
+	}
+	nsID := NetNS{ID: id}
+	if n := netns.NamesOf(id); len(n) > 0 {
+		nsID.Name = n[0]
+	}
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
 	if opts.RunDir == "" {
 		opts.RunDir = cfg.StateDir
 	}
-	return &Lab{cfg: cfg, opts: opts, br: br, ns: ns, networks: map[string]bool{},
+	return &Lab{cfg: cfg, opts: opts, br: br, ns: ns, netNS: nsID, pidStarts: map[int]uint64{}, networks: map[string]bool{},
 		taps: map[*vmconfig.NIC]*tap.Tap{}, vms: map[string]*qemu.VM{}, started: map[string]time.Time{},
 		hotplug: map[string][]*hotNIC{}}, nil
 }
@@ -487,7 +500,7 @@ func (l *Lab) Teardown(ctx context.Context) error {
 	l.bridges, l.reused = nil, nil
 	l.networks = map[string]bool{}
 	if l.state != nil && errors.Join(errs...) == nil {
-		if err := os.RemoveAll(l.cfg.StateDir); err != nil {
+		if err := RemoveStateDir(l.cfg.StateDir, l.cfg.Name, l.netNS); err != nil {
 			errs = append(errs, err)
 		}
 		l.state = nil
