@@ -251,7 +251,7 @@ func RemoveStateDir(dir, name string, ns NetNS) error {
 // ours reports whether n is a name vmnet makes in a state directory.
 func ours(n string, vms []string) bool {
 	switch n {
-	case stateFile, "lock", "supervisor.log", controlSocket:
+	case stateFile, "lock", "supervisor.log", controlSocket, "image":
 		return true
 	}
 	if strings.HasPrefix(n, ".state-") || strings.HasPrefix(n, "supervisor.log.") {
@@ -309,7 +309,7 @@ type Elsewhere struct {
 
 // Where names the namespace for `vmnet --netns WHERE`: its `ip netns`
 // name while that still refers to it, else the namespace file of the
-// lab's live supervisor, else net:[INODE].
+// lab's live supervisor's thread in it, else net:[INODE].
 func (e Elsewhere) Where() string { return where(e.Marker, e.State) }
 
 func where(m *Marker, st *State) string {
@@ -322,9 +322,13 @@ func where(m *Marker, st *State) string {
 		return name
 	}
 	if st != nil && st.SupervisorAlive() {
-		p := fmt.Sprintf("/proc/%d/ns/net", st.Supervisor)
-		if id, err := netns.IdentifyPath(p); err == nil && id == m.NetNS.ID {
-			return p
+		// The supervisor works in the lab's namespace on one thread
+		// (`vmnet --netns`), which need not be its main thread.
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/ns/net", st.Supervisor))
+		for _, p := range tasks {
+			if id, err := netns.IdentifyPath(p); err == nil && id == m.NetNS.ID {
+				return p
+			}
 		}
 	}
 	return m.NetNS.ID.String()
