@@ -9,10 +9,6 @@ import (
 	"github.com/vmnet/vmnet/owner"
 )
 
-// IFNAMSIZ-1: the kernel refuses longer names, and vishvananda/netlink
-// would cut them silently.
-const maxNameLen = 15
-
 // checkName applies names.Interface, vmnet's one interface name grammar.
 func checkName(what, name string) error { return names.Interface(what, name) }
 
