@@ -32,6 +32,7 @@ func Down(ctx context.Context, name, dir string, ns NetNS, logf func(string, ...
 	if err := names.Lab(name); err != nil {
 		return err
 	}
+	dir = resolveEntry(dir)
 	var errs []error
 	var st *State
 	m, err := ReadMarker(dir)

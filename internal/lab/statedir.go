@@ -191,6 +191,7 @@ func writeMarker(cfg *vmconfig.Lab, ns NetNS) error {
 // state root. A directory that still holds other files stays, and the
 // error lists them.
 func RemoveStateDir(dir, name string, ns NetNS) error {
+	dir = resolveEntry(dir)
 	m, err := ReadMarker(dir)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -246,6 +247,17 @@ func RemoveStateDir(dir, name string, ns NetNS) error {
 		os.Remove(entry)
 	}
 	return nil
+}
+
+// resolveEntry turns a lab's entry in a state root that links to the
+// lab's own state_dir into that directory; other paths stay as they are.
+func resolveEntry(dir string) string {
+	if fi, err := os.Lstat(dir); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+		if target, err := os.Readlink(dir); err == nil && filepath.IsAbs(target) {
+			return target
+		}
+	}
+	return dir
 }
 
 // ours reports whether n is a name vmnet makes in a state directory.

@@ -274,3 +274,28 @@ func downStopsOnlyTheLabsQEMU(t *testing.T, dir string, ns NetNS, real *exec.Cmd
 		t.Errorf("state dir left: %v", err)
 	}
 }
+
+// TestDownByNameAfterCrash: with its own state_dir, a lab is found by
+// name through its entry in the namespace's state root; Down by that
+// entry (no supervisor left to clean up) removes the real directory and
+// the entry.
+func TestDownByNameAfterCrash(t *testing.T) {
+	testenv.RequirePrivateRun(t)
+	inPrivateNS(t, func(ns NetNS) {
+		dir := filepath.Join(t.TempDir(), "own")
+		cfg := &vmconfig.Lab{Name: "c", StateDir: dir}
+		if err := ClaimStateDir(cfg, ns); err != nil {
+			t.Fatal(err)
+		}
+		writeState(&State{Lab: "c", StateDir: dir, Supervisor: 0})
+		entry := filepath.Join(StateRoot(ns), "c")
+		if err := Down(context.Background(), "c", entry, ns, t.Logf); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range []string{dir, entry} {
+			if _, err := os.Lstat(p); !os.IsNotExist(err) {
+				t.Errorf("%s left: %v", p, err)
+			}
+		}
+	})
+}
