@@ -319,9 +319,14 @@ func TestSameLabTwoNamespaces(t *testing.T) {
 		}
 		t.Cleanup(func() { vmnetAt(t, ns, "", "down", "--ignore-missing", "demo") })
 	}
-	for _, ns := range []netns.Handle{one, two} {
+	for i, ns := range []netns.Handle{one, two} {
+		if alias(t, ns, "demo-lan") == "gone" {
+			t.Fatalf("bridge demo-lan is missing in namespace %d: the second `up` did not make a lab of its own", i+1)
+		}
+	}
+	for i, ns := range []netns.Handle{one, two} {
 		if got := alias(t, ns, "demo-lan"); got != "vmnet:lab:demo" {
-			t.Fatalf("bridge demo-lan in %v: %q", ns, got)
+			t.Fatalf("bridge demo-lan in namespace %d: tag %q", i+1, got)
 		}
 	}
 	for _, verb := range []string{"status", "down"} {
