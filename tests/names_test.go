@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -125,8 +124,8 @@ func TestDownBadNames(t *testing.T) {
 	if _, err := os.Stat("/run/canary"); err != nil {
 		t.Errorf("/run lost a file: %v", err)
 	}
-	if err := decoy.Process.Signal(syscall.Signal(0)); err != nil {
-		t.Errorf("the decoy QEMU was killed: %v", err)
+	if !testenv.Running(decoy.Process.Pid) {
+		t.Error("the decoy QEMU was killed")
 	}
 	if r := vmnetAt(t, p, "", "status", "t"); r.status != 0 || !strings.Contains(r.stdout, "lan") {
 		t.Errorf("lab t damaged: %d %s %s", r.status, r.stdout, r.stderr)
