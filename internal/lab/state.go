@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/vmnet/vmnet/vmconfig"
 )
 
 // State is what a lab's supervisor records in its state directory, so
@@ -58,9 +60,10 @@ type NICState struct {
 
 const stateFile = "state.json"
 
-// DefaultStateRoot holds one directory per lab unless the lab file says
+// DefaultStateRoot holds one directory per network namespace (StateRoot),
+// which holds one state directory per lab unless the lab file says
 // otherwise.
-const DefaultStateRoot = "/run/vmnet"
+const DefaultStateRoot = vmconfig.DefaultStateRoot
 
 // ReadState reads the state a supervisor left in dir. A missing file is
 // reported with os.ErrNotExist.
