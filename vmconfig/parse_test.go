@@ -410,3 +410,25 @@ func TestProblemsSortedByColumn(t *testing.T) {
 		t.Fatalf("got %v", ps)
 	}
 }
+
+// TestStateRoot: a lab without state_dir keeps its state (and default
+// console logs) under the root the caller gives, one per network
+// namespace; state_dir overrides it.
+func TestStateRoot(t *testing.T) {
+	doc := "[lab]\nname = \"d\"\n[[vm]]\nname = \"a\"\nkernel = \"ok\"\n"
+	lab, err := Parse("/cfg/lab.toml", []byte(doc), Options{FileExists: fakeFiles, StateRoot: "/run/vmnet/ns-7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lab.StateDir != "/run/vmnet/ns-7/d" || lab.VMs[0].Console != "/run/vmnet/ns-7/d/a.console" {
+		t.Errorf("state %s, console %s", lab.StateDir, lab.VMs[0].Console)
+	}
+	lab, err = Parse("/cfg/lab.toml", []byte(strings.Replace(doc, "\n[[vm]]", "\nstate_dir = \"st\"\n[[vm]]", 1)),
+		Options{FileExists: fakeFiles, StateRoot: "/run/vmnet/ns-7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lab.StateDir != "/cfg/st" {
+		t.Errorf("state_dir = \"st\" gave %s", lab.StateDir)
+	}
+}
