@@ -91,7 +91,7 @@ type Config struct {
 	// GroupFwdMask forwards link-local group frames; see TransparentMask.
 	GroupFwdMask      uint16
 	MulticastSnooping *bool  // nil leaves the kernel default (on)
-	Owner             string // "" means owner.Default
+	Owner             string // owner.AdHoc or owner.Lab(name); "" means owner.AdHoc
 }
 
 // Manager works on the bridges of one network namespace. It is safe for
@@ -197,7 +197,7 @@ func (m *Manager) create(name, own string) (netlink.Link, error) {
 		_ = m.h.LinkDel(link)
 		return nil, fmt.Errorf("bridge %w", err)
 	}
-	link.Attrs().Alias = owner.Alias(own)
+	link.Attrs().Alias = own
 	return link, nil
 }
 
@@ -267,7 +267,7 @@ func (m *Manager) apply(link netlink.Link, cfg Config, full bool) error {
 	return nil
 }
 
-// Delete deletes the bridge name if it is tagged as own's (owner.Default
+// Delete deletes the bridge name if it is tagged as own's (owner.AdHoc
 // if own is empty), or regardless of its tag if force is set. It never
 // deletes an interface that is not a bridge.
 func (m *Manager) Delete(name, own string, force bool) error {
@@ -365,7 +365,7 @@ func isNotFound(err error) bool {
 
 func ownerOr(own string) string {
 	if own == "" {
-		return owner.Default
+		return owner.AdHoc
 	}
 	return own
 }

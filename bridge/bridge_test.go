@@ -38,7 +38,7 @@ func TestEnsureCreatesAndIsIdempotent(t *testing.T) {
 		STP:               true,
 		GroupFwdMask:      bridge.TransparentMask,
 		MulticastSnooping: ptr(false),
-		Owner:             "lab1",
+		Owner:             owner.Lab("lab1"),
 	}
 	for i, wantCreated := range []bool{true, false, false} {
 		created, err := e.m.Ensure(cfg)
@@ -52,8 +52,8 @@ func TestEnsureCreatesAndIsIdempotent(t *testing.T) {
 
 	l := e.ipLink("br0")
 	d := infoData(l, "info_data")
-	if l["mtu"] != 9000.0 || l["ifalias"] != "vmnet:lab1" || !slices.Contains(anyStrings(l["flags"]), "UP") {
-		t.Errorf("ip link: mtu=%v ifalias=%v flags=%v; want 9000, vmnet:lab1, UP", l["mtu"], l["ifalias"], l["flags"])
+	if l["mtu"] != 9000.0 || l["ifalias"] != "vmnet:lab:lab1" || !slices.Contains(anyStrings(l["flags"]), "UP") {
+		t.Errorf("ip link: mtu=%v ifalias=%v flags=%v; want 9000, vmnet:lab:lab1, UP", l["mtu"], l["ifalias"], l["flags"])
 	}
 	if d["stp_state"] != 1.0 || d["group_fwd_mask"] != "0xfff8" || d["mcast_snooping"] != 0.0 {
 		t.Errorf("ip -d link: stp_state=%v group_fwd_mask=%v mcast_snooping=%v; want 1, 0xfff8, 0", d["stp_state"], d["group_fwd_mask"], d["mcast_snooping"])
@@ -73,7 +73,7 @@ func TestEnsureCreatesAndIsIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	if info.MTU != 9000 || !info.STP || info.GroupFwdMask != 0xfff8 || info.MulticastSnooping == nil ||
-		*info.MulticastSnooping || info.Owner != "lab1" || !info.Up || info.MAC != l["address"] {
+		*info.MulticastSnooping || info.Owner != "vmnet:lab:lab1" || !info.Up || info.MAC != l["address"] {
 		t.Errorf("Show = %+v; disagrees with ip: %v", info, l)
 	}
 	for _, want := range cfg.Addresses {
@@ -86,7 +86,7 @@ func TestEnsureCreatesAndIsIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, key := range []string{`"mtu":9000`, `"stp":true`, `"group_fwd_mask":65528`, `"multicast_snooping":false`,
-		`"owner":"lab1"`, `"vlan_filtering":false`, `"10.7.0.1/24"`, `"ports":[]`} {
+		`"owner":"vmnet:lab:lab1"`, `"vlan_filtering":false`, `"10.7.0.1/24"`, `"ports":[]`} {
 		if !strings.Contains(string(js), key) {
 			t.Errorf("JSON %s lacks %s", js, key)
 		}
@@ -94,7 +94,7 @@ func TestEnsureCreatesAndIsIdempotent(t *testing.T) {
 
 	// The owner's bridge follows its config back to the defaults; a nil
 	// MulticastSnooping leaves it alone.
-	if _, err := e.m.Ensure(bridge.Config{Name: "br0", Owner: "lab1"}); err != nil {
+	if _, err := e.m.Ensure(bridge.Config{Name: "br0", Owner: owner.Lab("lab1")}); err != nil {
 		t.Fatal(err)
 	}
 	d = infoData(e.ipLink("br0"), "info_data")
@@ -116,7 +116,7 @@ func TestReusedBridgeIsNeverTaggedOrDeleted(t *testing.T) {
 	e := newEnv(t)
 	e.run("ip", "link", "add", "brhost", "type", "bridge", "stp_state", "1", "group_fwd_mask", "0x4000")
 
-	created, err := e.m.Ensure(bridge.Config{Name: "brhost", MTU: 4000, Owner: "lab1"})
+	created, err := e.m.Ensure(bridge.Config{Name: "brhost", MTU: 4000, Owner: owner.Lab("lab1")})
 	if err != nil || created {
 		t.Fatalf("Ensure on an existing bridge: created=%v err=%v", created, err)
 	}
@@ -129,11 +129,11 @@ func TestReusedBridgeIsNeverTaggedOrDeleted(t *testing.T) {
 	if l["mtu"] != 4000.0 || d["stp_state"] != 1.0 || d["group_fwd_mask"] != "0x4000" {
 		t.Errorf("reused bridge: mtu=%v stp_state=%v group_fwd_mask=%v; want 4000, 1 (kept), 0x4000 (kept)", l["mtu"], d["stp_state"], d["group_fwd_mask"])
 	}
-	if infos, err := e.m.List("lab1"); err != nil || len(infos) != 0 {
+	if infos, err := e.m.List(owner.Lab("lab1")); err != nil || len(infos) != 0 {
 		t.Errorf("List(lab1) = %v, %v; want no bridges", infos, err)
 	}
 
-	err = e.m.Delete("brhost", "lab1", false)
+	err = e.m.Delete("brhost", owner.Lab("lab1"), false)
 	mustErr(t, err, "brhost", "no vmnet tag", "--force")
 	if !errors.Is(err, owner.ErrNotOwned) {
 		t.Errorf("error %v does not wrap owner.ErrNotOwned", err)
@@ -143,17 +143,17 @@ func TestReusedBridgeIsNeverTaggedOrDeleted(t *testing.T) {
 	}
 
 	// Another owner's bridge is refused too, and its own owner may delete it.
-	if _, err := e.m.Ensure(bridge.Config{Name: "brlab2", Owner: "lab2"}); err != nil {
+	if _, err := e.m.Ensure(bridge.Config{Name: "brlab2", Owner: owner.Lab("lab2")}); err != nil {
 		t.Fatal(err)
 	}
-	if created, err := e.m.Ensure(bridge.Config{Name: "brlab2", Owner: "lab1"}); err != nil || created {
+	if created, err := e.m.Ensure(bridge.Config{Name: "brlab2", Owner: owner.Lab("lab1")}); err != nil || created {
 		t.Fatalf("lab1 reusing lab2's bridge: created=%v err=%v", created, err)
 	}
-	if got := e.ipLink("brlab2")["ifalias"]; got != "vmnet:lab2" {
+	if got := e.ipLink("brlab2")["ifalias"]; got != "vmnet:lab:lab2" {
 		t.Errorf("lab1's Ensure re-tagged lab2's bridge: ifalias=%v", got)
 	}
-	mustErr(t, e.m.Delete("brlab2", "lab1", false), "brlab2", `owned by "lab2"`)
-	if err := e.m.Delete("brlab2", "lab2", false); err != nil {
+	mustErr(t, e.m.Delete("brlab2", owner.Lab("lab1"), false), "brlab2", `owned by "vmnet:lab:lab2"`)
+	if err := e.m.Delete("brlab2", owner.Lab("lab2"), false); err != nil {
 		t.Fatal(err)
 	}
 	if e.exists("brlab2") {
@@ -173,14 +173,14 @@ func TestReusedBridgeIsNeverTaggedOrDeleted(t *testing.T) {
 
 func TestListByOwner(t *testing.T) {
 	e := newEnv(t)
-	for _, c := range []bridge.Config{{Name: "bra", Owner: "lab1"}, {Name: "brb", Owner: "lab1"}, {Name: "brc", Owner: "lab2"}, {Name: "brd"}} {
+	for _, c := range []bridge.Config{{Name: "bra", Owner: owner.Lab("lab1")}, {Name: "brb", Owner: owner.Lab("lab1")}, {Name: "brc", Owner: owner.Lab("lab2")}, {Name: "brd"}} {
 		if _, err := e.m.Ensure(c); err != nil {
 			t.Fatal(err)
 		}
 	}
 	e.run("ip", "link", "add", "bruser", "type", "bridge")
 	e.veth("vtagged", "vtagged-p")
-	if err := owner.Set(e.h, e.link("vtagged"), "lab1"); err != nil { // tagged, but not a bridge
+	if err := owner.Set(e.h, e.link("vtagged"), owner.Lab("lab1")); err != nil { // tagged, but not a bridge
 		t.Fatal(err)
 	}
 	names := func(owner string) []string {
@@ -194,17 +194,28 @@ func TestListByOwner(t *testing.T) {
 		}
 		return n
 	}
-	if got := names("lab1"); !slices.Equal(got, []string{"bra", "brb"}) {
+	if got := names(owner.Lab("lab1")); !slices.Equal(got, []string{"bra", "brb"}) {
 		t.Errorf("List(lab1) = %v", got)
 	}
-	if got := names("lab2"); !slices.Equal(got, []string{"brc"}) {
+	if got := names(owner.Lab("lab2")); !slices.Equal(got, []string{"brc"}) {
 		t.Errorf("List(lab2) = %v", got)
 	}
-	if got := names(""); !slices.Equal(got, []string{"bra", "brb", "brc", "brd"}) {
-		t.Errorf("List(\"\") = %v", got)
+	all, err := e.m.ListAll()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got := names(owner.Default); !slices.Equal(got, []string{"brd"}) {
-		t.Errorf("List(%q) = %v", owner.Default, got)
+	var allNames []string
+	for _, i := range all {
+		allNames = append(allNames, i.Name)
+	}
+	if !slices.Equal(allNames, []string{"bra", "brb", "brc", "brd"}) {
+		t.Errorf("ListAll = %v", allNames)
+	}
+	if _, err := e.m.List(""); !errors.Is(err, owner.ErrBadOwner) {
+		t.Errorf("List(\"\") = %v, want ErrBadOwner: nothing matches an empty owner", err)
+	}
+	if got := names(owner.AdHoc); !slices.Equal(got, []string{"brd"}) {
+		t.Errorf("List(%q) = %v", owner.AdHoc, got)
 	}
 }
 
@@ -245,7 +256,7 @@ func TestBadInput(t *testing.T) {
 		{bridge.Config{Name: "br-this-is-too-long"}, []string{`"br-this-is-too-long"`, "19 bytes", "at most 15"}},
 		{bridge.Config{Name: ""}, []string{"empty"}},
 		{bridge.Config{Name: "br/0"}, []string{`"br/0"`, "'/'"}},
-		{bridge.Config{Name: "br 0"}, []string{`"br 0"`, "spaces"}},
+		{bridge.Config{Name: "br 0"}, []string{`"br 0"`, "whitespace"}},
 		{bridge.Config{Name: "br%d"}, []string{`"br%d"`}},
 		{bridge.Config{Name: "veth0"}, []string{"veth0", "is a veth, not a bridge"}},
 		{bridge.Config{Name: "br0", MTU: 70000}, []string{"br0", "MTU 70000", "68-65535"}},

@@ -76,13 +76,26 @@ func (m *Manager) Show(name string) (Info, error) {
 	return m.describe(br, links, ports)
 }
 
-// List describes the bridges tagged as own's, in ifindex order; an empty
-// own lists every bridge vmnet created.
+// List describes the bridges tagged as own's (owner.AdHoc or
+// owner.Lab(name)), in name order.
 func (m *Manager) List(own string) ([]Info, error) {
 	tagged, err := owner.List(m.h, own)
 	if err != nil {
 		return nil, fmt.Errorf("bridges of %q: %w", own, err)
 	}
+	return m.describeAll(tagged, own)
+}
+
+// ListAll describes every bridge vmnet created, whoever owns it.
+func (m *Manager) ListAll() ([]Info, error) {
+	tagged, err := owner.ListAll(m.h)
+	if err != nil {
+		return nil, fmt.Errorf("bridges: %w", err)
+	}
+	return m.describeAll(tagged, "vmnet")
+}
+
+func (m *Manager) describeAll(tagged []netlink.Link, own string) ([]Info, error) {
 	var bridges []netlink.Link
 	for _, l := range tagged {
 		if isBridge(l) {

@@ -4,41 +4,13 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
-	"unicode"
+
+	"github.com/vmnet/vmnet/names"
+	"github.com/vmnet/vmnet/owner"
 )
 
-// IFNAMSIZ-1: the kernel refuses longer names, and vishvananda/netlink
-// would cut them silently.
-const maxNameLen = 15
-
-// checkName applies the kernel's dev_valid_name rules, and refuses '%',
-// which would make the kernel pick a name for us.
-func checkName(what, name string) error {
-	switch {
-	case name == "":
-		return fmt.Errorf("%s name is empty; give an interface name of 1-%d bytes", what, maxNameLen)
-	case len(name) > maxNameLen:
-		return fmt.Errorf("%s name %q is %d bytes; Linux interface names are at most %d bytes, choose a shorter one",
-			what, name, len(name), maxNameLen)
-	case name == "." || name == "..":
-		return fmt.Errorf("%s name %q is not a valid interface name", what, name)
-	}
-	if i := strings.IndexFunc(name, func(r rune) bool {
-		return r == '/' || r == ':' || r == '%' || unicode.IsSpace(r) || r < 0x20 || r == 0x7f
-	}); i >= 0 {
-		return fmt.Errorf("%s name %q contains %q, which interface names may not contain (no '/', ':', '%%', spaces or control characters)",
-			what, name, name[i])
-	}
-	return nil
-}
-
-func checkOwner(own string) error {
-	if len(own) > 200 || strings.IndexFunc(own, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
-		return fmt.Errorf("owner %q is not usable as an interface alias tag; use a short printable name", own)
-	}
-	return nil
-}
+// checkName applies names.Interface, vmnet's one interface name grammar.
+func checkName(what, name string) error { return names.Interface(what, name) }
 
 // checkAddress refuses what cannot be an interface address, and a network
 // or broadcast address given where a host address was meant.
@@ -87,7 +59,7 @@ func (cfg *Config) validate() error {
 	if err := checkName("bridge", cfg.Name); err != nil {
 		return err
 	}
-	if err := checkOwner(cfg.Owner); err != nil {
+	if err := owner.Valid(ownerOr(cfg.Owner)); err != nil {
 		return fmt.Errorf("bridge %s: %w", cfg.Name, err)
 	}
 	if cfg.MTU != 0 && (cfg.MTU < MinMTU || cfg.MTU > MaxMTU) {

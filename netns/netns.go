@@ -126,3 +126,43 @@ func withThread(fn func(orig Handle) error) error {
 	runtime.UnlockOSThread()
 	return ferr
 }
+
+// ID identifies a network namespace: the device and inode of its nsfs
+// file, as stat(2) of /proc/PID/ns/net reports them. Two handles refer to
+// the same namespace exactly when their IDs are equal. The kernel may
+// reuse an inode number once a namespace is gone.
+type ID struct {
+	Dev uint64 `json:"dev"`
+	Ino uint64 `json:"ino"`
+}
+
+// String formats id the way /proc/PID/ns/net links read: net:[INODE].
+func (id ID) String() string { return fmt.Sprintf("net:[%d]", id.Ino) }
+
+// Identify returns the ID of the calling thread's namespace. Lock the
+// goroutine to its thread (Do does) when namespaces differ between
+// threads.
+func Identify() (ID, error) { return IdentifyPath("/proc/thread-self/ns/net") }
+
+// IdentifyPath returns the ID of the namespace at path (a name under
+// /run/netns is not resolved; use Open's rules and pass a path).
+func IdentifyPath(path string) (ID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return ID{}, fmt.Errorf("netns %s: %w", path, err)
+	}
+	return ID{Dev: st.Dev, Ino: st.Ino}, nil
+}
+
+// NamesOf returns the names `ip netns` knows id by (the entries of
+// /run/netns bound to it), usually zero or one.
+func NamesOf(id ID) []string {
+	ents, _ := os.ReadDir("/run/netns")
+	var out []string
+	for _, e := range ents {
+		if got, err := IdentifyPath(filepath.Join("/run/netns", e.Name())); err == nil && got == id {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}

@@ -12,20 +12,42 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestAliasOf(t *testing.T) {
-	for alias, want := range map[string]string{"vmnet:lab1": "lab1", "vmnet:": "", "vmnet:a:b": "a:b"} {
+func TestTags(t *testing.T) {
+	for alias, want := range map[string]string{"vmnet:lab:lab1": "vmnet:lab:lab1", "vmnet:adhoc": owner.AdHoc,
+		"vmnet:lab:vmnet": "vmnet:lab:vmnet", "vmnet:lab:adhoc": "vmnet:lab:adhoc"} {
 		l := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Alias: alias}}
 		if got, ok := owner.Of(l); !ok || got != want {
 			t.Errorf("Of(alias %q) = %q, %v; want %q, true", alias, got, ok, want)
 		}
 	}
-	for _, alias := range []string{"", "uplink to core", "VMNET:lab1", " vmnet:lab1"} {
+	// Foreign: no tag, someone else's text, an older vmnet's "vmnet:NAME",
+	// and lab tags whose name breaks the grammar.
+	for _, alias := range []string{"", "uplink to core", "VMNET:adhoc", " vmnet:adhoc", "vmnet:", "vmnet:lab1",
+		"vmnet:vmnet", "vmnet:lab:", "vmnet:lab:..", "vmnet:lab:a/b", "vmnet:lab:a:b", "vmnet:adhoc:x"} {
 		if got, ok := owner.Of(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Alias: alias}}); ok {
 			t.Errorf("Of(alias %q) = %q, true; want not owned", alias, got)
 		}
 	}
-	if owner.Alias("lab1") != "vmnet:lab1" {
-		t.Errorf("Alias(lab1) = %q", owner.Alias("lab1"))
+	if owner.Lab("lab1") != "vmnet:lab:lab1" || owner.AdHoc != "vmnet:adhoc" {
+		t.Errorf("Lab(lab1) = %q, AdHoc = %q", owner.Lab("lab1"), owner.AdHoc)
+	}
+	// Scenario 2: a lab named like the ad-hoc tag, or like vmnet itself,
+	// gets a tag of its own.
+	for _, name := range []string{"vmnet", "adhoc", "vmnet-adhoc"} {
+		if owner.Lab(name) == owner.AdHoc {
+			t.Errorf("lab %q has the ad-hoc tag", name)
+		}
+		if got, ok := owner.LabName(owner.Lab(name)); !ok || got != name {
+			t.Errorf("LabName(Lab(%q)) = %q, %v", name, got, ok)
+		}
+	}
+	if _, ok := owner.LabName(owner.AdHoc); ok {
+		t.Error("the ad-hoc tag names a lab")
+	}
+	for _, bad := range []string{"", "lab1", "vmnet:lab1", "vmnet:lab:", "vmnet:lab:.."} {
+		if err := owner.Valid(bad); !errors.Is(err, owner.ErrBadOwner) {
+			t.Errorf("Valid(%q) = %v, want ErrBadOwner", bad, err)
+		}
 	}
 }
 
@@ -48,14 +70,17 @@ func TestSetCheckList(t *testing.T) {
 		}
 		return l
 	}
-	a, b, c, untagged := add("a"), add("b"), add("c"), add("untagged")
-	for l, o := range map[netlink.Link]string{a: "lab1", b: "lab1", c: "lab2"} {
+	a, b, c, untagged, adhoc, old := add("a"), add("b"), add("c"), add("untagged"), add("adhoc"), add("old")
+	if err := h.LinkSetAlias(old, "vmnet:lab1"); err != nil { // an older vmnet's tag
+		t.Fatal(err)
+	}
+	for l, o := range map[netlink.Link]string{a: owner.Lab("lab1"), b: owner.Lab("lab1"), c: owner.Lab("lab2"), adhoc: owner.AdHoc} {
 		if err := owner.Set(h, l, o); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// What the kernel stores, read back independently of Set.
-	for name, want := range map[string]string{"a": "vmnet:lab1", "c": "vmnet:lab2", "untagged": ""} {
+	for name, want := range map[string]string{"a": "vmnet:lab:lab1", "c": "vmnet:lab:lab2", "adhoc": "vmnet:adhoc", "untagged": ""} {
 		l, err := h.LinkByName(name)
 		if err != nil {
 			t.Fatal(err)
@@ -76,35 +101,60 @@ func TestSetCheckList(t *testing.T) {
 		slices.Sort(n)
 		return n
 	}
-	if got := names("lab1"); !slices.Equal(got, []string{"a", "b"}) {
+	if got := names(owner.Lab("lab1")); !slices.Equal(got, []string{"a", "b"}) {
 		t.Errorf("List(lab1) = %v", got)
 	}
-	if got := names(""); !slices.Equal(got, []string{"a", "b", "c"}) {
-		t.Errorf("List(\"\") = %v", got)
+	if got := names(owner.AdHoc); !slices.Equal(got, []string{"adhoc"}) {
+		t.Errorf("List(AdHoc) = %v", got)
 	}
-	if got := names("nobody"); len(got) != 0 {
+	if got := names(owner.Lab("nobody")); len(got) != 0 {
 		t.Errorf("List(nobody) = %v", got)
+	}
+	// Nothing matches an empty or malformed owner (scenario 1: down "").
+	for _, bad := range []string{"", "lab1", "vmnet:", "vmnet:lab:"} {
+		if got, err := owner.List(h, bad); !errors.Is(err, owner.ErrBadOwner) || len(got) != 0 {
+			t.Errorf("List(%q) = %v, %v; want ErrBadOwner", bad, got, err)
+		}
+	}
+	all, err := owner.ListAll(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var allNames []string
+	for _, l := range all {
+		allNames = append(allNames, l.Attrs().Name)
+	}
+	slices.Sort(allNames)
+	if !slices.Equal(allNames, []string{"a", "adhoc", "b", "c"}) {
+		t.Errorf("ListAll = %v (the old-format and untagged links are foreign)", allNames)
 	}
 
 	a, _ = h.LinkByName("a")
 	c, _ = h.LinkByName("c")
-	if err := owner.Check(a, "lab1"); err != nil {
+	old, _ = h.LinkByName("old")
+	if err := owner.Check(old, owner.Lab("lab1")); !errors.Is(err, owner.ErrNotOwned) || !strings.Contains(err.Error(), "older vmnet") {
+		t.Errorf("Check(old-format tag) = %v", err)
+	}
+	if err := owner.Check(a, owner.Lab("lab1")); err != nil {
 		t.Errorf("Check(a, lab1) = %v", err)
 	}
 	for _, tc := range []struct {
 		l    netlink.Link
 		want string
 	}{
-		{c, `c: not created by vmnet for this owner (owned by "lab2", not "lab1"; use --force`},
+		{c, `c: not created by vmnet for this owner (owned by "vmnet:lab:lab2", not "vmnet:lab:lab1"; use --force`},
 		{untagged, "untagged: not created by vmnet for this owner (no vmnet tag; use --force"},
 	} {
-		err := owner.Check(tc.l, "lab1")
+		err := owner.Check(tc.l, owner.Lab("lab1"))
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, owner.ErrNotOwned) {
 			t.Errorf("Check(%s, lab1) = %v, want %q wrapping ErrNotOwned", tc.l.Attrs().Name, err, tc.want)
 		}
 	}
 	gone := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "gone", Index: 9999}}
-	if err := owner.Set(h, gone, "lab1"); err == nil || !strings.Contains(err.Error(), `gone: tag owner "lab1"`) {
+	if err := owner.Set(h, gone, owner.Lab("lab1")); err == nil || !strings.Contains(err.Error(), `gone: tag owner "vmnet:lab:lab1"`) {
 		t.Errorf("Set on a missing link = %v", err)
+	}
+	if err := owner.Set(h, a, ""); !errors.Is(err, owner.ErrBadOwner) {
+		t.Errorf("Set with an empty owner = %v", err)
 	}
 }

@@ -10,7 +10,7 @@ ns=vmnet-demo-$$
 vmnet() { ./vmnet --netns "$ns" "$@"; }
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 cleanup() {
-  ./vmnet --netns "$ns" down examples/demo.toml >/dev/null 2>&1 || true
+  ./vmnet --netns "$ns" down --ignore-missing examples/demo.toml >/dev/null 2>&1 || true
   ip netns del "$ns" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -51,7 +51,7 @@ vmnet status demo -o dot
 say "vmnet down"
 vmnet down examples/demo.toml
 left=$(ip -n "$ns" -o link show | grep -vc ': lo:' || true)
-pgrep -f 'qemu-system.*/run/vmnet/demo/' >/dev/null && { echo "FAIL: QEMU left running"; exit 1; }
+pgrep -f 'qemu-system.*/run/vmnet/ns-[0-9]*/demo/' >/dev/null && { echo "FAIL: QEMU left running"; exit 1; }
 [ "$left" = 0 ] || { echo "FAIL: $left interfaces left"; ip -n "$ns" -o link show; exit 1; }
 echo "nothing left behind"
 echo; echo "demo finished in ${SECONDS} s"

@@ -134,14 +134,14 @@ func List() ([]Info, error) {
 
 // Delete removes the tap name from the calling thread's namespace. Unless
 // force is set it refuses a tap that is not tagged as tag's (owner.Check;
-// "" means owner.Default), so vmnet never deletes what it did not create.
+// "" means owner.AdHoc), so vmnet never deletes what it did not create.
 // Queues still open (e.g. in QEMU) see the device go away.
 func Delete(name, tag string, force bool) error {
 	if err := checkName(name); err != nil {
 		return err
 	}
 	if tag == "" {
-		tag = owner.Default
+		tag = owner.AdHoc
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()

@@ -3,8 +3,8 @@ package tap
 import (
 	"errors"
 	"fmt"
-	"unicode"
 
+	"github.com/vmnet/vmnet/names"
 	"golang.org/x/sys/unix"
 )
 
@@ -43,24 +43,12 @@ func explain(err error, op string) error {
 	return &hinted{err: err, hint: hint}
 }
 
-// checkName applies the kernel's dev_valid_name rules plus IFNAMSIZ, so a
-// name is never truncated silently.
+// checkName applies names.Interface (the kernel's dev_valid_name rules
+// plus IFNAMSIZ, so a name is never truncated silently) and wraps EINVAL,
+// the errno the kernel would give.
 func checkName(name string) error {
-	bad := func(why string) error {
-		return fmt.Errorf("tap %q: invalid name: %s: %w", name, why, unix.EINVAL)
-	}
-	switch {
-	case name == "":
-		return bad("empty")
-	case len(name) > unix.IFNAMSIZ-1:
-		return bad(fmt.Sprintf("%d bytes, the limit is %d", len(name), unix.IFNAMSIZ-1))
-	case name == "." || name == "..":
-		return bad("reserved")
-	}
-	for _, r := range name {
-		if r == '/' || r == ':' || unicode.IsSpace(r) || r == 0 {
-			return bad(fmt.Sprintf("contains %q (no '/', ':', NUL or whitespace allowed)", r))
-		}
+	if err := names.Interface("tap", name); err != nil {
+		return fmt.Errorf("tap %q: invalid name: %w: %w", name, err, unix.EINVAL)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmnet/vmnet/internal/testenv"
+	"github.com/vmnet/vmnet/owner"
 )
 
 // wantErr checks an error by errno and by the words a user would read.
@@ -46,7 +47,7 @@ func TestBadNames(t *testing.T) {
 		wantErr(t, "Delete "+name, err, unix.EINVAL, "invalid name")
 	}
 	_, err := Create(NewConfig("sixteen-bytes-xx", 1))
-	wantErr(t, "long name", err, unix.EINVAL, "16 bytes, the limit is 15")
+	wantErr(t, "long name", err, unix.EINVAL, "16 bytes; Linux allows at most 15")
 	_, err = Open("", 1)
 	wantErr(t, "empty name", err, unix.EINVAL, "empty")
 }
@@ -217,7 +218,7 @@ func TestFailedCreateLeavesNothing(t *testing.T) {
 		}{
 			{func(c *Config) { c.MTU = 1 << 20 }, unix.EINVAL, "tap f0: set MTU 1048576: "},
 			{func(c *Config) { c.MAC = net.HardwareAddr{1, 0, 0, 0, 0, 1} }, unix.EADDRNOTAVAIL, "tap f0: set MAC 01:00:00:00:00:01: "},
-			{func(c *Config) { c.Tag = strings.Repeat("x", 300) }, unix.ERANGE, "tag owner"},
+			{func(c *Config) { c.Tag = "lab1" }, owner.ErrBadOwner, "tag"}, // not vmnet:adhoc or vmnet:lab:NAME
 		}
 		for _, c := range cases {
 			cfg := base()

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/vmnet/vmnet/netns"
+	"github.com/vmnet/vmnet/owner"
 	"github.com/vmnet/vmnet/tap"
 )
 
@@ -19,7 +20,7 @@ func Example() {
 		cfg.Offloads, _ = tap.ParseOffloads("csum,tso4,tso6")
 		cfg.BestEffort = true
 		cfg.Up = true
-		cfg.Tag = "lab1"
+		cfg.Tag = owner.Lab("lab1")
 		var err error
 		t, err = tap.Create(cfg)
 		return err

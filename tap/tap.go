@@ -60,7 +60,8 @@ type Config struct {
 	Carrier *bool
 	// Up brings the link up after configuring it.
 	Up bool
-	// Tag is the owner recorded in the interface alias; "" is owner.Default.
+	// Tag is the owner recorded in the interface alias (owner.AdHoc or
+	// owner.Lab(name)); "" is owner.AdHoc.
 	Tag string
 	// Qdisc is the root qdisc; the zero value is noqueue.
 	Qdisc Qdisc
@@ -77,7 +78,7 @@ func (c *Config) validate() error {
 		c.Queues = 1
 	}
 	if c.Tag == "" {
-		c.Tag = owner.Default
+		c.Tag = owner.AdHoc
 	}
 	label := c.Name
 	if label == "" {
@@ -90,6 +91,9 @@ func (c *Config) validate() error {
 	}
 	if err := checkQueues(label, c.Queues); err != nil {
 		return err
+	}
+	if err := owner.Valid(c.Tag); err != nil {
+		return fmt.Errorf("tap %s: %w", label, err)
 	}
 	switch {
 	case c.VnetHdrSize != 0 && c.VnetHdrSize != 10 && c.VnetHdrSize != 12:

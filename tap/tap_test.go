@@ -257,14 +257,14 @@ func TestCreateSeenByIPAndEthtool(t *testing.T) {
 		on := true
 		all := kernelOffloads(t)
 		cfg := Config{Name: "vm0", Queues: 2, VnetHdrSize: 12, Offloads: all, Persist: true,
-			Owner: 4242, Group: 4343, MTU: 9000, MAC: mac, TxQueueLen: 777, Carrier: &on, Up: true, Tag: "lab1"}
+			Owner: 4242, Group: 4343, MTU: 9000, MAC: mac, TxQueueLen: 777, Carrier: &on, Up: true, Tag: owner.Lab("lab1")}
 		tp := mustCreate(t, cfg)
 		if got, err := tp.Offloads(); err != nil || got != all {
 			return fmt.Errorf("Offloads() = %s, %v", got, err)
 		}
 		ipOut := run(t, "ip", "-d", "link", "show", "vm0")
 		for _, want := range []string{
-			"mtu 9000", "qlen 777", "link/ether 02:11:22:33:44:55", "alias vmnet:lab1",
+			"mtu 9000", "qlen 777", "link/ether 02:11:22:33:44:55", "alias vmnet:lab:lab1",
 			"tun type tap pi off vnet_hdr on multi_queue numqueues 2 numdisabled 0 persist on user 4242 group 4343",
 		} {
 			if !strings.Contains(ipOut, want) {
@@ -287,7 +287,7 @@ func TestCreateSeenByIPAndEthtool(t *testing.T) {
 		}
 		want := Info{Name: "vm0", Index: tp.Index(), Type: "tap", VnetHdr: true, Persist: true, MultiQueue: true,
 			Owner: 4242, Group: 4343, NumQueues: 2, MTU: 9000, MAC: mac.String(), TxQueueLen: 777,
-			OperState: "unknown", Up: true, Carrier: true, Alias: "vmnet:lab1", Tag: "lab1", Tagged: true, Offloads: info.Offloads,
+			OperState: "unknown", Up: true, Carrier: true, Alias: "vmnet:lab:lab1", Tag: "vmnet:lab:lab1", Tagged: true, Offloads: info.Offloads,
 			Qdisc: "noqueue"}
 		if info.Offloads == nil || *info.Offloads != all&^OffloadUFO {
 			t.Errorf("Describe offloads %v (%s), want %s (ufo is not visible)", info.Offloads, info.OffloadsError, all&^OffloadUFO)
@@ -306,7 +306,7 @@ func TestCreateSeenByIPAndEthtool(t *testing.T) {
 		if err := Delete("vm0", "", false); !errors.Is(err, owner.ErrNotOwned) {
 			return fmt.Errorf("Delete with the default owner: %v, want ErrNotOwned", err)
 		}
-		if err := Delete("vm0", "lab1", false); err != nil {
+		if err := Delete("vm0", owner.Lab("lab1"), false); err != nil {
 			return err
 		}
 		if _, err := Describe("vm0"); !errors.Is(err, unix.ENODEV) {

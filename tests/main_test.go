@@ -4,7 +4,6 @@
 package tests
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,6 +20,9 @@ import (
 var vmnetBin string
 
 func TestMain(m *testing.M) {
+	// Labs keep state under /run/vmnet and tests tear them down: never
+	// against the machine's real /run.
+	testenv.PrivateRun()
 	dir, err := os.MkdirTemp("", "vmnet-e2e-")
 	if err != nil {
 		panic(err)
@@ -45,20 +47,7 @@ type result struct {
 // vmnetIn runs the vmnet binary with --netns pointing at ns.
 func vmnetIn(t *testing.T, ns netns.Handle, args ...string) result {
 	t.Helper()
-	full := append([]string{"--netns", fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(ns))}, args...)
-	cmd := exec.Command(vmnetBin, full...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	start := time.Now()
-	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String(), took: time.Since(start)}
-	if ee, ok := err.(*exec.ExitError); ok {
-		r.status = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("vmnet %v: %v", args, err)
-	}
-	t.Logf("vmnet %s: status %d in %v", strings.Join(args, " "), r.status, r.took.Round(time.Millisecond))
-	return r
+	return vmnetAt(t, nsArg(ns), "", args...)
 }
 
 // requireGuests checks what booting a guest needs.

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/vmnet/vmnet/names"
 )
 
 // EndpointKind names what one end of a [[link]] is.
@@ -224,31 +226,10 @@ func contains(list []string, s string) bool {
 }
 
 // IfNameMax is the longest Linux interface name in bytes (IFNAMSIZ-1).
-const IfNameMax = 15
+const IfNameMax = names.IfNameMax
 
-// checkIfName applies the kernel's dev_valid_name rules, plus no control
-// characters and no ',' or '=' (they would break endpoint syntax).
-func checkIfName(name string) error {
-	switch {
-	case name == "":
-		return errors.New("interface name is empty")
-	case len(name) > IfNameMax:
-		return fmt.Errorf("interface name %q is %d bytes; Linux allows at most %d", name, len(name), IfNameMax)
-	case name == "." || name == "..":
-		return fmt.Errorf("interface name %q is not allowed", name)
-	}
-	for i := 0; i < len(name); i++ {
-		switch c := name[i]; {
-		case c == '/' || c == ':' || c == ',' || c == '=':
-			return fmt.Errorf("interface name %q contains %q, which is not allowed", name, c)
-		case c == ' ' || c >= '\t' && c <= '\r':
-			return fmt.Errorf("interface name %q contains whitespace", name)
-		case c < 0x20 || c == 0x7f:
-			return fmt.Errorf("interface name %q contains a control character", name)
-		}
-	}
-	return nil
-}
+// checkIfName applies names.Interface, vmnet's one interface name grammar.
+func checkIfName(name string) error { return names.Interface("interface", name) }
 
 func checkNetNS(ns string) error {
 	if ns == "" || ns == "." || ns == ".." || len(ns) > 255 {
@@ -262,22 +243,6 @@ func checkNetNS(ns string) error {
 	return nil
 }
 
-// checkName validates lab, network and VM names. They end up inside
-// interface names, file names and endpoint strings.
-func checkName(what, name string) error {
-	if name == "" {
-		return fmt.Errorf("%s name is empty", what)
-	}
-	if len(name) > 64 {
-		return fmt.Errorf("%s name %q is longer than 64 bytes", what, name)
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
-			i > 0 && (c == '-' || c == '_' || c == '.')
-		if !ok {
-			return fmt.Errorf("%s name %q: use letters, digits, '-', '_' and '.', starting with a letter or digit", what, name)
-		}
-	}
-	return nil
-}
+// checkName validates lab, network and VM names (names.Check). They end
+// up inside interface names, file names, tags and endpoint strings.
+func checkName(what, name string) error { return names.Check(what, name) }

@@ -28,7 +28,7 @@ const (
 type Lab struct {
 	Name     string
 	File     string // absolute path of the config file ("" when parsed from a name that is not a file)
-	StateDir string // absolute; default /run/vmnet/<name>
+	StateDir string // absolute; default Options.StateRoot/<name>
 	Networks []*Network
 	VMs      []*VM
 	Links    []*Link

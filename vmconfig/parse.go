@@ -22,7 +22,14 @@ type Options struct {
 	FileExists func(path string) bool
 	// Dir resolves relative paths; default: the directory of the file name.
 	Dir string
+	// StateRoot holds the default state directory, StateRoot/<lab name>,
+	// of a lab without state_dir; default DefaultStateRoot. vmnet passes
+	// the directory of the network namespace the lab is brought up in.
+	StateRoot string
 }
+
+// DefaultStateRoot is the StateRoot when Options leave it empty.
+const DefaultStateRoot = "/run/vmnet"
 
 // Load reads and parses the config file at path. See Parse.
 func Load(path string) (*Lab, error) {
@@ -31,6 +38,15 @@ func Load(path string) (*Lab, error) {
 		return nil, fmt.Errorf("vmconfig: %w", err)
 	}
 	return Parse(path, data, Options{})
+}
+
+// LoadWith is Load with options.
+func LoadWith(path string, opts Options) (*Lab, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("vmconfig: %w", err)
+	}
+	return Parse(path, data, opts)
 }
 
 // Parse parses a config. filename is used in positions and, unless
@@ -157,7 +173,16 @@ func (p *parser) parse(data []byte) *Lab {
 		}
 		lab.StateDir = p.abs(sd.v)
 		if !sd.set || sd.v == "" {
-			lab.StateDir = filepath.Join("/run/vmnet", lab.Name)
+			root := p.opts.StateRoot
+			if root == "" {
+				root = DefaultStateRoot
+			}
+			lab.StateDir = filepath.Join(root, lab.Name)
+		} else if within(p.dir, lab.StateDir) {
+			// vmnet removes its state directory on teardown: never the
+			// directory that holds the lab file (and its disk images).
+			t.errorf("state_dir", "state_dir %q is %s, which holds the lab file; name a directory of its own that vmnet creates, e.g. %q",
+				sd.v, lab.StateDir, "state")
 		}
 		t.finish(labKeys)
 	}
@@ -195,6 +220,12 @@ func (p *parser) parse(data []byte) *Lab {
 	r.finishLinks()
 	top.finish(topKeys)
 	return lab
+}
+
+// within reports whether dir is ancestor or dir itself (both clean and
+// absolute).
+func within(dir, ancestor string) bool {
+	return dir == ancestor || ancestor == "/" || strings.HasPrefix(dir, ancestor+"/")
 }
 
 // abs resolves a path from the config against the config's directory.

@@ -165,6 +165,10 @@ func TestParseProblems(t *testing.T) {
 		{"no lab", "[[network]]\nname = \"n\"\n", []string{"1:1: missing [lab] table"}},
 		{"lab no name", "[lab]\nstate_dir = \"s\"\n", []string{"1:1: [lab]: name is required"}},
 		{"lab bad name", "[lab]\nname = \"a b\"\n", []string{"2:1: [lab]: lab name \"a b\""}},
+		{"lab name dotdot", "[lab]\nname = \"..\"\n", []string{"2:1: [lab]: lab name \"..\""}},
+		{"state_dir is the lab file's directory", "[lab]\nname = \"a\"\nstate_dir = \".\"\n", []string{"3:1: [lab]: state_dir \".\" is /cfg, which holds the lab file"}},
+		{"state_dir above the lab file", "[lab]\nname = \"a\"\nstate_dir = \"..\"\n", []string{"3:1: [lab]: state_dir \"..\" is /, which holds the lab file"}},
+		{"state_dir below the lab file", "[lab]\nname = \"a\"\nstate_dir = \"./state\"\n", nil},
 		{"lab not table", "lab = 1\n", []string{"1:1: [lab] must be a table, not an integer"}},
 		{"vm not array", head + "[vm]\nname = \"a\"\n", []string{"5:1: vm must be an array of tables"}},
 		{"typo suggestion", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\ncpu = 1\n", []string{`8:1: vm "a": unknown key "cpu"; did you mean "cpus"?`}},
@@ -446,5 +450,27 @@ name = "v"
 	_, probs = parse(t, "[lab]\nname = \"q\"\n[[network]]\nname = \"a\"\nqdisc = \"fq\"\n")
 	if len(probs) != 1 || probs[0].Pos.Line != 5 || !strings.Contains(probs[0].Msg, "noqueue") {
 		t.Errorf("qdisc = \"fq\": %v", probs)
+	}
+}
+
+// TestStateRoot: a lab without state_dir keeps its state (and default
+// console logs) under the root the caller gives, one per network
+// namespace; state_dir overrides it.
+func TestStateRoot(t *testing.T) {
+	doc := "[lab]\nname = \"d\"\n[[vm]]\nname = \"a\"\nkernel = \"ok\"\n"
+	lab, err := Parse("/cfg/lab.toml", []byte(doc), Options{FileExists: fakeFiles, StateRoot: "/run/vmnet/ns-7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lab.StateDir != "/run/vmnet/ns-7/d" || lab.VMs[0].Console != "/run/vmnet/ns-7/d/a.console" {
+		t.Errorf("state %s, console %s", lab.StateDir, lab.VMs[0].Console)
+	}
+	lab, err = Parse("/cfg/lab.toml", []byte(strings.Replace(doc, "\n[[vm]]", "\nstate_dir = \"st\"\n[[vm]]", 1)),
+		Options{FileExists: fakeFiles, StateRoot: "/run/vmnet/ns-7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lab.StateDir != "/cfg/st" {
+		t.Errorf("state_dir = \"st\" gave %s", lab.StateDir)
 	}
 }

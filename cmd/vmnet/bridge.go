@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/vmnet/vmnet/bridge"
+	"github.com/vmnet/vmnet/owner"
 )
 
 func bridgeCommand() *command {
@@ -101,8 +102,15 @@ func bridgeCreate(e *env, args []string) error {
 	mask := fs.String("group-fwd-mask", "", "group_fwd_mask as a number (e.g. 0x4000 for LLDP); overrides --transparent")
 	var snoop onOff
 	fs.Var(&snoop, "mcast-snooping", "multicast snooping on or off (default: the kernel's, on)")
-	tag := fs.String("tag", "", "owner recorded on the bridge (default \"vmnet\")")
+	tag := fs.String("tag", "", "owner tag recorded on the bridge: vmnet:adhoc (the default) or vmnet:lab:LAB")
 	pos, err := fs.parse(args, 1, 1)
+	if err != nil {
+		return err
+	}
+	if err := checkIfArg("bridge", pos[0]); err != nil {
+		return err
+	}
+	own, err := tagArg(*tag)
 	if err != nil {
 		return err
 	}
@@ -110,7 +118,7 @@ func bridgeCreate(e *env, args []string) error {
 		return usagef("--default-pvid %d: want 1..4094", *pvid)
 	}
 	cfg := bridge.Config{Name: pos[0], MTU: *mtu, Addresses: addrs, STP: *stp, VLANFiltering: *vf,
-		DefaultPVID: uint16(*pvid), MulticastSnooping: snoop.v, Owner: *tag}
+		DefaultPVID: uint16(*pvid), MulticastSnooping: snoop.v, Owner: own}
 	if *transparent {
 		cfg.GroupFwdMask = bridge.TransparentMask
 	}
@@ -165,7 +173,7 @@ func bridgeList(e *env, args []string) error {
 	fs := e.flags("vmnet bridge list", "[-o table|json] [--tag OWNER]")
 	var o output
 	o.register(fs, "table", "json")
-	tag := fs.String("tag", "", "only bridges of this owner (default: every owner)")
+	tag := fs.String("tag", "", "only bridges of this owner tag, e.g. vmnet:adhoc or vmnet:lab:LAB (default: every bridge vmnet created)")
 	if _, err := fs.parse(args, 0, 0); err != nil {
 		return err
 	}
@@ -174,7 +182,14 @@ func bridgeList(e *env, args []string) error {
 		return err
 	}
 	defer m.Close()
-	infos, err := m.List(*tag)
+	var infos []bridge.Info
+	if *tag == "" {
+		infos, err = m.ListAll()
+	} else if err = owner.Valid(*tag); err != nil {
+		return usagef("--tag: %v", err)
+	} else {
+		infos, err = m.List(*tag)
+	}
 	if err != nil {
 		return err
 	}
@@ -232,8 +247,15 @@ func bridgeTable(e *env, infos []bridge.Info, ports bool) error {
 func bridgeDelete(e *env, args []string) error {
 	fs := e.flags("vmnet bridge delete", "NAME [--force] [--tag OWNER]")
 	force := fs.Bool("force", false, "delete the bridge even if vmnet did not create it")
-	tag := fs.String("tag", "", "owner the bridge must be tagged with (default \"vmnet\")")
+	tag := fs.String("tag", "", "owner tag the bridge must carry: vmnet:adhoc (the default) or vmnet:lab:LAB")
 	pos, err := fs.parse(args, 1, 1)
+	if err != nil {
+		return err
+	}
+	if err := checkIfArg("bridge", pos[0]); err != nil {
+		return err
+	}
+	own, err := tagArg(*tag)
 	if err != nil {
 		return err
 	}
@@ -242,7 +264,7 @@ func bridgeDelete(e *env, args []string) error {
 		return err
 	}
 	defer m.Close()
-	if err := m.Delete(pos[0], *tag, *force); err != nil {
+	if err := m.Delete(pos[0], own, *force); err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "deleted bridge %s\n", pos[0])

@@ -13,6 +13,7 @@ import (
 
 	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/internal/lab"
+	"github.com/vmnet/vmnet/names"
 	"github.com/vmnet/vmnet/vmconfig"
 )
 
@@ -39,8 +40,15 @@ func validate(e *env, args []string) error {
 
 // loadLab loads and validates a lab file, printing warnings. Problems
 // come back one per line, each with file:line:col.
+//
+// A lab without state_dir keeps its state under the state root of the
+// calling thread's network namespace (see lab.StateRoot).
 func loadLab(e *env, path string) (*vmconfig.Lab, error) {
-	cfg, err := vmconfig.Load(path)
+	ns, err := lab.CurrentNetNS()
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := vmconfig.LoadWith(path, vmconfig.Options{StateRoot: lab.StateRoot(ns)})
 	var ps vmconfig.Problems
 	if errors.As(err, &ps) {
 		for _, p := range ps {
@@ -77,6 +85,9 @@ func runVM(e *env, args []string) (err error) {
 	quiet := fs.Bool("quiet", false, "do not stream the guest console and the steps to the terminal")
 	pos, err := fs.parse(args, 2, -1)
 	if err != nil {
+		return err
+	}
+	if err := checkArg(names.VM, pos[1]); err != nil {
 		return err
 	}
 	cfg, err := loadLab(e, pos[0])

@@ -34,13 +34,20 @@ func tapCreate(e *env, args []string) error {
 	br := fs.String("bridge", "", "attach the tap to this existing bridge")
 	qd := fs.String("qdisc", "noqueue", "root qdisc: noqueue (no buffering in front of the reader, as libvirt does) or default (the kernel's, one pfifo_fast per queue)")
 	fs.Bool("persist", true, "keep the tap after vmnet exits (always on: a tap made from the command line must outlive it)")
-	tag := fs.String("tag", "", "owner recorded on the tap (default \"vmnet\"); `vmnet tap delete` refuses taps of other owners")
+	tag := fs.String("tag", "", "owner tag recorded on the tap: vmnet:adhoc (the default) or vmnet:lab:LAB; `vmnet tap delete` refuses taps of other owners")
 	pos, err := fs.parse(args, 1, 1)
 	if err != nil {
 		return err
 	}
+	if err := checkIfArg("tap", pos[0]); err != nil {
+		return err
+	}
+	tagged, err := tagArg(*tag)
+	if err != nil {
+		return err
+	}
 	cfg := tap.NewConfig(pos[0], *queues)
-	cfg.VnetHdrSize, cfg.BestEffort, cfg.Persist, cfg.MTU, cfg.TxQueueLen, cfg.Tag, cfg.Up = *hdr, *best, true, *mtu, *txq, *tag, true
+	cfg.VnetHdrSize, cfg.BestEffort, cfg.Persist, cfg.MTU, cfg.TxQueueLen, cfg.Tag, cfg.Up = *hdr, *best, true, *mtu, *txq, tagged, true
 	if cfg.Qdisc, err = tap.ParseQdisc(*qd); err != nil {
 		return usagef("--qdisc: %v", err)
 	}
@@ -202,12 +209,19 @@ func dash(s string) string {
 func tapDelete(e *env, args []string) error {
 	fs := e.flags("vmnet tap delete", "NAME [--force] [--tag OWNER]")
 	force := fs.Bool("force", false, "delete the tap even if vmnet did not create it")
-	tag := fs.String("tag", "", "owner the tap must be tagged with (default \"vmnet\")")
+	tag := fs.String("tag", "", "owner tag the tap must carry: vmnet:adhoc (the default) or vmnet:lab:LAB")
 	pos, err := fs.parse(args, 1, 1)
 	if err != nil {
 		return err
 	}
-	if err := tap.Delete(pos[0], *tag, *force); err != nil {
+	if err := checkIfArg("tap", pos[0]); err != nil {
+		return err
+	}
+	own, err := tagArg(*tag)
+	if err != nil {
+		return err
+	}
+	if err := tap.Delete(pos[0], own, *force); err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "deleted tap %s\n", pos[0])

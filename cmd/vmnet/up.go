@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vmnet/vmnet/internal/lab"
+	"github.com/vmnet/vmnet/names"
 	"github.com/vmnet/vmnet/netns"
 	"github.com/vmnet/vmnet/vmconfig"
 )
@@ -55,8 +56,12 @@ func up(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return fmt.Errorf("lab %s: state directory: %w", cfg.Name, err)
+	ns, err := lab.CurrentNetNS()
+	if err != nil {
+		return err
+	}
+	if err := lab.ClaimStateDir(cfg, ns); err != nil {
+		return err
 	}
 	if st, err := lab.ReadState(cfg.StateDir); err == nil && !*supervised {
 		if st.SupervisorAlive() {
@@ -199,41 +204,86 @@ func tail(path string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// labDir resolves LAB.toml or a lab name to the lab's name, state
-// directory and (when readable) config.
-func (e *env) labDir(arg string) (name, dir string, cfg *vmconfig.Lab, err error) {
-	if st, serr := os.Stat(arg); serr == nil && !st.IsDir() {
-		cfg, err := loadLab(e, arg)
-		if err != nil {
+// errNoLab marks a lab that does not exist in this network namespace
+// (nor, with a name, in any other).
+var errNoLab = errors.New("no such lab")
+
+// findLab resolves a LAB argument (a lab file when it ends in ".toml" or
+// contains '/', a lab name otherwise) to the lab's name, state directory
+// and (when readable) config, in the calling thread's network namespace.
+// A lab that is not here is an error: it names the namespace the lab is
+// in, or lists the labs there are (wrapping errNoLab).
+func (e *env) findLab(arg, verb string) (name, dir string, cfg *vmconfig.Lab, err error) {
+	ns, err := lab.CurrentNetNS()
+	if err != nil {
+		return "", "", nil, err
+	}
+	if isLabFile(arg) {
+		if cfg, err = loadLab(e, arg); err != nil {
 			return "", "", nil, err
 		}
-		return cfg.Name, cfg.StateDir, cfg, nil
-	}
-	if strings.HasSuffix(arg, ".toml") || strings.ContainsRune(arg, '/') {
-		return "", "", nil, fmt.Errorf("%s: no such lab file", arg)
-	}
-	dir = filepath.Join(lab.DefaultStateRoot, arg)
-	if st, err := lab.ReadState(dir); err == nil && st.Config != "" {
-		if c, err := vmconfig.Load(st.Config); err == nil {
-			cfg = c
+		name, dir = cfg.Name, cfg.StateDir
+	} else {
+		if err := checkArg(names.Lab, arg); err != nil {
+			return "", "", nil, err
+		}
+		name, dir = arg, filepath.Join(lab.StateRoot(ns), arg)
+		if st, err := lab.ReadState(dir); err == nil && st.Config != "" {
+			cfg, _ = vmconfig.LoadWith(st.Config, vmconfig.Options{StateRoot: lab.StateRoot(ns)})
 		}
 	}
-	return arg, dir, cfg, nil
+	m, merr := lab.ReadMarker(dir)
+	switch {
+	case merr == nil && m.Lab == name && m.NetNS.ID == ns.ID:
+		return name, dir, cfg, nil
+	case merr == nil && m.Lab == name:
+		es := []lab.Elsewhere{{Dir: dir, Marker: m}}
+		es[0].State, _ = lab.ReadState(dir)
+		return "", "", nil, lab.NotHere(name, verb, es)
+	case merr == nil:
+		return "", "", nil, fmt.Errorf("%s holds lab %s, not %s", dir, m.Lab, name)
+	}
+	if n, err := lab.Tagged(name); err != nil {
+		return "", "", nil, err
+	} else if n > 0 {
+		return name, dir, cfg, nil // crashed before it wrote its state, or its state was lost
+	}
+	if es := lab.FindElsewhere(name, ns); len(es) > 0 {
+		return "", "", nil, lab.NotHere(name, verb, es)
+	}
+	labs, err := lab.Labs(ns)
+	if err != nil {
+		return "", "", nil, err
+	}
+	have := "no labs are up in this network namespace"
+	if len(labs) > 0 {
+		have = "the labs in this network namespace are: " + strings.Join(labs, ", ")
+	}
+	return "", "", nil, fmt.Errorf("lab %s: %w (%s)", name, errNoLab, have)
 }
 
 func down(e *env, args []string) error {
-	fs := e.flags("vmnet down", "LAB.toml|LABNAME")
+	fs := e.flags("vmnet down", "LAB.toml|LABNAME [--ignore-missing]")
+	ignore := fs.Bool("ignore-missing", false, "exit 0 when the lab does not exist (for cleanup scripts)")
 	pos, err := fs.parse(args, 1, 1)
 	if err != nil {
 		return err
 	}
-	name, dir, _, err := e.labDir(pos[0])
+	name, dir, _, err := e.findLab(pos[0], "down")
+	if errors.Is(err, errNoLab) && *ignore {
+		fmt.Fprintf(e.stdout, "%v; nothing to do\n", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	ns, err := lab.CurrentNetNS()
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if err := lab.Down(ctx, name, dir, func(f string, a ...any) { fmt.Fprintf(e.stderr, "vmnet: "+f+"\n", a...) }); err != nil {
+	if err := lab.Down(ctx, name, dir, ns, func(f string, a ...any) { fmt.Fprintf(e.stderr, "vmnet: "+f+"\n", a...) }); err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "lab %s is down\n", name)
@@ -251,15 +301,20 @@ func status(e *env, args []string) error {
 	var dirs []string
 	cfgs := map[string]*vmconfig.Lab{}
 	if len(pos) == 1 {
-		_, dir, cfg, err := e.labDir(pos[0])
+		_, dir, cfg, err := e.findLab(pos[0], "status")
 		if err != nil {
 			return err
 		}
 		dirs, cfgs[dir] = []string{dir}, cfg
 	} else {
-		ents, _ := os.ReadDir(lab.DefaultStateRoot)
+		ns, err := lab.CurrentNetNS()
+		if err != nil {
+			return err
+		}
+		root := lab.StateRoot(ns)
+		ents, _ := os.ReadDir(root)
 		for _, ent := range ents {
-			dirs = append(dirs, filepath.Join(lab.DefaultStateRoot, ent.Name()))
+			dirs = append(dirs, filepath.Join(root, ent.Name()))
 		}
 	}
 	reports := []lab.Report{}
@@ -318,7 +373,13 @@ func nicAdd(e *env, args []string) error {
 	if *network == "" {
 		return usagef("vmnet nic add: --network is required")
 	}
-	_, dir, _, err := e.labDir(pos[0])
+	if err := checkArg(names.VM, pos[1]); err != nil {
+		return err
+	}
+	if err := checkArg(names.Network, *network); err != nil {
+		return err
+	}
+	_, dir, _, err := e.findLab(pos[0], "nic add")
 	if err != nil {
 		return err
 	}
@@ -339,7 +400,13 @@ func nicDel(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	_, dir, _, err := e.labDir(pos[0])
+	if err := checkArg(names.VM, pos[1]); err != nil {
+		return err
+	}
+	if err := checkArg(names.NIC, pos[2]); err != nil {
+		return err
+	}
+	_, dir, _, err := e.findLab(pos[0], "nic del")
 	if err != nil {
 		return err
 	}
@@ -363,7 +430,10 @@ func labShell(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	_, dir, _, err := e.labDir(pos[0])
+	if err := checkArg(names.VM, pos[1]); err != nil {
+		return err
+	}
+	_, dir, _, err := e.findLab(pos[0], "sh")
 	if err != nil {
 		return err
 	}

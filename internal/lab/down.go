@@ -6,35 +6,55 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vmnet/vmnet/names"
 	"github.com/vmnet/vmnet/owner"
 )
 
-// Down removes every trace of the lab name whose state is in dir: it
-// stops a live supervisor (which tears down what it holds), kills QEMU
-// processes still running from dir, deletes every interface tagged as the
+// Down removes every trace of the lab name in the network namespace ns
+// (the calling thread's), whose state directory is dir: it stops a live
+// supervisor (which tears down what it holds), stops the lab's QEMU
+// processes that are still running, deletes every interface tagged as the
 // lab's (taps first, bridges last) and removes dir. It works from the
 // state file, the interface tags, or both, so it also cleans up after a
-// supervisor killed at any point. Interfaces without the lab's tag, such
-// as a reused bridge, are never touched.
-func Down(ctx context.Context, name, dir string, logf func(string, ...any)) error {
+// supervisor killed at any point. It trusts dir only when it carries the
+// lab's marker for ns; interfaces without the lab's tag, such as a reused
+// bridge, are never touched, and processes only when both their pid and
+// start time are the ones recorded.
+func Down(ctx context.Context, name, dir string, ns NetNS, logf func(string, ...any)) error {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
+	if err := names.Lab(name); err != nil {
+		return err
+	}
+	dir = resolveEntry(dir)
 	var errs []error
-	st, err := ReadState(dir)
+	var st *State
+	m, err := ReadMarker(dir)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		logf("lab %s: no state in %s; removing what is tagged as the lab's", name, dir)
+		logf("lab %s: no vmnet state directory at %s; removing what is tagged as the lab's", name, dir)
 	case err != nil:
-		errs = append(errs, err)
-	case st.Lab != name:
-		return fmt.Errorf("%s holds lab %q, not %q", dir, st.Lab, name)
+		return err
+	case m.Lab != name:
+		return fmt.Errorf("%s holds lab %s, not %s", dir, m.Lab, name)
+	case m.NetNS.ID != ns.ID:
+		return NotHere(name, "down", []Elsewhere{{Dir: dir, Marker: m}})
+	default:
+		st, err = ReadState(dir)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			st = nil
+		case err != nil:
+			errs = append(errs, err)
+		case st.Lab != name:
+			return fmt.Errorf("%s holds lab %q, not %q", dir, st.Lab, name)
+		}
 	}
 	if st != nil && st.SupervisorAlive() && st.Supervisor != os.Getpid() {
 		logf("lab %s: stopping supervisor %d", name, st.Supervisor)
@@ -42,17 +62,22 @@ func Down(ctx context.Context, name, dir string, logf func(string, ...any)) erro
 			errs = append(errs, fmt.Errorf("lab %s: supervisor %d: %w", name, st.Supervisor, err))
 		}
 	}
-	for _, pid := range qemuOf(dir) {
-		logf("lab %s: stopping leftover QEMU %d", name, pid)
-		if err := stopProcess(ctx, pid, 10*time.Second); err != nil {
-			errs = append(errs, fmt.Errorf("lab %s: QEMU %d: %w", name, pid, err))
+	if st != nil {
+		for _, vm := range st.VMs {
+			if !qemuOf(vm, dir) {
+				continue
+			}
+			logf("lab %s: stopping leftover QEMU %d of vm %s", name, vm.PID, vm.Name)
+			if err := stopProcess(ctx, vm.PID, 10*time.Second); err != nil {
+				errs = append(errs, fmt.Errorf("lab %s: vm %s: QEMU %d: %w", name, vm.Name, vm.PID, err))
+			}
 		}
 	}
 	if err := deleteTagged(name, logf); err != nil {
 		errs = append(errs, err)
 	}
-	if len(errs) == 0 {
-		if err := os.RemoveAll(dir); err != nil {
+	if len(errs) == 0 && m != nil {
+		if err := RemoveStateDir(dir, name, ns); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -84,43 +109,54 @@ func stopProcess(ctx context.Context, pid int, grace time.Duration) error {
 	return nil
 }
 
-// qemuOf finds QEMU processes whose command line points into dir (their
-// QMP and console sockets live there), whatever the state file says.
-func qemuOf(dir string) []int {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return nil
+// qemuOf reports whether the QEMU of vm, as the state in dir recorded
+// it, still runs: the pid has the recorded start time (so it is the same
+// process, not a reused pid) and one of its arguments is a path inside the
+// VM's run directory or the state directory, exactly (not a substring:
+// another program that merely mentions the path does not count).
+func qemuOf(vm VMState, dir string) bool {
+	if vm.PID <= 0 || vm.PID == os.Getpid() || vm.PIDStart == 0 || !Alive(vm.PID) {
+		return false
 	}
-	ents, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
+	if st, err := procStart(vm.PID); err != nil || st != vm.PIDStart {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", vm.PID))
+	if err != nil {
+		return false
+	}
+	var roots []string
+	for _, d := range []string{vm.RunDir, dir} {
+		if abs, err := filepath.Abs(d); err == nil && d != "" {
+			roots = append(roots, abs)
 		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if !strings.Contains(filepath.Base(args[0]), "qemu") {
-			continue
-		}
-		for _, a := range args {
-			if strings.Contains(a, abs+"/") {
-				pids = append(pids, pid)
-				break
+	}
+	for _, a := range strings.Split(string(b), "\x00") {
+		// QEMU takes paths as whole arguments (-pidfile P) or as one
+		// option of a list (path=P, unix:P,server=on).
+		for _, part := range strings.Split(a, ",") {
+			if _, v, ok := strings.Cut(part, "="); ok {
+				part = v
+			}
+			part = strings.TrimPrefix(part, "unix:")
+			if !filepath.IsAbs(part) || filepath.Clean(part) != part {
+				continue
+			}
+			for _, r := range roots {
+				if strings.HasPrefix(part, r+"/") {
+					return true
+				}
 			}
 		}
 	}
-	return pids
+	return false
 }
 
 // deleteTagged deletes the interfaces tagged as name's in this namespace:
 // taps first (which takes them off any bridge), then the rest.
 func deleteTagged(name string, logf func(string, ...any)) error {
 	h := &netlink.Handle{}
-	links, err := owner.List(h, name)
+	links, err := owner.List(h, owner.Lab(name))
 	if err != nil {
 		return err
 	}

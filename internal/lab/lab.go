@@ -19,6 +19,7 @@ import (
 	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/internal/qemu"
 	"github.com/vmnet/vmnet/netns"
+	"github.com/vmnet/vmnet/owner"
 	"github.com/vmnet/vmnet/tap"
 	"github.com/vmnet/vmnet/vmconfig"
 	"golang.org/x/sys/unix"
@@ -53,19 +54,22 @@ type Lab struct {
 	// calls on goroutines that may run on any thread, so tap work enters
 	// ns explicitly.
 	ns netns.Handle
+	// netNS identifies ns; it keys the lab's state directory.
+	netNS NetNS
 
-	mu       sync.Mutex
-	bridges  []string // bridges this Lab created, in creation order
-	reused   []string // bridges that existed before; they stay
-	networks map[string]bool
-	taps     map[*vmconfig.NIC]*tap.Tap
-	vms      map[string]*qemu.VM
-	started  map[string]time.Time
-	hotplug  map[string][]*hotNIC // per VM, NICs added at run time
-	state    *State               // nil unless the Lab is supervised (Up)
-	links    []*runningLink
-	linkCtx  context.Context
-	linkStop context.CancelFunc
+	mu        sync.Mutex
+	bridges   []string // bridges this Lab created, in creation order
+	reused    []string // bridges that existed before; they stay
+	networks  map[string]bool
+	taps      map[*vmconfig.NIC]*tap.Tap
+	vms       map[string]*qemu.VM
+	started   map[string]time.Time
+	hotplug   map[string][]*hotNIC // per VM, NICs added at run time
+	pidStarts map[int]uint64       // start times of the processes in the state
+	state     *State               // nil unless the Lab is supervised (Up)
+	links     []*runningLink
+	linkCtx   context.Context
+	linkStop  context.CancelFunc
 }
 
 // New prepares to bring cfg up in the calling thread's network namespace.
@@ -79,13 +83,23 @@ func New(cfg *vmconfig.Lab, opts Options) (*Lab, error) {
 		ns.Close()
 		return nil, err
 	}
+	id, err := netns.IdentifyPath(fmt.Sprintf("/proc/self/fd/%d", int(ns)))
+	if err != nil {
+		br.Close()
+		ns.Close()
+		return nil, err
+	}
+	nsID := NetNS{ID: id}
+	if n := netns.NamesOf(id); len(n) > 0 {
+		nsID.Name = n[0]
+	}
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
 	if opts.RunDir == "" {
 		opts.RunDir = cfg.StateDir
 	}
-	return &Lab{cfg: cfg, opts: opts, br: br, ns: ns, networks: map[string]bool{},
+	return &Lab{cfg: cfg, opts: opts, br: br, ns: ns, netNS: nsID, pidStarts: map[int]uint64{}, networks: map[string]bool{},
 		taps: map[*vmconfig.NIC]*tap.Tap{}, vms: map[string]*qemu.VM{}, started: map[string]time.Time{},
 		hotplug: map[string][]*hotNIC{}}, nil
 }
@@ -135,7 +149,7 @@ func (l *Lab) EnsureNetwork(name string) (err error) {
 	done := l.step("network " + n.Name + " (bridge " + n.Bridge + ")")
 	defer func() { done(err) }()
 	cfg := bridge.Config{Name: n.Bridge, MTU: n.MTU, Addresses: n.Addresses, VLANFiltering: n.VLANFiltering,
-		STP: n.STP, Owner: l.cfg.Name}
+		STP: n.STP, Owner: owner.Lab(l.cfg.Name)}
 	if n.VLANFiltering {
 		cfg.DefaultPVID = uint16(n.DefaultPVID)
 	}
@@ -202,7 +216,7 @@ func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (_ *ta
 	done := l.step(fmt.Sprintf("vm %s nic %d: tap %s, %d queue(s)", vm.Name, nic.Index, nic.IfName, nic.Queues))
 	defer func() { done(err) }()
 	cfg := tap.NewConfig(nic.IfName, nic.Queues)
-	cfg.Tag, cfg.Owner, cfg.Group, cfg.Up = l.cfg.Name, uid, gid, true
+	cfg.Tag, cfg.Owner, cfg.Group, cfg.Up = owner.Lab(l.cfg.Name), uid, gid, true
 	cfg.MTU = nic.MTU
 	if cfg.Qdisc, err = tap.ParseQdisc(nic.Qdisc); err != nil {
 		return nil, fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
@@ -482,14 +496,14 @@ func (l *Lab) Teardown(ctx context.Context) error {
 	l.hotplug, l.taps = map[string][]*hotNIC{}, map[*vmconfig.NIC]*tap.Tap{}
 	errs = append(errs, l.closeAndDeleteAll(taps))
 	for i := len(l.bridges) - 1; i >= 0; i-- {
-		if err := l.br.Delete(l.bridges[i], l.cfg.Name, false); err != nil && !errors.Is(err, bridge.ErrNotFound) {
+		if err := l.br.Delete(l.bridges[i], owner.Lab(l.cfg.Name), false); err != nil && !errors.Is(err, bridge.ErrNotFound) {
 			errs = append(errs, err)
 		}
 	}
 	l.bridges, l.reused = nil, nil
 	l.networks = map[string]bool{}
 	if l.state != nil && errors.Join(errs...) == nil {
-		if err := os.RemoveAll(l.cfg.StateDir); err != nil {
+		if err := RemoveStateDir(l.cfg.StateDir, l.cfg.Name, l.netNS); err != nil {
 			errs = append(errs, err)
 		}
 		l.state = nil
@@ -515,7 +529,7 @@ func (l *Lab) closeAndDeleteAll(taps []*tap.Tap) error {
 	wg.Wait()
 	err := netns.Do(l.ns, func() error {
 		for i, t := range taps {
-			if err := tap.Delete(t.Name(), l.cfg.Name, false); err != nil && !errors.Is(err, unix.ENODEV) {
+			if err := tap.Delete(t.Name(), owner.Lab(l.cfg.Name), false); err != nil && !errors.Is(err, unix.ENODEV) {
 				errs[i] = errors.Join(errs[i], err)
 			}
 		}

@@ -7,9 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/vmnet/vmnet/vmconfig"
 )
 
 // State is what a lab's supervisor records in its state directory, so
@@ -17,25 +20,32 @@ import (
 // even after the supervisor was killed. It is rewritten atomically after
 // every step; the interface ownership tags back it up when it is missing.
 type State struct {
-	Lab        string    `json:"lab"`
-	Config     string    `json:"config"`
-	StateDir   string    `json:"state_dir"`
-	Supervisor int       `json:"supervisor_pid"`
-	Started    time.Time `json:"started"`
-	Phase      string    `json:"phase"` // starting, up, stopping
-	Bridges    []string  `json:"bridges_created"`
-	Reused     []string  `json:"bridges_reused,omitempty"`
-	VMs        []VMState `json:"vms"`
+	Lab        string `json:"lab"`
+	Config     string `json:"config"`
+	StateDir   string `json:"state_dir"`
+	Supervisor int    `json:"supervisor_pid"`
+	// SupervisorStart is the supervisor's start time (/proc/PID/stat
+	// field 22), so a pid the kernel has since reused is never taken for
+	// it.
+	SupervisorStart uint64    `json:"supervisor_start,omitempty"`
+	Started         time.Time `json:"started"`
+	Phase           string    `json:"phase"` // starting, up, stopping
+	Bridges         []string  `json:"bridges_created"`
+	Reused          []string  `json:"bridges_reused,omitempty"`
+	VMs             []VMState `json:"vms"`
 }
 
 // VMState is one guest as the supervisor started it.
 type VMState struct {
-	Name    string     `json:"name"`
-	PID     int        `json:"pid"`
-	Started time.Time  `json:"started"`
-	Console string     `json:"console,omitempty"`
-	RunDir  string     `json:"run_dir"`
-	NICs    []NICState `json:"nics"`
+	Name string `json:"name"`
+	PID  int    `json:"pid"`
+	// PIDStart is QEMU's start time (/proc/PID/stat field 22): `vmnet
+	// down` stops only the process with both this pid and this start time.
+	PIDStart uint64     `json:"pid_start,omitempty"`
+	Started  time.Time  `json:"started"`
+	Console  string     `json:"console,omitempty"`
+	RunDir   string     `json:"run_dir"`
+	NICs     []NICState `json:"nics"`
 }
 
 // NICState is one guest NIC and its tap.
@@ -50,9 +60,10 @@ type NICState struct {
 
 const stateFile = "state.json"
 
-// DefaultStateRoot holds one directory per lab unless the lab file says
+// DefaultStateRoot holds one directory per network namespace (StateRoot),
+// which holds one state directory per lab unless the lab file says
 // otherwise.
-const DefaultStateRoot = "/run/vmnet"
+const DefaultStateRoot = vmconfig.DefaultStateRoot
 
 // ReadState reads the state a supervisor left in dir. A missing file is
 // reported with os.ErrNotExist.
@@ -71,9 +82,6 @@ func ReadState(dir string) (*State, error) {
 // writeState replaces the state file atomically: readers see the old or
 // the new state, never half of one.
 func writeState(s *State) error {
-	if err := os.MkdirAll(s.StateDir, 0o700); err != nil {
-		return fmt.Errorf("lab %s: state directory: %w", s.Lab, err)
-	}
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
@@ -127,10 +135,37 @@ func (s *State) SupervisorAlive() bool {
 	if !Alive(s.Supervisor) {
 		return false
 	}
+	if s.SupervisorStart != 0 {
+		if st, err := procStart(s.Supervisor); err != nil || st != s.SupervisorStart {
+			return false
+		}
+	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", s.Supervisor))
 	if err != nil {
 		return false
 	}
 	args := strings.Split(string(b), "\x00")
 	return strings.Contains(filepath.Base(args[0]), "vmnet") && slices.Contains(args, "up")
+}
+
+// procStart returns the start time of pid in clock ticks after boot,
+// field 22 of /proc/PID/stat: with the pid it names one process for the
+// whole uptime of the machine.
+func procStart(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces
+	// and parentheses itself: count fields after the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state); field 22 is f[19].
+	if len(f) < 20 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
 }

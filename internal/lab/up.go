@@ -40,6 +40,7 @@ func (l *Lab) saveLocked() error {
 		vs := VMState{Name: vm.Name, Console: vm.Console, RunDir: l.runDir(vm.Name), Started: l.started[vm.Name]}
 		if v := l.vms[vm.Name]; v != nil {
 			vs.PID = v.PID()
+			vs.PIDStart = l.pidStart(vs.PID)
 		}
 		for i, nic := range vm.NICs {
 			if t := l.taps[nic]; t != nil {
@@ -54,6 +55,20 @@ func (l *Lab) saveLocked() error {
 		s.VMs = append(s.VMs, vs)
 	}
 	return writeState(s)
+}
+
+// pidStart returns the start time of pid, cached: the supervisor saves
+// its state after every step.
+func (l *Lab) pidStart(pid int) uint64 {
+	if st, ok := l.pidStarts[pid]; ok {
+		return st
+	}
+	st, err := procStart(pid)
+	if err != nil {
+		return 0
+	}
+	l.pidStarts[pid] = st
+	return st
 }
 
 func (l *Lab) runDir(vm string) string { return filepath.Join(l.opts.RunDir, "vm-"+vm) }
@@ -77,8 +92,14 @@ func (l *Lab) failpoint(name string) {
 func (l *Lab) Up(ctx context.Context, readyTimeout time.Duration) (err error) {
 	l.mu.Lock()
 	l.state = &State{Lab: l.cfg.Name, Config: l.cfg.File, StateDir: l.cfg.StateDir, Supervisor: os.Getpid(),
-		Started: time.Now(), Phase: "starting"}
+		SupervisorStart: l.pidStart(os.Getpid()), Started: time.Now(), Phase: "starting"}
 	l.mu.Unlock()
+	if err := ClaimStateDir(l.cfg, l.netNS); err != nil {
+		l.mu.Lock()
+		l.state = nil
+		l.mu.Unlock()
+		return err
+	}
 	if err := l.save(); err != nil {
 		return err
 	}

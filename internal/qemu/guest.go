@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/vmnet/vmnet/images"
+	"github.com/vmnet/vmnet/names"
 )
 
 // BaseAppend is the kernel command line the vmnet test image expects: see
@@ -119,9 +120,4 @@ func (g GuestArgs) Append(base string) (string, error) {
 	return s, nil
 }
 
-func checkIface(name string) error {
-	if name == "" || len(name) > 15 || strings.ContainsAny(name, ": \t\n/") {
-		return fmt.Errorf("guest interface %q: want a name like eth0 (at most 15 bytes, no ':' or spaces)", name)
-	}
-	return nil
-}
+func checkIface(name string) error { return names.Interface("guest interface", name) }

@@ -4,6 +4,8 @@
 package testenv
 
 import (
+	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"testing"
@@ -64,4 +66,16 @@ func Do(t testing.TB, ns netns.Handle, fn func() error) {
 	if err := netns.Do(ns, fn); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Running reports whether pid is a live process, not a zombie: a child
+// the test killed stays signalable until it is reaped, so kill(pid, 0)
+// cannot tell.
+func Running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i > 0 && i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X'
 }
