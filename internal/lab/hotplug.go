@@ -52,10 +52,11 @@ func (l *Lab) AddNIC(ctx context.Context, vmName, network string, queues int, ma
 	}
 	nic := &vmconfig.NIC{VM: vmName, Index: index, Network: network, MAC: hw, Queues: queues, VnetHdr: true,
 		OffloadsAuto: true, Model: qemu.ModelVirtioPCI, Vhost: qemu.VhostAuto, IfName: ifname}
-	uid, gid, err := lookupUser(vm.User)
+	u, err := l.qemuUser(vm)
 	if err != nil {
-		return NICState{}, fmt.Errorf("vm %s: user %s: %w", vm.Name, vm.User, err)
+		return NICState{}, err
 	}
+	uid, gid := tapOwner(u)
 	t, err := l.createTap(vm, nic, uid, gid)
 	if err != nil {
 		return NICState{}, err
