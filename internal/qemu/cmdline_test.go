@@ -89,6 +89,11 @@ func TestCmdlineBasics(t *testing.T) {
 	if c.Accel != AccelKVM || !slices.Contains(c.Args, "host") || len(c.Notes) != 0 {
 		t.Errorf("accel auto with KVM: accel %s args %q notes %q", c.Accel, c.Args, c.Notes)
 	}
+	// KVM works for root but not for QEMU's user: TCG, and the note says why.
+	c = build(t, s, Host{KVM: true, KVMUserReason: "QEMU's user nobody cannot open /dev/kvm"})
+	if c.Accel != AccelTCG || len(c.Notes) != 1 || !strings.Contains(c.Notes[0], "cannot open /dev/kvm") {
+		t.Errorf("accel auto, KVM closed to QEMU's user: accel %s notes %q", c.Accel, c.Notes)
+	}
 	s.Accel = AccelTCG
 	if c := build(t, s, Host{KVM: true}); c.Accel != AccelTCG {
 		t.Errorf("explicit tcg overridden: %s", c.Accel)

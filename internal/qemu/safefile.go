@@ -67,7 +67,7 @@ func CreateFile(path string, perm os.FileMode, excl bool) (*os.File, error) {
 	f, err := os.OpenFile(path, flags, perm)
 	if err != nil {
 		if errors.Is(err, unix.ELOOP) {
-			return nil, fmt.Errorf("%s is a symlink: vmnet does not write through links (remove it): %w", path, err)
+			return nil, fmt.Errorf("%s is a symlink: vmnet does not write through links (remove it)", path)
 		}
 		return nil, err
 	}
@@ -124,7 +124,7 @@ func ListenUnix(path string, perm os.FileMode) (*os.File, error) {
 // that no QEMU runs on the same RunDir, without following a link.
 func writePidfile(path string, pid int) error {
 	os.Remove(path)
-	f, err := CreateFile(path, 0o644, true)
+	f, err := CreateFile(path, 0o600, true)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultUser is the system user QEMU runs as unless a lab says otherwise
@@ -107,33 +109,52 @@ var useradd = "useradd"
 
 // createSystemUser creates name as a system user without home or login
 // shell, with a group of its own, and puts it into group kvm when that
-// exists (QEMU then may use /dev/kvm, as libvirt-qemu does). Two vmnet
-// processes may race here: useradd locks the user database itself, and
-// whoever loses finds the user made by the other, so every failure is
-// followed by a fresh lookup before it counts.
+// exists (QEMU then may use /dev/kvm, as libvirt-qemu does).
+//
+// Two vmnet processes may want the user at once, and useradd's own
+// locking does not keep two concurrent runs from both adding it (seen
+// with shadow 4.13: one entry wins, the other's uid is lost after it was
+// handed out). So vmnet processes take turns under an flock on /etc
+// itself, a directory that is never replaced (useradd renames a new
+// /etc/passwd into place, so a lock on that file would not hold), and
+// look again before they create.
 func createSystemUser(name string) error {
 	args := []string{"--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "--user-group"}
 	if _, err := user.LookupGroup("kvm"); err == nil {
 		args = append(args, "--groups", "kvm")
 	}
 	args = append(args, name)
+	fail := func(err error, out []byte) error {
+		return fmt.Errorf("QEMU runs as user %s by default, which does not exist and could not be created (%s %s: %v: %s): create it yourself (useradd --system --no-create-home --shell /usr/sbin/nologin --user-group %s), name an existing user with user = in the lab file's [defaults], or set %s",
+			name, useradd, strings.Join(args, " "), err, strings.TrimSpace(string(out)), name, UserEnv)
+	}
+	etc, err := os.Open("/etc")
+	if err != nil {
+		return fail(err, nil)
+	}
+	defer etc.Close()
+	if err := unix.Flock(int(etc.Fd()), unix.LOCK_EX); err != nil {
+		return fail(fmt.Errorf("lock /etc: %w", err), nil)
+	}
+	defer unix.Flock(int(etc.Fd()), unix.LOCK_UN)
+	if _, err := user.Lookup(name); err == nil {
+		return nil // made by another vmnet while we waited
+	}
 	var out []byte
-	var err error
 	for attempt := 0; attempt < 10; attempt++ {
 		out, err = exec.Command(useradd, args...).CombinedOutput()
 		if err == nil {
 			return nil
 		}
 		if _, lerr := user.Lookup(name); lerr == nil {
-			return nil // made by a concurrent vmnet
+			return nil // made by someone else after all
 		}
-		// useradd gives up at once when another process holds the
-		// database lock ("cannot lock /etc/passwd; try again later").
+		// useradd gives up at once when another program holds the user
+		// database ("cannot lock /etc/passwd; try again later").
 		if !strings.Contains(string(out), "lock") {
 			break
 		}
 		time.Sleep(time.Duration(50*(attempt+1)) * time.Millisecond)
 	}
-	return fmt.Errorf("QEMU runs as user %s by default, which does not exist and could not be created (%s %s: %v: %s): create it yourself (useradd --system --no-create-home --shell /usr/sbin/nologin --user-group %s), name an existing user with user = in the lab file's [defaults], or set %s",
-		name, useradd, strings.Join(args, " "), err, strings.TrimSpace(string(out)), name, UserEnv)
+	return fail(err, out)
 }
