@@ -144,4 +144,3 @@ func TestResolveNamedUsers(t *testing.T) {
 		t.Errorf("unknown named user: %v", err)
 	}
 }
-
