@@ -2,13 +2,13 @@ package tests
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vmnet/vmnet/internal/qemu"
 	"github.com/vmnet/vmnet/internal/testenv"
 )
 
@@ -86,8 +86,9 @@ func TestRunBadInput(t *testing.T) {
 	onlyLoopback(t, ns)
 }
 
-// TestRunAsUser boots a guest whose QEMU runs as nobody: the tap is owned
-// by nobody, QEMU only receives fds, and the test image is shared with it.
+// TestRunAsUser boots a guest whose QEMU runs as nobody (user = in the
+// lab file) under the seccomp sandbox: the tap is owned by nobody, QEMU
+// only receives fds, the test image stays in root's cache.
 func TestRunAsUser(t *testing.T) {
 	requireGuests(t)
 	ns := testenv.NetNS(t)
@@ -115,12 +116,9 @@ user = "nobody"
 				return
 			case <-time.After(500 * time.Millisecond):
 			}
-			out, _ := exec.Command("ps", "-o", "user=,args=", "-C", "qemu-system-x86_64").Output()
-			for _, line := range strings.Split(string(out), "\n") {
-				if strings.Contains(line, "/vmnet-run-") && strings.Contains(line, "-name a ") {
-					seen <- strings.Fields(line)[0]
-					return
-				}
+			if st := qemuStatus("/vmnet-run-", "-name\x00a\x00"); st != "" {
+				seen <- st
+				return
 			}
 		}
 	}()
@@ -129,8 +127,36 @@ user = "nobody"
 	if r.status != 0 {
 		t.Fatalf("status %d\n%s\n%s", r.status, r.stdout, r.stderr)
 	}
-	if user := <-seen; user != "nobody" {
-		t.Errorf("QEMU ran as %q, want nobody", user)
+	st := <-seen
+	for _, re := range []string{`(?m)^Uid:\s+65534\s`, `(?m)^Gid:\s+65534\s`, `(?m)^Seccomp:\s+2$`} {
+		if !regexp.MustCompile(re).MatchString(st) {
+			t.Errorf("QEMU status lacks %s:\n%s", re, st)
+		}
 	}
 	onlyLoopback(t, ns)
+}
+
+// qemuStatus returns /proc/PID/status of the first QEMU whose run
+// directory (qemu.RunDirEnv in its environment) contains dirPart and
+// whose command line contains argPart, or "".
+func qemuStatus(dirPart, argPart string) string {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil || !strings.Contains(string(env), "\x00"+qemu.RunDirEnv+"=") && !strings.HasPrefix(string(env), qemu.RunDirEnv+"=") {
+			continue
+		}
+		var dir string
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if v, ok := strings.CutPrefix(kv, qemu.RunDirEnv+"="); ok {
+				dir = v
+			}
+		}
+		cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if strings.Contains(dir, dirPart) && strings.Contains(string(cmd), argPart) {
+			st, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+			return string(st)
+		}
+	}
+	return ""
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vmnet/vmnet/internal/qemu"
 	"github.com/vmnet/vmnet/owner"
 )
 
@@ -84,8 +85,9 @@ func stopProcess(ctx context.Context, pid int, grace time.Duration) error {
 	return nil
 }
 
-// qemuOf finds QEMU processes whose command line points into dir (their
-// QMP and console sockets live there), whatever the state file says.
+// qemuOf finds QEMU processes of the lab in dir, whatever the state file
+// says: by the run directory in their environment (or, for QEMUs of older
+// vmnet versions, a command line pointing into dir).
 func qemuOf(dir string) []int {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -105,6 +107,20 @@ func qemuOf(dir string) []int {
 		args := strings.Split(string(b), "\x00")
 		if !strings.Contains(filepath.Base(args[0]), "qemu") {
 			continue
+		}
+		// QEMU's command line holds no path of vmnet's (its sockets are
+		// fds); its environment names its run directory, one below dir.
+		if env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ")); err == nil {
+			found := false
+			for _, kv := range strings.Split(string(env), "\x00") {
+				if v, ok := strings.CutPrefix(kv, qemu.RunDirEnv+"="); ok && (v == abs || filepath.Dir(v) == abs) {
+					found = true
+				}
+			}
+			if found {
+				pids = append(pids, pid)
+				continue
+			}
 		}
 		for _, a := range args {
 			if strings.Contains(a, abs+"/") {

@@ -120,15 +120,15 @@ func ListenUnix(path string, perm os.FileMode) (*os.File, error) {
 	return f, nil
 }
 
-// writePidfile records QEMU's pid for `vmnet status` and for the check
-// that no QEMU runs on the same RunDir, without following a link.
+// writePidfile records QEMU's pid and start time, for the check that no
+// QEMU runs on the same RunDir, without following a link.
 func writePidfile(path string, pid int) error {
 	os.Remove(path)
 	f, err := CreateFile(path, 0o600, true)
 	if err != nil {
 		return err
 	}
-	_, err = f.WriteString(strconv.Itoa(pid) + "\n")
+	_, err = f.WriteString(strconv.Itoa(pid) + " " + procStart(pid) + "\n")
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

@@ -242,6 +242,9 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	cmd := exec.Command(cl.Binary, cl.Args...)
 	cmd.ExtraFiles = cl.Files
 	cmd.Stdin = nil
+	if abs, err := filepath.Abs(s.RunDir); err == nil {
+		cmd.Env = append(os.Environ(), RunDirEnv+"="+abs)
+	}
 	cmd.Stdout = vm.stderr
 	cmd.Stderr = vm.stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -289,15 +292,20 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	return vm, nil
 }
 
-// runningPid returns the pid in a QEMU pidfile if that process is alive
-// and is QEMU, else 0.
+// runningPid returns the pid in a QEMU pidfile if that process is alive,
+// is QEMU and started when the pidfile says (a pid the kernel has since
+// given to another process does not count), else 0.
 func runningPid(pidfile string) int {
 	b, err := os.ReadFile(pidfile)
 	if err != nil {
 		return 0
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0
+	}
+	pid, err := strconv.Atoi(f[0])
+	if err != nil || pid <= 0 || procStart(pid) != f[1] {
 		return 0
 	}
 	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
@@ -306,6 +314,30 @@ func runningPid(pidfile string) int {
 	}
 	return pid
 }
+
+// procStart is a process's start time in clock ticks since boot (field
+// 22 of /proc/PID/stat), "" if it is gone.
+func procStart(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return ""
+	}
+	f := strings.Fields(string(b[i+1:])) // f[0] is field 3
+	if len(f) < 20 {
+		return ""
+	}
+	return f[19]
+}
+
+// RunDirEnv is set in QEMU's environment to its run directory: QEMU's
+// command line names no path of vmnet's (every socket is an fd), so this
+// is how `vmnet down` finds a QEMU whose supervisor is gone, by exact
+// directory rather than by a substring of the command line.
+const RunDirEnv = "VMNET_RUN_DIR"
 
 // startErr explains a start-up failure, with QEMU's stderr if it died.
 func (vm *VM) startErr(err error) error {
