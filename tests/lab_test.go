@@ -352,9 +352,11 @@ accel = "tcg"
 				t.Fatal(err)
 			}
 			reached := make(chan bool, 1)
+			var log strings.Builder
 			go func() {
 				sc := bufio.NewScanner(stderr)
 				for sc.Scan() {
+					log.WriteString(sc.Text() + "\n")
 					if strings.Contains(sc.Text(), "failpoint "+point+" reached") {
 						reached <- true
 					}
@@ -365,7 +367,7 @@ accel = "tcg"
 			case ok := <-reached:
 				if !ok {
 					cmd.Wait()
-					t.Fatalf("vmnet up exited before failpoint %s", point)
+					t.Fatalf("vmnet up exited before failpoint %s:\n%s", point, log.String())
 				}
 			case <-time.After(4 * time.Minute):
 				cmd.Process.Kill()
