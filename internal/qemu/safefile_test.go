@@ -2,12 +2,15 @@ package qemu
 
 import (
 	"context"
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/vmnet/vmnet/internal/testenv"
 )
@@ -188,4 +191,61 @@ func TestRootDirAndSocketMode(t *testing.T) {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}
 	f2.Close()
+}
+
+// KVM is checked as QEMU's user, not as root: accel kvm with a user who
+// cannot open /dev/kvm is refused before QEMU starts, saying what to do.
+func TestKVMCheckedAsUser(t *testing.T) {
+	s := plantSpec(t)
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		testenv.Missing(t, "/dev/kvm: %v", err)
+	}
+	if allowed(s.User, "/dev/kvm", 6) == nil {
+		t.Skip("uid 65534 may open /dev/kvm on this host; nothing to refuse")
+	}
+	s.Accel = AccelKVM
+	if err := startErr(t, s); !strings.Contains(err.Error(), "cannot open /dev/kvm") || !strings.Contains(err.Error(), "accel auto or tcg") {
+		t.Errorf("accel kvm as a user without /dev/kvm: %v", err)
+	}
+}
+
+// setACL writes an access ACL the way setfacl does (the kernel's xattr
+// format), mask included; entries are tag, perm, id, in tag order.
+func setACL(t *testing.T, path string, named uint32, perm, mask uint16) {
+	t.Helper()
+	b := binary.LittleEndian.AppendUint32(nil, 2)
+	for _, e := range []struct {
+		tag, perm uint16
+		id        uint32
+	}{{aclUserObj, 6, ^uint32(0)}, {aclUser, perm, named}, {aclGroupObj, 0, ^uint32(0)}, {aclMask, mask, ^uint32(0)}, {aclOther, 0, ^uint32(0)}} {
+		b = binary.LittleEndian.AppendUint16(b, e.tag)
+		b = binary.LittleEndian.AppendUint16(b, e.perm)
+		b = binary.LittleEndian.AppendUint32(b, e.id)
+	}
+	if err := unix.Setxattr(path, "system.posix_acl_access", b, 0); err != nil {
+		testenv.Missing(t, "POSIX ACLs on %s: %v", path, err)
+	}
+}
+
+// allowed reads ACLs: a named-user entry grants what the mode bits deny,
+// limited by the mask.
+func TestAllowedACL(t *testing.T) {
+	testenv.RequireRoot(t)
+	p := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(p, nil, 0o600)
+	u := &User{UID: 65534, GID: 65534}
+	if allowed(u, p, 6) == nil {
+		t.Fatal("mode 0600 root file allowed to uid 65534")
+	}
+	setACL(t, p, 65534, 6, 6)
+	if err := allowed(u, p, 6); err != nil {
+		t.Errorf("ACL u:65534:rw not honoured: %v", err)
+	}
+	setACL(t, p, 65534, 6, 4)
+	if allowed(u, p, 6) == nil || allowed(u, p, 4) != nil {
+		t.Errorf("ACL mask r-- not honoured")
+	}
+	if err := allowed(&User{UID: 1234, GID: 4321, Groups: []uint32{65534}}, p, 4); err == nil {
+		t.Errorf("uid 1234 has no ACL entry and is not in the file's group")
+	}
 }

@@ -205,7 +205,7 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	if s.User != nil && s.User.UID != 0 && (s.Accel == AccelKVM || h.KVM) {
 		if err := userCan(s.User, "/dev/kvm", 6, false); err != nil {
 			if s.Accel == AccelKVM {
-				return nil, fmt.Errorf("%s: accel kvm: QEMU runs as %s, which cannot open /dev/kvm: %w (add the user to the device's group, e.g. usermod -aG kvm %s, or use accel auto or tcg)", name, s.User, err, s.User.Name)
+				return nil, fmt.Errorf("%s: accel kvm: QEMU runs as %s, which cannot open /dev/kvm: %w (add the user to the device's group, e.g. usermod -aG kvm USER, or use accel auto or tcg)", name, s.User, err)
 			}
 			h.KVMUserReason = fmt.Sprintf("QEMU's user %s cannot open /dev/kvm (%v); add it to the device's group to use KVM", s.User, err)
 		}
