@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-
 	"os"
 	"os/exec"
 	"path/filepath"
