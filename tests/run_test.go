@@ -2,6 +2,7 @@ package tests
 
 import (
 	"os"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -49,10 +50,23 @@ func TestRunExitStatus(t *testing.T) {
 func TestRunNetwork(t *testing.T) {
 	requireGuests(t)
 	ns := testenv.NetNS(t)
+	seen := watchQEMU("-name\x00ci\x00")
 	r := vmnetIn(t, ns, "run", ciLab, "ci", "--", "sh", "-c",
 		"ping -c 2 -W 5 10.80.0.1 && ping -c 2 -W 5 fd80::1 && ethtool -l eth0 && ethtool -k eth0")
 	if r.status != 0 {
 		t.Fatalf("status %d\nstdout:\n%s\nstderr:\n%s", r.status, r.stdout, r.stderr)
+	}
+	// Scenario 6 (issue 10): a default run's QEMU is vmnet's own
+	// unprivileged user, under the seccomp sandbox.
+	u, err := user.Lookup(qemu.DedicatedUser())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := seen()
+	for _, re := range []string{`(?m)^Uid:\s+` + u.Uid + `\s`, `(?m)^Gid:\s+` + u.Gid + `\s`, `(?m)^Seccomp:\s+2$`} {
+		if !regexp.MustCompile(re).MatchString(st) || u.Uid == "0" || u.Gid == "0" {
+			t.Errorf("QEMU status lacks %s:\n%s", re, st)
+		}
 	}
 	if !regexp.MustCompile(`(?s)Current hardware settings:.*Combined:\s+2`).MatchString(r.stdout) {
 		t.Errorf("guest does not use two queue pairs:\n%s", r.stdout)
@@ -106,34 +120,45 @@ user = "nobody"
   network = "lan"
   address = ["10.81.0.2/24"]
 `), 0o644)
-	seen := make(chan string, 1)
-	stop := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-stop:
-				seen <- ""
-				return
-			case <-time.After(500 * time.Millisecond):
-			}
-			if st := qemuStatus("/vmnet-run-", "-name\x00a\x00"); st != "" {
-				seen <- st
-				return
-			}
-		}
-	}()
+	seen := watchQEMU("-name\x00a\x00")
 	r := vmnetIn(t, ns, "run", lab, "a", "--", "ping -c 2 -W 5 10.81.0.1 && sleep 3")
-	close(stop)
 	if r.status != 0 {
 		t.Fatalf("status %d\n%s\n%s", r.status, r.stdout, r.stderr)
 	}
-	st := <-seen
+	st := seen()
 	for _, re := range []string{`(?m)^Uid:\s+65534\s`, `(?m)^Gid:\s+65534\s`, `(?m)^Seccomp:\s+2$`} {
 		if !regexp.MustCompile(re).MatchString(st) {
 			t.Errorf("QEMU status lacks %s:\n%s", re, st)
 		}
 	}
 	onlyLoopback(t, ns)
+}
+
+// watchQEMU samples, every 200 ms until the returned function is called,
+// the status of a QEMU of a `vmnet run` whose command line contains
+// argPart, and returns the last sample (QEMU enters seccomp mode only
+// after it parsed its options, so an early sample may predate that).
+func watchQEMU(argPart string) func() string {
+	stop := make(chan struct{})
+	last := make(chan string, 1)
+	go func() {
+		st := ""
+		for {
+			select {
+			case <-stop:
+				last <- st
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			if s := qemuStatus("/vmnet-run-", argPart); s != "" {
+				st = s
+			}
+		}
+	}()
+	return func() string {
+		close(stop)
+		return <-last
+	}
 }
 
 // qemuStatus returns /proc/PID/status of the first QEMU whose run
