@@ -6,12 +6,16 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/vmnet/vmnet/internal/qemu"
 	"github.com/vmnet/vmnet/internal/testenv"
 	"github.com/vmnet/vmnet/netns"
 )
@@ -113,6 +117,11 @@ func TestLabUpStatusHotplugDown(t *testing.T) {
 		t.Errorf("second up: %d %q %q", r.status, r.stdout, r.stderr)
 	}
 
+	// Scenario 6 (issue 10): every QEMU of a default lab runs as vmnet's
+	// own unprivileged user under the seccomp sandbox, and the lab's
+	// directories and sockets are root's.
+	confined(t, stateDir, []string{"a", "b", "c"})
+
 	// Guests on one bridge reach each other and the host; the guest on
 	// the other bridge reaches neither (the host does not forward).
 	sh := func(vm, cmd string) result { return vmnetIn(t, ns, "sh", path, vm, "--timeout", "90s", "--", cmd) }
@@ -202,13 +211,82 @@ func TestLabUpStatusHotplugDown(t *testing.T) {
 	}
 }
 
-// noQEMU fails t when a QEMU process still runs from stateDir.
+// confined checks the QEMU of each named VM of the lab in stateDir: it runs
+// as the dedicated user (never uid or gid 0) in seccomp filter mode, its
+// taps belong to that user, and everything in the state directory that
+// is a directory or socket belongs to root and is writable by root only.
+func confined(t *testing.T, stateDir string, vms []string) {
+	t.Helper()
+	u, err := user.Lookup(qemu.DedicatedUser())
+	if err != nil {
+		t.Fatalf("dedicated user: %v", err)
+	}
+	b, err := os.ReadFile(filepath.Join(stateDir, "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		VMs []struct {
+			Name string `json:"name"`
+			PID  int    `json:"pid"`
+		} `json:"vms"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, vm := range st.VMs {
+		if !slices.Contains(vms, vm.Name) {
+			continue
+		}
+		seen++
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", vm.PID))
+		if err != nil {
+			t.Fatalf("vm %s: %v", vm.Name, err)
+		}
+		for _, re := range []string{`(?m)^Uid:\s+` + u.Uid + `\s+` + u.Uid + `\s+` + u.Uid + `\s+` + u.Uid + `$`,
+			`(?m)^Gid:\s+` + u.Gid + `\s+` + u.Gid + `\s+` + u.Gid + `\s+` + u.Gid + `$`, `(?m)^Seccomp:\s+2$`, `(?m)^CapEff:\s+0+$`} {
+			if !regexp.MustCompile(re).Match(status) {
+				t.Errorf("vm %s: QEMU status lacks %s:\n%s", vm.Name, re, status)
+			}
+		}
+		if u.Uid == "0" || u.Gid == "0" {
+			t.Errorf("dedicated user %s is uid %s gid %s", u.Username, u.Uid, u.Gid)
+		}
+	}
+	if seen != len(vms) {
+		t.Errorf("state lists %d of the VMs %v", seen, vms)
+	}
+	filepath.Walk(stateDir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || fi.Mode().IsRegular() {
+			return err
+		}
+		sys := fi.Sys().(*syscall.Stat_t)
+		if sys.Uid != 0 || fi.Mode().Perm()&0o022 != 0 {
+			t.Errorf("%s: %v owner %d: want root's, writable by root only", p, fi.Mode(), sys.Uid)
+		}
+		return nil
+	})
+	if fi, err := os.Stat(stateDir); err != nil || fi.Mode().Perm() != 0o711 {
+		t.Errorf("state dir %s: %v %v, want 0711", stateDir, fi.Mode(), err)
+	}
+}
+
+// noQEMU fails t when a QEMU process still runs from stateDir: its run
+// directory (in its environment, qemu.RunDirEnv) lies in stateDir.
 func noQEMU(t *testing.T, stateDir string) {
 	t.Helper()
-	out, _ := exec.Command("pgrep", "-af", "qemu-system").Output()
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.Contains(line, stateDir) {
-			t.Errorf("QEMU left running: %s", line)
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if v, ok := strings.CutPrefix(kv, qemu.RunDirEnv+"="); ok && strings.HasPrefix(v, stateDir+"/") {
+				cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+				t.Errorf("QEMU left running: pid %s: %s", e.Name(), strings.ReplaceAll(string(cmd), "\x00", " "))
+			}
 		}
 	}
 }
@@ -274,9 +352,11 @@ accel = "tcg"
 				t.Fatal(err)
 			}
 			reached := make(chan bool, 1)
+			var log strings.Builder
 			go func() {
 				sc := bufio.NewScanner(stderr)
 				for sc.Scan() {
+					log.WriteString(sc.Text() + "\n")
 					if strings.Contains(sc.Text(), "failpoint "+point+" reached") {
 						reached <- true
 					}
@@ -287,7 +367,7 @@ accel = "tcg"
 			case ok := <-reached:
 				if !ok {
 					cmd.Wait()
-					t.Fatalf("vmnet up exited before failpoint %s", point)
+					t.Fatalf("vmnet up exited before failpoint %s:\n%s", point, log.String())
 				}
 			case <-time.After(4 * time.Minute):
 				cmd.Process.Kill()

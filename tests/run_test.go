@@ -2,13 +2,14 @@ package tests
 
 import (
 	"os"
-	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vmnet/vmnet/internal/qemu"
 	"github.com/vmnet/vmnet/internal/testenv"
 )
 
@@ -49,10 +50,23 @@ func TestRunExitStatus(t *testing.T) {
 func TestRunNetwork(t *testing.T) {
 	requireGuests(t)
 	ns := testenv.NetNS(t)
+	seen := watchQEMU("-name\x00ci\x00")
 	r := vmnetIn(t, ns, "run", ciLab, "ci", "--", "sh", "-c",
 		"ping -c 2 -W 5 10.80.0.1 && ping -c 2 -W 5 fd80::1 && ethtool -l eth0 && ethtool -k eth0")
 	if r.status != 0 {
 		t.Fatalf("status %d\nstdout:\n%s\nstderr:\n%s", r.status, r.stdout, r.stderr)
+	}
+	// Scenario 6 (issue 10): a default run's QEMU is vmnet's own
+	// unprivileged user, under the seccomp sandbox.
+	u, err := user.Lookup(qemu.DedicatedUser())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := seen()
+	for _, re := range []string{`(?m)^Uid:\s+` + u.Uid + `\s`, `(?m)^Gid:\s+` + u.Gid + `\s`, `(?m)^Seccomp:\s+2$`} {
+		if !regexp.MustCompile(re).MatchString(st) || u.Uid == "0" || u.Gid == "0" {
+			t.Errorf("QEMU status lacks %s:\n%s", re, st)
+		}
 	}
 	if !regexp.MustCompile(`(?s)Current hardware settings:.*Combined:\s+2`).MatchString(r.stdout) {
 		t.Errorf("guest does not use two queue pairs:\n%s", r.stdout)
@@ -86,8 +100,9 @@ func TestRunBadInput(t *testing.T) {
 	onlyLoopback(t, ns)
 }
 
-// TestRunAsUser boots a guest whose QEMU runs as nobody: the tap is owned
-// by nobody, QEMU only receives fds, and the test image is shared with it.
+// TestRunAsUser boots a guest whose QEMU runs as nobody (user = in the
+// lab file) under the seccomp sandbox: the tap is owned by nobody, QEMU
+// only receives fds, the test image stays in root's cache.
 func TestRunAsUser(t *testing.T) {
 	requireGuests(t)
 	ns := testenv.NetNS(t)
@@ -105,32 +120,68 @@ user = "nobody"
   network = "lan"
   address = ["10.81.0.2/24"]
 `), 0o644)
-	seen := make(chan string, 1)
-	stop := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-stop:
-				seen <- ""
-				return
-			case <-time.After(500 * time.Millisecond):
-			}
-			out, _ := exec.Command("ps", "-o", "user=,args=", "-C", "qemu-system-x86_64").Output()
-			for _, line := range strings.Split(string(out), "\n") {
-				if strings.Contains(line, "/vmnet-run-") && strings.Contains(line, "-name a ") {
-					seen <- strings.Fields(line)[0]
-					return
-				}
-			}
-		}
-	}()
+	seen := watchQEMU("-name\x00a\x00")
 	r := vmnetIn(t, ns, "run", lab, "a", "--", "ping -c 2 -W 5 10.81.0.1 && sleep 3")
-	close(stop)
 	if r.status != 0 {
 		t.Fatalf("status %d\n%s\n%s", r.status, r.stdout, r.stderr)
 	}
-	if user := <-seen; user != "nobody" {
-		t.Errorf("QEMU ran as %q, want nobody", user)
+	st := seen()
+	for _, re := range []string{`(?m)^Uid:\s+65534\s`, `(?m)^Gid:\s+65534\s`, `(?m)^Seccomp:\s+2$`} {
+		if !regexp.MustCompile(re).MatchString(st) {
+			t.Errorf("QEMU status lacks %s:\n%s", re, st)
+		}
 	}
 	onlyLoopback(t, ns)
+}
+
+// watchQEMU samples, every 200 ms until the returned function is called,
+// the status of a QEMU of a `vmnet run` whose command line contains
+// argPart, and returns the last sample (QEMU enters seccomp mode only
+// after it parsed its options, so an early sample may predate that).
+func watchQEMU(argPart string) func() string {
+	stop := make(chan struct{})
+	last := make(chan string, 1)
+	go func() {
+		st := ""
+		for {
+			select {
+			case <-stop:
+				last <- st
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			if s := qemuStatus("/vmnet-run-", argPart); s != "" {
+				st = s
+			}
+		}
+	}()
+	return func() string {
+		close(stop)
+		return <-last
+	}
+}
+
+// qemuStatus returns /proc/PID/status of the first QEMU whose run
+// directory (qemu.RunDirEnv in its environment) contains dirPart and
+// whose command line contains argPart, or "".
+func qemuStatus(dirPart, argPart string) string {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil || !strings.Contains(string(env), "\x00"+qemu.RunDirEnv+"=") && !strings.HasPrefix(string(env), qemu.RunDirEnv+"=") {
+			continue
+		}
+		var dir string
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if v, ok := strings.CutPrefix(kv, qemu.RunDirEnv+"="); ok {
+				dir = v
+			}
+		}
+		cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if strings.Contains(dir, dirPart) && strings.Contains(string(cmd), argPart) {
+			st, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+			return string(st)
+		}
+	}
+	return ""
 }

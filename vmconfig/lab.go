@@ -62,7 +62,7 @@ type VM struct {
 	Machine    string // pc, q35 or microvm
 	Accel      string // kvm, tcg or auto
 	QEMU       string // binary: a bare name (looked up in PATH) or an absolute path
-	User       string // run QEMU as this user; "" = as the caller
+	User       string // run QEMU as this user; "" = vmnet's dedicated user (qemu.DefaultUser); "root" = as root
 	ExtraArgs  []string
 	Console    string // absolute path of the serial console log
 	Command    string // command the test image runs, "" = none

@@ -317,8 +317,7 @@ func (p *parser) readVMFields(t *table) vmFields {
 			t.errorf("user", "user %q is not a valid user name", u)
 			f.user.set = false
 		case u == "root" || u == "0":
-			t.errorf("user", "user = %q is not an unprivileged user: remove user to run QEMU as the caller, or name an unprivileged user", u)
-			f.user.set = false
+			t.warnf("user", "user = %q runs QEMU as root without confinement by a user of its own: a guest that escapes QEMU owns the host; remove user to run QEMU as vmnet's unprivileged user", u)
 		}
 	}
 	f.extraArgs, _ = t.strList("extra_args", false)

@@ -182,7 +182,8 @@ func TestParseProblems(t *testing.T) {
 			"8:1: vm \"a\": append needs kernel"}},
 		{"memory forms", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\nmemory = \"1.5G\"\n[[vm]]\nname = \"b\"\nkernel = \"ok\"\nmemory = 0\n[[vm]]\nname = \"c\"\nkernel = \"ok\"\nmemory = 1.5\n", []string{
 			"8:1: vm \"a\": memory \"1.5G\"", "12:1: vm \"b\": memory 0 is out of range", "16:1: vm \"c\": memory must be MiB as an integer"}},
-		{"root user", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\nuser = \"root\"\n", []string{"8:1: vm \"a\": user = \"root\" is not an unprivileged user"}},
+		{"root user", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\nuser = \"root\"\n", []string{"8:1: warning: vm \"a\": user = \"root\" runs QEMU as root"}},
+		{"uid 0 in defaults", head + "[defaults]\nuser = \"0\"\n[[vm]]\nname = \"a\"\nkernel = \"ok\"\n", []string{"6:1: warning: [defaults]: user = \"0\" runs QEMU as root"}},
 		{"qemu path", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\nqemu = \"bin/qemu\"\n", []string{"8:1: vm \"a\": qemu binary /cfg/bin/qemu does not exist"}},
 		{"gateway outside", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\ngateway = \"10.9.9.9\"\n[[vm.nic]]\nnetwork = \"n\"\naddress = \"10.0.0.2/24\"\n", []string{
 			"8:1: warning: vm \"a\": gateway 10.9.9.9 is not inside any NIC address"}},

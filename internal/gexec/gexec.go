@@ -111,9 +111,24 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return res, err
 	}
 	defer os.RemoveAll(run)
+	// QEMU runs as vmnet's unprivileged user; it reads the initrd through
+	// an fd, so the file must be readable by the user's group (the
+	// directory stays root's alone).
+	user, err := qemu.ResolveUser("")
+	if err != nil {
+		return res, err
+	}
 	initrd := filepath.Join(run, "initrd")
 	if err := o.writeInitrd(ctx, img.Initrd, initrd); err != nil {
 		return res, err
+	}
+	if user != nil {
+		if err := os.Chown(initrd, -1, int(user.GID)); err != nil {
+			return res, err
+		}
+		if err := os.Chmod(initrd, 0o640); err != nil {
+			return res, err
+		}
 	}
 	res.Image = time.Since(t0)
 
@@ -126,7 +141,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	spec := qemu.Spec{
 		Name: "exec", Machine: o.Machine, Accel: o.Accel, CPUs: o.CPUs, MemoryMiB: o.MemoryMiB,
 		Kernel: img.Kernel, Initrd: initrd, Append: app,
-		RunDir: run, ConsoleTee: out, Logf: o.Logf,
+		RunDir: run, ConsoleTee: out, Logf: o.Logf, User: user,
 	}
 	start := time.Now()
 	vm, err := qemu.Start(ctx, spec)

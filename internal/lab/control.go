@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vmnet/vmnet/internal/link"
+	"github.com/vmnet/vmnet/internal/qemu"
 )
 
 // The supervisor answers on a unix socket in the state directory, one
@@ -40,12 +41,18 @@ type Response struct {
 // Serve answers control requests until ctx ends. Call it after Up.
 func (l *Lab) Serve(ctx context.Context) error {
 	path := filepath.Join(l.cfg.StateDir, controlSocket)
-	os.Remove(path)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	// Root only: the state directory is searchable by everyone (0711).
+	f, err := qemu.ListenUnix(path, 0o600)
 	if err != nil {
 		return fmt.Errorf("lab %s: control socket: %w", l.cfg.Name, err)
 	}
-	os.Chmod(path, 0o600)
+	fl, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("lab %s: control socket: %w", l.cfg.Name, err)
+	}
+	ln := fl.(*net.UnixListener)
 	go func() {
 		<-ctx.Done()
 		ln.Close()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vmnet/vmnet/internal/qemu"
 	"github.com/vmnet/vmnet/names"
 	"github.com/vmnet/vmnet/owner"
 )
@@ -111,9 +112,11 @@ func stopProcess(ctx context.Context, pid int, grace time.Duration) error {
 
 // qemuOf reports whether the QEMU of vm, as the state in dir recorded
 // it, still runs: the pid has the recorded start time (so it is the same
-// process, not a reused pid) and one of its arguments is a path inside the
-// VM's run directory or the state directory, exactly (not a substring:
-// another program that merely mentions the path does not count).
+// process, not a reused pid) and it names the VM's run directory or the
+// state directory exactly (not a substring: another program that merely
+// mentions the path does not count): in its environment, where vmnet puts
+// it (QEMU's command line holds no path of vmnet's, its sockets are fds),
+// or, for QEMUs of older vmnet versions, as a path argument.
 func qemuOf(vm VMState, dir string) bool {
 	if vm.PID <= 0 || vm.PID == os.Getpid() || vm.PIDStart == 0 || !Alive(vm.PID) {
 		return false
@@ -121,15 +124,26 @@ func qemuOf(vm VMState, dir string) bool {
 	if st, err := procStart(vm.PID); err != nil || st != vm.PIDStart {
 		return false
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", vm.PID))
-	if err != nil {
-		return false
-	}
 	var roots []string
 	for _, d := range []string{vm.RunDir, dir} {
 		if abs, err := filepath.Abs(d); err == nil && d != "" {
 			roots = append(roots, abs)
 		}
+	}
+	if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", vm.PID)); err == nil {
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if v, ok := strings.CutPrefix(kv, qemu.RunDirEnv+"="); ok {
+				for _, r := range roots {
+					if v == r || filepath.Dir(v) == r {
+						return true
+					}
+				}
+			}
+		}
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", vm.PID))
+	if err != nil {
+		return false
 	}
 	for _, a := range strings.Split(string(b), "\x00") {
 		// QEMU takes paths as whole arguments (-pidfile P) or as one

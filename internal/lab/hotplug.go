@@ -55,10 +55,11 @@ func (l *Lab) AddNIC(ctx context.Context, vmName, network string, queues int, ma
 	if n := l.network(network); n != nil {
 		nic.Qdisc = n.Qdisc
 	}
-	uid, gid, err := lookupUser(vm.User)
+	u, err := l.qemuUser(vm)
 	if err != nil {
-		return NICState{}, fmt.Errorf("vm %s: user %s: %w", vm.Name, vm.User, err)
+		return NICState{}, err
 	}
+	uid, gid := tapOwner(u)
 	t, err := l.createTap(vm, nic, uid, gid)
 	if err != nil {
 		return NICState{}, err

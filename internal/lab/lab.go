@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -64,9 +63,10 @@ type Lab struct {
 	taps      map[*vmconfig.NIC]*tap.Tap
 	vms       map[string]*qemu.VM
 	started   map[string]time.Time
-	hotplug   map[string][]*hotNIC // per VM, NICs added at run time
-	pidStarts map[int]uint64       // start times of the processes in the state
-	state     *State               // nil unless the Lab is supervised (Up)
+	hotplug   map[string][]*hotNIC  // per VM, NICs added at run time
+	pidStarts map[int]uint64        // start times of the processes in the state
+	users     map[string]*qemu.User // QEMU's user by lab-file name ("" = dedicated)
+	state     *State                // nil unless the Lab is supervised (Up)
 	links     []*runningLink
 	linkCtx   context.Context
 	linkStop  context.CancelFunc
@@ -101,7 +101,7 @@ func New(cfg *vmconfig.Lab, opts Options) (*Lab, error) {
 	}
 	return &Lab{cfg: cfg, opts: opts, br: br, ns: ns, netNS: nsID, pidStarts: map[int]uint64{}, networks: map[string]bool{},
 		taps: map[*vmconfig.NIC]*tap.Tap{}, vms: map[string]*qemu.VM{}, started: map[string]time.Time{},
-		hotplug: map[string][]*hotNIC{}}, nil
+		hotplug: map[string][]*hotNIC{}, users: map[string]*qemu.User{}}, nil
 }
 
 // Config is the lab's configuration.
@@ -186,10 +186,11 @@ const autoOffloads = tap.OffloadAll &^ tap.OffloadUFO
 // CreateTaps creates the taps of vm's NICs and attaches them to their
 // networks' bridges, creating the networks first.
 func (l *Lab) CreateTaps(vm *vmconfig.VM) error {
-	uid, gid, err := lookupUser(vm.User)
+	u, err := l.qemuUser(vm)
 	if err != nil {
-		return fmt.Errorf("vm %s: user %s: %w", vm.Name, vm.User, err)
+		return err
 	}
+	uid, gid := tapOwner(u)
 	for _, nic := range vm.NICs {
 		if nic.Network != "" {
 			if err := l.EnsureNetwork(nic.Network); err != nil {
@@ -284,20 +285,30 @@ func (l *Lab) Tap(nic *vmconfig.NIC) *tap.Tap {
 	return l.taps[nic]
 }
 
-func lookupUser(name string) (uid, gid int, err error) {
-	if name == "" {
-		return -1, -1, nil
+// qemuUser resolves the user vm's QEMU runs as (and its taps belong to):
+// the dedicated user unless the lab names one, nil for user = "root".
+// The answer is cached per user name, so the user is created (if need
+// be) once.
+func (l *Lab) qemuUser(vm *vmconfig.VM) (*qemu.User, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if u, ok := l.users[vm.User]; ok {
+		return u, nil
 	}
-	u, err := user.Lookup(name)
+	u, err := qemu.ResolveUser(vm.User)
 	if err != nil {
-		if n, aerr := strconv.Atoi(name); aerr == nil {
-			return n, -1, nil
-		}
-		return 0, 0, err
+		return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
 	}
-	uid, _ = strconv.Atoi(u.Uid)
-	gid, _ = strconv.Atoi(u.Gid)
-	return uid, gid, nil
+	l.users[vm.User] = u
+	return u, nil
+}
+
+// tapOwner is the tap owner and group for QEMU's user (-1: unset).
+func tapOwner(u *qemu.User) (uid, gid int) {
+	if u == nil {
+		return -1, -1
+	}
+	return int(u.UID), int(u.GID)
 }
 
 // image returns the test image, building it on first use.
@@ -372,24 +383,17 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 	if spec.Append, err = guest.Append(base); err != nil {
 		return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
 	}
-	if vm.User != "" {
-		uid, gid, err := lookupUser(vm.User)
-		if err != nil {
-			return nil, fmt.Errorf("vm %s: user %s: %w", vm.Name, vm.User, err)
-		}
-		spec.User = &qemu.User{UID: uint32(uid), GID: uint32(max(gid, 0))}
+	if spec.User, err = l.qemuUser(vm); err != nil {
+		return nil, err
 	}
-	if err := os.MkdirAll(l.opts.RunDir, 0o700); err != nil {
-		return nil, fmt.Errorf("vm %s: run directory: %w", vm.Name, err)
+	// The lab's directory holds the VMs' socket directories: root's,
+	// searchable (0711) but writable by root only.
+	if err := qemu.RootDir(l.opts.RunDir, 0o711); err != nil {
+		return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
 	}
 	if spec.ConsoleLog != "" {
-		if err := os.MkdirAll(filepath.Dir(spec.ConsoleLog), 0o700); err != nil {
+		if err := os.MkdirAll(filepath.Dir(spec.ConsoleLog), 0o711); err != nil {
 			return nil, fmt.Errorf("vm %s: console log: %w", vm.Name, err)
-		}
-	}
-	if spec.User != nil && spec.User.UID != 0 && vm.Kernel == "" {
-		if err := l.shareImage(&spec); err != nil {
-			return nil, fmt.Errorf("vm %s: user %s: %w", vm.Name, vm.User, err)
 		}
 	}
 	v, err := qemu.Start(ctx, spec)
@@ -401,59 +405,6 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 	l.started[vm.Name] = time.Now()
 	l.mu.Unlock()
 	return v, l.save()
-}
-
-// shareImage lets an unprivileged QEMU reach the test image: the cache
-// usually sits in root's home, so the kernel and initrd are copied into
-// the lab's run directory, which others may traverse (0711) but not list.
-func (l *Lab) shareImage(spec *qemu.Spec) error {
-	if err := os.Chmod(l.opts.RunDir, 0o711); err != nil {
-		return err
-	}
-	dir := filepath.Join(l.opts.RunDir, "image")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	for _, p := range []*string{&spec.Kernel, &spec.Initrd} {
-		dst := filepath.Join(dir, filepath.Base(*p))
-		if err := copyFile(*p, dst); err != nil {
-			return fmt.Errorf("share the test image: %w", err)
-		}
-		*p = dst
-	}
-	return nil
-}
-
-// copyFile copies src to dst (mode 0644) unless dst already has its size.
-func copyFile(src, dst string) error {
-	si, err := os.Stat(src)
-	if err != nil {
-		return err
-	}
-	if di, err := os.Stat(dst); err == nil && di.Size() == si.Size() {
-		return nil
-	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	tmp := dst + ".tmp"
-	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(out, in)
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, dst)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
 }
 
 // Teardown stops the guests, closes and deletes the taps and deletes the

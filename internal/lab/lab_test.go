@@ -2,13 +2,21 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/vmnet/vmnet/internal/qemu"
 	"github.com/vmnet/vmnet/internal/testenv"
 	"github.com/vmnet/vmnet/netns"
 	"github.com/vmnet/vmnet/vmconfig"
@@ -70,8 +78,17 @@ cpus = 4
 		if err := l.CreateTaps(cfg.VMs[0]); err != nil {
 			return err
 		}
+		// The taps belong to QEMU's dedicated user (created on first use).
+		u, err := qemu.ResolveUser("")
+		if err != nil {
+			return err
+		}
+		owner := fmt.Sprintf("user %s group %s", u.Name, u.Name)
+		if g, err := user.LookupGroupId(strconv.Itoa(int(u.GID))); err == nil {
+			owner = fmt.Sprintf("user %s group %s", u.Name, g.Name)
+		}
 		out, _ := exec.Command("ip", "-d", "link", "show", "p-v-0").CombinedOutput()
-		for _, want := range []string{"master p-n", "mtu 9000", "multi_queue", "vnet_hdr on", "numqueues 4"} {
+		for _, want := range []string{"master p-n", "mtu 9000", "multi_queue", "vnet_hdr on", "numqueues 4", owner} {
 			if !strings.Contains(string(out), want) {
 				t.Errorf("p-v-0 lacks %q:\n%s", want, out)
 			}
@@ -133,4 +150,29 @@ func BenchmarkProvision100NICs(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/100/1000, "ms/nic")
 	b.ReportMetric(float64(down.Microseconds())/float64(b.N)/100/1000, "teardown-ms/nic")
+}
+
+// Scenario 7 (issue 10): `vmnet sh` takes its lock without following a
+// link planted where shell.lock belongs; the old code created (as root)
+// whatever file the link named.
+func TestShellLockPlantedLink(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := t.TempDir()
+	vmDir := filepath.Join(dir, "vm-a")
+	if err := os.Mkdir(vmDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(t.TempDir(), "made-by-root")
+	if err := os.Symlink(target, filepath.Join(vmDir, "shell.lock")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := Shell(ctx, dir, "a", "true", io.Discard)
+	if err == nil || !errors.Is(err, syscall.ELOOP) {
+		t.Errorf("Shell through a planted shell.lock: %v", err)
+	}
+	if _, err := os.Lstat(target); !os.IsNotExist(err) {
+		t.Errorf("root created the link's target: %v", err)
+	}
 }

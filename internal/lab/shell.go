@@ -26,7 +26,9 @@ const shellSocket = "shell.sock"
 // that shell. One caller at a time per guest: QEMU serves one client.
 func Shell(ctx context.Context, dir, vm, cmd string, out io.Writer) (int, error) {
 	vmDir := filepath.Join(dir, "vm-"+vm)
-	lock, err := os.OpenFile(filepath.Join(vmDir, "shell.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	// The VM's directory is root's alone (qemu.RootDir); O_NOFOLLOW is the
+	// second line of defence against a planted link.
+	lock, err := os.OpenFile(filepath.Join(vmDir, "shell.lock"), os.O_CREATE|os.O_RDWR|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
 		return 0, fmt.Errorf("vm %s: no shell (is the lab up and the VM booted from the test image?): %w", vm, err)
 	}

@@ -100,6 +100,11 @@ func (l *Lab) Up(ctx context.Context, readyTimeout time.Duration) (err error) {
 		l.mu.Unlock()
 		return err
 	}
+	// The state directory: root's, searchable (0711) so that QEMU's user
+	// can reach what the lab file keeps there, writable by root only.
+	if err := qemu.RootDir(l.cfg.StateDir, 0o711); err != nil {
+		return fmt.Errorf("lab %s: state %w", l.cfg.Name, err)
+	}
 	if err := l.save(); err != nil {
 		return err
 	}

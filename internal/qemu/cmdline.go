@@ -3,23 +3,44 @@ package qemu
 import (
 	"fmt"
 	"os"
-	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
 
-// Files vmnet keeps in Spec.RunDir.
+// Files vmnet keeps in Spec.RunDir. The console has no socket file: it is
+// a socketpair.
 const (
-	QMPSocketName     = "qmp.sock"
-	ConsoleSocketName = "console.sock"
-	PidfileName       = "qemu.pid"
+	QMPSocketName = "qmp.sock"
+	PidfileName   = "qemu.pid"
 )
+
+// Sandbox is QEMU's seccomp filter, on unless the extra arguments bring
+// their own -sandbox: no obsolete system calls, no setuid/setgid, no
+// fork/exec, no scheduler or CPU-affinity changes.
+const Sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// Handles are the files vmnet opens for QEMU so that QEMU needs no access
+// to any path: sockets root bound in a directory only root can write, and
+// the boot files.
+type Handles struct {
+	Console *os.File // QEMU's end of the console socketpair (ttyS0)
+	QMP     *os.File // listening QMP socket
+	Control *os.File // listening socket of ttyS1; needed when Spec.ControlSocket is set
+	// Kernel and Initrd, if set, are passed as /proc/self/fd/N instead of
+	// their paths: an unprivileged QEMU then reads them without needing
+	// to reach their directories (the image cache sits in root's home).
+	Kernel, Initrd *os.File
+}
 
 // Host is what the command line depends on besides the Spec. Start fills
 // it from the machine; tests fill it by hand.
 type Host struct {
 	KVM       bool   // KVM can run guests here (ProbeKVM)
 	KVMReason string // why not, for the note when accel=auto falls back
+	// KVMUserReason, if set, says why QEMU's user cannot open /dev/kvm
+	// although root could: accel auto then falls back to TCG.
+	KVMUserReason string
 
 	VhostNet bool // /dev/vhost-net exists
 	// OpenVhost opens /dev/vhost-net once; called once per queue of every
@@ -29,6 +50,8 @@ type Host struct {
 	// TSCkHz is the host TSC rate (0 unknown). A microvm under TCG gets it
 	// as tsc_early_khz; see hostTSCkHz.
 	TSCkHz int
+
+	Handles Handles
 }
 
 // Cmdline is a complete QEMU invocation.
@@ -63,6 +86,10 @@ func BuildCmdline(s Spec, h Host) (_ *Cmdline, err error) {
 	if err != nil {
 		return nil, err
 	}
+	hd := h.Handles
+	if hd.Console == nil || hd.QMP == nil || (s.ControlSocket != "" && hd.Control == nil) {
+		return nil, fmt.Errorf("%s: console, QMP or control socket not opened", s.name())
+	}
 	c := &Cmdline{Binary: s.Binary, Spec: s}
 	defer func() {
 		if err != nil {
@@ -70,17 +97,26 @@ func BuildCmdline(s Spec, h Host) (_ *Cmdline, err error) {
 		}
 	}()
 	a := func(args ...string) { c.Args = append(c.Args, args...) }
+	fd := func(f *os.File) string {
+		c.Files = append(c.Files, f)
+		return strconv.Itoa(3 + len(c.Files) - 1)
+	}
 
 	if s.Name != "" {
 		a("-name", s.Name)
 	}
 	a("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot")
+	if !slices.Contains(s.ExtraArgs, "-sandbox") {
+		a("-sandbox", Sandbox)
+	}
 	a("-machine", s.Machine)
 
 	c.Accel = s.Accel
 	if c.Accel == AccelAuto {
 		c.Accel = AccelTCG
-		if h.KVM {
+		if h.KVM && h.KVMUserReason != "" {
+			c.Notes = append(c.Notes, "accel auto: using TCG (software emulation): "+h.KVMUserReason)
+		} else if h.KVM {
 			c.Accel = AccelKVM
 		} else {
 			why := h.KVMReason
@@ -97,9 +133,16 @@ func BuildCmdline(s Spec, h Host) (_ *Cmdline, err error) {
 	a("-smp", strconv.Itoa(s.CPUs), "-m", strconv.Itoa(s.MemoryMiB))
 
 	if s.Kernel != "" {
-		a("-kernel", s.Kernel)
+		kernel, initrd := qemuPath(s.Kernel), qemuPath(s.Initrd)
+		if hd.Kernel != nil {
+			kernel = "/proc/self/fd/" + fd(hd.Kernel)
+		}
+		if hd.Initrd != nil {
+			initrd = "/proc/self/fd/" + fd(hd.Initrd)
+		}
+		a("-kernel", kernel)
 		if s.Initrd != "" {
-			a("-initrd", s.Initrd)
+			a("-initrd", initrd)
 		}
 		app := s.Append
 		if s.Machine == MachineMicroVM && c.Accel == AccelTCG && h.TSCkHz > 0 && !strings.Contains(app, "tsc_early_khz=") {
@@ -119,15 +162,15 @@ func BuildCmdline(s Spec, h Host) (_ *Cmdline, err error) {
 		}
 	}
 
-	// The console is a unix socket that vmnet listens on and QEMU connects
-	// to before the guest starts, so no early output is lost.
-	a("-chardev", "socket,id=vmnet-console,path="+qemuPath(filepath.Join(s.RunDir, ConsoleSocketName)),
-		"-serial", "chardev:vmnet-console")
+	// Every socket is vmnet's: the console is one end of a socketpair, so
+	// no early output is lost; QMP and the control port are listening
+	// sockets vmnet bound, served by QEMU. QEMU needs no directory it can
+	// write, and vmnet knows QEMU's pid without a pidfile.
+	a("-chardev", "socket,id=vmnet-console,fd="+fd(hd.Console), "-serial", "chardev:vmnet-console")
 	if s.ControlSocket != "" {
-		a("-serial", "unix:"+qemuPath(s.ControlSocket)+",server=on,wait=off")
+		a("-chardev", "socket,id=vmnet-control,fd="+fd(hd.Control)+",server=on,wait=off", "-serial", "chardev:vmnet-control")
 	}
-	a("-qmp", "unix:"+qemuPath(filepath.Join(s.RunDir, QMPSocketName))+",server=on,wait=off")
-	a("-pidfile", filepath.Join(s.RunDir, PidfileName))
+	a("-chardev", "socket,id=vmnet-qmp,fd="+fd(hd.QMP)+",server=on,wait=off", "-mon", "chardev=vmnet-qmp,mode=control")
 
 	for i := 0; i < s.HotplugPorts; i++ {
 		a("-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d", hotplugPort(i), i+1))
@@ -145,8 +188,7 @@ func BuildCmdline(s Spec, h Host) (_ *Cmdline, err error) {
 		}
 		var fds, vfds []string
 		for _, f := range nic.Queues {
-			fds = append(fds, strconv.Itoa(3+len(c.Files)))
-			c.Files = append(c.Files, f)
+			fds = append(fds, fd(f))
 		}
 		if useVhost {
 			for q := range nic.Queues {
@@ -155,8 +197,7 @@ func BuildCmdline(s Spec, h Host) (_ *Cmdline, err error) {
 					return nil, fmt.Errorf("%s: nic %s: open /dev/vhost-net for queue %d: %w", s.name(), nic.ID, q, err)
 				}
 				c.Opened = append(c.Opened, f)
-				vfds = append(vfds, strconv.Itoa(3+len(c.Files)))
-				c.Files = append(c.Files, f)
+				vfds = append(vfds, fd(f))
 			}
 		}
 		a("-netdev", netdevArg(nic.ID, fds, vfds))

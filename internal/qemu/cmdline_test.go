@@ -36,8 +36,17 @@ func argsAfter(args []string, flag string) []string {
 	return v
 }
 
+// handles fills h.Handles with stand-ins: console fd 3, QMP fd 4, and
+// the control socket (if any) after them.
+func handles(t *testing.T, h Host) Host {
+	f := devNull(t, 3)
+	h.Handles = Handles{Console: f[0], QMP: f[1], Control: f[2]}
+	return h
+}
+
 func build(t *testing.T, s Spec, h Host) *Cmdline {
 	t.Helper()
+	h = handles(t, h)
 	c, err := BuildCmdline(s, h)
 	if err != nil {
 		t.Fatal(err)
@@ -53,10 +62,11 @@ func TestCmdlineBasics(t *testing.T) {
 		{"-nodefaults"}, {"-no-user-config"}, {"-display", "none"}, {"-no-reboot"},
 		{"-machine", "q35"}, {"-accel", "tcg"}, {"-smp", "2"}, {"-m", "512"},
 		{"-kernel", "/k"}, {"-initrd", "/i"}, {"-append", "console=ttyS0"},
-		{"-qmp", "unix:/run/vmnet/r1/qmp.sock,server=on,wait=off"},
-		{"-chardev", "socket,id=vmnet-console,path=/run/vmnet/r1/console.sock"},
+		{"-chardev", "socket,id=vmnet-console,fd=3"},
 		{"-serial", "chardev:vmnet-console"},
-		{"-pidfile", "/run/vmnet/r1/qemu.pid"},
+		{"-chardev", "socket,id=vmnet-qmp,fd=4,server=on,wait=off"},
+		{"-mon", "chardev=vmnet-qmp,mode=control"},
+		{"-sandbox", Sandbox},
 	} {
 		found := false
 		for i := range c.Args {
@@ -79,6 +89,11 @@ func TestCmdlineBasics(t *testing.T) {
 	if c.Accel != AccelKVM || !slices.Contains(c.Args, "host") || len(c.Notes) != 0 {
 		t.Errorf("accel auto with KVM: accel %s args %q notes %q", c.Accel, c.Args, c.Notes)
 	}
+	// KVM works for root but not for QEMU's user: TCG, and the note says why.
+	c = build(t, s, Host{KVM: true, KVMUserReason: "QEMU's user nobody cannot open /dev/kvm"})
+	if c.Accel != AccelTCG || len(c.Notes) != 1 || !strings.Contains(c.Notes[0], "cannot open /dev/kvm") {
+		t.Errorf("accel auto, KVM closed to QEMU's user: accel %s notes %q", c.Accel, c.Notes)
+	}
 	s.Accel = AccelTCG
 	if c := build(t, s, Host{KVM: true}); c.Accel != AccelTCG {
 		t.Errorf("explicit tcg overridden: %s", c.Accel)
@@ -96,9 +111,9 @@ func TestCmdlineQueueFDsAndVectors(t *testing.T) {
 	c := build(t, s, Host{})
 	netdevs := argsAfter(c.Args, "-netdev")
 	want := []string{
-		"tap,id=n0,fds=3:4,vhost=off",
-		"tap,id=n1,fds=5:6:7,vhost=off",
-		"tap,id=n2,fd=8,vhost=off",
+		"tap,id=n0,fds=5:6,vhost=off",
+		"tap,id=n1,fds=7:8:9,vhost=off",
+		"tap,id=n2,fd=10,vhost=off",
 	}
 	if !slices.Equal(netdevs, want) {
 		t.Errorf("netdevs\n got %q\nwant %q", netdevs, want)
@@ -113,7 +128,7 @@ func TestCmdlineQueueFDsAndVectors(t *testing.T) {
 		t.Errorf("devices\n got %q\nwant %q", devs, wantDevs)
 	}
 	// Files[i] must be fd 3+i.
-	wantFiles := append(append(append([]*os.File{}, n0...), n1...), n2...)
+	wantFiles := append(append(append([]*os.File{c.Files[0], c.Files[1]}, n0...), n1...), n2...)
 	if !slices.Equal(c.Files, wantFiles) {
 		t.Errorf("ExtraFiles order wrong")
 	}
@@ -142,12 +157,12 @@ func TestCmdlineMicroVM(t *testing.T) {
 		t.Errorf("TSC rate added under KVM: %q", got)
 	}
 	s.NICs = []NIC{{ID: "n0", Model: ModelVirtioPCI, Queues: devNull(t, 1)}}
-	if _, err := BuildCmdline(s, Host{}); err == nil || !strings.Contains(err.Error(), "virtio-net-device") {
+	if _, err := BuildCmdline(s, handles(t, Host{})); err == nil || !strings.Contains(err.Error(), "virtio-net-device") {
 		t.Errorf("virtio-net-pci on microvm: %v", err)
 	}
 	s.NICs = nil
 	s.HotplugPorts = 1
-	if _, err := BuildCmdline(s, Host{}); err == nil || !strings.Contains(err.Error(), "q35") {
+	if _, err := BuildCmdline(s, handles(t, Host{})); err == nil || !strings.Contains(err.Error(), "q35") {
 		t.Errorf("hotplug ports on microvm: %v", err)
 	}
 }
@@ -158,7 +173,7 @@ func TestCmdlineVhost(t *testing.T) {
 
 	// auto without /dev/vhost-net: off, one note for all NICs.
 	c := build(t, s, Host{})
-	if got := argsAfter(c.Args, "-netdev"); !slices.Equal(got, []string{"tap,id=a,fds=3:4,vhost=off", "tap,id=b,fd=5,vhost=off"}) {
+	if got := argsAfter(c.Args, "-netdev"); !slices.Equal(got, []string{"tap,id=a,fds=5:6,vhost=off", "tap,id=b,fd=7,vhost=off"}) {
 		t.Errorf("auto fallback: %q", got)
 	}
 	vhostNotes := 0
@@ -173,7 +188,7 @@ func TestCmdlineVhost(t *testing.T) {
 
 	// on without the device: an error that says what is missing.
 	s.NICs[0].Vhost = VhostOn
-	_, err := BuildCmdline(s, Host{})
+	_, err := BuildCmdline(s, handles(t, Host{}))
 	if err == nil || !strings.Contains(err.Error(), "/dev/vhost-net") || !strings.Contains(err.Error(), "CONFIG_VHOST_NET") || !strings.Contains(err.Error(), "nic a") {
 		t.Errorf("vhost=on without device: %v", err)
 	}
@@ -183,14 +198,14 @@ func TestCmdlineVhost(t *testing.T) {
 	h := Host{VhostNet: true, OpenVhost: func() (*os.File, error) { opened++; return os.Open(os.DevNull) }}
 	s.NICs[1].Vhost = VhostOff
 	c = build(t, s, h)
-	if got := argsAfter(c.Args, "-netdev"); !slices.Equal(got, []string{"tap,id=a,fds=3:4,vhost=on,vhostfds=5:6", "tap,id=b,fd=7,vhost=off"}) {
+	if got := argsAfter(c.Args, "-netdev"); !slices.Equal(got, []string{"tap,id=a,fds=5:6,vhost=on,vhostfds=7:8", "tap,id=b,fd=9,vhost=off"}) {
 		t.Errorf("vhost on: %q", got)
 	}
-	if opened != 2 || len(c.Opened) != 2 || len(c.Files) != 5 || c.Files[2] != c.Opened[0] || c.Files[3] != c.Opened[1] {
+	if opened != 2 || len(c.Opened) != 2 || len(c.Files) != 7 || c.Files[4] != c.Opened[0] || c.Files[5] != c.Opened[1] {
 		t.Errorf("vhost files: opened %d, Opened %d, Files %d", opened, len(c.Opened), len(c.Files))
 	}
 	c.Close()
-	if _, err := c.Files[2].Stat(); err == nil {
+	if _, err := c.Files[4].Stat(); err == nil {
 		t.Errorf("Close left a vhost fd open")
 	}
 }
@@ -209,7 +224,7 @@ func TestCmdlineHotplugPorts(t *testing.T) {
 		t.Errorf("root ports %q", got)
 	}
 	s.Machine = MachinePC
-	if _, err := BuildCmdline(s, Host{}); err == nil {
+	if _, err := BuildCmdline(s, handles(t, Host{})); err == nil {
 		t.Errorf("hotplug ports accepted on pc")
 	}
 }
@@ -218,17 +233,57 @@ func TestCmdlineControlAndPaths(t *testing.T) {
 	s := baseSpec(t)
 	s.RunDir = "/run/a,b"
 	s.ControlSocket = "/run/a,b/ctl.sock"
-	s.Disk = "/d.img"
+	s.Disk = "/d,x.img"
 	c := build(t, s, Host{})
 	serials := argsAfter(c.Args, "-serial")
-	if !slices.Equal(serials, []string{"chardev:vmnet-console", "unix:/run/a,,b/ctl.sock,server=on,wait=off"}) {
-		t.Errorf("serials %q (console must be ttyS0, control ttyS1, commas doubled)", serials)
+	if !slices.Equal(serials, []string{"chardev:vmnet-console", "chardev:vmnet-control"}) {
+		t.Errorf("serials %q (console must be ttyS0, control ttyS1)", serials)
 	}
-	if got := argsAfter(c.Args, "-drive"); !slices.Equal(got, []string{"if=virtio,format=raw,file=/d.img"}) {
+	// QEMU gets vmnet's sockets as fds and no path it could write to.
+	if got := argsAfter(c.Args, "-chardev"); !slices.Equal(got, []string{"socket,id=vmnet-console,fd=3",
+		"socket,id=vmnet-control,fd=4,server=on,wait=off", "socket,id=vmnet-qmp,fd=5,server=on,wait=off"}) {
+		t.Errorf("chardevs %q", got)
+	}
+	if got := argsAfter(c.Args, "-drive"); !slices.Equal(got, []string{"if=virtio,format=raw,file=/d,,x.img"}) {
 		t.Errorf("drive %q", got)
 	}
-	if got := argsAfter(c.Args, "-qmp"); got[0] != "unix:/run/a,,b/qmp.sock,server=on,wait=off" {
-		t.Errorf("qmp %q", got)
+	for _, f := range []string{"-qmp", "-pidfile", "-monitor"} {
+		if slices.Contains(c.Args, f) {
+			t.Errorf("%s in %q: QEMU would create files", f, c.Args)
+		}
+	}
+
+	// Kernel and initrd handed over as fds are read through /proc/self/fd.
+	h := handles(t, Host{})
+	ki := devNull(t, 2)
+	h.Handles.Kernel, h.Handles.Initrd = ki[0], ki[1]
+	c, err := BuildCmdline(baseSpec(t), h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, i := argsAfter(c.Args, "-kernel"), argsAfter(c.Args, "-initrd"); k[0] != "/proc/self/fd/3" || i[0] != "/proc/self/fd/4" ||
+		c.Files[0] != ki[0] || c.Files[1] != ki[1] {
+		t.Errorf("kernel %q initrd %q", k, i)
+	}
+	if !strings.Contains(strings.Join(c.Args, " "), "socket,id=vmnet-console,fd=5") {
+		t.Errorf("console fd after the boot files: %q", c.Args)
+	}
+
+	// Sockets vmnet did not open are an error, not a path for QEMU.
+	if _, err := BuildCmdline(baseSpec(t), Host{}); err == nil || !strings.Contains(err.Error(), "not opened") {
+		t.Errorf("no handles: %v", err)
+	}
+}
+
+// The seccomp sandbox is on unless the lab's extra arguments set their own.
+func TestCmdlineSandbox(t *testing.T) {
+	s := baseSpec(t)
+	if got := argsAfter(build(t, s, Host{}).Args, "-sandbox"); !slices.Equal(got, []string{"on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"}) {
+		t.Errorf("sandbox %q", got)
+	}
+	s.ExtraArgs = []string{"-sandbox", "off"}
+	if got := argsAfter(build(t, s, Host{}).Args, "-sandbox"); !slices.Equal(got, []string{"off"}) {
+		t.Errorf("extra -sandbox off: %q", got)
 	}
 }
 
@@ -251,10 +306,11 @@ func TestSpecErrors(t *testing.T) {
 		{func(s *Spec) { s.NICs = []NIC{{ID: "n0", Model: "e1000e", Queues: two}} }, "e1000e has one queue"},
 		{func(s *Spec) { s.CPUs = 1000 }, "cpus"},
 		{func(s *Spec) { s.RunDir = "/" + strings.Repeat("d", 100) }, "too long for unix sockets"},
+		{func(s *Spec) { s.ControlSocket = "/tmp/ctl.sock" }, "not in the run dir"},
 	} {
 		s := baseSpec(t)
 		tc.mod(&s)
-		_, err := BuildCmdline(s, Host{})
+		_, err := BuildCmdline(s, handles(t, Host{}))
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "vm r1") {
 			t.Errorf("want error with %q naming vm r1, got %v", tc.want, err)
 		}

@@ -62,13 +62,17 @@ type Spec struct {
 	ConsoleLog string    // file that receives the raw serial console; optional
 	ConsoleTee io.Writer // optional second copy of the console (e.g. os.Stdout)
 
-	// RunDir is this VM's own directory for the QMP socket, the console
-	// socket and the pidfile: made (or chmod'ed) 0700, and chowned to User
-	// if set, so do not point it at a shared directory.
+	// RunDir is this VM's own directory for the QMP socket and the
+	// pidfile. vmnet makes it 0700 and refuses one that is a symlink or
+	// belongs to another user: it binds the sockets itself and hands QEMU
+	// the listening fds, so QEMU never needs to write to any directory and
+	// nothing QEMU's user can write is ever touched by root.
 	RunDir string
 
-	// User runs QEMU under another uid/gid. QEMU only receives already
-	// opened fds, so it never needs CAP_NET_ADMIN.
+	// User runs QEMU under another uid/gid (ResolveUser makes one from a
+	// name). QEMU only receives already opened fds (taps, sockets, and
+	// kernel and initrd), so it never needs CAP_NET_ADMIN nor access to
+	// the paths vmnet uses.
 	User *User
 
 	ExtraArgs []string
@@ -78,7 +82,8 @@ type Spec struct {
 	HotplugPorts int
 
 	// ControlSocket, if set, adds a second serial port (ttyS1) as a unix
-	// socket server at this path, for a guest shell.
+	// socket server at this path, for a guest shell. vmnet binds it, so
+	// it must lie in RunDir, which only root can write.
 	ControlSocket string
 
 	// ConsoleLines is how many console lines ConsoleTail keeps (default 200).
@@ -108,6 +113,15 @@ type NIC struct {
 // User is the identity QEMU runs as.
 type User struct {
 	UID, GID uint32
+	Groups   []uint32 // supplementary groups (e.g. kvm); none if empty
+	Name     string   // for messages; may be empty
+}
+
+func (u *User) String() string {
+	if u.Name != "" {
+		return fmt.Sprintf("%s (uid %d, gid %d)", u.Name, u.UID, u.GID)
+	}
+	return fmt.Sprintf("uid %d (gid %d)", u.UID, u.GID)
 }
 
 func (s *Spec) name() string {
@@ -171,11 +185,14 @@ func (s Spec) withDefaults() (Spec, error) {
 		return s, fmt.Errorf("%s: no run directory (RunDir) for the QMP socket", n)
 	}
 	// sun_path holds 108 bytes including the terminating NUL.
-	if p := filepath.Join(s.RunDir, "console.sock"); len(p) > 107 {
+	if p := filepath.Join(s.RunDir, "console.sock"); len(p) > 107 { // room for qmp.sock and a control socket
 		return s, fmt.Errorf("%s: run dir %s is too long for unix sockets in it (%s is %d bytes, at most 107)", n, s.RunDir, p, len(p))
 	}
 	if len(s.ControlSocket) > 107 {
 		return s, fmt.Errorf("%s: control socket path %s is %d bytes, at most 107", n, s.ControlSocket, len(s.ControlSocket))
+	}
+	if s.ControlSocket != "" && filepath.Dir(filepath.Clean(s.ControlSocket)) != filepath.Clean(s.RunDir) {
+		return s, fmt.Errorf("%s: control socket %s is not in the run dir %s", n, s.ControlSocket, s.RunDir)
 	}
 	if s.HotplugPorts < 0 || s.HotplugPorts > 32 {
 		return s, fmt.Errorf("%s: hotplug ports %d out of range 0..32", n, s.HotplugPorts)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
+	"golang.org/x/sys/unix"
 )
 
 // Default bounds for waits whose context carries no deadline.
@@ -39,7 +39,6 @@ type VM struct {
 	stderr  *ringBuffer
 	mon     *monitor
 	logFile *os.File
-	conLn   net.Listener
 
 	exited  chan struct{} // closed when QEMU has exited
 	waitErr error         // QEMU's exit status, valid after exited
@@ -128,15 +127,6 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 		defer cancel()
 	}
 
-	cl, err := BuildCmdline(s, HostCaps(s.Accel == AccelAuto, s.Machine == MachineMicroVM && s.Accel != AccelKVM))
-	if err != nil {
-		return nil, err
-	}
-	defer cl.Close() // QEMU holds its own copies after exec
-	for _, n := range cl.Notes {
-		noteOnce(s.Logf, n)
-	}
-
 	var cleanup []func()
 	defer func() {
 		if err != nil {
@@ -146,23 +136,87 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 		}
 	}()
 
-	if err := prepareRunDir(s); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+	// Everything vmnet opens for QEMU; closed once QEMU holds its copies.
+	var handed []*os.File
+	defer func() {
+		for _, f := range handed {
+			f.Close()
+		}
+	}()
+	if err := RootDir(s.RunDir, 0o700); err != nil {
+		return nil, fmt.Errorf("%s: run dir: %w", name, err)
 	}
 	qmpPath := filepath.Join(s.RunDir, QMPSocketName)
-	conPath := filepath.Join(s.RunDir, ConsoleSocketName)
 	pidPath := filepath.Join(s.RunDir, PidfileName)
 	if pid := runningPid(pidPath); pid != 0 {
 		return nil, fmt.Errorf("%s: already running as QEMU pid %d (pidfile %s); stop it first", name, pid, pidPath)
 	}
-	for _, p := range []string{qmpPath, conPath, pidPath} {
-		os.Remove(p) // leftovers of an earlier run of this VM
+	owned := []string{qmpPath, pidPath}
+	if s.ControlSocket != "" {
+		owned = append(owned, s.ControlSocket)
 	}
 	cleanup = append(cleanup, func() {
-		for _, p := range []string{qmpPath, conPath, pidPath} {
+		for _, p := range owned {
 			os.Remove(p)
 		}
 	})
+	var hd Handles
+	f, err := ListenUnix(qmpPath, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("%s: QMP socket: %w", name, err)
+	}
+	handed, hd.QMP = append(handed, f), f
+	if s.ControlSocket != "" {
+		f, err := ListenUnix(s.ControlSocket, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("%s: control socket: %w", name, err)
+		}
+		handed, hd.Control = append(handed, f), f
+	}
+	conPair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: console socket: %w", name, err)
+	}
+	conOurs := os.NewFile(uintptr(conPair[0]), "console")
+	hd.Console = os.NewFile(uintptr(conPair[1]), "qemu-console")
+	handed = append(handed, hd.Console)
+	cleanup = append(cleanup, func() { conOurs.Close() })
+	if s.User != nil && s.User.UID != 0 {
+		// An unprivileged QEMU reads kernel and initrd through fds: the
+		// test image lives in root's home, which it cannot traverse.
+		for _, b := range []struct {
+			path string
+			f    **os.File
+		}{{s.Kernel, &hd.Kernel}, {s.Initrd, &hd.Initrd}} {
+			if b.path == "" {
+				continue
+			}
+			f, err := openBootFile(b.path)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", name, err)
+			}
+			handed, *b.f = append(handed, f), f
+		}
+	}
+
+	h := HostCaps(s.Accel == AccelAuto, s.Machine == MachineMicroVM && s.Accel != AccelKVM)
+	h.Handles = hd
+	if s.User != nil && s.User.UID != 0 && (s.Accel == AccelKVM || h.KVM) {
+		if err := userCan(s.User, "/dev/kvm", 6, false); err != nil {
+			if s.Accel == AccelKVM {
+				return nil, fmt.Errorf("%s: accel kvm: QEMU runs as %s, which cannot open /dev/kvm: %w (add the user to the device's group, e.g. usermod -aG kvm USER, or use accel auto or tcg)", name, s.User, err)
+			}
+			h.KVMUserReason = fmt.Sprintf("QEMU's user %s cannot open /dev/kvm (%v); add it to the device's group to use KVM", s.User, err)
+		}
+	}
+	cl, err := BuildCmdline(s, h)
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close() // QEMU holds its own copies after exec
+	for _, n := range cl.Notes {
+		noteOnce(s.Logf, n)
+	}
 
 	vm := &VM{spec: s, cmdline: cl, stderr: &ringBuffer{max: 16 << 10}, exited: make(chan struct{}), usedPorts: map[string]string{}, nics: map[string]bool{}}
 	for _, nic := range s.NICs {
@@ -170,7 +224,7 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	}
 	var outs []io.Writer
 	if s.ConsoleLog != "" {
-		f, err := os.OpenFile(s.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+		f, err := CreateFile(s.ConsoleLog, 0o640, false)
 		if err != nil {
 			return nil, fmt.Errorf("%s: console log: %w", name, err)
 		}
@@ -181,24 +235,15 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	outs = append(outs, s.ConsoleTee)
 	vm.con = newConsole(s.ConsoleLines, outs...)
 
-	ln, err := net.Listen("unix", conPath)
-	if err != nil {
-		return nil, fmt.Errorf("%s: console socket: %w", name, err)
-	}
-	vm.conLn = ln
-	cleanup = append(cleanup, func() { ln.Close() })
-	if s.User != nil {
-		if err := os.Chown(conPath, int(s.User.UID), int(s.User.GID)); err != nil {
-			return nil, fmt.Errorf("%s: console socket: %w", name, err)
-		}
-	}
-
 	for _, nic := range s.NICs {
 		reattachQueues(nic.Queues)
 	}
 	cmd := exec.Command(cl.Binary, cl.Args...)
 	cmd.ExtraFiles = cl.Files
 	cmd.Stdin = nil
+	if abs, err := filepath.Abs(s.RunDir); err == nil {
+		cmd.Env = append(os.Environ(), RunDirEnv+"="+abs)
+	}
 	cmd.Stdout = vm.stderr
 	cmd.Stderr = vm.stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -206,7 +251,7 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 		Pdeathsig: syscall.SIGKILL, // no orphaned guests if vmnet dies
 	}
 	if s.User != nil {
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: s.User.UID, Gid: s.User.GID, Groups: []uint32{}}
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: s.User.UID, Gid: s.User.GID, Groups: append([]uint32{}, s.User.Groups...)}
 	}
 	if err := startFromLauncher(cmd); err != nil {
 		return nil, fmt.Errorf("%s: start %s: %w", name, cl.Binary, err)
@@ -223,17 +268,18 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 		case <-time.After(5 * time.Second):
 		}
 	})
-
-	// The console connection comes first: QEMU makes it while parsing its
-	// options, before the guest runs.
-	conn, err := vm.acceptConsole(ctx, ln)
-	if err != nil {
-		return nil, err
+	for _, f := range handed {
+		f.Close() // QEMU has them now; the console's other end is ours
 	}
+	handed = nil
+	if err := writePidfile(pidPath, cmd.Process.Pid); err != nil {
+		return nil, fmt.Errorf("%s: pidfile: %w", name, err)
+	}
+
 	go func() {
-		io.Copy(vm.con, conn)
+		io.Copy(vm.con, conOurs)
 		vm.con.flush()
-		conn.Close()
+		conOurs.Close()
 		close(vm.con.done)
 	}()
 
@@ -245,15 +291,20 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	return vm, nil
 }
 
-// runningPid returns the pid in a QEMU pidfile if that process is alive
-// and is QEMU, else 0.
+// runningPid returns the pid in a QEMU pidfile if that process is alive,
+// is QEMU and started when the pidfile says (a pid the kernel has since
+// given to another process does not count), else 0.
 func runningPid(pidfile string) int {
 	b, err := os.ReadFile(pidfile)
 	if err != nil {
 		return 0
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0
+	}
+	pid, err := strconv.Atoi(f[0])
+	if err != nil || pid <= 0 || procStart(pid) != f[1] {
 		return 0
 	}
 	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
@@ -263,50 +314,29 @@ func runningPid(pidfile string) int {
 	return pid
 }
 
-func prepareRunDir(s Spec) error {
-	if err := os.MkdirAll(s.RunDir, 0o700); err != nil {
-		return fmt.Errorf("run dir: %w", err)
-	}
-	st, err := os.Stat(s.RunDir)
+// procStart is a process's start time in clock ticks since boot (field
+// 22 of /proc/PID/stat), "" if it is gone.
+func procStart(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return fmt.Errorf("run dir: %w", err)
+		return ""
 	}
-	if st.Mode().Perm()&0o077 != 0 {
-		if err := os.Chmod(s.RunDir, 0o700); err != nil {
-			return fmt.Errorf("run dir: %w", err)
-		}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return ""
 	}
-	if s.User != nil {
-		// QEMU creates its QMP socket and pidfile here.
-		if err := os.Chown(s.RunDir, int(s.User.UID), int(s.User.GID)); err != nil {
-			return fmt.Errorf("run dir: %w", err)
-		}
+	f := strings.Fields(string(b[i+1:])) // f[0] is field 3
+	if len(f) < 20 {
+		return ""
 	}
-	return nil
+	return f[19]
 }
 
-func (vm *VM) acceptConsole(ctx context.Context, ln net.Listener) (net.Conn, error) {
-	type res struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		c, err := ln.Accept()
-		ch <- res{c, err}
-	}()
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			return nil, fmt.Errorf("%s: console socket: %w", vm.spec.name(), r.err)
-		}
-		return r.c, nil
-	case <-vm.exited:
-		return nil, vm.startErr(errQEMUExited)
-	case <-ctx.Done():
-		return nil, vm.startErr(fmt.Errorf("QEMU did not connect its console: %w", ctx.Err()))
-	}
-}
+// RunDirEnv is set in QEMU's environment to its run directory: QEMU's
+// command line names no path of vmnet's (every socket is an fd), so this
+// is how `vmnet down` finds a QEMU whose supervisor is gone, by exact
+// directory rather than by a substring of the command line.
+const RunDirEnv = "VMNET_RUN_DIR"
 
 // startErr explains a start-up failure, with QEMU's stderr if it died.
 func (vm *VM) startErr(err error) error {
@@ -553,9 +583,6 @@ func (vm *VM) release() {
 	if vm.mon != nil {
 		vm.mon.close()
 	}
-	if vm.conLn != nil {
-		vm.conLn.Close()
-	}
 	select {
 	case <-vm.con.done:
 	case <-time.After(2 * time.Second):
@@ -563,7 +590,9 @@ func (vm *VM) release() {
 	if vm.logFile != nil {
 		vm.logFile.Close()
 	}
-	for _, p := range []string{QMPSocketName, ConsoleSocketName, PidfileName} {
-		os.Remove(filepath.Join(vm.spec.RunDir, p))
+	for _, p := range []string{filepath.Join(vm.spec.RunDir, QMPSocketName), filepath.Join(vm.spec.RunDir, PidfileName), vm.spec.ControlSocket} {
+		if p != "" {
+			os.Remove(p)
+		}
 	}
 }

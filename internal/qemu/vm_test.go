@@ -671,8 +671,11 @@ func TestRestartSameTap(t *testing.T) {
 	}
 }
 
-// QEMU runs as an unprivileged user: it only gets fds, so networking works
-// without CAP_NET_ADMIN.
+// QEMU runs as an unprivileged user under the seccomp sandbox: it only
+// gets fds (taps, sockets, kernel and initrd), so networking works without
+// CAP_NET_ADMIN and QEMU needs no access to any of vmnet's directories:
+// the image stays in root's cache and the run directory in a 0700 test
+// directory.
 func TestGuestAsUser(t *testing.T) {
 	img := guestImage(t)
 	l := newLab(t)
@@ -681,41 +684,44 @@ func TestGuestAsUser(t *testing.T) {
 		IPs: []GuestIP{{Iface: "eth0", Addrs: addr("10.0.0.2/24")}},
 		Cmd: "ping -c 1 -W 5 10.0.0.1",
 	})
-	// The user must reach the image and the run directory; vmnet says so
-	// before starting QEMU.
 	s.User = &User{UID: 65534, GID: 65534}
 	s.NICs = []NIC{{ID: "n0", Queues: tp.Files()}}
-	if _, err := Start(context.Background(), s); err == nil || !strings.Contains(err.Error(), "QEMU runs as uid 65534 but") {
-		t.Fatalf("Start with an unreachable image: %v", err)
+
+	// A kernel the user may not read is refused before QEMU starts.
+	private := filepath.Join(t.TempDir(), "vmlinux")
+	if err := os.WriteFile(private, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bad := s
+	bad.Kernel = private
+	if _, err := Start(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "QEMU runs as uid 65534 (gid 65534) but kernel") {
+		t.Fatalf("Start with an unreadable kernel: %v", err)
 	} else {
 		t.Log(err)
 	}
-	dir := t.TempDir()
-	for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
-		os.Chmod(d, 0o755)
-	}
-	for _, f := range []*string{&s.Kernel, &s.Initrd} {
-		b, err := os.ReadFile(*f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := filepath.Join(dir, filepath.Base(*f))
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		*f = p
-	}
-	s.RunDir = filepath.Join(dir, "run")
+
 	vm := start(t, s)
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", vm.PID()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !regexp.MustCompile(`(?m)^Uid:\s+65534\s+65534\s+65534\s+65534$`).Match(status) {
-		t.Errorf("QEMU does not run as 65534:\n%s", status)
+	for _, re := range []string{`(?m)^Uid:\s+65534\s+65534\s+65534\s+65534$`, `(?m)^Gid:\s+65534\s+65534\s+65534\s+65534$`,
+		`(?m)^Groups:\s*$`, `(?m)^CapEff:\s+0+$`, `(?m)^Seccomp:\s+2$`, `(?m)^NoNewPrivs:\s+1$`} {
+		if !regexp.MustCompile(re).Match(status) {
+			t.Errorf("QEMU status lacks %s:\n%s", re, status)
+		}
 	}
-	if !regexp.MustCompile(`(?m)^CapEff:\s+0+$`).Match(status) {
-		t.Errorf("QEMU has capabilities:\n%s", status)
+	// Everything in the run directory is root's.
+	ents, _ := os.ReadDir(s.RunDir)
+	for _, e := range append(ents, nil) {
+		p := s.RunDir
+		if e != nil {
+			p = filepath.Join(s.RunDir, e.Name())
+		}
+		st, err := os.Lstat(p)
+		if err != nil || st.Sys().(*syscall.Stat_t).Uid != 0 || st.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s: %v %v (want root's, private)", p, st.Mode(), err)
+		}
 	}
 	waitReady(t, vm, 90*time.Second)
 	if st := wait(t, vm, 60*time.Second); st != 0 {
