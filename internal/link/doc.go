@@ -19,10 +19,20 @@
 // # Frames inside the link
 //
 // Every endpoint reads into buffers that keep Headroom bytes free in front
-// of the Ethernet frame, with the endpoint's own virtio-net header (0, 10 or
-// 12 bytes) right before the frame. Forwarding re-encodes the header in that
-// headroom for the destination, so a frame that passes unchanged is never
-// copied. A GSO frame is passed on when the destination accepts GSO (a tap
+// of the Ethernet frame, with the endpoint's own virtio-net header right
+// before the frame. Forwarding re-encodes the header in that headroom for
+// the destination, so a frame that passes unchanged is never copied.
+//
+// A tap's header size is whatever the device has: the kernel accepts any
+// size from 10 bytes up, and QEMU sets 10, 12 or 20 (hash reporting) as
+// its guest negotiates, at any time, also while a link runs. A link
+// handles sizes up to MaxVnetHdr and refuses a tap with a larger one when
+// the endpoint opens. It asks the kernel for the size again around every
+// batch: a batch read while the size changed is dropped (one tap read;
+// TCP resends it), and while the size is out of range every frame is
+// dropped; both count as vnet_hdr_size drops. A change that lands between
+// that question and a write can still garble that one batch: the kernel
+// has no way to write with an expected size. A GSO frame is passed on when the destination accepts GSO (a tap
 // with vnet_hdr, an AF_PACKET socket, a UDP tunnel); otherwise vnethdr
 // splits it into MTU-sized frames with complete checksums. A frame without
 // GSO that is longer than the destination's MTU (plus Ethernet header and
