@@ -40,6 +40,13 @@
 //
 // # UDP tunnel wire format
 //
+// Without a key, the tunnel is unauthenticated cleartext: its socket is
+// connected to the remote address, so the kernel drops datagrams from other
+// sources, but anyone who can forge that source injects frames, and anyone
+// on the path reads them. With key=FILE, each datagram below is sealed
+// with XChaCha20-Poly1305 under a pre-shared key and checked against a
+// replay window; crypt.go documents that format and what it protects.
+//
 // One UDP datagram carries one Ethernet frame, preceded by a 10-byte
 // virtio_net_hdr in little-endian byte order (the legacy layout of
 // include/uapi/linux/virtio_net.h: flags, gso_type, hdr_len, gso_size,

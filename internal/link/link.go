@@ -366,6 +366,14 @@ func (p *pump) recheck(sz hdrSizer, f *vnethdr.Format, bad *bool) bool {
 func (p *pump) handle(buf []byte, size int) {
 	h := p.srcHdr.Size
 	switch {
+	case size == sizeAuthFailed:
+		p.local.Frames++
+		p.local.Drops.Auth++
+		return
+	case size == sizeReplayed:
+		p.local.Frames++
+		p.local.Drops.Replay++
+		return
 	case size > len(buf)-(Headroom-h):
 		p.local.Frames++
 		p.local.Drops.Truncated++
@@ -379,6 +387,13 @@ func (p *pump) handle(buf []byte, size int) {
 	var hd vnethdr.Hdr
 	if h > 0 {
 		hd, _ = p.srcHdr.Decode(buf[Headroom-h:])
+		if hd.Flags&^(vnethdr.FlagNeedsCsum|vnethdr.FlagDataValid|vnethdr.FlagRSCInfo) != 0 {
+			// No device sets other flags; an encrypted tunnel datagram
+			// reaching a cleartext endpoint starts with 0xff.
+			p.local.Frames++
+			p.local.Drops.Invalid++
+			return
+		}
 	}
 	frame := buf[Headroom : Headroom+flen]
 	p.local.Frames++
