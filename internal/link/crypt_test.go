@@ -437,3 +437,76 @@ func BenchmarkTunnel(b *testing.B) {
 		}
 	}
 }
+
+// TestSealedPartialSend: a send that fails part way (here: the error the
+// kernel keeps after an ICMP port unreachable, reported on the next send)
+// leaves the rest of the batch sealed but unsent. The link drops the one
+// that failed and hands back the rest, which must go out sealed once: a
+// second sealing would make the far end "open" them to ciphertext.
+func TestSealedPartialSend(t *testing.T) {
+	testenv.RequireRoot(t)
+	key := writeKey(t)
+	ns := testenv.NetNS(t)
+	var x, y *Endpoint
+	open := func(spec string) *Endpoint {
+		var e *Endpoint
+		testenv.Do(t, ns, func() (err error) {
+			ep, err := vmconfig.ParseEndpoint(spec)
+			if err != nil {
+				return err
+			}
+			e, err = Open(context.Background(), ep, OpenOptions{})
+			return err
+		})
+		return e
+	}
+	testenv.Do(t, ns, func() error { return exec1("ip", "link", "set", "lo", "up") })
+	x = open("udp:127.0.0.1:7031,remote=127.0.0.1:7032,key=" + key)
+	defer x.Close()
+	off := Headroom - vnethdr.HdrLen
+	frame := func(i int) []byte {
+		b := make([]byte, Headroom+100, Headroom+100+Tailroom)
+		copy(b[Headroom:], fmt.Sprintf("frame %d", i))
+		return b
+	}
+	// Nobody listens on 7032 yet: the port unreachable comes back and
+	// the socket keeps ECONNREFUSED for the next send.
+	if n, err := x.queues[0].write([][]byte{frame(0)}, off); n != 1 || err != nil {
+		t.Fatalf("first send: %d, %v", n, err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	y = open("udp:127.0.0.1:7032,remote=127.0.0.1:7031,key=" + key)
+	defer y.Close()
+	out := [][]byte{frame(1), frame(2), frame(3)}
+	n, err := x.queues[0].write(out, off)
+	if err == nil {
+		t.Fatalf("the kernel reported no pending error (sent %d): the partial send this test needs did not happen", n)
+	}
+	t.Logf("send after the port unreachable: %d sent, %v", n, err)
+	// What the link does: drop out[n], hand back the rest.
+	rest := out[n+1:]
+	if m, err := x.queues[0].write(rest, off); m != len(rest) || err != nil {
+		t.Fatalf("resend of the rest: %d of %d, %v", m, len(rest), err)
+	}
+	rbufs := [][]byte{make([]byte, Headroom+MaxFrame+Tailroom), make([]byte, Headroom+MaxFrame+Tailroom), make([]byte, Headroom+MaxFrame+Tailroom)}
+	sizes := make([]int, 3)
+	y.setDeadline(time.Now().Add(2 * time.Second))
+	var got []string
+	for len(got) < len(rest) {
+		k, err := y.queues[0].read(rbufs, off, sizes)
+		for i := 0; i < k; i++ {
+			if sizes[i] < 0 {
+				t.Fatalf("datagram %d: dropped by the receiver (%d)", len(got), sizes[i])
+			}
+			got = append(got, strings.TrimRight(string(rbufs[i][Headroom:Headroom+sizes[i]-vnethdr.HdrLen]), "\x00"))
+		}
+		if err != nil {
+			t.Fatalf("read after %q: %v", got, err)
+		}
+	}
+	for i, g := range got {
+		if want := fmt.Sprintf("frame %d", n+2+i); g != want {
+			t.Errorf("datagram %d opened to %q, want %q", i, g, want)
+		}
+	}
+}
