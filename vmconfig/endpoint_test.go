@@ -105,3 +105,19 @@ func FuzzParseEndpoint(f *testing.F) {
 		}
 	})
 }
+
+// TestLinkKeyPath: a key file in a lab file is relative to the lab file's
+// directory, like every other path in it; vmconfig does not read it.
+func TestLinkKeyPath(t *testing.T) {
+	lab, ps := parse(t, head+"[[link]]\na = \"tap:x1\"\nb = \"udp:127.0.0.1:6000,remote=127.0.0.1:6001,key=keys/t.key\"\n"+
+		"[[link]]\na = \"tap:x2\"\nb = \"udp:127.0.0.1:6002,remote=127.0.0.1:6003,key=/etc/vmnet/t.key\"\n")
+	if lab == nil {
+		t.Fatalf("parse: %v", ps)
+	}
+	if got := lab.Links[0].B.Key; got != "/cfg/keys/t.key" {
+		t.Errorf("relative key path resolved to %q, want /cfg/keys/t.key", got)
+	}
+	if got := lab.Links[1].B.Key; got != "/etc/vmnet/t.key" {
+		t.Errorf("absolute key path became %q", got)
+	}
+}
