@@ -27,12 +27,16 @@
 // size from 10 bytes up, and QEMU sets 10, 12 or 20 (hash reporting) as
 // its guest negotiates, at any time, also while a link runs. A link
 // handles sizes up to MaxVnetHdr and refuses a tap with a larger one when
-// the endpoint opens. It asks the kernel for the size again around every
-// batch: a batch read while the size changed is dropped (one tap read;
-// TCP resends it), and while the size is out of range every frame is
-// dropped; both count as vnet_hdr_size drops. A change that lands between
-// that question and a write can still garble that one batch: the kernel
-// has no way to write with an expected size. A GSO frame is passed on when the destination accepts GSO (a tap
+// the endpoint opens. It asks the kernel for the size again after a read,
+// at most once a millisecond (the question takes the kernel's RTNL lock):
+// a batch read while the size changed is dropped (TCP resends it), and
+// while the size is out of range every frame is dropped; both count as
+// vnet_hdr_size drops. Frames read or written between a change and the
+// next question (at most a millisecond's worth) are garbled: shifted by
+// the difference, which the far side mostly drops as invalid. The kernel
+// has no way to read or write with an expected size, so no check closes
+// that window; what it guarantees is that nothing panics and a link
+// recovers by itself. A GSO frame is passed on when the destination accepts GSO (a tap
 // with vnet_hdr, an AF_PACKET socket, a UDP tunnel); otherwise vnethdr
 // splits it into MTU-sized frames with complete checksums. A frame without
 // GSO that is longer than the destination's MTU (plus Ethernet header and

@@ -248,12 +248,14 @@ type pump struct {
 
 	// The vnet header formats this pump reads and writes with. A tap's
 	// size can change under the link (QEMU renegotiating with its guest),
-	// so for taps they are asked for again around every batch (srcSz,
-	// dstSz); a size above MaxVnetHdr makes srcBad/dstBad, and frames are
-	// dropped until it comes back into range.
+	// so for taps they are asked for again after a read batch, at most
+	// every hdrCheckEvery (srcSz, dstSz, checked); a size above MaxVnetHdr
+	// makes srcBad/dstBad, and frames are dropped until it comes back
+	// into range.
 	srcHdr, dstHdr vnethdr.Format
 	srcSz, dstSz   hdrSizer
 	srcBad, dstBad bool
+	checked        time.Time
 
 	rbufs [][]byte
 	sizes []int
@@ -300,23 +302,31 @@ func (p *pump) run(ctx context.Context) error {
 			off = 0 // read to drain; every frame is dropped
 		}
 		n, err := p.sq.read(p.rbufs, off, p.sizes)
+		due := false
+		if n > 0 && (p.srcSz != nil || p.dstSz != nil) {
+			if now := time.Now(); now.Sub(p.checked) >= hdrCheckEvery {
+				due, p.checked = true, now
+			}
+		}
 		if n > 0 && p.srcSz != nil {
 			// The kernel wrote each frame with the size in force when it
 			// was read; a size that differs now may have changed in the
 			// middle of the batch, which cannot be told apart frame by
 			// frame: drop the batch (TCP resends) rather than forward
 			// frames shifted by the difference.
-			if p.recheck(p.srcSz, &p.srcHdr, &p.srcBad) || p.srcBad {
+			// While the size is out of range the frames were read at
+			// offset 0 and are dropped whether or not a check is due.
+			if (due && p.recheck(p.srcSz, &p.srcHdr, &p.srcBad)) || p.srcBad {
 				p.local.Frames += uint64(n)
 				p.local.Drops.VnetHdrSize += uint64(n)
 				n = 0
 				p.c.add(&p.local)
 			}
 		}
-		if n > 0 && p.dstSz != nil {
-			// Frames of this batch are encoded for the destination's
-			// current size; a change between here and the write can
-			// still corrupt this one batch (the kernel offers no way to
+		if n > 0 && due && p.dstSz != nil {
+			// Frames are encoded for the destination's size as last
+			// asked; a change since (at most hdrCheckEvery ago) or
+			// before the write garbles them (the kernel offers no way to
 			// write with an expected size).
 			p.recheck(p.dstSz, &p.dstHdr, &p.dstBad)
 		}
@@ -348,6 +358,13 @@ func (p *pump) run(ctx context.Context) error {
 		}
 	}
 }
+
+// hdrCheckEvery is how often a pump asks the kernel for a tap's vnet
+// header size. The question (TUNGETVNETHDRSZ) takes the kernel's RTNL
+// lock and costs about 1 µs, a good part of a small frame's trip; once a
+// millisecond costs nothing measurable, and a change (rare: a guest
+// driver renegotiating) garbles at most the frames of that millisecond.
+const hdrCheckEvery = time.Millisecond
 
 // recheck asks the kernel for a tap's current vnet header size and
 // updates f and bad; it reports whether the size changed. An error
