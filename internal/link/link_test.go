@@ -74,7 +74,17 @@ func TestTransfer(t *testing.T) {
 		waitFor(t, "tcpdump to listen", func() bool { return strings.Contains(stderr.String(), "listening") })
 		w.tcpTransfer(transferSize)
 		w.udpEcho()
-		time.Sleep(500 * time.Millisecond) // let tcpdump drain its ring
+		// Let tcpdump drain its ring: on a loaded machine it can lag the
+		// transfer by seconds, and frames still in the ring at SIGINT
+		// are lost. Wait until the file stops growing.
+		for last, stable, deadline := int64(-1), 0, time.Now().Add(20*time.Second); stable < 5 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			fi, err := os.Stat(dump)
+			if err == nil && fi.Size() == last {
+				stable++
+			} else if err == nil {
+				last, stable = fi.Size(), 0
+			}
+		}
 		cmd.Process.Signal(os.Interrupt)
 		cmd.Wait()
 		t.Logf("tcpdump: %s", strings.TrimSpace(stderr.String()))
@@ -432,6 +442,7 @@ func TestOpenErrors(t *testing.T) {
 		{parse("tap:held,vnet_hdr=on"), []string{"tap:held", "without vnet_hdr"}, nil},
 		{parse("tap:vA"), []string{"tap:vA", "packet:vA"}, nil},
 		{parse("packet:vA,netns=vmnet-test-nosuchns"), []string{"packet:vA", "vmnet-test-nosuchns"}, nil},
+		{parse("udp:127.0.0.1:7102,remote=127.0.0.1:7103,key=/nonexistent/tunnel.key"), []string{"udp:127.0.0.1:7102", "key file", "/nonexistent/tunnel.key"}, unix.ENOENT},
 	} {
 		err := openErr(tc.ep)
 		if err == nil {
