@@ -45,6 +45,15 @@ import (
 // older session replayed later is refused. Datagrams that fail
 // authentication count as auth drops; seen, too old, older-session and
 // reflected ones (this endpoint's own session) as replay drops.
+//
+// Limits, by design of a pre-shared key without a handshake: a receiver
+// that restarts accepts a recorded older session of its peer until the
+// peer's current session reaches it (then it moves on and never back);
+// one key serves both directions, so an endpoint's datagrams from an
+// earlier run, sent back to it, authenticate (its current run's do not);
+// a sender whose wall clock stepped back behind its previous session's
+// start is refused until the receiver restarts. Sizes and timing of
+// datagrams are visible, and the path can drop or delay them.
 const (
 	sealMagic    = "\xffvm\x01"
 	sealHdrLen   = len(sealMagic) + 16 + 8

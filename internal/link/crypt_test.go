@@ -39,7 +39,11 @@ func writeKey(t testing.TB) string {
 func TestTunnelKey(t *testing.T) {
 	key := writeKey(t)
 	w := newWorld(t, true)
-	l1, err := New(w.open("tap:tA"), w.open("udp:127.0.0.1:7001,remote=127.0.0.1:7002,key="+key), Options{})
+	ua := w.open("udp:127.0.0.1:7001,remote=127.0.0.1:7002,key=" + key)
+	if !ua.Info().Encrypted {
+		t.Errorf("endpoint %s: Info says not encrypted", ua)
+	}
+	l1, err := New(w.open("tap:tA"), ua, Options{})
 	w.must(err)
 	l2, err := New(w.open("udp:127.0.0.1:7002,remote=127.0.0.1:7001,key="+key), w.open("tap:tB"), Options{})
 	w.must(err)

@@ -68,6 +68,9 @@ type Info struct {
 	GSO      bool   `json:"gso"`       // takes GSO super-frames as they are
 	MaxFrame int    `json:"max_frame"` // longest frame without GSO it takes
 	Created  bool   `json:"created,omitempty"`
+	// Encrypted is a udp tunnel with key=FILE: authenticated and
+	// encrypted. A udp tunnel without it is unauthenticated cleartext.
+	Encrypted bool `json:"encrypted,omitempty"`
 }
 
 // queueIO is one queue (tap fd or socket) of an endpoint. read and write
@@ -95,6 +98,7 @@ type Endpoint struct {
 	gsoMax   int            // longest super-frame
 	segCheck bool           // segments of passed-through GSO frames must fit maxFrame
 	created  bool
+	sealed   bool // udp with key=FILE
 	queues   []queueIO
 
 	closeOnce sync.Once
@@ -108,7 +112,7 @@ func (e *Endpoint) String() string { return e.spec }
 // Info describes the endpoint.
 func (e *Endpoint) Info() Info {
 	return Info{Endpoint: e.spec, Kind: string(e.kind), Queues: len(e.queues), VnetHdr: e.hdr.Size,
-		GSO: e.gso, MaxFrame: e.maxFrame, Created: e.created}
+		GSO: e.gso, MaxFrame: e.maxFrame, Created: e.created, Encrypted: e.sealed}
 }
 
 // Close releases the endpoint's files. A tap that Open created disappears.

@@ -177,6 +177,7 @@ func openUDP(ep vmconfig.Endpoint, opts OpenOptions) (*Endpoint, error) {
 		maxFrame: maxFrame,
 		gso:      true,
 		gsoMax:   maxFrame,
+		sealed:   key != nil,
 		closeFn:  conn.Close,
 		queues:   []queueIO{q},
 	}, nil
