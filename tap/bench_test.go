@@ -81,3 +81,26 @@ func BenchmarkBatch(b *testing.B) {
 		b.Run(fmt.Sprintf("size=%d/vnethdr=12", size), func(b *testing.B) { benchPair(b, size, 1, 12) })
 	}
 }
+
+// BenchmarkRefreshVnetHdrSize is what a link pays per batch to notice a
+// vnet header size that another holder changed (one TUNGETVNETHDRSZ),
+// next to one 1500-byte frame through a bridge (benchPair, batch 1) in
+// the same run.
+func BenchmarkRefreshVnetHdrSize(b *testing.B) {
+	b.Run("refresh", func(b *testing.B) {
+		ns := newNS(b)
+		testenv.Do(b, ns, func() error {
+			cfg := NewConfig("tapa", 1)
+			cfg.VnetHdrSize = 12
+			q := mustCreate(b, cfg).Queues()[0]
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := q.RefreshVnetHdrSize(); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	})
+	b.Run("frame-1500", func(b *testing.B) { benchPair(b, 1500, 1, 12) })
+}

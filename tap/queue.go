@@ -35,7 +35,10 @@ type Queue struct {
 	fd    int // for ioctls before the file is handed out; never read after Close
 	f     *os.File
 	rc    syscall.RawConn
-	hdr   int
+	// hdr is the vnet header size as last read from the kernel. The size
+	// belongs to the device and whoever holds it (QEMU) may change it at
+	// any time: see RefreshVnetHdrSize.
+	hdr atomic.Int32
 
 	closed atomic.Bool
 
@@ -67,6 +70,13 @@ type Queue struct {
 	wiov  [2]unix.Iovec
 	wiovn int
 	wone  [1][]byte
+
+	// RefreshVnetHdrSize state: a method value made once, so asking the
+	// kernel allocates nothing.
+	szmu  sync.Mutex
+	szfn  func(uintptr)
+	szval int
+	szerr error
 }
 
 func newQueue(t *Tap, index, fd int) *Queue {
@@ -78,7 +88,9 @@ func newQueue(t *Tap, index, fd int) *Queue {
 	if err != nil {
 		return nil
 	}
-	q := &Queue{tap: t, index: index, fd: fd, f: f, rc: rc, hdr: t.vnetHdr}
+	q := &Queue{tap: t, index: index, fd: fd, f: f, rc: rc}
+	q.hdr.Store(int32(t.vnetHdr))
+	q.szfn = q.getVnetHdrSize
 	q.rfn = q.readFrames
 	q.rvfn = q.readv
 	q.wfn = q.writeFrames
@@ -93,8 +105,39 @@ func (q *Queue) Index() int { return q.index }
 // File is the queue's file, e.g. for exec.Cmd.ExtraFiles (see Tap.Files).
 func (q *Queue) File() *os.File { return q.f }
 
-// VnetHdrSize is the length of the virtio-net header in front of frames.
-func (q *Queue) VnetHdrSize() int { return q.hdr }
+// VnetHdrSize is the length of the virtio-net header in front of frames,
+// as last read from the kernel (when the Tap was made, or by the latest
+// RefreshVnetHdrSize). 0 means no vnet header.
+func (q *Queue) VnetHdrSize() int { return int(q.hdr.Load()) }
+
+// RefreshVnetHdrSize asks the kernel for the device's vnet header size
+// now (TUNGETVNETHDRSZ), remembers it for ReadHdr and WriteHdr, and
+// returns it. The size belongs to the whole device and another holder can
+// change it while frames flow (QEMU sets 10, 12 or 20 as the guest
+// negotiates features, and the kernel accepts any size from 10 up); a
+// reader that keeps its own headroom should call this between batches
+// instead of trusting the size it saw at open. It allocates nothing. On
+// a tap without vnet_hdr it returns 0.
+func (q *Queue) RefreshVnetHdrSize() (int, error) {
+	if q.tap.flags&unix.IFF_VNET_HDR == 0 {
+		return 0, nil
+	}
+	q.szmu.Lock()
+	defer q.szmu.Unlock()
+	q.szval, q.szerr = 0, nil
+	if err := q.rc.Control(q.szfn); err != nil {
+		return 0, q.wrap("get vnet header size", err)
+	}
+	if q.szerr != nil {
+		return 0, q.wrap("get vnet header size", q.szerr)
+	}
+	q.hdr.Store(int32(q.szval))
+	return q.szval, nil
+}
+
+func (q *Queue) getVnetHdrSize(fd uintptr) {
+	q.szval, q.szerr = unix.IoctlGetInt(int(fd), unix.TUNGETVNETHDRSZ)
+}
 
 // Close closes the queue's file.
 func (q *Queue) Close() error {
@@ -168,7 +211,9 @@ func (q *Queue) wrap(op string, err error) error {
 // ReadBatch reads up to len(bufs) frames, each into bufs[i][offset:], and
 // stores their lengths in sizes[i]. It waits for the first frame, then
 // takes what else is already queued without waiting. With a vnet header
-// the header is at the start of each frame and counted in its size. A
+// the header is at the start of each frame and counted in its size; its
+// length is the device's at the time of the read, which another holder
+// may have changed since VnetHdrSize was read (see RefreshVnetHdrSize). A
 // frame longer than its buffer is cut by the kernel, so buffers must hold
 // MTU+14+header bytes (64 KiB+header with TSO/USO offloads).
 // It returns the number of frames read; err is set when the next read
@@ -237,15 +282,16 @@ func (q *Queue) Read(b []byte) (int, error) {
 // the frame's length without the header. Without a vnet header hdr is
 // not touched.
 func (q *Queue) ReadHdr(hdr, frame []byte) (int, error) {
-	if len(hdr) < q.hdr {
-		return 0, q.wrap("read", fmt.Errorf("header buffer of %d bytes for a %d-byte vnet header", len(hdr), q.hdr))
+	hs := q.VnetHdrSize()
+	if len(hdr) < hs {
+		return 0, q.wrap("read", fmt.Errorf("header buffer of %d bytes for a %d-byte vnet header", len(hdr), hs))
 	}
 	if len(frame) == 0 {
 		return 0, q.wrap("read", errors.New("empty frame buffer"))
 	}
 	q.rmu.Lock()
 	defer q.rmu.Unlock()
-	q.riovn = setIov(&q.riov, hdr[:q.hdr], frame)
+	q.riovn = setIov(&q.riov, hdr[:hs], frame)
 	q.rn, q.rerr = 0, nil
 	err := q.rc.Read(q.rvfn)
 	q.riov = [2]unix.Iovec{}
@@ -255,7 +301,7 @@ func (q *Queue) ReadHdr(hdr, frame []byte) (int, error) {
 	if err != nil {
 		return 0, q.wrap("read", err)
 	}
-	return q.rn - q.hdr, nil
+	return q.rn - hs, nil
 }
 
 func setIov(iov *[2]unix.Iovec, hdr, frame []byte) int {
@@ -348,12 +394,13 @@ func (q *Queue) Write(b []byte) (int, error) {
 // WriteHdr writes one frame whose vnet header is in hdr (VnetHdrSize
 // bytes are used) and Ethernet frame in frame.
 func (q *Queue) WriteHdr(hdr, frame []byte) (int, error) {
-	if len(hdr) < q.hdr {
-		return 0, q.wrap("write", fmt.Errorf("header of %d bytes for a %d-byte vnet header", len(hdr), q.hdr))
+	hs := q.VnetHdrSize()
+	if len(hdr) < hs {
+		return 0, q.wrap("write", fmt.Errorf("header of %d bytes for a %d-byte vnet header", len(hdr), hs))
 	}
 	q.wmu.Lock()
 	defer q.wmu.Unlock()
-	q.wiovn = setIov(&q.wiov, hdr[:q.hdr], frame)
+	q.wiovn = setIov(&q.wiov, hdr[:hs], frame)
 	q.wn, q.werr = 0, nil
 	err := q.rc.Write(q.wvfn)
 	q.wiov = [2]unix.Iovec{}

@@ -375,7 +375,7 @@ func Open(name string, queues int) (*Tap, error) {
 		}
 		t.vnetHdr = n
 		for _, q := range t.queues {
-			q.hdr = n
+			q.hdr.Store(int32(n))
 		}
 	}
 	t.offloads, t.offloadErr = readOffloads(name)

@@ -714,3 +714,40 @@ func TestParseQdisc(t *testing.T) {
 		t.Errorf("ParseQdisc(fq_codel): %v", err)
 	}
 }
+
+// TestRefreshVnetHdrSize: another holder of the device (QEMU) changes the
+// vnet header size; RefreshVnetHdrSize sees the new size, ReadHdr and
+// WriteHdr use it from then on, and asking allocates nothing.
+func TestRefreshVnetHdrSize(t *testing.T) {
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		cfg := NewConfig("tapa", 2)
+		cfg.VnetHdrSize = 12
+		a := mustCreate(t, cfg)
+		q0, q1 := a.Queues()[0], a.Queues()[1]
+		for _, size := range []int{20, 10, 24, 12} {
+			// q1 plays QEMU: the size belongs to the device, not the fd.
+			if err := unix.IoctlSetPointerInt(int(q1.File().Fd()), unix.TUNSETVNETHDRSZ, size); err != nil {
+				return err
+			}
+			got, err := q0.RefreshVnetHdrSize()
+			if err != nil {
+				return err
+			}
+			if got != size || q0.VnetHdrSize() != size {
+				return fmt.Errorf("after TUNSETVNETHDRSZ %d: RefreshVnetHdrSize %d, VnetHdrSize %d", size, got, q0.VnetHdrSize())
+			}
+			if _, err := q0.WriteHdr(make([]byte, size-1), make([]byte, 60)); err == nil {
+				return fmt.Errorf("size %d: WriteHdr took a %d-byte header", size, size-1)
+			}
+		}
+		if n := testing.AllocsPerRun(100, func() { q0.RefreshVnetHdrSize() }); n != 0 {
+			return fmt.Errorf("RefreshVnetHdrSize: %.1f allocations per call", n)
+		}
+		plain := mustCreate(t, NewConfig("tapb", 1))
+		if n, err := plain.Queues()[0].RefreshVnetHdrSize(); n != 0 || err != nil {
+			return fmt.Errorf("tap without vnet_hdr: RefreshVnetHdrSize = %d, %v", n, err)
+		}
+		return nil
+	})
+}

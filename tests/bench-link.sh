@@ -15,6 +15,8 @@
 #   udp          tap:tA <-> udp:127.0.0.1:P1 ... udp:127.0.0.1:P2 <-> tap:tB (two link processes)
 #   udp-noTSO    the same with both taps vnet_hdr=off: MTU-sized frames only (what
 #                ubridge or QEMU's socket backend carry), sent with UDP_SEGMENT
+#   udp-key      udp with key=FILE on both ends (authenticated, encrypted)
+#   udp-key-noTSO  udp-noTSO with key=FILE
 # Environment: T (seconds, default 5), CASES (default: all, in the order above), LINK (a vmnet binary; default builds
 # ./cmd/vmnet), PROFILE=1 (default) writes CPU profiles of
 # the link processes and prints `go tool pprof -top` for them.
@@ -129,11 +131,15 @@ linkcase() {
   case $name in
     passthrough) startlink "$name" tap:tA tap:tB ;;
     segment) startlink "$name" tap:tA tap:tB,vnet_hdr=off ;;
-    udp | udp-noTSO)
-      local p1=$((20000 + $$ % 20000)) p2=$((20001 + $$ % 20000)) opt=
-      [ "$name" = udp-noTSO ] && opt=,vnet_hdr=off
-      startlink "$name-1" "tap:tA$opt" "udp:127.0.0.1:$p1,remote=127.0.0.1:$p2"
-      startlink "$name-2" "udp:127.0.0.1:$p2,remote=127.0.0.1:$p1" "tap:tB$opt"
+    udp | udp-noTSO | udp-key | udp-key-noTSO)
+      local p1=$((20000 + $$ % 20000)) p2=$((20001 + $$ % 20000)) opt= key=
+      case $name in *noTSO) opt=,vnet_hdr=off ;; esac
+      case $name in udp-key*)
+        [ -e "$WORK/tunnel.key" ] || (umask 077; head -c 32 /dev/urandom >"$WORK/tunnel.key")
+        key=",key=$WORK/tunnel.key" ;;
+      esac
+      startlink "$name-1" "tap:tA$opt" "udp:127.0.0.1:$p1,remote=127.0.0.1:$p2$key"
+      startlink "$name-2" "udp:127.0.0.1:$p2,remote=127.0.0.1:$p1$key" "tap:tB$opt"
       ;;
   esac
   plug
@@ -143,13 +149,13 @@ linkcase() {
 }
 
 declare -A R
-CASES=${CASES:-kernel kernel-noTSO passthrough segment udp udp-noTSO}
-for c in kernel kernel-noTSO passthrough segment udp udp-noTSO; do R[$c]=-; done
+CASES=${CASES:-kernel kernel-noTSO passthrough segment udp udp-noTSO udp-key udp-key-noTSO}
+for c in kernel kernel-noTSO passthrough segment udp udp-noTSO udp-key udp-key-noTSO; do R[$c]=-; done
 for c in $CASES; do
   case $c in
     kernel) R[$c]=$(kernel tso) ;;
     kernel-noTSO) R[$c]=$(kernel notso) ;;
-    passthrough | segment | udp | udp-noTSO) R[$c]=$(linkcase "$c") ;;
+    passthrough | segment | udp | udp-noTSO | udp-key | udp-key-noTSO) R[$c]=$(linkcase "$c") ;;
     *) echo "bench-link: unknown case $c" >&2; exit 2 ;;
   esac
 done
@@ -165,6 +171,10 @@ printf "%-14s %10s %10s   %s\n" segment "${R[segment]}" "$(ratio "${R[segment]}"
   ">= 50% of kernel-noTSO: $(ratio "${R[segment]}" "${R[kernel-noTSO]}" | tr -d ' ')"
 printf "%-14s %10s %10s   %s\n" udp "${R[udp]}" "$(ratio "${R[udp]}" "${R[kernel]}")" ">= 30% of kernel"
 printf "%-14s %10s %10s   %s\n" udp-noTSO "${R[udp-noTSO]}" "$(ratio "${R[udp-noTSO]}" "${R[kernel]}")" "(no target; ubridge: 1.6 at kernel 13-19)"
+printf "%-14s %10s %10s   %s\n" udp-key "${R[udp-key]}" "$(ratio "${R[udp-key]}" "${R[kernel]}")" \
+  "(no target) of udp: $(ratio "${R[udp-key]}" "${R[udp]}" | tr -d ' ')"
+printf "%-14s %10s %10s   %s\n" udp-key-noTSO "${R[udp-key-noTSO]}" "$(ratio "${R[udp-key-noTSO]}" "${R[kernel]}")" \
+  "(no target) of udp-noTSO: $(ratio "${R[udp-key-noTSO]}" "${R[udp-noTSO]}" | tr -d ' ')"
 echo
 for f in "$WORK"/*.log; do
   echo "== link $(basename "$f" .log) counters at exit:"; sed 's/^/   /' "$f"

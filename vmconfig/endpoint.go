@@ -18,7 +18,9 @@ const (
 	KindTap EndpointKind = "tap"
 	// KindPacket is an existing interface read with AF_PACKET: packet:IFNAME.
 	KindPacket EndpointKind = "packet"
-	// KindUDP is a UDP tunnel: udp:LOCALADDR:PORT,remote=ADDR:PORT.
+	// KindUDP is a UDP tunnel: udp:LOCALADDR:PORT,remote=ADDR:PORT[,key=FILE].
+	// Without key it is unauthenticated cleartext: anyone who can send to
+	// the port can inject frames, and anyone on the path reads them.
 	KindUDP EndpointKind = "udp"
 	// KindVM is a NIC of a VM in this lab that has no network: vm:NAME:INDEX.
 	KindVM EndpointKind = "vm"
@@ -55,10 +57,14 @@ type Endpoint struct {
 	VnetHdr OnOff          // tap: Unset in ParseEndpoint output; a loaded Lab has On or Off
 	Local   netip.AddrPort // udp
 	Remote  netip.AddrPort // udp
+	// Key is the udp tunnel's pre-shared key file ("" = cleartext): with
+	// it, datagrams are authenticated and encrypted. Only the syntax is
+	// checked here; the link reads the file when it opens the endpoint.
+	Key string
 }
 
 const endpointSyntax = "tap:NAME[,queues=N][,vnet_hdr=on|off][,netns=NS], packet:IFNAME[,netns=NS], " +
-	"udp:ADDR:PORT,remote=ADDR:PORT (IPv6 in brackets) or vm:NAME:NICINDEX"
+	"udp:ADDR:PORT,remote=ADDR:PORT[,key=FILE] (IPv6 in brackets) or vm:NAME:NICINDEX"
 
 // ParseEndpoint parses a link endpoint such as "tap:lab0,queues=4",
 // "packet:eth1,netns=r1", "udp:127.0.0.1:5000,remote=127.0.0.1:5001" or
@@ -83,7 +89,7 @@ func parseEndpoint(s string) (Endpoint, error) {
 	allowed := map[EndpointKind][]string{
 		KindTap:    {"queues", "vnet_hdr", "netns"},
 		KindPacket: {"netns"},
-		KindUDP:    {"remote"},
+		KindUDP:    {"remote", "key"},
 		KindVM:     nil,
 	}
 	keys, known := allowed[e.Kind]
@@ -153,6 +159,12 @@ func parseEndpoint(s string) (Endpoint, error) {
 			return e, fmt.Errorf("local %s and remote %s are different address families", local, remote)
 		}
 		e.Local, e.Remote = local, remote
+		if k, ok := opts["key"]; ok {
+			if err := checkKeyPath(k); err != nil {
+				return e, err
+			}
+			e.Key = k
+		}
 	case KindVM:
 		name, idx, ok := strings.Cut(spec, ":")
 		if !ok {
@@ -197,6 +209,9 @@ func (e Endpoint) String() string {
 		b.WriteString(e.Local.String())
 		b.WriteString(",remote=")
 		b.WriteString(e.Remote.String())
+		if e.Key != "" {
+			b.WriteString(",key=" + e.Key)
+		}
 	case KindVM:
 		b.WriteString(e.Name)
 		b.WriteByte(':')
@@ -230,6 +245,20 @@ const IfNameMax = names.IfNameMax
 
 // checkIfName applies names.Interface, vmnet's one interface name grammar.
 func checkIfName(name string) error { return names.Interface("interface", name) }
+
+// checkKeyPath checks the syntax of a key=FILE option: a path, which
+// cannot hold ',' (it ends the option) or control characters.
+func checkKeyPath(p string) error {
+	if p == "" {
+		return errors.New("key= needs the path of a key file (32 random bytes: make one with `(umask 077; head -c 32 /dev/urandom > tunnel.key)`)")
+	}
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; c < 0x20 || c == 0x7f {
+			return fmt.Errorf("key=%q: the path contains a control character", p)
+		}
+	}
+	return nil
+}
 
 func checkNetNS(ns string) error {
 	if ns == "" || ns == "." || ns == ".." || len(ns) > 255 {

@@ -21,6 +21,8 @@ func TestParseEndpoint(t *testing.T) {
 		{in: "udp:127.0.0.1:5000,remote=127.0.0.1:5001", want: Endpoint{Kind: KindUDP, Local: ap("127.0.0.1:5000"), Remote: ap("127.0.0.1:5001")}},
 		{in: "udp:0.0.0.0:5000,remote=10.1.1.1:5001", want: Endpoint{Kind: KindUDP, Local: ap("0.0.0.0:5000"), Remote: ap("10.1.1.1:5001")}},
 		{in: "udp:[::1]:5000,remote=[fe80::1%eth0]:5001", want: Endpoint{Kind: KindUDP, Local: ap("[::1]:5000"), Remote: ap("[fe80::1%eth0]:5001")}},
+		{in: "udp:127.0.0.1:5000,remote=127.0.0.1:5001,key=/etc/vmnet/t.key", want: Endpoint{Kind: KindUDP, Local: ap("127.0.0.1:5000"), Remote: ap("127.0.0.1:5001"), Key: "/etc/vmnet/t.key"}},
+		{in: "udp:127.0.0.1:5000,remote=127.0.0.1:5001,key=t=1.key", want: Endpoint{Kind: KindUDP, Local: ap("127.0.0.1:5000"), Remote: ap("127.0.0.1:5001"), Key: "t=1.key"}},
 		{in: "vm:router:1", want: Endpoint{Kind: KindVM, Name: "router", NIC: 1}},
 		{in: "vm:r-1.a:0", want: Endpoint{Kind: KindVM, Name: "r-1.a"}},
 
@@ -51,6 +53,10 @@ func TestParseEndpoint(t *testing.T) {
 		{in: "udp:127.0.0.1:1,remote=0.0.0.0:1", err: "unspecified"},
 		{in: "udp:127.0.0.1:1,remote=[::1]:1", err: "different address families"},
 		{in: "udp:127.0.0.1:70000,remote=127.0.0.1:1", err: "want ADDR:PORT"},
+		{in: "udp:127.0.0.1:1,remote=127.0.0.1:2,key=", err: "key= needs the path of a key file"},
+		{in: "udp:127.0.0.1:1,remote=127.0.0.1:2,key=a\nb", err: "control character"},
+		{in: "udp:127.0.0.1:1,remote=127.0.0.1:2,key=a,key=b", err: "given twice"},
+		{in: "tap:x,key=a", err: `unknown option "key"`},
 		{in: "vm:router", err: "want vm:NAME:NICINDEX"},
 		{in: "vm:router:x", err: "NIC index"},
 		{in: "vm:router:-1", err: "NIC index"},
@@ -82,7 +88,7 @@ func quote(s string) string { return fmt.Sprintf("%q", s) }
 
 func FuzzParseEndpoint(f *testing.F) {
 	for _, s := range []string{"tap:t1,queues=4,vnet_hdr=off,netns=r1", "packet:eth0", "udp:[::1]:5000,remote=[::1]:5001",
-		"udp:127.0.0.1:5000,remote=127.0.0.1:5001", "vm:r:0", "vm:r:01", "udp:[::ffff:1.2.3.4]:1,remote=[::ffff:1.2.3.5]:2"} {
+		"udp:127.0.0.1:5000,remote=127.0.0.1:5001", "udp:127.0.0.1:5000,remote=127.0.0.1:5001,key=k", "vm:r:0", "vm:r:01", "udp:[::ffff:1.2.3.4]:1,remote=[::ffff:1.2.3.5]:2"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -98,4 +104,20 @@ func FuzzParseEndpoint(f *testing.F) {
 			t.Fatalf("%q parsed to %+v, String %q reparsed to %+v", s, e, e.String(), again)
 		}
 	})
+}
+
+// TestLinkKeyPath: a key file in a lab file is relative to the lab file's
+// directory, like every other path in it; vmconfig does not read it.
+func TestLinkKeyPath(t *testing.T) {
+	lab, ps := parse(t, head+"[[link]]\na = \"tap:x1\"\nb = \"udp:127.0.0.1:6000,remote=127.0.0.1:6001,key=keys/t.key\"\n"+
+		"[[link]]\na = \"tap:x2\"\nb = \"udp:127.0.0.1:6002,remote=127.0.0.1:6003,key=/etc/vmnet/t.key\"\n")
+	if lab == nil {
+		t.Fatalf("parse: %v", ps)
+	}
+	if got := lab.Links[0].B.Key; got != "/cfg/keys/t.key" {
+		t.Errorf("relative key path resolved to %q, want /cfg/keys/t.key", got)
+	}
+	if got := lab.Links[1].B.Key; got != "/etc/vmnet/t.key" {
+		t.Errorf("absolute key path became %q", got)
+	}
 }

@@ -556,6 +556,9 @@ func (r *resolver) endpoint(t *table, k string, e *Endpoint, l *Link) bool {
 			return false
 		}
 		r.udp[e.Local] = r.where(t.key(k))
+		if e.Key != "" {
+			e.Key = r.p.abs(e.Key) // relative to the lab file, like every path in it
+		}
 	case KindVM:
 		vm := r.vms[e.Name]
 		if vm == nil {

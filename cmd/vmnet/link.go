@@ -21,7 +21,9 @@ func linkCommand() *command {
 func runLink(e *env, args []string) error {
 	fs := e.flags("vmnet link", "A B [--pcap FILE] [--stats INTERVAL]\n\n"+
 		"Endpoints: tap:NAME[,queues=N][,vnet_hdr=on|off][,netns=NS]  packet:IFNAME[,netns=NS]\n"+
-		"           udp:LOCALADDR:PORT,remote=ADDR:PORT (IPv6 in brackets)\n"+
+		"           udp:LOCALADDR:PORT,remote=ADDR:PORT[,key=FILE] (IPv6 in brackets)\n"+
+		"A udp tunnel without key is unauthenticated cleartext; key=FILE (32 random bytes, mode 0600,\n"+
+		"the same at both ends) authenticates and encrypts it.\n"+
 		"Super-frames pass unchanged where the far side takes them and are segmented where it does not.\n")
 	pcap := fs.String("pcap", "", "write a pcap of both directions to `FILE` (frames as on a wire)")
 	stats := fs.Duration("stats", 0, "print the counters every `INTERVAL` (default: only at the end)")

@@ -19,16 +19,37 @@
 // # Frames inside the link
 //
 // Every endpoint reads into buffers that keep Headroom bytes free in front
-// of the Ethernet frame, with the endpoint's own virtio-net header (0, 10 or
-// 12 bytes) right before the frame. Forwarding re-encodes the header in that
-// headroom for the destination, so a frame that passes unchanged is never
-// copied. A GSO frame is passed on when the destination accepts GSO (a tap
+// of the Ethernet frame, with the endpoint's own virtio-net header right
+// before the frame. Forwarding re-encodes the header in that headroom for
+// the destination, so a frame that passes unchanged is never copied.
+//
+// A tap's header size is whatever the device has: the kernel accepts any
+// size from 10 bytes up, and QEMU sets 10, 12 or 20 (hash reporting) as
+// its guest negotiates, at any time, also while a link runs. A link
+// handles sizes up to MaxVnetHdr and refuses a tap with a larger one when
+// the endpoint opens. It asks the kernel for the size again after a read,
+// at most once a millisecond (the question takes the kernel's RTNL lock):
+// a batch read while the size changed is dropped (TCP resends it), and
+// while the size is out of range every frame is dropped; both count as
+// vnet_hdr_size drops. Frames read or written between a change and the
+// next question (at most a millisecond's worth) are garbled: shifted by
+// the difference, which the far side mostly drops as invalid. The kernel
+// has no way to read or write with an expected size, so no check closes
+// that window; what it guarantees is that nothing panics and a link
+// recovers by itself. A GSO frame is passed on when the destination accepts GSO (a tap
 // with vnet_hdr, an AF_PACKET socket, a UDP tunnel); otherwise vnethdr
 // splits it into MTU-sized frames with complete checksums. A frame without
 // GSO that is longer than the destination's MTU (plus Ethernet header and
 // one VLAN tag) is dropped and counted, as a switch would.
 //
 // # UDP tunnel wire format
+//
+// Without a key, the tunnel is unauthenticated cleartext: its socket is
+// connected to the remote address, so the kernel drops datagrams from other
+// sources, but anyone who can forge that source injects frames, and anyone
+// on the path reads them. With key=FILE, each datagram below is sealed
+// with XChaCha20-Poly1305 under a pre-shared key and checked against a
+// replay window; crypt.go documents that format and what it protects.
 //
 // One UDP datagram carries one Ethernet frame, preceded by a 10-byte
 // virtio_net_hdr in little-endian byte order (the legacy layout of

@@ -18,8 +18,22 @@ import (
 )
 
 // Headroom is the space kept in front of every frame in the link's
-// buffers: room for the largest virtio-net header (12 bytes).
-const Headroom = vnethdr.HdrLenV1
+// buffers: room for the largest virtio-net header vmnet handles
+// (MaxVnetHdr) and for the encrypted tunnel's header in front of its
+// 10-byte vnet header.
+const Headroom = 64
+
+// MaxVnetHdr is the largest vnet header size of a tap that a link handles.
+// The kernel accepts any size from 10 up (TUNSETVNETHDRSZ); QEMU uses 10,
+// 12 and 20 (hash reporting), and the virtio specification's largest
+// header today is 24 bytes. A tap with a larger size is refused when the
+// endpoint opens, and while a link runs, frames of a tap whose size was
+// changed to a larger one are dropped (counted as vnet_hdr_size).
+const MaxVnetHdr = Headroom
+
+// Tailroom is the space kept behind the longest frame in the link's
+// buffers: room for the encrypted tunnel's authentication tag.
+const Tailroom = 64
 
 // MaxFrame is the largest frame (without vnet header) an endpoint reads:
 // a 64 KiB GSO super-frame plus Ethernet header and two VLAN tags.
@@ -54,6 +68,9 @@ type Info struct {
 	GSO      bool   `json:"gso"`       // takes GSO super-frames as they are
 	MaxFrame int    `json:"max_frame"` // longest frame without GSO it takes
 	Created  bool   `json:"created,omitempty"`
+	// Encrypted is a udp tunnel with key=FILE: authenticated and
+	// encrypted. A udp tunnel without it is unauthenticated cleartext.
+	Encrypted bool `json:"encrypted,omitempty"`
 }
 
 // queueIO is one queue (tap fd or socket) of an endpoint. read and write
@@ -81,6 +98,7 @@ type Endpoint struct {
 	gsoMax   int            // longest super-frame
 	segCheck bool           // segments of passed-through GSO frames must fit maxFrame
 	created  bool
+	sealed   bool // udp with key=FILE
 	queues   []queueIO
 
 	closeOnce sync.Once
@@ -94,7 +112,7 @@ func (e *Endpoint) String() string { return e.spec }
 // Info describes the endpoint.
 func (e *Endpoint) Info() Info {
 	return Info{Endpoint: e.spec, Kind: string(e.kind), Queues: len(e.queues), VnetHdr: e.hdr.Size,
-		GSO: e.gso, MaxFrame: e.maxFrame, Created: e.created}
+		GSO: e.gso, MaxFrame: e.maxFrame, Created: e.created, Encrypted: e.sealed}
 }
 
 // Close releases the endpoint's files. A tap that Open created disappears.
@@ -211,6 +229,10 @@ func openTap(ep vmconfig.Endpoint) (*Endpoint, error) {
 	default:
 		return nil, derr
 	}
+	if n := t.VnetHdrSize(); n > MaxVnetHdr {
+		t.Close()
+		return nil, fmt.Errorf("tap %s has a vnet header of %d bytes, more than the %d a link handles (QEMU uses 10, 12 or 20): set a smaller size with TUNSETVNETHDRSZ, or let vmnet create the tap", ep.Name, n, MaxVnetHdr)
+	}
 	// Read the MTU now: a created tap has the default, an existing one
 	// whatever its owner set.
 	info, err := tap.Describe(ep.Name)
@@ -235,6 +257,14 @@ func openTap(ep vmconfig.Endpoint) (*Endpoint, error) {
 
 // tapQueue adapts a tap.Queue.
 type tapQueue struct{ q *tap.Queue }
+
+// hdrSizer is a queue whose vnet header size can change under the link
+// (a tap another program holds): the pump asks before each batch.
+type hdrSizer interface {
+	vnetHdrSize() (int, error)
+}
+
+func (t tapQueue) vnetHdrSize() (int, error) { return t.q.RefreshVnetHdrSize() }
 
 func (t tapQueue) read(bufs [][]byte, off int, sizes []int) (int, error) {
 	return t.q.ReadBatch(bufs, sizes, off)

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -297,22 +298,62 @@ func tshark(t *testing.T, file string, args ...string) []string {
 
 // checkWire reads a capture with tshark (checksum validation on) and
 // fails if a frame is longer than an Ethernet MTU frame or any checksum is
-// bad. It returns the number of frames and of TCP payload bytes.
+// bad (see wireProblems). It returns the number of frames and of TCP
+// payload bytes.
 func checkWire(t *testing.T, file string, maxLen int) (frames, tcpBytes int) {
 	t.Helper()
-	opts := []string{"-o", "tcp.check_checksum:TRUE", "-o", "ip.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE"}
-	bad := tshark(t, file, append(opts, "-Y", fmt.Sprintf("frame.len > %d or _ws.expert.group == \"Checksum\"", maxLen),
-		"-T", "fields", "-e", "frame.number", "-e", "frame.len", "-e", "_ws.expert.message")...)
-	if len(bad) > 0 {
+	if bad := wireProblems(t, file, maxLen); len(bad) > 0 {
 		t.Errorf("%s: %d frames too long or with bad checksums, first: %q", file, len(bad), bad[:min(5, len(bad))])
 	}
-	lines := tshark(t, file, append(opts, "-T", "fields", "-e", "frame.number", "-e", "tcp.len")...)
+	lines := tshark(t, file, append(wireOpts, "-T", "fields", "-e", "frame.number", "-e", "tcp.len")...)
 	for _, l := range lines {
 		var num, n int
 		fmt.Sscan(l, &num, &n)
 		tcpBytes += n
 	}
 	return len(lines), tcpBytes
+}
+
+var wireOpts = []string{"-o", "tcp.check_checksum:TRUE", "-o", "ip.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE"}
+
+// tsharkFFFF is tshark's note on a TCP checksum field of 0xffff where the
+// sum is zero. One's complement has two zeros and a receiver accepts both
+// (RFC 1624); the kernel's own software checksum writes 0xffff for a zero
+// sum (skb_checksum_help: csum_fold(csum) ?: CSUM_MANGLED_0), so about one
+// TCP segment in 65536 that a kernel checksummed carries it.
+const tsharkFFFF = "TCP Checksum 0xffff instead of 0x0000 (see RFC 1624)"
+
+// expertChecksum is tshark's PI_CHECKSUM expert group as the fields output
+// prints it.
+const expertChecksum = "16777216"
+
+// wireProblems returns one line per frame of file that is longer than
+// maxLen or that tshark finds a checksum problem in, other than a valid
+// 0xffff for a zero TCP sum.
+func wireProblems(t *testing.T, file string, maxLen int) []string {
+	t.Helper()
+	lines := tshark(t, file, append(wireOpts, "-Y", fmt.Sprintf("frame.len > %d or _ws.expert.group == \"Checksum\"", maxLen),
+		"-T", "fields", "-E", "separator=/t", "-E", "aggregator=|",
+		"-e", "frame.number", "-e", "frame.len", "-e", "_ws.expert.group", "-e", "_ws.expert.message")...)
+	var bad []string
+	for _, l := range lines {
+		f := strings.Split(l, "\t")
+		for len(f) < 4 {
+			f = append(f, "")
+		}
+		n, _ := strconv.Atoi(f[1])
+		groups, msgs := strings.Split(f[2], "|"), strings.Split(f[3], "|")
+		problem := n > maxLen
+		for i, g := range groups {
+			if g == expertChecksum && (i >= len(msgs) || msgs[i] != tsharkFFFF) {
+				problem = true
+			}
+		}
+		if problem {
+			bad = append(bad, l)
+		}
+	}
+	return bad
 }
 
 // rawSocket is an AF_PACKET socket on an interface for writing and

@@ -161,10 +161,22 @@ type Drops struct {
 	Truncated uint64 `json:"truncated"` // longer than the read buffer
 	Segments  uint64 `json:"segments"`  // needs more segments than the link's buffers hold
 	Write     uint64 `json:"write"`     // refused by the destination (down, no buffer, bad frame)
+	// VnetHdrSize counts frames read or written across a change of a
+	// tap's vnet header size (another holder, QEMU, changed it while the
+	// link ran), or while the size was one vmnet does not handle.
+	VnetHdrSize uint64 `json:"vnet_hdr_size"`
+	// Auth counts encrypted tunnel datagrams that failed authentication
+	// (wrong key, forged or corrupted, too short); Replay those that
+	// authenticated but were seen before, are too old for the replay
+	// window, or belong to an older session of the peer.
+	Auth   uint64 `json:"auth"`
+	Replay uint64 `json:"replay"`
 }
 
 // Total is the sum of all drops.
-func (d Drops) Total() uint64 { return d.MTU + d.Invalid + d.Truncated + d.Segments + d.Write }
+func (d Drops) Total() uint64 {
+	return d.MTU + d.Invalid + d.Truncated + d.Segments + d.Write + d.VnetHdrSize + d.Auth + d.Replay
+}
 
 // Stats reads the counters; safe at any time, from any goroutine.
 func (l *Link) Stats() Stats {
@@ -174,16 +186,17 @@ func (l *Link) Stats() Stats {
 // String formats the stats on one line per direction for --stats output.
 func (s Stats) String() string {
 	f := func(from, to string, d DirStats) string {
-		return fmt.Sprintf("%s -> %s: %d frames %d bytes (%d super, %d split into %d), sent %d frames %d bytes, dropped %d (mtu %d invalid %d truncated %d segments %d write %d)",
+		return fmt.Sprintf("%s -> %s: %d frames %d bytes (%d super, %d split into %d), sent %d frames %d bytes, dropped %d (mtu %d invalid %d truncated %d segments %d write %d vnet_hdr_size %d auth %d replay %d)",
 			from, to, d.Frames, d.Bytes, d.SuperFrames, d.Segmented, d.Segments, d.TxFrames, d.TxBytes,
-			d.Drops.Total(), d.Drops.MTU, d.Drops.Invalid, d.Drops.Truncated, d.Drops.Segments, d.Drops.Write)
+			d.Drops.Total(), d.Drops.MTU, d.Drops.Invalid, d.Drops.Truncated, d.Drops.Segments, d.Drops.Write,
+			d.Drops.VnetHdrSize, d.Drops.Auth, d.Drops.Replay)
 	}
 	return f(s.A, s.B, s.AtoB) + "\n" + f(s.B, s.A, s.BtoA)
 }
 
 type counters struct {
 	frames, bytes, super, segmented, segments, txFrames, txBytes atomic.Uint64
-	dMTU, dInvalid, dTrunc, dSegs, dWrite                        atomic.Uint64
+	dMTU, dInvalid, dTrunc, dSegs, dWrite, dHdr, dAuth, dReplay  atomic.Uint64
 }
 
 func (c *counters) load() DirStats {
@@ -192,7 +205,8 @@ func (c *counters) load() DirStats {
 		Segmented: c.segmented.Load(), Segments: c.segments.Load(),
 		TxFrames: c.txFrames.Load(), TxBytes: c.txBytes.Load(),
 		Drops: Drops{MTU: c.dMTU.Load(), Invalid: c.dInvalid.Load(), Truncated: c.dTrunc.Load(),
-			Segments: c.dSegs.Load(), Write: c.dWrite.Load()},
+			Segments: c.dSegs.Load(), Write: c.dWrite.Load(), VnetHdrSize: c.dHdr.Load(),
+			Auth: c.dAuth.Load(), Replay: c.dReplay.Load()},
 	}
 }
 
@@ -217,6 +231,9 @@ func (c *counters) add(d *DirStats) {
 	add(&c.dTrunc, &d.Drops.Truncated)
 	add(&c.dSegs, &d.Drops.Segments)
 	add(&c.dWrite, &d.Drops.Write)
+	add(&c.dHdr, &d.Drops.VnetHdrSize)
+	add(&c.dAuth, &d.Drops.Auth)
+	add(&c.dReplay, &d.Drops.Replay)
 }
 
 // pump forwards one source queue to the destination: read a batch, decide
@@ -228,6 +245,17 @@ type pump struct {
 	sq, dq   queueIO
 	c        *counters
 	local    DirStats
+
+	// The vnet header formats this pump reads and writes with. A tap's
+	// size can change under the link (QEMU renegotiating with its guest),
+	// so for taps they are asked for again after a read batch, at most
+	// every hdrCheckEvery (srcSz, dstSz, checked); a size above MaxVnetHdr
+	// makes srcBad/dstBad, and frames are dropped until it comes back
+	// into range.
+	srcHdr, dstHdr vnethdr.Format
+	srcSz, dstSz   hdrSizer
+	srcBad, dstBad bool
+	checked        time.Time
 
 	rbufs [][]byte
 	sizes []int
@@ -245,8 +273,15 @@ type pump struct {
 }
 
 func newPump(l *Link, src, dst *Endpoint, i int, c *counters) *pump {
-	p := &pump{l: l, src: src, dst: dst, sq: src.queues[i], dq: dst.queues[i%len(dst.queues)], c: c}
-	size := Headroom + MaxFrame + 64
+	p := &pump{l: l, src: src, dst: dst, sq: src.queues[i], dq: dst.queues[i%len(dst.queues)], c: c,
+		srcHdr: src.hdr, dstHdr: dst.hdr}
+	if src.hdr.Size > 0 {
+		p.srcSz, _ = p.sq.(hdrSizer)
+	}
+	if dst.hdr.Size > 0 {
+		p.dstSz, _ = p.dq.(hdrSizer)
+	}
+	size := Headroom + MaxFrame + Tailroom
 	back := make([]byte, size*l.batch)
 	p.rbufs = make([][]byte, l.batch)
 	for j := range p.rbufs {
@@ -261,9 +296,40 @@ func newPump(l *Link, src, dst *Endpoint, i int, c *counters) *pump {
 }
 
 func (p *pump) run(ctx context.Context) error {
-	off := Headroom - p.src.hdr.Size
 	for {
+		off := Headroom - p.srcHdr.Size
+		if p.srcBad {
+			off = 0 // read to drain; every frame is dropped
+		}
 		n, err := p.sq.read(p.rbufs, off, p.sizes)
+		due := false
+		if n > 0 && (p.srcSz != nil || p.dstSz != nil) {
+			if now := time.Now(); now.Sub(p.checked) >= hdrCheckEvery {
+				due, p.checked = true, now
+			}
+		}
+		if n > 0 && p.srcSz != nil {
+			// The kernel wrote each frame with the size in force when it
+			// was read; a size that differs now may have changed in the
+			// middle of the batch, which cannot be told apart frame by
+			// frame: drop the batch (TCP resends) rather than forward
+			// frames shifted by the difference.
+			// While the size is out of range the frames were read at
+			// offset 0 and are dropped whether or not a check is due.
+			if (due && p.recheck(p.srcSz, &p.srcHdr, &p.srcBad)) || p.srcBad {
+				p.local.Frames += uint64(n)
+				p.local.Drops.VnetHdrSize += uint64(n)
+				n = 0
+				p.c.add(&p.local)
+			}
+		}
+		if n > 0 && due && p.dstSz != nil {
+			// Frames are encoded for the destination's size as last
+			// asked; a change since (at most hdrCheckEvery ago) or
+			// before the write garbles them (the kernel offers no way to
+			// write with an expected size).
+			p.recheck(p.dstSz, &p.dstHdr, &p.dstBad)
+		}
 		for i := 0; i < n; i++ {
 			p.handle(p.rbufs[i], p.sizes[i])
 		}
@@ -293,9 +359,38 @@ func (p *pump) run(ctx context.Context) error {
 	}
 }
 
+// hdrCheckEvery is how often a pump asks the kernel for a tap's vnet
+// header size. The question (TUNGETVNETHDRSZ) takes the kernel's RTNL
+// lock and costs about 1 µs, a good part of a small frame's trip; once a
+// millisecond costs nothing measurable, and a change (rare: a guest
+// driver renegotiating) garbles at most the frames of that millisecond.
+const hdrCheckEvery = time.Millisecond
+
+// recheck asks the kernel for a tap's current vnet header size and
+// updates f and bad; it reports whether the size changed. An error
+// asking leaves the format alone: the next read or write says what is
+// wrong with the device.
+func (p *pump) recheck(sz hdrSizer, f *vnethdr.Format, bad *bool) bool {
+	n, err := sz.vnetHdrSize()
+	if err != nil || n == f.Size {
+		return false
+	}
+	f.Size = n
+	*bad = n < vnethdr.HdrLen || n > MaxVnetHdr
+	return true
+}
+
 func (p *pump) handle(buf []byte, size int) {
-	h := p.src.hdr.Size
+	h := p.srcHdr.Size
 	switch {
+	case size == sizeAuthFailed:
+		p.local.Frames++
+		p.local.Drops.Auth++
+		return
+	case size == sizeReplayed:
+		p.local.Frames++
+		p.local.Drops.Replay++
+		return
 	case size > len(buf)-(Headroom-h):
 		p.local.Frames++
 		p.local.Drops.Truncated++
@@ -308,19 +403,30 @@ func (p *pump) handle(buf []byte, size int) {
 	flen := size - h
 	var hd vnethdr.Hdr
 	if h > 0 {
-		hd, _ = p.src.hdr.Decode(buf[Headroom-h:])
+		hd, _ = p.srcHdr.Decode(buf[Headroom-h:])
+		if hd.Flags&^(vnethdr.FlagNeedsCsum|vnethdr.FlagDataValid|vnethdr.FlagRSCInfo) != 0 {
+			// No device sets other flags; an encrypted tunnel datagram
+			// reaching a cleartext endpoint starts with 0xff.
+			p.local.Frames++
+			p.local.Drops.Invalid++
+			return
+		}
 	}
 	frame := buf[Headroom : Headroom+flen]
 	p.local.Frames++
 	p.local.Bytes += uint64(flen)
 	dst := p.dst
+	if p.dstBad {
+		p.local.Drops.VnetHdrSize++
+		return
+	}
 
 	if hd.GSOType == vnethdr.GSONone {
 		if flen > dst.maxFrame {
 			p.local.Drops.MTU++
 			return
 		}
-		if hd.Flags&vnethdr.FlagNeedsCsum != 0 && dst.hdr.Size == 0 {
+		if hd.Flags&vnethdr.FlagNeedsCsum != 0 && p.dstHdr.Size == 0 {
 			if err := vnethdr.CompleteChecksum(hd, frame); err != nil {
 				p.local.Drops.Invalid++
 				return
@@ -419,7 +525,7 @@ func (p *pump) makePool() {
 		frame = max(frame, p.dst.gsoMax)
 	}
 	frame = min(frame, MaxFrame)
-	size := Headroom + frame
+	size := Headroom + frame + Tailroom
 	n := max(64, min(1024, (8<<20)/size))
 	back := make([]byte, size*n)
 	p.segFull = make([][]byte, n)
@@ -427,7 +533,7 @@ func (p *pump) makePool() {
 	p.segSizes = make([]int, n)
 	for i := range p.segFull {
 		p.segFull[i] = back[i*size : (i+1)*size : (i+1)*size]
-		p.segView[i] = p.segFull[i][Headroom:]
+		p.segView[i] = p.segFull[i][Headroom : size-Tailroom]
 	}
 }
 
@@ -436,9 +542,9 @@ func (p *pump) emit(buf []byte, flen int, hd vnethdr.Hdr) {
 	if len(p.out) == cap(p.out) {
 		p.flush()
 	}
-	if h := p.dst.hdr.Size; h > 0 {
+	if h := p.dstHdr.Size; h > 0 {
 		hd.NumBuffers = 0
-		p.dst.hdr.Encode(buf[Headroom-h:], hd)
+		p.dstHdr.Encode(buf[Headroom-h:], hd)
 	}
 	if p.l.capture != nil {
 		p.l.capture.write(p.cs, hd, buf[Headroom:Headroom+flen])
@@ -450,7 +556,7 @@ func (p *pump) emit(buf []byte, flen int, hd vnethdr.Hdr) {
 // counted and skipped; an error that means the destination is gone is
 // returned.
 func (p *pump) flush() error {
-	off := Headroom - p.dst.hdr.Size
+	off := Headroom - p.dstHdr.Size
 	out := p.out
 	var ferr error
 	for len(out) > 0 {

@@ -117,6 +117,15 @@ func packetSocket(ifindex, bufSize int, promisc bool) (int, error) {
 // openUDP opens a UDP socket bound to ep.Local and connected to ep.Remote:
 // the kernel then drops datagrams from anyone else.
 func openUDP(ep vmconfig.Endpoint, opts OpenOptions) (*Endpoint, error) {
+	var key *[KeySize]byte
+	if ep.Key != "" {
+		// Read before the socket exists: a bad key file changes nothing.
+		k, err := loadKey(ep.Key)
+		if err != nil {
+			return nil, err
+		}
+		key = &k
+	}
 	local, remote := net.UDPAddrFromAddrPort(ep.Local), net.UDPAddrFromAddrPort(ep.Remote)
 	network := "udp4"
 	if !ep.Local.Addr().Is4() {
@@ -153,12 +162,23 @@ func openUDP(ep vmconfig.Endpoint, opts OpenOptions) (*Endpoint, error) {
 		return nil, fmt.Errorf("disable path MTU discovery: %w", serr)
 	}
 	name := "udp:" + ep.Local.String()
+	var q queueIO = newUDPConn(name, rc, conn.SetDeadline, network == "udp6")
+	maxFrame := MaxUDPFrame
+	if key != nil {
+		sc, err := newSealedConn(q.(*udpConn), key)
+		if err != nil {
+			conn.Close()
+			return nil, err
+		}
+		q, maxFrame = sc, MaxUDPFrame-sealOverhead
+	}
 	return &Endpoint{
 		hdr:      vnethdr.Legacy,
-		maxFrame: MaxUDPFrame,
+		maxFrame: maxFrame,
 		gso:      true,
-		gsoMax:   MaxUDPFrame,
+		gsoMax:   maxFrame,
+		sealed:   key != nil,
 		closeFn:  conn.Close,
-		queues:   []queueIO{newUDPConn(name, rc, conn.SetDeadline, network == "udp6")},
+		queues:   []queueIO{q},
 	}, nil
 }
