@@ -21,7 +21,8 @@ import (
 // lab's (taps first, bridges last) and removes dir. It works from the
 // state file, the interface tags, or both, so it also cleans up after a
 // supervisor killed at any point. Interfaces without the lab's tag, such
-// as a reused bridge, are never touched.
+// as a reused bridge, are never deleted; what the lab changed on one is
+// put back.
 func Down(ctx context.Context, name, dir string, logf func(string, ...any)) error {
 	if logf == nil {
 		logf = func(string, ...any) {}
@@ -49,6 +50,10 @@ func Down(ctx context.Context, name, dir string, logf func(string, ...any)) erro
 		}
 	}
 	if err := deleteTagged(name, logf); err != nil {
+		errs = append(errs, err)
+	}
+	// A reused bridge stays, with the settings it had before the lab.
+	if err := restoreReused(dir, logf); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) == 0 {

@@ -19,6 +19,7 @@ import (
 	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/internal/qemu"
 	"github.com/vmnet/vmnet/netns"
+	"github.com/vmnet/vmnet/owner"
 	"github.com/vmnet/vmnet/tap"
 	"github.com/vmnet/vmnet/vmconfig"
 	"golang.org/x/sys/unix"
@@ -55,8 +56,9 @@ type Lab struct {
 	ns netns.Handle
 
 	mu       sync.Mutex
-	bridges  []string // bridges this Lab created, in creation order
-	reused   []string // bridges that existed before; they stay
+	bridges  []string      // bridges this Lab created, in creation order
+	reused   []string      // bridges that existed before; they stay
+	undo     []bridge.Undo // what the Lab changed on reused bridges
 	networks map[string]bool
 	taps     map[*vmconfig.NIC]*tap.Tap
 	vms      map[string]*qemu.VM
@@ -135,7 +137,14 @@ func (l *Lab) EnsureNetwork(name string) (err error) {
 	done := l.step("network " + n.Name + " (bridge " + n.Bridge + ")")
 	defer func() { done(err) }()
 	cfg := bridge.Config{Name: n.Bridge, MTU: n.MTU, Addresses: n.Addresses, VLANFiltering: n.VLANFiltering,
-		STP: n.STP, Owner: l.cfg.Name}
+		STP: n.STP, Owner: l.cfg.Name, Reuse: n.BridgeExplicit}
+	// What the lab changes on a bridge it reuses is on disk before the
+	// change, so that `vmnet down` restores it even after a SIGKILL.
+	undo := len(l.undo)
+	cfg.BeforeChange = func(u bridge.Undo) error {
+		l.undo = append(l.undo, u)
+		return l.saveLocked()
+	}
 	if n.VLANFiltering {
 		cfg.DefaultPVID = uint16(n.DefaultPVID)
 	}
@@ -144,6 +153,13 @@ func (l *Lab) EnsureNetwork(name string) (err error) {
 	}
 	created, err := l.br.Ensure(cfg)
 	if err != nil {
+		l.undo = l.undo[:undo] // Ensure put back what it changed
+		var iu *bridge.InUseError
+		if errors.As(err, &iu) {
+			return fmt.Errorf("lab %s: network %s: %w; vmnet will not share it by accident: rename the lab or the network, "+
+				"or set bridge = \"...\" in the [[network]] to another name (or to %s, to use this bridge on purpose)",
+				l.cfg.Name, n.Name, err, n.Bridge)
+		}
 		return fmt.Errorf("lab %s: network %s: %w", l.cfg.Name, n.Name, err)
 	}
 	if created {
@@ -228,6 +244,9 @@ func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (_ *ta
 		return err
 	})
 	if err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return nil, l.nameTaken(vm, nic, err)
+		}
 		return nil, fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
 	}
 	if nic.Network == "" {
@@ -258,6 +277,23 @@ func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (_ *ta
 		return nil, fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
 	}
 	return t, nil
+}
+
+// nameTaken explains a tap name that is in use: which interface holds
+// it, whose it is, and what to do. Taps are never shared, whoever made
+// the interface.
+func (l *Lab) nameTaken(vm *vmconfig.VM, nic *vmconfig.NIC, err error) error {
+	link, lerr := l.br.Handle().LinkByName(nic.IfName)
+	if lerr != nil {
+		return fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
+	}
+	whose := "no vmnet owner tag: vmnet did not create it"
+	if _, ok := owner.Of(link); ok {
+		whose = fmt.Sprintf("owner tag %q", link.Attrs().Alias)
+	}
+	return fmt.Errorf("lab %s: vm %s nic %d: tap %s: an interface of that name exists (a %s, %s); "+
+		"rename the lab or the VM, or set ifname = \"...\" in the [[vm.nic]] to a free name",
+		l.cfg.Name, vm.Name, nic.Index, nic.IfName, link.Type(), whose)
 }
 
 // Tap returns the open tap of a NIC created by CreateTaps.
@@ -483,7 +519,10 @@ func (l *Lab) Teardown(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	l.bridges, l.reused = nil, nil
+	if err := restoreAll(l.br, l.undo, l.opts.Logf); err != nil {
+		errs = append(errs, err)
+	}
+	l.bridges, l.reused, l.undo = nil, nil, nil
 	l.networks = map[string]bool{}
 	if l.state != nil && errors.Join(errs...) == nil {
 		if err := os.RemoveAll(l.cfg.StateDir); err != nil {
