@@ -288,12 +288,15 @@ func (l *Lab) nameTaken(vm *vmconfig.VM, nic *vmconfig.NIC, err error) error {
 		return fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
 	}
 	whose := "no vmnet owner tag: vmnet did not create it"
-	if _, ok := owner.Of(link); ok {
+	todo := "rename the lab or the VM, or set ifname = \"...\" in the [[vm.nic]] to a free name"
+	if own, ok := owner.Of(link); ok {
 		whose = fmt.Sprintf("owner tag %q", link.Attrs().Alias)
+		if own == l.cfg.Name { // the owner string createTap tags with
+			todo = fmt.Sprintf("it is left from an earlier run of this lab: run `vmnet down %s` first", l.cfg.Name)
+		}
 	}
-	return fmt.Errorf("lab %s: vm %s nic %d: tap %s: an interface of that name exists (a %s, %s); "+
-		"rename the lab or the VM, or set ifname = \"...\" in the [[vm.nic]] to a free name",
-		l.cfg.Name, vm.Name, nic.Index, nic.IfName, link.Type(), whose)
+	return fmt.Errorf("lab %s: vm %s nic %d: tap %s: an interface of that name exists (a %s, %s); %s",
+		l.cfg.Name, vm.Name, nic.Index, nic.IfName, link.Type(), whose, todo)
 }
 
 // Tap returns the open tap of a NIC created by CreateTaps.

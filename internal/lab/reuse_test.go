@@ -85,6 +85,19 @@ func TestDerivedNamesNeverShared(t *testing.T) {
 		if err := t2.Teardown(context.Background()); err != nil {
 			t.Errorf("teardown of the refused lab: %v", err)
 		}
+		// The same lab's own leftover: the advice is `vmnet down`.
+		t3, err := New(tapA, Options{RunDir: t.TempDir()})
+		if err != nil {
+			return err
+		}
+		defer t3.Close()
+		if err := t3.CreateTaps(tapA.VMs[0]); err == nil || !strings.Contains(err.Error(), "tap x-y-z-0") ||
+			!strings.Contains(err.Error(), "run `vmnet down x` first") {
+			t.Errorf("second copy of lab x: %v", err)
+		}
+		if err := t3.Teardown(context.Background()); err != nil {
+			t.Errorf("teardown of the refused copy: %v", err)
+		}
 		if t1.Tap(tapA.VMs[0].NICs[0]) == nil {
 			t.Fatal("lab x lost its tap")
 		}
