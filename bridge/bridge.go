@@ -291,32 +291,38 @@ func (m *Manager) plan(link netlink.Link, cfg Config, full bool) (Undo, error) {
 // change makes the changes u records, in an order the kernel accepts.
 func (m *Manager) change(link netlink.Link, u Undo) error {
 	a := link.Attrs()
-	// The kernel changes default_pvid only while VLAN filtering is off
-	// (br_vlan_set_default_pvid: EPERM), so the PVID goes first when
-	// filtering is being turned on, and last when it is turned off.
-	setPVID := func() error {
-		if u.DefaultPVID == nil {
-			return nil
+	// The kernel takes a new default_pvid only while VLAN filtering is
+	// off (br_vlan_set_default_pvid: EPERM), so filtering is off while it
+	// changes, and then set to what it should be.
+	if c := u.DefaultPVID; c != nil {
+		o, err := m.linkOpts(a.Index)
+		if err != nil {
+			return fmt.Errorf("bridge %s: read options: %w", a.Name, err)
 		}
-		if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_VLAN_DEFAULT_PVID, nl.Uint16Attr(uint16(u.DefaultPVID.To))); err != nil {
-			return vlanErr(a.Name, fmt.Sprintf("set default_pvid %d", u.DefaultPVID.To), err)
+		filtering := o.vlanFiltering != nil && *o.vlanFiltering
+		if filtering {
+			if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_VLAN_FILTERING, boolAttr(false)); err != nil {
+				return vlanErr(a.Name, "set vlan_filtering 0 to change default_pvid", err)
+			}
 		}
-		return nil
-	}
-	filteringOff := u.VLANFiltering != nil && u.VLANFiltering.To == 0
-	if !filteringOff {
-		if err := setPVID(); err != nil {
+		if u.VLANFiltering != nil {
+			filtering = u.VLANFiltering.To != 0
+		}
+		if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_VLAN_DEFAULT_PVID, nl.Uint16Attr(uint16(c.To))); err != nil {
+			err = vlanErr(a.Name, fmt.Sprintf("set default_pvid %d", c.To), err)
+			if filtering {
+				_ = m.setBridgeOpt(a.Index, nl.IFLA_BR_VLAN_FILTERING, boolAttr(true))
+			}
 			return err
 		}
-	}
-	if c := u.VLANFiltering; c != nil {
+		if filtering {
+			if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_VLAN_FILTERING, boolAttr(true)); err != nil {
+				return vlanErr(a.Name, "set vlan_filtering 1", err)
+			}
+		}
+	} else if c := u.VLANFiltering; c != nil {
 		if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_VLAN_FILTERING, boolAttr(c.To != 0)); err != nil {
 			return vlanErr(a.Name, fmt.Sprintf("set vlan_filtering %d", c.To), err)
-		}
-	}
-	if filteringOff {
-		if err := setPVID(); err != nil {
-			return err
 		}
 	}
 	if c := u.STP; c != nil {
