@@ -145,7 +145,6 @@ func TestRunSideBySide(t *testing.T) {
 	requireGuests(t)
 	ns := testenv.NetNS(t)
 	const jobs = 3
-	results := make(chan result, jobs)
 	var seen []string
 	stop := make(chan struct{})
 	watched := make(chan struct{})
@@ -167,18 +166,18 @@ func TestRunSideBySide(t *testing.T) {
 			}
 		}
 	}()
-	for i := range jobs {
-		go func() {
-			results <- vmnetIn(t, ns, "run", ciLab, "ci", "--boot-timeout", "6m", "--",
-				fmt.Sprintf("ping -c 2 -W 5 10.80.0.1 && ping -c 2 -W 5 fd80::1 && echo job-%d-done", i))
-		}()
-	}
-	for range jobs {
-		r := <-results
-		if r.status != 0 || !strings.Contains(r.stdout, "-done") {
-			t.Errorf("a job failed: status %d\nstdout:\n%s\nstderr:\n%s", r.status, r.stdout, r.stderr)
+	t.Run("jobs", func(t *testing.T) { // returns when every parallel job has
+		for i := range jobs {
+			t.Run(fmt.Sprint(i), func(t *testing.T) {
+				t.Parallel()
+				r := vmnetIn(t, ns, "run", ciLab, "ci", "--boot-timeout", "6m", "--",
+					fmt.Sprintf("ping -c 2 -W 5 10.80.0.1 && ping -c 2 -W 5 fd80::1 && echo job-%d-done", i))
+				if r.status != 0 || !strings.Contains(r.stdout, fmt.Sprintf("job-%d-done", i)) {
+					t.Errorf("job %d failed: status %d\nstdout:\n%s\nstderr:\n%s", i, r.status, r.stdout, r.stderr)
+				}
+			})
 		}
-	}
+	})
 	close(stop)
 	<-watched
 	if len(seen) > 0 {
