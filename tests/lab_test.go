@@ -19,10 +19,15 @@ import (
 // writeLab writes a lab file whose state lives in a test directory.
 func writeLab(t *testing.T, body string) (path, stateDir string) {
 	t.Helper()
-	dir := t.TempDir()
-	stateDir = filepath.Join(dir, "state")
-	path = filepath.Join(dir, "lab.toml")
-	if err := os.WriteFile(path, []byte(fmt.Sprintf("[lab]\nname = %q\nstate_dir = %q\n%s", "t", stateDir, body)), 0o644); err != nil {
+	return writeNamedLab(t, t.TempDir(), "t", body)
+}
+
+// writeNamedLab writes lab name's file into dir, with its state in dir too.
+func writeNamedLab(t *testing.T, dir, name, body string) (path, stateDir string) {
+	t.Helper()
+	stateDir = filepath.Join(dir, "state-"+name)
+	path = filepath.Join(dir, name+".toml")
+	if err := os.WriteFile(path, []byte(fmt.Sprintf("[lab]\nname = %q\nstate_dir = %q\n%s", name, stateDir, body)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return path, stateDir
@@ -494,15 +499,7 @@ func TestLabDerivedNameCollision(t *testing.T) {
 	requireGuests(t)
 	ns := testenv.NetNS(t)
 	dir := t.TempDir()
-	write := func(name, body string) string {
-		p := filepath.Join(dir, name+".toml")
-		body = fmt.Sprintf("[lab]\nname = %q\nstate_dir = %q\n%s", name, filepath.Join(dir, "state-"+name), body)
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	first := write("a-b", `
+	first, _ := writeNamedLab(t, dir, "a-b", `
 [[network]]
 name = "c"
 addresses = ["10.75.0.1/24"]
@@ -513,7 +510,7 @@ accel = "tcg"
   network = "c"
   address = ["10.75.0.2/24"]
 `)
-	second := write("a", `
+	second, secondState := writeNamedLab(t, dir, "a", `
 [[network]]
 name = "b-c"
 mtu = 9000
@@ -546,7 +543,7 @@ addresses = ["10.76.0.1/24"]
 	if strings.Contains(string(br), "10.76.0.1") || strings.Contains(string(br), "mtu 9000") || !strings.Contains(string(br), "10.75.0.1/24") {
 		t.Errorf("lab a changed lab a-b's bridge:\n%s", br)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "state-a", "state.json")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(secondState, "state.json")); !os.IsNotExist(err) {
 		t.Errorf("the refused lab left its state: %v", err)
 	}
 

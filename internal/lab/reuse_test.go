@@ -10,6 +10,7 @@ import (
 
 	"github.com/vmnet/vmnet/internal/testenv"
 	"github.com/vmnet/vmnet/owner"
+	"github.com/vmnet/vmnet/vmconfig"
 )
 
 // TestDerivedNamesNeverShared: lab a-b's network c and lab a's network b-c
@@ -23,20 +24,12 @@ func TestDerivedNamesNeverShared(t *testing.T) {
 	tapA := labOf(t, "[lab]\nname = \"x\"\n[[vm]]\nname = \"y-z\"\nkernel = \"k\"\n[[vm.nic]]\n")
 	tapB := labOf(t, "[lab]\nname = \"x-y\"\n[[vm]]\nname = \"z\"\nkernel = \"k\"\n[[vm.nic]]\n")
 	testenv.Do(t, ns, func() error {
-		l1, err := New(first, Options{RunDir: t.TempDir()})
-		if err != nil {
-			return err
-		}
-		defer l1.Close()
+		l1 := newLab(t, first)
 		if err := l1.EnsureNetwork("c"); err != nil {
 			return err
 		}
-		l2, err := New(second, Options{RunDir: t.TempDir()})
-		if err != nil {
-			return err
-		}
-		defer l2.Close()
-		err = l2.EnsureNetwork("b-c")
+		l2 := newLab(t, second)
+		err := l2.EnsureNetwork("b-c")
 		if err == nil {
 			t.Fatal("lab a took lab a-b's bridge a-b-c")
 		}
@@ -59,19 +52,11 @@ func TestDerivedNamesNeverShared(t *testing.T) {
 			t.Errorf("lab a's address went onto lab a-b's bridge:\n%s", out)
 		}
 
-		t1, err := New(tapA, Options{RunDir: t.TempDir()})
-		if err != nil {
-			return err
-		}
-		defer t1.Close()
+		t1 := newLab(t, tapA)
 		if err := t1.CreateTaps(tapA.VMs[0]); err != nil {
 			return err
 		}
-		t2, err := New(tapB, Options{RunDir: t.TempDir()})
-		if err != nil {
-			return err
-		}
-		defer t2.Close()
+		t2 := newLab(t, tapB)
 		err = t2.CreateTaps(tapB.VMs[0])
 		if err == nil {
 			t.Fatal("lab x-y got a tap named like lab x's")
@@ -86,11 +71,7 @@ func TestDerivedNamesNeverShared(t *testing.T) {
 			t.Errorf("teardown of the refused lab: %v", err)
 		}
 		// The same lab's own leftover: the advice is `vmnet down`.
-		t3, err := New(tapA, Options{RunDir: t.TempDir()})
-		if err != nil {
-			return err
-		}
-		defer t3.Close()
+		t3 := newLab(t, tapA)
 		if err := t3.CreateTaps(tapA.VMs[0]); err == nil || !strings.Contains(err.Error(), "tap x-y-z-0") ||
 			!strings.Contains(err.Error(), "run `vmnet down x` first") {
 			t.Errorf("second copy of lab x: %v", err)
@@ -133,11 +114,7 @@ kernel = "k"
 			}
 		}
 		before, _ := exec.Command("ip", "-d", "addr", "show", "pre0").CombinedOutput()
-		l, err := New(cfg, Options{RunDir: t.TempDir()})
-		if err != nil {
-			return err
-		}
-		defer l.Close()
+		l := newLab(t, cfg)
 		if err := l.CreateTaps(cfg.VMs[0]); err != nil {
 			return err
 		}
@@ -164,4 +141,15 @@ kernel = "k"
 func settings(out []byte) string {
 	re := regexp.MustCompile(`<[A-Z_,]+>|\bmtu \d+|\b(stp_state|vlan_filtering|group_fwd_mask|mcast_snooping|default_pvid) \S+|inet6? \S+`)
 	return strings.Join(re.FindAllString(string(out), -1), " ")
+}
+
+// newLab is New in the calling thread's namespace, closed when t ends.
+func newLab(t *testing.T, cfg *vmconfig.Lab) *Lab {
+	t.Helper()
+	l, err := New(cfg, Options{RunDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Close)
+	return l
 }
