@@ -218,7 +218,7 @@ func TestBridgeCreateForeignNeedsForce(t *testing.T) {
 	}
 	for _, c := range []struct{ name, want string }{
 		{"foreignbr", "is not vmnet's"},
-		{"labbr", `owner tag "vmnet:somelab"`},
+		{"labbr", fmt.Sprintf("owner tag %q", aliasOf(t, ns, "labbr"))},
 	} {
 		st, _, stderr := vmnet(t, "--netns", p, "bridge", "create", c.name, "--mtu", "1500", "--stp", "--address", "10.9.9.1/24")
 		if st != exitError || !strings.Contains(stderr, "bridge "+c.name+" exists") || !strings.Contains(stderr, c.want) ||
@@ -244,4 +244,16 @@ func TestBridgeCreateForeignNeedsForce(t *testing.T) {
 	if st, _, stderr := vmnet(t, "--netns", p, "bridge", "create", "mine", "--stp"); st != 0 {
 		t.Errorf("bridge create on vmnet's own bridge: %d %s", st, stderr)
 	}
+}
+
+// aliasOf is the interface alias (vmnet's owner tag) as iproute2 reports it.
+func aliasOf(t *testing.T, ns netns.Handle, name string) string {
+	t.Helper()
+	var v []struct {
+		Alias string `json:"ifalias"`
+	}
+	if err := json.Unmarshal([]byte(inNS(t, ns, "ip", "-j", "link", "show", "dev", name)), &v); err != nil || len(v) != 1 || v[0].Alias == "" {
+		t.Fatalf("alias of %s: %v %v", name, err, v)
+	}
+	return v[0].Alias
 }
