@@ -78,8 +78,9 @@ var (
 //
 // On a bridge this owner holds (created by Ensure, or tagged with Owner)
 // every field is applied, so a zero field restores the kernel default. On
-// a bridge vmnet reuses (not tagged, or tagged by another owner) only
-// non-zero fields are applied and the bridge is never tagged.
+// a bridge reused on purpose (Reuse: not tagged, or tagged by another
+// owner) only non-zero fields are applied, what they change is recorded
+// for Restore, and the bridge is never tagged.
 type Config struct {
 	Name      string
 	MTU       int            // 0 leaves the MTU alone (1500 on a new bridge)
@@ -158,8 +159,9 @@ func (m *Manager) Close() {
 
 // Ensure makes the bridge cfg.Name exist and match cfg, creating and
 // tagging it if there is no interface of that name. It reports whether it
-// created the bridge. If it created the bridge and then fails, it deletes
-// it again.
+// created the bridge. A bridge that exists and is not cfg.Owner's is
+// refused unless cfg.Reuse. If it created the bridge and then fails, it
+// deletes it again; if it reused one, it puts back what it changed.
 func (m *Manager) Ensure(cfg Config) (created bool, err error) {
 	if err := cfg.validate(); err != nil {
 		return false, err
@@ -169,8 +171,12 @@ func (m *Manager) Ensure(cfg Config) (created bool, err error) {
 	switch {
 	case err == nil:
 		if !isBridge(link) {
-			return false, fmt.Errorf("bridge %s: an interface of that name exists and is a %s, not a bridge; "+
-				"choose another bridge name or remove that interface", cfg.Name, link.Type())
+			whose := ""
+			if _, ok := owner.Of(link); ok {
+				whose = fmt.Sprintf(" (owner tag %q)", link.Attrs().Alias)
+			}
+			return false, fmt.Errorf("bridge %s: an interface of that name exists and is a %s%s, not a bridge; "+
+				"choose another bridge name or remove that interface", cfg.Name, link.Type(), whose)
 		}
 	case isNotFound(err):
 		link, err = m.create(cfg.Name, own)
