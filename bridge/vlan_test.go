@@ -212,6 +212,14 @@ func TestVLANReuseRestored(t *testing.T) {
 	e := newEnv(t)
 	requireVLANFiltering(t, e)
 	e.run("ip", "link", "add", "brhost", "type", "bridge", "vlan_filtering", "0", "vlan_default_pvid", "1")
+	// A port of the host's: the kernel moves ports on the default PVID
+	// with it, so restoring the default PVID restores the port too.
+	e.veth("hp0", "hp0-p")
+	e.run("ip", "link", "set", "hp0", "master", "brhost")
+	pvid1 := []bridge.VLAN{{ID: 1, PVID: true, Untagged: true}}
+	if got := e.bridgeVLANs()["hp0"]; !slices.Equal(got, pvid1) {
+		t.Fatalf("hp0 before: %v", got)
+	}
 	var u bridge.Undo
 	if _, err := e.m.Ensure(bridge.Config{Name: "brhost", Reuse: true, VLANFiltering: true, DefaultPVID: 10,
 		BeforeChange: func(x bridge.Undo) error { u = x; return nil }}); err != nil {
@@ -221,8 +229,14 @@ func TestVLANReuseRestored(t *testing.T) {
 	if d["vlan_filtering"] != 1.0 || d["vlan_default_pvid"] != 10.0 {
 		t.Fatalf("after Ensure: vlan_filtering %v default_pvid %v, want 1 and 10", d["vlan_filtering"], d["vlan_default_pvid"])
 	}
+	if got := e.bridgeVLANs()["hp0"]; !slices.Equal(got, []bridge.VLAN{{ID: 10, PVID: true, Untagged: true}}) {
+		t.Errorf("hp0 with default PVID 10: %v", got)
+	}
 	if err := e.m.Restore(u); err != nil {
 		t.Fatal(err)
+	}
+	if got := e.bridgeVLANs()["hp0"]; !slices.Equal(got, pvid1) {
+		t.Errorf("hp0 after Restore: %v, want %v", got, pvid1)
 	}
 	d = infoData(e.ipLink("brhost"), "info_data")
 	if d["vlan_filtering"] != 0.0 || d["vlan_default_pvid"] != 1.0 {
