@@ -37,19 +37,20 @@ type Lab struct {
 
 // Network is a Linux bridge.
 type Network struct {
-	Name   string
-	Bridge string // interface name; default "<lab>-<network>"
+	Name          string
+	Bridge        string         // interface name; default "<lab>-<network>"
+	MTU           int            // default 1500
+	Addresses     []netip.Prefix // host addresses on the bridge
+	VLANFiltering bool
+	DefaultPVID   int // 1..4094, default 1
+	STP           bool
+	Transparent   bool // forward link-local frames (LLDP, LACP, STP) like a wire
+	Pos           Pos
+
 	// BridgeExplicit: the lab file names the bridge (bridge = "..."), so
 	// an existing bridge of that name that vmnet did not make for this
 	// lab may be used; a derived name must not be taken.
 	BridgeExplicit bool
-	MTU            int            // default 1500
-	Addresses      []netip.Prefix // host addresses on the bridge
-	VLANFiltering  bool
-	DefaultPVID    int // 1..4094, default 1
-	STP            bool
-	Transparent    bool // forward link-local frames (LLDP, LACP, STP) like a wire
-	Pos            Pos
 }
 
 // VM is one QEMU guest.

@@ -56,9 +56,8 @@ type Lab struct {
 	ns netns.Handle
 
 	mu       sync.Mutex
-	bridges  []string      // bridges this Lab created, in creation order
-	reused   []string      // bridges that existed before; they stay
-	undo     []bridge.Undo // what the Lab changed on reused bridges
+	bridges  []string // bridges this Lab created, in creation order
+	reused   []string // bridges that existed before; they stay
 	networks map[string]bool
 	taps     map[*vmconfig.NIC]*tap.Tap
 	vms      map[string]*qemu.VM
@@ -68,6 +67,9 @@ type Lab struct {
 	links    []*runningLink
 	linkCtx  context.Context
 	linkStop context.CancelFunc
+
+	// undo is what the Lab changed on reused bridges, in order.
+	undo []bridge.Undo
 }
 
 // New prepares to bring cfg up in the calling thread's network namespace.

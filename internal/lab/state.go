@@ -27,10 +27,11 @@ type State struct {
 	Phase      string    `json:"phase"` // starting, up, stopping
 	Bridges    []string  `json:"bridges_created"`
 	Reused     []string  `json:"bridges_reused,omitempty"`
+	VMs        []VMState `json:"vms"`
+
 	// Restore is what the lab changed on the bridges it reused, written
 	// before each change; `down` puts it back.
 	Restore []bridge.Undo `json:"bridges_restore,omitempty"`
-	VMs     []VMState     `json:"vms"`
 }
 
 // VMState is one guest as the supervisor started it.
