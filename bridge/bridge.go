@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	vns "github.com/vishvananda/netns"
+	"github.com/vmnet/vmnet/internal/nlretry"
 	"github.com/vmnet/vmnet/netns"
 	"github.com/vmnet/vmnet/owner"
 	"golang.org/x/sys/unix"
@@ -76,8 +78,9 @@ var (
 //
 // On a bridge this owner holds (created by Ensure, or tagged with Owner)
 // every field is applied, so a zero field restores the kernel default. On
-// a bridge vmnet reuses (not tagged, or tagged by another owner) only
-// non-zero fields are applied and the bridge is never tagged.
+// a bridge reused on purpose (Reuse: not tagged, or tagged by another
+// owner) only non-zero fields are applied, what they change is recorded
+// for Restore, and the bridge is never tagged.
 type Config struct {
 	Name      string
 	MTU       int            // 0 leaves the MTU alone (1500 on a new bridge)
@@ -92,6 +95,18 @@ type Config struct {
 	GroupFwdMask      uint16
 	MulticastSnooping *bool  // nil leaves the kernel default (on)
 	Owner             string // owner.AdHoc or owner.Lab(name); "" means owner.AdHoc
+	// Reuse lets Ensure configure a bridge of that name that exists and
+	// is not Owner's (vmnet did not make it, or made it for another
+	// owner): the caller named it on purpose. Without Reuse, Ensure
+	// refuses such a bridge with an *InUseError, so that two owners never
+	// share a segment because their names happened to match.
+	Reuse bool
+	// BeforeChange, if set, receives the record of what Ensure is about
+	// to change on a reused bridge, before the first change; an error
+	// stops Ensure. Callers keep the record where a later process finds
+	// it (a state file) and give it to Restore. Not called when nothing
+	// changes or on the owner's own bridge.
+	BeforeChange func(Undo) error
 }
 
 // Manager works on the bridges of one network namespace. It is safe for
@@ -144,8 +159,9 @@ func (m *Manager) Close() {
 
 // Ensure makes the bridge cfg.Name exist and match cfg, creating and
 // tagging it if there is no interface of that name. It reports whether it
-// created the bridge. If it created the bridge and then fails, it deletes
-// it again.
+// created the bridge. A bridge that exists and is not cfg.Owner's is
+// refused unless cfg.Reuse. If it created the bridge and then fails, it
+// deletes it again; if it reused one, it puts back what it changed.
 func (m *Manager) Ensure(cfg Config) (created bool, err error) {
 	if err := cfg.validate(); err != nil {
 		return false, err
@@ -155,8 +171,12 @@ func (m *Manager) Ensure(cfg Config) (created bool, err error) {
 	switch {
 	case err == nil:
 		if !isBridge(link) {
-			return false, fmt.Errorf("bridge %s: an interface of that name exists and is a %s, not a bridge; "+
-				"choose another bridge name or remove that interface", cfg.Name, link.Type())
+			whose := ""
+			if _, ok := owner.Of(link); ok {
+				whose = fmt.Sprintf(" (owner tag %q)", link.Attrs().Alias)
+			}
+			return false, fmt.Errorf("bridge %s: an interface of that name exists and is a %s%s, not a bridge; "+
+				"choose another bridge name or remove that interface", cfg.Name, link.Type(), whose)
 		}
 	case isNotFound(err):
 		link, err = m.create(cfg.Name, own)
@@ -172,9 +192,27 @@ func (m *Manager) Ensure(cfg Config) (created bool, err error) {
 	default:
 		return false, fmt.Errorf("bridge %s: look up: %w", cfg.Name, err)
 	}
-	tag, _ := owner.Of(link)
-	full := created || tag == own
-	if err := m.apply(link, cfg, full); err != nil {
+	tag, tagged := owner.Of(link)
+	full := created || (tagged && tag == own)
+	if !full && !cfg.Reuse {
+		return false, &InUseError{Name: cfg.Name, Alias: link.Attrs().Alias, Tagged: tagged}
+	}
+	u, err := m.plan(link, cfg, full)
+	if err != nil {
+		return created, err
+	}
+	if !full && !u.Empty() && cfg.BeforeChange != nil {
+		if err := cfg.BeforeChange(u); err != nil {
+			return false, fmt.Errorf("bridge %s: record its settings before changing them: %w", cfg.Name, err)
+		}
+	}
+	if err := m.change(link, u); err != nil {
+		if !full {
+			// Bad input changes nothing: put back what was changed.
+			if rerr := m.Restore(u); rerr != nil {
+				err = fmt.Errorf("%w; restoring its earlier settings also failed: %v", err, rerr)
+			}
+		}
 		return created, err
 	}
 	return created, nil
@@ -201,70 +239,149 @@ func (m *Manager) create(name, own string) (netlink.Link, error) {
 	return link, nil
 }
 
-// apply moves an existing bridge to cfg. With full false it applies only
-// the non-zero fields of cfg.
-func (m *Manager) apply(link netlink.Link, cfg Config, full bool) error {
+// plan works out what moving link to cfg changes, as a record that
+// holds both the old and the new value of every setting that differs.
+// With full false only the non-zero fields of cfg count.
+func (m *Manager) plan(link netlink.Link, cfg Config, full bool) (Undo, error) {
 	a := link.Attrs()
+	u := Undo{Bridge: a.Name, Index: a.Index}
 	o, err := m.linkOpts(a.Index)
 	if err != nil {
-		return fmt.Errorf("bridge %s: read options: %w", a.Name, err)
+		return u, fmt.Errorf("bridge %s: read options: %w", a.Name, err)
 	}
-
 	if cfg.VLANFiltering || cfg.DefaultPVID != 0 {
 		// The kernel reports the default PVID only when built with VLAN
 		// filtering, and silently ignores it otherwise.
 		if o.defaultPVID == nil || o.vlanFiltering == nil {
-			return fmt.Errorf("bridge %s: VLAN filtering: %w", a.Name, ErrNoVLANFiltering)
+			return u, fmt.Errorf("bridge %s: VLAN filtering: %w", a.Name, ErrNoVLANFiltering)
 		}
 	}
 	if (full || cfg.VLANFiltering) && o.vlanFiltering != nil && *o.vlanFiltering != cfg.VLANFiltering {
-		if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_VLAN_FILTERING, boolAttr(cfg.VLANFiltering)); err != nil {
-			return vlanErr(a.Name, fmt.Sprintf("set vlan_filtering %d", b2i(cfg.VLANFiltering)), err)
-		}
+		u.VLANFiltering = &Change{From: b2i(*o.vlanFiltering), To: b2i(cfg.VLANFiltering)}
 	}
 	if cfg.DefaultPVID != 0 && *o.defaultPVID != cfg.DefaultPVID {
-		if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_VLAN_DEFAULT_PVID, nl.Uint16Attr(cfg.DefaultPVID)); err != nil {
-			return vlanErr(a.Name, fmt.Sprintf("set default_pvid %d", cfg.DefaultPVID), err)
-		}
+		u.DefaultPVID = &Change{From: int(*o.defaultPVID), To: int(cfg.DefaultPVID)}
 	}
 	if (full || cfg.STP) && (o.stp != 0) != cfg.STP {
-		if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_STP_STATE, nl.Uint32Attr(uint32(b2i(cfg.STP)))); err != nil {
-			return fmt.Errorf("bridge %s: set stp_state %d: %w", a.Name, b2i(cfg.STP), err)
-		}
+		u.STP = &Change{From: int(o.stp), To: b2i(cfg.STP)}
 	}
 	if (full || cfg.GroupFwdMask != 0) && o.groupFwdMask != cfg.GroupFwdMask {
-		if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_GROUP_FWD_MASK, nl.Uint16Attr(cfg.GroupFwdMask)); err != nil {
-			return fmt.Errorf("bridge %s: set group_fwd_mask %#04x: %w", a.Name, cfg.GroupFwdMask, err)
-		}
+		u.GroupFwdMask = &Change{From: int(o.groupFwdMask), To: int(cfg.GroupFwdMask)}
 	}
 	if want := cfg.MulticastSnooping; want != nil {
 		if o.mcastSnooping == nil {
-			return fmt.Errorf("bridge %s: multicast snooping: %w", a.Name, ErrNoMulticastSnooping)
+			return u, fmt.Errorf("bridge %s: multicast snooping: %w", a.Name, ErrNoMulticastSnooping)
 		}
 		if *o.mcastSnooping != *want {
-			if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_MCAST_SNOOPING, boolAttr(*want)); err != nil {
-				return fmt.Errorf("bridge %s: set mcast_snooping %d: %w", a.Name, b2i(*want), err)
+			u.MulticastSnooping = &Change{From: b2i(*o.mcastSnooping), To: b2i(*want)}
+		}
+	}
+	if cfg.MTU != 0 && a.MTU != cfg.MTU {
+		u.MTU = &Change{From: a.MTU, To: cfg.MTU}
+	}
+	u.BroughtUp = a.Flags&net.FlagUp == 0
+	if len(cfg.Addresses) > 0 {
+		have, err := m.addresses(link)
+		if err != nil {
+			return u, err
+		}
+		for _, p := range cfg.Addresses {
+			if !slices.Contains(have, p) {
+				u.Addresses = append(u.Addresses, p)
 			}
+		}
+	}
+	return u, nil
+}
+
+// change makes the changes u records, in an order the kernel accepts.
+func (m *Manager) change(link netlink.Link, u Undo) error {
+	a := link.Attrs()
+	// The kernel takes a new default_pvid only while VLAN filtering is
+	// off (br_vlan_set_default_pvid: EPERM), so filtering is off while it
+	// changes, and then set to what it should be.
+	if c := u.DefaultPVID; c != nil {
+		o, err := m.linkOpts(a.Index)
+		if err != nil {
+			return fmt.Errorf("bridge %s: read options: %w", a.Name, err)
+		}
+		filtering := o.vlanFiltering != nil && *o.vlanFiltering
+		if filtering {
+			if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_VLAN_FILTERING, boolAttr(false)); err != nil {
+				return vlanErr(a.Name, "set vlan_filtering 0 to change default_pvid", err)
+			}
+		}
+		if u.VLANFiltering != nil {
+			filtering = u.VLANFiltering.To != 0
+		}
+		if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_VLAN_DEFAULT_PVID, nl.Uint16Attr(uint16(c.To))); err != nil {
+			err = vlanErr(a.Name, fmt.Sprintf("set default_pvid %d", c.To), err)
+			if filtering {
+				_ = m.setBridgeOpt(a.Index, nl.IFLA_BR_VLAN_FILTERING, boolAttr(true))
+			}
+			return err
+		}
+		if filtering {
+			if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_VLAN_FILTERING, boolAttr(true)); err != nil {
+				return vlanErr(a.Name, "set vlan_filtering 1", err)
+			}
+		}
+	} else if c := u.VLANFiltering; c != nil {
+		if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_VLAN_FILTERING, boolAttr(c.To != 0)); err != nil {
+			return vlanErr(a.Name, fmt.Sprintf("set vlan_filtering %d", c.To), err)
+		}
+	}
+	if c := u.STP; c != nil {
+		if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_STP_STATE, nl.Uint32Attr(uint32(c.To))); err != nil {
+			return fmt.Errorf("bridge %s: set stp_state %d: %w", a.Name, c.To, err)
+		}
+	}
+	if c := u.GroupFwdMask; c != nil {
+		if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_GROUP_FWD_MASK, nl.Uint16Attr(uint16(c.To))); err != nil {
+			return fmt.Errorf("bridge %s: set group_fwd_mask %#04x: %w", a.Name, c.To, err)
+		}
+	}
+	if c := u.MulticastSnooping; c != nil {
+		if err := m.setBridgeOpt(a.Index, nl.IFLA_BR_MCAST_SNOOPING, boolAttr(c.To != 0)); err != nil {
+			return fmt.Errorf("bridge %s: set mcast_snooping %d: %w", a.Name, c.To, err)
 		}
 	}
 	// Through ndo_change_mtu, so that the kernel marks the MTU as chosen
 	// by the user and stops lowering it to the smallest port's.
-	if cfg.MTU != 0 && a.MTU != cfg.MTU {
-		if err := m.h.LinkSetMTU(link, cfg.MTU); err != nil {
-			return fmt.Errorf("bridge %s: set MTU %d: %w", a.Name, cfg.MTU, err)
+	if c := u.MTU; c != nil {
+		if err := m.h.LinkSetMTU(link, c.To); err != nil {
+			return fmt.Errorf("bridge %s: set MTU %d: %w", a.Name, c.To, err)
 		}
 	}
-	if a.Flags&net.FlagUp == 0 {
+	if u.BroughtUp {
 		if err := m.h.LinkSetUp(link); err != nil {
 			return fmt.Errorf("bridge %s: bring up: %w", a.Name, err)
 		}
 	}
-	for _, p := range cfg.Addresses {
+	for _, p := range u.Addresses {
 		if err := m.addAddress(link, p); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// addresses lists the addresses on link.
+func (m *Manager) addresses(link netlink.Link) ([]netip.Prefix, error) {
+	addrs, err := nlretry.Do(func() ([]netlink.Addr, error) { return m.h.AddrList(link, netlink.FAMILY_ALL) })
+	if err != nil {
+		return nil, fmt.Errorf("bridge %s: list addresses: %w", link.Attrs().Name, err)
+	}
+	out := make([]netip.Prefix, 0, len(addrs))
+	for _, ad := range addrs {
+		ip, ok := netip.AddrFromSlice(ad.IP)
+		if !ok {
+			continue
+		}
+		ones, _ := ad.Mask.Size()
+		out = append(out, netip.PrefixFrom(ip.Unmap(), ones))
+	}
+	return out, nil
 }
 
 // Delete deletes the bridge name if it is tagged as own's (owner.AdHoc

@@ -116,7 +116,7 @@ func TestReusedBridgeIsNeverTaggedOrDeleted(t *testing.T) {
 	e := newEnv(t)
 	e.run("ip", "link", "add", "brhost", "type", "bridge", "stp_state", "1", "group_fwd_mask", "0x4000")
 
-	created, err := e.m.Ensure(bridge.Config{Name: "brhost", MTU: 4000, Owner: owner.Lab("lab1")})
+	created, err := e.m.Ensure(bridge.Config{Name: "brhost", MTU: 4000, Owner: owner.Lab("lab1"), Reuse: true})
 	if err != nil || created {
 		t.Fatalf("Ensure on an existing bridge: created=%v err=%v", created, err)
 	}
@@ -146,7 +146,7 @@ func TestReusedBridgeIsNeverTaggedOrDeleted(t *testing.T) {
 	if _, err := e.m.Ensure(bridge.Config{Name: "brlab2", Owner: owner.Lab("lab2")}); err != nil {
 		t.Fatal(err)
 	}
-	if created, err := e.m.Ensure(bridge.Config{Name: "brlab2", Owner: owner.Lab("lab1")}); err != nil || created {
+	if created, err := e.m.Ensure(bridge.Config{Name: "brlab2", Owner: owner.Lab("lab1"), Reuse: true}); err != nil || created {
 		t.Fatalf("lab1 reusing lab2's bridge: created=%v err=%v", created, err)
 	}
 	if got := e.ipLink("brlab2")["ifalias"]; got != "vmnet:lab:lab2" {

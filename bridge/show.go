@@ -143,9 +143,9 @@ func (m *Manager) describe(br netlink.Link, links map[int]netlink.Link, ports []
 	if err != nil {
 		return Info{}, fmt.Errorf("bridge %s: read options: %w", a.Name, err)
 	}
-	addrs, err := nlretry.Do(func() ([]netlink.Addr, error) { return m.h.AddrList(br, netlink.FAMILY_ALL) })
+	addrs, err := m.addresses(br)
 	if err != nil {
-		return Info{}, fmt.Errorf("bridge %s: list addresses: %w", a.Name, err)
+		return Info{}, err
 	}
 	info := Info{
 		Name:                   a.Name,
@@ -154,7 +154,7 @@ func (m *Manager) describe(br netlink.Link, links map[int]netlink.Link, ports []
 		MAC:                    a.HardwareAddr.String(),
 		Up:                     a.Flags&net.FlagUp != 0,
 		OperState:              a.OperState.String(),
-		Addresses:              []netip.Prefix{},
+		Addresses:              addrs,
 		VLANFilteringSupported: o.vlanFiltering != nil && o.defaultPVID != nil,
 		VLANFiltering:          o.vlanFiltering != nil && *o.vlanFiltering,
 		DefaultPVID:            o.defaultPVID,
@@ -164,14 +164,6 @@ func (m *Manager) describe(br netlink.Link, links map[int]netlink.Link, ports []
 		Ports:                  []PortInfo{},
 	}
 	info.Owner, _ = owner.Of(br)
-	for _, ad := range addrs {
-		ip, ok := netip.AddrFromSlice(ad.IP)
-		if !ok {
-			continue
-		}
-		ones, _ := ad.Mask.Size()
-		info.Addresses = append(info.Addresses, netip.PrefixFrom(ip.Unmap(), ones))
-	}
 	for _, ps := range ports {
 		if ps.master != a.Index {
 			continue

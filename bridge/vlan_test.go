@@ -203,3 +203,59 @@ func TestVLANs(t *testing.T) {
 		t.Errorf("vlan_filtering %v after Ensure without it, want 0", d["vlan_filtering"])
 	}
 }
+
+// TestVLANReuseRestored: on a reused bridge, Ensure turns VLAN filtering
+// on with another default PVID (the kernel takes a new default_pvid only
+// while filtering is off, so the order matters both ways), and Restore
+// turns both back.
+func TestVLANReuseRestored(t *testing.T) {
+	e := newEnv(t)
+	requireVLANFiltering(t, e)
+	e.run("ip", "link", "add", "brhost", "type", "bridge", "vlan_filtering", "0", "vlan_default_pvid", "1")
+	// A port of the host's: the kernel moves ports on the default PVID
+	// with it, so restoring the default PVID restores the port too.
+	e.veth("hp0", "hp0-p")
+	e.run("ip", "link", "set", "hp0", "master", "brhost")
+	pvid1 := []bridge.VLAN{{ID: 1, PVID: true, Untagged: true}}
+	if got := e.bridgeVLANs()["hp0"]; !slices.Equal(got, pvid1) {
+		t.Fatalf("hp0 before: %v", got)
+	}
+	var u bridge.Undo
+	if _, err := e.m.Ensure(bridge.Config{Name: "brhost", Reuse: true, VLANFiltering: true, DefaultPVID: 10,
+		BeforeChange: func(x bridge.Undo) error { u = x; return nil }}); err != nil {
+		t.Fatal(err)
+	}
+	d := infoData(e.ipLink("brhost"), "info_data")
+	if d["vlan_filtering"] != 1.0 || d["vlan_default_pvid"] != 10.0 {
+		t.Fatalf("after Ensure: vlan_filtering %v default_pvid %v, want 1 and 10", d["vlan_filtering"], d["vlan_default_pvid"])
+	}
+	if got := e.bridgeVLANs()["hp0"]; !slices.Equal(got, []bridge.VLAN{{ID: 10, PVID: true, Untagged: true}}) {
+		t.Errorf("hp0 with default PVID 10: %v", got)
+	}
+	if err := e.m.Restore(u); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.bridgeVLANs()["hp0"]; !slices.Equal(got, pvid1) {
+		t.Errorf("hp0 after Restore: %v, want %v", got, pvid1)
+	}
+	d = infoData(e.ipLink("brhost"), "info_data")
+	if d["vlan_filtering"] != 0.0 || d["vlan_default_pvid"] != 1.0 {
+		t.Errorf("after Restore: vlan_filtering %v default_pvid %v, want 0 and 1", d["vlan_filtering"], d["vlan_default_pvid"])
+	}
+	// A bridge that filters already gets its new default PVID too (off,
+	// change, on again), and gets the old one back.
+	e.run("ip", "link", "add", "brhost2", "type", "bridge", "vlan_filtering", "1", "vlan_default_pvid", "10")
+	if _, err := e.m.Ensure(bridge.Config{Name: "brhost2", Reuse: true, VLANFiltering: true, DefaultPVID: 20,
+		BeforeChange: func(x bridge.Undo) error { u = x; return nil }}); err != nil {
+		t.Fatal(err)
+	}
+	if d := infoData(e.ipLink("brhost2"), "info_data"); d["vlan_filtering"] != 1.0 || d["vlan_default_pvid"] != 20.0 {
+		t.Fatalf("brhost2 after Ensure: vlan_filtering %v default_pvid %v, want 1 and 20", d["vlan_filtering"], d["vlan_default_pvid"])
+	}
+	if err := e.m.Restore(u); err != nil {
+		t.Fatal(err)
+	}
+	if d := infoData(e.ipLink("brhost2"), "info_data"); d["vlan_filtering"] != 1.0 || d["vlan_default_pvid"] != 10.0 {
+		t.Errorf("brhost2 after Restore: vlan_filtering %v default_pvid %v, want 1 and 10", d["vlan_filtering"], d["vlan_default_pvid"])
+	}
+}

@@ -23,10 +23,15 @@ import (
 // writeLab writes a lab file whose state lives in a test directory.
 func writeLab(t *testing.T, body string) (path, stateDir string) {
 	t.Helper()
-	dir := t.TempDir()
-	stateDir = filepath.Join(dir, "state")
-	path = filepath.Join(dir, "lab.toml")
-	if err := os.WriteFile(path, []byte(fmt.Sprintf("[lab]\nname = %q\nstate_dir = %q\n%s", "t", stateDir, body)), 0o644); err != nil {
+	return writeNamedLab(t, t.TempDir(), "t", body)
+}
+
+// writeNamedLab writes lab name's file into dir, with its state in dir too.
+func writeNamedLab(t *testing.T, dir, name, body string) (path, stateDir string) {
+	t.Helper()
+	stateDir = filepath.Join(dir, "state-"+name)
+	path = filepath.Join(dir, name+".toml")
+	if err := os.WriteFile(path, []byte(fmt.Sprintf("[lab]\nname = %q\nstate_dir = %q\n%s", name, stateDir, body)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return path, stateDir
@@ -329,7 +334,14 @@ func TestLabKilledSupervisor(t *testing.T) {
 	for _, point := range []string{"after-networks", "after-taps", "after-qemu"} {
 		t.Run(point, func(t *testing.T) {
 			ns := testenv.NetNS(t)
-			testenv.Do(t, ns, func() error { return exec.Command("ip", "link", "add", "pre0", "type", "bridge").Run() })
+			// pre0 is the host's: MTU 9000, STP off, down, an address of
+			// its own. The lab changes all of that.
+			testenv.Do(t, ns, func() error {
+				if err := exec.Command("ip", "link", "add", "pre0", "mtu", "9000", "type", "bridge").Run(); err != nil {
+					return err
+				}
+				return exec.Command("ip", "addr", "add", "10.74.0.9/24", "dev", "pre0").Run()
+			})
 			path, stateDir := writeLab(t, `
 [[network]]
 name = "lan"
@@ -337,6 +349,8 @@ addresses = ["10.72.0.1/24"]
 [[network]]
 name = "old"
 bridge = "pre0"
+stp = true
+addresses = ["10.74.0.1/24"]
 [[vm]]
 name = "a"
 accel = "tcg"
@@ -382,6 +396,22 @@ accel = "tcg"
 			left := strings.TrimSpace(links(t, ns))
 			if strings.Count(left, "\n") != 1 || !strings.Contains(left, ": pre0:") {
 				t.Errorf("want only lo and the pre-existing pre0, have:\n%s", left)
+			}
+			// What the lab changed on pre0 is back, although the supervisor
+			// that changed it was killed.
+			var pre []byte
+			testenv.Do(t, ns, func() error {
+				var err error
+				pre, err = exec.Command("ip", "-d", "addr", "show", "pre0").CombinedOutput()
+				return err
+			})
+			for _, want := range []string{"mtu 9000", "stp_state 0", "state DOWN", "10.74.0.9/24"} {
+				if !strings.Contains(string(pre), want) {
+					t.Errorf("pre0 after down lacks %q (restored from the state file):\n%s", want, pre)
+				}
+			}
+			if strings.Contains(string(pre), "10.74.0.1") || strings.Contains(string(pre), ",UP") {
+				t.Errorf("pre0 keeps the lab's address or is still up:\n%s", pre)
 			}
 			noQEMU(t, stateDir)
 			if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
@@ -539,4 +569,86 @@ accel = "tcg"
 	if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
 		t.Errorf("state directory left after teardown: %v", err)
 	}
+}
+
+// TestLabDerivedNameCollision: lab a-b's network c and lab a's network b-c
+// both derive the bridge a-b-c. The second `up` fails, naming the bridge,
+// its owner and what to do, and leaves nothing; the first lab keeps
+// working: its guest still reaches its bridge, and `down` removes it.
+func TestLabDerivedNameCollision(t *testing.T) {
+	requireGuests(t)
+	ns := testenv.NetNS(t)
+	dir := t.TempDir()
+	first, _ := writeNamedLab(t, dir, "a-b", `
+[[network]]
+name = "c"
+addresses = ["10.75.0.1/24"]
+[[vm]]
+name = "v"
+accel = "tcg"
+  [[vm.nic]]
+  network = "c"
+  address = ["10.75.0.2/24"]
+`)
+	second, secondState := writeNamedLab(t, dir, "a", `
+[[network]]
+name = "b-c"
+mtu = 9000
+addresses = ["10.76.0.1/24"]
+`)
+	if r := vmnetIn(t, ns, "up", first, "--detach"); r.status != 0 {
+		t.Fatalf("up a-b: %d\n%s%s", r.status, r.stdout, r.stderr)
+	}
+	t.Cleanup(func() { vmnetIn(t, ns, "down", first) })
+	before := links(t, ns)
+	var tag []struct { // the owner tag on a-b-c, as the error must quote it
+		Alias string `json:"ifalias"`
+	}
+	testenv.Do(t, ns, func() error {
+		out, err := exec.Command("ip", "-j", "link", "show", "dev", "a-b-c").Output()
+		if err == nil {
+			err = json.Unmarshal(out, &tag)
+		}
+		if err == nil && (len(tag) != 1 || tag[0].Alias == "") {
+			err = fmt.Errorf("a-b-c has no owner tag: %s", out)
+		}
+		return err
+	})
+
+	r := vmnetIn(t, ns, "up", second, "--detach")
+	if r.status != 1 {
+		t.Fatalf("up a took a-b's bridge: status %d\n%s%s", r.status, r.stdout, r.stderr)
+	}
+	for _, want := range []string{"bridge a-b-c exists", fmt.Sprintf("owner tag %q", tag[0].Alias),
+		"rename the lab or the network", `bridge = "..."`} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("up a: error lacks %q:\n%s", want, r.stderr)
+		}
+	}
+	if after := links(t, ns); after != before {
+		t.Errorf("the refused up changed the interfaces:\nbefore\n%s\nafter\n%s", before, after)
+	}
+	var br []byte
+	testenv.Do(t, ns, func() error {
+		var err error
+		br, err = exec.Command("ip", "addr", "show", "a-b-c").CombinedOutput()
+		return err
+	})
+	if strings.Contains(string(br), "10.76.0.1") || strings.Contains(string(br), "mtu 9000") || !strings.Contains(string(br), "10.75.0.1/24") {
+		t.Errorf("lab a changed lab a-b's bridge:\n%s", br)
+	}
+	if _, err := os.Stat(filepath.Join(secondState, "state.json")); !os.IsNotExist(err) {
+		t.Errorf("the refused lab left its state: %v", err)
+	}
+
+	if r := vmnetIn(t, ns, "sh", first, "v", "--timeout", "90s", "--", "ping -c 2 -W 5 10.75.0.1"); r.status != 0 {
+		t.Errorf("lab a-b's guest no longer reaches its bridge: %d\n%s%s", r.status, r.stdout, r.stderr)
+	}
+	if r := vmnetIn(t, ns, "status", first, "-o", "json"); r.status != 0 || !strings.Contains(r.stdout, `"phase": "up"`) {
+		t.Errorf("status a-b: %d\n%s%s", r.status, r.stdout, r.stderr)
+	}
+	if r := vmnetIn(t, ns, "down", first); r.status != 0 {
+		t.Fatalf("down a-b: %d %s", r.status, r.stderr)
+	}
+	onlyLoopback(t, ns)
 }

@@ -1,7 +1,9 @@
 package tests
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"regexp"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/vmnet/vmnet/internal/qemu"
 	"github.com/vmnet/vmnet/internal/testenv"
+	"github.com/vmnet/vmnet/netns"
 )
 
 const ciLab = "../examples/ci.toml"
@@ -184,4 +187,53 @@ func qemuStatus(dirPart, argPart string) string {
 		}
 	}
 	return ""
+}
+
+// TestRunSideBySide: three CI jobs run the same lab at once on one host
+// (here, one test namespace). Each works in a network namespace of its
+// own, so their identical bridges, taps, MACs and addresses never meet,
+// and none of them shows up in the caller's namespace.
+func TestRunSideBySide(t *testing.T) {
+	requireGuests(t)
+	ns := testenv.NetNS(t)
+	const jobs = 3
+	var seen []string
+	stop := make(chan struct{})
+	watched := make(chan struct{})
+	go func() { // the caller's namespace stays empty while the jobs run
+		defer close(watched)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(300 * time.Millisecond):
+			}
+			var out []byte
+			netns.Do(ns, func() error {
+				out, _ = exec.Command("ip", "-o", "link", "show").Output()
+				return nil
+			})
+			if s := strings.TrimSpace(string(out)); strings.Count(s, "\n") != 0 {
+				seen = append(seen, s)
+			}
+		}
+	}()
+	t.Run("jobs", func(t *testing.T) { // returns when every parallel job has
+		for i := range jobs {
+			t.Run(fmt.Sprint(i), func(t *testing.T) {
+				t.Parallel()
+				r := vmnetIn(t, ns, "run", ciLab, "ci", "--boot-timeout", "6m", "--",
+					fmt.Sprintf("ping -c 2 -W 5 10.80.0.1 && ping -c 2 -W 5 fd80::1 && echo job-%d-done", i))
+				if r.status != 0 || !strings.Contains(r.stdout, fmt.Sprintf("job-%d-done", i)) {
+					t.Errorf("job %d failed: status %d\nstdout:\n%s\nstderr:\n%s", i, r.status, r.stdout, r.stderr)
+				}
+			})
+		}
+	})
+	close(stop)
+	<-watched
+	if len(seen) > 0 {
+		t.Errorf("runs made interfaces in the caller's namespace:\n%s", seen[0])
+	}
+	onlyLoopback(t, ns)
 }

@@ -47,6 +47,11 @@ type Network struct {
 	Transparent   bool   // forward link-local frames (LLDP, LACP, STP) like a wire
 	Qdisc         string // root qdisc of the network's taps: noqueue (default) or default
 	Pos           Pos
+
+	// BridgeExplicit: the lab file names the bridge (bridge = "..."), so
+	// an existing bridge of that name that vmnet did not make for this
+	// lab may be used; a derived name must not be taken.
+	BridgeExplicit bool
 }
 
 // VM is one QEMU guest.

@@ -78,8 +78,11 @@ func TestExampleResolved(t *testing.T) {
 		t.Errorf("warnings: %v", lab.Warnings)
 	}
 	wan := lab.Networks[1]
-	if wan.Bridge != "demo-wan" || wan.MTU != 1500 || wan.DefaultPVID != 1 {
+	if wan.Bridge != "demo-wan" || wan.BridgeExplicit || wan.MTU != 1500 || wan.DefaultPVID != 1 {
 		t.Errorf("wan = %+v", wan)
+	}
+	if lan := lab.Networks[0]; lan.Bridge != "demo-lan" || !lan.BridgeExplicit {
+		t.Errorf("lan names its bridge; BridgeExplicit must say so: %+v", lan)
 	}
 	r, h1 := lab.VMs[0], lab.VMs[1]
 	if r.CPUs != 4 || r.MemoryMiB != 1024 || r.Kernel != dir+"/boot/vmlinuz" || r.DiskFormat != "qcow2" ||

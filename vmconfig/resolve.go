@@ -72,7 +72,7 @@ func (r *resolver) network(t *table) {
 		if err := checkIfName(bridge.v); err != nil {
 			t.errorf("bridge", "bridge: %v", err)
 		} else {
-			n.Bridge = bridge.v
+			n.Bridge, n.BridgeExplicit = bridge.v, true
 		}
 	case ok && r.labOK:
 		n.Bridge = r.lab.Name + "-" + n.Name

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -13,7 +14,7 @@ import (
 
 func bridgeCommand() *command {
 	return &command{name: "bridge", summary: "create, show, list and delete bridges and their ports", subs: []*command{
-		{name: "create", args: "NAME [flags]", summary: "create a bridge (or configure an existing one)", run: bridgeCreate},
+		{name: "create", args: "NAME [flags] [--force]", summary: "create a bridge (or configure one vmnet made; others only with --force)", run: bridgeCreate},
 		{name: "show", args: "NAME [-o table|json]", summary: "describe a bridge and its ports", run: bridgeShow},
 		{name: "list", args: "[-o table|json] [--tag OWNER]", summary: "list the bridges vmnet created", run: bridgeList},
 		{name: "delete", args: "NAME [--force]", summary: "delete a bridge that vmnet created", run: bridgeDelete},
@@ -91,7 +92,7 @@ func (p *prefixList) Set(s string) error {
 }
 
 func bridgeCreate(e *env, args []string) error {
-	fs := e.flags("vmnet bridge create", "NAME [--mtu N] [--address CIDR]... [--stp] [--vlan-filtering [--default-pvid N]] [--transparent | --group-fwd-mask MASK] [--mcast-snooping on|off]")
+	fs := e.flags("vmnet bridge create", "NAME [--mtu N] [--address CIDR]... [--stp] [--vlan-filtering [--default-pvid N]] [--transparent | --group-fwd-mask MASK] [--mcast-snooping on|off] [--force]")
 	mtu := fs.Int("mtu", 0, "MTU (default: 1500 on a new bridge)")
 	var addrs prefixList
 	fs.Var(&addrs, "address", "add an IPv4/IPv6 address with prefix length (repeatable)")
@@ -103,6 +104,7 @@ func bridgeCreate(e *env, args []string) error {
 	var snoop onOff
 	fs.Var(&snoop, "mcast-snooping", "multicast snooping on or off (default: the kernel's, on)")
 	tag := fs.String("tag", "", "owner tag recorded on the bridge: vmnet:adhoc (the default) or vmnet:lab:LAB")
+	force := fs.Bool("force", false, "configure an existing bridge that vmnet did not create (it is never tagged or deleted)")
 	pos, err := fs.parse(args, 1, 1)
 	if err != nil {
 		return err
@@ -118,7 +120,7 @@ func bridgeCreate(e *env, args []string) error {
 		return usagef("--default-pvid %d: want 1..4094", *pvid)
 	}
 	cfg := bridge.Config{Name: pos[0], MTU: *mtu, Addresses: addrs, STP: *stp, VLANFiltering: *vf,
-		DefaultPVID: uint16(*pvid), MulticastSnooping: snoop.v, Owner: own}
+		DefaultPVID: uint16(*pvid), MulticastSnooping: snoop.v, Owner: own, Reuse: *force}
 	if *transparent {
 		cfg.GroupFwdMask = bridge.TransparentMask
 	}
@@ -135,6 +137,10 @@ func bridgeCreate(e *env, args []string) error {
 	}
 	defer m.Close()
 	created, err := m.Ensure(cfg)
+	var iu *bridge.InUseError
+	if errors.As(err, &iu) {
+		return fmt.Errorf("%w; nothing was changed: use --force to configure it anyway (vmnet then changes only the settings given and never deletes it)", err)
+	}
 	if err != nil {
 		return err
 	}

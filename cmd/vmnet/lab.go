@@ -14,6 +14,7 @@ import (
 	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/internal/lab"
 	"github.com/vmnet/vmnet/names"
+	"github.com/vmnet/vmnet/netns"
 	"github.com/vmnet/vmnet/vmconfig"
 )
 
@@ -109,12 +110,42 @@ func runVM(e *env, args []string) (err error) {
 	if *quiet {
 		opts.Logf, opts.Console, opts.ImageProgress = nil, nil, nil
 	}
+	// The test image is built (or found) here: a fresh namespace has no
+	// network to download packages with. (An unknown VM is reported below.)
+	var vm *vmconfig.VM
+	for _, v := range cfg.VMs {
+		if v.Name == pos[1] {
+			vm = v
+		}
+	}
+	if vm != nil && vm.Kernel == "" {
+		img, err := images.Ensure(ctx, images.Options{Progress: opts.ImageProgress})
+		if err != nil {
+			return fmt.Errorf("vm %s: %w", vm.Name, err)
+		}
+		opts.Image = &img
+	}
+	// Every run works in a fresh network namespace of its own, so that
+	// runs of one lab side by side neither share nor fight over bridges,
+	// taps and addresses. Its interfaces go away with it; QEMU reaches
+	// the taps through their fds.
+	private, err := netns.New()
+	if err != nil {
+		return fmt.Errorf("vmnet run: private network namespace: %w", err)
+	}
+	defer private.Close()
+	return netns.Do(private, func() error { return e.runIn(ctx, cfg, opts, pos[1], cmd, runDir, *boot, *timeout) })
+}
+
+// runIn is `vmnet run` inside the run's private network namespace.
+func (e *env) runIn(ctx context.Context, cfg *vmconfig.Lab, opts lab.Options, vmName, cmd, runDir string,
+	boot, timeout time.Duration) (err error) {
 	l, err := lab.New(cfg, opts)
 	if err != nil {
 		return err
 	}
 	defer l.Close()
-	vm, err := l.VM(pos[1])
+	vm, err := l.VM(vmName)
 	if err != nil {
 		return err
 	}
@@ -138,7 +169,7 @@ func runVM(e *env, args []string) (err error) {
 	if err != nil {
 		return err
 	}
-	bctx, cancel := context.WithTimeout(ctx, *boot)
+	bctx, cancel := context.WithTimeout(ctx, boot)
 	defer cancel()
 	if err := v.WaitReady(bctx); err != nil {
 		return e.timedOut(ctx, bctx, err)
@@ -152,7 +183,7 @@ func runVM(e *env, args []string) (err error) {
 			return exitStatus(130)
 		}
 	}
-	wctx, cancel2 := context.WithTimeout(ctx, *timeout)
+	wctx, cancel2 := context.WithTimeout(ctx, timeout)
 	defer cancel2()
 	st, err := v.Wait(wctx)
 	if err != nil {

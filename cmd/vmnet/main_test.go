@@ -204,3 +204,55 @@ func TestFeaturesJSON(t *testing.T) {
 		t.Errorf("features: %+v", f)
 	}
 }
+
+// TestBridgeCreateForeignNeedsForce: `bridge create` on a bridge vmnet did
+// not create (or made for a lab) refuses and changes nothing; --force
+// configures it and leaves it untagged.
+func TestBridgeCreateForeignNeedsForce(t *testing.T) {
+	ns := testenv.NetNS(t)
+	p := nsPath(ns)
+	inNS(t, ns, "ip", "link", "add", "foreignbr", "mtu", "9000", "type", "bridge")
+	if st, _, stderr := vmnet(t, "--netns", p, "bridge", "create", "labbr", "--tag", "vmnet:lab:somelab"); st != 0 {
+		t.Fatalf("bridge create --tag: %s", stderr)
+	}
+	for _, c := range []struct{ name, want string }{
+		{"foreignbr", "is not vmnet's"},
+		{"labbr", fmt.Sprintf("owner tag %q", aliasOf(t, ns, "labbr"))},
+	} {
+		st, _, stderr := vmnet(t, "--netns", p, "bridge", "create", c.name, "--mtu", "1500", "--stp", "--address", "10.9.9.1/24")
+		if st != exitError || !strings.Contains(stderr, "bridge "+c.name+" exists") || !strings.Contains(stderr, c.want) ||
+			!strings.Contains(stderr, "--force") || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+			t.Errorf("bridge create %s: status %d, stderr %q; want 1, one line naming it, %q and --force", c.name, st, stderr, c.want)
+		}
+	}
+	if out := inNS(t, ns, "ip", "-d", "addr", "show", "foreignbr"); !strings.Contains(out, "mtu 9000") ||
+		strings.Contains(out, "stp_state 1") || strings.Contains(out, "10.9.9.1") {
+		t.Errorf("refused create changed foreignbr:\n%s", out)
+	}
+	st, out, stderr := vmnet(t, "--netns", p, "bridge", "create", "foreignbr", "--mtu", "1500", "--force")
+	if st != 0 || !strings.Contains(out, "configured existing bridge foreignbr") {
+		t.Fatalf("bridge create --force: %d %q %q", st, out, stderr)
+	}
+	if out := inNS(t, ns, "ip", "-d", "link", "show", "foreignbr"); !strings.Contains(out, "mtu 1500") || strings.Contains(out, "alias") {
+		t.Errorf("after --force:\n%s", out)
+	}
+	// vmnet's own ad-hoc bridge needs no --force.
+	if st, _, stderr := vmnet(t, "--netns", p, "bridge", "create", "mine"); st != 0 {
+		t.Fatal(stderr)
+	}
+	if st, _, stderr := vmnet(t, "--netns", p, "bridge", "create", "mine", "--stp"); st != 0 {
+		t.Errorf("bridge create on vmnet's own bridge: %d %s", st, stderr)
+	}
+}
+
+// aliasOf is the interface alias (vmnet's owner tag) as iproute2 reports it.
+func aliasOf(t *testing.T, ns netns.Handle, name string) string {
+	t.Helper()
+	var v []struct {
+		Alias string `json:"ifalias"`
+	}
+	if err := json.Unmarshal([]byte(inNS(t, ns, "ip", "-j", "link", "show", "dev", name)), &v); err != nil || len(v) != 1 || v[0].Alias == "" {
+		t.Fatalf("alias of %s: %v %v", name, err, v)
+	}
+	return v[0].Alias
+}

@@ -24,7 +24,7 @@ import (
 // pass) inside a guest. Their whole packages run there, so that a new
 // test that skips on the host for a missing feature is caught too.
 var guestOnly = map[string][]string{
-	"./bridge/":         {"TestVLANs", "TestPortVLANsNeedFiltering"},
+	"./bridge/":         {"TestVLANs", "TestPortVLANsNeedFiltering", "TestVLANReuseRestored"},
 	"./tap/":            {"TestProbe", "TestCreateSeenByIPAndEthtool"}, // a second kernel (6.1, no USO)
 	"./internal/gexec/": {"TestVhostFdsPerQueue", "TestKernel8021Q", "TestKernelNetem"},
 }

@@ -24,8 +24,8 @@ import (
 // state file, the interface tags, or both, so it also cleans up after a
 // supervisor killed at any point. It trusts dir only when it carries the
 // lab's marker for ns; interfaces without the lab's tag, such as a reused
-// bridge, are never touched, and processes only when both their pid and
-// start time are the ones recorded.
+// bridge, are never deleted (what the lab changed on one is put back), and
+// processes only when both their pid and start time are the ones recorded.
 func Down(ctx context.Context, name, dir string, ns NetNS, logf func(string, ...any)) error {
 	if logf == nil {
 		logf = func(string, ...any) {}
@@ -75,6 +75,10 @@ func Down(ctx context.Context, name, dir string, ns NetNS, logf func(string, ...
 		}
 	}
 	if err := deleteTagged(name, logf); err != nil {
+		errs = append(errs, err)
+	}
+	// A reused bridge stays, with the settings it had before the lab.
+	if err := restoreReused(dir, logf); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) == 0 && m != nil {

@@ -70,6 +70,9 @@ type Lab struct {
 	links     []*runningLink
 	linkCtx   context.Context
 	linkStop  context.CancelFunc
+
+	// undo is what the Lab changed on reused bridges, in order.
+	undo []bridge.Undo
 }
 
 // New prepares to bring cfg up in the calling thread's network namespace.
@@ -149,7 +152,14 @@ func (l *Lab) EnsureNetwork(name string) (err error) {
 	done := l.step("network " + n.Name + " (bridge " + n.Bridge + ")")
 	defer func() { done(err) }()
 	cfg := bridge.Config{Name: n.Bridge, MTU: n.MTU, Addresses: n.Addresses, VLANFiltering: n.VLANFiltering,
-		STP: n.STP, Owner: owner.Lab(l.cfg.Name)}
+		STP: n.STP, Owner: owner.Lab(l.cfg.Name), Reuse: n.BridgeExplicit}
+	// What the lab changes on a bridge it reuses is on disk before the
+	// change, so that `vmnet down` restores it even after a SIGKILL.
+	undo := len(l.undo)
+	cfg.BeforeChange = func(u bridge.Undo) error {
+		l.undo = append(l.undo, u)
+		return l.saveLocked()
+	}
 	if n.VLANFiltering {
 		cfg.DefaultPVID = uint16(n.DefaultPVID)
 	}
@@ -158,6 +168,13 @@ func (l *Lab) EnsureNetwork(name string) (err error) {
 	}
 	created, err := l.br.Ensure(cfg)
 	if err != nil {
+		l.undo = l.undo[:undo] // Ensure put back what it changed
+		var iu *bridge.InUseError
+		if errors.As(err, &iu) {
+			return fmt.Errorf("lab %s: network %s: %w; vmnet will not share it by accident: rename the lab or the network, "+
+				"or set bridge = \"...\" in the [[network]] to another name (or to %s, to use this bridge on purpose)",
+				l.cfg.Name, n.Name, err, n.Bridge)
+		}
 		return fmt.Errorf("lab %s: network %s: %w", l.cfg.Name, n.Name, err)
 	}
 	if created {
@@ -246,6 +263,9 @@ func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (_ *ta
 		return err
 	})
 	if err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return nil, l.nameTaken(vm, nic, err)
+		}
 		return nil, fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
 	}
 	if nic.Network == "" {
@@ -276,6 +296,26 @@ func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (_ *ta
 		return nil, fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
 	}
 	return t, nil
+}
+
+// nameTaken explains a tap name that is in use: which interface holds
+// it, whose it is, and what to do. Taps are never shared, whoever made
+// the interface.
+func (l *Lab) nameTaken(vm *vmconfig.VM, nic *vmconfig.NIC, err error) error {
+	link, lerr := l.br.Handle().LinkByName(nic.IfName)
+	if lerr != nil {
+		return fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
+	}
+	whose := "no vmnet owner tag: vmnet did not create it"
+	todo := "rename the lab or the VM, or set ifname = \"...\" in the [[vm.nic]] to a free name"
+	if own, ok := owner.Of(link); ok {
+		whose = fmt.Sprintf("owner tag %q", link.Attrs().Alias)
+		if own == owner.Lab(l.cfg.Name) { // the owner string createTap tags with
+			todo = fmt.Sprintf("it is left from an earlier run of this lab: run `vmnet down %s` first", l.cfg.Name)
+		}
+	}
+	return fmt.Errorf("lab %s: vm %s nic %d: tap %s: an interface of that name exists (a %s, %s); %s",
+		l.cfg.Name, vm.Name, nic.Index, nic.IfName, link.Type(), whose, todo)
 }
 
 // Tap returns the open tap of a NIC created by CreateTaps.
@@ -451,7 +491,10 @@ func (l *Lab) Teardown(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	l.bridges, l.reused = nil, nil
+	if err := restoreAll(l.br, l.undo, l.opts.Logf); err != nil {
+		errs = append(errs, err)
+	}
+	l.bridges, l.reused, l.undo = nil, nil, nil
 	l.networks = map[string]bool{}
 	if l.state != nil && errors.Join(errs...) == nil {
 		if err := RemoveStateDir(l.cfg.StateDir, l.cfg.Name, l.netNS); err != nil {

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vmnet/vmnet/bridge"
 	"github.com/vmnet/vmnet/vmconfig"
 )
 
@@ -33,6 +34,10 @@ type State struct {
 	Bridges         []string  `json:"bridges_created"`
 	Reused          []string  `json:"bridges_reused,omitempty"`
 	VMs             []VMState `json:"vms"`
+
+	// Restore is what the lab changed on the bridges it reused, written
+	// before each change; `down` puts it back.
+	Restore []bridge.Undo `json:"bridges_restore,omitempty"`
 }
 
 // VMState is one guest as the supervisor started it.

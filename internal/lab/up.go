@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vmnet/vmnet/bridge"
 	"github.com/vmnet/vmnet/internal/qemu"
 	"github.com/vmnet/vmnet/tap"
 )
@@ -35,6 +36,7 @@ func (l *Lab) saveLocked() error {
 	s := l.state
 	s.Bridges = append([]string(nil), l.bridges...)
 	s.Reused = append([]string(nil), l.reused...)
+	s.Restore = append([]bridge.Undo(nil), l.undo...)
 	s.VMs = s.VMs[:0]
 	for _, vm := range l.cfg.VMs {
 		vs := VMState{Name: vm.Name, Console: vm.Console, RunDir: l.runDir(vm.Name), Started: l.started[vm.Name]}
