@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
+
+	"github.com/vmnet/vmnet/internal/logcap"
 )
 
 // Default bounds for waits whose context carries no deadline.
@@ -38,7 +40,7 @@ type VM struct {
 	con     *console
 	stderr  *ringBuffer
 	mon     *monitor
-	logFile *os.File
+	logFile *logcap.File
 	conLn   net.Listener
 
 	exited  chan struct{} // closed when QEMU has exited
@@ -170,9 +172,9 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	}
 	var outs []io.Writer
 	if s.ConsoleLog != "" {
-		f, err := os.OpenFile(s.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+		f, err := logcap.Create(s.ConsoleLog, s.ConsoleMax, 0o640)
 		if err != nil {
-			return nil, fmt.Errorf("%s: console log: %w", name, err)
+			return nil, fmt.Errorf("%s: console: %w", name, err)
 		}
 		vm.logFile = f
 		cleanup = append(cleanup, func() { f.Close() })
