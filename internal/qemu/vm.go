@@ -182,6 +182,7 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	}
 	outs = append(outs, s.ConsoleTee)
 	vm.con = newConsole(s.ConsoleLines, outs...)
+	vm.con.nonce = nonceOf(s.Append)
 
 	ln, err := net.Listen("unix", conPath)
 	if err != nil {
@@ -420,15 +421,20 @@ func (vm *VM) Wait(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("%s: guest command did not finish (no %s) within %v; last console lines: %s",
 			vm.spec.name(), ExitMarker, limitOr(limit, start), vm.con.tailText(tailLines))
 	}
-	status := vm.con.status
 	select {
 	case <-vm.exited:
 	case <-ctx.Done():
+		status := vm.con.exitStatus()
 		return status, fmt.Errorf("%s: guest printed %s%d but QEMU did not exit within %v; last console lines: %s",
 			vm.spec.name(), ExitMarker, status, limitOr(limit, start), vm.con.tailText(tailLines))
 	}
+	// The last marker counts: read the console to its end first.
+	select {
+	case <-vm.con.done:
+	case <-time.After(2 * time.Second):
+	}
 	vm.release()
-	return status, nil
+	return vm.con.exitStatus(), nil
 }
 
 // Status is QMP query-status.
