@@ -406,7 +406,10 @@ func labShell(e *env, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	st, err := lab.Shell(ctx, dir, pos[1], shellJoin(pos[2:]), e.stdout)
+	res, err := lab.Shell(ctx, dir, pos[1], shellJoin(pos[2:]), e.stdout)
+	if res.Cut > 0 {
+		fmt.Fprintf(e.stderr, "vmnet: output cut after %d MiB: %d more bytes were not shown\n", lab.MaxShellOutput>>20, res.Cut)
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		fmt.Fprintf(e.stderr, "vmnet: timeout: %v\n", err)
 		return exitStatus(exitTimeout)
@@ -414,8 +417,8 @@ func labShell(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if st != 0 {
-		return exitStatus(st)
+	if res.Status != 0 {
+		return exitStatus(res.Status)
 	}
 	return nil
 }
