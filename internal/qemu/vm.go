@@ -251,7 +251,14 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 // runningPid returns the pid in a QEMU pidfile if that process is alive
 // and is QEMU, else 0.
 func runningPid(pidfile string) int {
-	b, err := os.ReadFile(pidfile)
+	// QEMU (another user, if Spec.User is set) writes the pidfile: read
+	// a few bytes of a regular file, not whatever a link points to.
+	f, err := os.OpenFile(pidfile, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return 0
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 32))
+	f.Close()
 	if err != nil {
 		return 0
 	}
