@@ -89,14 +89,14 @@ func hostShell(t *testing.T) (dir string) {
 	return dir
 }
 
-func shellCall(t *testing.T, dir, cmd string, d time.Duration) (ShellResult, string, error, time.Duration) {
+func shellCall(t *testing.T, dir, cmd string, d time.Duration) (ShellResult, string, time.Duration, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	var out bytes.Buffer
 	t0 := time.Now()
 	res, err := Shell(ctx, dir, "g", cmd, &out)
-	return res, out.String(), err, time.Since(t0)
+	return res, out.String(), time.Since(t0), err
 }
 
 func TestShellProtocol(t *testing.T) {
@@ -119,7 +119,7 @@ func TestShellProtocol(t *testing.T) {
 		{"long line", "head -c 200000 /dev/zero | tr '\\0' x; echo", strings.Repeat("x", 200000) + "\n", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			res, out, err, took := shellCall(t, dir, tc.cmd, 20*time.Second)
+			res, out, took, err := shellCall(t, dir, tc.cmd, 20*time.Second)
 			if err != nil {
 				t.Fatalf("%v after %v", err, took)
 			}
@@ -134,7 +134,7 @@ func TestShellProtocol(t *testing.T) {
 			}
 		})
 	}
-	if _, _, err, _ := shellCall(t, dir, strings.Repeat("x", MaxShellCommand+1), time.Second); err == nil {
+	if _, _, _, err := shellCall(t, dir, strings.Repeat("x", MaxShellCommand+1), time.Second); err == nil {
 		t.Error("a command over the limit was sent")
 	}
 }
@@ -143,7 +143,7 @@ func TestShellProtocol(t *testing.T) {
 // still comes back.
 func TestShellOutputCap(t *testing.T) {
 	dir := hostShell(t)
-	res, out, err, _ := shellCall(t, dir, "head -c 20000000 /dev/zero; exit 5", time.Minute)
+	res, out, _, err := shellCall(t, dir, "head -c 20000000 /dev/zero; exit 5", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,11 +156,11 @@ func TestShellOutputCap(t *testing.T) {
 // command shortly after, and its late output is not the next call's.
 func TestShellTimeoutThenNext(t *testing.T) {
 	dir := hostShell(t)
-	_, _, err, took := shellCall(t, dir, "echo started; sleep 2; echo stale-output; sleep 600", time.Second)
+	_, _, took, err := shellCall(t, dir, "echo started; sleep 2; echo stale-output; sleep 600", time.Second)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("want a timeout, got %v after %v", err, took)
 	}
-	res, out, err, took := shellCall(t, dir, "echo fresh", 30*time.Second)
+	res, out, took, err := shellCall(t, dir, "echo fresh", 30*time.Second)
 	if err != nil || res.Status != 0 || out != "fresh\n" {
 		t.Fatalf("next call: %v status %d output %q", err, res.Status, out)
 	}
