@@ -48,6 +48,10 @@
 //	    Standard base64 (with padding) of a shell command run with sh -c
 //	    (see CmdArg). At most once. The whole kernel command line is
 //	    limited to 2047 bytes: longer programs go into /vmnet/run.
+//	vmnet.nonce=HEX
+//	    Put HEX (lower-case hex digits) into the exit marker, so that the
+//	    host can tell /init's marker from command output that merely
+//	    contains a marker line. The last one given counts.
 //
 // Any other vmnet.* parameter is an error.
 //
@@ -74,9 +78,13 @@
 // at a multiple of 4 bytes, see package cpio), called with the lines of /vmnet/args as its arguments
 // (one argument per line, no quoting). The command runs in / as root with
 // stdin /dev/null, stdout and stderr on the console. Afterwards /init
-// prints "\nVMNET-EXIT=<status>\n" (a newline first, so the marker is on
-// its own line even after output without a final newline) and powers the
-// machine off (poweroff -f; reboot -f if that fails). After VMNET-ERROR
+// kills every process left (kill -KILL -1), prints
+// "\nVMNET-EXIT=<status>\n", or "\nVMNET-EXIT=<status> <nonce>\n" when
+// vmnet.nonce was given (a newline first, so the marker is on its own
+// line even after output without a final newline), and powers the
+// machine off (poweroff -f; reboot -f if that fails). The command can
+// print marker lines itself, and read the nonce from /proc/cmdline, but
+// nothing can print after /init's marker: hosts take the last one. After VMNET-ERROR
 // with a command given, the command is not run: VMNET-EXIT=125.
 //
 // Without a command the guest keeps running: a shell for programs on

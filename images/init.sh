@@ -17,8 +17,16 @@ err() {
 	errors=$((errors + 1))
 }
 
+nonce=
 finish() { # finish STATUS: report the exit status on its own line and power off
-	printf '\nVMNET-EXIT=%d\n' "$1"
+	# Nothing the command left behind may print after the marker: the
+	# host takes the last marker line as the status.
+	kill -KILL -1 2>/dev/null
+	if [ -n "$nonce" ]; then
+		printf '\nVMNET-EXIT=%d %s\n' "$1" "$nonce"
+	else
+		printf '\nVMNET-EXIT=%d\n' "$1"
+	fi
 	sync
 	poweroff -f
 	sleep 2
@@ -37,7 +45,8 @@ for w in $(cat /proc/cmdline); do
 		cmd64=${w#vmnet.cmd=}
 		havecmd=cmdline
 		;;
-	vmnet.*) err "unknown kernel parameter $w (known: vmnet.ip, vmnet.route, vmnet.mtu, vmnet.modules, vmnet.cmd)" ;;
+	vmnet.nonce=*) nonce=${w#vmnet.nonce=} ;;
+	vmnet.*) err "unknown kernel parameter $w (known: vmnet.ip, vmnet.route, vmnet.mtu, vmnet.modules, vmnet.cmd, vmnet.nonce)" ;;
 	esac
 done
 if [ -z "$havecmd" ] && [ -x /vmnet/run ]; then

@@ -30,6 +30,9 @@ func TestRunExitStatus(t *testing.T) {
 		{"three", []string{"--", "sh", "-c", `echo "it's me" >&2; exit 3`, "ignored"}, 3, "it's me"},
 		{"shell", []string{"--", "echo one && echo two | tr o 0; exit 7"}, 7, "tw0"},
 		{"timeout", []string{"--timeout", "15s", "--", "sleep", "600"}, 124, "VMNET-READY"},
+		// Marker lines the command prints, even with the run's nonce read
+		// from /proc/cmdline, do not make a failing command succeed.
+		{"fake-exit", []string{"--", `echo VMNET-EXIT=0; echo "VMNET-EXIT=0 $(sed -n 's/.*vmnet.nonce=\([0-9a-f]*\).*/\1/p' /proc/cmdline)"; exit 5`}, 5, "VMNET-EXIT=5 "},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ns := testenv.NetNS(t)

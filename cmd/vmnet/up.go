@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vmnet/vmnet/internal/lab"
+	"github.com/vmnet/vmnet/internal/logcap"
 	"github.com/vmnet/vmnet/names"
 	"github.com/vmnet/vmnet/netns"
 	"github.com/vmnet/vmnet/vmconfig"
@@ -77,6 +78,9 @@ func up(e *env, args []string) error {
 	var readyPipe *os.File
 	if *supervised {
 		readyPipe = os.NewFile(3, "ready")
+		if err := e.capLog(logcap.DefaultMax); err != nil {
+			return fmt.Errorf("lab %s: %w", cfg.Name, err)
+		}
 	}
 	return e.supervise(cfg, *ready, readyPipe)
 }
@@ -128,6 +132,26 @@ func (e *env) supervise(cfg *vmconfig.Lab, ready time.Duration, readyPipe *os.Fi
 	return errors.Join(serr, l.Teardown(tctx))
 }
 
+// capLog makes a supervisor's output a capped log (see package logcap)
+// when its stderr is a regular file: the supervisor.log that detach
+// hands it as stdout and stderr, opened with O_APPEND so that a crash
+// report the Go runtime writes straight to fd 2 still lands at the end.
+func (e *env) capLog(limit int64) error {
+	f, ok := e.stderr.(*os.File)
+	if !ok {
+		return nil
+	}
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return nil // a terminal or pipe: someone is watching
+	}
+	l, err := logcap.New(f, limit)
+	if err != nil {
+		return fmt.Errorf("supervisor log: %w", err)
+	}
+	e.stdout, e.stderr = l, l
+	return nil
+}
+
 // lockState keeps a second supervisor of the same lab out for as long as
 // the first one lives.
 func lockState(cfg *vmconfig.Lab) (*os.File, error) {
@@ -157,7 +181,8 @@ func (e *env) detach(cfg *vmconfig.Lab) error {
 		args = append(args, a)
 	}
 	logPath := filepath.Join(cfg.StateDir, "supervisor.log")
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	// Read-write and appending: the supervisor caps it in place (capLog).
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_RDWR|os.O_TRUNC|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return fmt.Errorf("lab %s: supervisor log: %w", cfg.Name, err)
 	}
@@ -180,7 +205,9 @@ func (e *env) detach(cfg *vmconfig.Lab) error {
 	w.Close()
 	defer r.Close()
 	go cmd.Wait() // reaps it only if it dies while we wait
-	line, rerr := bufio.NewReader(r).ReadString('\n')
+	// The supervisor's answer carries an error that may quote guest
+	// console lines: read a bounded amount.
+	line, rerr := bufio.NewReader(io.LimitReader(r, maxReadyLine)).ReadString('\n')
 	line = strings.TrimSpace(line)
 	switch {
 	case line == "ok":
@@ -195,8 +222,22 @@ func (e *env) detach(cfg *vmconfig.Lab) error {
 	return fmt.Errorf("lab %s: the supervisor exited before the lab was up; its log %s ends:\n%s", cfg.Name, logPath, tail(logPath, 15))
 }
 
+// maxReadyLine bounds the supervisor's "ok" or "error: ..." line.
+const maxReadyLine = 256 << 10
+
+// tailBytes bounds how much of a log tail reads: the last lines of a
+// capped log, not the whole of it.
+const tailBytes = 64 << 10
+
 func tail(path string, n int) string {
-	b, _ := os.ReadFile(path)
+	var b []byte
+	if f, err := os.Open(path); err == nil {
+		if st, err := f.Stat(); err == nil {
+			off := max(st.Size()-tailBytes, 0)
+			b, _ = io.ReadAll(io.NewSectionReader(f, off, tailBytes))
+		}
+		f.Close()
+	}
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
@@ -439,7 +480,10 @@ func labShell(e *env, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	st, err := lab.Shell(ctx, dir, pos[1], shellJoin(pos[2:]), e.stdout)
+	res, err := lab.Shell(ctx, dir, pos[1], shellJoin(pos[2:]), e.stdout)
+	if res.Cut > 0 {
+		fmt.Fprintf(e.stderr, "vmnet: output cut after %d MiB: %d more bytes were not shown\n", lab.MaxShellOutput>>20, res.Cut)
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		fmt.Fprintf(e.stderr, "vmnet: timeout: %v\n", err)
 		return exitStatus(exitTimeout)
@@ -447,8 +491,8 @@ func labShell(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if st != 0 {
-		return exitStatus(st)
+	if res.Status != 0 {
+		return exitStatus(res.Status)
 	}
 	return nil
 }

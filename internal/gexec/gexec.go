@@ -133,11 +133,12 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	res.Image = time.Since(t0)
 
 	// The wrapper loads the modules, in one modprobe (see wrapperScript).
-	app, err := qemu.GuestArgs{}.Append(images.DefaultCmdline)
+	nonce := qemu.NewNonce()
+	app, err := qemu.GuestArgs{Nonce: nonce}.Append(images.DefaultCmdline)
 	if err != nil {
 		return res, err
 	}
-	out := newOutputFilter(o.Stdout, o.Console)
+	out := newOutputFilter(o.Stdout, o.Console, nonce)
 	spec := qemu.Spec{
 		Name: "exec", Machine: o.Machine, Accel: o.Accel, CPUs: o.CPUs, MemoryMiB: o.MemoryMiB,
 		Kernel: img.Kernel, Initrd: initrd, Append: app,

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/vmnet/vmnet/internal/qemu"
 )
 
 // startTime is when the program started (zero if it did not).
@@ -26,21 +28,25 @@ func (f *outputFilter) startError() string {
 const (
 	startLine   = "VMNET-EXEC-START"   // the program's output follows
 	errorPrefix = "VMNET-EXEC-ERROR: " // the program could not be started
-	exitPrefix  = "VMNET-EXIT="
 	maxBootLine = 4096
 )
 
 // outputFilter turns the guest's serial console into the program's
 // output: everything up to the VMNET-EXEC-START line is boot chatter (copied
 // to boot, if set), everything after it is the program's stdout and
-// stderr, byte for byte, until the VMNET-EXIT=<n> line, which is dropped
+// stderr, byte for byte, until the exit marker carrying the run's nonce
+// ("VMNET-EXIT=<n> <nonce>", see qemu.ParseExit), which is dropped
 // together with the newline /init prints in front of it. Output is passed
 // on as it arrives; only the start of a line that may still become the
-// exit marker is held back.
+// exit marker is held back (a few dozen bytes at most). Marker lines
+// without the nonce are program output. The status comes from the VM's
+// console, which takes the last marker; a program that prints the marker
+// with the nonce (read from /proc/cmdline) only ends its output early.
 type outputFilter struct {
 	mu      sync.Mutex
 	out     io.Writer // program output
 	boot    io.Writer // boot chatter; nil discards
+	nonce   string    // vmnet.nonce of the run
 	ready   bool      // VMNET-EXEC-START seen
 	done    bool      // exit marker seen: the rest is power-off chatter
 	execErr string    // VMNET-EXEC-ERROR message
@@ -54,8 +60,8 @@ type outputFilter struct {
 	buf       bytes.Buffer
 }
 
-func newOutputFilter(out, boot io.Writer) *outputFilter {
-	return &outputFilter{out: out, boot: boot, holding: true}
+func newOutputFilter(out, boot io.Writer, nonce string) *outputFilter {
+	return &outputFilter{out: out, boot: boot, nonce: nonce, holding: true}
 }
 
 func (f *outputFilter) Write(p []byte) (int, error) {
@@ -104,7 +110,7 @@ func (f *outputFilter) bootByte(c byte) {
 func (f *outputFilter) outByte(c byte) {
 	if c == '\n' {
 		if f.holding {
-			if isExitLine(f.hold, true) {
+			if f.isExitLine(f.hold, true) {
 				f.done, f.hold, f.pendingNL = true, nil, false
 				return
 			}
@@ -118,7 +124,7 @@ func (f *outputFilter) outByte(c byte) {
 		return
 	}
 	f.hold = append(f.hold, c)
-	if !isExitLine(f.hold, false) {
+	if !f.isExitLine(f.hold, false) {
 		f.emitHeld()
 		f.holding = false
 	}
@@ -149,28 +155,12 @@ func (f *outputFilter) flush() {
 	}
 }
 
-// isExitLine reports whether l is "VMNET-EXIT=<digits>" (optionally with a
+// isExitLine reports whether l is the exit marker (optionally with a
 // final '\r'), or with complete false whether it can still become one.
-func isExitLine(l []byte, complete bool) bool {
-	if len(l) <= len(exitPrefix) {
-		return !complete && bytes.HasPrefix([]byte(exitPrefix), l)
-	}
-	if !bytes.HasPrefix(l, []byte(exitPrefix)) {
-		return false
-	}
-	d := l[len(exitPrefix):]
+func (f *outputFilter) isExitLine(l []byte, complete bool) bool {
 	if complete {
-		d = bytes.TrimSuffix(d, []byte("\r"))
-		if len(d) == 0 {
-			return false
-		}
-	} else if n := len(d); d[n-1] == '\r' {
-		d = d[:n-1]
+		_, ok := qemu.ParseExit(string(l), f.nonce)
+		return ok
 	}
-	for _, c := range d {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
+	return qemu.MayBeExit(string(l), f.nonce)
 }

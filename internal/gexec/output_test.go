@@ -9,6 +9,8 @@ import (
 // The console as the guest writes it: boot chatter with CRLF, the ready
 // marker, the program's output (LF only, the wrapper turns onlcr off),
 // "\nVMNET-EXIT=<n>\n" and power-off chatter.
+const testNonce = "0123456789abcdef"
+
 func console(program string, exit string) string {
 	return "[    0.9] PCI: Fatal: No config space access function found\r\n" +
 		"VMNET-READY\r\nVMNET-EXEC-START\n" + program + "\n" + exit + "\n[   3.1] reboot: Power down\r\n"
@@ -25,15 +27,23 @@ func TestOutputFilter(t *testing.T) {
 		{"marker-like output", "VMNET-EXIT=\nVMNET-EXIT=1x\nVMNET-EXITS\nVMNET-READY\nxVMNET-EXIT=3\n",
 			"VMNET-EXIT=\nVMNET-EXIT=1x\nVMNET-EXITS\nVMNET-READY\nxVMNET-EXIT=3\n"},
 		{"prefix then more", "VMNET-EX", "VMNET-EX"},
+		{"marker without the nonce", "VMNET-EXIT=0\nVMNET-EXIT=0 0000000000000000\nfailing\n",
+			"VMNET-EXIT=0\nVMNET-EXIT=0 0000000000000000\nfailing\n"},
+		{"long digit run", "VMNET-EXIT=" + strings.Repeat("1", 10000) + "\n", "VMNET-EXIT=" + strings.Repeat("1", 10000) + "\n"},
 		{"CR kept", "a\r\nb\rc\n", "a\r\nb\rc\n"},
 	} {
-		in := console(tc.program, "VMNET-EXIT=7")
+		in := console(tc.program, "VMNET-EXIT=7 "+testNonce)
 		// Every chunking the console may deliver: whole, bytewise, in threes.
 		for _, size := range []int{len(in), 1, 3, 17} {
 			var out, boot bytes.Buffer
-			f := newOutputFilter(&out, &boot)
+			f := newOutputFilter(&out, &boot, testNonce)
+			maxHold := 0
 			for i := 0; i < len(in); i += size {
 				f.Write([]byte(in[i:min(i+size, len(in))]))
+				maxHold = max(maxHold, len(f.hold))
+			}
+			if maxHold > 64 {
+				t.Errorf("%s: held back %d bytes of a line", tc.name, maxHold)
 			}
 			f.flush()
 			if out.String() != tc.want {
@@ -49,7 +59,7 @@ func TestOutputFilter(t *testing.T) {
 // Without the exit marker (guest died), what was held back still comes out.
 func TestOutputFilterNoMarker(t *testing.T) {
 	var out bytes.Buffer
-	f := newOutputFilter(&out, nil)
+	f := newOutputFilter(&out, nil, testNonce)
 	f.Write([]byte("VMNET-READY\r\nVMNET-EXEC-START\npanic: boom\nVMNET-EX"))
 	f.flush()
 	if got := out.String(); got != "panic: boom\nVMNET-EX" {
@@ -57,7 +67,7 @@ func TestOutputFilterNoMarker(t *testing.T) {
 	}
 	// Before VMNET-EXEC-START nothing is program output.
 	out.Reset()
-	f = newOutputFilter(&out, nil)
+	f = newOutputFilter(&out, nil, testNonce)
 	f.Write([]byte("Kernel panic - not syncing\r\nVMNET-READY\r\nVMNET-EXEC-ERROR: cannot load kernel modules x: not found\n\nVMNET-EXIT=125\n"))
 	f.flush()
 	if out.Len() != 0 {
@@ -85,7 +95,8 @@ func TestIsExitLine(t *testing.T) {
 		{"VMNET-EXIT=-1", true, false},
 		{"XVMNET-EXIT=1", false, false},
 	} {
-		if got := isExitLine([]byte(tc.l), tc.complete); got != tc.want {
+		f := newOutputFilter(nil, nil, "")
+		if got := f.isExitLine([]byte(tc.l), tc.complete); got != tc.want {
 			t.Errorf("isExitLine(%q, %v) = %v, want %v", tc.l, tc.complete, got, tc.want)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,6 +20,11 @@ import (
 // commands can ask it about its guests and change them while it holds the
 // tap fds and the QMP connections.
 const controlSocket = "control.sock"
+
+// maxControlMessage bounds one request or response: responses carry
+// strings from QMP and the guests' state, which is no reason to read
+// without end.
+const maxControlMessage = 4 << 20
 
 // Request is one control call.
 type Request struct {
@@ -74,7 +80,7 @@ func (l *Lab) answer(ctx context.Context, c *net.UnixConn) {
 	c.SetDeadline(time.Now().Add(2 * time.Minute))
 	var req Request
 	var resp Response
-	if err := json.NewDecoder(c).Decode(&req); err != nil {
+	if err := json.NewDecoder(io.LimitReader(c, maxControlMessage)).Decode(&req); err != nil {
 		resp.Error = "bad request: " + err.Error()
 	} else if err := l.handle(ctx, req, &resp); err != nil {
 		resp.Error = err.Error()
@@ -136,7 +142,7 @@ func Call(ctx context.Context, dir string, req Request) (Response, error) {
 	if err := json.NewEncoder(c).Encode(req); err != nil {
 		return resp, err
 	}
-	if err := json.NewDecoder(c).Decode(&resp); err != nil {
+	if err := json.NewDecoder(io.LimitReader(c, maxControlMessage)).Decode(&resp); err != nil {
 		return resp, fmt.Errorf("lab supervisor at %s: %w", dir, err)
 	}
 	if resp.Error != "" {

@@ -393,7 +393,7 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 			spec.ControlSocket = filepath.Join(spec.RunDir, shellSocket)
 		}
 	}
-	guest := qemu.GuestArgs{Cmd: cmd}
+	guest := qemu.GuestArgs{Cmd: cmd, Nonce: qemu.NewNonce()}
 	for i, nic := range vm.NICs {
 		iface := "eth" + strconv.Itoa(i)
 		if len(nic.Addresses) > 0 {

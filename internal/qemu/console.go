@@ -28,7 +28,8 @@ type console struct {
 	out      []io.Writer
 	ready    chan struct{}
 	exited   chan struct{} // closed when ExitMarker was seen
-	status   int
+	status   int           // of the last exit marker
+	nonce    string        // the vmnet.nonce the guest was given, if any
 	done     chan struct{} // closed when the console stream ended
 	gotReady bool
 	gotExit  bool
@@ -116,25 +117,89 @@ func (c *console) line(l string) {
 		if len(c.errs) < 20 {
 			c.errs = append(c.errs, m)
 		}
-	case !c.gotExit:
-		if st, ok := parseExit(m); ok {
-			c.gotExit, c.status = true, st
-			close(c.exited)
+	default:
+		// The last marker wins: a command can print a marker line (and
+		// read the nonce from /proc/cmdline) before it fails, but /init
+		// prints the real one after the command and its children are
+		// gone (see package images).
+		if st, ok := ParseExit(m, c.nonce); ok {
+			c.status = st
+			if !c.gotExit {
+				c.gotExit = true
+				close(c.exited)
+			}
 		}
 	}
 }
 
-// parseExit parses a "VMNET-EXIT=<n>" line.
-func parseExit(l string) (int, bool) {
-	s, ok := strings.CutPrefix(l, ExitMarker)
+// exitStatus is the status of the last exit marker.
+func (c *console) exitStatus() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.status
+}
+
+// maxStatusDigits bounds the status in an exit marker (0 to 255).
+const maxStatusDigits = 3
+
+// ParseExit parses the exit marker /init prints after the guest command:
+// "VMNET-EXIT=<status>", followed by " <nonce>" when the guest was given
+// vmnet.nonce (GuestArgs.Nonce). l is one console line without its line
+// end; a final "\r" is ignored. A line with another nonce, or without
+// one when nonce is set, is not the marker.
+func ParseExit(l, nonce string) (int, bool) {
+	l = strings.TrimSuffix(l, "\r")
+	rest, ok := strings.CutPrefix(l, ExitMarker)
 	if !ok {
 		return 0, false
 	}
-	n, err := strconv.Atoi(s)
-	if err != nil {
+	d := leadingDigits(rest)
+	if len(d) == 0 || len(d) > maxStatusDigits {
 		return 0, false
 	}
+	tail := rest[len(d):]
+	if nonce == "" && tail != "" || nonce != "" && tail != " "+nonce {
+		return 0, false
+	}
+	n, _ := strconv.Atoi(d)
 	return n, true
+}
+
+// MayBeExit reports whether l, the start of a console line, can still
+// become the exit marker for nonce: what a filter holds back while the
+// line is incomplete, at most len(ExitMarker)+len(nonce)+5 bytes.
+func MayBeExit(l, nonce string) bool {
+	if len(l) <= len(ExitMarker) {
+		return strings.HasPrefix(ExitMarker, l)
+	}
+	rest, ok := strings.CutPrefix(l, ExitMarker)
+	if !ok {
+		return false
+	}
+	d := leadingDigits(rest)
+	if len(d) > maxStatusDigits {
+		return false
+	}
+	tail := rest[len(d):]
+	if tail == "" {
+		return true
+	}
+	if len(d) == 0 {
+		return false
+	}
+	end := "\r"
+	if nonce != "" {
+		end = " " + nonce + "\r"
+	}
+	return strings.HasPrefix(end, tail)
+}
+
+func leadingDigits(s string) string {
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	return s[:i]
 }
 
 // errors returns the guest's VMNET-ERROR lines.

@@ -57,13 +57,69 @@ func TestConsoleErrorsAndLongLines(t *testing.T) {
 	if l := c.tail(1)[0]; len(l) != maxLine {
 		t.Errorf("long line kept %d bytes, want %d", len(l), maxLine)
 	}
-	for _, bad := range []string{"VMNET-EXIT=", "VMNET-EXIT=x", "VMNET-EXIT=1 2"} {
-		if _, ok := parseExit(bad); ok {
-			t.Errorf("parseExit accepted %q", bad)
+	for _, bad := range []string{"VMNET-EXIT=", "VMNET-EXIT=x", "VMNET-EXIT=1 2", "VMNET-EXIT=-1", "VMNET-EXIT=1234"} {
+		if _, ok := ParseExit(bad, ""); ok {
+			t.Errorf("ParseExit accepted %q", bad)
 		}
 	}
-	if n, ok := parseExit("VMNET-EXIT=-1"); !ok || n != -1 {
-		t.Errorf("parseExit(-1) = %d %v", n, ok)
+}
+
+// With a nonce only the marker carrying it counts, and the last one wins:
+// a command that prints a marker line and then fails reports its failure.
+func TestConsoleExitNonceLastWins(t *testing.T) {
+	const nonce = "0123456789abcdef"
+	c := newConsole(10)
+	c.nonce = nonce
+	fmt.Fprintf(c, "VMNET-READY\r\nVMNET-EXIT=0\r\nVMNET-EXIT=0 fedcba9876543210\r\n")
+	select {
+	case <-c.exited:
+		t.Fatal("a marker without the nonce counted")
+	default:
+	}
+	fmt.Fprintf(c, "VMNET-EXIT=0 %s\r\nstill running, then failing\r\n\r\nVMNET-EXIT=3 %s\r\n[   12.3] reboot: Power down\r\n", nonce, nonce)
+	select {
+	case <-c.exited:
+	default:
+		t.Fatal("marker with the nonce not seen")
+	}
+	if st := c.exitStatus(); st != 3 {
+		t.Errorf("status %d, want 3 (the last marker)", st)
+	}
+
+	for l, want := range map[string]bool{
+		"": true, "VMNET": true, "VMNET-EXIT=": true, "VMNET-EXIT=12": true, "VMNET-EXIT=123": true,
+		"VMNET-EXIT=1 ": true, "VMNET-EXIT=1 0123": true, "VMNET-EXIT=1 " + nonce: true, "VMNET-EXIT=1 " + nonce + "\r": true,
+		"VMNET-EXIT=1234": false, "VMNET-EXIT= ": false, "VMNET-EXIT=1 01234x": false, "VMNET-EXIT=1 " + nonce + "0": false,
+		"VMNET-EXIT=1\r": false, "xVMNET": false,
+	} {
+		if got := MayBeExit(l, nonce); got != want {
+			t.Errorf("MayBeExit(%q) = %v, want %v", l, got, want)
+		}
+	}
+	if !MayBeExit("VMNET-EXIT=7\r", "") || MayBeExit("VMNET-EXIT=7 ", "") {
+		t.Error("MayBeExit without a nonce")
+	}
+	if n, ok := ParseExit("VMNET-EXIT=7 "+nonce+"\r", nonce); !ok || n != 7 {
+		t.Errorf("ParseExit with nonce: %d %v", n, ok)
+	}
+}
+
+func TestGuestArgsNonce(t *testing.T) {
+	n := NewNonce()
+	if !validNonce(n) || n == NewNonce() {
+		t.Fatalf("NewNonce %q", n)
+	}
+	app, err := GuestArgs{Cmd: "true", Nonce: n}.Append("")
+	if err != nil || nonceOf(app) != n {
+		t.Fatalf("append %q (%v): nonce %q, want %q", app, err, nonceOf(app), n)
+	}
+	for _, bad := range []string{"abc", "0123456789ABCDEF", "01234567 89", strings.Repeat("a", 65)} {
+		if _, err := (GuestArgs{Nonce: bad}).Params(); err == nil {
+			t.Errorf("nonce %q accepted", bad)
+		}
+	}
+	if nonceOf(images.DefaultCmdline) != "" {
+		t.Error("nonce found where none was given")
 	}
 }
 

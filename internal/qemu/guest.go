@@ -1,7 +1,9 @@
 package qemu
 
 import (
+	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -27,6 +29,44 @@ type GuestArgs struct {
 	MTUs    []GuestMTU
 	Modules []string // extra modules to load (must be in the image)
 	Cmd     string   // shell command; empty keeps the guest running
+	// Nonce goes into the guest's exit marker (vmnet.nonce), so that
+	// command output that happens to contain a marker line does not
+	// count. NewNonce makes one; the VM's console reads it back from the
+	// kernel command line (Spec.Append).
+	Nonce string
+}
+
+// nonceParam is the kernel parameter that carries GuestArgs.Nonce.
+const nonceParam = "vmnet.nonce="
+
+// NewNonce returns a random nonce for GuestArgs.Nonce.
+func NewNonce() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// validNonce: lower-case hex, 8 to 64 digits.
+func validNonce(n string) bool {
+	if len(n) < 8 || len(n) > 64 {
+		return false
+	}
+	return strings.Trim(n, "0123456789abcdef") == ""
+}
+
+// nonceOf returns the last valid vmnet.nonce of a kernel command line
+// (as the guest's /init reads it), or "".
+func nonceOf(cmdline string) string {
+	n := ""
+	for _, w := range strings.Fields(cmdline) {
+		if v, ok := strings.CutPrefix(w, nonceParam); ok {
+			n = v
+		}
+	}
+	if !validNonce(n) {
+		return ""
+	}
+	return n
 }
 
 // GuestIP puts addresses on one guest interface.
@@ -98,6 +138,12 @@ func (g GuestArgs) Params() ([]string, error) {
 	}
 	if g.Cmd != "" {
 		p = append(p, "vmnet.cmd="+base64.StdEncoding.EncodeToString([]byte(g.Cmd)))
+	}
+	if g.Nonce != "" {
+		if !validNonce(g.Nonce) {
+			return nil, fmt.Errorf("guest nonce %q: want 8 to 64 lower-case hex digits (see NewNonce)", g.Nonce)
+		}
+		p = append(p, nonceParam+g.Nonce)
 	}
 	return p, nil
 }

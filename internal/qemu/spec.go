@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/vmnet/vmnet/internal/logcap"
 )
 
 // Machine types vmnet knows how to wire.
@@ -61,6 +63,10 @@ type Spec struct {
 
 	ConsoleLog string    // file that receives the raw serial console; optional
 	ConsoleTee io.Writer // optional second copy of the console (e.g. os.Stdout)
+	// ConsoleMax caps ConsoleLog (default logcap.DefaultMax): past it the
+	// log keeps its newest half and says how much was dropped, so that a
+	// guest writing to its console without pause cannot fill /run.
+	ConsoleMax int64
 
 	// RunDir is this VM's own directory for the QMP socket and the
 	// pidfile. vmnet makes it 0700 and refuses one that is a symlink or
@@ -193,6 +199,9 @@ func (s Spec) withDefaults() (Spec, error) {
 	}
 	if s.ControlSocket != "" && filepath.Dir(filepath.Clean(s.ControlSocket)) != filepath.Clean(s.RunDir) {
 		return s, fmt.Errorf("%s: control socket %s is not in the run dir %s", n, s.ControlSocket, s.RunDir)
+	}
+	if s.ConsoleMax != 0 && s.ConsoleMax < logcap.MinMax {
+		return s, fmt.Errorf("%s: console log cap %d bytes is below the minimum %d", n, s.ConsoleMax, logcap.MinMax)
 	}
 	if s.HotplugPorts < 0 || s.HotplugPorts > 32 {
 		return s, fmt.Errorf("%s: hotplug ports %d out of range 0..32", n, s.HotplugPorts)

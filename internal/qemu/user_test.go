@@ -51,7 +51,8 @@ func TestResolveUser(t *testing.T) {
 	}
 	t.Setenv(UserEnv, "")
 	if _, err := user.Lookup(DefaultUser); err == nil {
-		if out, err := exec.Command("userdel", DefaultUser).CombinedOutput(); err != nil {
+		// --force: QEMUs of other tests may run as that user meanwhile.
+		if out, err := exec.Command("userdel", "--force", DefaultUser).CombinedOutput(); err != nil {
 			t.Fatalf("userdel in the private /etc: %v %s", err, out)
 		}
 	}

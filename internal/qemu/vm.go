@@ -18,6 +18,8 @@ import (
 
 	"github.com/digitalocean/go-qemu/qmp"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnet/vmnet/internal/logcap"
 )
 
 // Default bounds for waits whose context carries no deadline.
@@ -38,7 +40,7 @@ type VM struct {
 	con     *console
 	stderr  *ringBuffer
 	mon     *monitor
-	logFile *os.File
+	logFile *logcap.File
 
 	exited  chan struct{} // closed when QEMU has exited
 	waitErr error         // QEMU's exit status, valid after exited
@@ -224,9 +226,9 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	}
 	var outs []io.Writer
 	if s.ConsoleLog != "" {
-		f, err := CreateFile(s.ConsoleLog, 0o640, false)
+		f, err := logcap.Create(s.ConsoleLog, s.ConsoleMax, 0o640)
 		if err != nil {
-			return nil, fmt.Errorf("%s: console log: %w", name, err)
+			return nil, fmt.Errorf("%s: console %w", name, err)
 		}
 		vm.logFile = f
 		cleanup = append(cleanup, func() { f.Close() })
@@ -234,6 +236,7 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	}
 	outs = append(outs, s.ConsoleTee)
 	vm.con = newConsole(s.ConsoleLines, outs...)
+	vm.con.nonce = nonceOf(s.Append)
 
 	for _, nic := range s.NICs {
 		reattachQueues(nic.Queues)
@@ -295,7 +298,14 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 // is QEMU and started when the pidfile says (a pid the kernel has since
 // given to another process does not count), else 0.
 func runningPid(pidfile string) int {
-	b, err := os.ReadFile(pidfile)
+	// vmnet writes the pidfile in a root-only directory; still, read a
+	// few bytes of a regular file, not whatever a link points to.
+	pf, err := os.OpenFile(pidfile, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return 0
+	}
+	b, err := io.ReadAll(io.LimitReader(pf, 64))
+	pf.Close()
 	if err != nil {
 		return 0
 	}
@@ -448,15 +458,20 @@ func (vm *VM) Wait(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("%s: guest command did not finish (no %s) within %v; last console lines: %s",
 			vm.spec.name(), ExitMarker, limitOr(limit, start), vm.con.tailText(tailLines))
 	}
-	status := vm.con.status
 	select {
 	case <-vm.exited:
 	case <-ctx.Done():
+		status := vm.con.exitStatus()
 		return status, fmt.Errorf("%s: guest printed %s%d but QEMU did not exit within %v; last console lines: %s",
 			vm.spec.name(), ExitMarker, status, limitOr(limit, start), vm.con.tailText(tailLines))
 	}
+	// The last marker counts: read the console to its end first.
+	select {
+	case <-vm.con.done:
+	case <-time.After(2 * time.Second):
+	}
 	vm.release()
-	return status, nil
+	return vm.con.exitStatus(), nil
 }
 
 // Status is QMP query-status.
