@@ -51,7 +51,13 @@ vmnet status demo -o dot
 say "vmnet down"
 vmnet down examples/demo.toml
 left=$(ip -n "$ns" -o link show | grep -vc ': lo:' || true)
-pgrep -f 'qemu-system.*/run/vmnet/ns-[0-9]*/demo/' >/dev/null && { echo "FAIL: QEMU left running"; exit 1; }
+# QEMU's command line names no path of vmnet's; its environment names its
+# run directory.
+for p in $(pgrep qemu-system || true); do
+  if tr '\0' '\n' </proc/"$p"/environ 2>/dev/null | grep -q '^VMNET_RUN_DIR=/run/vmnet/ns-[0-9]*/demo/'; then
+    echo "FAIL: QEMU $p left running"; exit 1
+  fi
+done
 [ "$left" = 0 ] || { echo "FAIL: $left interfaces left"; ip -n "$ns" -o link show; exit 1; }
 echo "nothing left behind"
 echo; echo "demo finished in ${SECONDS} s"

@@ -110,21 +110,6 @@ func runVM(e *env, args []string) (err error) {
 	if *quiet {
 		opts.Logf, opts.Console, opts.ImageProgress = nil, nil, nil
 	}
-	// The test image is built (or found) here: a fresh namespace has no
-	// network to download packages with. (An unknown VM is reported below.)
-	var vm *vmconfig.VM
-	for _, v := range cfg.VMs {
-		if v.Name == pos[1] {
-			vm = v
-		}
-	}
-	if vm != nil && vm.Kernel == "" {
-		img, err := images.Ensure(ctx, images.Options{Progress: opts.ImageProgress})
-		if err != nil {
-			return fmt.Errorf("vm %s: %w", vm.Name, err)
-		}
-		opts.Image = &img
-	}
 	// Every run works in a fresh network namespace of its own, so that
 	// runs of one lab side by side neither share nor fight over bridges,
 	// taps and addresses. Its interfaces go away with it; QEMU reaches
