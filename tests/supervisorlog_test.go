@@ -11,8 +11,10 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/vmnet/vmnet/internal/lab"
 	"github.com/vmnet/vmnet/internal/logcap"
 	"github.com/vmnet/vmnet/internal/testenv"
+	"github.com/vmnet/vmnet/vmconfig"
 )
 
 // TestSupervisorLogCapped runs the supervisor the way `up --detach`
@@ -35,9 +37,19 @@ kernel = %q
   [[vm.nic]]
   network = "lan"
 `, junk))
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	// As `up --detach` does before it starts the supervisor: the state
+	// directory is vmnet's, marked for this lab and namespace.
+	testenv.Do(t, ns, func() error {
+		cfg, err := vmconfig.Load(path)
+		if err != nil {
+			return err
+		}
+		cur, err := lab.CurrentNetNS()
+		if err != nil {
+			return err
+		}
+		return lab.ClaimStateDir(cfg, cur)
+	})
 	logPath := filepath.Join(stateDir, "supervisor.log")
 	// As detach opens it.
 	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_RDWR|os.O_TRUNC|os.O_APPEND, 0o600)

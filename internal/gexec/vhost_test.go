@@ -61,6 +61,26 @@ func vhostSpec(t *testing.T, tp *tap.Tap, mode string) qemu.Spec {
 		NICs: []qemu.NIC{{ID: "n0", Queues: tp.Files(), Vhost: mode}}}
 }
 
+// handleFiles is how many files QEMU inherits before the tap queues: the
+// console and the QMP socket, which vmnet opens for it.
+const handleFiles = 2
+
+// vhostHost is this host's capabilities with stand-ins for the console
+// and QMP socket, passed as fds 3 and 4; the tap queues follow from fd 5.
+func vhostHost(t *testing.T) qemu.Host {
+	h := qemu.HostCaps(false, false)
+	var f [handleFiles]*os.File
+	for i := range f {
+		var err error
+		if f[i], err = os.Open(os.DevNull); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f[i].Close() })
+	}
+	h.Handles = qemu.Handles{Console: f[0], QMP: f[1]}
+	return h
+}
+
 // With /dev/vhost-net present, vhost "on" and "auto" open it once per tap
 // queue and pass those fds as vhostfds, one for one with the tap fds. The
 // kernel is the oracle: each fd is the vhost-net misc device (by device
@@ -88,29 +108,30 @@ func TestVhostFdsPerQueue(t *testing.T) {
 	}{{qemu.VhostOn, 1}, {qemu.VhostOn, 4}, {qemu.VhostAuto, 2}} {
 		t.Run(fmt.Sprintf("%s/%dq", tc.mode, tc.queues), func(t *testing.T) {
 			tp := newTap(t, "vh"+strconv.Itoa(tc.queues), tc.queues)
-			c, err := qemu.BuildCmdline(vhostSpec(t, tp, tc.mode), qemu.HostCaps(false, false))
+			c, err := qemu.BuildCmdline(vhostSpec(t, tp, tc.mode), vhostHost(t))
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer c.Close()
 			var fds, vfds []string
+			first := 3 + handleFiles
 			for i := 0; i < tc.queues; i++ {
-				fds = append(fds, strconv.Itoa(3+i))
-				vfds = append(vfds, strconv.Itoa(3+tc.queues+i))
+				fds = append(fds, strconv.Itoa(first+i))
+				vfds = append(vfds, strconv.Itoa(first+tc.queues+i))
 			}
 			want := "tap,id=n0,fds=" + strings.Join(fds, ":") + ",vhost=on,vhostfds=" + strings.Join(vfds, ":")
 			if tc.queues == 1 {
-				want = "tap,id=n0,fd=3,vhost=on,vhostfd=4"
+				want = fmt.Sprintf("tap,id=n0,fd=%d,vhost=on,vhostfd=%d", first, first+1)
 			}
 			if got := netdev(t, c.Args); got != want {
 				t.Errorf("-netdev %s, want %s", got, want)
 			}
-			if len(c.Opened) != tc.queues || len(c.Files) != 2*tc.queues {
-				t.Fatalf("%d files opened, %d passed; want %d and %d", len(c.Opened), len(c.Files), tc.queues, 2*tc.queues)
+			if len(c.Opened) != tc.queues || len(c.Files) != handleFiles+2*tc.queues {
+				t.Fatalf("%d files opened, %d passed; want %d and %d", len(c.Opened), len(c.Files), tc.queues, handleFiles+2*tc.queues)
 			}
 			for i, f := range c.Opened {
-				if c.Files[tc.queues+i] != f {
-					t.Errorf("vhost fd %d is not the file passed as fd %d", i, 3+tc.queues+i)
+				if c.Files[handleFiles+tc.queues+i] != f {
+					t.Errorf("vhost fd %d is not the file passed as fd %d", i, first+tc.queues+i)
 				}
 				var s unix.Stat_t
 				if err := unix.Fstat(int(f.Fd()), &s); err != nil {
@@ -128,8 +149,8 @@ func TestVhostFdsPerQueue(t *testing.T) {
 				}
 			}
 			for i, f := range tp.Files() {
-				if c.Files[i] != f {
-					t.Errorf("tap queue %d is not passed as fd %d", i, 3+i)
+				if c.Files[handleFiles+i] != f {
+					t.Errorf("tap queue %d is not passed as fd %d", i, first+i)
 				}
 			}
 			opened := c.Opened
@@ -150,21 +171,21 @@ func TestVhostFallback(t *testing.T) {
 		t.Skip("this kernel has /dev/vhost-net; the fallback is covered where it is missing (the host)")
 	}
 	tp := newTap(t, "vh0", 2)
-	c, err := qemu.BuildCmdline(vhostSpec(t, tp, qemu.VhostAuto), qemu.HostCaps(false, false))
+	c, err := qemu.BuildCmdline(vhostSpec(t, tp, qemu.VhostAuto), vhostHost(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if got := netdev(t, c.Args); got != "tap,id=n0,fds=3:4,vhost=off" {
-		t.Errorf("-netdev %s, want tap,id=n0,fds=3:4,vhost=off", got)
+	if got, want := netdev(t, c.Args), fmt.Sprintf("tap,id=n0,fds=%d:%d,vhost=off", 3+handleFiles, 4+handleFiles); got != want {
+		t.Errorf("-netdev %s, want %s", got, want)
 	}
-	if len(c.Opened) != 0 || len(c.Files) != 2 {
-		t.Errorf("%d files opened, %d passed; want 0 and 2", len(c.Opened), len(c.Files))
+	if len(c.Opened) != 0 || len(c.Files) != handleFiles+2 {
+		t.Errorf("%d files opened, %d passed; want 0 and %d", len(c.Opened), len(c.Files), handleFiles+2)
 	}
 	if n := strings.Join(c.Notes, "\n"); !strings.Contains(n, "/dev/vhost-net missing") || !strings.Contains(n, "vhost=off") {
 		t.Errorf("notes %q lack the vhost fallback", c.Notes)
 	}
-	_, err = qemu.BuildCmdline(vhostSpec(t, tp, qemu.VhostOn), qemu.HostCaps(false, false))
+	_, err = qemu.BuildCmdline(vhostSpec(t, tp, qemu.VhostOn), vhostHost(t))
 	if err == nil || !strings.Contains(err.Error(), "CONFIG_VHOST_NET") || !strings.Contains(err.Error(), "nic n0") {
 		t.Errorf("vhost=on without /dev/vhost-net: %v, want an error naming nic n0 and CONFIG_VHOST_NET", err)
 	}
