@@ -97,6 +97,13 @@
 // and a new one starts within a second; input sent meanwhile is kept. After VMNET-ERROR
 // the shells start too (for debugging), without VMNET-READY.
 //
+// The ACPI power button (QMP system_powerdown; machines with ACPI: pc, q35
+// and microvm) powers the guest off at once: /init loads PowerModules and
+// starts busybox acpid, whose handler prints "\nVMNET-EXIT=143 <nonce>\n"
+// when vmnet.nonce was given (a command still running ends as if by
+// SIGTERM) and runs poweroff -f. Every eth* interface is up at VMNET-READY,
+// with or without vmnet.ip; /init waits briefly for every virtio NIC.
+//
 // # Cache
 //
 // Under Options.CacheDir (DefaultCacheDir): debs/ keeps the downloaded

@@ -78,6 +78,28 @@ done
 
 ip link set lo up
 
+# The ACPI power button (QMP system_powerdown) powers the guest off at once
+# (/etc/acpi/PWRF/00000080). Machines without ACPI have no button: no error.
+for m in $(cat /etc/vmnet/power-modules); do
+	modprobe -q "$m" 2>/dev/null
+done
+# (No globs in this script: set -f is on.)
+if ls /dev/input 2>/dev/null | grep -q '^event'; then
+	acpid -c /etc/acpi -l /dev/null 2>/dev/null
+fi
+
+# Every virtio NIC must be there before its interface is brought up: wait
+# briefly for the network devices of virtio devices of type 1 (network).
+for v in $(ls /sys/bus/virtio/devices 2>/dev/null); do
+	v=/sys/bus/virtio/devices/$v
+	[ "$(cat "$v/device" 2>/dev/null)" = 0x0001 ] || continue
+	n=0
+	while [ ! -d "$v/net" ] && [ $n -lt 50 ]; do
+		sleep 0.1
+		n=$((n + 1))
+	done
+done
+
 # Interfaces named on the command line must exist; wait briefly for late probes.
 want=
 for s in $ips $mtus; do
@@ -102,9 +124,8 @@ for s in $mtus; do
 	fi
 done
 
-for d in /sys/class/net/eth*; do
-	[ -e "$d" ] || continue
-	i=${d##*/}
+for i in $(ls /sys/class/net); do
+	case "$i" in eth*) ;; *) continue ;; esac
 	out=$(ip link set dev "$i" up 2>&1) || err "cannot bring up $i: $out"
 done
 

@@ -802,3 +802,47 @@ func TestStartTwice(t *testing.T) {
 		t.Fatalf("first VM harmed: %v", err)
 	}
 }
+
+// TestGuestPowerButton: the test image takes the ACPI power button
+// (system_powerdown, what Stop sends first) as a clean poweroff, so QEMU
+// exits without the quit fallback; and a NIC the command line gives no
+// address is up when the command runs.
+func TestGuestPowerButton(t *testing.T) {
+	img := guestImage(t)
+	l := newLab(t)
+	for _, machine := range []string{MachineQ35, MachineMicroVM} {
+		t.Run(machine, func(t *testing.T) {
+			tp := l.tap(t, "pb-"+machine, 1)
+			s := guestSpec(t, img, "pb-"+machine, GuestArgs{
+				Cmd: `if ip -o link show eth0 | grep -q '[<,]UP[,>]'; then echo ETH0-IS-UP; else echo ETH0-IS-DOWN; fi; sleep 600`,
+			})
+			s.Machine = machine
+			s.NICs = []NIC{{ID: "n0", Queues: tp.Files()}}
+			vm := start(t, s)
+			waitReady(t, vm, 90*time.Second)
+			deadline := time.Now().Add(60 * time.Second)
+			var state string
+			for state == "" && time.Now().Before(deadline) {
+				for _, line := range vm.ConsoleTail(50) {
+					if strings.HasPrefix(line, "ETH0-IS-") {
+						state = line
+					}
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if state != "ETH0-IS-UP" {
+				t.Errorf("eth0 without an address: %q when the command ran, want ETH0-IS-UP", state)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if _, err := vm.mon.run(ctx, "system_powerdown", nil, nil); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-vm.Exited():
+			case <-time.After(60 * time.Second):
+				t.Fatalf("QEMU still runs a minute after the power button; console:\n%s", strings.Join(vm.ConsoleTail(20), "\n"))
+			}
+		})
+	}
+}
