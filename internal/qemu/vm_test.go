@@ -289,8 +289,8 @@ func TestGuestExitStatus(t *testing.T) {
 }
 
 // A guest that never finishes makes Wait time out with the console tail,
-// and Stop still gets rid of it (the test image ignores the ACPI button,
-// so this goes through QMP quit).
+// and Stop still gets rid of it (through the ACPI power button, which the
+// test image takes as a poweroff).
 func TestGuestTimeout(t *testing.T) {
 	img := guestImage(t)
 	s := guestSpec(t, img, "stuck", GuestArgs{Cmd: "echo going-to-sleep; sleep 600"})
