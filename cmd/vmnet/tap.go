@@ -7,41 +7,88 @@ import (
 	"strconv"
 	"text/tabwriter"
 
+	"github.com/spf13/cobra"
+
 	"github.com/vmnet/vmnet/bridge"
 	"github.com/vmnet/vmnet/tap"
 )
 
-func tapCommand() *command {
-	return &command{name: "tap", summary: "create, show, list and delete tap devices", subs: []*command{
-		{name: "create", args: "NAME [flags]", summary: "create a persistent multi-queue tap", run: tapCreate},
-		{name: "show", args: "NAME [-o table|json]", summary: "describe a tap as the kernel reports it", run: tapShow},
-		{name: "list", args: "[-o table|json] [--vmnet]", summary: "list the taps in this network namespace", run: tapList},
-		{name: "delete", args: "NAME [--force]", summary: "delete a tap that vmnet created", run: tapDelete},
-	}}
+func tapCommand(e *env) *cobra.Command {
+	return group("tap", "create, show, list and delete tap devices", `  vmnet tap create t0 --queues 4
+  vmnet tap list --vmnet
+  vmnet tap delete t0`,
+		tapCreateCommand(e), tapShowCommand(e), tapListCommand(e), tapDeleteCommand(e))
 }
 
-func tapCreate(e *env, args []string) error {
-	fs := e.flags("vmnet tap create", "NAME [--queues N] [--vnet-hdr-size 10|12|0] [--offload csum,tso4,tso6,tso_ecn,ufo,uso] [--owner USER|UID] [--group GROUP|GID] [--mtu N] [--mac MAC] [--bridge BR] [--qdisc noqueue|default] [--persist]")
-	queues := fs.Int("queues", 1, "number of queues (1..256); more than one makes a multi_queue tap")
-	hdr := fs.Int("vnet-hdr-size", 12, "virtio-net header size: 12 (virtio 1.0, what QEMU uses), 10, or 0 for no header")
-	offl := fs.String("offload", "", "offloads to enable: csum,tso4,tso6,tso_ecn,ufo,uso (needs a vnet header)")
-	best := fs.Bool("best-effort", false, "enable the largest subset of --offload the kernel supports instead of failing")
-	own := fs.String("owner", "", "user (name or uid) allowed to attach queues without CAP_NET_ADMIN")
-	grp := fs.String("group", "", "group (name or gid) allowed to attach queues without CAP_NET_ADMIN")
-	mtu := fs.Int("mtu", 0, "MTU (default: the kernel's 1500, or the bridge's with --bridge)")
-	mac := fs.String("mac", "", "MAC address of the host side (default: random)")
-	txq := fs.Int("txqueuelen", 0, "transmit queue length (default: the kernel's)")
-	br := fs.String("bridge", "", "attach the tap to this existing bridge")
-	qd := fs.String("qdisc", "noqueue", "root qdisc: noqueue (no buffering in front of the reader, as libvirt does) or default (the kernel's, one pfifo_fast per queue)")
-	fs.Bool("persist", true, "keep the tap after vmnet exits (always on: a tap made from the command line must outlive it)")
-	tag := fs.String("tag", "", "owner tag recorded on the tap: vmnet:adhoc (the default) or vmnet:lab:LAB; `vmnet tap delete` refuses taps of other owners")
-	pos, err := fs.parse(args, 1, 1)
-	if err != nil {
+type tapCreateFlags struct {
+	queues, hdr, mtu, txq            int
+	offl, own, grp, mac, br, qd, tag string
+	best, persist                    bool
+}
+
+func tapCreateCommand(e *env) *cobra.Command {
+	var f tapCreateFlags
+	c := root(&cobra.Command{
+		Use:   "create NAME",
+		Short: "create a persistent multi-queue tap",
+		Long: "Creates a persistent tap NAME with a virtio-net header, up and without a qdisc, ready for\n" +
+			"QEMU (-netdev tap,ifname=NAME,script=no,downscript=no,vhost=on,queues=N). The tap carries\n" +
+			"vmnet's owner tag, so `vmnet tap delete` removes it and nothing else.",
+		Example: `  vmnet tap create t0
+  vmnet tap create t0 --queues 4 --offload csum,tso4,tso6 --owner alice
+  vmnet tap create t1 --bridge br0 --mtu 9000   # the bridge's MTU must be 9000 too`,
+		Args: nargs(1, 1),
+		RunE: func(_ *cobra.Command, args []string) error { return tapCreate(e, args[0], &f) },
+	})
+	fs := c.Flags()
+	fs.IntVar(&f.queues, "queues", 1, "number of queues (1..256); more than one makes a multi_queue tap")
+	fs.IntVar(&f.hdr, "vnet-hdr-size", 12, "virtio-net header size: 12 (virtio 1.0, what QEMU uses), 10, or 0 for no header")
+	fs.StringVar(&f.offl, "offload", "", "offloads to enable: csum,tso4,tso6,tso_ecn,ufo,uso (needs a vnet header)")
+	fs.BoolVar(&f.best, "best-effort", false, "enable the largest subset of --offload the kernel supports instead of failing")
+	fs.StringVar(&f.own, "owner", "", "`USER` (name or uid) allowed to attach queues without CAP_NET_ADMIN")
+	fs.StringVar(&f.grp, "group", "", "`GROUP` (name or gid) allowed to attach queues without CAP_NET_ADMIN")
+	fs.IntVar(&f.mtu, "mtu", 0, "MTU (default: the kernel's 1500, or the bridge's with --bridge; with --bridge it must equal the bridge's)")
+	fs.StringVar(&f.mac, "mac", "", "MAC address of the host side (default: random)")
+	fs.IntVar(&f.txq, "txqueuelen", 0, "transmit queue length (default: the kernel's)")
+	fs.StringVar(&f.br, "bridge", "", "attach the tap to this existing `BRIDGE`")
+	fs.StringVar(&f.qd, "qdisc", "noqueue", "root qdisc: noqueue (no buffering in front of the reader, as libvirt does) or default (the kernel's, one pfifo_fast per queue)")
+	fs.BoolVar(&f.persist, "persist", true, "taps made from the command line are always persistent (they must outlive vmnet); --persist=false is refused")
+	hide(fs, "persist")
+	fs.StringVar(&f.tag, "tag", "", "owner `TAG` recorded on the tap: vmnet:adhoc (the default) or vmnet:lab:LAB; `vmnet tap delete` refuses taps of other owners")
+	c.RegisterFlagCompletionFunc("qdisc", cobra.FixedCompletions([]string{"noqueue", "default"}, cobra.ShellCompDirectiveNoFileComp))
+	c.RegisterFlagCompletionFunc("vnet-hdr-size", cobra.FixedCompletions([]string{"12", "10", "0"}, cobra.ShellCompDirectiveNoFileComp))
+	return c
+}
+
+// checkTapCreate refuses flag values the kernel would take and change,
+// or vmnet would ignore, as usage errors: nothing is guessed.
+func checkTapCreate(name string, f *tapCreateFlags) error {
+	switch {
+	case name == "":
+		return usagef("tap create: the tap name is empty (the kernel would pick one); give a name such as t0")
+	case f.queues < 1 || f.queues > tap.MaxQueues:
+		return usagef("tap %s: --queues %d: want 1..%d", name, f.queues, tap.MaxQueues)
+	case f.hdr != 0 && f.hdr != 10 && f.hdr != 12:
+		return usagef("tap %s: --vnet-hdr-size %d: want 12, 10 or 0", name, f.hdr)
+	case f.mtu < 0 || f.mtu > 65535:
+		return usagef("tap %s: --mtu %d: want 68..65535 (or leave it out for the default)", name, f.mtu)
+	case f.txq < 0:
+		return usagef("tap %s: --txqueuelen %d: want 0 or more", name, f.txq)
+	case !f.persist:
+		return usagef("tap %s: --persist=false: taps made from the command line are always persistent (a non-persistent tap would vanish when vmnet exits)", name)
+	}
+	return nil
+}
+
+func tapCreate(e *env, name string, f *tapCreateFlags) error {
+	if err := checkTapCreate(name, f); err != nil {
 		return err
 	}
-	if err := checkIfArg("tap", pos[0]); err != nil {
+	if err := checkIfArg("tap", name); err != nil {
 		return err
 	}
+	queues, hdr, offl, best, own, grp, mtu, mac, txq, br, qd, tag := &f.queues, &f.hdr, &f.offl, &f.best, &f.own, &f.grp, &f.mtu, &f.mac, &f.txq, &f.br, &f.qd, &f.tag
+	pos := []string{name}
 	tagged, err := tagArg(*tag)
 	if err != nil {
 		return err
@@ -78,8 +125,15 @@ func tapCreate(e *env, args []string) error {
 		}
 		defer m.Close()
 		// Check the bridge first so a missing one leaves no tap behind.
-		if _, err := m.Show(*br); err != nil {
+		bi, err := m.Show(*br)
+		if err != nil {
 			return fmt.Errorf("tap %s: --bridge %s: %w", pos[0], *br, err)
+		}
+		// A port takes its bridge's MTU; a different --mtu would silently
+		// become the bridge's.
+		if *mtu != 0 && *mtu != bi.MTU {
+			return fmt.Errorf("tap %s: --mtu %d differs from the MTU %d of bridge %s: give --mtu %d, or leave --mtu out, or change the bridge's MTU first",
+				pos[0], *mtu, bi.MTU, *br, bi.MTU)
 		}
 	}
 	t, err := tap.Create(cfg)
@@ -135,14 +189,26 @@ func lookupID(s string, group bool) (int, error) {
 	return strconv.Atoi(id)
 }
 
-func tapShow(e *env, args []string) error {
-	fs := e.flags("vmnet tap show", "NAME [-o table|json]")
+func tapShowCommand(e *env) *cobra.Command {
 	var o output
-	o.register(fs, "table", "json")
-	pos, err := fs.parse(args, 1, 1)
-	if err != nil {
+	c := &cobra.Command{
+		Use:   "show NAME",
+		Short: "describe a tap as the kernel reports it",
+		Example: `  vmnet tap show t0
+  vmnet tap show t0 -o json`,
+		Args: nargs(1, 1),
+		RunE: func(_ *cobra.Command, args []string) error { return tapShow(e, args[0], o) },
+	}
+	o.register(c.Flags(), "table", "json")
+	o.complete(c)
+	return c
+}
+
+func tapShow(e *env, name string, o output) error {
+	if err := checkIfArg("tap", name); err != nil {
 		return err
 	}
+	pos := []string{name}
 	info, err := tap.Describe(pos[0])
 	if err != nil {
 		return err
@@ -153,14 +219,25 @@ func tapShow(e *env, args []string) error {
 	return tapTable(e, []tap.Info{info})
 }
 
-func tapList(e *env, args []string) error {
-	fs := e.flags("vmnet tap list", "[-o table|json] [--vmnet]")
+func tapListCommand(e *env) *cobra.Command {
 	var o output
-	o.register(fs, "table", "json")
-	only := fs.Bool("vmnet", false, "only taps that vmnet created")
-	if _, err := fs.parse(args, 0, 0); err != nil {
-		return err
+	var only bool
+	c := &cobra.Command{
+		Use:   "list",
+		Short: "list the taps in this network namespace",
+		Example: `  vmnet tap list
+  vmnet tap list --vmnet -o json`,
+		Args: nargs(0, 0),
+		RunE: func(*cobra.Command, []string) error { return tapList(e, o, only) },
 	}
+	o.register(c.Flags(), "table", "json")
+	o.complete(c)
+	c.Flags().BoolVar(&only, "vmnet", false, "only taps that vmnet created")
+	return c
+}
+
+func tapList(e *env, o output, onlyVmnet bool) error {
+	only := &onlyVmnet
 	all, err := tap.List()
 	if err != nil {
 		return err
@@ -206,14 +283,25 @@ func dash(s string) string {
 	return s
 }
 
-func tapDelete(e *env, args []string) error {
-	fs := e.flags("vmnet tap delete", "NAME [--force] [--tag OWNER]")
-	force := fs.Bool("force", false, "delete the tap even if vmnet did not create it")
-	tag := fs.String("tag", "", "owner tag the tap must carry: vmnet:adhoc (the default) or vmnet:lab:LAB")
-	pos, err := fs.parse(args, 1, 1)
-	if err != nil {
-		return err
-	}
+func tapDeleteCommand(e *env) *cobra.Command {
+	var force bool
+	var tagv string
+	c := root(&cobra.Command{
+		Use:   "delete NAME",
+		Short: "delete a tap that vmnet created",
+		Example: `  vmnet tap delete t0
+  vmnet tap delete t-web-0 --tag vmnet:lab:web
+  vmnet tap delete tap0 --force   # a tap vmnet did not create`,
+		Args: nargs(1, 1),
+		RunE: func(_ *cobra.Command, args []string) error { return tapDelete(e, args[0], force, tagv) },
+	})
+	c.Flags().BoolVar(&force, "force", false, "delete the tap even if vmnet did not create it")
+	c.Flags().StringVar(&tagv, "tag", "", "owner `TAG` the tap must carry: vmnet:adhoc (the default) or vmnet:lab:LAB")
+	return c
+}
+
+func tapDelete(e *env, name string, forcev bool, tagv string) error {
+	pos, force, tag := []string{name}, &forcev, &tagv
 	if err := checkIfArg("tap", pos[0]); err != nil {
 		return err
 	}

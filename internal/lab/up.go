@@ -92,6 +92,12 @@ func (l *Lab) failpoint(name string) {
 // fails, everything created so far is removed again and the error names
 // the object that failed.
 func (l *Lab) Up(ctx context.Context, readyTimeout time.Duration) (err error) {
+	upStart := time.Now()
+	progress := func(vm, state string, err error) {
+		if l.opts.Progress != nil {
+			l.opts.Progress(Progress{VM: vm, State: state, Elapsed: time.Since(upStart), Err: err})
+		}
+	}
 	l.mu.Lock()
 	l.state = &State{Lab: l.cfg.Name, Config: l.cfg.File, StateDir: l.cfg.StateDir, Supervisor: os.Getpid(),
 		SupervisorStart: l.pidStart(os.Getpid()), Started: time.Now(), Phase: "starting"}
@@ -155,14 +161,17 @@ func (l *Lab) Up(ctx context.Context, readyTimeout time.Duration) (err error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			progress(vm.Name, VMBooting, nil)
 			v, err := l.Boot(bctx, vm, "")
 			if err != nil {
 				errs[i] = err
+				progress(vm.Name, VMFailed, err)
 				cancel()
 				return
 			}
 			if vm.Kernel != "" || vm.Disk != "" {
-				return // only the test image prints a ready marker
+				progress(vm.Name, VMReady, nil) // only the test image prints a ready marker
+				return
 			}
 			rctx, rcancel := context.WithTimeout(bctx, readyTimeout)
 			defer rcancel()
@@ -170,8 +179,11 @@ func (l *Lab) Up(ctx context.Context, readyTimeout time.Duration) (err error) {
 			if err := v.WaitReady(rctx); err != nil {
 				if bctx.Err() == nil || ctx.Err() != nil {
 					errs[i] = err // not merely stopped for another guest's failure
+					progress(vm.Name, VMFailed, err)
 				}
 				cancel()
+			} else {
+				progress(vm.Name, VMReady, nil)
 			}
 			done(errs[i])
 		}()
