@@ -113,6 +113,9 @@ func newRoot(e *env) *cobra.Command {
 		versionCommand(e),
 		completionCommand(e),
 	)
+	for _, extra := range extraCommands {
+		root.AddCommand(extra(e))
+	}
 	root.SetHelpCommand(helpCommand())
 	root.InitDefaultHelpCmd()
 	root.InitDefaultHelpFlag()
@@ -164,6 +167,9 @@ func helpCommand() *cobra.Command {
 	}
 }
 
+// extraCommands are verbs that build tags add (man.go: gen-man).
+var extraCommands []func(*env) *cobra.Command
+
 // walk calls fn on c and every command below it.
 func walk(c *cobra.Command, fn func(*cobra.Command)) {
 	fn(c)
@@ -197,18 +203,26 @@ func prepare(e *env, c *cobra.Command) {
 		if c.Annotations[hostOnly] != "" {
 			return verb(c, args)
 		}
-		if c.Annotations[needsRoot] != "" || e.netns != "" {
-			if err := requireRoot(c, e.netns != ""); err != nil {
-				return err
+		var err error
+		if e.netns == "" {
+			err = verb(c, args)
+		} else {
+			// The whole verb runs in the namespace; what must not (image
+			// downloads, the detached supervisor) goes back with
+			// netns.DoInitial.
+			err = netns.DoNamed(e.netns, func() error { return verb(c, args) })
+		}
+		// A verb that needs root failed without it: say that, in one
+		// line, rather than what netlink or setns made of it. Mistakes
+		// in the command line (checked first) are still reported as such.
+		var ue usageError
+		var st exitStatus
+		if err != nil && !errors.As(err, &ue) && !errors.As(err, &st) && (c.Annotations[needsRoot] != "" || e.netns != "") {
+			if rerr := requireRoot(c, e.netns != ""); rerr != nil {
+				return rerr
 			}
 		}
-		if e.netns == "" {
-			return verb(c, args)
-		}
-		// The whole verb runs in the namespace; what must not (image
-		// downloads, the detached supervisor) goes back with
-		// netns.DoInitial.
-		return netns.DoNamed(e.netns, func() error { return verb(c, args) })
+		return err
 	}
 }
 
