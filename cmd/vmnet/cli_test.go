@@ -161,7 +161,7 @@ func buildVmnet(t *testing.T) string {
 	testenv.RequireProgram(t, "go")
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "vmnet")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-buildvcs=auto", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin

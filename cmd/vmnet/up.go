@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -130,7 +131,7 @@ func up(e *env, file string, f upFlags) error {
 		log := e.logger()
 		pipe := lab.NewReadyPipe(os.NewFile(3, "ready"))
 		opts.Logf = func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) }
-		opts.ImageProgress = e.stderr
+		opts.ImageProgress = &lineLog{log: log.With("step", "image")}
 		opts.Progress = func(p lab.Progress) {
 			log.Info("vm state", "vm", p.VM, "state", p.State, "elapsed", p.Elapsed.Round(time.Millisecond), "error", p.Err)
 			pipe.Progress(p)
@@ -176,6 +177,27 @@ func (e *env) logger() *slog.Logger {
 		level = slog.LevelDebug
 	}
 	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// lineLog logs what is written to it through slog, a record a line.
+type lineLog struct {
+	log     *slog.Logger
+	partial []byte
+}
+
+func (l *lineLog) Write(p []byte) (int, error) {
+	l.partial = append(l.partial, p...)
+	for {
+		i := bytes.IndexByte(l.partial, '\n')
+		if i < 0 {
+			break
+		}
+		if line := strings.TrimSpace(string(l.partial[:i])); line != "" {
+			l.log.Info(line)
+		}
+		l.partial = l.partial[i+1:]
+	}
+	return len(p), nil
 }
 
 // detach starts a background supervisor (this binary, --supervised) in a
