@@ -117,6 +117,21 @@ func TestLabUpStatusHotplugDown(t *testing.T) {
 	}
 	t.Cleanup(func() { vmnetIn(t, ns, "down", path) })
 
+	// Issue 15: --detach streams each VM's state from the supervisor
+	// while it waits, booting before ready, with the elapsed time.
+	for _, vm := range []string{"a", "b", "c"} {
+		booting := regexp.MustCompile(`vmnet: vm ` + vm + `: booting \(\d+\.\ds\)\n`).FindStringIndex(r.stderr)
+		ready := regexp.MustCompile(`vmnet: vm ` + vm + `: ready \(\d+\.\ds\)\n`).FindStringIndex(r.stderr)
+		if booting == nil || ready == nil || ready[0] < booting[0] {
+			t.Errorf("up --detach did not show vm %s booting, then ready:\n%s", vm, r.stderr)
+		}
+	}
+	// The supervisor's log has timestamped slog lines.
+	if b, err := os.ReadFile(filepath.Join(stateDir, "supervisor.log")); err != nil ||
+		!regexp.MustCompile(`(?m)^time=\S+ level=INFO msg="vm state" vm=a state=ready`).Match(b) {
+		t.Errorf("supervisor.log (%v) lacks timestamped VM states:\n%s", err, b)
+	}
+
 	// Idempotent: a second up changes nothing.
 	if r := vmnetIn(t, ns, "up", path); r.status != 0 || !strings.Contains(r.stdout, "already up") {
 		t.Errorf("second up: %d %q %q", r.status, r.stdout, r.stderr)
