@@ -134,7 +134,7 @@ func bridgeCreateCommand(e *env) *cobra.Command {
 
 func bridgeCreate(e *env, name string, f *bridgeCreateFlags) error {
 	pos, mtu, addrs, stp, vf, pvid, transparent, mask, snoop, tag, force := []string{name}, &f.mtu, f.addrs, &f.stp, &f.vf, &f.pvid, &f.transparent, &f.mask, f.snoop, &f.tag, &f.force
-	if *mtu < 0 || *mtu > 65535 {
+	if *mtu != 0 && (*mtu < 68 || *mtu > 65535) {
 		return usagef("bridge %s: --mtu %d: want 68..65535 (or leave it out for the default)", name, *mtu)
 	}
 	if err := checkIfArg("bridge", pos[0]); err != nil {

@@ -93,6 +93,14 @@ func newRoot(e *env) *cobra.Command {
 	root.SetErr(e.stderr)
 	pf := root.PersistentFlags()
 	pf.StringVar(&e.netns, "netns", "", "work in the network namespace `NS` (a name from `ip netns`, or a path)")
+	root.RegisterFlagCompletionFunc("netns", func(*cobra.Command, []string, string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		ents, _ := os.ReadDir("/run/netns") // the names `ip netns` knows
+		var out []cobra.Completion
+		for _, e := range ents {
+			out = append(out, e.Name())
+		}
+		return out, cobra.ShellCompDirectiveNoFileComp
+	})
 	pf.BoolVarP(&e.quiet, "quiet", "q", false, "print only results and errors, no steps or progress")
 	pf.BoolVarP(&e.verbose, "verbose", "v", false, "print more: every step with its timing, guest boot consoles")
 	root.SetFlagErrorFunc(flagError)

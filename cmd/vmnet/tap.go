@@ -70,7 +70,7 @@ func checkTapCreate(name string, f *tapCreateFlags) error {
 		return usagef("tap %s: --queues %d: want 1..%d", name, f.queues, tap.MaxQueues)
 	case f.hdr != 0 && f.hdr != 10 && f.hdr != 12:
 		return usagef("tap %s: --vnet-hdr-size %d: want 12, 10 or 0", name, f.hdr)
-	case f.mtu < 0 || f.mtu > 65535:
+	case f.mtu != 0 && (f.mtu < 68 || f.mtu > 65535):
 		return usagef("tap %s: --mtu %d: want 68..65535 (or leave it out for the default)", name, f.mtu)
 	case f.txq < 0:
 		return usagef("tap %s: --txqueuelen %d: want 0 or more", name, f.txq)
