@@ -122,6 +122,9 @@ func up(e *env, file string, f upFlags) error {
 	opts := lab.SuperviseOptions{ReadyTimeout: f.ready,
 		Options: lab.Options{Logf: e.logf, ImageProgress: e.progressWriter(), HotplugPorts: hotplugPorts,
 			Progress: func(p lab.Progress) { e.logf("%s", p) }}}
+	if e.verbose {
+		opts.Console = e.stderr // the guests' boot consoles, interleaved
+	}
 	if f.supervised {
 		// The background supervisor of --detach: its log is capped and
 		// timestamped, and its ready pipe carries progress and the answer.
@@ -132,8 +135,13 @@ func up(e *env, file string, f upFlags) error {
 		pipe := lab.NewReadyPipe(os.NewFile(3, "ready"))
 		opts.Logf = func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) }
 		opts.ImageProgress = &lineLog{log: log.With("step", "image")}
+		opts.Console = nil // each guest's console has its log in the state directory
 		opts.Progress = func(p lab.Progress) {
-			log.Info("vm state", "vm", p.VM, "state", p.State, "elapsed", p.Elapsed.Round(time.Millisecond), "error", p.Err)
+			attrs := []any{"vm", p.VM, "state", p.State, "elapsed", p.Elapsed.Round(time.Millisecond)}
+			if p.Err != nil {
+				attrs = append(attrs, "error", p.Err)
+			}
+			log.Info("vm state", attrs...)
 			pipe.Progress(p)
 		}
 		opts.Ready = pipe.Ready
