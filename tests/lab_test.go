@@ -553,21 +553,27 @@ accel = "tcg"
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	up := make(chan bool, 1)
+	up := make(chan string, 1) // what up printed until the lab was up
 	go func() {
+		var before strings.Builder
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			before.WriteString(sc.Text() + "\n")
 			if strings.Contains(sc.Text(), "lab t is up") {
-				up <- true
+				up <- before.String()
 			}
 		}
 		close(up)
 	}()
 	select {
-	case ok := <-up:
+	case before, ok := <-up:
 		if !ok {
 			cmd.Wait()
 			t.Fatal("vmnet up exited before the lab was up")
+		}
+		// Issue 15: while it waits, up shows the VM's state changes.
+		if !regexp.MustCompile(`vm a: booting \(\d+\.\ds\)\n(.*\n)*.*vm a: ready \(\d+\.\ds\)\n`).MatchString(before) {
+			t.Errorf("vmnet up did not show vm a booting, then ready:\n%s", before)
 		}
 	case <-time.After(4 * time.Minute):
 		cmd.Process.Kill()
