@@ -115,7 +115,7 @@ func up(e *env, file string, f upFlags) error {
 		}
 	}
 	if f.detach {
-		return e.detach(cfg)
+		return e.detach(cfg, file, f)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -211,19 +211,22 @@ func (l *lineLog) Write(p []byte) (int, error) {
 // detach starts a background supervisor (this binary, --supervised) in a
 // session of its own, shows its progress and returns once it reports the
 // lab up, or its error.
-func (e *env) detach(cfg *vmconfig.Lab) error {
+func (e *env) detach(cfg *vmconfig.Lab, file string, f upFlags) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
+	// The supervisor's command line, spelled out rather than edited from
+	// ours: it enters --netns itself (lab.Detach starts it in the
+	// namespace vmnet started in).
 	args := []string{}
-	for _, a := range os.Args[1:] {
-		switch a {
-		case "--detach", "-d", "--detach=true":
-			a = "--supervised"
-		}
-		args = append(args, a)
+	if e.netns != "" {
+		args = append(args, "--netns", e.netns)
 	}
+	if e.verbose {
+		args = append(args, "--verbose")
+	}
+	args = append(args, "up", "--supervised", "--ready-timeout", f.ready.String(), "--", file)
 	pid, err := lab.Detach(cfg, exec.Command(self, args...), func(p lab.Progress) { e.logf("%s", p) })
 	if err != nil {
 		return err
