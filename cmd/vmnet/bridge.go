@@ -133,29 +133,28 @@ func bridgeCreateCommand(e *env) *cobra.Command {
 }
 
 func bridgeCreate(e *env, name string, f *bridgeCreateFlags) error {
-	pos, mtu, addrs, stp, vf, pvid, transparent, mask, snoop, tag, force := []string{name}, &f.mtu, f.addrs, &f.stp, &f.vf, &f.pvid, &f.transparent, &f.mask, f.snoop, &f.tag, &f.force
-	if *mtu != 0 && (*mtu < 68 || *mtu > 65535) {
-		return usagef("bridge %s: --mtu %d: want 68..65535 (or leave it out for the default)", name, *mtu)
-	}
-	if err := checkIfArg("bridge", pos[0]); err != nil {
+	if err := checkIfArg("bridge", name); err != nil {
 		return err
 	}
-	own, err := tagArg(*tag)
+	switch {
+	case f.mtu != 0 && (f.mtu < 68 || f.mtu > 65535):
+		return usagef("bridge %s: --mtu %d: want 68..65535 (or leave it out for the default)", name, f.mtu)
+	case f.pvid < 0 || f.pvid > 4094:
+		return usagef("bridge %s: --default-pvid %d: want 1..4094", name, f.pvid)
+	}
+	own, err := tagArg(f.tag)
 	if err != nil {
 		return err
 	}
-	if *pvid < 0 || *pvid > 4094 {
-		return usagef("bridge %s: --default-pvid %d: want 1..4094", name, *pvid)
-	}
-	cfg := bridge.Config{Name: pos[0], MTU: *mtu, Addresses: addrs, STP: *stp, VLANFiltering: *vf,
-		DefaultPVID: uint16(*pvid), MulticastSnooping: snoop.v, Owner: own, Reuse: *force}
-	if *transparent {
+	cfg := bridge.Config{Name: name, MTU: f.mtu, Addresses: f.addrs, STP: f.stp, VLANFiltering: f.vf,
+		DefaultPVID: uint16(f.pvid), MulticastSnooping: f.snoop.v, Owner: own, Reuse: f.force}
+	if f.transparent {
 		cfg.GroupFwdMask = bridge.TransparentMask
 	}
-	if *mask != "" {
-		m, err := strconv.ParseUint(*mask, 0, 16)
+	if f.mask != "" {
+		m, err := strconv.ParseUint(f.mask, 0, 16)
 		if err != nil {
-			return usagef("bridge %s: --group-fwd-mask %s: want a 16-bit number such as 0x4000", name, *mask)
+			return usagef("bridge %s: --group-fwd-mask %s: want a 16-bit number such as 0x4000", name, f.mask)
 		}
 		cfg.GroupFwdMask = uint16(m)
 	}
@@ -199,13 +198,12 @@ func bridgeShow(e *env, name string, o output) error {
 	if err := checkIfArg("bridge", name); err != nil {
 		return err
 	}
-	pos := []string{name}
 	m, err := bridge.NewCurrent()
 	if err != nil {
 		return err
 	}
 	defer m.Close()
-	info, err := m.Show(pos[0])
+	info, err := m.Show(name)
 	if err != nil {
 		return err
 	}
@@ -224,7 +222,7 @@ func bridgeListCommand(e *env) *cobra.Command {
 		Example: `  vmnet bridge list
   vmnet bridge list --tag vmnet:lab:demo -o json`,
 		Args: nargs(0, 0),
-		RunE: func(*cobra.Command, []string) error { return bridgeList(e, o, &tag) },
+		RunE: func(*cobra.Command, []string) error { return bridgeList(e, o, tag) },
 	}
 	o.register(c.Flags(), "table", "json")
 	o.complete(c)
@@ -232,9 +230,9 @@ func bridgeListCommand(e *env) *cobra.Command {
 	return c
 }
 
-func bridgeList(e *env, o output, tag *string) error {
-	if *tag != "" {
-		if err := owner.Valid(*tag); err != nil {
+func bridgeList(e *env, o output, tag string) error {
+	if tag != "" {
+		if err := owner.Valid(tag); err != nil {
 			return usagef("--tag: %v", err)
 		}
 	}
@@ -244,12 +242,10 @@ func bridgeList(e *env, o output, tag *string) error {
 	}
 	defer m.Close()
 	var infos []bridge.Info
-	if *tag == "" {
+	if tag == "" {
 		infos, err = m.ListAll()
-	} else if err = owner.Valid(*tag); err != nil {
-		return usagef("--tag: %v", err)
 	} else {
-		infos, err = m.List(*tag)
+		infos, err = m.List(tag)
 	}
 	if err != nil {
 		return err
@@ -321,12 +317,11 @@ func bridgeDeleteCommand(e *env) *cobra.Command {
 	return c
 }
 
-func bridgeDelete(e *env, name string, forcev bool, tagv string) error {
-	pos, force, tag := []string{name}, &forcev, &tagv
-	if err := checkIfArg("bridge", pos[0]); err != nil {
+func bridgeDelete(e *env, name string, force bool, tag string) error {
+	if err := checkIfArg("bridge", name); err != nil {
 		return err
 	}
-	own, err := tagArg(*tag)
+	own, err := tagArg(tag)
 	if err != nil {
 		return err
 	}
@@ -335,10 +330,10 @@ func bridgeDelete(e *env, name string, forcev bool, tagv string) error {
 		return err
 	}
 	defer m.Close()
-	if err := m.Delete(pos[0], own, *force); err != nil {
+	if err := m.Delete(name, own, force); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "deleted bridge %s\n", pos[0])
+	fmt.Fprintf(e.stdout, "deleted bridge %s\n", name)
 	return nil
 }
 
@@ -375,25 +370,25 @@ func bridgePortAddCommand(e *env) *cobra.Command {
 }
 
 func bridgePortAdd(e *env, pos []string, f *portAddFlags) (err error) {
-	pvid, tagged, iso, hair, learn, flood, transparent := &f.pvid, &f.tagged, &f.iso, &f.hair, f.learn, f.flood, &f.transparent
-	if err := checkIfArg("bridge", pos[0]); err != nil {
+	br, port := pos[0], pos[1]
+	if err := checkIfArg("bridge", br); err != nil {
 		return err
 	}
-	if err := checkIfArg("port", pos[1]); err != nil {
+	if err := checkIfArg("port", port); err != nil {
 		return err
 	}
-	p := bridge.PortConfig{Name: pos[1], Isolated: *iso, Hairpin: *hair, Learning: learn.v, Flood: flood.v}
-	if *pvid != 0 {
-		if p.PVID, err = vlanID(strconv.Itoa(*pvid)); err != nil {
-			return usagef("bridge %s: port %s: --pvid: %v", pos[0], pos[1], err)
+	p := bridge.PortConfig{Name: port, Isolated: f.iso, Hairpin: f.hair, Learning: f.learn.v, Flood: f.flood.v}
+	if f.pvid != 0 {
+		if p.PVID, err = vlanID(strconv.Itoa(f.pvid)); err != nil {
+			return usagef("bridge %s: port %s: --pvid: %v", br, port, err)
 		}
 	}
-	if *tagged != "" {
-		if p.Tagged, err = vlanList(*tagged); err != nil {
-			return usagef("bridge %s: port %s: --tagged: %v", pos[0], pos[1], err)
+	if f.tagged != "" {
+		if p.Tagged, err = vlanList(f.tagged); err != nil {
+			return usagef("bridge %s: port %s: --tagged: %v", br, port, err)
 		}
 	}
-	if *transparent {
+	if f.transparent {
 		p.GroupFwdMask = bridge.PortTransparentMask
 	}
 	m, err := bridge.NewCurrent()
@@ -401,10 +396,10 @@ func bridgePortAdd(e *env, pos []string, f *portAddFlags) (err error) {
 		return err
 	}
 	defer m.Close()
-	if err := m.AddPort(pos[0], p); err != nil {
+	if err := m.AddPort(br, p); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "attached %s to bridge %s\n", pos[1], pos[0])
+	fmt.Fprintf(e.stdout, "attached %s to bridge %s\n", port, br)
 	return nil
 }
 

@@ -97,41 +97,39 @@ func execCommand(e *env) *cobra.Command {
 }
 
 func execProgram(e *env, pos []string, f *execFlags) error {
-	mods, progs, cpus, mem, timeout, boot, accel, machine, cache, klog, envs := &f.mods, &f.progs, &f.cpus, f.mem, &f.timeout, &f.boot, &f.accel, &f.machine, &f.cache, &f.klog, f.envs
-	verbose := &e.verbose
 	switch {
-	case *cpus < 1:
-		return usagef("vmnet exec: --cpus %d: want at least 1", *cpus)
-	case *accel != "auto" && *accel != "kvm" && *accel != "tcg":
-		return usagef("vmnet exec: --accel %q: want auto, kvm or tcg", *accel)
-	case *machine != "microvm" && *machine != "pc" && *machine != "q35":
-		return usagef("vmnet exec: --machine %q: want microvm, pc or q35", *machine)
-	case *timeout < 0 || *boot <= 0:
+	case f.cpus < 1:
+		return usagef("vmnet exec: --cpus %d: want at least 1", f.cpus)
+	case f.accel != "auto" && f.accel != "kvm" && f.accel != "tcg":
+		return usagef("vmnet exec: --accel %q: want auto, kvm or tcg", f.accel)
+	case f.machine != "microvm" && f.machine != "pc" && f.machine != "q35":
+		return usagef("vmnet exec: --machine %q: want microvm, pc or q35", f.machine)
+	case f.timeout < 0 || f.boot <= 0:
 		return usagef("vmnet exec: --timeout and --boot-timeout want positive durations such as 2m")
 	}
 	o := gexec.Options{
-		Program: pos[0], Args: pos[1:], Env: envs,
-		CPUs: *cpus, MemoryMiB: int(mem), Accel: *accel, Machine: *machine,
-		BootTimeout: *boot, Timeout: *timeout, CacheDir: *cache,
-		Stdout: e.stdout, KernelLog: *klog,
+		Program: pos[0], Args: pos[1:], Env: f.envs,
+		CPUs: f.cpus, MemoryMiB: int(f.mem), Accel: f.accel, Machine: f.machine,
+		BootTimeout: f.boot, Timeout: f.timeout, CacheDir: f.cache,
+		Stdout: e.stdout, KernelLog: f.klog,
 	}
 	o.Modules = []string{}
-	for _, m := range strings.Split(*mods, ",") {
+	for _, m := range strings.Split(f.mods, ",") {
 		if m = strings.TrimSpace(m); m != "" {
 			o.Modules = append(o.Modules, m)
 		}
 	}
-	switch *progs {
+	switch f.progs {
 	case "":
 	case "none":
 		o.Programs = []string{}
 	default:
-		o.Programs = strings.Split(*progs, ",")
+		o.Programs = strings.Split(f.progs, ",")
 	}
 	if o.Timeout == 0 {
 		o.Timeout = gexec.TimeoutFor(o.Args)
 	}
-	if *verbose {
+	if e.verbose {
 		o.Console = e.stderr
 		o.Progress = e.stderr
 		o.Logf = func(f string, a ...any) { fmt.Fprintf(e.stderr, "vmnet exec: "+f+"\n", a...) }
@@ -144,7 +142,7 @@ func execProgram(e *env, pos []string, f *execFlags) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	res, err := gexec.Run(ctx, o)
-	if *verbose && res.Total > 0 {
+	if e.verbose && res.Total > 0 {
 		fmt.Fprintf(e.stderr, "vmnet exec: image+archive %.2fs, QEMU start to program start %.2fs, program start to QEMU exit %.2fs, QEMU start to exit %.2fs; status %d\n",
 			res.Image.Seconds(), res.Boot.Seconds(), res.Run.Seconds(), res.Total.Seconds(), res.Status)
 	}

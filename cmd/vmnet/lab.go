@@ -166,11 +166,10 @@ func imageCommand(e *env) *cobra.Command {
 	return group("image", "build the small test guest image", `  vmnet image build`, build)
 }
 
-func imageBuild(e *env, cachev, modsv string) error {
-	cache, mods := &cachev, &modsv
-	opts := images.Options{CacheDir: *cache, Progress: e.progressWriter()}
-	if *mods != "" {
-		opts.Modules = strings.Split(*mods, ",")
+func imageBuild(e *env, cache, mods string) error {
+	opts := images.Options{CacheDir: cache, Progress: e.progressWriter()}
+	if mods != "" {
+		opts.Modules = strings.Split(mods, ",")
 	}
 	img, err := images.Ensure(context.Background(), opts)
 	if err != nil {

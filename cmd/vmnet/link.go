@@ -48,9 +48,8 @@ func linkCommand(e *env) *cobra.Command {
 }
 
 func runLink(e *env, pos []string, f linkFlags) (err error) {
-	pcap, stats, cpu, ready := &f.pcap, &f.stats, &f.cpu, &f.ready
-	if *stats < 0 {
-		return usagef("vmnet link: --stats %v: want a positive interval such as 1s", *stats)
+	if f.stats < 0 {
+		return usagef("vmnet link: --stats %v: want a positive interval such as 1s", f.stats)
 	}
 	var eps [2]vmconfig.Endpoint
 	for i, s := range pos {
@@ -60,13 +59,13 @@ func runLink(e *env, pos []string, f linkFlags) (err error) {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	l, err := link.Dial(ctx, eps[0], eps[1], link.OpenOptions{}, link.Options{PCAP: *pcap})
+	l, err := link.Dial(ctx, eps[0], eps[1], link.OpenOptions{}, link.Options{PCAP: f.pcap})
 	if err != nil {
 		return err
 	}
 	defer l.Close()
-	if *cpu != "" {
-		f, err := os.Create(*cpu)
+	if f.cpu != "" {
+		f, err := os.Create(f.cpu)
 		if err != nil {
 			return err
 		}
@@ -76,15 +75,15 @@ func runLink(e *env, pos []string, f linkFlags) (err error) {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	if *ready != "" {
-		if err := os.WriteFile(*ready, nil, 0o644); err != nil {
+	if f.ready != "" {
+		if err := os.WriteFile(f.ready, nil, 0o644); err != nil {
 			return err
 		}
 	}
 	e.logf("link %s up; Ctrl-C stops it", l)
-	if *stats > 0 {
+	if f.stats > 0 {
 		go func() {
-			t := time.NewTicker(*stats)
+			t := time.NewTicker(f.stats)
 			defer t.Stop()
 			for {
 				select {

@@ -87,53 +87,51 @@ func tapCreate(e *env, name string, f *tapCreateFlags) error {
 	if err := checkIfArg("tap", name); err != nil {
 		return err
 	}
-	queues, hdr, offl, best, own, grp, mtu, mac, txq, br, qd, tag := &f.queues, &f.hdr, &f.offl, &f.best, &f.own, &f.grp, &f.mtu, &f.mac, &f.txq, &f.br, &f.qd, &f.tag
-	pos := []string{name}
-	tagged, err := tagArg(*tag)
+	tagged, err := tagArg(f.tag)
 	if err != nil {
 		return err
 	}
-	cfg := tap.NewConfig(pos[0], *queues)
-	cfg.VnetHdrSize, cfg.BestEffort, cfg.Persist, cfg.MTU, cfg.TxQueueLen, cfg.Tag, cfg.Up = *hdr, *best, true, *mtu, *txq, tagged, true
-	if cfg.Qdisc, err = tap.ParseQdisc(*qd); err != nil {
-		return usagef("--qdisc: %v", err)
+	cfg := tap.NewConfig(name, f.queues)
+	cfg.VnetHdrSize, cfg.BestEffort, cfg.Persist, cfg.MTU, cfg.TxQueueLen, cfg.Tag, cfg.Up = f.hdr, f.best, true, f.mtu, f.txq, tagged, true
+	if cfg.Qdisc, err = tap.ParseQdisc(f.qd); err != nil {
+		return usagef("tap %s: --qdisc: %v", name, err)
 	}
-	if *offl != "" {
-		if cfg.Offloads, err = tap.ParseOffloads(*offl); err != nil {
-			return usagef("--offload %s: %v", *offl, err)
+	if f.offl != "" {
+		if cfg.Offloads, err = tap.ParseOffloads(f.offl); err != nil {
+			return usagef("tap %s: --offload %s: %v", name, f.offl, err)
 		}
 	}
-	if *own != "" {
-		if cfg.Owner, err = lookupID(*own, false); err != nil {
+	if f.own != "" {
+		if cfg.Owner, err = lookupID(f.own, false); err != nil {
 			return err
 		}
 	}
-	if *grp != "" {
-		if cfg.Group, err = lookupID(*grp, true); err != nil {
+	if f.grp != "" {
+		if cfg.Group, err = lookupID(f.grp, true); err != nil {
 			return err
 		}
 	}
-	if *mac != "" {
-		if cfg.MAC, err = net.ParseMAC(*mac); err != nil {
-			return usagef("--mac %s: %v", *mac, err)
+	if f.mac != "" {
+		if cfg.MAC, err = net.ParseMAC(f.mac); err != nil {
+			return usagef("tap %s: --mac %q: want a MAC address such as 52:54:00:12:34:56", name, f.mac)
 		}
 	}
 	var m *bridge.Manager
-	if *br != "" {
+	if f.br != "" {
 		if m, err = bridge.NewCurrent(); err != nil {
 			return err
 		}
 		defer m.Close()
 		// Check the bridge first so a missing one leaves no tap behind.
-		bi, err := m.Show(*br)
+		bi, err := m.Show(f.br)
 		if err != nil {
-			return fmt.Errorf("tap %s: --bridge %s: %w", pos[0], *br, err)
+			return fmt.Errorf("tap %s: --bridge %s: %w", name, f.br, err)
 		}
 		// A port takes its bridge's MTU; a different --mtu would silently
 		// become the bridge's.
-		if *mtu != 0 && *mtu != bi.MTU {
+		if f.mtu != 0 && f.mtu != bi.MTU {
 			return fmt.Errorf("tap %s: --mtu %d differs from the MTU %d of bridge %s: give --mtu %d, or leave --mtu out, or change the bridge's MTU first",
-				pos[0], *mtu, bi.MTU, *br, bi.MTU)
+				name, f.mtu, bi.MTU, f.br, bi.MTU)
 		}
 	}
 	t, err := tap.Create(cfg)
@@ -142,7 +140,7 @@ func tapCreate(e *env, name string, f *tapCreateFlags) error {
 	}
 	defer t.Close()
 	if m != nil {
-		if err := m.AddPort(*br, bridge.PortConfig{Name: t.Name()}); err != nil {
+		if err := m.AddPort(f.br, bridge.PortConfig{Name: t.Name()}); err != nil {
 			if derr := tap.Delete(t.Name(), cfg.Tag, false); derr != nil {
 				err = fmt.Errorf("%w (and removing the tap again failed: %v)", err, derr)
 			}
@@ -208,8 +206,7 @@ func tapShow(e *env, name string, o output) error {
 	if err := checkIfArg("tap", name); err != nil {
 		return err
 	}
-	pos := []string{name}
-	info, err := tap.Describe(pos[0])
+	info, err := tap.Describe(name)
 	if err != nil {
 		return err
 	}
@@ -236,15 +233,14 @@ func tapListCommand(e *env) *cobra.Command {
 	return c
 }
 
-func tapList(e *env, o output, onlyVmnet bool) error {
-	only := &onlyVmnet
+func tapList(e *env, o output, only bool) error {
 	all, err := tap.List()
 	if err != nil {
 		return err
 	}
 	infos := []tap.Info{}
 	for _, i := range all {
-		if !*only || i.Tagged {
+		if !only || i.Tagged {
 			infos = append(infos, i)
 		}
 	}
@@ -300,18 +296,17 @@ func tapDeleteCommand(e *env) *cobra.Command {
 	return c
 }
 
-func tapDelete(e *env, name string, forcev bool, tagv string) error {
-	pos, force, tag := []string{name}, &forcev, &tagv
-	if err := checkIfArg("tap", pos[0]); err != nil {
+func tapDelete(e *env, name string, force bool, tag string) error {
+	if err := checkIfArg("tap", name); err != nil {
 		return err
 	}
-	own, err := tagArg(*tag)
+	own, err := tagArg(tag)
 	if err != nil {
 		return err
 	}
-	if err := tap.Delete(pos[0], own, *force); err != nil {
+	if err := tap.Delete(name, own, force); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "deleted tap %s\n", pos[0])
+	fmt.Fprintf(e.stdout, "deleted tap %s\n", name)
 	return nil
 }

@@ -294,9 +294,8 @@ func (e *env) findLab(arg, verb string) (name, dir string, cfg *vmconfig.Lab, er
 }
 
 func down(e *env, arg string, ignoreMissing bool) error {
-	pos, ignore := []string{arg}, &ignoreMissing
-	name, dir, _, err := e.findLab(pos[0], "down")
-	if errors.Is(err, errNoLab) && *ignore {
+	name, dir, _, err := e.findLab(arg, "down")
+	if errors.Is(err, errNoLab) && ignoreMissing {
 		fmt.Fprintf(e.stdout, "%v; nothing to do\n", err)
 		return nil
 	}
@@ -477,10 +476,9 @@ func shCommand(e *env) *cobra.Command {
 	return c
 }
 
-func labShell(e *env, pos []string, timeoutv time.Duration) error {
-	timeout := &timeoutv
-	if *timeout <= 0 {
-		return usagef("vmnet sh: --timeout %v: want a positive duration such as 30s", *timeout)
+func labShell(e *env, pos []string, timeout time.Duration) error {
+	if timeout <= 0 {
+		return usagef("vmnet sh: --timeout %v: want a positive duration such as 30s", timeout)
 	}
 	if err := checkArg(names.VM, pos[1]); err != nil {
 		return err
@@ -489,7 +487,7 @@ func labShell(e *env, pos []string, timeoutv time.Duration) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	res, err := lab.Shell(ctx, dir, pos[1], shellJoin(pos[2:]), e.stdout)
 	if res.Cut > 0 {
