@@ -86,6 +86,10 @@ func (l *Lab) failpoint(name string) {
 	select {}
 }
 
+// progressEvery is how often Up repeats the state of guests that are
+// still booting.
+const progressEvery = 20 * time.Second
+
 // Up brings the whole lab up: its networks, every VM's taps, then the
 // guests in parallel, and waits until each guest is ready (the test
 // image's VMNET-READY; QEMU answering QMP for other kernels). If any step
@@ -93,9 +97,25 @@ func (l *Lab) failpoint(name string) {
 // the object that failed.
 func (l *Lab) Up(ctx context.Context, readyTimeout time.Duration) (err error) {
 	upStart := time.Now()
+	var pmu sync.Mutex
+	booting := map[string]bool{}
 	progress := func(vm, state string, err error) {
+		pmu.Lock()
+		defer pmu.Unlock()
+		booting[vm] = state == VMBooting
 		if l.opts.Progress != nil {
 			l.opts.Progress(Progress{VM: vm, State: state, Elapsed: time.Since(upStart), Err: err})
+		}
+	}
+	// While guests boot (minutes under TCG), their state is repeated
+	// now and then, so that a quiet terminal does not look hung.
+	stillBooting := func() {
+		pmu.Lock()
+		defer pmu.Unlock()
+		for _, vm := range l.cfg.VMs {
+			if booting[vm.Name] && l.opts.Progress != nil {
+				l.opts.Progress(Progress{VM: vm.Name, State: VMBooting, Elapsed: time.Since(upStart)})
+			}
 		}
 	}
 	l.mu.Lock()
@@ -188,7 +208,21 @@ func (l *Lab) Up(ctx context.Context, readyTimeout time.Duration) (err error) {
 			done(errs[i])
 		}()
 	}
-	wg.Wait()
+	waited := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(waited)
+	}()
+	tick := time.NewTicker(progressEvery)
+	for waiting := true; waiting; {
+		select {
+		case <-tick.C:
+			stillBooting()
+		case <-waited:
+			waiting = false
+		}
+	}
+	tick.Stop()
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
