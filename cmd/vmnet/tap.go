@@ -35,7 +35,7 @@ func tapCreateCommand(e *env) *cobra.Command {
 			"QEMU (-netdev tap,ifname=NAME,script=no,downscript=no,vhost=on,queues=N). The tap carries\n" +
 			"vmnet's owner tag, so `vmnet tap delete` removes it and nothing else.",
 		Example: `  vmnet tap create t0
-  vmnet tap create t0 --queues 4 --offload csum,tso4,tso6 --owner alice
+  vmnet tap create t0 --queues 4 --offload csum,tso4,tso6 --owner 1000
   vmnet tap create t1 --bridge br0 --mtu 9000   # the bridge's MTU must be 9000 too`,
 		Args: nargs(1, 1),
 		RunE: func(_ *cobra.Command, args []string) error { return tapCreate(e, args[0], &f) },

@@ -75,7 +75,7 @@ func statusCommand(e *env) *cobra.Command {
 		Short: "show labs: networks, VMs, NICs, queues, counters",
 		Example: `  vmnet status
   vmnet status demo -o json
-  vmnet status demo -o dot | dot -Tsvg > demo.svg`,
+  vmnet status demo -o dot > demo.dot   # Graphviz: dot -Tsvg demo.dot`,
 		Args: nargs(0, 1),
 		RunE: func(_ *cobra.Command, args []string) error { return status(e, args, o) },
 	})
