@@ -132,6 +132,11 @@ func TestLabUpStatusHotplugDown(t *testing.T) {
 		t.Errorf("supervisor.log (%v) lacks timestamped VM states:\n%s", err, b)
 	}
 
+	// Up means up: the supervisor answers as soon as up --detach returns.
+	if r := vmnetIn(t, ns, "status", path); r.status != 0 || strings.Contains(r.stdout, "not answering") {
+		t.Errorf("status right after up --detach: %d\n%s%s", r.status, r.stdout, r.stderr)
+	}
+
 	// Idempotent: a second up changes nothing.
 	if r := vmnetIn(t, ns, "up", path); r.status != 0 || !strings.Contains(r.stdout, "already up") {
 		t.Errorf("second up: %d %q %q", r.status, r.stdout, r.stderr)

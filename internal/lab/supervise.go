@@ -70,16 +70,26 @@ func Supervise(ctx context.Context, cfg *vmconfig.Lab, opts SuperviseOptions) (e
 		return err
 	}
 	defer l.Close()
-	if err := l.Up(ctx, opts.ReadyTimeout); err != nil {
+	ready := func(err error) {
 		if opts.Ready != nil {
 			opts.Ready(err)
 		}
+	}
+	if err := l.Up(ctx, opts.ReadyTimeout); err != nil {
+		ready(err)
 		return err
 	}
-	logf("lab %s is up in %.1fs (Ctrl-C or `vmnet down %s` tears it down)", cfg.Name, time.Since(start).Seconds(), cfg.Name)
-	if opts.Ready != nil {
-		opts.Ready(nil)
+	// The control socket answers before the lab is reported up, so that
+	// `vmnet status` right after `up --detach` reaches the supervisor.
+	ln, err := l.Listen()
+	if err != nil {
+		ready(err)
+		tctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		return errors.Join(err, l.Teardown(tctx))
 	}
+	logf("lab %s is up in %.1fs (Ctrl-C or `vmnet down %s` tears it down)", cfg.Name, time.Since(start).Seconds(), cfg.Name)
+	ready(nil)
 	for _, vm := range cfg.VMs {
 		if v := l.Running(vm.Name); v != nil {
 			go func() {
@@ -91,7 +101,7 @@ func Supervise(ctx context.Context, cfg *vmconfig.Lab, opts SuperviseOptions) (e
 			}()
 		}
 	}
-	serr := l.Serve(ctx)
+	serr := l.Serve(ctx, ln)
 	<-ctx.Done()
 	logf("lab %s: tearing down", cfg.Name)
 	tctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
