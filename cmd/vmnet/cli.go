@@ -13,6 +13,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/vmnet/vmnet/internal/lab"
+	"github.com/vmnet/vmnet/netns"
 )
 
 // output is the -o flag of verbs that describe things. An unknown format
@@ -205,4 +208,27 @@ func effectiveCaps() (uint64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// completeLabs offers the labs of the --netns namespace (or the current
+// one) for a verb's first argument; lab files complete as files.
+func (e *env) completeLabs(_ *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var labs []string
+	list := func() error {
+		ns, err := lab.CurrentNetNS()
+		if err != nil {
+			return err
+		}
+		labs, err = lab.Labs(ns)
+		return err
+	}
+	if e.netns != "" {
+		netns.DoNamed(e.netns, list)
+	} else {
+		list()
+	}
+	return labs, cobra.ShellCompDirectiveDefault
 }

@@ -306,3 +306,60 @@ func TestNonRootOneLine(t *testing.T) {
 		}
 	}
 }
+
+// TestCompleteLabNames: the lab verbs complete the labs of the --netns
+// namespace (here one known only from its owner tag).
+func TestCompleteLabNames(t *testing.T) {
+	ns := testenv.NetNS(t)
+	p := nsPath(ns)
+	if st, _, stderr := vmnet(t, "--netns", p, "bridge", "create", "lb0", "--tag", "vmnet:lab:mylab"); st != 0 {
+		t.Fatal(stderr)
+	}
+	for _, verb := range [][]string{{"down"}, {"status"}, {"sh"}, {"nic", "add"}} {
+		args := append(append([]string{"__complete", "--netns", p}, verb...), "")
+		st, out, stderr := vmnet(t, args...)
+		if st != 0 || !strings.HasPrefix(out, "mylab\n") {
+			t.Errorf("vmnet %q: %d %q %q; want mylab offered", args, st, out, stderr)
+		}
+	}
+	// In another namespace the lab is not offered.
+	if st, out, _ := vmnet(t, "__complete", "--netns", nsPath(testenv.NetNS(t)), "down", ""); st != 0 || strings.Contains(out, "mylab") || !strings.HasPrefix(out, ":") {
+		t.Errorf("in another namespace: %d %q; want no lab offered", st, out)
+	}
+}
+
+// TestManPages: `make man` (vmnet built with -tags mangen) writes a page
+// for every verb a user can see, with its examples, that man can read.
+func TestManPages(t *testing.T) {
+	testenv.RequireProgram(t, "go")
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "vmnet-man")
+	if out, err := exec.Command("go", "build", "-tags", "mangen", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build -tags mangen: %v\n%s", err, out)
+	}
+	mandir := filepath.Join(dir, "man")
+	if out, err := exec.Command(bin, "gen-man", mandir).CombinedOutput(); err != nil {
+		t.Fatalf("gen-man: %v\n%s", err, out)
+	}
+	n := 0
+	walk(newRoot(&env{stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}), func(c *cobra.Command) {
+		if !c.IsAvailableCommand() && c.HasParent() {
+			return
+		}
+		n++
+		page := filepath.Join(mandir, strings.ReplaceAll(c.CommandPath(), " ", "-")+".1")
+		b, err := os.ReadFile(page)
+		if err != nil || !strings.Contains(string(b), ".SH EXAMPLE") {
+			t.Errorf("%s: %v, or no EXAMPLE section", page, err)
+		}
+	})
+	if ents, _ := os.ReadDir(mandir); len(ents) != n {
+		t.Errorf("%d man pages for %d verbs", len(ents), n)
+	}
+	if man, err := exec.LookPath("man"); err == nil {
+		out, err := exec.Command(man, "-l", filepath.Join(mandir, "vmnet-tap-create.1")).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "vmnet tap create NAME") {
+			t.Errorf("man -l vmnet-tap-create.1: %v\n%s", err, out)
+		}
+	}
+}

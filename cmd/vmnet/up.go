@@ -61,8 +61,9 @@ func downCommand(e *env) *cobra.Command {
 		Example: `  vmnet down demo
   vmnet down examples/demo.toml
   vmnet down --ignore-missing demo   # in cleanup scripts`,
-		Args: nargs(1, 1),
-		RunE: func(_ *cobra.Command, args []string) error { return down(e, args[0], ignore) },
+		Args:              nargs(1, 1),
+		RunE:              func(_ *cobra.Command, args []string) error { return down(e, args[0], ignore) },
+		ValidArgsFunction: e.completeLabs,
 	})
 	c.Flags().BoolVar(&ignore, "ignore-missing", false, "exit 0 when the lab does not exist (for cleanup scripts)")
 	return c
@@ -76,8 +77,9 @@ func statusCommand(e *env) *cobra.Command {
 		Example: `  vmnet status
   vmnet status demo -o json
   vmnet status demo -o dot > demo.dot   # Graphviz: dot -Tsvg demo.dot`,
-		Args: nargs(0, 1),
-		RunE: func(_ *cobra.Command, args []string) error { return status(e, args, o) },
+		Args:              nargs(0, 1),
+		RunE:              func(_ *cobra.Command, args []string) error { return status(e, args, o) },
+		ValidArgsFunction: e.completeLabs,
 	})
 	o.register(c.Flags(), "table", "json", "dot")
 	o.complete(c)
@@ -387,8 +389,9 @@ func nicAddCommand(e *env) *cobra.Command {
 		Short: "add a NIC to a running guest",
 		Example: `  vmnet nic add demo r2 --network dmz
   vmnet nic add demo r2 --network lan --queues 2 --mac 52:54:00:12:34:56`,
-		Args: nargs(2, 2),
-		RunE: func(_ *cobra.Command, args []string) error { return nicAdd(e, args, &network, &queues, &mac) },
+		Args:              nargs(2, 2),
+		RunE:              func(_ *cobra.Command, args []string) error { return nicAdd(e, args, &network, &queues, &mac) },
+		ValidArgsFunction: e.completeLabs,
 	})
 	c.Flags().StringVar(&network, "network", "", "network (from the lab file) to attach the new NIC to")
 	c.Flags().IntVar(&queues, "queues", 0, "tap queues, 1..256 (default: one per vCPU)")
@@ -431,11 +434,12 @@ func nicAdd(e *env, pos []string, network *string, queues *int, mac *string) err
 
 func nicDelCommand(e *env) *cobra.Command {
 	return root(&cobra.Command{
-		Use:     "del LAB VM NIC",
-		Short:   "remove a hot-plugged NIC",
-		Example: `  vmnet nic del demo r2 nic1`,
-		Args:    nargs(3, 3),
-		RunE:    func(_ *cobra.Command, args []string) error { return nicDel(e, args) },
+		Use:               "del LAB VM NIC",
+		Short:             "remove a hot-plugged NIC",
+		Example:           `  vmnet nic del demo r2 nic1`,
+		Args:              nargs(3, 3),
+		RunE:              func(_ *cobra.Command, args []string) error { return nicDel(e, args) },
+		ValidArgsFunction: e.completeLabs,
 	})
 }
 
@@ -469,8 +473,9 @@ func shCommand(e *env) *cobra.Command {
 			"command's status, 124 on timeout.",
 		Example: `  vmnet sh demo r1 -- 'ping -c 2 10.90.0.12'
   vmnet sh demo r1 --timeout 30s -- ip -br addr`,
-		Args: nargs(3, -1),
-		RunE: func(_ *cobra.Command, args []string) error { return labShell(e, args, timeout) },
+		Args:              nargs(3, -1),
+		RunE:              func(_ *cobra.Command, args []string) error { return labShell(e, args, timeout) },
+		ValidArgsFunction: e.completeLabs,
 	})
 	c.Flags().DurationVar(&timeout, "timeout", lab.ShellTimeout, "give up (exit 124) when the command has not finished after this long")
 	return c
