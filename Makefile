@@ -3,7 +3,7 @@ GO ?= go
 FUZZTIME ?= 10s
 PKGS := ./...
 
-.PHONY: all build deps test vet fuzz bench bench-link demo image clean
+.PHONY: all build deps test vet fuzz bench bench-link demo image man clean
 
 all: build
 
@@ -17,6 +17,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 vet:
 	$(GO) vet $(PKGS)
+	$(GO) vet -tags mangen ./cmd/vmnet
 	$(GO) run $(STATICCHECK) $(PKGS)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 
@@ -45,5 +46,12 @@ demo: deps build
 image: deps
 	$(GO) run ./images/cmd/vmnet-image $(if $(IMAGE_MODULES),-modules $(IMAGE_MODULES))
 
+# Man pages (section 1), one per verb, generated from the command tree into
+# $(MANDIR); read one with `man -l man/vmnet-tap-create.1`.
+MANDIR ?= man
+man:
+	$(GO) run -tags mangen ./cmd/vmnet gen-man $(MANDIR)
+
 clean:
 	rm -f vmnet
+	rm -rf $(MANDIR)

@@ -117,6 +117,26 @@ func TestLabUpStatusHotplugDown(t *testing.T) {
 	}
 	t.Cleanup(func() { vmnetIn(t, ns, "down", path) })
 
+	// Issue 15: --detach streams each VM's state from the supervisor
+	// while it waits, booting before ready, with the elapsed time.
+	for _, vm := range []string{"a", "b", "c"} {
+		booting := regexp.MustCompile(`vmnet: vm ` + vm + `: booting \(\d+\.\ds\)\n`).FindStringIndex(r.stderr)
+		ready := regexp.MustCompile(`vmnet: vm ` + vm + `: ready \(\d+\.\ds\)\n`).FindStringIndex(r.stderr)
+		if booting == nil || ready == nil || ready[0] < booting[0] {
+			t.Errorf("up --detach did not show vm %s booting, then ready:\n%s", vm, r.stderr)
+		}
+	}
+	// The supervisor's log has timestamped slog lines.
+	if b, err := os.ReadFile(filepath.Join(stateDir, "supervisor.log")); err != nil ||
+		!regexp.MustCompile(`(?m)^time=\S+ level=INFO msg="vm state" vm=a state=ready`).Match(b) {
+		t.Errorf("supervisor.log (%v) lacks timestamped VM states:\n%s", err, b)
+	}
+
+	// Up means up: the supervisor answers as soon as up --detach returns.
+	if r := vmnetIn(t, ns, "status", path); r.status != 0 || strings.Contains(r.stdout, "not answering") {
+		t.Errorf("status right after up --detach: %d\n%s%s", r.status, r.stdout, r.stderr)
+	}
+
 	// Idempotent: a second up changes nothing.
 	if r := vmnetIn(t, ns, "up", path); r.status != 0 || !strings.Contains(r.stdout, "already up") {
 		t.Errorf("second up: %d %q %q", r.status, r.stdout, r.stderr)
@@ -538,21 +558,27 @@ accel = "tcg"
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	up := make(chan bool, 1)
+	up := make(chan string, 1) // what up printed until the lab was up
 	go func() {
+		var before strings.Builder
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			before.WriteString(sc.Text() + "\n")
 			if strings.Contains(sc.Text(), "lab t is up") {
-				up <- true
+				up <- before.String()
 			}
 		}
 		close(up)
 	}()
 	select {
-	case ok := <-up:
+	case before, ok := <-up:
 		if !ok {
 			cmd.Wait()
 			t.Fatal("vmnet up exited before the lab was up")
+		}
+		// Issue 15: while it waits, up shows the VM's state changes.
+		if !regexp.MustCompile(`vm a: booting \(\d+\.\ds\)\n(.*\n)*.*vm a: ready \(\d+\.\ds\)\n`).MatchString(before) {
+			t.Errorf("vmnet up did not show vm a booting, then ready:\n%s", before)
 		}
 	case <-time.After(4 * time.Minute):
 		cmd.Process.Kill()

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -13,38 +12,29 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/vmnet/vmnet/internal/gexec"
 )
 
-func execCommand() *command {
-	return &command{name: "exec", args: "[flags] PROGRAM [ARGS...]",
-		summary: "run a static program in a throwaway guest (go test -exec)", run: execProgram}
-}
-
-const execSynopsis = "[flags] PROGRAM [ARGS...]\n\n" +
-	"Boots the vmnet test guest, runs the statically linked PROGRAM in it as root with ARGS and exits\n" +
-	"with its status. Made for go test:\n\n" +
-	"  CGO_ENABLED=0 go test -exec 'vmnet exec' -run VLAN -v ./bridge/\n\n" +
+const execLong = "Boots the vmnet test guest, runs the statically linked PROGRAM in it as root with ARGS and exits\n" +
+	"with its status. Made for go test (go test -exec 'vmnet exec').\n\n" +
 	"The program starts in a directory of the same path as the current one, with ./testdata carried\n" +
 	"along (at most 64 MiB); its stdout and stderr (one serial console) go to stdout without the boot\n" +
-	"messages. Flags stand before PROGRAM; everything from PROGRAM on belongs to it.\n" +
+	"messages. Flags stand before PROGRAM; everything from PROGRAM on belongs to it. --verbose copies\n" +
+	"the boot console, image steps and timings to stderr.\n" +
 	"Exit status: the program's, 124 when the guest did not come up or finish in time, 125 when\n" +
-	"vmnet could not run it at all (for example a dynamically linked binary), 130 on interrupt.\n"
+	"vmnet could not run it at all (for example a dynamically linked binary), 130 on interrupt."
 
 // exitCannotRun tells a caller (go test, git bisect run) that the program
 // never ran, as opposed to failing.
 const exitCannotRun = 125
 
-// listFlag collects a repeatable flag.
-type listFlag []string
-
-func (l *listFlag) String() string     { return strings.Join(*l, " ") }
-func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
-
 // memFlag is a size in MiB: 512, 512M, 1G.
 type memFlag int
 
 func (m *memFlag) String() string { return strconv.Itoa(int(*m)) }
+func (m *memFlag) Type() string   { return "MiB" }
 func (m *memFlag) Set(s string) error {
 	mul := 1
 	t := strings.TrimSuffix(strings.ToUpper(s), "B")
@@ -63,66 +53,83 @@ func (m *memFlag) Set(s string) error {
 	return nil
 }
 
-func execProgram(e *env, args []string) error {
-	fs := e.flags("vmnet exec", execSynopsis)
-	mods := fs.String("kernel-modules", strings.Join(gexec.DefaultModules, ","),
-		"kernel modules to put into the image and load at boot, with their dependencies (comma-separated; \"\" for none)")
-	progs := fs.String("programs", "", "host programs to carry into the guest's PATH with their libraries (comma-separated; default: those of "+
-		strings.Join(gexec.DefaultPrograms, ",")+" the host has; \"none\" for none)")
-	cpus := fs.Int("cpus", 1, "guest vCPUs (under TCG on a busy host one boots fastest; more for tests that need parallelism)")
-	mem := memFlag(512)
-	fs.Var(&mem, "memory", "guest memory in MiB (512, 512M, 1G)")
-	timeout := fs.Duration("timeout", 0, "give up (exit 124) when the program has not finished after this long (default: the program's -test.timeout plus 1m, else 10m)")
-	boot := fs.Duration("boot-timeout", 2*time.Minute, "give up (exit 124) when the guest is not ready after this long")
-	accel := fs.String("accel", "auto", "accelerator: auto (KVM where it really works, else TCG), kvm or tcg")
-	machine := fs.String("machine", "microvm", "QEMU machine: microvm, pc or q35")
-	cache := fs.String("cache", "", "image cache directory (default $VMNET_CACHE, else ~/.cache/vmnet)")
-	verbose := fs.Bool("verbose", false, "copy the boot console, image steps and timings to stderr")
-	klog := fs.Bool("kernel-log", false, "leave kernel warnings on the console while the program runs (they then mix with its output)")
-	var envs listFlag
-	fs.Var(&envs, "env", "NAME=VALUE to set in the guest (repeatable); CI, GODEBUG, GOTRACEBACK, GOMAXPROCS, ... pass through by themselves")
+type execFlags struct {
+	mods, progs, accel, machine, cache string
+	cpus                               int
+	mem                                memFlag
+	timeout, boot                      time.Duration
+	klog                               bool
+	envs                               []string
+}
 
+func execCommand(e *env) *cobra.Command {
+	f := execFlags{mem: 512}
+	c := &cobra.Command{
+		Use:   "exec [flags] PROGRAM [ARGS...]",
+		Short: "run a static program in a throwaway guest (go test -exec)",
+		Long:  execLong,
+		Example: `  CGO_ENABLED=0 go test -exec 'vmnet exec' -run VLAN -v ./bridge/
+  vmnet exec --cpus 2 --memory 1G ./bridge.test -test.run VLAN
+  vmnet exec --env GODEBUG=netdns=go --kernel-modules bridge,8021q ./prog`,
+		Args: nargs(1, -1),
+		RunE: func(_ *cobra.Command, args []string) error { return execProgram(e, args, &f) },
+	}
 	// Unlike other verbs, flags end at PROGRAM: its own flags (-test.v)
 	// must not be taken for vmnet's.
-	if err := fs.FlagSet.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(fs.help, "Usage: %s %s\n", fs.Name(), fs.synopsis)
-			fs.SetOutput(fs.help)
-			fs.PrintDefaults()
-			return errHelp
-		}
-		return usagef("%s: %v (see `%s --help`)", fs.Name(), err, fs.Name())
-	}
-	pos := fs.Args()
-	if len(pos) == 0 {
-		return usagef("vmnet exec: missing PROGRAM (usage: vmnet exec [flags] PROGRAM [ARGS...])")
+	c.Flags().SetInterspersed(false)
+	fs := c.Flags()
+	fs.StringVar(&f.mods, "kernel-modules", strings.Join(gexec.DefaultModules, ","),
+		"kernel modules to put into the image and load at boot, with their dependencies (comma-separated; \"\" for none)")
+	fs.StringVar(&f.progs, "programs", "", "host programs to carry into the guest's PATH with their libraries (comma-separated; default: those of "+
+		strings.Join(gexec.DefaultPrograms, ",")+" the host has; \"none\" for none)")
+	fs.IntVar(&f.cpus, "cpus", 1, "guest vCPUs (under TCG on a busy host one boots fastest; more for tests that need parallelism)")
+	fs.Var(&f.mem, "memory", "guest memory in MiB (512, 512M, 1G)")
+	fs.DurationVar(&f.timeout, "timeout", 0, "give up (exit 124) when the program has not finished after this long (default: the program's -test.timeout plus 1m, else 10m)")
+	fs.DurationVar(&f.boot, "boot-timeout", 2*time.Minute, "give up (exit 124) when the guest is not ready after this long")
+	fs.StringVar(&f.accel, "accel", "auto", "accelerator: auto (KVM where it really works, else TCG), kvm or tcg")
+	fs.StringVar(&f.machine, "machine", "microvm", "QEMU machine: microvm, pc or q35")
+	fs.StringVar(&f.cache, "cache", "", "image cache `DIR`ectory (default $VMNET_CACHE, else ~/.cache/vmnet)")
+	fs.BoolVar(&f.klog, "kernel-log", false, "leave kernel warnings on the console while the program runs (they then mix with its output)")
+	fs.StringArrayVar(&f.envs, "env", nil, "NAME=VALUE to set in the guest (repeatable); CI, GODEBUG, GOTRACEBACK, GOMAXPROCS, ... pass through by themselves")
+	c.RegisterFlagCompletionFunc("accel", cobra.FixedCompletions([]string{"auto", "kvm", "tcg"}, cobra.ShellCompDirectiveNoFileComp))
+	c.RegisterFlagCompletionFunc("machine", cobra.FixedCompletions([]string{"microvm", "pc", "q35"}, cobra.ShellCompDirectiveNoFileComp))
+	return c
+}
+
+func execProgram(e *env, pos []string, f *execFlags) error {
+	switch {
+	case f.cpus < 1:
+		return usagef("vmnet exec: --cpus %d: want at least 1", f.cpus)
+	case f.accel != "auto" && f.accel != "kvm" && f.accel != "tcg":
+		return usagef("vmnet exec: --accel %q: want auto, kvm or tcg", f.accel)
+	case f.machine != "microvm" && f.machine != "pc" && f.machine != "q35":
+		return usagef("vmnet exec: --machine %q: want microvm, pc or q35", f.machine)
+	case f.timeout < 0 || f.boot <= 0:
+		return usagef("vmnet exec: --timeout and --boot-timeout want positive durations such as 2m")
 	}
 	o := gexec.Options{
-		Program: pos[0], Args: pos[1:], Env: envs,
-		CPUs: *cpus, MemoryMiB: int(mem), Accel: *accel, Machine: *machine,
-		BootTimeout: *boot, Timeout: *timeout, CacheDir: *cache,
-		Stdout: e.stdout, KernelLog: *klog,
+		Program: pos[0], Args: pos[1:], Env: f.envs,
+		CPUs: f.cpus, MemoryMiB: int(f.mem), Accel: f.accel, Machine: f.machine,
+		BootTimeout: f.boot, Timeout: f.timeout, CacheDir: f.cache,
+		Stdout: e.stdout, KernelLog: f.klog,
 	}
 	o.Modules = []string{}
-	for _, m := range strings.Split(*mods, ",") {
+	for _, m := range strings.Split(f.mods, ",") {
 		if m = strings.TrimSpace(m); m != "" {
 			o.Modules = append(o.Modules, m)
 		}
 	}
-	switch *progs {
+	switch f.progs {
 	case "":
 	case "none":
 		o.Programs = []string{}
 	default:
-		o.Programs = strings.Split(*progs, ",")
+		o.Programs = strings.Split(f.progs, ",")
 	}
 	if o.Timeout == 0 {
 		o.Timeout = gexec.TimeoutFor(o.Args)
 	}
-	if *cpus < 1 {
-		return usagef("vmnet exec: --cpus %d: want at least 1", *cpus)
-	}
-	if *verbose {
+	if e.verbose {
 		o.Console = e.stderr
 		o.Progress = e.stderr
 		o.Logf = func(f string, a ...any) { fmt.Fprintf(e.stderr, "vmnet exec: "+f+"\n", a...) }
@@ -135,7 +142,7 @@ func execProgram(e *env, args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	res, err := gexec.Run(ctx, o)
-	if *verbose && res.Total > 0 {
+	if e.verbose && res.Total > 0 {
 		fmt.Fprintf(e.stderr, "vmnet exec: image+archive %.2fs, QEMU start to program start %.2fs, program start to QEMU exit %.2fs, QEMU start to exit %.2fs; status %d\n",
 			res.Image.Seconds(), res.Boot.Seconds(), res.Run.Seconds(), res.Total.Seconds(), res.Status)
 	}

@@ -4,20 +4,27 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"github.com/vmnet/vmnet/tap"
 )
 
-func featuresCommand() *command {
-	return &command{name: "features", args: "[-o table|json]", summary: "what this kernel supports for taps", run: features}
+func featuresCommand(e *env) *cobra.Command {
+	var o output
+	c := &cobra.Command{
+		Use:   "features",
+		Short: "what this kernel supports for taps",
+		Example: `  vmnet features
+  vmnet features -o json`,
+		Args: nargs(0, 0),
+		RunE: func(*cobra.Command, []string) error { return features(e, o) },
+	}
+	o.register(c.Flags(), "table", "json")
+	o.complete(c)
+	return c
 }
 
-func features(e *env, args []string) error {
-	fs := e.flags("vmnet features", "[-o table|json]")
-	var o output
-	o.register(fs, "table", "json")
-	if _, err := fs.parse(args, 0, 0); err != nil {
-		return err
-	}
+func features(e *env, o output) error {
 	f, err := tap.Probe()
 	if err != nil {
 		return err

@@ -6,32 +6,35 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/internal/lab"
 	"github.com/vmnet/vmnet/names"
-	"github.com/vmnet/vmnet/netns"
 	"github.com/vmnet/vmnet/vmconfig"
 )
 
 // exitTimeout is what `timeout(1)` returns, so CI scripts read it alike.
 const exitTimeout = 124
 
-func validateCommand() *command {
-	return &command{name: "validate", args: "LAB.toml", summary: "check a lab file and print every problem", run: validate}
+func validateCommand(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "validate LAB.toml",
+		Short: "check a lab file and print every problem",
+		Long: "Checks a lab file without touching the host and prints every problem as FILE:LINE:COLUMN:\n" +
+			"MESSAGE, warnings included. It exits 1 when there are errors.",
+		Example: `  vmnet validate examples/demo.toml`,
+		Args:    nargs(1, 1),
+		RunE:    func(_ *cobra.Command, args []string) error { return validate(e, args[0]) },
+	}
 }
 
-func validate(e *env, args []string) error {
-	fs := e.flags("vmnet validate", "LAB.toml")
-	pos, err := fs.parse(args, 1, 1)
-	if err != nil {
-		return err
-	}
-	cfg, err := loadLab(e, pos[0])
+func validate(e *env, file string) error {
+	cfg, err := loadLab(e, file)
 	if err != nil {
 		return err
 	}
@@ -72,21 +75,30 @@ func loadLab(e *env, path string) (*vmconfig.Lab, error) {
 	return cfg, nil
 }
 
-func runCommand() *command {
-	return &command{name: "run", args: "LAB.toml VM [--timeout D] [-- COMMAND...]",
-		summary: "boot one VM of a lab, run a command in it, exit with its status", run: runVM}
+func runCommand(e *env) *cobra.Command {
+	var timeout, boot time.Duration
+	c := root(&cobra.Command{
+		Use:   "run LAB.toml VM [-- COMMAND...]",
+		Short: "boot one VM of a lab, run a command in it, exit with its status",
+		Long: "Boots one VM of a lab in a network namespace of its own, runs COMMAND in the guest with\n" +
+			"sh -c and exits with the command's status: one word is taken as a shell command line\n" +
+			"('ping -c1 h && x'), several words are quoted and run as they are. Without COMMAND the\n" +
+			"VM's own command runs, or the guest runs until it powers off or Ctrl-C.\n" +
+			"Exit status: the command's, 124 on timeout, 130 on interrupt.",
+		Example: `  vmnet run examples/ci.toml ci -- 'ping -c 1 10.80.0.1'
+  vmnet run examples/ci.toml ci --timeout 2m -- sh -c 'ip -br link; exit 3'
+  vmnet run --quiet examples/ci.toml ci -- true`,
+		Args: nargs(2, -1),
+		RunE: func(_ *cobra.Command, args []string) error { return runVM(e, args, boot, timeout) },
+	})
+	c.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up (exit 124) when the guest has not finished after this long")
+	c.Flags().DurationVar(&boot, "boot-timeout", 3*time.Minute, "give up when the guest is not ready after this long")
+	return c
 }
 
-func runVM(e *env, args []string) (err error) {
-	fs := e.flags("vmnet run", "LAB.toml VM [--timeout D] [--quiet] [-- COMMAND...]\n\n"+
-		"COMMAND runs in the guest with sh -c: one word is taken as a shell command line ('ping -c1 h && x'),\n"+
-		"several words are quoted and run as they are. vmnet exits with the command's status, 124 on timeout.\n")
-	timeout := fs.Duration("timeout", 10*time.Minute, "give up (exit 124) when the guest has not finished after this long")
-	boot := fs.Duration("boot-timeout", 3*time.Minute, "give up when the guest is not ready after this long")
-	quiet := fs.Bool("quiet", false, "do not stream the guest console and the steps to the terminal")
-	pos, err := fs.parse(args, 2, -1)
-	if err != nil {
-		return err
+func runVM(e *env, pos []string, boot, timeout time.Duration) error {
+	if timeout <= 0 || boot <= 0 {
+		return usagef("vmnet run: --timeout and --boot-timeout want positive durations such as 2m")
 	}
 	if err := checkArg(names.VM, pos[1]); err != nil {
 		return err
@@ -95,103 +107,29 @@ func runVM(e *env, args []string) (err error) {
 	if err != nil {
 		return err
 	}
-	cmd := shellJoin(pos[2:])
-
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	// A private run directory: CI jobs may run the same lab side by side.
-	runDir, err := os.MkdirTemp("", "vmnet-run-")
-	if err != nil {
-		return err
+	opts := lab.RunOptions{BootTimeout: boot, Timeout: timeout, Notef: e.logf,
+		Options: lab.Options{Logf: e.logf, Console: e.stdout, ImageProgress: e.progressWriter()}}
+	if e.quiet {
+		opts.Console = nil
 	}
-	defer os.RemoveAll(runDir)
-	opts := lab.Options{Logf: func(f string, a ...any) { fmt.Fprintf(e.stderr, "vmnet: "+f+"\n", a...) },
-		Console: e.stdout, ImageProgress: e.stderr, RunDir: runDir}
-	if *quiet {
-		opts.Logf, opts.Console, opts.ImageProgress = nil, nil, nil
-	}
-	// Every run works in a fresh network namespace of its own, so that
-	// runs of one lab side by side neither share nor fight over bridges,
-	// taps and addresses. Its interfaces go away with it; QEMU reaches
-	// the taps through their fds.
-	private, err := netns.New()
-	if err != nil {
-		return fmt.Errorf("vmnet run: private network namespace: %w", err)
-	}
-	defer private.Close()
-	return netns.Do(private, func() error { return e.runIn(ctx, cfg, opts, pos[1], cmd, runDir, *boot, *timeout) })
-}
-
-// runIn is `vmnet run` inside the run's private network namespace.
-func (e *env) runIn(ctx context.Context, cfg *vmconfig.Lab, opts lab.Options, vmName, cmd, runDir string,
-	boot, timeout time.Duration) (err error) {
-	l, err := lab.New(cfg, opts)
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	vm, err := l.VM(vmName)
-	if err != nil {
-		return err
-	}
-	// The console streams to stdout; a log the lab file did not ask for
-	// goes away with the run instead of into the lab's state directory.
-	if vm.Console == filepath.Join(cfg.StateDir, vm.Name+".console") {
-		vm.Console = filepath.Join(runDir, vm.Name+".console")
-	}
-	// Whatever happens from here on, everything created goes away again.
-	defer func() {
-		tctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
-		defer cancel()
-		if terr := l.Teardown(tctx); terr != nil {
-			err = errors.Join(err, fmt.Errorf("teardown: %w", terr))
+	st, err := lab.Run(ctx, cfg, pos[1], shellJoin(pos[2:]), opts)
+	switch {
+	case errors.Is(err, lab.ErrInterrupted):
+		if err != lab.ErrInterrupted {
+			fmt.Fprintf(e.stderr, "vmnet: %v\n", err)
 		}
-	}()
-	if err := l.CreateTaps(vm); err != nil {
+		return exitStatus(130)
+	case errors.Is(err, lab.ErrTimeout):
+		fmt.Fprintf(e.stderr, "vmnet: %v\n", err)
+		return exitStatus(exitTimeout)
+	case err != nil:
 		return err
-	}
-	v, err := l.Boot(ctx, vm, cmd)
-	if err != nil {
-		return err
-	}
-	bctx, cancel := context.WithTimeout(ctx, boot)
-	defer cancel()
-	if err := v.WaitReady(bctx); err != nil {
-		return e.timedOut(ctx, bctx, err)
-	}
-	if cmd == "" && vm.Command == "" {
-		fmt.Fprintf(e.stderr, "vmnet: vm %s is up; no command given, so it runs until it powers off or Ctrl-C\n", vm.Name)
-		select {
-		case <-v.Exited():
-			return nil
-		case <-ctx.Done():
-			return exitStatus(130)
-		}
-	}
-	wctx, cancel2 := context.WithTimeout(ctx, timeout)
-	defer cancel2()
-	st, err := v.Wait(wctx)
-	if err != nil {
-		return e.timedOut(ctx, wctx, err)
-	}
-	if st != 0 {
+	case st != 0:
 		return exitStatus(st)
 	}
 	return nil
-}
-
-// timedOut turns a wait that ran out of time into exit status 124 (after
-// printing why), and an interrupt into 130.
-func (e *env) timedOut(parent, ctx context.Context, err error) error {
-	switch {
-	case parent.Err() != nil:
-		fmt.Fprintf(e.stderr, "vmnet: interrupted: %v\n", err)
-		return exitStatus(130)
-	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		fmt.Fprintf(e.stderr, "vmnet: timeout: %v\n", err)
-		return exitStatus(exitTimeout)
-	}
-	return err
 }
 
 // shellJoin turns the words after "--" into the guest's sh -c command. A
@@ -212,22 +150,26 @@ func shellJoin(words []string) string {
 	return strings.Join(q, " ")
 }
 
-func imageCommand() *command {
-	return &command{name: "image", summary: "build the small test guest image", subs: []*command{
-		{name: "build", args: "[--cache DIR] [--modules a,b]", summary: "build (or reuse) the test guest image", run: imageBuild},
-	}}
+func imageCommand(e *env) *cobra.Command {
+	var cache, mods string
+	build := &cobra.Command{
+		Use:   "build",
+		Short: "build (or reuse) the test guest image",
+		Example: `  vmnet image build
+  vmnet image build --modules bridge,8021q --cache /var/cache/vmnet`,
+		Args: nargs(0, 0),
+		RunE: func(*cobra.Command, []string) error { return imageBuild(e, cache, mods) },
+	}
+	build.Flags().StringVar(&cache, "cache", "", "cache `DIR`ectory (default $VMNET_CACHE, else ~/.cache/vmnet)")
+	build.Flags().StringVar(&mods, "modules", "", "extra kernel modules to put into the image, e.g. bridge,8021q")
+	build.MarkFlagDirname("cache")
+	return group("image", "build the small test guest image", `  vmnet image build`, build)
 }
 
-func imageBuild(e *env, args []string) error {
-	fs := e.flags("vmnet image build", "[--cache DIR] [--modules a,b]")
-	cache := fs.String("cache", "", "cache directory (default $VMNET_CACHE, else ~/.cache/vmnet)")
-	mods := fs.String("modules", "", "extra kernel modules to put into the image, e.g. bridge,8021q")
-	if _, err := fs.parse(args, 0, 0); err != nil {
-		return err
-	}
-	opts := images.Options{CacheDir: *cache, Progress: e.stderr}
-	if *mods != "" {
-		opts.Modules = strings.Split(*mods, ",")
+func imageBuild(e *env, cache, mods string) error {
+	opts := images.Options{CacheDir: cache, Progress: e.progressWriter()}
+	if mods != "" {
+		opts.Modules = strings.Split(mods, ",")
 	}
 	img, err := images.Ensure(context.Background(), opts)
 	if err != nil {

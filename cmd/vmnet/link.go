@@ -9,29 +9,47 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/vmnet/vmnet/internal/link"
 	"github.com/vmnet/vmnet/vmconfig"
 )
 
-func linkCommand() *command {
-	return &command{name: "link", args: "A B [--pcap FILE] [--stats INTERVAL]",
-		summary: "forward every frame between two endpoints until interrupted", run: runLink}
+type linkFlags struct {
+	pcap, cpu, ready string
+	stats            time.Duration
 }
 
-func runLink(e *env, args []string) error {
-	fs := e.flags("vmnet link", "A B [--pcap FILE] [--stats INTERVAL]\n\n"+
-		"Endpoints: tap:NAME[,queues=N][,vnet_hdr=on|off][,netns=NS]  packet:IFNAME[,netns=NS]\n"+
-		"           udp:LOCALADDR:PORT,remote=ADDR:PORT[,key=FILE] (IPv6 in brackets)\n"+
-		"A udp tunnel without key is unauthenticated cleartext; key=FILE (32 random bytes, mode 0600,\n"+
-		"the same at both ends) authenticates and encrypts it.\n"+
-		"Super-frames pass unchanged where the far side takes them and are segmented where it does not.\n")
-	pcap := fs.String("pcap", "", "write a pcap of both directions to `FILE` (frames as on a wire)")
-	stats := fs.Duration("stats", 0, "print the counters every `INTERVAL` (default: only at the end)")
-	cpu := fs.String("cpuprofile", "", "write a CPU profile to `FILE`")
-	ready := fs.String("ready", "", "create `FILE` once both endpoints are open (for scripts)")
-	pos, err := fs.parse(args, 2, 2)
-	if err != nil {
-		return err
+func linkCommand(e *env) *cobra.Command {
+	var f linkFlags
+	c := root(&cobra.Command{
+		Use:   "link A B",
+		Short: "forward every frame between two endpoints until interrupted",
+		Long: "Forwards every frame between the endpoints A and B in userspace until Ctrl-C, then prints\n" +
+			"the counters.\n\n" +
+			"Endpoints: tap:NAME[,queues=N][,vnet_hdr=on|off][,netns=NS]  packet:IFNAME[,netns=NS]\n" +
+			"           udp:LOCALADDR:PORT,remote=ADDR:PORT[,key=FILE] (IPv6 in brackets)\n" +
+			"A udp tunnel without key is unauthenticated cleartext; key=FILE (32 random bytes, mode 0600,\n" +
+			"the same at both ends) authenticates and encrypts it.\n" +
+			"Super-frames pass unchanged where the far side takes them and are segmented where it does not.",
+		Example: `  vmnet link tap:t0 packet:eth1
+  vmnet link tap:t0,queues=4 tap:t1,netns=other --stats 1s
+  vmnet link tap:t0 udp:0.0.0.0:4789,remote=192.0.2.7:4789,key=/etc/vmnet/link.key --pcap /tmp/t0.pcap`,
+		Args: nargs(2, 2),
+		RunE: func(_ *cobra.Command, args []string) error { return runLink(e, args, f) },
+	})
+	fs := c.Flags()
+	fs.StringVar(&f.pcap, "pcap", "", "write a pcap of both directions to `FILE` (frames as on a wire)")
+	fs.DurationVar(&f.stats, "stats", 0, "print the counters every `INTERVAL` (default: only at the end)")
+	fs.StringVar(&f.cpu, "cpuprofile", "", "internal: write a CPU profile to `FILE`")
+	hide(fs, "cpuprofile")
+	fs.StringVar(&f.ready, "ready", "", "create `FILE` once both endpoints are open (for scripts)")
+	return c
+}
+
+func runLink(e *env, pos []string, f linkFlags) (err error) {
+	if f.stats < 0 {
+		return usagef("vmnet link: --stats %v: want a positive interval such as 1s", f.stats)
 	}
 	var eps [2]vmconfig.Endpoint
 	for i, s := range pos {
@@ -41,13 +59,13 @@ func runLink(e *env, args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	l, err := link.Dial(ctx, eps[0], eps[1], link.OpenOptions{}, link.Options{PCAP: *pcap})
+	l, err := link.Dial(ctx, eps[0], eps[1], link.OpenOptions{}, link.Options{PCAP: f.pcap})
 	if err != nil {
 		return err
 	}
 	defer l.Close()
-	if *cpu != "" {
-		f, err := os.Create(*cpu)
+	if f.cpu != "" {
+		f, err := os.Create(f.cpu)
 		if err != nil {
 			return err
 		}
@@ -57,15 +75,15 @@ func runLink(e *env, args []string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	if *ready != "" {
-		if err := os.WriteFile(*ready, nil, 0o644); err != nil {
+	if f.ready != "" {
+		if err := os.WriteFile(f.ready, nil, 0o644); err != nil {
 			return err
 		}
 	}
-	fmt.Fprintf(e.stderr, "vmnet: link %s up; Ctrl-C stops it\n", l)
-	if *stats > 0 {
+	e.logf("link %s up; Ctrl-C stops it", l)
+	if f.stats > 0 {
 		go func() {
-			t := time.NewTicker(*stats)
+			t := time.NewTicker(f.stats)
 			defer t.Stop()
 			for {
 				select {

@@ -158,7 +158,6 @@ func TestUserErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"tap", "create", "t1", "--queues", "300"}, "t1"},
 		{[]string{"tap", "create", "t2", "--bridge", "nobr"}, "nobr"},
 		{[]string{"tap", "create", "t3", "--owner", "no-such-user-here"}, "no-such-user-here"},
 		{[]string{"tap", "delete", "foreign0"}, "--force"},

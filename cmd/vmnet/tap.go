@@ -7,79 +7,131 @@ import (
 	"strconv"
 	"text/tabwriter"
 
+	"github.com/spf13/cobra"
+
 	"github.com/vmnet/vmnet/bridge"
 	"github.com/vmnet/vmnet/tap"
 )
 
-func tapCommand() *command {
-	return &command{name: "tap", summary: "create, show, list and delete tap devices", subs: []*command{
-		{name: "create", args: "NAME [flags]", summary: "create a persistent multi-queue tap", run: tapCreate},
-		{name: "show", args: "NAME [-o table|json]", summary: "describe a tap as the kernel reports it", run: tapShow},
-		{name: "list", args: "[-o table|json] [--vmnet]", summary: "list the taps in this network namespace", run: tapList},
-		{name: "delete", args: "NAME [--force]", summary: "delete a tap that vmnet created", run: tapDelete},
-	}}
+func tapCommand(e *env) *cobra.Command {
+	return group("tap", "create, show, list and delete tap devices", `  vmnet tap create t0 --queues 4
+  vmnet tap list --vmnet
+  vmnet tap delete t0`,
+		tapCreateCommand(e), tapShowCommand(e), tapListCommand(e), tapDeleteCommand(e))
 }
 
-func tapCreate(e *env, args []string) error {
-	fs := e.flags("vmnet tap create", "NAME [--queues N] [--vnet-hdr-size 10|12|0] [--offload csum,tso4,tso6,tso_ecn,ufo,uso] [--owner USER|UID] [--group GROUP|GID] [--mtu N] [--mac MAC] [--bridge BR] [--qdisc noqueue|default] [--persist]")
-	queues := fs.Int("queues", 1, "number of queues (1..256); more than one makes a multi_queue tap")
-	hdr := fs.Int("vnet-hdr-size", 12, "virtio-net header size: 12 (virtio 1.0, what QEMU uses), 10, or 0 for no header")
-	offl := fs.String("offload", "", "offloads to enable: csum,tso4,tso6,tso_ecn,ufo,uso (needs a vnet header)")
-	best := fs.Bool("best-effort", false, "enable the largest subset of --offload the kernel supports instead of failing")
-	own := fs.String("owner", "", "user (name or uid) allowed to attach queues without CAP_NET_ADMIN")
-	grp := fs.String("group", "", "group (name or gid) allowed to attach queues without CAP_NET_ADMIN")
-	mtu := fs.Int("mtu", 0, "MTU (default: the kernel's 1500, or the bridge's with --bridge)")
-	mac := fs.String("mac", "", "MAC address of the host side (default: random)")
-	txq := fs.Int("txqueuelen", 0, "transmit queue length (default: the kernel's)")
-	br := fs.String("bridge", "", "attach the tap to this existing bridge")
-	qd := fs.String("qdisc", "noqueue", "root qdisc: noqueue (no buffering in front of the reader, as libvirt does) or default (the kernel's, one pfifo_fast per queue)")
-	fs.Bool("persist", true, "keep the tap after vmnet exits (always on: a tap made from the command line must outlive it)")
-	tag := fs.String("tag", "", "owner tag recorded on the tap: vmnet:adhoc (the default) or vmnet:lab:LAB; `vmnet tap delete` refuses taps of other owners")
-	pos, err := fs.parse(args, 1, 1)
+type tapCreateFlags struct {
+	queues, hdr, mtu, txq            int
+	offl, own, grp, mac, br, qd, tag string
+	best, persist                    bool
+}
+
+func tapCreateCommand(e *env) *cobra.Command {
+	var f tapCreateFlags
+	c := root(&cobra.Command{
+		Use:   "create NAME",
+		Short: "create a persistent multi-queue tap",
+		Long: "Creates a persistent tap NAME with a virtio-net header, up and without a qdisc, ready for\n" +
+			"QEMU (-netdev tap,ifname=NAME,script=no,downscript=no,vhost=on,queues=N). The tap carries\n" +
+			"vmnet's owner tag, so `vmnet tap delete` removes it and nothing else.",
+		Example: `  vmnet tap create t0
+  vmnet tap create t0 --queues 4 --offload csum,tso4,tso6 --owner 1000
+  vmnet tap create t1 --bridge br0 --mtu 9000   # the bridge's MTU must be 9000 too`,
+		Args: nargs(1, 1),
+		RunE: func(_ *cobra.Command, args []string) error { return tapCreate(e, args[0], &f) },
+	})
+	fs := c.Flags()
+	fs.IntVar(&f.queues, "queues", 1, "number of queues (1..256); more than one makes a multi_queue tap")
+	fs.IntVar(&f.hdr, "vnet-hdr-size", 12, "virtio-net header size: 12 (virtio 1.0, what QEMU uses), 10, or 0 for no header")
+	fs.StringVar(&f.offl, "offload", "", "offloads to enable: csum,tso4,tso6,tso_ecn,ufo,uso (needs a vnet header)")
+	fs.BoolVar(&f.best, "best-effort", false, "enable the largest subset of --offload the kernel supports instead of failing")
+	fs.StringVar(&f.own, "owner", "", "`USER` (name or uid) allowed to attach queues without CAP_NET_ADMIN")
+	fs.StringVar(&f.grp, "group", "", "`GROUP` (name or gid) allowed to attach queues without CAP_NET_ADMIN")
+	fs.IntVar(&f.mtu, "mtu", 0, "MTU (default: the kernel's 1500, or the bridge's with --bridge; with --bridge it must equal the bridge's)")
+	fs.StringVar(&f.mac, "mac", "", "MAC address of the host side (default: random)")
+	fs.IntVar(&f.txq, "txqueuelen", 0, "transmit queue length (default: the kernel's)")
+	fs.StringVar(&f.br, "bridge", "", "attach the tap to this existing `BRIDGE`")
+	fs.StringVar(&f.qd, "qdisc", "noqueue", "root qdisc: noqueue (no buffering in front of the reader, as libvirt does) or default (the kernel's, one pfifo_fast per queue)")
+	fs.BoolVar(&f.persist, "persist", true, "taps made from the command line are always persistent (they must outlive vmnet); --persist=false is refused")
+	hide(fs, "persist")
+	fs.StringVar(&f.tag, "tag", "", "owner `TAG` recorded on the tap: vmnet:adhoc (the default) or vmnet:lab:LAB; `vmnet tap delete` refuses taps of other owners")
+	c.RegisterFlagCompletionFunc("qdisc", cobra.FixedCompletions([]string{"noqueue", "default"}, cobra.ShellCompDirectiveNoFileComp))
+	c.RegisterFlagCompletionFunc("vnet-hdr-size", cobra.FixedCompletions([]string{"12", "10", "0"}, cobra.ShellCompDirectiveNoFileComp))
+	return c
+}
+
+// checkTapCreate refuses flag values the kernel would take and change,
+// or vmnet would ignore, as usage errors: nothing is guessed.
+func checkTapCreate(name string, f *tapCreateFlags) error {
+	switch {
+	case name == "":
+		return usagef("tap create: the tap name is empty (the kernel would pick one); give a name such as t0")
+	case f.queues < 1 || f.queues > tap.MaxQueues:
+		return usagef("tap %s: --queues %d: want 1..%d", name, f.queues, tap.MaxQueues)
+	case f.hdr != 0 && f.hdr != 10 && f.hdr != 12:
+		return usagef("tap %s: --vnet-hdr-size %d: want 12, 10 or 0", name, f.hdr)
+	case f.mtu != 0 && (f.mtu < 68 || f.mtu > 65535):
+		return usagef("tap %s: --mtu %d: want 68..65535 (or leave it out for the default)", name, f.mtu)
+	case f.txq < 0:
+		return usagef("tap %s: --txqueuelen %d: want 0 or more", name, f.txq)
+	case !f.persist:
+		return usagef("tap %s: --persist=false: taps made from the command line are always persistent (a non-persistent tap would vanish when vmnet exits)", name)
+	}
+	return nil
+}
+
+func tapCreate(e *env, name string, f *tapCreateFlags) error {
+	if err := checkTapCreate(name, f); err != nil {
+		return err
+	}
+	if err := checkIfArg("tap", name); err != nil {
+		return err
+	}
+	tagged, err := tagArg(f.tag)
 	if err != nil {
 		return err
 	}
-	if err := checkIfArg("tap", pos[0]); err != nil {
-		return err
+	cfg := tap.NewConfig(name, f.queues)
+	cfg.VnetHdrSize, cfg.BestEffort, cfg.Persist, cfg.MTU, cfg.TxQueueLen, cfg.Tag, cfg.Up = f.hdr, f.best, true, f.mtu, f.txq, tagged, true
+	if cfg.Qdisc, err = tap.ParseQdisc(f.qd); err != nil {
+		return usagef("tap %s: --qdisc: %v", name, err)
 	}
-	tagged, err := tagArg(*tag)
-	if err != nil {
-		return err
-	}
-	cfg := tap.NewConfig(pos[0], *queues)
-	cfg.VnetHdrSize, cfg.BestEffort, cfg.Persist, cfg.MTU, cfg.TxQueueLen, cfg.Tag, cfg.Up = *hdr, *best, true, *mtu, *txq, tagged, true
-	if cfg.Qdisc, err = tap.ParseQdisc(*qd); err != nil {
-		return usagef("--qdisc: %v", err)
-	}
-	if *offl != "" {
-		if cfg.Offloads, err = tap.ParseOffloads(*offl); err != nil {
-			return usagef("--offload %s: %v", *offl, err)
+	if f.offl != "" {
+		if cfg.Offloads, err = tap.ParseOffloads(f.offl); err != nil {
+			return usagef("tap %s: --offload %s: %v", name, f.offl, err)
 		}
 	}
-	if *own != "" {
-		if cfg.Owner, err = lookupID(*own, false); err != nil {
+	if f.own != "" {
+		if cfg.Owner, err = lookupID(f.own, false); err != nil {
 			return err
 		}
 	}
-	if *grp != "" {
-		if cfg.Group, err = lookupID(*grp, true); err != nil {
+	if f.grp != "" {
+		if cfg.Group, err = lookupID(f.grp, true); err != nil {
 			return err
 		}
 	}
-	if *mac != "" {
-		if cfg.MAC, err = net.ParseMAC(*mac); err != nil {
-			return usagef("--mac %s: %v", *mac, err)
+	if f.mac != "" {
+		if cfg.MAC, err = net.ParseMAC(f.mac); err != nil {
+			return usagef("tap %s: --mac %q: want a MAC address such as 52:54:00:12:34:56", name, f.mac)
 		}
 	}
 	var m *bridge.Manager
-	if *br != "" {
+	if f.br != "" {
 		if m, err = bridge.NewCurrent(); err != nil {
 			return err
 		}
 		defer m.Close()
 		// Check the bridge first so a missing one leaves no tap behind.
-		if _, err := m.Show(*br); err != nil {
-			return fmt.Errorf("tap %s: --bridge %s: %w", pos[0], *br, err)
+		bi, err := m.Show(f.br)
+		if err != nil {
+			return fmt.Errorf("tap %s: --bridge %s: %w", name, f.br, err)
+		}
+		// A port takes its bridge's MTU; a different --mtu would silently
+		// become the bridge's.
+		if f.mtu != 0 && f.mtu != bi.MTU {
+			return fmt.Errorf("tap %s: --mtu %d differs from the MTU %d of bridge %s: give --mtu %d, or leave --mtu out, or change the bridge's MTU first",
+				name, f.mtu, bi.MTU, f.br, bi.MTU)
 		}
 	}
 	t, err := tap.Create(cfg)
@@ -88,7 +140,7 @@ func tapCreate(e *env, args []string) error {
 	}
 	defer t.Close()
 	if m != nil {
-		if err := m.AddPort(*br, bridge.PortConfig{Name: t.Name()}); err != nil {
+		if err := m.AddPort(f.br, bridge.PortConfig{Name: t.Name()}); err != nil {
 			if derr := tap.Delete(t.Name(), cfg.Tag, false); derr != nil {
 				err = fmt.Errorf("%w (and removing the tap again failed: %v)", err, derr)
 			}
@@ -135,15 +187,26 @@ func lookupID(s string, group bool) (int, error) {
 	return strconv.Atoi(id)
 }
 
-func tapShow(e *env, args []string) error {
-	fs := e.flags("vmnet tap show", "NAME [-o table|json]")
+func tapShowCommand(e *env) *cobra.Command {
 	var o output
-	o.register(fs, "table", "json")
-	pos, err := fs.parse(args, 1, 1)
-	if err != nil {
+	c := &cobra.Command{
+		Use:   "show NAME",
+		Short: "describe a tap as the kernel reports it",
+		Example: `  vmnet tap show t0
+  vmnet tap show t0 -o json`,
+		Args: nargs(1, 1),
+		RunE: func(_ *cobra.Command, args []string) error { return tapShow(e, args[0], o) },
+	}
+	o.register(c.Flags(), "table", "json")
+	o.complete(c)
+	return c
+}
+
+func tapShow(e *env, name string, o output) error {
+	if err := checkIfArg("tap", name); err != nil {
 		return err
 	}
-	info, err := tap.Describe(pos[0])
+	info, err := tap.Describe(name)
 	if err != nil {
 		return err
 	}
@@ -153,21 +216,31 @@ func tapShow(e *env, args []string) error {
 	return tapTable(e, []tap.Info{info})
 }
 
-func tapList(e *env, args []string) error {
-	fs := e.flags("vmnet tap list", "[-o table|json] [--vmnet]")
+func tapListCommand(e *env) *cobra.Command {
 	var o output
-	o.register(fs, "table", "json")
-	only := fs.Bool("vmnet", false, "only taps that vmnet created")
-	if _, err := fs.parse(args, 0, 0); err != nil {
-		return err
+	var only bool
+	c := &cobra.Command{
+		Use:   "list",
+		Short: "list the taps in this network namespace",
+		Example: `  vmnet tap list
+  vmnet tap list --vmnet -o json`,
+		Args: nargs(0, 0),
+		RunE: func(*cobra.Command, []string) error { return tapList(e, o, only) },
 	}
+	o.register(c.Flags(), "table", "json")
+	o.complete(c)
+	c.Flags().BoolVar(&only, "vmnet", false, "only taps that vmnet created")
+	return c
+}
+
+func tapList(e *env, o output, only bool) error {
 	all, err := tap.List()
 	if err != nil {
 		return err
 	}
 	infos := []tap.Info{}
 	for _, i := range all {
-		if !*only || i.Tagged {
+		if !only || i.Tagged {
 			infos = append(infos, i)
 		}
 	}
@@ -206,24 +279,34 @@ func dash(s string) string {
 	return s
 }
 
-func tapDelete(e *env, args []string) error {
-	fs := e.flags("vmnet tap delete", "NAME [--force] [--tag OWNER]")
-	force := fs.Bool("force", false, "delete the tap even if vmnet did not create it")
-	tag := fs.String("tag", "", "owner tag the tap must carry: vmnet:adhoc (the default) or vmnet:lab:LAB")
-	pos, err := fs.parse(args, 1, 1)
+func tapDeleteCommand(e *env) *cobra.Command {
+	var force bool
+	var tagv string
+	c := root(&cobra.Command{
+		Use:   "delete NAME",
+		Short: "delete a tap that vmnet created",
+		Example: `  vmnet tap delete t0
+  vmnet tap delete t-web-0 --tag vmnet:lab:web
+  vmnet tap delete tap0 --force   # a tap vmnet did not create`,
+		Args: nargs(1, 1),
+		RunE: func(_ *cobra.Command, args []string) error { return tapDelete(e, args[0], force, tagv) },
+	})
+	c.Flags().BoolVar(&force, "force", false, "delete the tap even if vmnet did not create it")
+	c.Flags().StringVar(&tagv, "tag", "", "owner `TAG` the tap must carry: vmnet:adhoc (the default) or vmnet:lab:LAB")
+	return c
+}
+
+func tapDelete(e *env, name string, force bool, tag string) error {
+	if err := checkIfArg("tap", name); err != nil {
+		return err
+	}
+	own, err := tagArg(tag)
 	if err != nil {
 		return err
 	}
-	if err := checkIfArg("tap", pos[0]); err != nil {
+	if err := tap.Delete(name, own, force); err != nil {
 		return err
 	}
-	own, err := tagArg(*tag)
-	if err != nil {
-		return err
-	}
-	if err := tap.Delete(pos[0], own, *force); err != nil {
-		return err
-	}
-	fmt.Fprintf(e.stdout, "deleted tap %s\n", pos[0])
+	fmt.Fprintf(e.stdout, "deleted tap %s\n", name)
 	return nil
 }

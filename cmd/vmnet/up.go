@@ -1,11 +1,13 @@
 package main
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -14,122 +16,147 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/vmnet/vmnet/internal/lab"
 	"github.com/vmnet/vmnet/internal/logcap"
 	"github.com/vmnet/vmnet/names"
-	"github.com/vmnet/vmnet/netns"
+	"github.com/vmnet/vmnet/tap"
 	"github.com/vmnet/vmnet/vmconfig"
 )
 
-func upCommand() *command {
-	return &command{name: "up", args: "LAB.toml [--detach]", summary: "bring a lab's networks and VMs up and supervise them", run: up}
+func upCommand(e *env) *cobra.Command {
+	var f upFlags
+	c := root(&cobra.Command{
+		Use:   "up LAB.toml",
+		Short: "bring a lab's networks and VMs up and supervise them",
+		Long: "Creates the lab's bridges and taps, boots its VMs and waits until each guest is ready,\n" +
+			"showing each VM's state as it changes. Without --detach vmnet stays in the foreground and\n" +
+			"tears the lab down on Ctrl-C; with --detach a background supervisor keeps it (its log is\n" +
+			"supervisor.log in the lab's state directory) until `vmnet down`.",
+		Example: `  vmnet up examples/demo.toml
+  vmnet up examples/demo.toml --detach
+  vmnet --netns demo up examples/demo.toml --detach --ready-timeout 5m`,
+		Args: nargs(1, 1),
+		RunE: func(_ *cobra.Command, args []string) error { return up(e, args[0], f) },
+	})
+	fs := c.Flags()
+	fs.BoolVarP(&f.detach, "detach", "d", false, "return once every VM is up and leave a background supervisor")
+	fs.DurationVar(&f.ready, "ready-timeout", 3*time.Minute, "how long each guest may take to become ready")
+	fs.BoolVar(&f.supervised, "supervised", false, "internal: run as the background supervisor of --detach")
+	hide(fs, "supervised")
+	return c
 }
 
-func downCommand() *command {
-	return &command{name: "down", args: "LAB.toml|LABNAME", summary: "remove every trace of a lab, even after a crash", run: down}
+type upFlags struct {
+	detach, supervised bool
+	ready              time.Duration
 }
 
-func statusCommand() *command {
-	return &command{name: "status", args: "[LAB.toml|LABNAME] [-o table|json|dot]", summary: "show labs: networks, VMs, NICs, queues, counters", run: status}
+func downCommand(e *env) *cobra.Command {
+	var ignore bool
+	c := root(&cobra.Command{
+		Use:   "down LAB.toml|LABNAME",
+		Short: "remove every trace of a lab, even after a crash",
+		Example: `  vmnet down demo
+  vmnet down examples/demo.toml
+  vmnet down --ignore-missing demo   # in cleanup scripts`,
+		Args:              nargs(1, 1),
+		RunE:              func(_ *cobra.Command, args []string) error { return down(e, args[0], ignore) },
+		ValidArgsFunction: e.completeLabs,
+	})
+	c.Flags().BoolVar(&ignore, "ignore-missing", false, "exit 0 when the lab does not exist (for cleanup scripts)")
+	return c
 }
 
-func nicCommand() *command {
-	return &command{name: "nic", summary: "hot-plug NICs into running guests", subs: []*command{
-		{name: "add", args: "LAB VM --network NET [--queues N] [--mac MAC]", summary: "add a NIC to a running guest", run: nicAdd},
-		{name: "del", args: "LAB VM NIC", summary: "remove a hot-plugged NIC", run: nicDel},
-	}}
+func statusCommand(e *env) *cobra.Command {
+	var o output
+	c := root(&cobra.Command{
+		Use:   "status [LAB.toml|LABNAME]",
+		Short: "show labs: networks, VMs, NICs, queues, counters",
+		Example: `  vmnet status
+  vmnet status demo -o json
+  vmnet status demo -o dot > demo.dot   # Graphviz: dot -Tsvg demo.dot`,
+		Args:              nargs(0, 1),
+		RunE:              func(_ *cobra.Command, args []string) error { return status(e, args, o) },
+		ValidArgsFunction: e.completeLabs,
+	})
+	o.register(c.Flags(), "table", "json", "dot")
+	o.complete(c)
+	return c
+}
+
+func nicCommand(e *env) *cobra.Command {
+	return group("nic", "hot-plug NICs into running guests", `  vmnet nic add demo r2 --network dmz
+  vmnet nic del demo r2 nic1`, nicAddCommand(e), nicDelCommand(e))
 }
 
 // hotplugPorts is how many free PCIe root ports `up` reserves on q35
 // guests for `vmnet nic add`.
 const hotplugPorts = 4
 
-func up(e *env, args []string) error {
-	fs := e.flags("vmnet up", "LAB.toml [--detach] [--ready-timeout D]")
-	detach := fs.Bool("detach", false, "return once every VM is up and leave a background supervisor")
-	ready := fs.Duration("ready-timeout", 3*time.Minute, "how long each guest may take to become ready")
-	supervised := fs.Bool("supervised", false, "internal: run as the background supervisor of --detach")
-	pos, err := fs.parse(args, 1, 1)
+func up(e *env, file string, f upFlags) error {
+	if f.ready <= 0 {
+		return usagef("vmnet up: --ready-timeout %v: want a positive duration such as 3m", f.ready)
+	}
+	if f.detach && f.supervised {
+		return usagef("vmnet up: --detach and --supervised exclude each other")
+	}
+	cfg, err := loadLab(e, file)
 	if err != nil {
 		return err
 	}
-	cfg, err := loadLab(e, pos[0])
-	if err != nil {
-		return err
-	}
-	ns, err := lab.CurrentNetNS()
-	if err != nil {
-		return err
-	}
-	if err := lab.ClaimStateDir(cfg, ns); err != nil {
-		return err
-	}
-	if st, err := lab.ReadState(cfg.StateDir); err == nil && !*supervised {
-		if st.SupervisorAlive() {
-			fmt.Fprintf(e.stdout, "lab %s is already up (supervisor pid %d); nothing changed\n", cfg.Name, st.Supervisor)
+	if !f.supervised {
+		pid, err := lab.PrepareUp(cfg)
+		if err != nil {
+			return err
+		}
+		if pid > 0 {
+			fmt.Fprintf(e.stdout, "lab %s is already up (supervisor pid %d); nothing changed\n", cfg.Name, pid)
 			return nil
 		}
-		return fmt.Errorf("lab %s: a previous run did not finish cleanly (supervisor %d is gone); run `vmnet down %s` first",
-			cfg.Name, st.Supervisor, cfg.Name)
 	}
-	if *detach {
-		return e.detach(cfg)
+	if f.detach {
+		return e.detach(cfg, file, f)
 	}
-	var readyPipe *os.File
-	if *supervised {
-		readyPipe = os.NewFile(3, "ready")
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	opts := lab.SuperviseOptions{ReadyTimeout: f.ready,
+		Options: lab.Options{Logf: e.logf, ImageProgress: e.progressWriter(), HotplugPorts: hotplugPorts,
+			Progress: func(p lab.Progress) { e.logf("%s", p) }}}
+	if e.verbose {
+		opts.Console = e.stderr // the guests' boot consoles, interleaved
+	}
+	if f.supervised {
+		// The background supervisor of --detach: its log is capped and
+		// timestamped, and its ready pipe carries progress and the answer.
 		if err := e.capLog(logcap.DefaultMax); err != nil {
 			return fmt.Errorf("lab %s: %w", cfg.Name, err)
 		}
+		log := e.logger()
+		pipe := lab.NewReadyPipe(os.NewFile(3, "ready"))
+		opts.Logf = func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) }
+		opts.ImageProgress = &lineLog{log: log.With("step", "image")}
+		opts.Console = nil // each guest's console has its log in the state directory
+		opts.Progress = func(p lab.Progress) {
+			attrs := []any{"vm", p.VM, "state", p.State, "elapsed", p.Elapsed.Round(time.Millisecond)}
+			if p.Err != nil {
+				attrs = append(attrs, "error", p.Err)
+			}
+			log.Info("vm state", attrs...)
+			pipe.Progress(p)
+		}
+		opts.Ready = pipe.Ready
 	}
-	return e.supervise(cfg, *ready, readyPipe)
+	return lab.Supervise(ctx, cfg, opts)
 }
 
-// supervise brings the lab up and keeps it until SIGINT or SIGTERM, then
-// tears it down. readyPipe, when set, learns "ok" or the error.
-func (e *env) supervise(cfg *vmconfig.Lab, ready time.Duration, readyPipe *os.File) (err error) {
-	lock, err := lockState(cfg)
-	if err != nil {
-		return err
+// progressWriter is where image build steps go: stderr unless --quiet.
+func (e *env) progressWriter() io.Writer {
+	if e.quiet {
+		return io.Discard
 	}
-	defer lock.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	start := time.Now()
-	logf := func(f string, a ...any) { fmt.Fprintf(e.stderr, "vmnet: "+f+"\n", a...) }
-	l, err := lab.New(cfg, lab.Options{Logf: logf, ImageProgress: e.stderr, HotplugPorts: hotplugPorts})
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	if err := l.Up(ctx, ready); err != nil {
-		if readyPipe != nil {
-			fmt.Fprintf(readyPipe, "error: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
-		}
-		return err
-	}
-	logf("lab %s is up in %.1fs (Ctrl-C or `vmnet down %s` tears it down)", cfg.Name, time.Since(start).Seconds(), cfg.Name)
-	if readyPipe != nil {
-		fmt.Fprintln(readyPipe, "ok")
-		readyPipe.Close()
-	}
-	for _, vm := range cfg.VMs {
-		if v := l.Running(vm.Name); v != nil {
-			go func() {
-				select {
-				case <-v.Exited():
-					logf("vm %s: QEMU exited; it is not restarted (the lab stays up until `vmnet down`)", vm.Name)
-				case <-ctx.Done():
-				}
-			}()
-		}
-	}
-	serr := l.Serve(ctx)
-	<-ctx.Done()
-	logf("lab %s: tearing down", cfg.Name)
-	tctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	return errors.Join(serr, l.Teardown(tctx))
+	return e.stderr
 }
 
 // capLog makes a supervisor's output a capped log (see package logcap)
@@ -152,97 +179,62 @@ func (e *env) capLog(limit int64) error {
 	return nil
 }
 
-// lockState keeps a second supervisor of the same lab out for as long as
-// the first one lives.
-func lockState(cfg *vmconfig.Lab) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(cfg.StateDir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lab %s: lock: %w", cfg.Name, err)
+// logger is the supervisor's structured log on stderr (the capped
+// supervisor.log when detached): timestamped lines, debug with --verbose.
+func (e *env) logger() *slog.Logger {
+	level := slog.LevelInfo
+	if e.verbose {
+		level = slog.LevelDebug
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lab %s: another vmnet is bringing it up or supervising it (%w)", cfg.Name, err)
+	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// lineLog logs what is written to it through slog, a record a line.
+type lineLog struct {
+	log     *slog.Logger
+	partial []byte
+}
+
+func (l *lineLog) Write(p []byte) (int, error) {
+	l.partial = append(l.partial, p...)
+	for {
+		i := bytes.IndexByte(l.partial, '\n')
+		if i < 0 {
+			break
+		}
+		if line := strings.TrimSpace(string(l.partial[:i])); line != "" {
+			l.log.Info(line)
+		}
+		l.partial = l.partial[i+1:]
 	}
-	return f, nil
+	return len(p), nil
 }
 
 // detach starts a background supervisor (this binary, --supervised) in a
-// session of its own and returns once it reports the lab up, or its error.
-func (e *env) detach(cfg *vmconfig.Lab) error {
+// session of its own, shows its progress and returns once it reports the
+// lab up, or its error.
+func (e *env) detach(cfg *vmconfig.Lab, file string, f upFlags) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
+	// The supervisor's command line, spelled out rather than edited from
+	// ours: it enters --netns itself (lab.Detach starts it in the
+	// namespace vmnet started in).
 	args := []string{}
-	for _, a := range os.Args[1:] {
-		if a == "--detach" || a == "-detach" {
-			a = "--supervised"
-		}
-		args = append(args, a)
+	if e.netns != "" {
+		args = append(args, "--netns", e.netns)
 	}
-	logPath := filepath.Join(cfg.StateDir, "supervisor.log")
-	// Read-write and appending: the supervisor caps it in place (capLog).
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_RDWR|os.O_TRUNC|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return fmt.Errorf("lab %s: supervisor log: %w", cfg.Name, err)
+	if e.verbose {
+		args = append(args, "--verbose")
 	}
-	defer logf.Close()
-	r, w, err := os.Pipe()
+	args = append(args, "up", "--supervised", "--ready-timeout", f.ready.String(), "--", file)
+	pid, err := lab.Detach(cfg, exec.Command(self, args...), func(p lab.Progress) { e.logf("%s", p) })
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(self, args...)
-	cmd.Stdout, cmd.Stderr, cmd.ExtraFiles = logf, logf, []*os.File{w}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	// The supervisor starts where vmnet started and enters the lab's
-	// namespace itself (--netns is among its arguments): started from
-	// inside that namespace it could not fetch the test image.
-	if err := netns.DoInitial(cmd.Start); err != nil {
-		w.Close()
-		r.Close()
-		return fmt.Errorf("lab %s: start supervisor: %w", cfg.Name, err)
-	}
-	w.Close()
-	defer r.Close()
-	go cmd.Wait() // reaps it only if it dies while we wait
-	// The supervisor's answer carries an error that may quote guest
-	// console lines: read a bounded amount.
-	line, rerr := bufio.NewReader(io.LimitReader(r, maxReadyLine)).ReadString('\n')
-	line = strings.TrimSpace(line)
-	switch {
-	case line == "ok":
-		fmt.Fprintf(e.stdout, "lab %s is up; supervisor pid %d, log %s\n", cfg.Name, cmd.Process.Pid, logPath)
-		return nil
-	case strings.HasPrefix(line, "error: "):
-		return fmt.Errorf("%s (log: %s)", strings.TrimPrefix(line, "error: "), logPath)
-	}
-	if rerr != nil && !errors.Is(rerr, io.EOF) {
-		return rerr
-	}
-	return fmt.Errorf("lab %s: the supervisor exited before the lab was up; its log %s ends:\n%s", cfg.Name, logPath, tail(logPath, 15))
-}
-
-// maxReadyLine bounds the supervisor's "ok" or "error: ..." line.
-const maxReadyLine = 256 << 10
-
-// tailBytes bounds how much of a log tail reads: the last lines of a
-// capped log, not the whole of it.
-const tailBytes = 64 << 10
-
-func tail(path string, n int) string {
-	var b []byte
-	if f, err := os.Open(path); err == nil {
-		if st, err := f.Stat(); err == nil {
-			off := max(st.Size()-tailBytes, 0)
-			b, _ = io.ReadAll(io.NewSectionReader(f, off, tailBytes))
-		}
-		f.Close()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	fmt.Fprintf(e.stdout, "lab %s is up; supervisor pid %d, log %s\n", cfg.Name, pid, lab.SupervisorLog(cfg))
+	return nil
 }
 
 // errNoLab marks a lab that does not exist in this network namespace
@@ -303,15 +295,9 @@ func (e *env) findLab(arg, verb string) (name, dir string, cfg *vmconfig.Lab, er
 	return "", "", nil, fmt.Errorf("lab %s: %w (%s)", name, errNoLab, have)
 }
 
-func down(e *env, args []string) error {
-	fs := e.flags("vmnet down", "LAB.toml|LABNAME [--ignore-missing]")
-	ignore := fs.Bool("ignore-missing", false, "exit 0 when the lab does not exist (for cleanup scripts)")
-	pos, err := fs.parse(args, 1, 1)
-	if err != nil {
-		return err
-	}
-	name, dir, _, err := e.findLab(pos[0], "down")
-	if errors.Is(err, errNoLab) && *ignore {
+func down(e *env, arg string, ignoreMissing bool) error {
+	name, dir, _, err := e.findLab(arg, "down")
+	if errors.Is(err, errNoLab) && ignoreMissing {
 		fmt.Fprintf(e.stdout, "%v; nothing to do\n", err)
 		return nil
 	}
@@ -324,21 +310,14 @@ func down(e *env, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if err := lab.Down(ctx, name, dir, ns, func(f string, a ...any) { fmt.Fprintf(e.stderr, "vmnet: "+f+"\n", a...) }); err != nil {
+	if err := lab.Down(ctx, name, dir, ns, e.logf); err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "lab %s is down\n", name)
 	return nil
 }
 
-func status(e *env, args []string) error {
-	fs := e.flags("vmnet status", "[LAB.toml|LABNAME] [-o table|json|dot]")
-	var o output
-	o.register(fs, "table", "json", "dot")
-	pos, err := fs.parse(args, 0, 1)
-	if err != nil {
-		return err
-	}
+func status(e *env, pos []string, o output) error {
 	var dirs []string
 	cfgs := map[string]*vmconfig.Lab{}
 	if len(pos) == 1 {
@@ -402,14 +381,32 @@ func status(e *env, args []string) error {
 	return nil
 }
 
-func nicAdd(e *env, args []string) error {
-	fs := e.flags("vmnet nic add", "LAB VM --network NET [--queues N] [--mac MAC]")
-	network := fs.String("network", "", "network (from the lab file) to attach the new NIC to")
-	queues := fs.Int("queues", 0, "tap queues (default: one per vCPU)")
-	mac := fs.String("mac", "", "MAC address (default: derived from lab, VM and index)")
-	pos, err := fs.parse(args, 2, 2)
-	if err != nil {
-		return err
+func nicAddCommand(e *env) *cobra.Command {
+	var network, mac string
+	var queues int
+	c := root(&cobra.Command{
+		Use:   "add LAB VM --network NET",
+		Short: "add a NIC to a running guest",
+		Example: `  vmnet nic add demo r2 --network dmz
+  vmnet nic add demo r2 --network lan --queues 2 --mac 52:54:00:12:34:56`,
+		Args:              nargs(2, 2),
+		RunE:              func(_ *cobra.Command, args []string) error { return nicAdd(e, args, &network, &queues, &mac) },
+		ValidArgsFunction: e.completeLabs,
+	})
+	c.Flags().StringVar(&network, "network", "", "network (from the lab file) to attach the new NIC to")
+	c.Flags().IntVar(&queues, "queues", 0, "tap queues, 1..256 (default: one per vCPU)")
+	c.Flags().StringVar(&mac, "mac", "", "MAC address (default: derived from lab, VM and index)")
+	return c
+}
+
+func nicAdd(e *env, pos []string, network *string, queues *int, mac *string) error {
+	if c := *queues; c < 0 || c > tap.MaxQueues {
+		return usagef("vmnet nic add: --queues %d: want 1..%d (or leave it out for one per vCPU)", c, tap.MaxQueues)
+	}
+	if *mac != "" {
+		if _, err := net.ParseMAC(*mac); err != nil {
+			return usagef("vmnet nic add: --mac %q: want a MAC address such as 52:54:00:12:34:56", *mac)
+		}
 	}
 	if *network == "" {
 		return usagef("vmnet nic add: --network is required")
@@ -435,12 +432,18 @@ func nicAdd(e *env, args []string) error {
 	return nil
 }
 
-func nicDel(e *env, args []string) error {
-	fs := e.flags("vmnet nic del", "LAB VM NIC")
-	pos, err := fs.parse(args, 3, 3)
-	if err != nil {
-		return err
-	}
+func nicDelCommand(e *env) *cobra.Command {
+	return root(&cobra.Command{
+		Use:               "del LAB VM NIC",
+		Short:             "remove a hot-plugged NIC",
+		Example:           `  vmnet nic del demo r2 nic1`,
+		Args:              nargs(3, 3),
+		RunE:              func(_ *cobra.Command, args []string) error { return nicDel(e, args) },
+		ValidArgsFunction: e.completeLabs,
+	})
+}
+
+func nicDel(e *env, pos []string) error {
 	if err := checkArg(names.VM, pos[1]); err != nil {
 		return err
 	}
@@ -460,16 +463,27 @@ func nicDel(e *env, args []string) error {
 	return nil
 }
 
-func shCommand() *command {
-	return &command{name: "sh", args: "LAB VM [--timeout D] -- COMMAND...", summary: "run a command in a running lab guest", run: labShell}
+func shCommand(e *env) *cobra.Command {
+	var timeout time.Duration
+	c := root(&cobra.Command{
+		Use:   "sh LAB VM -- COMMAND...",
+		Short: "run a command in a running lab guest",
+		Long: "Runs COMMAND in a guest of a lab that is up, with sh -c: one word is taken as a shell\n" +
+			"command line, several words are quoted and run as they are. vmnet exits with the\n" +
+			"command's status, 124 on timeout.",
+		Example: `  vmnet sh demo r1 -- 'ping -c 2 10.90.0.12'
+  vmnet sh demo r1 --timeout 30s -- ip -br addr`,
+		Args:              nargs(3, -1),
+		RunE:              func(_ *cobra.Command, args []string) error { return labShell(e, args, timeout) },
+		ValidArgsFunction: e.completeLabs,
+	})
+	c.Flags().DurationVar(&timeout, "timeout", lab.ShellTimeout, "give up (exit 124) when the command has not finished after this long")
+	return c
 }
 
-func labShell(e *env, args []string) error {
-	fs := e.flags("vmnet sh", "LAB VM [--timeout D] -- COMMAND...")
-	timeout := fs.Duration("timeout", lab.ShellTimeout, "give up (exit 124) when the command has not finished after this long")
-	pos, err := fs.parse(args, 3, -1)
-	if err != nil {
-		return err
+func labShell(e *env, pos []string, timeout time.Duration) error {
+	if timeout <= 0 {
+		return usagef("vmnet sh: --timeout %v: want a positive duration such as 30s", timeout)
 	}
 	if err := checkArg(names.VM, pos[1]); err != nil {
 		return err
@@ -478,7 +492,7 @@ func labShell(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	res, err := lab.Shell(ctx, dir, pos[1], shellJoin(pos[2:]), e.stdout)
 	if res.Cut > 0 {

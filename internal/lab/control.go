@@ -44,21 +44,26 @@ type Response struct {
 	NIC      *NICState         `json:"nic,omitempty"`
 }
 
-// Serve answers control requests until ctx ends. Call it after Up.
-func (l *Lab) Serve(ctx context.Context) error {
+// Listen opens the lab's control socket. Call it after Up, and Serve
+// on it: a lab is only reported up once the socket answers.
+func (l *Lab) Listen() (*net.UnixListener, error) {
 	path := filepath.Join(l.cfg.StateDir, controlSocket)
 	// Root only: the state directory is searchable by everyone (0711).
 	f, err := qemu.ListenUnix(path, 0o600)
 	if err != nil {
-		return fmt.Errorf("lab %s: control socket: %w", l.cfg.Name, err)
+		return nil, fmt.Errorf("lab %s: control socket: %w", l.cfg.Name, err)
 	}
 	fl, err := net.FileListener(f)
 	f.Close()
 	if err != nil {
 		os.Remove(path)
-		return fmt.Errorf("lab %s: control socket: %w", l.cfg.Name, err)
+		return nil, fmt.Errorf("lab %s: control socket: %w", l.cfg.Name, err)
 	}
-	ln := fl.(*net.UnixListener)
+	return fl.(*net.UnixListener), nil
+}
+
+// Serve answers control requests on ln until ctx ends.
+func (l *Lab) Serve(ctx context.Context, ln *net.UnixListener) error {
 	go func() {
 		<-ctx.Done()
 		ln.Close()

@@ -40,6 +40,10 @@ type Options struct {
 	// HotplugPorts reserves free PCIe root ports on q35 guests for NICs
 	// added at run time (other machines cannot hot-plug).
 	HotplugPorts int
+	// Progress, when set, learns each VM's state changes while Up waits
+	// for the guests (booting, ready, failed), so that a user is not left
+	// looking at nothing for minutes.
+	Progress func(Progress)
 }
 
 // Lab is a lab being brought up on this host: it remembers what it

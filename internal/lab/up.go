@@ -86,12 +86,38 @@ func (l *Lab) failpoint(name string) {
 	select {}
 }
 
+// progressEvery is how often Up repeats the state of guests that are
+// still booting.
+const progressEvery = 20 * time.Second
+
 // Up brings the whole lab up: its networks, every VM's taps, then the
 // guests in parallel, and waits until each guest is ready (the test
 // image's VMNET-READY; QEMU answering QMP for other kernels). If any step
 // fails, everything created so far is removed again and the error names
 // the object that failed.
 func (l *Lab) Up(ctx context.Context, readyTimeout time.Duration) (err error) {
+	upStart := time.Now()
+	var pmu sync.Mutex
+	booting := map[string]bool{}
+	progress := func(vm, state string, err error) {
+		pmu.Lock()
+		defer pmu.Unlock()
+		booting[vm] = state == VMBooting
+		if l.opts.Progress != nil {
+			l.opts.Progress(Progress{VM: vm, State: state, Elapsed: time.Since(upStart), Err: err})
+		}
+	}
+	// While guests boot (minutes under TCG), their state is repeated
+	// now and then, so that a quiet terminal does not look hung.
+	stillBooting := func() {
+		pmu.Lock()
+		defer pmu.Unlock()
+		for _, vm := range l.cfg.VMs {
+			if booting[vm.Name] && l.opts.Progress != nil {
+				l.opts.Progress(Progress{VM: vm.Name, State: VMBooting, Elapsed: time.Since(upStart)})
+			}
+		}
+	}
 	l.mu.Lock()
 	l.state = &State{Lab: l.cfg.Name, Config: l.cfg.File, StateDir: l.cfg.StateDir, Supervisor: os.Getpid(),
 		SupervisorStart: l.pidStart(os.Getpid()), Started: time.Now(), Phase: "starting"}
@@ -155,14 +181,17 @@ func (l *Lab) Up(ctx context.Context, readyTimeout time.Duration) (err error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			progress(vm.Name, VMBooting, nil)
 			v, err := l.Boot(bctx, vm, "")
 			if err != nil {
 				errs[i] = err
+				progress(vm.Name, VMFailed, err)
 				cancel()
 				return
 			}
 			if vm.Kernel != "" || vm.Disk != "" {
-				return // only the test image prints a ready marker
+				progress(vm.Name, VMReady, nil) // only the test image prints a ready marker
+				return
 			}
 			rctx, rcancel := context.WithTimeout(bctx, readyTimeout)
 			defer rcancel()
@@ -170,13 +199,30 @@ func (l *Lab) Up(ctx context.Context, readyTimeout time.Duration) (err error) {
 			if err := v.WaitReady(rctx); err != nil {
 				if bctx.Err() == nil || ctx.Err() != nil {
 					errs[i] = err // not merely stopped for another guest's failure
+					progress(vm.Name, VMFailed, err)
 				}
 				cancel()
+			} else {
+				progress(vm.Name, VMReady, nil)
 			}
 			done(errs[i])
 		}()
 	}
-	wg.Wait()
+	waited := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(waited)
+	}()
+	tick := time.NewTicker(progressEvery)
+	for waiting := true; waiting; {
+		select {
+		case <-tick.C:
+			stillBooting()
+		case <-waited:
+			waiting = false
+		}
+	}
+	tick.Stop()
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
