@@ -1,6 +1,7 @@
 package vmconfig
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -79,6 +80,21 @@ func checkParse(t *testing.T, data []byte) {
 		}
 		if p.Msg == "" {
 			t.Fatal("empty message")
+		}
+	}
+	// The JSON form (vmnet validate -o json) is a list that reads back
+	// to the same problems, also for odd bytes in messages and names.
+	js, err := json.Marshal(probs)
+	if err != nil || len(probs) == 0 && string(js) != "[]" {
+		t.Fatalf("problems as JSON: %v %s", err, js)
+	}
+	var back Problems
+	if err := json.Unmarshal(js, &back); err != nil || len(back) != len(probs) {
+		t.Fatalf("problems JSON does not read back: %v\n%s", err, js)
+	}
+	for i := range back {
+		if back[i] != probs[i] && strings.ToValidUTF8(probs[i].Msg, "\uFFFD") == probs[i].Msg {
+			t.Fatalf("problem %d reads back as %v, want %v", i, back[i], probs[i])
 		}
 	}
 	if lab == nil {
