@@ -30,7 +30,7 @@ func downCommand() *command {
 }
 
 func statusCommand() *command {
-	return &command{name: "status", args: "[LAB.toml|LABNAME] [-o table|json|dot]", summary: "show labs: networks, VMs, NICs, queues, counters", run: status}
+	return &command{name: "status", args: "[LAB.toml|LABNAME] [-o table|json|dot|mermaid]", summary: "show labs: networks, VMs, NICs, queues, counters", run: status}
 }
 
 func nicCommand() *command {
@@ -332,9 +332,9 @@ func down(e *env, args []string) error {
 }
 
 func status(e *env, args []string) error {
-	fs := e.flags("vmnet status", "[LAB.toml|LABNAME] [-o table|json|dot]")
+	fs := e.flags("vmnet status", "[LAB.toml|LABNAME] [-o table|json|dot|mermaid]")
 	var o output
-	o.register(fs, "table", "json", "dot")
+	o.register(fs, lab.StatusFormats...)
 	pos, err := fs.parse(args, 0, 1)
 	if err != nil {
 		return err
@@ -381,25 +381,7 @@ func status(e *env, args []string) error {
 		}
 		reports = append(reports, lab.Describe(st, cfg, live))
 	}
-	switch o.format {
-	case "json":
-		if len(pos) == 1 && len(reports) == 1 {
-			return writeJSON(e.stdout, reports[0])
-		}
-		return writeJSON(e.stdout, reports)
-	case "dot":
-		for _, r := range reports {
-			r.WriteDOT(e.stdout)
-		}
-	default:
-		if len(reports) == 0 {
-			fmt.Fprintln(e.stdout, "no labs are up")
-		}
-		for _, r := range reports {
-			r.WriteTable(e.stdout)
-		}
-	}
-	return nil
+	return lab.WriteStatus(e.stdout, o.format, reports)
 }
 
 func nicAdd(e *env, args []string) error {
