@@ -34,9 +34,9 @@ type Report struct {
 type NetworkReport struct {
 	Name      string         `json:"name"`
 	Bridge    string         `json:"bridge"`
-	Created   bool           `json:"created"` // false: the bridge existed before and stays
+	Created   bool           `json:"created"`         // false: the bridge existed before and stays
 	State     string         `json:"state,omitempty"` // absent (table: -) when netlink could not be asked
-	MTU       int            `json:"mtu,omitempty"` // absent (table: -) when the bridge could not be read
+	MTU       int            `json:"mtu,omitempty"`   // absent (table: -) when the bridge could not be read
 	Addresses []netip.Prefix `json:"addresses"`
 	Ports     []string       `json:"ports"`
 	Error     string         `json:"error,omitempty"`
@@ -45,7 +45,7 @@ type NetworkReport struct {
 // VMReport is one guest.
 type VMReport struct {
 	Name    string      `json:"name"`
-	State   string      `json:"state"` // QMP run state, or why it is unknown
+	State   string      `json:"state"`         // QMP run state, or why it is unknown
 	PID     int         `json:"pid,omitempty"` // absent (table: -) before the guest was started
 	Uptime  string      `json:"uptime,omitempty"`
 	Console string      `json:"console,omitempty"`
