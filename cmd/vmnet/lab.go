@@ -22,14 +22,32 @@ import (
 const exitTimeout = 124
 
 func validateCommand() *command {
-	return &command{name: "validate", args: "LAB.toml", summary: "check a lab file and print every problem", run: validate}
+	return &command{name: "validate", args: "LAB.toml [-o text|json]", summary: "check a lab file and print every problem", run: validate}
 }
 
 func validate(e *env, args []string) error {
-	fs := e.flags("vmnet validate", "LAB.toml")
+	fs := e.flags("vmnet validate", "LAB.toml [-o text|json]")
+	var o output
+	o.register(fs, "text", "json")
 	pos, err := fs.parse(args, 1, 1)
 	if err != nil {
 		return err
+	}
+	if o.format == "json" {
+		// Every error and warning as {file, line, column, severity,
+		// message}, [] for a clean file; exit 1 when there are errors.
+		ns, err := lab.CurrentNetNS()
+		if err != nil {
+			return err
+		}
+		ps, err := vmconfig.ProblemsOf(vmconfig.LoadWith(pos[0], vmconfig.Options{StateRoot: lab.StateRoot(ns)}))
+		if err != nil {
+			return err
+		}
+		if err := writeJSON(e.stdout, ps); err != nil || !ps.HasErrors() {
+			return err
+		}
+		return exitStatus(exitError)
 	}
 	cfg, err := loadLab(e, pos[0])
 	if err != nil {
@@ -235,4 +253,22 @@ func imageBuild(e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "kernel  %s\ninitrd  %s\nversion %s\n", img.Kernel, img.Initrd, img.KernelVersion)
 	return nil
+}
+
+func lsCommand() *command {
+	return &command{name: "ls", args: "[-o table|json]", summary: "list the labs of every network namespace: name, namespace, state, VMs", run: ls}
+}
+
+func ls(e *env, args []string) error {
+	fs := e.flags("vmnet ls", "[-o table|json]")
+	var o output
+	o.register(fs, lab.ListFormats...)
+	if _, err := fs.parse(args, 0, 0); err != nil {
+		return err
+	}
+	labs, err := lab.List()
+	if err != nil {
+		return err
+	}
+	return lab.WriteList(e.stdout, o.format, labs)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -14,12 +15,12 @@ import (
 )
 
 func linkCommand() *command {
-	return &command{name: "link", args: "A B [--pcap FILE] [--stats INTERVAL]",
+	return &command{name: "link", args: "A B [--pcap FILE] [--stats INTERVAL] [-o text|json]",
 		summary: "forward every frame between two endpoints until interrupted", run: runLink}
 }
 
 func runLink(e *env, args []string) error {
-	fs := e.flags("vmnet link", "A B [--pcap FILE] [--stats INTERVAL]\n\n"+
+	fs := e.flags("vmnet link", "A B [--pcap FILE] [--stats INTERVAL] [-o text|json]\n\n"+
 		"Endpoints: tap:NAME[,queues=N][,vnet_hdr=on|off][,netns=NS]  packet:IFNAME[,netns=NS]\n"+
 		"           udp:LOCALADDR:PORT,remote=ADDR:PORT[,key=FILE] (IPv6 in brackets)\n"+
 		"A udp tunnel without key is unauthenticated cleartext; key=FILE (32 random bytes, mode 0600,\n"+
@@ -29,6 +30,8 @@ func runLink(e *env, args []string) error {
 	stats := fs.Duration("stats", 0, "print the counters every `INTERVAL` (default: only at the end)")
 	cpu := fs.String("cpuprofile", "", "write a CPU profile to `FILE`")
 	ready := fs.String("ready", "", "create `FILE` once both endpoints are open (for scripts)")
+	var o output
+	o.register(fs, link.SampleFormats...) // json: one object per line per interval, and a final one
 	pos, err := fs.parse(args, 2, 2)
 	if err != nil {
 		return err
@@ -63,6 +66,7 @@ func runLink(e *env, args []string) error {
 		}
 	}
 	fmt.Fprintf(e.stderr, "vmnet: link %s up; Ctrl-C stops it\n", l)
+	start := time.Now()
 	if *stats > 0 {
 		go func() {
 			t := time.NewTicker(*stats)
@@ -72,18 +76,11 @@ func runLink(e *env, args []string) error {
 				case <-ctx.Done():
 					return
 				case <-t.C:
-					fmt.Fprintln(e.stdout, l.Stats())
+					link.WriteSample(e.stdout, o.format, l.Sample(start, false))
 				}
 			}
 		}()
 	}
-	start := time.Now()
 	err = l.Run(ctx)
-	fmt.Fprintln(e.stdout, l.Stats())
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		fmt.Fprintf(e.stdout, "cpu: user %.2fs system %.2fs in %.1fs\n", time.Duration(ru.Utime.Nano()).Seconds(),
-			time.Duration(ru.Stime.Nano()).Seconds(), time.Since(start).Seconds())
-	}
-	return err
+	return errors.Join(err, link.WriteSample(e.stdout, o.format, l.Sample(start, true)))
 }

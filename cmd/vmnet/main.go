@@ -64,6 +64,7 @@ func root() *command {
 			upCommand(),
 			downCommand(),
 			statusCommand(),
+			lsCommand(),
 			nicCommand(),
 			shCommand(),
 			linkCommand(),
