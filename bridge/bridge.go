@@ -458,7 +458,7 @@ func (m *Manager) bridge(name string) (netlink.Link, error) {
 		return nil, fmt.Errorf("bridge %s: look up: %w", name, err)
 	}
 	if !isBridge(link) {
-		return nil, fmt.Errorf("bridge %s: is a %s, not a bridge", name, link.Type())
+		return nil, fmt.Errorf("bridge %s: %s", name, notABridge(link.Type()))
 	}
 	return link, nil
 }
@@ -492,4 +492,13 @@ func b2i(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// notABridge says what an interface that should have been a bridge is;
+// netlink calls kinds it does not model "device", which says nothing.
+func notABridge(kind string) string {
+	if kind == "" || kind == "device" {
+		return "is not a bridge (an interface of another kind has this name)"
+	}
+	return "is a " + kind + " interface, not a bridge"
 }

@@ -85,7 +85,7 @@ func (p *prefixList) String() string { return fmt.Sprint(*p) }
 func (p *prefixList) Set(s string) error {
 	pf, err := netip.ParsePrefix(s)
 	if err != nil {
-		return fmt.Errorf("want an address with prefix length such as 10.0.0.1/24 or fd00::1/64: %v", err)
+		return fmt.Errorf("%q: want an address with prefix length such as 10.0.0.1/24 or fd00::1/64", s)
 	}
 	*p = append(*p, pf)
 	return nil

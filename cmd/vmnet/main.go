@@ -80,7 +80,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	e := &env{stdout: stdout, stderr: stderr}
 	ns, args, err := globalFlags(args)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "vmnet: %v\n", err)
+		fmt.Fprintln(e.stderr, message(err))
 		return exitUsage
 	}
 	cmd, path, rest := resolve(root(), args)
@@ -108,12 +108,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case errors.As(err, &st):
 		return int(st)
 	case errors.As(err, &ue):
-		fmt.Fprintf(e.stderr, "vmnet: %v\n", err)
+		fmt.Fprintln(e.stderr, message(err))
 		return exitUsage
 	default:
-		fmt.Fprintf(e.stderr, "vmnet: %v\n", err)
+		fmt.Fprintln(e.stderr, message(err))
 		return exitError
 	}
+}
+
+// message is err as the one line vmnet prints: with one "vmnet" prefix,
+// also when the error already names the verb ("vmnet up: ...") or comes
+// from a part that names itself ("vmnet image: ...").
+func message(err error) string {
+	s := err.Error()
+	if strings.HasPrefix(s, "vmnet: ") || strings.HasPrefix(s, "vmnet ") && strings.Contains(s, ": ") {
+		return s
+	}
+	return "vmnet: " + s
 }
 
 // globalFlags takes the options that stand before the verb.

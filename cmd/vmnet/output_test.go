@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,6 +62,33 @@ func TestNoLabsOutput(t *testing.T) {
 		st, out, errOut := vmnet(t, append([]string{"--netns", ns}, tc.args...)...)
 		if st != 0 || out != tc.want {
 			t.Errorf("%v: %d %q (want %q) %s", tc.args, st, out, tc.want, errOut)
+		}
+	}
+}
+
+// TestOneVmnetPrefix: every message vmnet prints starts with one
+// "vmnet" and names no Go function.
+func TestOneVmnetPrefix(t *testing.T) {
+	for _, args := range [][]string{
+		{"up"},
+		{"validate", "/nonexistent/lab.toml"},
+		{"bridge", "create", "b0", "--address", "zz"},
+		{"tap", "create", "t0", "--owner", "no-such-user-here"},
+	} {
+		_, _, errOut := vmnet(t, args...)
+		if !strings.HasPrefix(errOut, "vmnet") || strings.Count(errOut, "vmnet:") > 1 || strings.Contains(errOut, "vmnet: vmnet") ||
+			strings.Contains(errOut, "netip.") || strings.Contains(errOut, "unknown user") || strings.Contains(errOut, "vmconfig") {
+			t.Errorf("%v: %q", args, errOut)
+		}
+	}
+	for in, want := range map[string]string{
+		"vmnet image: lock x: busy": "vmnet image: lock x: busy",
+		"vmnet up: missing":         "vmnet up: missing",
+		"lab x: is down":            "vmnet: lab x: is down",
+		"vmnetd is gone":            "vmnet: vmnetd is gone",
+	} {
+		if got := message(errors.New(in)); got != want {
+			t.Errorf("message(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
