@@ -101,8 +101,29 @@ func checkParse(t *testing.T, data []byte) {
 		return
 	}
 	checkResolved(t, lab)
+	nets := map[string]*Network{}
+	for _, n := range lab.Networks {
+		nets[n.Name] = n
+	}
+	outside := 0
 	for _, vm := range lab.VMs {
 		for _, n := range vm.NICs {
+			// A guest address outside every subnet (of its family) of its
+			// network's addresses is warned about, once per address.
+			if nw := nets[n.Network]; nw != nil {
+				for _, a := range n.Addresses {
+					in, family := false, false
+					for _, p := range nw.Addresses {
+						if p.Addr().Is4() == a.Addr().Is4() {
+							family = true
+							in = in || p.Masked().Contains(a.Addr())
+						}
+					}
+					if family && !in {
+						outside++
+					}
+				}
+			}
 			if n.MAC[0]&1 != 0 {
 				t.Fatalf("vm %s nic %d: multicast MAC %s", vm.Name, n.Index, n.MAC)
 			}
@@ -113,5 +134,14 @@ func checkParse(t *testing.T, data []byte) {
 				t.Fatalf("derived MAC %s is not locally administered", n.MAC)
 			}
 		}
+	}
+	warned := 0
+	for _, w := range lab.Warnings {
+		if strings.Contains(w.Msg, "is outside every subnet of network") {
+			warned++
+		}
+	}
+	if warned != outside {
+		t.Fatalf("%d guest addresses outside their network's subnets, %d warnings:\n%v", outside, warned, lab.Warnings)
 	}
 }
