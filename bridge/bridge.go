@@ -175,8 +175,8 @@ func (m *Manager) Ensure(cfg Config) (created bool, err error) {
 			if _, ok := owner.Of(link); ok {
 				whose = fmt.Sprintf(" (owner tag %q)", link.Attrs().Alias)
 			}
-			return false, fmt.Errorf("bridge %s: an interface of that name exists and is a %s%s, not a bridge; "+
-				"choose another bridge name or remove that interface", cfg.Name, link.Type(), whose)
+			return false, fmt.Errorf("bridge %s: an interface of that name exists and is %s%s, not a bridge; "+
+				"choose another bridge name or remove that interface", cfg.Name, kindOf(link.Type()), whose)
 		}
 	case isNotFound(err):
 		link, err = m.create(cfg.Name, own)
@@ -494,11 +494,16 @@ func b2i(b bool) int {
 	return 0
 }
 
-// notABridge says what an interface that should have been a bridge is;
+// kindOf names an interface kind for a message: "a veth interface".
 // netlink calls kinds it does not model "device", which says nothing.
-func notABridge(kind string) string {
+func kindOf(kind string) string {
 	if kind == "" || kind == "device" {
-		return "is not a bridge (an interface of another kind has this name)"
+		return "an interface of another kind"
 	}
-	return "is a " + kind + " interface, not a bridge"
+	return "a " + kind + " interface"
+}
+
+// notABridge says what an interface that should have been a bridge is.
+func notABridge(kind string) string {
+	return "is " + kindOf(kind) + ", not a bridge"
 }
