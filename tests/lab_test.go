@@ -184,7 +184,7 @@ func TestLabUpStatusHotplugDown(t *testing.T) {
 	if a := k["t-a-0"].Linkinfo.InfoData; !a.MultiQueue || a.NumQueues != 2 || a.NumDisabledQueues != 0 {
 		t.Errorf("a's tap should have 2 enabled queues once the guest driver runs: %+v", a)
 	}
-	if r := vmnetIn(t, ns, "status", path, "-o", "dot"); r.status != 0 || strings.Count(r.stdout, "graph ") != 1 ||
+	if r := vmnetIn(t, ns, "status", path, "-o", "dot"); r.status != 0 || strings.Count(r.stdout, "graph \"vmnet\" {") != 1 ||
 		!strings.Contains(r.stdout, `subgraph "cluster_l0"`) || !strings.Contains(r.stdout, `[label="t-a-0"]`) {
 		t.Errorf("status -o dot: %d\n%s", r.status, r.stdout)
 	}
