@@ -175,8 +175,8 @@ func (m *Manager) Ensure(cfg Config) (created bool, err error) {
 			if _, ok := owner.Of(link); ok {
 				whose = fmt.Sprintf(" (owner tag %q)", link.Attrs().Alias)
 			}
-			return false, fmt.Errorf("bridge %s: an interface of that name exists and is a %s%s, not a bridge; "+
-				"choose another bridge name or remove that interface", cfg.Name, link.Type(), whose)
+			return false, fmt.Errorf("bridge %s: an interface of that name exists and is %s%s, not a bridge; "+
+				"choose another bridge name or remove that interface", cfg.Name, kindOf(link.Type()), whose)
 		}
 	case isNotFound(err):
 		link, err = m.create(cfg.Name, own)
@@ -458,7 +458,7 @@ func (m *Manager) bridge(name string) (netlink.Link, error) {
 		return nil, fmt.Errorf("bridge %s: look up: %w", name, err)
 	}
 	if !isBridge(link) {
-		return nil, fmt.Errorf("bridge %s: is a %s, not a bridge", name, link.Type())
+		return nil, fmt.Errorf("bridge %s: %s", name, notABridge(link.Type()))
 	}
 	return link, nil
 }
@@ -492,4 +492,18 @@ func b2i(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// kindOf names an interface kind for a message: "a veth interface".
+// netlink calls kinds it does not model "device", which says nothing.
+func kindOf(kind string) string {
+	if kind == "" || kind == "device" {
+		return "an interface of another kind"
+	}
+	return "a " + kind + " interface"
+}
+
+// notABridge says what an interface that should have been a bridge is.
+func notABridge(kind string) string {
+	return "is " + kindOf(kind) + ", not a bridge"
 }

@@ -258,7 +258,7 @@ func TestBadInput(t *testing.T) {
 		{bridge.Config{Name: "br/0"}, []string{`"br/0"`, "'/'"}},
 		{bridge.Config{Name: "br 0"}, []string{`"br 0"`, "whitespace"}},
 		{bridge.Config{Name: "br%d"}, []string{`"br%d"`}},
-		{bridge.Config{Name: "veth0"}, []string{"veth0", "is a veth, not a bridge"}},
+		{bridge.Config{Name: "veth0"}, []string{"veth0", "is a veth interface, not a bridge"}},
 		{bridge.Config{Name: "br0", MTU: 70000}, []string{"br0", "MTU 70000", "68-65535"}},
 		{bridge.Config{Name: "br0", MTU: 20}, []string{"br0", "MTU 20"}},
 		{bridge.Config{Name: "br0", MTU: 1000, Addresses: []netip.Prefix{netip.MustParsePrefix("fd00::1/64")}}, []string{"IPv6", "at least 1280"}},

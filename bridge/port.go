@@ -83,7 +83,7 @@ func (m *Manager) AddPort(bridge string, p PortConfig) (err error) {
 			return fmt.Errorf("bridge %s: %s: %w", bridge, what, ErrNoVLANFiltering)
 		case !*brOpt.vlanFiltering:
 			return fmt.Errorf("bridge %s: %s: the bridge has VLAN filtering off, so VLANs would not be enforced; "+
-				"turn VLANFiltering on in the bridge's config", bridge, what)
+				"turn VLAN filtering on for the bridge first (vlan_filtering = true in the lab file, --vlan-filtering on bridge create)", bridge, what)
 		}
 	}
 

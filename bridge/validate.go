@@ -69,12 +69,12 @@ func (cfg *Config) validate() error {
 		return fmt.Errorf("bridge %s: default PVID %d is out of range; VLAN ids are 1-4094", cfg.Name, cfg.DefaultPVID)
 	}
 	if cfg.DefaultPVID != 0 && !cfg.VLANFiltering {
-		return fmt.Errorf("bridge %s: default PVID %d has no effect without VLAN filtering; turn VLANFiltering on", cfg.Name, cfg.DefaultPVID)
+		return fmt.Errorf("bridge %s: default PVID %d has no effect without VLAN filtering; turn VLAN filtering on (vlan_filtering, --vlan-filtering) or drop the default PVID", cfg.Name, cfg.DefaultPVID)
 	}
 	if bad := cfg.GroupFwdMask & restrictedMask; bad != 0 {
 		return fmt.Errorf("bridge %s: group_fwd_mask %#04x has bits %#04x set, which the kernel refuses on a bridge "+
-			"(STP 01:80:C2:00:00:00, MAC PAUSE :01, LACP :02); use at most %#04x (TransparentMask), "+
-			"and PortTransparentMask on ports to pass LACP",
+			"(STP 01:80:C2:00:00:00, MAC PAUSE :01, LACP :02); use at most %#04x (what transparent sets), "+
+			"and pass LACP with the ports' own group_fwd_mask (transparent ports)",
 			cfg.Name, cfg.GroupFwdMask, bad, TransparentMask)
 	}
 	for i, p := range cfg.Addresses {
@@ -113,7 +113,7 @@ func (p *PortConfig) validate(bridge string) error {
 	}
 	if bad := p.GroupFwdMask & portRestrictedMask; bad != 0 {
 		return fmt.Errorf("bridge %s port %s: group_fwd_mask %#04x has bit 1 (MAC PAUSE, 01:80:C2:00:00:01) set, "+
-			"which the kernel never forwards and refuses; use at most %#04x (PortTransparentMask)",
+			"which the kernel never forwards and refuses; use at most %#04x (what a transparent port sets)",
 			bridge, p.Name, p.GroupFwdMask, PortTransparentMask)
 	}
 	return nil

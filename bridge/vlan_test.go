@@ -87,7 +87,7 @@ func TestPortVLANsNeedFiltering(t *testing.T) {
 	for _, pc := range []bridge.PortConfig{{Name: "p0", PVID: 10}, {Name: "p0", Tagged: []uint16{10, 20}}} {
 		err := e.m.AddPort("br0", pc)
 		if supported {
-			mustErr(t, err, "bridge br0: port p0 VLANs", "VLAN filtering off", "turn VLANFiltering on")
+			mustErr(t, err, "bridge br0: port p0 VLANs", "VLAN filtering off", "turn VLAN filtering on for the bridge")
 		} else {
 			mustErr(t, err, "bridge br0: port p0 VLANs", "this kernel lacks CONFIG_BRIDGE_VLAN_FILTERING (EOPNOTSUPP)")
 		}

@@ -82,7 +82,7 @@ func Describe(name string) (Info, error) {
 	}
 	tt, ok := link.(*netlink.Tuntap)
 	if !ok {
-		return Info{}, fmt.Errorf("tap %s: is a %s device, not a tap: %w", name, link.Type(), unix.EINVAL)
+		return Info{}, fmt.Errorf("tap %s: %s: %w", name, notATap(link.Type()), unix.EINVAL)
 	}
 	info := infoOf(tt, extra)
 	if m := link.Attrs().MasterIndex; m > 0 {
@@ -160,7 +160,7 @@ func Delete(name, tag string, force bool) error {
 		return fmt.Errorf("tap %s: delete: %w", name, err)
 	}
 	if _, ok := link.(*netlink.Tuntap); !ok {
-		return fmt.Errorf("tap %s: delete: is a %s device, not a tap: %w", name, link.Type(), unix.EINVAL)
+		return fmt.Errorf("tap %s: delete: %s; vmnet deletes only taps: %w", name, notATap(link.Type()), unix.EINVAL)
 	}
 	if !force {
 		if err := owner.Check(link, tag); err != nil {

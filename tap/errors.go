@@ -32,7 +32,7 @@ func explain(err error, op string) error {
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
 		hint = "needs CAP_NET_ADMIN in the tap's network namespace, or to be the tap's owner or group"
 	case errors.Is(err, unix.EBUSY) && op == "create":
-		hint = "a network interface with this name already exists: pick another name, or use Open to attach to an existing tap"
+		hint = "a network interface with this name already exists: pick another name, or use the existing tap as it is (`vmnet link tap:NAME ...` and QEMU attach to it)"
 	case errors.Is(err, unix.EBUSY):
 		hint = "the tap exists and is single-queue and already held by another file (QEMU or another vmnet); close that first, or recreate it with more than one queue"
 	case errors.Is(err, unix.EINVAL) && (op == "attach" || op == "create"):
@@ -58,4 +58,18 @@ func checkQueues(name string, n int) error {
 		return fmt.Errorf("tap %s: %d queues: must be 1..%d: %w", name, n, MaxQueues, unix.EINVAL)
 	}
 	return nil
+}
+
+// notATap says what an interface that should have been a tap is, in the
+// words of `ip link`: "is a tun device, not a tap", "is a veth interface,
+// not a tap". netlink calls interfaces of a kind it does not model
+// "device", which says nothing, so those are only "not a tap".
+func notATap(kind string) string {
+	switch kind {
+	case "", "device":
+		return "is not a tap (an interface of another kind has this name)"
+	case "tun":
+		return "is a tun device, not a tap"
+	}
+	return "is a " + kind + " interface, not a tap"
 }

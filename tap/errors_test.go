@@ -168,11 +168,20 @@ func TestBusyAndMismatch(t *testing.T) {
 		_, err = Create(NewConfig("br9", 2))
 		wantErr(t, "Create over a bridge", err, unix.EBUSY, "already exists")
 		_, err = Open("br9", 1)
-		wantErr(t, "Open a bridge", err, unix.EINVAL, "tap br9: is a bridge device, not a tap")
+		wantErr(t, "Open a bridge", err, unix.EINVAL, "tap br9: is a bridge interface, not a tap")
 		_, err = Open("nope0", 1)
 		wantErr(t, "Open missing", err, unix.ENODEV, "tap nope0: ", "no interface of that name")
 		err = Delete("br9", "", true)
 		wantErr(t, "Delete a bridge", err, unix.EINVAL, "not a tap")
+		// lo has no link kind; netlink calls it "device", which the old
+		// message turned into "is a device device".
+		_, err = Open("lo", 1)
+		wantErr(t, "Open lo", err, unix.EINVAL, "tap lo: is not a tap (an interface of another kind has this name)")
+		_, err = Describe("lo")
+		wantErr(t, "Describe lo", err, unix.EINVAL, "tap lo: is not a tap")
+		if err != nil && strings.Contains(err.Error(), "device device") {
+			t.Errorf("Describe lo: %v", err)
+		}
 
 		cfg := NewConfig("sq0", 1)
 		cfg.Persist = true

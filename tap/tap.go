@@ -99,7 +99,7 @@ func (c *Config) validate() error {
 	case c.VnetHdrSize != 0 && c.VnetHdrSize != 10 && c.VnetHdrSize != 12:
 		return bad("vnet header size %d: must be 0 (off), 10 or 12", c.VnetHdrSize)
 	case c.Offloads != 0 && c.VnetHdrSize == 0:
-		return bad("offloads %s need a vnet header (VnetHdrSize 10 or 12), or the reader could not tell a large frame from a normal one", c.Offloads)
+		return bad("offloads %s need a vnet header (size 10 or 12), or the reader could not tell a large frame from a normal one: turn the vnet header on or drop the offloads", c.Offloads)
 	case c.Owner < -1 || c.Group < -1:
 		return bad("owner %d / group %d: use -1 for unset", c.Owner, c.Group)
 	case c.MTU < 0 || c.TxQueueLen < 0:
@@ -332,7 +332,7 @@ func Open(name string, queues int) (*Tap, error) {
 	}
 	switch {
 	case info.Type != "tap":
-		return nil, fmt.Errorf("tap %s: is a %s device, not a tap: %w", name, info.Type, unix.EINVAL)
+		return nil, fmt.Errorf("tap %s: %s: %w", name, notATap(info.Type), unix.EINVAL)
 	case info.PI:
 		return nil, fmt.Errorf("tap %s: has packet information headers on (pi); vmnet needs them off (recreate it with `ip tuntap add dev %s mode tap` without pi): %w", name, name, unix.EINVAL)
 	}
@@ -392,7 +392,7 @@ func (t *Tap) AddQueue() (*Queue, error) {
 	case closed:
 		return nil, fmt.Errorf("tap %s: add queue: %w", t.name, os.ErrClosed)
 	case !t.MultiQueue():
-		return nil, fmt.Errorf("tap %s: add queue: single-queue tap (recreate it with Queues > 1): %w", t.name, unix.EINVAL)
+		return nil, fmt.Errorf("tap %s: add queue: the tap is single-queue; recreate it with two or more queues (multi_queue): %w", t.name, unix.EINVAL)
 	case n >= MaxQueues:
 		return nil, fmt.Errorf("tap %s: add queue %d: already %d queues, the kernel's limit: %w", t.name, n, MaxQueues, unix.EINVAL)
 	}

@@ -162,7 +162,7 @@ func TestLabUpStatusHotplugDown(t *testing.T) {
 
 	// status -o json agrees with the kernel for every NIC.
 	r = vmnetIn(t, ns, "status", path, "-o", "json")
-	var rep struct {
+	var reps []struct {
 		Phase string `json:"phase"`
 		VMs   []struct {
 			Name  string `json:"name"`
@@ -175,9 +175,11 @@ func TestLabUpStatusHotplugDown(t *testing.T) {
 			} `json:"nics"`
 		} `json:"vms"`
 	}
-	if r.status != 0 || json.Unmarshal([]byte(r.stdout), &rep) != nil {
+	// status -o json is a list of labs, also for one lab.
+	if r.status != 0 || json.Unmarshal([]byte(r.stdout), &reps) != nil || len(reps) != 1 {
 		t.Fatalf("status: %d %q %q", r.status, r.stdout, r.stderr)
 	}
+	rep := reps[0]
 	k := kernelLinks(t, ns)
 	nics := 0
 	for _, vm := range rep.VMs {
@@ -202,7 +204,8 @@ func TestLabUpStatusHotplugDown(t *testing.T) {
 	if a := k["t-a-0"].Linkinfo.InfoData; !a.MultiQueue || a.NumQueues != 2 || a.NumDisabledQueues != 0 {
 		t.Errorf("a's tap should have 2 enabled queues once the guest driver runs: %+v", a)
 	}
-	if r := vmnetIn(t, ns, "status", path, "-o", "dot"); r.status != 0 || !strings.Contains(r.stdout, `"vm:a" -- "net:lan"`) {
+	if r := vmnetIn(t, ns, "status", path, "-o", "dot"); r.status != 0 || strings.Count(r.stdout, "graph \"vmnet\" {") != 1 ||
+		!strings.Contains(r.stdout, `subgraph "cluster_l0"`) || !strings.Contains(r.stdout, `[label="t-a-0"]`) {
 		t.Errorf("status -o dot: %d\n%s", r.status, r.stdout)
 	}
 
@@ -480,7 +483,7 @@ pcap = %q
 		t.Fatalf("r1 cannot ping r2 over the link: %d\n%s%s", r.status, r.stdout, r.stderr)
 	}
 	r := vmnetIn(t, ns, "status", path, "-o", "json")
-	var rep struct {
+	var rep []struct {
 		Links []struct {
 			Stats *struct {
 				AtoB struct{ Frames uint64 } `json:"a_to_b"`
@@ -488,8 +491,8 @@ pcap = %q
 			} `json:"stats"`
 		} `json:"links"`
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || len(rep.Links) != 1 || rep.Links[0].Stats == nil ||
-		rep.Links[0].Stats.AtoB.Frames < 3 || rep.Links[0].Stats.BtoA.Frames < 3 {
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || len(rep) != 1 || len(rep[0].Links) != 1 || rep[0].Links[0].Stats == nil ||
+		rep[0].Links[0].Stats.AtoB.Frames < 3 || rep[0].Links[0].Stats.BtoA.Frames < 3 {
 		t.Errorf("status shows no link counters: %v\n%s", err, r.stdout)
 	}
 	if r := vmnetIn(t, ns, "down", path); r.status != 0 {

@@ -1,6 +1,7 @@
 package vmconfig
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -81,12 +82,48 @@ func checkParse(t *testing.T, data []byte) {
 			t.Fatal("empty message")
 		}
 	}
+	// The JSON form (vmnet validate -o json) is a list that reads back
+	// to the same problems, also for odd bytes in messages and names.
+	js, err := json.Marshal(probs)
+	if err != nil || len(probs) == 0 && string(js) != "[]" {
+		t.Fatalf("problems as JSON: %v %s", err, js)
+	}
+	var back Problems
+	if err := json.Unmarshal(js, &back); err != nil || len(back) != len(probs) {
+		t.Fatalf("problems JSON does not read back: %v\n%s", err, js)
+	}
+	for i := range back {
+		if back[i] != probs[i] && strings.ToValidUTF8(probs[i].Msg, "\uFFFD") == probs[i].Msg {
+			t.Fatalf("problem %d reads back as %v, want %v", i, back[i], probs[i])
+		}
+	}
 	if lab == nil {
 		return
 	}
 	checkResolved(t, lab)
+	nets := map[string]*Network{}
+	for _, n := range lab.Networks {
+		nets[n.Name] = n
+	}
+	outside := 0
 	for _, vm := range lab.VMs {
 		for _, n := range vm.NICs {
+			// A guest address outside every subnet (of its family) of its
+			// network's addresses is warned about, once per address.
+			if nw := nets[n.Network]; nw != nil {
+				for _, a := range n.Addresses {
+					in, family := false, false
+					for _, p := range nw.Addresses {
+						if p.Addr().Is4() == a.Addr().Is4() {
+							family = true
+							in = in || p.Masked().Contains(a.Addr())
+						}
+					}
+					if family && !in {
+						outside++
+					}
+				}
+			}
 			if n.MAC[0]&1 != 0 {
 				t.Fatalf("vm %s nic %d: multicast MAC %s", vm.Name, n.Index, n.MAC)
 			}
@@ -97,5 +134,14 @@ func checkParse(t *testing.T, data []byte) {
 				t.Fatalf("derived MAC %s is not locally administered", n.MAC)
 			}
 		}
+	}
+	warned := 0
+	for _, w := range lab.Warnings {
+		if strings.Contains(w.Msg, "is outside every subnet of network") {
+			warned++
+		}
+	}
+	if warned != outside {
+		t.Fatalf("%d guest addresses outside their network's subnets, %d warnings:\n%v", outside, warned, lab.Warnings)
 	}
 }

@@ -35,7 +35,7 @@ const DefaultStateRoot = "/run/vmnet"
 func Load(path string) (*Lab, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("vmconfig: %w", err)
+		return nil, fmt.Errorf("read lab file: %w", err)
 	}
 	return Parse(path, data, Options{})
 }
@@ -44,7 +44,7 @@ func Load(path string) (*Lab, error) {
 func LoadWith(path string, opts Options) (*Lab, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("vmconfig: %w", err)
+		return nil, fmt.Errorf("read lab file: %w", err)
 	}
 	return Parse(path, data, opts)
 }
@@ -320,7 +320,7 @@ func (p *parser) readVMFields(t *table) vmFields {
 			t.warnf("user", "user = %q runs QEMU as root without confinement by a user of its own: a guest that escapes QEMU owns the host; remove user to run QEMU as vmnet's unprivileged user", u)
 		}
 	}
-	f.extraArgs, _ = t.strList("extra_args", false)
+	f.extraArgs, _ = t.strList("extra_args")
 	f.console = t.str("console")
 	if f.console.set {
 		if f.console.v == "" {
@@ -331,7 +331,7 @@ func (p *parser) readVMFields(t *table) vmFields {
 		}
 	}
 	f.command = t.str("command")
-	gws, paths := t.strList("gateway", true)
+	gws, paths := t.strList("gateway")
 	f.gateways = field[[]netip.Addr]{path: gws.path, set: gws.set}
 	var fam [2]bool
 	for i, s := range gws.v {

@@ -201,8 +201,17 @@ func TestParseProblems(t *testing.T) {
 		{"offload rules", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\n[[vm.nic]]\nnetwork = \"n\"\noffloads = [\"csum\", \"tso_ecn\", \"csum\"]\nvnet_hdr = false\n", []string{
 			"10:1: vm \"a\": nic 0: offload tso_ecn needs tso4 or tso6", "10:1: vm \"a\": nic 0: offloads need vnet_hdr = true",
 			"10:32: vm \"a\": nic 0: offload \"csum\" is listed twice"}},
-		{"offloads bad type", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\n[[vm.nic]]\nnetwork = \"n\"\noffloads = \"all\"\n", []string{
-			"10:1: vm \"a\": nic 0: offloads must be \"auto\" or a list"}},
+		{"offloads bad type", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\n[[vm.nic]]\nnetwork = \"n\"\noffloads = 3\n", []string{
+			"10:1: vm \"a\": nic 0: offloads must be \"auto\", one offload or a list"}},
+		{"offloads one unknown", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\n[[vm.nic]]\nnetwork = \"n\"\noffloads = \"all\"\n", []string{
+			"10:1: vm \"a\": nic 0: unknown offload \"all\""}},
+		{"address outside the network", head + "addresses = [\"10.0.0.1/24\", \"fd00::1/64\"]\n[[vm]]\nname = \"a\"\nkernel = \"ok\"\n[[vm.nic]]\nnetwork = \"n\"\naddress = [\"10.0.1.2/24\", \"fd00::2/64\"]\n", []string{
+			"11:12: warning: vm \"a\": nic 0: address 10.0.1.2/24 is outside every subnet of network \"n\" (10.0.0.0/24)"}},
+		{"address outside one of several", head + "addresses = [\"10.0.0.1/24\", \"10.0.9.1/24\"]\n[[vm]]\nname = \"a\"\nkernel = \"ok\"\n[[vm.nic]]\nnetwork = \"n\"\naddress = \"10.0.7.2/24\"\n", []string{
+			"11:1: warning: vm \"a\": nic 0: address 10.0.7.2/24 is outside every subnet of network \"n\" (10.0.0.0/24, 10.0.9.0/24)"}},
+		{"address in the second subnet", head + "addresses = [\"10.0.0.1/24\", \"10.0.9.1/24\"]\n[[vm]]\nname = \"a\"\nkernel = \"ok\"\n[[vm.nic]]\nnetwork = \"n\"\naddress = \"10.0.9.2/24\"\n", nil},
+		{"address without network addresses", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\n[[vm.nic]]\nnetwork = \"n\"\naddress = [\"10.0.1.2/24\", \"fd00::2/64\"]\n", nil},
+		{"address of a family the network lacks", head + "addresses = \"10.0.0.1/24\"\n[[vm]]\nname = \"a\"\nkernel = \"ok\"\n[[vm.nic]]\nnetwork = \"n\"\naddress = [\"10.0.0.2/24\", \"fd00::2/64\"]\n", nil},
 		{"vhost on e1000", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\n[[vm.nic]]\nnetwork = \"n\"\nmodel = \"e1000\"\nvhost = \"on\"\n", []string{
 			"11:1: vm \"a\": nic 0: vhost = \"on\" needs a virtio model"}},
 		{"vlan pvid also tagged", "[lab]\nname = \"t\"\n[[network]]\nname = \"n\"\nvlan_filtering = true\n[[vm]]\nname = \"a\"\nkernel = \"ok\"\n[[vm.nic]]\nnetwork = \"n\"\nvlan = 5\ntagged = [5, 6, 6]\n", []string{
@@ -226,9 +235,9 @@ func TestParseProblems(t *testing.T) {
 			"8:26: vm \"a\": nic 1: network \"m\" is not defined", "8:41: vm \"a\": nic 1: queues = 0 is out of range"}},
 		{"nic plain table", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\n[vm.nic]\nnetwork = \"n\"\n", []string{"8:1: nic must be an array of tables, written [[vm.nic]], not a table"}},
 		{"nic not table", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\nnic = [1]\n", []string{"8:8: nic 0 must be a table, not an integer"}},
-		{"type errors", head + "mtu = \"big\"\nstp = 1\naddresses = [1]\n[[vm]]\nname = 7\nextra_args = \"-x\"\n", []string{
+		{"type errors", head + "mtu = \"big\"\nstp = 1\naddresses = [1]\n[[vm]]\nname = 7\nextra_args = 1\n", []string{
 			"5:1: network \"n\": mtu must be an integer, not a string", "6:1: network \"n\": stp must be true or false",
-			"7:14: network \"n\": addresses[0] must be a string, not an integer", "9:1: vm 0: name must be a string", "10:1: vm 0: extra_args must be a list of strings"}},
+			"7:14: network \"n\": addresses[0] must be a string, not an integer", "9:1: vm 0: name must be a string", "10:1: vm 0: extra_args must be a string or a list of strings"}},
 		{"mac all zero", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\n[[vm.nic]]\nnetwork = \"n\"\nmac = \"00:00:00:00:00:00\"\n", []string{"10:1: vm \"a\": nic 0: mac \"00:00:00:00:00:00\": the all-zero MAC"}},
 		{"eui64 mac", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\n[[vm.nic]]\nnetwork = \"n\"\nmac = \"02:00:00:00:00:00:00:01\"\n", []string{"10:1: vm \"a\": nic 0: mac \"02:00:00:00:00:00:00:01\": want six hex bytes"}},
 	}

@@ -1,6 +1,8 @@
 package vmconfig
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -110,4 +112,63 @@ func (ps Problems) sortDedup() Problems {
 		return nil
 	}
 	return out
+}
+
+// problemJSON is the machine-readable form of a Problem, one object per
+// finding, with the field names CI annotation tools expect.
+type problemJSON struct {
+	File     string `json:"file"`
+	Line     int    `json:"line"`
+	Column   int    `json:"column"`
+	Severity string `json:"severity"` // "error" or "warning"
+	Message  string `json:"message"`
+}
+
+// MarshalJSON writes {"file","line","column","severity","message"}.
+func (p Problem) MarshalJSON() ([]byte, error) {
+	return json.Marshal(problemJSON{File: p.Pos.File, Line: p.Pos.Line, Column: p.Pos.Col, Severity: p.Severity.String(), Message: p.Msg})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (p *Problem) UnmarshalJSON(b []byte) error {
+	var j problemJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	sev := Error
+	switch j.Severity {
+	case "error":
+	case "warning":
+		sev = Warning
+	default:
+		return fmt.Errorf("unknown severity %q: want \"error\" or \"warning\"", j.Severity)
+	}
+	*p = Problem{Pos: Pos{File: j.File, Line: j.Line, Col: j.Column}, Severity: sev, Msg: j.Message}
+	return nil
+}
+
+// MarshalJSON writes a list, [] when there are no problems (a clean file),
+// never null.
+func (ps Problems) MarshalJSON() ([]byte, error) {
+	if len(ps) == 0 {
+		return []byte("[]"), nil
+	}
+	return json.Marshal([]Problem(ps))
+}
+
+// ProblemsOf turns what Load, LoadWith or Parse returned into every
+// finding about the file, errors and warnings alike, for a report such as
+// `vmnet validate -o json`. An error that is not about the file's content
+// (it could not be read) comes back as err.
+func ProblemsOf(lab *Lab, err error) (Problems, error) {
+	var ps Problems
+	switch {
+	case errors.As(err, &ps):
+		return ps, nil
+	case err != nil:
+		return nil, err
+	case lab == nil:
+		return nil, nil
+	}
+	return lab.Warnings, nil
 }

@@ -337,17 +337,19 @@ func (r *resolver) nic(t *table, vm *VM, index int) *NIC {
 
 	n.OffloadsAuto = true
 	if v, has := t.get("offloads"); has {
-		if s, isStr := v.(string); isStr && s == "auto" {
+		_, isStr := v.(string)
+		_, isList := v.([]any)
+		if s, _ := v.(string); s == "auto" {
 			// default
-		} else if _, isList := v.([]any); isList {
-			list, paths := t.strList("offloads", false)
+		} else if isStr || isList {
+			list, paths := t.strList("offloads")
 			n.OffloadsAuto = false
 			n.Offloads = r.offloads(t, list.v, paths, list.path)
 			if len(n.Offloads) > 0 && !n.VnetHdr {
 				t.errorf("offloads", "offloads need vnet_hdr = true: the offload metadata travels in the virtio-net header")
 			}
 		} else {
-			t.errorf("offloads", "offloads must be \"auto\" or a list of %s", strings.Join(offloadList, ", "))
+			t.errorf("offloads", "offloads must be \"auto\", one offload or a list of %s", strings.Join(offloadList, ", "))
 		}
 	}
 
@@ -436,6 +438,12 @@ func (r *resolver) nic(t *table, vm *VM, index int) *NIC {
 	n.Addresses = addrs.v
 	for i, a := range n.Addresses {
 		r.claimAddr(a.Addr(), indexPath(addrs.path, i), t.what)
+		if nw != nil {
+			if subnets := outsideSubnets(a, nw.Addresses); subnets != "" {
+				r.p.warnf(indexPath(addrs.path, i), "%saddress %s is outside every subnet of network %q (%s): the guest cannot reach the host or other guests there without a router; use an address in %s, or add its subnet to the network's addresses",
+					t.what, a, nw.Name, subnets, subnets)
+			}
+		}
 	}
 	t.finish(nicKeys)
 	return n
@@ -593,4 +601,22 @@ func (r *resolver) finishLinks() {
 			}
 		}
 	}
+}
+
+// outsideSubnets returns the network's subnets of a's address family, for
+// a message, when a lies outside all of them; "" when a is inside one or
+// the network has no address of that family (then vmnet cannot know the
+// guest's subnet).
+func outsideSubnets(a netip.Prefix, network []netip.Prefix) string {
+	var same []string
+	for _, n := range network {
+		if n.Addr().Is4() != a.Addr().Is4() {
+			continue
+		}
+		if n.Masked().Contains(a.Addr()) {
+			return ""
+		}
+		same = append(same, n.Masked().String())
+	}
+	return strings.Join(same, ", ")
 }

@@ -146,21 +146,23 @@ func (t *table) boolean(k string) field[bool] {
 	return field[bool]{v: b, set: true, path: t.key(k)}
 }
 
-// strList reads a list of strings; single also accepts one bare string.
-func (t *table) strList(k string, single bool) (field[[]string], []string) {
+// strList reads a list of strings. Like every list key, it also accepts
+// one value on its own (k = "x" is k = ["x"]): one rule for all list keys,
+// so that no key takes a shape another one refuses.
+func (t *table) strList(k string) (field[[]string], []string) {
 	var paths []string
 	f := field[[]string]{path: t.key(k)}
 	v, ok := t.get(k)
 	if !ok {
 		return f, nil
 	}
-	if s, ok := v.(string); ok && single {
+	if s, ok := v.(string); ok {
 		f.v, f.set = []string{s}, true
 		return f, []string{t.key(k)}
 	}
 	list, ok := v.([]any)
 	if !ok {
-		t.errorf(k, "%s must be a list of strings, like %s = [\"...\"], not %s", k, k, tomlType(v))
+		t.errorf(k, "%s must be a string or a list of strings, like %s = [\"...\"], not %s", k, k, tomlType(v))
 		return f, nil
 	}
 	f.set = true
@@ -184,7 +186,7 @@ func (t *table) strList(k string, single bool) (field[[]string], []string) {
 
 // prefixes reads a list of addresses in CIDR form, keeping the host part.
 func (t *table) prefixes(k string) field[[]netip.Prefix] {
-	list, paths := t.strList(k, true)
+	list, paths := t.strList(k)
 	f := field[[]netip.Prefix]{path: list.path, set: list.set}
 	for i, s := range list.v {
 		pfx, err := netip.ParsePrefix(s)
@@ -352,16 +354,20 @@ func parseSize(s string) (int64, error) {
 	return n << sh, nil
 }
 
-// vlanList reads a list of VLAN ids.
+// vlanList reads a list of VLAN ids; like every list key, it also accepts
+// one id on its own (k = 10 is k = [10]).
 func (t *table) vlanList(k string) (field[[]int], []string) {
 	f := field[[]int]{path: t.key(k)}
 	v, ok := t.get(k)
 	if !ok {
 		return f, nil
 	}
+	if id, ok := v.(int64); ok {
+		v = []any{id}
+	}
 	list, ok := v.([]any)
 	if !ok {
-		t.errorf(k, "%s must be a list of VLAN ids, like %s = [10, 20], not %s", k, k, tomlType(v))
+		t.errorf(k, "%s must be a VLAN id or a list of them, like %s = [10, 20], not %s", k, k, tomlType(v))
 		return f, nil
 	}
 	f.set = true

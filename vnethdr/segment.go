@@ -337,7 +337,7 @@ func (p *Packet) SegmentIov(heads [][]byte, headLens []int, payloads [][]byte) (
 	}
 	switch p.gso {
 	case GSOUDP:
-		return 0, fmt.Errorf("vnethdr: SegmentIov does not fragment UFO packets; use Segment")
+		return 0, fmt.Errorf("UFO super-frames cannot be split in place: they need IP fragmentation, which only the copying segmenter does")
 	case GSONone:
 		if p.hdr.Flags&FlagNeedsCsum == 0 || p.opt.PartialCsum {
 			headLens[0] = 0

@@ -53,7 +53,7 @@ func TestCommandLineMistakes(t *testing.T) {
 		{[]string{"sh", "lab", "vm", "--timeout", "-1s", "--", "true"}, "--timeout -1s"},
 		{[]string{"exec", "--accel", "warp", "prog"}, `--accel "warp"`},
 		{[]string{"exec", "--cpus", "0", "prog"}, "--cpus 0"},
-		{[]string{"status", "-o", "yaml"}, `unknown output format "yaml" (choose table, json, dot)`},
+		{[]string{"status", "-o", "yaml"}, `unknown output format "yaml" (choose table, json, dot, mermaid)`},
 		{[]string{"version", "-o", "xml"}, `unknown output format "xml"`},
 		{[]string{"completion", "tcsh"}, `invalid argument "tcsh"`},
 		{[]string{"tpa"}, `unknown verb "tpa" (did you mean "tap"`},

@@ -22,18 +22,38 @@ import (
 const exitTimeout = 124
 
 func validateCommand(e *env) *cobra.Command {
-	return &cobra.Command{
+	var o output
+	c := &cobra.Command{
 		Use:   "validate LAB.toml",
 		Short: "check a lab file and print every problem",
 		Long: "Checks a lab file without touching the host and prints every problem as FILE:LINE:COLUMN:\n" +
-			"MESSAGE, warnings included. It exits 1 when there are errors.",
-		Example: `  vmnet validate examples/demo.toml`,
-		Args:    nargs(1, 1),
-		RunE:    func(_ *cobra.Command, args []string) error { return validate(e, args[0]) },
+			"MESSAGE, warnings included; -o json prints them as a list of {file, line, column, severity,\n" +
+			"message} ([] for a clean file), for CI annotations. It exits 1 when there are errors.",
+		Example: `  vmnet validate examples/demo.toml
+  vmnet validate examples/demo.toml -o json`,
+		Args: nargs(1, 1),
+		RunE: func(_ *cobra.Command, args []string) error { return validate(e, args[0], o) },
 	}
+	o.register(c.Flags(), "text", "json")
+	o.complete(c)
+	return c
 }
 
-func validate(e *env, file string) error {
+func validate(e *env, file string, o output) error {
+	if o.format == "json" {
+		ns, err := lab.CurrentNetNS()
+		if err != nil {
+			return err
+		}
+		ps, err := vmconfig.ProblemsOf(vmconfig.LoadWith(file, vmconfig.Options{StateRoot: lab.StateRoot(ns)}))
+		if err != nil {
+			return err
+		}
+		if err := writeJSON(e.stdout, ps); err != nil || !ps.HasErrors() {
+			return err
+		}
+		return exitStatus(exitError)
+	}
 	cfg, err := loadLab(e, file)
 	if err != nil {
 		return err
@@ -177,4 +197,27 @@ func imageBuild(e *env, cache, mods string) error {
 	}
 	fmt.Fprintf(e.stdout, "kernel  %s\ninitrd  %s\nversion %s\n", img.Kernel, img.Initrd, img.KernelVersion)
 	return nil
+}
+
+func lsCommand(e *env) *cobra.Command {
+	var o output
+	c := root(&cobra.Command{
+		Use:   "ls",
+		Short: "list the labs of every network namespace: name, namespace, state, VMs",
+		Long: "Lists every lab vmnet knows of, in every network namespace: up (its supervisor runs),\n" +
+			"stale (the supervisor is gone, or only tagged interfaces are left) or stopped.",
+		Example: `  vmnet ls
+  vmnet ls -o json`,
+		Args: nargs(0, 0),
+		RunE: func(*cobra.Command, []string) error {
+			labs, err := lab.List()
+			if err != nil {
+				return err
+			}
+			return lab.WriteList(e.stdout, o.format, labs)
+		},
+	})
+	o.register(c.Flags(), lab.ListFormats...)
+	o.complete(c)
+	return c
 }

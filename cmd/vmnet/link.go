@@ -2,7 +2,7 @@ package main
 
 import (
 	"context"
-	"fmt"
+	"errors"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -18,6 +18,7 @@ import (
 type linkFlags struct {
 	pcap, cpu, ready string
 	stats            time.Duration
+	out              output
 }
 
 func linkCommand(e *env) *cobra.Command {
@@ -34,6 +35,7 @@ func linkCommand(e *env) *cobra.Command {
 			"Super-frames pass unchanged where the far side takes them and are segmented where it does not.",
 		Example: `  vmnet link tap:t0 packet:eth1
   vmnet link tap:t0,queues=4 tap:t1,netns=other --stats 1s
+  vmnet link tap:t0 tap:t1 --stats 5s -o json    # one JSON object per line per interval
   vmnet link tap:t0 udp:0.0.0.0:4789,remote=192.0.2.7:4789,key=/etc/vmnet/link.key --pcap /tmp/t0.pcap`,
 		Args: nargs(2, 2),
 		RunE: func(_ *cobra.Command, args []string) error { return runLink(e, args, f) },
@@ -44,6 +46,8 @@ func linkCommand(e *env) *cobra.Command {
 	fs.StringVar(&f.cpu, "cpuprofile", "", "internal: write a CPU profile to `FILE`")
 	hide(fs, "cpuprofile")
 	fs.StringVar(&f.ready, "ready", "", "create `FILE` once both endpoints are open (for scripts)")
+	f.out.register(fs, link.SampleFormats...) // json: one object per line per interval, and a final one
+	f.out.complete(c)
 	return c
 }
 
@@ -81,6 +85,7 @@ func runLink(e *env, pos []string, f linkFlags) (err error) {
 		}
 	}
 	e.logf("link %s up; Ctrl-C stops it", l)
+	start := time.Now()
 	if f.stats > 0 {
 		go func() {
 			t := time.NewTicker(f.stats)
@@ -90,18 +95,11 @@ func runLink(e *env, pos []string, f linkFlags) (err error) {
 				case <-ctx.Done():
 					return
 				case <-t.C:
-					fmt.Fprintln(e.stdout, l.Stats())
+					link.WriteSample(e.stdout, f.out.format, l.Sample(start, false))
 				}
 			}
 		}()
 	}
-	start := time.Now()
 	err = l.Run(ctx)
-	fmt.Fprintln(e.stdout, l.Stats())
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		fmt.Fprintf(e.stdout, "cpu: user %.2fs system %.2fs in %.1fs\n", time.Duration(ru.Utime.Nano()).Seconds(),
-			time.Duration(ru.Stime.Nano()).Seconds(), time.Since(start).Seconds())
-	}
-	return err
+	return errors.Join(err, link.WriteSample(e.stdout, f.out.format, l.Sample(start, true)))
 }

@@ -112,6 +112,7 @@ func newRoot(e *env) *cobra.Command {
 		upCommand(e),
 		downCommand(e),
 		statusCommand(e),
+		lsCommand(e),
 		nicCommand(e),
 		shCommand(e),
 		linkCommand(e),

@@ -174,13 +174,13 @@ func lookupID(s string, group bool) (int, error) {
 	if group {
 		g, err := user.LookupGroup(s)
 		if err != nil {
-			return 0, fmt.Errorf("--group %s: %w (give a group name from /etc/group or a numeric gid)", s, err)
+			return 0, fmt.Errorf("--group %s: no such group: give a group name from /etc/group or a numeric gid", s)
 		}
 		id = g.Gid
 	} else {
 		u, err := user.Lookup(s)
 		if err != nil {
-			return 0, fmt.Errorf("--owner %s: %w (give a user name from /etc/passwd or a numeric uid)", s, err)
+			return 0, fmt.Errorf("--owner %s: no such user: give a user name from /etc/passwd or a numeric uid", s)
 		}
 		id = u.Uid
 	}

@@ -76,12 +76,13 @@ func statusCommand(e *env) *cobra.Command {
 		Short: "show labs: networks, VMs, NICs, queues, counters",
 		Example: `  vmnet status
   vmnet status demo -o json
-  vmnet status demo -o dot > demo.dot   # Graphviz: dot -Tsvg demo.dot`,
+  vmnet status demo -o dot > demo.dot   # Graphviz: dot -Tsvg demo.dot
+  vmnet status -o mermaid               # a flowchart GitHub renders`,
 		Args:              nargs(0, 1),
 		RunE:              func(_ *cobra.Command, args []string) error { return status(e, args, o) },
 		ValidArgsFunction: e.completeLabs,
 	})
-	o.register(c.Flags(), "table", "json", "dot")
+	o.register(c.Flags(), lab.StatusFormats...)
 	o.complete(c)
 	return c
 }
@@ -360,25 +361,7 @@ func status(e *env, pos []string, o output) error {
 		}
 		reports = append(reports, lab.Describe(st, cfg, live))
 	}
-	switch o.format {
-	case "json":
-		if len(pos) == 1 && len(reports) == 1 {
-			return writeJSON(e.stdout, reports[0])
-		}
-		return writeJSON(e.stdout, reports)
-	case "dot":
-		for _, r := range reports {
-			r.WriteDOT(e.stdout)
-		}
-	default:
-		if len(reports) == 0 {
-			fmt.Fprintln(e.stdout, "no labs are up")
-		}
-		for _, r := range reports {
-			r.WriteTable(e.stdout)
-		}
-	}
-	return nil
+	return lab.WriteStatus(e.stdout, o.format, reports)
 }
 
 func nicAddCommand(e *env) *cobra.Command {

@@ -412,7 +412,7 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 		}
 		t := l.Tap(nic)
 		if t == nil {
-			return nil, fmt.Errorf("vm %s nic %d: no tap (CreateTaps first)", vm.Name, nic.Index)
+			return nil, fmt.Errorf("vm %s nic %d: its tap was not created before the boot (a bug in vmnet: please report it)", vm.Name, nic.Index)
 		}
 		spec.NICs = append(spec.NICs, qemu.NIC{ID: fmt.Sprintf("nic%d", i), Model: nic.Model, MAC: nic.MAC.String(),
 			Queues: t.Files(), Vhost: nic.Vhost})

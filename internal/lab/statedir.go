@@ -325,12 +325,7 @@ type Elsewhere struct {
 func (e Elsewhere) Where() string { return where(e.Marker, e.State) }
 
 func where(m *Marker, st *State) string {
-	if m.NetNS.Name != "" {
-		if id, err := netns.IdentifyPath(filepath.Join("/run/netns", m.NetNS.Name)); err == nil && id == m.NetNS.ID {
-			return m.NetNS.Name
-		}
-	}
-	for _, name := range netns.NamesOf(m.NetNS.ID) {
+	if name := netnsName(m.NetNS); name != "" {
 		return name
 	}
 	if st != nil && st.SupervisorAlive() {
@@ -344,6 +339,20 @@ func where(m *Marker, st *State) string {
 		}
 	}
 	return m.NetNS.ID.String()
+}
+
+// netnsName is ns's `ip netns` name while that still refers to it, or
+// another name it has now; "" when it has none.
+func netnsName(ns NetNS) string {
+	if ns.Name != "" {
+		if id, err := netns.IdentifyPath(filepath.Join("/run/netns", ns.Name)); err == nil && id == ns.ID {
+			return ns.Name
+		}
+	}
+	for _, name := range netns.NamesOf(ns.ID) {
+		return name
+	}
+	return ""
 }
 
 // FindElsewhere returns the labs called name in network namespaces other

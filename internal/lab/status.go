@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,9 +34,9 @@ type Report struct {
 type NetworkReport struct {
 	Name      string         `json:"name"`
 	Bridge    string         `json:"bridge"`
-	Created   bool           `json:"created"` // false: the bridge existed before and stays
-	State     string         `json:"state"`
-	MTU       int            `json:"mtu"`
+	Created   bool           `json:"created"`         // false: the bridge existed before and stays
+	State     string         `json:"state,omitempty"` // absent (table: -) when netlink could not be asked
+	MTU       int            `json:"mtu,omitempty"`   // absent (table: -) when the bridge could not be read
 	Addresses []netip.Prefix `json:"addresses"`
 	Ports     []string       `json:"ports"`
 	Error     string         `json:"error,omitempty"`
@@ -45,8 +45,8 @@ type NetworkReport struct {
 // VMReport is one guest.
 type VMReport struct {
 	Name    string      `json:"name"`
-	State   string      `json:"state"` // QMP run state, or why it is unknown
-	PID     int         `json:"pid"`
+	State   string      `json:"state"`         // QMP run state, or why it is unknown
+	PID     int         `json:"pid,omitempty"` // absent (table: -) before the guest was started
 	Uptime  string      `json:"uptime,omitempty"`
 	Console string      `json:"console,omitempty"`
 	NICs    []NICReport `json:"nics"`
@@ -57,7 +57,8 @@ type NICReport struct {
 	NICState
 	Present           bool     `json:"present"`
 	VnetHdr           bool     `json:"vnet_hdr"`
-	NumQueues         int      `json:"num_queues"`
+	MultiQueue        bool     `json:"multi_queue"`
+	NumQueues         int      `json:"num_queues"` // enabled queues; 1 on a single-queue tap
 	NumDisabledQueues int      `json:"num_disabled_queues"`
 	Offloads          []string `json:"offloads"`
 	RxPackets         uint64   `json:"rx_packets"`
@@ -160,8 +161,14 @@ func describeNIC(n NICState) NICReport {
 		nr.Error = err.Error()
 		return nr
 	}
-	nr.Present, nr.VnetHdr = true, info.VnetHdr
+	nr.Present, nr.VnetHdr, nr.MultiQueue = true, info.VnetHdr, info.MultiQueue
 	nr.NumQueues, nr.NumDisabledQueues = info.NumQueues, info.NumDisabledQueues
+	if !info.MultiQueue || info.NumQueues < 0 {
+		// The kernel counts queues only on multi_queue taps; a
+		// single-queue tap has its one queue (the table says "1 queue"),
+		// not -1.
+		nr.NumQueues, nr.NumDisabledQueues = 1, 0
+	}
 	if info.Offloads != nil {
 		nr.Offloads = info.Offloads.Names()
 	}
@@ -188,14 +195,22 @@ func (r Report) WriteTable(w io.Writer) {
 		if !n.Created {
 			how = "reused"
 		}
-		fmt.Fprintf(w, "  network %-10s bridge %-15s %-8s mtu %-5d %s  addresses %s  ports %s\n", n.Name, n.Bridge, dash(n.State),
-			n.MTU, how, dash(strings.Join(as, ",")), dash(strings.Join(n.Ports, ",")))
+		mtu := ""
+		if n.MTU > 0 {
+			mtu = strconv.Itoa(n.MTU)
+		}
+		fmt.Fprintf(w, "  network %-10s bridge %-15s %-8s mtu %-5s %s  addresses %s  ports %s\n", n.Name, n.Bridge, dash(n.State),
+			dash(mtu), how, dash(strings.Join(as, ",")), dash(strings.Join(n.Ports, ",")))
 	}
 	for _, v := range r.VMs {
-		fmt.Fprintf(w, "  vm %-12s %-10s pid %-7d uptime %-8s console %s\n", v.Name, v.State, v.PID, dash(v.Uptime), dash(v.Console))
+		pid := ""
+		if v.PID != 0 {
+			pid = strconv.Itoa(v.PID)
+		}
+		fmt.Fprintf(w, "  vm %-12s %-10s pid %-7s uptime %-8s console %s\n", v.Name, v.State, dash(pid), dash(v.Uptime), dash(v.Console))
 		for _, n := range v.NICs {
 			q := fmt.Sprintf("%d/%d queues enabled", n.NumQueues, n.Queues)
-			if n.NumQueues < 0 {
+			if !n.MultiQueue {
 				q = "1 queue"
 			}
 			extra := ""
@@ -218,43 +233,6 @@ func (r Report) WriteTable(w io.Writer) {
 			}
 		}
 	}
-}
-
-// WriteDOT renders the topology as Graphviz DOT: networks as boxes, VMs
-// as ellipses, NICs as edges labelled with their taps, links as edges
-// between their endpoints.
-func (r Report) WriteDOT(w io.Writer) {
-	q := func(s string) string { return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"` }
-	fmt.Fprintf(w, "graph %s {\n  label=%s;\n  node [fontname=\"Helvetica\"];\n", q("lab "+r.Lab), q("lab "+r.Lab))
-	for _, n := range r.Networks {
-		var as []string
-		for _, a := range n.Addresses {
-			as = append(as, a.String())
-		}
-		label := n.Name + "\\n" + n.Bridge
-		if len(as) > 0 {
-			label += "\\n" + strings.Join(as, "\\n")
-		}
-		fmt.Fprintf(w, "  %s [shape=box, label=%s];\n", q("net:"+n.Name), q(label))
-	}
-	names := make([]string, 0, len(r.VMs))
-	for _, v := range r.VMs {
-		names = append(names, v.Name)
-		fmt.Fprintf(w, "  %s [shape=ellipse, label=%s];\n", q("vm:"+v.Name), q(v.Name+"\\n"+v.State))
-	}
-	sort.Strings(names)
-	for _, v := range r.VMs {
-		for _, n := range v.NICs {
-			if n.Network == "" {
-				continue
-			}
-			fmt.Fprintf(w, "  %s -- %s [label=%s];\n", q("vm:"+v.Name), q("net:"+n.Network), q(n.Tap))
-		}
-	}
-	for _, l := range r.Links {
-		fmt.Fprintf(w, "  %s -- %s [style=dashed];\n", q(endpointNode(l.A)), q(endpointNode(l.B)))
-	}
-	fmt.Fprintln(w, "}")
 }
 
 // endpointNode names a link endpoint's graph node: a VM for vm:NAME:N.

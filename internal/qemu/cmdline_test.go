@@ -297,7 +297,7 @@ func TestSpecErrors(t *testing.T) {
 		{func(s *Spec) { s.Machine = "virt" }, `machine "virt"`},
 		{func(s *Spec) { s.Accel = "hvf" }, `accel "hvf"`},
 		{func(s *Spec) { s.Kernel = ""; s.Initrd = ""; s.Append = "" }, "nothing to boot"},
-		{func(s *Spec) { s.RunDir = "" }, "RunDir"},
+		{func(s *Spec) { s.RunDir = "" }, "no run directory"},
 		{func(s *Spec) { s.NICs = []NIC{{ID: "n0"}} }, "nic n0: no tap queue"},
 		{func(s *Spec) { s.NICs = []NIC{{ID: "n0", Queues: one}, {ID: "n0", Queues: one}} }, "used twice"},
 		{func(s *Spec) { s.NICs = []NIC{{ID: "n,0", Queues: one}} }, "id must start"},

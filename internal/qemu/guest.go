@@ -141,7 +141,7 @@ func (g GuestArgs) Params() ([]string, error) {
 	}
 	if g.Nonce != "" {
 		if !validNonce(g.Nonce) {
-			return nil, fmt.Errorf("guest nonce %q: want 8 to 64 lower-case hex digits (see NewNonce)", g.Nonce)
+			return nil, fmt.Errorf("guest nonce %q: want 8 to 64 lower-case hex digits", g.Nonce)
 		}
 		p = append(p, nonceParam+g.Nonce)
 	}

@@ -201,9 +201,9 @@ func (vm *VM) takePort(id string) (string, error) {
 		}
 	}
 	if vm.spec.HotplugPorts == 0 {
-		return "", fmt.Errorf("%s: hot-plug nic %s: no pcie-root-port reserved; start the VM with HotplugPorts > 0", vm.spec.name(), id)
+		return "", fmt.Errorf("%s: hot-plug nic %s: the guest has no PCIe root port reserved for hot-plug (only q35 guests started by `vmnet up` have them): set machine = \"q35\" in the lab file and bring the lab up again", vm.spec.name(), id)
 	}
-	return "", fmt.Errorf("%s: hot-plug nic %s: all %d reserved pcie-root-ports are in use; start the VM with more HotplugPorts", vm.spec.name(), id, vm.spec.HotplugPorts)
+	return "", fmt.Errorf("%s: hot-plug nic %s: all %d PCIe root ports reserved for hot-plug are in use: remove a hot-plugged NIC first (`vmnet nic del`)", vm.spec.name(), id, vm.spec.HotplugPorts)
 }
 
 func (vm *VM) freePort(p string) {

@@ -188,7 +188,7 @@ func (s Spec) withDefaults() (Spec, error) {
 		return s, fmt.Errorf("%s: initrd/append need a kernel", n)
 	}
 	if s.RunDir == "" {
-		return s, fmt.Errorf("%s: no run directory (RunDir) for the QMP socket", n)
+		return s, fmt.Errorf("%s: no run directory for the QMP socket", n)
 	}
 	// sun_path holds 108 bytes including the terminating NUL.
 	if p := filepath.Join(s.RunDir, "console.sock"); len(p) > 107 { // room for qmp.sock and a control socket
