@@ -33,7 +33,7 @@ vmnet up examples/demo.toml --detach
 vmnet status demo
 
 say "r1 pings r2 and the host on lan"
-vmnet sh demo r1 -- 'ping -c 2 -W 5 10.90.0.12 && ping -c 2 -W 5 fd90::12 && ping -c 1 -W 5 10.90.0.1'
+vmnet sh demo r1 -- 'ping -c 2 -W 5 10.90.0.12 && ping -c 2 -W 5 fd90::12 && ping -c 1 -W 5 10.90.0.1 && ping -c 1 -W 5 fd90::1'
 echo "up to first ping: $((SECONDS - up_start)) s"
 
 say "r3 on dmz cannot reach lan (the host does not route between the bridges)"
