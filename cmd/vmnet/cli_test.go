@@ -50,6 +50,7 @@ func TestCommandLineMistakes(t *testing.T) {
 		{[]string{"nic", "add", "lab", "vm", "--network", "n", "--queues", "300"}, "--queues 300"},
 		{[]string{"up", "lab.toml", "--ready-timeout", "0"}, "--ready-timeout 0s"},
 		{[]string{"up", "lab.toml", "--ready-timeout", "soon"}, "not a duration"},
+		{[]string{"up", "lab.toml", "--max-boots", "0"}, "--max-boots 0: want at least 1"},
 		{[]string{"sh", "lab", "vm", "--timeout", "-1s", "--", "true"}, "--timeout -1s"},
 		{[]string{"exec", "--accel", "warp", "prog"}, `--accel "warp"`},
 		{[]string{"exec", "--cpus", "0", "prog"}, "--cpus 0"},

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -36,13 +37,15 @@ func upCommand(e *env) *cobra.Command {
 			"supervisor.log in the lab's state directory) until `vmnet down`.",
 		Example: `  vmnet up examples/demo.toml
   vmnet up examples/demo.toml --detach
-  vmnet --netns demo up examples/demo.toml --detach --ready-timeout 5m`,
+  vmnet --netns demo up examples/demo.toml --detach --ready-timeout 5m
+  vmnet up big.toml --detach --max-boots 2    # boot two guests at a time`,
 		Args: nargs(1, 1),
 		RunE: func(_ *cobra.Command, args []string) error { return up(e, args[0], f) },
 	})
 	fs := c.Flags()
 	fs.BoolVarP(&f.detach, "detach", "d", false, "return once every VM is up and leave a background supervisor")
 	fs.DurationVar(&f.ready, "ready-timeout", 3*time.Minute, "how long each guest may take to become ready")
+	fs.IntVar(&f.maxBoots, "max-boots", lab.DefaultMaxBoots(), "how many guests boot at once; the others wait for a slot (default: two per core)")
 	fs.BoolVar(&f.supervised, "supervised", false, "internal: run as the background supervisor of --detach")
 	hide(fs, "supervised")
 	return c
@@ -51,6 +54,7 @@ func upCommand(e *env) *cobra.Command {
 type upFlags struct {
 	detach, supervised bool
 	ready              time.Duration
+	maxBoots           int
 }
 
 func downCommand(e *env) *cobra.Command {
@@ -100,6 +104,9 @@ func up(e *env, file string, f upFlags) error {
 	if f.ready <= 0 {
 		return usagef("vmnet up: --ready-timeout %v: want a positive duration such as 3m", f.ready)
 	}
+	if f.maxBoots < 1 {
+		return usagef("vmnet up: --max-boots %d: want at least 1", f.maxBoots)
+	}
 	if f.detach && f.supervised {
 		return usagef("vmnet up: --detach and --supervised exclude each other")
 	}
@@ -123,7 +130,7 @@ func up(e *env, file string, f upFlags) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	opts := lab.SuperviseOptions{ReadyTimeout: f.ready,
-		Options: lab.Options{Logf: e.logf, ImageProgress: e.progressWriter(), HotplugPorts: hotplugPorts,
+		Options: lab.Options{Logf: e.logf, ImageProgress: e.progressWriter(), HotplugPorts: hotplugPorts, MaxBoots: f.maxBoots,
 			Progress: func(p lab.Progress) { e.logf("%s", p) }}}
 	if e.verbose {
 		opts.Console = e.stderr // the guests' boot consoles, interleaved
@@ -229,7 +236,7 @@ func (e *env) detach(cfg *vmconfig.Lab, file string, f upFlags) error {
 	if e.verbose {
 		args = append(args, "--verbose")
 	}
-	args = append(args, "up", "--supervised", "--ready-timeout", f.ready.String(), "--", file)
+	args = append(args, "up", "--supervised", "--ready-timeout", f.ready.String(), "--max-boots", strconv.Itoa(f.maxBoots), "--", file)
 	pid, err := lab.Detach(cfg, exec.Command(self, args...), func(p lab.Progress) { e.logf("%s", p) })
 	if err != nil {
 		return err

@@ -37,6 +37,9 @@ type Options struct {
 	ImageProgress io.Writer
 	// RunDir holds QMP and console sockets; default: the lab's state dir.
 	RunDir string
+	// MaxBoots is how many guests boot at once (from QEMU's start to
+	// ready); the others wait for a slot. 0 means DefaultMaxBoots.
+	MaxBoots int
 	// HotplugPorts reserves free PCIe root ports on q35 guests for NICs
 	// added at run time (other machines cannot hot-plug).
 	HotplugPorts int

@@ -20,6 +20,7 @@ import (
 
 // VM states that Progress reports while a lab comes up.
 const (
+	VMWaiting = "waiting" // for a boot slot (Options.MaxBoots guests boot at once)
 	VMBooting = "booting" // QEMU is starting or the guest is booting
 	VMReady   = "ready"   // the guest said it is ready (or QEMU runs a kernel that cannot say)
 	VMFailed  = "failed"  // the VM did not come up; Err says why

@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/internal/testenv"
 	"github.com/vmnet/vmnet/vmconfig"
 )
@@ -151,4 +153,61 @@ kernel = "/nonexistent/vmlinuz"
 		t.Fatalf("progress %v; want v booting, then v failed with the reason", got)
 	}
 	t.Logf("%v", got)
+}
+
+// TestMaxBoots: with MaxBoots 1 the guests of a lab start one at a time:
+// the others report that they wait for a slot, and at no time do two
+// boot at once. (Guests given a kernel are ready once QEMU runs, which
+// keeps the test short.)
+func TestMaxBoots(t *testing.T) {
+	testenv.RequirePrivateRun(t)
+	testenv.RequireRoot(t)
+	testenv.RequireProgram(t, "qemu-system-x86_64")
+	img, err := images.Ensure(context.Background(), images.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := testenv.NetNS(t)
+	var body strings.Builder
+	fmt.Fprintf(&body, "[lab]\nname = \"mb\"\nstate_dir = %q\n", filepath.Join(t.TempDir(), "state"))
+	for _, v := range []string{"a", "b", "c"} {
+		fmt.Fprintf(&body, "[[vm]]\nname = %q\naccel = \"tcg\"\nkernel = %q\ninitrd = %q\n", v, img.Kernel, img.Initrd)
+	}
+	cfg := labOf(t, body.String())
+	var mu sync.Mutex
+	var got []Progress
+	testenv.Do(t, ns, func() error {
+		l, err := New(cfg, Options{RunDir: t.TempDir(), MaxBoots: 1, Progress: func(p Progress) {
+			mu.Lock()
+			got = append(got, p)
+			mu.Unlock()
+		}})
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		uerr := l.Up(ctx, time.Minute)
+		tctx, tcancel := context.WithTimeout(context.Background(), time.Minute)
+		defer tcancel()
+		return errors.Join(uerr, l.Teardown(tctx))
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	booting, most, waited := 0, 0, map[string]bool{}
+	for _, p := range got {
+		switch p.State {
+		case VMWaiting:
+			waited[p.VM] = true
+		case VMBooting:
+			booting++
+		case VMReady, VMFailed:
+			booting--
+		}
+		most = max(most, booting)
+	}
+	if most != 1 || len(waited) != 2 || booting != 0 {
+		t.Fatalf("progress %v: %d guests booted at once (want 1), %d waited for a slot (want 2)", got, most, len(waited))
+	}
 }
