@@ -167,9 +167,24 @@ func (q *Queue) Detached() bool {
 	return q.detached
 }
 
-func (q *Queue) setQueue(flag uint16, what string) error {
+// AttachFile re-enables the queue of a tap file that is not held as a
+// Queue (one handed to QEMU, which detaches the queues a guest does not
+// use). Attaching an attached queue fails with EINVAL.
+func AttachFile(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("tap queue %s: attach: %w", f.Name(), err)
+	}
+	if err := setQueue(rc, unix.IFF_ATTACH_QUEUE); err != nil {
+		return fmt.Errorf("tap queue %s: attach: %w", f.Name(), explain(err, ""))
+	}
+	return nil
+}
+
+// setQueue is TUNSETQUEUE on the queue behind rc.
+func setQueue(rc syscall.RawConn, flag uint16) error {
 	var ierr error
-	err := q.rc.Control(func(fd uintptr) {
+	err := rc.Control(func(fd uintptr) {
 		ifr, err := unix.NewIfreq("")
 		if err != nil {
 			ierr = err
@@ -178,9 +193,14 @@ func (q *Queue) setQueue(flag uint16, what string) error {
 		ifr.SetUint16(flag)
 		ierr = unix.IoctlIfreq(int(fd), unix.TUNSETQUEUE, ifr)
 	})
-	if err == nil {
-		err = ierr
+	if err != nil {
+		return err
 	}
+	return ierr
+}
+
+func (q *Queue) setQueue(flag uint16, what string) error {
+	err := setQueue(q.rc, flag)
 	if err != nil {
 		return fmt.Errorf("tap %s: %s queue %d: %w", q.tap.name, what, q.index, explain(err, ""))
 	}

@@ -763,3 +763,30 @@ func TestRefreshVnetHdrSize(t *testing.T) {
 		return nil
 	})
 }
+
+// TestAttachFile: a queue detached through another holder of its file
+// (QEMU detaches the queues a guest does not use) is attached again from
+// the bare file, as the kernel's queue counts show.
+func TestAttachFile(t *testing.T) {
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		tp := mustCreate(t, NewConfig("af0", 2))
+		q := tp.Queues()[1]
+		if err := q.Detach(); err != nil {
+			return err
+		}
+		if info, err := tp.Describe(); err != nil || info.NumDisabledQueues != 1 {
+			return fmt.Errorf("after Detach: %+v, %v", info, err)
+		}
+		if err := AttachFile(q.File()); err != nil {
+			return err
+		}
+		if info, err := tp.Describe(); err != nil || info.NumDisabledQueues != 0 || info.NumQueues != 2 {
+			return fmt.Errorf("after AttachFile: %d queues, %d disabled, %v; want 2 and 0", info.NumQueues, info.NumDisabledQueues, err)
+		}
+		if err := AttachFile(q.File()); !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("attaching an attached queue: %v, want EINVAL", err)
+		}
+		return nil
+	})
+}

@@ -3,6 +3,7 @@ package qemu
 import (
 	"os"
 
+	"github.com/vmnet/vmnet/tap"
 	"golang.org/x/sys/unix"
 )
 
@@ -15,18 +16,7 @@ import (
 // fine; other errors (not a tap) are left for QEMU to report.
 func reattachQueues(files []*os.File) {
 	for _, f := range files {
-		rc, err := f.SyscallConn()
-		if err != nil {
-			continue
-		}
-		rc.Control(func(fd uintptr) {
-			ifr, err := unix.NewIfreq("")
-			if err != nil {
-				return
-			}
-			ifr.SetUint16(unix.IFF_ATTACH_QUEUE)
-			unix.IoctlIfreq(int(fd), unix.TUNSETQUEUE, ifr)
-		})
+		tap.AttachFile(f)
 	}
 }
 
