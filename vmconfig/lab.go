@@ -122,9 +122,13 @@ func (l *Lab) Summary() string {
 	for _, vm := range l.VMs {
 		nics += len(vm.NICs)
 	}
-	return fmt.Sprintf("lab %s: %s, %s, %s, %s", l.Name,
+	s := fmt.Sprintf("lab %s: %s, %s, %s, %s", l.Name,
 		plural(len(l.Networks), "network"), plural(len(l.VMs), "VM"),
 		plural(nics, "NIC"), plural(len(l.Links), "link"))
+	if len(l.Hosts) > 0 {
+		s += ", " + plural(len(l.Hosts), "host")
+	}
+	return s
 }
 
 func plural(n int, word string) string {

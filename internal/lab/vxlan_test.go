@@ -279,6 +279,29 @@ func TestVXLANSpansHosts(t *testing.T) {
 		return nil
 	})
 
+	// status of h1's part: its networks only, the VXLAN device with its
+	// VNI, port, peer and the traffic that just crossed.
+	testenv.Do(t, hosts[0], func() error {
+		r := Describe(&State{Lab: "mh", Host: "h1", VXLANs: []string{dev}}, cfg, nil)
+		if len(r.Networks) != 1 || r.Networks[0].Name != "lan" || r.Host != "h1" {
+			t.Errorf("status of h1 shows networks %+v, want lan only", r.Networks)
+		}
+		if len(r.VXLANs) != 1 {
+			t.Fatalf("status vxlans = %+v", r.VXLANs)
+		}
+		v := r.VXLANs[0]
+		if v.Name != dev || v.Network != "lan" || v.VNI != vni || v.Port != 4789 || v.Local != "10.200.0.1" ||
+			len(v.Peers) != 1 || v.Peers[0] != "10.200.0.2" || v.TxPackets == 0 || v.RxPackets == 0 {
+			t.Errorf("status vxlan = %+v", v)
+		}
+		var b strings.Builder
+		r.WriteTable(&b)
+		if want := fmt.Sprintf("vxlan %-10s net lan", dev); !strings.Contains(b.String(), want) || !strings.Contains(b.String(), "peers 10.200.0.2") {
+			t.Errorf("status table lacks %q and the peer:\n%s", want, b.String())
+		}
+		return nil
+	})
+
 	// h1 and h3 tear down their own part; h2's part goes with `down`,
 	// which finds it by its tags.
 	for i := range []int{0, 2} {
