@@ -6,14 +6,12 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vmnet/vmnet/internal/testenv"
-	"github.com/vmnet/vmnet/netns"
 	"github.com/vmnet/vmnet/owner"
 	"github.com/vmnet/vmnet/vmconfig"
 )
@@ -57,61 +55,6 @@ kernel = "k"
   [[vm.nic]]
   network = "solo"
 `
-
-// underlay makes n namespaces ("hosts") joined by a bridge in a further
-// namespace, host i with 10.200.0.(i+1)/24 on its eth0: the simulated
-// network between the hosts of a multi-host lab.
-func underlay(t *testing.T, n int) []netns.Handle {
-	t.Helper()
-	sw := testenv.NetNS(t)
-	hosts := make([]netns.Handle, n)
-	for i := range hosts {
-		hosts[i] = testenv.NetNS(t)
-	}
-	testenv.Do(t, sw, func() error {
-		h := &netlink.Handle{}
-		ul := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "ul"}}
-		if err := h.LinkAdd(ul); err != nil {
-			return err
-		}
-		if err := h.LinkSetUp(ul); err != nil {
-			return err
-		}
-		for i, hn := range hosts {
-			v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ul" + strconv.Itoa(i), MasterIndex: ul.Index},
-				PeerName: "eth0", PeerNamespace: netlink.NsFd(int(hn))}
-			if err := h.LinkAdd(v); err != nil {
-				return fmt.Errorf("veth to host %d: %w", i, err)
-			}
-			if err := h.LinkSetUp(v); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	for i, hn := range hosts {
-		testenv.Do(t, hn, func() error {
-			h := &netlink.Handle{}
-			for _, name := range []string{"lo", "eth0"} {
-				l, err := h.LinkByName(name)
-				if err != nil {
-					return err
-				}
-				if name == "eth0" {
-					a, _ := netlink.ParseAddr(fmt.Sprintf("10.200.0.%d/24", i+1))
-					if err := h.AddrAdd(l, a); err != nil {
-						return err
-					}
-				}
-				if err := h.LinkSetUp(l); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
-	return hosts
-}
 
 // upPart brings up the networks (bridges and VXLAN devices) of host's
 // part of cfg in the calling thread's namespace, without guests.
@@ -193,7 +136,7 @@ func floods(t *testing.T, dev string) []string {
 // one on h1's (ARP, a broadcast, crosses the VXLAN); h3, with no VM on
 // lan, has no VXLAN device; teardown and `down` leave nothing.
 func TestVXLANSpansHosts(t *testing.T) {
-	hosts := underlay(t, 3)
+	hosts := testenv.Underlay(t, 3)
 	cfg := labOf(t, multiHost)
 	vni := vmconfig.DeriveVNI("mh", "lan")
 	dev := VXLANName(vni)
@@ -337,7 +280,7 @@ func TestVXLANSpansHosts(t *testing.T) {
 // is not on any interface fails naming the host and the address, and
 // creates nothing.
 func TestUnderlayNotHere(t *testing.T) {
-	hosts := underlay(t, 3)
+	hosts := testenv.Underlay(t, 3)
 	cfg := labOf(t, multiHost)
 	part, err := cfg.Part("h1")
 	if err != nil {
