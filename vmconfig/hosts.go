@@ -13,9 +13,11 @@ import (
 const (
 	DefaultVXLANPort = 4789 // IANA's VXLAN port, the kernel's default too
 	// VXLANOverhead is what VXLAN adds to a frame in an IPv4 underlay:
-	// outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) headers.
-	VXLANOverhead = 50
-	MaxVNI        = 1<<24 - 1
+	// outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) headers;
+	// VXLANOverhead6 in an IPv6 underlay (outer IPv6 is 40).
+	VXLANOverhead  = 50
+	VXLANOverhead6 = 70
+	MaxVNI         = 1<<24 - 1
 )
 
 // Host is one machine of a multi-host lab ([[host]]).
@@ -160,11 +162,21 @@ func (r *resolver) finishHosts() {
 		if len(hosts) < 2 {
 			continue
 		}
+		first := r.hosts[hosts[0]]
 		for _, hn := range hosts {
 			h := r.hosts[hn]
-			if n.MTU+VXLANOverhead > h.UnderlayMTU {
-				r.p.errorf(r.mtuPaths[n], "network %q spans hosts %s over VXLAN, which adds %d bytes: mtu %d does not fit underlay_mtu %d of host %q: set mtu = %d on the network (or raise underlay_mtu if the underlay carries larger frames)",
-					n.Name, strings.Join(hosts, ", "), VXLANOverhead, n.MTU, h.UnderlayMTU, h.Name, h.UnderlayMTU-VXLANOverhead)
+			if h.Address.Is4() != first.Address.Is4() {
+				r.p.errorf(r.mtuPaths[n], "network %q spans hosts %s, but host %q has an IPv%d address and host %q an IPv%d one: VXLAN peers need one address family; give the hosts addresses of one family",
+					n.Name, strings.Join(hosts, ", "), first.Name, ipv(first.Address), h.Name, ipv(h.Address))
+				break
+			}
+			over := VXLANOverhead
+			if !h.Address.Is4() {
+				over = VXLANOverhead6
+			}
+			if n.MTU+over > h.UnderlayMTU {
+				r.p.errorf(r.mtuPaths[n], "network %q spans hosts %s over VXLAN, which adds %d bytes on an IPv%d underlay: mtu %d does not fit underlay_mtu %d of host %q: set mtu = %d on the network (or raise underlay_mtu if the underlay carries larger frames)",
+					n.Name, strings.Join(hosts, ", "), over, ipv(h.Address), n.MTU, h.UnderlayMTU, h.Name, h.UnderlayMTU-over)
 				break
 			}
 		}
@@ -292,6 +304,13 @@ func (l *Lab) Part(host string) (*Lab, error) {
 		}
 	}
 	return &p, nil
+}
+
+func ipv(a netip.Addr) int {
+	if a.Is4() {
+		return 4
+	}
+	return 6
 }
 
 func hostList(hs []*Host) string {

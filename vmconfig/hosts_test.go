@@ -166,7 +166,13 @@ func TestHostProblems(t *testing.T) {
 		{"mtu does not fit", hosts + "[[network]]\nname = \"n\"\nmtu = 1500\n" + vm("a", "h1", "n") + vm("b", "h2", "n"), "11:1",
 			`mtu 1500 does not fit underlay_mtu 1500 of host "h1": set mtu = 1450 on the network`},
 		{"default mtu does not fit", hosts + "[[network]]\nname = \"n\"\n" + vm("a", "h1", "n") + vm("b", "h2", "n"), "9:1",
-			`network "n" spans hosts h1, h2 over VXLAN, which adds 50 bytes: mtu 1500 does not fit`},
+			`network "n" spans hosts h1, h2 over VXLAN, which adds 50 bytes on an IPv4 underlay: mtu 1500 does not fit`},
+		{"ipv6 underlay mtu", "[lab]\nname = \"t\"\n[[host]]\nname = \"h1\"\naddress = \"fd00::1\"\n[[host]]\nname = \"h2\"\naddress = \"fd00::2\"\n" +
+			"[[network]]\nname = \"n\"\nmtu = 1450\n" + vm("a", "h1", "n") + vm("b", "h2", "n"), "11:1",
+			`adds 70 bytes on an IPv6 underlay: mtu 1450 does not fit underlay_mtu 1500 of host "h1": set mtu = 1430`},
+		{"mixed families", "[lab]\nname = \"t\"\n[[host]]\nname = \"h1\"\naddress = \"10.200.0.1\"\n[[host]]\nname = \"h2\"\naddress = \"fd00::2\"\n" +
+			"[[network]]\nname = \"n\"\nmtu = 1400\n" + vm("a", "h1", "n") + vm("b", "h2", "n"), "11:1",
+			`host "h1" has an IPv4 address and host "h2" an IPv6 one`},
 		{"link across hosts", hosts + "[[vm]]\nname = \"a\"\nhost = \"h1\"\n  [[vm.nic]]\n[[vm]]\nname = \"b\"\nhost = \"h2\"\n  [[vm.nic]]\n" +
 			"[[link]]\na = \"vm:a:0\"\nb = \"vm:b:0\"\n", "17:1", "link 0: joins VMs on hosts h1 and h2"},
 		{"link without vm", hosts + "[[link]]\na = \"tap:x\"\nb = \"tap:y\"\n", "9:1", "link 0: with several [[host]] tables a link needs a vm: end"},
