@@ -48,6 +48,12 @@ type Peer struct {
 
 var hostKeys = []string{"name", "address", "underlay_mtu", "vxlan_port"}
 
+// VXLANName is the name of the VXLAN device of the network with VNI vni
+// on each of its hosts. The kernel allows one device per VNI, port and
+// local address anyway, so the VNI makes the name unique where it
+// matters; it fits 15 bytes.
+func VXLANName(vni int) string { return fmt.Sprintf("vx%d", vni) }
+
 // DeriveVNI is the VNI of a network without vni =: stable across runs
 // and machines (the first 24 bits of SHA-256 over lab and network name),
 // in 1..16777215.
@@ -162,6 +168,7 @@ func (r *resolver) finishHosts() {
 		if len(hosts) < 2 {
 			continue
 		}
+		r.claimIfName("", VXLANName(n.VNI), r.vniPaths[n], fmt.Sprintf("network %q: VXLAN device: ", n.Name))
 		first := r.hosts[hosts[0]]
 		for _, hn := range hosts {
 			h := r.hosts[hn]

@@ -176,6 +176,9 @@ func TestHostProblems(t *testing.T) {
 		{"link across hosts", hosts + "[[vm]]\nname = \"a\"\nhost = \"h1\"\n  [[vm.nic]]\n[[vm]]\nname = \"b\"\nhost = \"h2\"\n  [[vm.nic]]\n" +
 			"[[link]]\na = \"vm:a:0\"\nb = \"vm:b:0\"\n", "17:1", "link 0: joins VMs on hosts h1 and h2"},
 		{"link without vm", hosts + "[[link]]\na = \"tap:x\"\nb = \"tap:y\"\n", "9:1", "link 0: with several [[host]] tables a link needs a vm: end"},
+		{"vxlan name taken", hosts + "[[network]]\nname = \"n\"\nmtu = 1450\nvni = 7\n" + vm("a", "h1", "n") + vm("b", "h2", "n") +
+			"[[vm]]\nname = \"c\"\nhost = \"h1\"\n  [[vm.nic]]\n  network = \"n\"\n  ifname = \"vx7\"\n", "12:1",
+			`network "n": VXLAN device: interface name "vx7" is already used at line 28`},
 		{"host in defaults", hosts + "[defaults]\nhost = \"h1\"\n", "10:1", "host cannot have a default"},
 	}
 	for _, tt := range tests {

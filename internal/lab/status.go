@@ -189,7 +189,7 @@ func describeVXLAN(name string, cfg *vmconfig.Lab) VXLANReport {
 	vr := VXLANReport{Name: name, Peers: []string{}}
 	if cfg != nil {
 		for _, n := range cfg.Networks {
-			if n.VXLAN != nil && VXLANName(n.VXLAN.VNI) == name {
+			if n.VXLAN != nil && vmconfig.VXLANName(n.VXLAN.VNI) == name {
 				vr.Network = n.Name
 			}
 		}

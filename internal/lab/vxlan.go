@@ -17,11 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// VXLANName is the name of the VXLAN device of a network with VNI vni.
-// The kernel allows one device per VNI, port and local address anyway,
-// so the VNI makes the name unique where it matters; it fits 15 bytes.
-func VXLANName(vni int) string { return fmt.Sprintf("vx%d", vni) }
-
 // checkUnderlay makes sure the underlay address of the host whose part
 // this is belongs to an interface of this network namespace: VXLAN
 // packets from another address would be sent with a source the peers do
@@ -51,7 +46,7 @@ func (l *Lab) checkUnderlay() error {
 // replication: the underlay needs no multicast). Called with l.mu held.
 func (l *Lab) createVXLAN(n *vmconfig.Network) (err error) {
 	v := n.VXLAN
-	name := VXLANName(v.VNI)
+	name := vmconfig.VXLANName(v.VNI)
 	done := l.step("network " + n.Name + ": vxlan " + name)
 	defer func() { done(err) }()
 	if err := l.checkUnderlay(); err != nil {

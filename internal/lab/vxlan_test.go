@@ -139,7 +139,7 @@ func TestVXLANSpansHosts(t *testing.T) {
 	hosts := testenv.Underlay(t, 3)
 	cfg := labOf(t, multiHost)
 	vni := vmconfig.DeriveVNI("mh", "lan")
-	dev := VXLANName(vni)
+	dev := vmconfig.VXLANName(vni)
 	labs := make([]*Lab, 3)
 	for i, host := range []string{"h1", "h2", "h3"} {
 		testenv.Do(t, hosts[i], func() error {
