@@ -146,3 +146,23 @@ func iperf(t *testing.T, hosts []netns.Handle, path string) {
 	r := vmnetIn(t, hosts[0], "sh", path, "a", "--timeout", "60s", "--", "iperf3 -c 10.202.0.12 -t 10")
 	t.Logf("iperf3 a -> b (%s):\n%s", filepath.Base(path), r.stdout)
 }
+
+// TestMultiHostWrongHost: `vmnet up --host h1` on the machine that is
+// h2 fails naming the host and its address, before any supervisor
+// starts, and creates nothing there.
+func TestMultiHostWrongHost(t *testing.T) {
+	testenv.RequirePrivateRun(t)
+	hosts := testenv.Underlay(t, 2)
+	path := filepath.Join(t.TempDir(), "mh.toml")
+	if err := os.WriteFile(path, []byte(multiHostLab), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := vmnetIn(t, hosts[1], "up", path, "--host", "h1", "--detach")
+	if r.status != 1 || !strings.Contains(r.stderr, "host h1: underlay address 10.200.0.1 is not on this host") || strings.Contains(r.stderr, "supervisor.log") {
+		t.Errorf("up --host h1 on h2: %d %q", r.status, r.stderr)
+	}
+	onlyUnderlay(t, hosts[1])
+	if r := vmnetIn(t, hosts[1], "status"); r.status != 0 || !strings.Contains(r.stdout, "no labs are up") {
+		t.Errorf("status after the refused up: %d %q", r.status, r.stdout)
+	}
+}

@@ -124,6 +124,9 @@ func up(e *env, file string, f upFlags) error {
 		return usagef("vmnet up: %v", err)
 	}
 	if !f.supervised {
+		if err := lab.CheckUnderlay(cfg); err != nil {
+			return err
+		}
 		pid, err := lab.PrepareUp(cfg)
 		if err != nil {
 			return err

@@ -17,18 +17,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// checkUnderlay makes sure the underlay address of the host whose part
-// this is belongs to an interface of this network namespace: VXLAN
-// packets from another address would be sent with a source the peers do
-// not expect, or not at all.
-func (l *Lab) checkUnderlay() error {
-	h := l.cfg.Host
+// CheckUnderlay makes sure that the underlay address of the host whose
+// part cfg is (vmconfig.Lab.Part) belongs to an interface of the calling
+// thread's network namespace: VXLAN packets from another address would
+// be sent with a source the peers do not expect, or not at all. `vmnet
+// up` checks it before it starts anything; Up checks it again.
+func CheckUnderlay(cfg *vmconfig.Lab) error { return checkUnderlay(&netlink.Handle{}, cfg) }
+
+func (l *Lab) checkUnderlay() error { return checkUnderlay(l.br.Handle(), l.cfg) }
+
+func checkUnderlay(nh *netlink.Handle, cfg *vmconfig.Lab) error {
+	h := cfg.Host
 	if h == nil {
 		return nil
 	}
-	addrs, err := nlretry.Do(func() ([]netlink.Addr, error) { return l.br.Handle().AddrList(nil, netlink.FAMILY_ALL) })
+	addrs, err := nlretry.Do(func() ([]netlink.Addr, error) { return nh.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
-		return fmt.Errorf("lab %s: host %s: list addresses: %w", l.cfg.Name, h.Name, err)
+		return fmt.Errorf("lab %s: host %s: list addresses: %w", cfg.Name, h.Name, err)
 	}
 	for _, a := range addrs {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == h.Address {
@@ -36,7 +41,7 @@ func (l *Lab) checkUnderlay() error {
 		}
 	}
 	return fmt.Errorf("lab %s: host %s: underlay address %s is not on this host (no interface in this network namespace has it): "+
-		"run `vmnet up --host` with the name of this host, or fix address of [[host]] %q in the lab file", l.cfg.Name, h.Name, h.Address, h.Name)
+		"run `vmnet up --host` with the name of this host, or fix address of [[host]] %q in the lab file", cfg.Name, h.Name, h.Address, h.Name)
 }
 
 // createVXLAN gives the bridge of n, which has VMs on other hosts too, a
