@@ -32,6 +32,10 @@ type Lab struct {
 	Networks []*Network
 	VMs      []*VM
 	Links    []*Link
+	Hosts    []*Host // [[host]] tables, in file order
+	// Host is set on a part of a multi-host lab (Part): the host it is
+	// for. Networks, VMs and Links then hold only that host's share.
+	Host     *Host
 	Warnings Problems // warnings only; a Lab is never returned with errors
 }
 
@@ -46,7 +50,10 @@ type Network struct {
 	STP           bool
 	Transparent   bool   // forward link-local frames (LLDP, LACP, STP) like a wire
 	Qdisc         string // root qdisc of the network's taps: noqueue (default) or default
-	Pos           Pos
+	VNI           int    // VXLAN network identifier when it spans hosts; default DeriveVNI
+	// VXLAN is set by Lab.Part on a network that has VMs on other hosts.
+	VXLAN *VXLAN
+	Pos   Pos
 
 	// BridgeExplicit: the lab file names the bridge (bridge = "..."), so
 	// an existing bridge of that name that vmnet did not make for this
@@ -57,6 +64,7 @@ type Network struct {
 // VM is one QEMU guest.
 type VM struct {
 	Name       string
+	Host       string // the [[host]] it runs on; "" when the lab has none
 	CPUs       int
 	MemoryMiB  int
 	Kernel     string // absolute path, or "" for vmnet's test image (when there is no disk either)
@@ -114,9 +122,13 @@ func (l *Lab) Summary() string {
 	for _, vm := range l.VMs {
 		nics += len(vm.NICs)
 	}
-	return fmt.Sprintf("lab %s: %s, %s, %s, %s", l.Name,
+	s := fmt.Sprintf("lab %s: %s, %s, %s, %s", l.Name,
 		plural(len(l.Networks), "network"), plural(len(l.VMs), "VM"),
 		plural(nics, "NIC"), plural(len(l.Links), "link"))
+	if len(l.Hosts) > 0 {
+		s += ", " + plural(len(l.Hosts), "host")
+	}
+	return s
 }
 
 func plural(n int, word string) string {

@@ -110,10 +110,10 @@ func (p *parser) warnf(path, format string, args ...any) {
 }
 
 var (
-	topKeys     = []string{"lab", "defaults", "network", "vm", "link"}
+	topKeys     = []string{"lab", "defaults", "host", "network", "vm", "link"}
 	labKeys     = []string{"name", "state_dir"}
-	networkKeys = []string{"name", "bridge", "mtu", "addresses", "vlan_filtering", "default_pvid", "stp", "transparent", "qdisc"}
-	vmOnlyKeys  = []string{"name", "nic"}
+	networkKeys = []string{"name", "bridge", "mtu", "addresses", "vlan_filtering", "default_pvid", "stp", "transparent", "qdisc", "vni"}
+	vmOnlyKeys  = []string{"name", "nic", "host"}
 	vmKeys      = []string{"cpus", "memory", "kernel", "initrd", "append", "disk", "disk_format", "machine", "accel",
 		"qemu", "user", "extra_args", "console", "command", "gateway"}
 	nicKeys = []string{"network", "mac", "queues", "vnet_hdr", "offloads", "model", "vhost", "vlan", "tagged", "mtu",
@@ -201,7 +201,16 @@ func (p *parser) parse(data []byte) *Lab {
 	}
 
 	r := &resolver{p: p, lab: lab, labOK: labOK, ifnames: map[string]string{}, macs: map[string]string{},
-		addrs: map[netip.Addr]string{}, networks: map[string]*Network{}, vms: map[string]*VM{}}
+		addrs: map[netip.Addr]string{}, networks: map[string]*Network{}, vms: map[string]*VM{},
+		hosts: map[string]*Host{}, hostAddrs: map[netip.Addr]string{}, vniPaths: map[*Network]string{},
+		vniSet: map[*Network]bool{}, mtuPaths: map[*Network]string{}, linkPaths: map[*Link]string{}}
+	r.hostsOK = true
+	if v, ok := top.get("host"); ok {
+		for _, t := range p.tables("host", "host", v) {
+			r.host(t)
+		}
+		r.hostsOK = !p.probs.HasErrors()
+	}
 	if v, ok := top.get("network"); ok {
 		for _, t := range p.tables("network", "network", v) {
 			r.network(t)
@@ -218,6 +227,7 @@ func (p *parser) parse(data []byte) *Lab {
 		}
 	}
 	r.finishLinks()
+	r.finishHosts()
 	top.finish(topKeys)
 	return lab
 }

@@ -71,7 +71,7 @@ func TestExampleResolved(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir, _ := filepath.Abs("testdata")
-	if got, want := lab.Summary(), "lab demo: 2 networks, 2 VMs, 4 NICs, 2 links"; got != want {
+	if got, want := lab.Summary(), "lab demo: 2 networks, 2 VMs, 4 NICs, 2 links, 1 host"; got != want {
 		t.Errorf("Summary = %q, want %q", got, want)
 	}
 	if len(lab.Warnings) != 0 {
@@ -123,7 +123,7 @@ func TestExampleDocumentsEveryKey(t *testing.T) {
 		seen[strings.Join(e.segs, ".")] = true
 	}
 	groups := map[string][]string{"lab": labKeys, "defaults": vmKeys[:1], "network": networkKeys, "vm": append(vmKeys, vmOnlyKeys...),
-		"vm.nic": nicKeys, "link": linkKeys}
+		"vm.nic": nicKeys, "link": linkKeys, "host": hostKeys}
 	for table, keys := range groups {
 		for _, k := range keys {
 			if k == "nic" {

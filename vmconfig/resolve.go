@@ -23,6 +23,14 @@ type resolver struct {
 	vms      map[string]*VM
 	nicPaths map[*NIC]string
 	udp      map[netip.AddrPort]string
+
+	hosts     map[string]*Host
+	hostAddrs map[netip.Addr]string // address -> host name
+	hostsOK   bool                  // the [[host]] tables parsed without error
+	vniPaths  map[*Network]string
+	vniSet    map[*Network]bool
+	mtuPaths  map[*Network]string
+	linkPaths map[*Link]string
 }
 
 func (r *resolver) where(path string) string {
@@ -117,6 +125,20 @@ func (r *resolver) network(t *table) {
 		t.errorf("transparent", "transparent = true forwards STP frames like a wire, which contradicts stp = true: drop one of them")
 	}
 	n.Qdisc = pick(t.enum("qdisc", qdiscs), "noqueue")
+	vni := t.integer("vni", 1, MaxVNI)
+	switch {
+	case vni.set:
+		n.VNI = vni.v
+		r.vniSet[n] = true
+		r.vniPaths[n] = vni.path
+	case ok && r.labOK:
+		n.VNI = DeriveVNI(r.lab.Name, n.Name)
+		r.vniPaths[n] = t.key("name")
+	}
+	r.mtuPaths[n] = t.path
+	if mtu.set {
+		r.mtuPaths[n] = mtu.path
+	}
 	t.finish(networkKeys)
 	if ok {
 		r.networks[n.Name] = n
@@ -143,6 +165,7 @@ func (r *resolver) vm(t *table, defaults vmFields) {
 		vm.Name = name.v
 		t.what = fmt.Sprintf("vm %q: ", name.v)
 	}
+	r.vmHost(t, vm)
 	own := p.readVMFields(t)
 	f := own.or(defaults)
 	// Messages about merged values name the VM even when the key is in
@@ -537,6 +560,7 @@ func (r *resolver) link(t *table) {
 		}
 	}
 	t.finish(linkKeys)
+	r.linkPaths[l] = t.path
 	if ok {
 		l.Index = idx
 		r.lab.Links = append(r.lab.Links, l)

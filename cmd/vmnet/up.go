@@ -34,11 +34,15 @@ func upCommand(e *env) *cobra.Command {
 		Long: "Creates the lab's bridges and taps, boots its VMs and waits until each guest is ready,\n" +
 			"showing each VM's state as it changes. Without --detach vmnet stays in the foreground and\n" +
 			"tears the lab down on Ctrl-C; with --detach a background supervisor keeps it (its log is\n" +
-			"supervisor.log in the lab's state directory) until `vmnet down`.",
+			"supervisor.log in the lab's state directory) until `vmnet down`.\n" +
+			"A lab with several [[host]] tables is brought up one host at a time: run `vmnet up LAB.toml\n" +
+			"--host NAME` on each host; it creates that host's VMs, the networks they use and, for a\n" +
+			"network with VMs on other hosts too, a VXLAN device to those hosts.",
 		Example: `  vmnet up examples/demo.toml
   vmnet up examples/demo.toml --detach
   vmnet --netns demo up examples/demo.toml --detach --ready-timeout 5m
-  vmnet up big.toml --detach --max-boots 2    # boot two guests at a time`,
+  vmnet up big.toml --detach --max-boots 2    # boot two guests at a time
+  vmnet up examples/two-hosts.toml --host h1 --detach   # on host h1; --host h2 on h2`,
 		Args: nargs(1, 1),
 		RunE: func(_ *cobra.Command, args []string) error { return up(e, args[0], f) },
 	})
@@ -46,12 +50,14 @@ func upCommand(e *env) *cobra.Command {
 	fs.BoolVarP(&f.detach, "detach", "d", false, "return once every VM is up and leave a background supervisor")
 	fs.DurationVar(&f.ready, "ready-timeout", 3*time.Minute, "how long each guest may take to become ready")
 	fs.IntVar(&f.maxBoots, "max-boots", lab.DefaultMaxBoots(), "how many guests boot at once; the others wait for a slot (default: two per core)")
+	fs.StringVar(&f.host, "host", "", "the [[host]] of the lab file this machine is: bring up its part only")
 	fs.BoolVar(&f.supervised, "supervised", false, "internal: run as the background supervisor of --detach")
 	hide(fs, "supervised")
 	return c
 }
 
 type upFlags struct {
+	host               string
 	detach, supervised bool
 	ready              time.Duration
 	maxBoots           int
@@ -59,17 +65,23 @@ type upFlags struct {
 
 func downCommand(e *env) *cobra.Command {
 	var ignore bool
+	var host string
 	c := root(&cobra.Command{
 		Use:   "down LAB.toml|LABNAME",
 		Short: "remove every trace of a lab, even after a crash",
+		Long: "Removes the lab's guests, taps, bridges and VXLAN devices in this network namespace: only\n" +
+			"what carries the lab's tag. On a host of a multi-host lab that is this host's part; --host\n" +
+			"NAME makes sure it is the part of the host you mean.",
 		Example: `  vmnet down demo
   vmnet down examples/demo.toml
-  vmnet down --ignore-missing demo   # in cleanup scripts`,
+  vmnet down --ignore-missing demo   # in cleanup scripts
+  vmnet down two-hosts --host h1     # on host h1 of a multi-host lab`,
 		Args:              nargs(1, 1),
-		RunE:              func(_ *cobra.Command, args []string) error { return down(e, args[0], ignore) },
+		RunE:              func(_ *cobra.Command, args []string) error { return down(e, args[0], host, ignore) },
 		ValidArgsFunction: e.completeLabs,
 	})
 	c.Flags().BoolVar(&ignore, "ignore-missing", false, "exit 0 when the lab does not exist (for cleanup scripts)")
+	c.Flags().StringVar(&host, "host", "", "the [[host]] whose part of the lab is here; refuse if another host's part is")
 	return c
 }
 
@@ -110,11 +122,18 @@ func up(e *env, file string, f upFlags) error {
 	if f.detach && f.supervised {
 		return usagef("vmnet up: --detach and --supervised exclude each other")
 	}
-	cfg, err := loadLab(e, file)
+	whole, err := loadLab(e, file)
 	if err != nil {
 		return err
 	}
+	cfg, err := whole.Part(f.host)
+	if err != nil {
+		return usagef("vmnet up: %v", err)
+	}
 	if !f.supervised {
+		if err := lab.CheckUnderlay(cfg); err != nil {
+			return err
+		}
 		pid, err := lab.PrepareUp(cfg)
 		if err != nil {
 			return err
@@ -236,7 +255,11 @@ func (e *env) detach(cfg *vmconfig.Lab, file string, f upFlags) error {
 	if e.verbose {
 		args = append(args, "--verbose")
 	}
-	args = append(args, "up", "--supervised", "--ready-timeout", f.ready.String(), "--max-boots", strconv.Itoa(f.maxBoots), "--", file)
+	args = append(args, "up", "--supervised", "--ready-timeout", f.ready.String(), "--max-boots", strconv.Itoa(f.maxBoots))
+	if f.host != "" {
+		args = append(args, "--host", f.host)
+	}
+	args = append(args, "--", file)
 	pid, err := lab.Detach(cfg, exec.Command(self, args...), func(p lab.Progress) { e.logf("%s", p) })
 	if err != nil {
 		return err
@@ -303,14 +326,27 @@ func (e *env) findLab(arg, verb string) (name, dir string, cfg *vmconfig.Lab, er
 	return "", "", nil, fmt.Errorf("lab %s: %w (%s)", name, errNoLab, have)
 }
 
-func down(e *env, arg string, ignoreMissing bool) error {
-	name, dir, _, err := e.findLab(arg, "down")
+func down(e *env, arg, host string, ignoreMissing bool) error {
+	name, dir, cfg, err := e.findLab(arg, "down")
 	if errors.Is(err, errNoLab) && ignoreMissing {
 		fmt.Fprintf(e.stdout, "%v; nothing to do\n", err)
 		return nil
 	}
 	if err != nil {
 		return err
+	}
+	if host != "" {
+		if cfg != nil {
+			if _, err := cfg.Part(host); err != nil {
+				return usagef("vmnet down: %v", err)
+			}
+		}
+		// The tags name the lab, not the host: what is here goes. So
+		// make sure this is the part the user means.
+		if st, err := lab.ReadState(dir); err == nil && st.Host != "" && st.Host != host {
+			return fmt.Errorf("lab %s: this network namespace holds host %s's part, not host %s's: run `vmnet down %s --host %s` here, or run it on host %s",
+				name, st.Host, host, name, st.Host, host)
+		}
 	}
 	ns, err := lab.CurrentNetNS()
 	if err != nil {

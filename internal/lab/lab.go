@@ -66,6 +66,7 @@ type Lab struct {
 	mu        sync.Mutex
 	bridges   []string // bridges this Lab created, in creation order
 	reused    []string // bridges that existed before; they stay
+	vxlans    []string // VXLAN devices this Lab created
 	networks  map[string]bool
 	taps      map[*vmconfig.NIC]*tap.Tap
 	vms       map[string]*qemu.VM
@@ -191,7 +192,13 @@ func (l *Lab) EnsureNetwork(name string) (err error) {
 		l.opts.Logf("network %s: reusing existing bridge %s (it stays after teardown)", n.Name, n.Bridge)
 	}
 	l.networks[name] = true
-	return l.saveLocked()
+	if err := l.saveLocked(); err != nil {
+		return err
+	}
+	if n.VXLAN != nil {
+		return l.createVXLAN(n)
+	}
+	return nil
 }
 
 func (l *Lab) network(name string) *vmconfig.Network {
@@ -493,6 +500,9 @@ func (l *Lab) Teardown(ctx context.Context) error {
 	}
 	l.hotplug, l.taps = map[string][]*hotNIC{}, map[*vmconfig.NIC]*tap.Tap{}
 	errs = append(errs, l.closeAndDeleteAll(taps))
+	if err := l.deleteVXLANs(); err != nil {
+		errs = append(errs, err)
+	}
 	for i := len(l.bridges) - 1; i >= 0; i-- {
 		if err := l.br.Delete(l.bridges[i], owner.Lab(l.cfg.Name), false); err != nil && !errors.Is(err, bridge.ErrNotFound) {
 			errs = append(errs, err)

@@ -33,7 +33,11 @@ type State struct {
 	Phase           string    `json:"phase"` // starting, up, stopping
 	Bridges         []string  `json:"bridges_created"`
 	Reused          []string  `json:"bridges_reused,omitempty"`
-	VMs             []VMState `json:"vms"`
+	// Host is the [[host]] whose part of a multi-host lab this is.
+	Host string `json:"host,omitempty"`
+	// VXLANs are the VXLAN devices the lab created on its bridges.
+	VXLANs []string  `json:"vxlans,omitempty"`
+	VMs    []VMState `json:"vms"`
 
 	// Restore is what the lab changed on the bridges it reused, written
 	// before each change; `down` puts it back.

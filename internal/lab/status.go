@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net/netip"
@@ -13,6 +14,7 @@ import (
 	"github.com/vmnet/vmnet/internal/link"
 	"github.com/vmnet/vmnet/tap"
 	"github.com/vmnet/vmnet/vmconfig"
+	"golang.org/x/sys/unix"
 )
 
 // Report is `vmnet status` for one lab: its recorded state checked
@@ -28,6 +30,26 @@ type Report struct {
 	Networks   []NetworkReport `json:"networks"`
 	VMs        []VMReport      `json:"vms"`
 	Links      []LinkReport    `json:"links"`
+	// Host and VXLANs: this host's part of a multi-host lab.
+	Host   string        `json:"host,omitempty"`
+	VXLANs []VXLANReport `json:"vxlans,omitempty"`
+}
+
+// VXLANReport is one VXLAN device of a network that spans hosts, as the
+// kernel sees it now.
+type VXLANReport struct {
+	Name      string   `json:"name"`
+	Network   string   `json:"network,omitempty"`
+	VNI       int      `json:"vni"`
+	Local     string   `json:"local,omitempty"`
+	Port      int      `json:"port"`
+	Peers     []string `json:"peers"` // destinations of the all-zeros (flood) FDB entries
+	State     string   `json:"state,omitempty"`
+	RxPackets uint64   `json:"rx_packets"`
+	TxPackets uint64   `json:"tx_packets"`
+	RxBytes   uint64   `json:"rx_bytes"`
+	TxBytes   uint64   `json:"tx_bytes"`
+	Error     string   `json:"error,omitempty"`
 }
 
 // NetworkReport is one bridge.
@@ -80,6 +102,11 @@ type LinkReport struct {
 // the topology, when it can still be read) and the kernel. live is the
 // supervisor's answer to vm-status (nil when it is not running).
 func Describe(st *State, cfg *vmconfig.Lab, live *Response) Report {
+	if cfg != nil && st.Host != "" {
+		if p, err := cfg.Part(st.Host); err == nil {
+			cfg = p // this host's share only
+		}
+	}
 	var vmStatus map[string]string
 	if live != nil {
 		vmStatus = live.VMStatus
@@ -131,6 +158,10 @@ func Describe(st *State, cfg *vmconfig.Lab, live *Response) Report {
 			addNet(b, b)
 		}
 	}
+	r.Host = st.Host
+	for _, name := range st.VXLANs {
+		r.VXLANs = append(r.VXLANs, describeVXLAN(name, cfg))
+	}
 	for _, vs := range st.VMs {
 		vr := VMReport{Name: vs.Name, PID: vs.PID, Console: vs.Console, NICs: []NICReport{}}
 		switch {
@@ -152,6 +183,42 @@ func Describe(st *State, cfg *vmconfig.Lab, live *Response) Report {
 		r.VMs = append(r.VMs, vr)
 	}
 	return r
+}
+
+func describeVXLAN(name string, cfg *vmconfig.Lab) VXLANReport {
+	vr := VXLANReport{Name: name, Peers: []string{}}
+	if cfg != nil {
+		for _, n := range cfg.Networks {
+			if n.VXLAN != nil && vmconfig.VXLANName(n.VXLAN.VNI) == name {
+				vr.Network = n.Name
+			}
+		}
+	}
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		vr.Error, vr.State = err.Error(), "missing"
+		return vr
+	}
+	vr.State = l.Attrs().OperState.String()
+	if v, ok := l.(*netlink.Vxlan); ok {
+		vr.VNI, vr.Port = v.VxlanId, v.Port
+		if v.SrcAddr != nil {
+			vr.Local = v.SrcAddr.String()
+		}
+	}
+	if s := l.Attrs().Statistics; s != nil {
+		vr.RxPackets, vr.TxPackets, vr.RxBytes, vr.TxBytes = s.RxPackets, s.TxPackets, s.RxBytes, s.TxBytes
+	}
+	fdb, err := netlink.NeighList(l.Attrs().Index, unix.AF_BRIDGE)
+	if err != nil {
+		vr.Error = fmt.Sprintf("list flood entries: %v", err)
+	}
+	for _, e := range fdb {
+		if e.IP != nil && bytes.Equal(e.HardwareAddr, make([]byte, 6)) {
+			vr.Peers = append(vr.Peers, e.IP.String())
+		}
+	}
+	return vr
 }
 
 func describeNIC(n NICState) NICReport {
@@ -185,7 +252,11 @@ func (r Report) WriteTable(w io.Writer) {
 	if !r.Running {
 		sup += " (not running: run `vmnet down " + r.Lab + "` to clean up)"
 	}
-	fmt.Fprintf(w, "lab %s (%s), %s, %s, since %s\n", r.Lab, r.Config, r.Phase, sup, r.Started.Format(time.RFC3339))
+	host := ""
+	if r.Host != "" {
+		host = " host " + r.Host + ","
+	}
+	fmt.Fprintf(w, "lab %s (%s),%s %s, %s, since %s\n", r.Lab, r.Config, host, r.Phase, sup, r.Started.Format(time.RFC3339))
 	for _, n := range r.Networks {
 		var as []string
 		for _, a := range n.Addresses {
@@ -224,6 +295,14 @@ func (r Report) WriteTable(w io.Writer) {
 			fmt.Fprintf(w, "    %-5s tap %-15s mac %s net %-8s %s vnet_hdr %v offloads %s rx %d/%dB tx %d/%dB%s\n", n.ID, n.Tap, n.MAC,
 				dash(n.Network), q, n.VnetHdr, dash(strings.Join(n.Offloads, ",")), n.RxPackets, n.RxBytes, n.TxPackets, n.TxBytes, extra)
 		}
+	}
+	for _, v := range r.VXLANs {
+		if v.Error != "" && v.State == "missing" {
+			fmt.Fprintf(w, "  vxlan %s: %s\n", v.Name, v.Error)
+			continue
+		}
+		fmt.Fprintf(w, "  vxlan %-10s net %-8s vni %-8d %-8s local %s port %d peers %s rx %d/%dB tx %d/%dB\n", v.Name, dash(v.Network), v.VNI,
+			dash(v.State), dash(v.Local), v.Port, dash(strings.Join(v.Peers, ",")), v.RxPackets, v.RxBytes, v.TxPackets, v.TxBytes)
 	}
 	for _, l := range r.Links {
 		fmt.Fprintf(w, "  link %s <-> %s\n", l.A, l.B)

@@ -37,6 +37,10 @@ func (l *Lab) saveLocked() error {
 	s := l.state
 	s.Bridges = append([]string(nil), l.bridges...)
 	s.Reused = append([]string(nil), l.reused...)
+	s.VXLANs = append([]string(nil), l.vxlans...)
+	if l.cfg.Host != nil {
+		s.Host = l.cfg.Host.Name
+	}
 	s.Restore = append([]bridge.Undo(nil), l.undo...)
 	s.VMs = s.VMs[:0]
 	for _, vm := range l.cfg.VMs {
@@ -125,6 +129,10 @@ func (l *Lab) Up(ctx context.Context, readyTimeout time.Duration) (err error) {
 				l.opts.Progress(Progress{VM: vm.Name, State: VMBooting, Elapsed: time.Since(upStart)})
 			}
 		}
+	}
+	// A wrong --host is found before anything is created.
+	if err := l.checkUnderlay(); err != nil {
+		return err
 	}
 	l.mu.Lock()
 	l.state = &State{Lab: l.cfg.Name, Config: l.cfg.File, StateDir: l.cfg.StateDir, Supervisor: os.Getpid(),

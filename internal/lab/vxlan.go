@@ -1,0 +1,147 @@
+package lab
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vmnet/vmnet/internal/nlretry"
+	"github.com/vmnet/vmnet/netns"
+	"github.com/vmnet/vmnet/owner"
+	"github.com/vmnet/vmnet/vmconfig"
+	"golang.org/x/sys/unix"
+)
+
+// CheckUnderlay makes sure that the underlay address of the host whose
+// part cfg is (vmconfig.Lab.Part) belongs to an interface of the calling
+// thread's network namespace: VXLAN packets from another address would
+// be sent with a source the peers do not expect, or not at all. `vmnet
+// up` checks it before it starts anything; Up checks it again.
+func CheckUnderlay(cfg *vmconfig.Lab) error { return checkUnderlay(&netlink.Handle{}, cfg) }
+
+func (l *Lab) checkUnderlay() error { return checkUnderlay(l.br.Handle(), l.cfg) }
+
+func checkUnderlay(nh *netlink.Handle, cfg *vmconfig.Lab) error {
+	h := cfg.Host
+	if h == nil {
+		return nil
+	}
+	addrs, err := nlretry.Do(func() ([]netlink.Addr, error) { return nh.AddrList(nil, netlink.FAMILY_ALL) })
+	if err != nil {
+		return fmt.Errorf("lab %s: host %s: list addresses: %w", cfg.Name, h.Name, err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == h.Address {
+			return nil
+		}
+	}
+	return fmt.Errorf("lab %s: host %s: underlay address %s is not on this host (no interface in this network namespace has it): "+
+		"run `vmnet up --host` with the name of this host, or fix address of [[host]] %q in the lab file", cfg.Name, h.Name, h.Address, h.Name)
+}
+
+// createVXLAN gives the bridge of n, which has VMs on other hosts too, a
+// VXLAN device: tagged as the lab's, without learning (the peers are
+// known), with one all-zeros FDB entry per peer, so that broadcast,
+// unknown unicast and multicast frames are sent to each peer (head-end
+// replication: the underlay needs no multicast). Called with l.mu held.
+func (l *Lab) createVXLAN(n *vmconfig.Network) (err error) {
+	v := n.VXLAN
+	name := vmconfig.VXLANName(v.VNI)
+	done := l.step("network " + n.Name + ": vxlan " + name)
+	defer func() { done(err) }()
+	if err := l.checkUnderlay(); err != nil {
+		return err
+	}
+	h := l.br.Handle()
+	br, err := h.LinkByName(n.Bridge)
+	if err != nil {
+		return fmt.Errorf("lab %s: network %s: bridge %s: %w", l.cfg.Name, n.Name, n.Bridge, err)
+	}
+	dev := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: n.MTU}, VxlanId: v.VNI,
+		SrcAddr: net.IP(v.Local.AsSlice()), Port: v.Port, Learning: false}
+	if err := h.LinkAdd(dev); err != nil {
+		if errors.Is(err, syscall.EEXIST) {
+			return fmt.Errorf("lab %s: network %s: vxlan %s (VNI %d, port %d): %w: an interface of that name or a VXLAN device with that VNI and port exists already; "+
+				"set vni = N on the network to another value, or remove the other device", l.cfg.Name, n.Name, name, v.VNI, v.Port, err)
+		}
+		return fmt.Errorf("lab %s: network %s: create vxlan %s (VNI %d, port %d): %w", l.cfg.Name, n.Name, name, v.VNI, v.Port, err)
+	}
+	link, err := h.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("lab %s: network %s: vxlan %s: %w", l.cfg.Name, n.Name, name, err)
+	}
+	if err := owner.Set(h, link, owner.Lab(l.cfg.Name)); err != nil {
+		h.LinkDel(link) // untagged, so nothing else would ever remove it
+		return fmt.Errorf("lab %s: network %s: vxlan %w", l.cfg.Name, n.Name, err)
+	}
+	l.vxlans = append(l.vxlans, name)
+	if err := l.saveLocked(); err != nil {
+		return err
+	}
+	for _, peer := range v.Peers {
+		if err := l.appendFlood(link.Attrs().Index, peer); err != nil {
+			return fmt.Errorf("lab %s: network %s: vxlan %s: add flood entry for host %s (%s port %d): %w",
+				l.cfg.Name, n.Name, name, peer.Host, peer.Address, peer.Port, err)
+		}
+	}
+	if err := h.LinkSetMaster(link, br); err != nil {
+		return fmt.Errorf("lab %s: network %s: attach vxlan %s to bridge %s: %w", l.cfg.Name, n.Name, name, n.Bridge, err)
+	}
+	if err := h.LinkSetUp(link); err != nil {
+		return fmt.Errorf("lab %s: network %s: vxlan %s: set up: %w", l.cfg.Name, n.Name, name, err)
+	}
+	return nil
+}
+
+// appendFlood adds the all-zeros FDB entry that sends a copy of every
+// broadcast, multicast and unknown-unicast frame to peer: `bridge fdb
+// append 00:00:00:00:00:00 dev DEV dst ADDR port PORT self permanent`.
+// netlink.NeighAppend cannot carry the port (NDA_PORT), which a peer
+// with another vxlan_port than this host's needs, so the request is built
+// here, in the lab's namespace.
+func (l *Lab) appendFlood(ifindex int, peer vmconfig.Peer) error {
+	return netns.Do(l.ns, func() error {
+		req := nl.NewNetlinkRequest(unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_APPEND|unix.NLM_F_ACK)
+		req.AddData(&netlink.Ndmsg{Family: unix.AF_BRIDGE, Index: uint32(ifindex),
+			State: uint16(netlink.NUD_PERMANENT | netlink.NUD_NOARP), Flags: uint8(netlink.NTF_SELF)})
+		req.AddData(nl.NewRtAttr(unix.NDA_LLADDR, make([]byte, 6)))
+		req.AddData(nl.NewRtAttr(unix.NDA_DST, peer.Address.AsSlice()))
+		port := make([]byte, 2)
+		binary.BigEndian.PutUint16(port, uint16(peer.Port))
+		req.AddData(nl.NewRtAttr(unix.NDA_PORT, port))
+		_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+		return err
+	})
+}
+
+// deleteVXLANs deletes the VXLAN devices this Lab created, if they still
+// carry its tag. Called with l.mu held.
+func (l *Lab) deleteVXLANs() error {
+	var errs []error
+	h := l.br.Handle()
+	for i := len(l.vxlans) - 1; i >= 0; i-- {
+		name := l.vxlans[i]
+		link, err := h.LinkByName(name)
+		if err != nil {
+			var nf netlink.LinkNotFoundError
+			if !errors.As(err, &nf) {
+				errs = append(errs, fmt.Errorf("vxlan %s: %w", name, err))
+			}
+			continue
+		}
+		if err := owner.Check(link, owner.Lab(l.cfg.Name)); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := h.LinkDel(link); err != nil && !errors.Is(err, syscall.ENODEV) {
+			errs = append(errs, fmt.Errorf("vxlan %s: delete: %w", name, err))
+		}
+	}
+	l.vxlans = nil
+	return errors.Join(errs...)
+}

@@ -1,0 +1,329 @@
+package vmconfig
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// VXLAN limits and defaults.
+const (
+	DefaultVXLANPort = 4789 // IANA's VXLAN port, the kernel's default too
+	// VXLANOverhead is what VXLAN adds to a frame in an IPv4 underlay:
+	// outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) headers;
+	// VXLANOverhead6 in an IPv6 underlay (outer IPv6 is 40).
+	VXLANOverhead  = 50
+	VXLANOverhead6 = 70
+	MaxVNI         = 1<<24 - 1
+)
+
+// Host is one machine of a multi-host lab ([[host]]).
+type Host struct {
+	Name        string
+	Address     netip.Addr // underlay address vmnet uses on that host
+	UnderlayMTU int        // MTU of the underlay path; default 1500
+	VXLANPort   int        // UDP port of the VXLAN devices; default 4789
+	Pos         Pos
+}
+
+// VXLAN is how a network that spans hosts reaches its peers from the host
+// of a Lab part (see Lab.Part).
+type VXLAN struct {
+	VNI   int
+	Local netip.Addr // this host's underlay address
+	Port  int        // UDP port this host receives on
+	Peers []Peer     // the other hosts with VMs on the network
+}
+
+// Peer is another host a spanning network reaches: its underlay address
+// and the UDP port it receives VXLAN on (its vxlan_port).
+type Peer struct {
+	Host    string
+	Address netip.Addr
+	Port    int
+}
+
+var hostKeys = []string{"name", "address", "underlay_mtu", "vxlan_port"}
+
+// VXLANName is the name of the VXLAN device of the network with VNI vni
+// on each of its hosts. The kernel allows one device per VNI, port and
+// local address anyway, so the VNI makes the name unique where it
+// matters; it fits 15 bytes.
+func VXLANName(vni int) string { return fmt.Sprintf("vx%d", vni) }
+
+// DeriveVNI is the VNI of a network without vni =: stable across runs
+// and machines (the first 24 bits of SHA-256 over lab and network name),
+// in 1..16777215.
+func DeriveVNI(lab, network string) int {
+	sum := sha256.Sum256([]byte(lab + "\x00" + network))
+	v := int(binary.BigEndian.Uint32(sum[:4]) >> 8)
+	if v == 0 {
+		v = 1 // VNI 0 is valid on the wire but easy to mistake for "unset"
+	}
+	return v
+}
+
+func (r *resolver) host(t *table) {
+	h := &Host{Pos: r.p.at(t.path)}
+	name := t.str("name")
+	ok := false
+	switch {
+	case !name.set:
+		if _, has := t.m["name"]; !has {
+			r.p.errorf(t.path, "%sname is required", t.what)
+		}
+	case checkName("host", name.v) != nil:
+		t.errorf("name", "%v", checkName("host", name.v))
+	case r.hosts[name.v] != nil:
+		t.errorf("name", "host %q is defined twice (first at line %d): rename one", name.v, r.hosts[name.v].Pos.Line)
+	default:
+		ok = true
+		h.Name = name.v
+		t.what = fmt.Sprintf("host %q: ", name.v)
+	}
+	addr := t.str("address")
+	switch {
+	case !addr.set:
+		if _, has := t.m["address"]; !has {
+			r.p.errorf(t.path, "%saddress is required: the underlay address vmnet uses on that host, like \"192.0.2.10\"", t.what)
+		}
+		ok = false
+	default:
+		a, err := netip.ParseAddr(addr.v)
+		switch {
+		case err != nil || a.Zone() != "":
+			t.errorf("address", "address %q is not an IP address (without prefix length), like \"192.0.2.10\"", addr.v)
+			ok = false
+		case a.Unmap().IsUnspecified() || a.Unmap().IsMulticast():
+			t.errorf("address", "address %s cannot be a host's underlay address: use the unicast address of that host", a.Unmap())
+			ok = false
+		default:
+			h.Address = a.Unmap()
+			if first, dup := r.hostAddrs[h.Address]; dup {
+				t.errorf("address", "address %s is already the address of host %q: every host needs its own underlay address", h.Address, first)
+				ok = false
+			} else {
+				r.hostAddrs[h.Address] = h.Name
+			}
+		}
+	}
+	h.UnderlayMTU = pick(t.integer("underlay_mtu", 576, 65535), DefaultMTU)
+	h.VXLANPort = pick(t.integer("vxlan_port", 1, 65535), DefaultVXLANPort)
+	t.finish(hostKeys)
+	if ok {
+		r.hosts[h.Name] = h
+		r.lab.Hosts = append(r.lab.Hosts, h)
+	}
+}
+
+func (r *resolver) hostNames() string {
+	var names []string
+	for _, h := range r.lab.Hosts {
+		names = append(names, h.Name)
+	}
+	if len(names) == 0 {
+		return "no [[host]] is defined"
+	}
+	return "defined hosts: " + strings.Join(names, ", ")
+}
+
+// vmHost resolves host = "..." of a [[vm]].
+func (r *resolver) vmHost(t *table, vm *VM) {
+	h := t.str("host")
+	switch {
+	case h.set && r.hosts[h.v] == nil:
+		t.errorf("host", "host %q is not defined (%s): add a [[host]] with that name or fix the name", h.v, r.hostNames())
+	case h.set:
+		vm.Host = h.v
+	case len(r.lab.Hosts) == 1:
+		vm.Host = r.lab.Hosts[0].Name
+	case len(r.lab.Hosts) > 1 && r.hostsOK:
+		r.p.errorf(t.path, "%shost is required when the lab has several [[host]] tables: add host = \"NAME\" (%s)", t.what, r.hostNames())
+	}
+}
+
+// finishHosts does the checks that need every host, network and VM:
+// VNIs, MTUs of networks that span hosts, links across hosts.
+func (r *resolver) finishHosts() {
+	if len(r.lab.Hosts) < 2 {
+		return
+	}
+	vnis := map[int]*Network{}
+	for _, n := range r.lab.Networks {
+		path := r.vniPaths[n]
+		if first := vnis[n.VNI]; first != nil {
+			what := "derived"
+			if r.vniSet[n] {
+				what = "set"
+			}
+			r.p.errorf(path, "network %q: vni %d (%s) is already the vni of network %q at line %d: set vni = N to another value in 1..%d",
+				n.Name, n.VNI, what, first.Name, first.Pos.Line, MaxVNI)
+			continue
+		}
+		vnis[n.VNI] = n
+		hosts := r.lab.HostsOf(n.Name)
+		if len(hosts) < 2 {
+			continue
+		}
+		r.claimIfName("", VXLANName(n.VNI), r.vniPaths[n], fmt.Sprintf("network %q: VXLAN device: ", n.Name))
+		first := r.hosts[hosts[0]]
+		for _, hn := range hosts {
+			h := r.hosts[hn]
+			if h.Address.Is4() != first.Address.Is4() {
+				r.p.errorf(r.mtuPaths[n], "network %q spans hosts %s, but host %q has an IPv%d address and host %q an IPv%d one: VXLAN peers need one address family; give the hosts addresses of one family",
+					n.Name, strings.Join(hosts, ", "), first.Name, ipv(first.Address), h.Name, ipv(h.Address))
+				break
+			}
+			over := VXLANOverhead
+			if !h.Address.Is4() {
+				over = VXLANOverhead6
+			}
+			if n.MTU+over > h.UnderlayMTU {
+				r.p.errorf(r.mtuPaths[n], "network %q spans hosts %s over VXLAN, which adds %d bytes on an IPv%d underlay: mtu %d does not fit underlay_mtu %d of host %q: set mtu = %d on the network (or raise underlay_mtu if the underlay carries larger frames)",
+					n.Name, strings.Join(hosts, ", "), over, ipv(h.Address), n.MTU, h.UnderlayMTU, h.Name, h.UnderlayMTU-over)
+				break
+			}
+		}
+	}
+	for _, l := range r.lab.Links {
+		var on []string
+		for _, e := range []Endpoint{l.A, l.B} {
+			if e.Kind == KindVM {
+				if vm := r.vms[e.Name]; vm != nil && vm.Host != "" && !slices.Contains(on, vm.Host) {
+					on = append(on, vm.Host)
+				}
+			}
+		}
+		switch {
+		case len(on) == 0:
+			r.p.errorf(r.linkPaths[l], "link %d: with several [[host]] tables a link needs a vm: end, which says on which host it runs", l.Index)
+		case len(on) > 1:
+			r.p.errorf(r.linkPaths[l], "link %d: joins VMs on hosts %s: a link runs on one host; put both VMs on one host or use a network, which spans hosts over VXLAN",
+				l.Index, strings.Join(on, " and "))
+		}
+	}
+}
+
+// HostsOf returns the hosts with a VM that has a NIC on network, in the
+// order of [[host]].
+func (l *Lab) HostsOf(network string) []string {
+	on := map[string]bool{}
+	for _, vm := range l.VMs {
+		for _, nic := range vm.NICs {
+			if nic.Network == network {
+				on[vm.Host] = true
+			}
+		}
+	}
+	var out []string
+	for _, h := range l.Hosts {
+		if on[h.Name] {
+			out = append(out, h.Name)
+		}
+	}
+	return out
+}
+
+// HostByName returns the [[host]] named name, or nil.
+func (l *Lab) HostByName(name string) *Host {
+	for _, h := range l.Hosts {
+		if h.Name == name {
+			return h
+		}
+	}
+	return nil
+}
+
+// Part returns what host brings up of a lab with several [[host]]
+// tables: its VMs, the networks they use (each network that also has VMs
+// on other hosts with its VXLAN set; such a network's addresses only on
+// the first of its hosts, in [[host]] order, since every host's bridge is
+// part of one layer-2 domain) and the links of its VMs. Names,
+// MACs, VNIs and the state directory stay those of the whole lab. With
+// no [[host]] or one, host may be "" (or the one host's name) and Part
+// returns l itself.
+func (l *Lab) Part(host string) (*Lab, error) {
+	switch {
+	case len(l.Hosts) == 0 && host == "":
+		return l, nil
+	case len(l.Hosts) == 0:
+		return nil, fmt.Errorf("lab %s has no [[host]] tables, so --host %s has no meaning: leave --host out, or add [[host]] tables to the lab file", l.Name, host)
+	case host == "" && len(l.Hosts) == 1:
+		return l, nil
+	case host == "":
+		return nil, fmt.Errorf("lab %s spans %d hosts: say which part to bring up here with --host NAME (%s)", l.Name, len(l.Hosts), hostList(l.Hosts))
+	}
+	me := l.HostByName(host)
+	if me == nil {
+		return nil, fmt.Errorf("lab %s has no host %q: use one of %s", l.Name, host, hostList(l.Hosts))
+	}
+	if len(l.Hosts) == 1 {
+		return l, nil
+	}
+	p := *l
+	p.Host = me
+	p.VMs, p.Networks, p.Links = nil, nil, nil
+	used := map[string]bool{}
+	for _, vm := range l.VMs {
+		if vm.Host != host {
+			continue
+		}
+		p.VMs = append(p.VMs, vm)
+		for _, nic := range vm.NICs {
+			if nic.Network != "" {
+				used[nic.Network] = true
+			}
+		}
+	}
+	for _, n := range l.Networks {
+		if !used[n.Name] {
+			continue
+		}
+		c := *n
+		c.VXLAN = nil
+		on := l.HostsOf(n.Name)
+		if len(on) > 1 && on[0] != host {
+			// One layer-2 domain: its host addresses go on the bridge
+			// of the first of its hosts only, not once per host.
+			c.Addresses = nil
+		}
+		for _, hn := range on {
+			if hn == host {
+				continue
+			}
+			if c.VXLAN == nil {
+				c.VXLAN = &VXLAN{VNI: n.VNI, Local: me.Address, Port: me.VXLANPort}
+			}
+			ph := l.HostByName(hn)
+			c.VXLAN.Peers = append(c.VXLAN.Peers, Peer{Host: ph.Name, Address: ph.Address, Port: ph.VXLANPort})
+		}
+		p.Networks = append(p.Networks, &c)
+	}
+	for _, lk := range l.Links {
+		for _, e := range []Endpoint{lk.A, lk.B} {
+			if e.Kind == KindVM && slices.ContainsFunc(p.VMs, func(vm *VM) bool { return vm.Name == e.Name }) {
+				p.Links = append(p.Links, lk)
+				break
+			}
+		}
+	}
+	return &p, nil
+}
+
+func ipv(a netip.Addr) int {
+	if a.Is4() {
+		return 4
+	}
+	return 6
+}
+
+func hostList(hs []*Host) string {
+	var names []string
+	for _, h := range hs {
+		names = append(names, h.Name)
+	}
+	return strings.Join(names, ", ")
+}
