@@ -6,10 +6,12 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/vmnet/vmnet/internal/link"
 	"github.com/vmnet/vmnet/vmconfig"
@@ -19,6 +21,80 @@ type linkFlags struct {
 	pcap, cpu, ready string
 	stats            time.Duration
 	out              output
+	// impair holds the impairment flags by prefix ("", "a-to-b-",
+	// "b-to-a-") and lab-file key.
+	impair map[string]map[string]*string
+}
+
+// impairPrefixes are the impairment flags' prefixes: both directions,
+// then each.
+var impairPrefixes = []string{"", "a-to-b-", "b-to-a-"}
+
+func (f *linkFlags) registerImpairments(fs *pflag.FlagSet) {
+	f.impair = map[string]map[string]*string{}
+	for _, p := range impairPrefixes {
+		f.impair[p] = map[string]*string{}
+		dir := "both directions"
+		if p != "" {
+			dir = strings.ReplaceAll(strings.TrimSuffix(p, "-"), "-", " ")
+		}
+		for _, k := range vmconfig.ImpairmentKeys {
+			f.impair[p][k] = fs.String(p+strings.ReplaceAll(k, "_", "-"), "", impairHelp[k]+" ("+dir+")")
+		}
+	}
+}
+
+var impairHelp = map[string]string{
+	"delay":            "delay every frame by `DURATION` (20ms)",
+	"jitter":           "vary the delay by up to ± `DURATION`",
+	"loss":             "drop `PERCENT` of frames (5%)",
+	"loss_correlation": "correlate a loss with the previous one by `PERCENT` (netem's)",
+	"duplicate":        "send `PERCENT` of frames twice",
+	"reorder":          "send `PERCENT` of frames at once, ahead of delayed ones",
+	"corrupt":          "flip one bit in `PERCENT` of frames",
+	"rate":             "limit to `RATE` (100mbit, 1gbit)",
+	"burst":            "let `SIZE` through at line speed before the rate holds (32kb)",
+}
+
+// impairments builds each direction's impairment from the flags: the
+// unprefixed ones for both, the prefixed ones override them key by key.
+// A direction without any flag gets none (the plain path).
+func (f *linkFlags) impairments() (ab, ba *vmconfig.Impairment, err error) {
+	var both vmconfig.Impairment
+	set := func(im *vmconfig.Impairment, p string) (bool, error) {
+		any := false
+		for _, k := range vmconfig.ImpairmentKeys {
+			v := *f.impair[p][k]
+			if v == "" {
+				continue
+			}
+			any = true
+			if err := vmconfig.SetImpairment(im, k, v); err != nil {
+				return false, usagef("vmnet link: --%s%s: %v", p, strings.ReplaceAll(k, "_", "-"), err)
+			}
+		}
+		return any, nil
+	}
+	bothSet, err := set(&both, "")
+	if err != nil {
+		return nil, nil, err
+	}
+	var out [2]*vmconfig.Impairment
+	for i, p := range impairPrefixes[1:] {
+		im := both
+		dirSet, err := set(&im, p)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !bothSet && !dirSet {
+			continue
+		}
+		if err := im.Check(); err != nil {
+			return nil, nil, usagef("vmnet link: %s: %v", strings.ReplaceAll(strings.TrimSuffix(p, "-"), "-", " "), err)
+		}
+		out[i] = &im
+	}
+	return out[0], out[1], nil
 }
 
 func linkCommand(e *env) *cobra.Command {
@@ -32,10 +108,16 @@ func linkCommand(e *env) *cobra.Command {
 			"           udp:LOCALADDR:PORT,remote=ADDR:PORT[,key=FILE] (IPv6 in brackets)\n" +
 			"A udp tunnel without key is unauthenticated cleartext; key=FILE (32 random bytes, mode 0600,\n" +
 			"the same at both ends) authenticates and encrypts it.\n" +
-			"Super-frames pass unchanged where the far side takes them and are segmented where it does not.",
+			"Super-frames pass unchanged where the far side takes them and are segmented where it does not.\n\n" +
+			"Impairments (--delay, --jitter, --loss, --loss-correlation, --duplicate, --reorder, --corrupt,\n" +
+			"--rate, --burst) mean what tc-netem's mean and apply to both directions; --a-to-b-KEY and\n" +
+			"--b-to-a-KEY set one direction, overriding the former key by key. A super-frame is impaired\n" +
+			"as a unit, as netem does with an unsegmented packet.",
 		Example: `  vmnet link tap:t0 packet:eth1
   vmnet link tap:t0,queues=4 tap:t1,netns=other --stats 1s
   vmnet link tap:t0 tap:t1 --stats 5s -o json    # one JSON object per line per interval
+  vmnet link tap:t0 tap:t1 --delay 20ms --jitter 5ms --loss 5% --rate 100mbit
+  vmnet link tap:t0 tap:t1 --a-to-b-loss 20% --b-to-a-delay 40ms   # one direction each
   vmnet link tap:t0 udp:0.0.0.0:4789,remote=192.0.2.7:4789,key=/etc/vmnet/link.key --pcap /tmp/t0.pcap`,
 		Args: nargs(2, 2),
 		RunE: func(_ *cobra.Command, args []string) error { return runLink(e, args, f) },
@@ -46,6 +128,7 @@ func linkCommand(e *env) *cobra.Command {
 	fs.StringVar(&f.cpu, "cpuprofile", "", "internal: write a CPU profile to `FILE`")
 	hide(fs, "cpuprofile")
 	fs.StringVar(&f.ready, "ready", "", "create `FILE` once both endpoints are open (for scripts)")
+	f.registerImpairments(fs)
 	f.out.register(fs, link.SampleFormats...) // json: one object per line per interval, and a final one
 	f.out.complete(c)
 	return c
@@ -61,9 +144,13 @@ func runLink(e *env, pos []string, f linkFlags) (err error) {
 			return usagef("%v", err)
 		}
 	}
+	ab, ba, err := f.impairments()
+	if err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	l, err := link.Dial(ctx, eps[0], eps[1], link.OpenOptions{}, link.Options{PCAP: f.pcap})
+	l, err := link.Dial(ctx, eps[0], eps[1], link.OpenOptions{}, link.Options{PCAP: f.pcap, AtoB: ab, BtoA: ba})
 	if err != nil {
 		return err
 	}
