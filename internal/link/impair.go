@@ -57,8 +57,14 @@ type ImpairStats struct {
 	Overflow   uint64 `json:"overflow"`   // dropped: the queue held its limit
 }
 
+// impairCounters are a direction's counters and its shared state: the
+// rate is the direction's, not a queue's, so every pump of the direction
+// draws from one bucket.
 type impairCounters struct {
 	lost, dup, corrupt, reorder, delayed, overflow atomic.Uint64
+
+	rateMu sync.Mutex
+	tat    int64 // rate: theoretical arrival time (GCRA), on the direction's clock
 }
 
 func (c *impairCounters) load() *ImpairStats {
@@ -87,7 +93,6 @@ type stage struct {
 	// nop: every parameter is zero ("delay 0"); the stage exists (its
 	// counters and status show it) but frames take the plain path.
 	nop bool
-	tat int64 // rate: theoretical arrival time (GCRA)
 
 	mu    sync.Mutex
 	heap  []slot // ordered by (due, seq)
@@ -112,8 +117,9 @@ func newStage(im vmconfig.Impairment, off int, c *impairCounters, clock func() i
 		rel: make([][]byte, 0, maxBatch), relBufs: make([][]byte, 0, maxBatch)}
 }
 
-// monoClock is the stage's real clock: nanoseconds since a fixed start,
-// monotonic.
+// monoClock is a direction's real clock: nanoseconds since a fixed
+// start, monotonic; the pumps of a direction share one (their rate
+// bucket is on it).
 func monoClock() func() int64 {
 	start := time.Now()
 	return func() int64 { return int64(time.Since(start)) }
@@ -162,9 +168,11 @@ func (s *stage) due(flen int, now int64) (int64, bool) {
 			burst = int64(flen)
 		}
 		tol := burst * 8 * int64(time.Second) / int64(s.im.Rate)
-		tat := max(s.tat, now)
+		s.c.rateMu.Lock()
+		tat := max(s.c.tat, now)
 		t = max(now, tat+cost-tol)
-		s.tat = tat + cost
+		s.c.tat = tat + cost
+		s.c.rateMu.Unlock()
 	}
 	if s.im.Reorder != 0 && s.chance(s.im.Reorder) {
 		s.c.reorder.Add(1)
@@ -328,9 +336,9 @@ func (s *stage) done() {
 	s.rel, s.relBufs = s.rel[:0], s.relBufs[:0]
 }
 
-// run writes queued frames when they are due until ctx is done or the
-// destination is gone.
-func (s *stage) run(ctx context.Context, p *pump) {
+// run writes queued frames when they are due until ctx is done (it then
+// returns nil) or the destination is gone (returned).
+func (s *stage) run(ctx context.Context, p *pump) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	var local DirStats
@@ -350,10 +358,12 @@ func (s *stage) run(ctx context.Context, p *pump) {
 					break
 				}
 				if fatal(err) {
-					local.Drops.Write += uint64(len(out))
 					s.done()
 					p.c.add(&local)
-					return
+					if ctx.Err() != nil {
+						return nil
+					}
+					return err
 				}
 				local.Drops.Write++
 				if len(out) > 0 {
@@ -369,7 +379,7 @@ func (s *stage) run(ctx context.Context, p *pump) {
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-s.wake:
 		case <-timer.C:
 		}

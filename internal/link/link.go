@@ -100,14 +100,18 @@ func (l *Link) Run(ctx context.Context) error {
 		first   error
 	)
 	start := func(src, dst *Endpoint, c *counters, im *vmconfig.Impairment) {
+		clock := monoClock()
 		for i := range src.queues {
 			p := newPump(l, src, dst, i, c)
 			if im != nil {
-				p.st = newStage(*im, Headroom-dst.hdr.Size, c.imp, monoClock(), rand.Uint64())
+				p.st = newStage(*im, Headroom-dst.hdr.Size, c.imp, clock, rand.Uint64())
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					p.st.run(ctx, p)
+					if err := p.st.run(ctx, p); err != nil {
+						errOnce.Do(func() { first = fmt.Errorf("link %s: %w", l, err) })
+						cancel()
+					}
 				}()
 			}
 			wg.Add(1)
