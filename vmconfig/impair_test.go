@@ -2,6 +2,7 @@ package vmconfig
 
 import (
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -117,4 +118,45 @@ func TestParseImpairmentValues(t *testing.T) {
 	if s := FormatRate(1_500_000); s != "1500kbit" {
 		t.Errorf("FormatRate: %s", s)
 	}
+}
+
+// FuzzImpairmentValue: any value for any key is accepted or refused
+// without panic, and an accepted one prints back (as status shows it) to
+// something that parses to the same impairment.
+func FuzzImpairmentValue(f *testing.F) {
+	for _, s := range []string{"20ms", "5%", "0.1%", "100mbit", "12500kbps", "32kb", "1500b", "1e3kbit", "0", "-1ms", "NaN%", "1e400%"} {
+		f.Add(uint8(0), s)
+	}
+	f.Fuzz(func(t *testing.T, k uint8, v string) {
+		key := ImpairmentKeys[int(k)%len(ImpairmentKeys)]
+		var im Impairment
+		if err := SetImpairment(&im, key, v); err != nil {
+			return
+		}
+		var back Impairment
+		var err error
+		switch key {
+		case "delay":
+			back.Delay, err = ParseDelay(im.Delay.String())
+		case "jitter":
+			back.Jitter, err = ParseDelay(im.Jitter.String())
+		case "loss":
+			back.Loss, err = ParsePercent(FormatPercent(im.Loss))
+		case "loss_correlation":
+			back.LossCorrelation, err = ParsePercent(FormatPercent(im.LossCorrelation))
+		case "duplicate":
+			back.Duplicate, err = ParsePercent(FormatPercent(im.Duplicate))
+		case "reorder":
+			back.Reorder, err = ParsePercent(FormatPercent(im.Reorder))
+		case "corrupt":
+			back.Corrupt, err = ParsePercent(FormatPercent(im.Corrupt))
+		case "rate":
+			back.Rate, err = ParseRate(FormatRate(im.Rate))
+		case "burst":
+			back.Burst, err = ParseSize(strconv.FormatUint(im.Burst, 10) + "b")
+		}
+		if err != nil || back != im {
+			t.Fatalf("%s = %q reads as %+v, prints back as %+v (%v)", key, v, im, back, err)
+		}
+	})
 }
