@@ -93,6 +93,10 @@ type stage struct {
 	// nop: every parameter is zero ("delay 0"); the stage exists (its
 	// counters and status show it) but frames take the plain path.
 	nop bool
+	// next is an impairment set at run time (Link.SetImpairment), taken
+	// over by the pump at its next batch: im, timed and nop belong to
+	// the pump's goroutine.
+	next atomic.Pointer[vmconfig.Impairment]
 
 	mu    sync.Mutex
 	heap  []slot // ordered by (due, seq)
@@ -112,9 +116,25 @@ type stage struct {
 }
 
 func newStage(im vmconfig.Impairment, off int, c *impairCounters, clock func() int64, seed uint64) *stage {
-	return &stage{im: im, off: off, nop: im.IsZero(), timed: im.Delay != 0 || im.Jitter != 0 || im.Rate != 0, c: c, clock: clock, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+	s := &stage{off: off, c: c, clock: clock, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 		heap: make([]slot, 0, 1024), wake: make(chan struct{}, 1),
 		rel: make([][]byte, 0, maxBatch), relBufs: make([][]byte, 0, maxBatch)}
+	s.use(im)
+	return s
+}
+
+func (s *stage) use(im vmconfig.Impairment) {
+	s.im, s.nop, s.timed = im, im.IsZero(), im.Delay != 0 || im.Jitter != 0 || im.Rate != 0
+}
+
+// refresh takes over an impairment set at run time; the pump calls it
+// once per batch (a plain load when nothing changed).
+func (s *stage) refresh() {
+	if s.next.Load() != nil {
+		if im := s.next.Swap(nil); im != nil {
+			s.use(*im)
+		}
+	}
 }
 
 // monoClock is a direction's real clock: nanoseconds since a fixed

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -40,6 +41,7 @@ type probes struct {
 	t      *testing.T
 	tx, rx net.PacketConn
 	dst    net.Addr
+	warmed bool
 }
 
 func (w *world) probes(port int) *probes {
@@ -100,7 +102,10 @@ func (p *probes) send(seq uint32) {
 // oneWay sends n probes A -> B, paced (20 per ms), and returns the sequence numbers B received, in order
 // of arrival, once nothing more arrives for quiet.
 func (p *probes) oneWay(n int, quiet time.Duration) []uint32 {
-	p.warm()
+	if !p.warmed {
+		p.warm()
+		p.warmed = true
+	}
 	got := make(chan []uint32, 1)
 	go func() {
 		var seqs []uint32
@@ -282,5 +287,31 @@ func TestImpairDelayThroughputKernel(t *testing.T) {
 	t.Logf("iperf3 TCP through --delay 5ms both ways: %.0f Mbit/s; link: %+v", mbit, l.Stats().AtoB.Impaired)
 	if mbit < 1000 {
 		t.Errorf("%.0f Mbit/s through a 5 ms delay each way, want at least 1000", mbit)
+	}
+}
+
+// TestImpairSetKernel: impairments change while the link runs; a
+// direction started without any refuses, and nothing changes.
+func TestImpairSetKernel(t *testing.T) {
+	w, l := impairedWorld(t, &vmconfig.Impairment{}, nil)
+	p := w.probes(6005)
+	if got := len(p.oneWay(200, 200*time.Millisecond)); got != 200 {
+		t.Fatalf("%d of 200 probes arrived through a delay 0 stage", got)
+	}
+	if err := l.SetImpairment(&vmconfig.Impairment{Loss: 100}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(p.oneWay(200, 200*time.Millisecond)); got != 0 {
+		t.Errorf("%d of 200 probes arrived after loss was set to 100%%", got)
+	}
+	if s := l.Stats(); s.AtoB.Impairment != "loss 100%" {
+		t.Errorf("stats show %q", s.AtoB.Impairment)
+	}
+	err := l.SetImpairment(&vmconfig.Impairment{}, &vmconfig.Impairment{Loss: 5})
+	if err == nil || !strings.Contains(err.Error(), "started without impairments") {
+		t.Errorf("setting the plain direction: %v", err)
+	}
+	if s := l.Stats(); s.AtoB.Impairment != "loss 100%" || s.BtoA.Impairment != "" {
+		t.Errorf("a refused change changed %q / %q", s.AtoB.Impairment, s.BtoA.Impairment)
 	}
 }

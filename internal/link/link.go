@@ -33,8 +33,10 @@ type Link struct {
 	batch   int
 	capture *capture
 	ab, ba  counters
+	imMu    sync.Mutex // guards imAB, imBA and stages
 	imAB    *vmconfig.Impairment
 	imBA    *vmconfig.Impairment
+	stages  [2][]*stage // per direction (0: a to b), once Run made them
 
 	running atomic.Bool
 	closeMu sync.Mutex
@@ -99,12 +101,18 @@ func (l *Link) Run(ctx context.Context) error {
 		errOnce sync.Once
 		first   error
 	)
-	start := func(src, dst *Endpoint, c *counters, im *vmconfig.Impairment) {
+	start := func(src, dst *Endpoint, c *counters, dir int) {
 		clock := monoClock()
+		l.imMu.Lock()
+		im := [2]*vmconfig.Impairment{l.imAB, l.imBA}[dir]
+		l.imMu.Unlock()
 		for i := range src.queues {
 			p := newPump(l, src, dst, i, c)
 			if im != nil {
 				p.st = newStage(*im, Headroom-dst.hdr.Size, c.imp, clock, rand.Uint64())
+				l.imMu.Lock()
+				l.stages[dir] = append(l.stages[dir], p.st)
+				l.imMu.Unlock()
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
@@ -124,8 +132,8 @@ func (l *Link) Run(ctx context.Context) error {
 			}()
 		}
 	}
-	start(l.a, l.b, &l.ab, l.imAB)
-	start(l.b, l.a, &l.ba, l.imBA)
+	start(l.a, l.b, &l.ab, 0)
+	start(l.b, l.a, &l.ba, 1)
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
@@ -155,6 +163,34 @@ func (l *Link) Run(ctx context.Context) error {
 		}
 	}
 	return first
+}
+
+// SetImpairment changes the impairments of the directions given (nil:
+// leave that direction alone) while the link runs or before. Frames
+// already waiting keep their times to send. A direction the link was
+// made without impairments has no stage to change (its plain path costs
+// nothing): that is an error, and nothing changes.
+func (l *Link) SetImpairment(ab, ba *vmconfig.Impairment) error {
+	l.imMu.Lock()
+	defer l.imMu.Unlock()
+	cur := [2]**vmconfig.Impairment{&l.imAB, &l.imBA}
+	names := [2]string{l.a.String() + " to " + l.b.String(), l.b.String() + " to " + l.a.String()}
+	for dir, im := range [2]*vmconfig.Impairment{ab, ba} {
+		if im != nil && *cur[dir] == nil {
+			return fmt.Errorf("link %s: the direction from %s was started without impairments, so they cannot be set now: start the link with an impairment in that direction (delay 0 costs nothing)", l, names[dir])
+		}
+	}
+	for dir, im := range [2]*vmconfig.Impairment{ab, ba} {
+		if im == nil {
+			continue
+		}
+		v := *im
+		*cur[dir] = &v
+		for _, s := range l.stages[dir] {
+			s.next.Store(&v)
+		}
+	}
+	return nil
 }
 
 // Stats are a link's counters, per direction.
@@ -211,6 +247,8 @@ func (d Drops) Total() uint64 {
 // Stats reads the counters; safe at any time, from any goroutine.
 func (l *Link) Stats() Stats {
 	s := Stats{A: l.a.String(), B: l.b.String(), AtoB: l.ab.load(), BtoA: l.ba.load()}
+	l.imMu.Lock()
+	defer l.imMu.Unlock()
 	if l.imAB != nil {
 		s.AtoB.Impairment = l.imAB.String()
 	}
@@ -354,6 +392,9 @@ func (p *pump) run(ctx context.Context) error {
 			off = 0 // read to drain; every frame is dropped
 		}
 		n, err := p.sq.read(p.rbufs, off, p.sizes)
+		if p.st != nil {
+			p.st.refresh()
+		}
 		due := false
 		if n > 0 && (p.srcSz != nil || p.dstSz != nil) {
 			if now := time.Now(); now.Sub(p.checked) >= hdrCheckEvery {
