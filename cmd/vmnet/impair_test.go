@@ -52,3 +52,21 @@ func TestLinkImpairmentFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestLinkSetUsage: vmnet link set refuses a bad link number, no change
+// and bad values before it looks for the lab, with status 2.
+func TestLinkSetUsage(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"link", "set", "demo", "x", "--loss", "1%"}, `link "x": want the link's number`},
+		{[]string{"link", "set", "demo", "0"}, "nothing to change"},
+		{[]string{"link", "set", "demo", "0", "--a-to-b-loss", "5"}, `--a-to-b-loss: "5" is not a percentage`},
+	} {
+		st, _, stderr := vmnet(t, c.args...)
+		if st != 2 || !strings.Contains(stderr, "vmnet link set: "+c.want) {
+			t.Errorf("vmnet %q: status %d, %q; want 2 and %q", c.args, st, stderr, c.want)
+		}
+	}
+}

@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/vmnet/vmnet/internal/lab"
 	"github.com/vmnet/vmnet/internal/link"
 	"github.com/vmnet/vmnet/vmconfig"
 )
@@ -129,7 +132,8 @@ func linkCommand(e *env) *cobra.Command {
 	hide(fs, "cpuprofile")
 	fs.StringVar(&f.ready, "ready", "", "create `FILE` once both endpoints are open (for scripts)")
 	f.registerImpairments(fs)
-	f.out.register(fs, link.SampleFormats...) // json: one object per line per interval, and a final one
+	f.out.register(fs, link.SampleFormats...)
+	c.AddCommand(linkSetCommand(e)) // json: one object per line per interval, and a final one
 	f.out.complete(c)
 	return c
 }
@@ -189,4 +193,72 @@ func runLink(e *env, pos []string, f linkFlags) (err error) {
 	}
 	err = l.Run(ctx)
 	return errors.Join(err, link.WriteSample(e.stdout, f.out.format, l.Sample(start, true)))
+}
+
+func linkSetCommand(e *env) *cobra.Command {
+	var f linkFlags
+	c := root(&cobra.Command{
+		Use:   "set LAB LINK [--delay D] [--loss P%] [--a-to-b-rate R] ...",
+		Short: "change the impairments of a running lab's link",
+		Long: "Changes the impairment keys given on the running [[link]] number LINK (from 0, in the order of\n" +
+			"the lab file); the keys not given stay. A direction the lab file gave no impairment runs the\n" +
+			"plain path and cannot be changed: give it one (delay = \"0\" costs nothing) to change it later.",
+		Example: `  vmnet link set demo 0 --loss 1%
+  vmnet link set demo 0 --a-to-b-delay 50ms --b-to-a-rate 10mbit
+  vmnet link set demo 1 --loss 0% --delay 0   # back to a clean wire`,
+		Args:              nargs(2, 2),
+		RunE:              func(_ *cobra.Command, args []string) error { return linkSet(e, args, &f) },
+		ValidArgsFunction: e.completeLabs,
+	})
+	f.registerImpairments(c.Flags())
+	return c
+}
+
+func linkSet(e *env, pos []string, f *linkFlags) error {
+	idx, err := strconv.Atoi(pos[1])
+	if err != nil || idx < 0 {
+		return usagef("vmnet link set: link %q: want the link's number, from 0 in the order of the lab file", pos[1])
+	}
+	keys := map[string]map[string]string{}
+	for _, p := range impairPrefixes {
+		dir := strings.ReplaceAll(strings.TrimSuffix(p, "-"), "-", "_")
+		for _, k := range vmconfig.ImpairmentKeys {
+			v := *f.impair[p][k]
+			if v == "" {
+				continue
+			}
+			var im vmconfig.Impairment
+			if err := vmconfig.SetImpairment(&im, k, v); err != nil {
+				return usagef("vmnet link set: --%s%s: %v", p, strings.ReplaceAll(k, "_", "-"), err)
+			}
+			if keys[dir] == nil {
+				keys[dir] = map[string]string{}
+			}
+			keys[dir][k] = v
+		}
+	}
+	if len(keys) == 0 {
+		return usagef("vmnet link set: nothing to change: give impairments such as --loss 1%% or --a-to-b-delay 20ms")
+	}
+	_, dir, _, err := e.findLab(pos[0], "link set")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := lab.Call(ctx, dir, lab.Request{Op: "link-set", Link: idx, Impair: keys})
+	if err != nil {
+		return err
+	}
+	if idx < len(resp.Links) {
+		s := resp.Links[idx]
+		for _, d := range []struct {
+			from, to, im string
+		}{{s.A, s.B, s.AtoB.Impairment}, {s.B, s.A, s.BtoA.Impairment}} {
+			if d.im != "" {
+				fmt.Fprintf(e.stdout, "link %d %s -> %s: %s\n", idx, d.from, d.to, d.im)
+			}
+		}
+	}
+	return nil
 }

@@ -133,6 +133,8 @@ func Describe(st *State, cfg *vmconfig.Lab, live *Response) Report {
 			}
 			if live != nil && i < len(live.Links) {
 				lr.Stats = &live.Links[i]
+				// What runs now: `vmnet link set` may have changed it.
+				lr.AtoB, lr.BtoA = lr.Stats.AtoB.Impairment, lr.Stats.BtoA.Impairment
 			}
 			r.Links = append(r.Links, lr)
 		}

@@ -193,6 +193,21 @@ func (l *Link) SetImpairment(ab, ba *vmconfig.Impairment) error {
 	return nil
 }
 
+// Impairments returns copies of the directions' impairments (a to b,
+// b to a); nil for a direction without.
+func (l *Link) Impairments() [2]*vmconfig.Impairment {
+	l.imMu.Lock()
+	defer l.imMu.Unlock()
+	var out [2]*vmconfig.Impairment
+	for i, im := range [2]*vmconfig.Impairment{l.imAB, l.imBA} {
+		if im != nil {
+			v := *im
+			out[i] = &v
+		}
+	}
+	return out
+}
+
 // Stats are a link's counters, per direction.
 type Stats struct {
 	A    string   `json:"a"`
