@@ -113,7 +113,9 @@ type Link struct {
 	Index int
 	A, B  Endpoint
 	PCAP  string // absolute path or ""
-	Pos   Pos
+	// AtoB and BtoA impair a direction; nil: no impairment stage.
+	AtoB, BtoA *Impairment
+	Pos        Pos
 }
 
 // Summary is the one-line description printed by `vmnet validate`.

@@ -118,7 +118,7 @@ var (
 		"qemu", "user", "extra_args", "console", "command", "gateway"}
 	nicKeys = []string{"network", "mac", "queues", "vnet_hdr", "offloads", "model", "vhost", "vlan", "tagged", "mtu",
 		"ifname", "address", "qdisc"}
-	linkKeys = []string{"a", "b", "pcap"}
+	linkKeys = append([]string{"a", "b", "pcap", "a_to_b", "b_to_a"}, ImpairmentKeys...)
 
 	machines    = []string{"pc", "q35", "microvm"}
 	accels      = []string{"auto", "kvm", "tcg"}

@@ -559,6 +559,7 @@ func (r *resolver) link(t *table) {
 			l.PCAP = p.abs(pcap.v)
 		}
 	}
+	l.AtoB, l.BtoA = r.impairments(t)
 	t.finish(linkKeys)
 	r.linkPaths[l] = t.path
 	if ok {
@@ -643,4 +644,49 @@ func outsideSubnets(a netip.Prefix, network []netip.Prefix) string {
 		same = append(same, n.Masked().String())
 	}
 	return strings.Join(same, ", ")
+}
+
+// impairments reads a [[link]]'s impairment keys: those on the link for
+// both directions, then a_to_b and b_to_a tables that override them key
+// by key. A direction without any key gets nil (no stage).
+func (r *resolver) impairments(t *table) (ab, ba *Impairment) {
+	var both Impairment
+	bothSet := r.impairKeys(t, &both)
+	out := [2]*Impairment{}
+	for i, k := range DirKeys {
+		im, set := both, bothSet
+		if v, ok := t.get(k); ok {
+			sub := r.p.newTable(t.key(k), t.what+k+": ", v)
+			if sub.m != nil {
+				set = r.impairKeys(sub, &im) || set
+				sub.finish(ImpairmentKeys)
+			}
+		}
+		if !set {
+			continue
+		}
+		if err := im.Check(); err != nil {
+			t.errorf(k, "%s: %v", k, err)
+			continue
+		}
+		out[i] = &im
+	}
+	return out[0], out[1]
+}
+
+// impairKeys parses the impairment keys of t into im and reports whether
+// any was given.
+func (r *resolver) impairKeys(t *table, im *Impairment) bool {
+	set := false
+	for _, k := range ImpairmentKeys {
+		s := t.str(k)
+		if !s.set {
+			continue
+		}
+		set = true
+		if err := SetImpairment(im, k, s.v); err != nil {
+			t.errorf(k, "%s: %v", k, err)
+		}
+	}
+	return set
 }

@@ -28,12 +28,16 @@ const maxControlMessage = 4 << 20
 
 // Request is one control call.
 type Request struct {
-	Op      string `json:"op"` // vm-status, nic-add, nic-del
+	Op      string `json:"op"` // vm-status, nic-add, nic-del, link-set
 	VM      string `json:"vm,omitempty"`
 	Network string `json:"network,omitempty"`
 	Queues  int    `json:"queues,omitempty"`
 	MAC     string `json:"mac,omitempty"`
 	NIC     string `json:"nic,omitempty"`
+	// link-set: the link's index and the impairment keys to change, by
+	// direction ("" for both, "a_to_b", "b_to_a"), lab-file key to value.
+	Link   int                          `json:"link,omitempty"`
+	Impair map[string]map[string]string `json:"impair,omitempty"`
 }
 
 // Response answers a Request.
@@ -127,6 +131,12 @@ func (l *Lab) handle(ctx context.Context, req Request, resp *Response) error {
 		return nil
 	case "nic-del":
 		return l.DelNIC(ctx, req.VM, req.NIC)
+	case "link-set":
+		if err := l.SetLinkImpairments(req.Link, req.Impair); err != nil {
+			return err
+		}
+		resp.Links = l.LinkStats()
+		return nil
 	}
 	return fmt.Errorf("unknown control op %q", req.Op)
 }

@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/vmnet/vmnet/internal/link"
 	"github.com/vmnet/vmnet/netns"
@@ -48,7 +49,7 @@ func (l *Lab) StartLinks(ctx context.Context) error {
 		var ln *link.Link
 		err = netns.Do(l.ns, func() error {
 			var err error
-			ln, err = link.Dial(ctx, a, b, link.OpenOptions{}, link.Options{PCAP: lk.PCAP})
+			ln, err = link.Dial(ctx, a, b, link.OpenOptions{}, link.Options{PCAP: lk.PCAP, AtoB: lk.AtoB, BtoA: lk.BtoA})
 			return err
 		})
 		done(err)
@@ -98,4 +99,49 @@ func (l *Lab) stopLinksLocked() error {
 	}
 	l.links, l.linkCtx, l.linkStop = nil, nil, nil
 	return first
+}
+
+// SetLinkImpairments changes impairment keys of the running link with
+// index i: keys[""] for both directions, keys["a_to_b"] / keys["b_to_a"]
+// for one, on top of what the direction has now (the keys not given
+// stay). A bad value or a direction that runs without impairments
+// changes nothing.
+func (l *Lab) SetLinkImpairments(i int, keys map[string]map[string]string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if i < 0 || i >= len(l.links) {
+		return fmt.Errorf("lab %s: no link %d: the lab has %d (numbered from 0 in the order of the lab file)", l.cfg.Name, i, len(l.links))
+	}
+	ln := l.links[i].l
+	for k := range keys {
+		if k != "" && !slices.Contains(vmconfig.DirKeys, k) {
+			return fmt.Errorf("lab %s: link %d: unknown direction %q: want a_to_b or b_to_a", l.cfg.Name, i, k)
+		}
+	}
+	cur := ln.Impairments()
+	var next [2]*vmconfig.Impairment
+	for d, dk := range vmconfig.DirKeys {
+		if len(keys[""]) == 0 && len(keys[dk]) == 0 {
+			continue
+		}
+		var im vmconfig.Impairment
+		if cur[d] != nil {
+			im = *cur[d]
+		}
+		for _, m := range []map[string]string{keys[""], keys[dk]} {
+			for k, v := range m {
+				if err := vmconfig.SetImpairment(&im, k, v); err != nil {
+					return fmt.Errorf("lab %s: link %d: %s: %w", l.cfg.Name, i, k, err)
+				}
+			}
+		}
+		if err := im.Check(); err != nil {
+			return fmt.Errorf("lab %s: link %d: %s: %w", l.cfg.Name, i, dk, err)
+		}
+		next[d] = &im
+	}
+	if err := ln.SetImpairment(next[0], next[1]); err != nil {
+		return fmt.Errorf("lab %s: link %d: %w", l.cfg.Name, i, err)
+	}
+	return nil
 }

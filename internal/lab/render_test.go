@@ -12,6 +12,7 @@ import (
 	"github.com/vmnet/vmnet/internal/link"
 	"github.com/vmnet/vmnet/internal/testenv"
 	"github.com/vmnet/vmnet/tap"
+	"github.com/vmnet/vmnet/vmconfig"
 )
 
 // sampleReports are two labs with everything the graphs draw: networks
@@ -241,4 +242,36 @@ func TestSingleQueueNICReport(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestStatusShowsImpairments: the impairments the lab file sets on a
+// [[link]] appear in status, per direction, in the table and the JSON.
+func TestStatusShowsImpairments(t *testing.T) {
+	cfg, err := vmconfig.Parse("/cfg/lab.toml", []byte(`[lab]
+name = "imp"
+[[link]]
+a = "tap:x"
+b = "tap:y"
+delay = "20ms"
+[link.a_to_b]
+loss = "5%"
+`), vmconfig.Options{FileExists: func(string) bool { return true }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := Describe(&State{}, cfg, nil)
+	var table, js bytes.Buffer
+	r.WriteTable(&table)
+	a, b := cfg.Links[0].A.String(), cfg.Links[0].B.String()
+	for _, want := range []string{"impaired " + a + " -> " + b + ": delay 20ms loss 5%\n", "impaired " + b + " -> " + a + ": delay 20ms\n"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("status does not show %q:\n%s", want, table.String())
+		}
+	}
+	if err := WriteStatus(&js, "json", []Report{r}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(js.String(), `"a_to_b_impairment": "delay 20ms loss 5%"`) {
+		t.Errorf("json: %s", js.String())
+	}
 }

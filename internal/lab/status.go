@@ -93,8 +93,12 @@ type NICReport struct {
 // LinkReport is one [[link]] of the lab file, with its counters while the
 // supervisor runs it.
 type LinkReport struct {
-	A     string      `json:"a"`
-	B     string      `json:"b"`
+	A string `json:"a"`
+	B string `json:"b"`
+	// Impairments per direction as the lab file sets them, in tc-netem's
+	// words ("delay 20ms loss 5%"); absent for a direction without.
+	AtoB  string      `json:"a_to_b_impairment,omitempty"`
+	BtoA  string      `json:"b_to_a_impairment,omitempty"`
 	Stats *link.Stats `json:"stats,omitempty"`
 }
 
@@ -148,8 +152,16 @@ func Describe(st *State, cfg *vmconfig.Lab, live *Response) Report {
 		}
 		for i, l := range cfg.Links {
 			lr := LinkReport{A: l.A.String(), B: l.B.String()}
+			if l.AtoB != nil {
+				lr.AtoB = l.AtoB.String()
+			}
+			if l.BtoA != nil {
+				lr.BtoA = l.BtoA.String()
+			}
 			if live != nil && i < len(live.Links) {
 				lr.Stats = &live.Links[i]
+				// What runs now: `vmnet link set` may have changed it.
+				lr.AtoB, lr.BtoA = lr.Stats.AtoB.Impairment, lr.Stats.BtoA.Impairment
 			}
 			r.Links = append(r.Links, lr)
 		}
@@ -306,6 +318,12 @@ func (r Report) WriteTable(w io.Writer) {
 	}
 	for _, l := range r.Links {
 		fmt.Fprintf(w, "  link %s <-> %s\n", l.A, l.B)
+		if l.AtoB != "" {
+			fmt.Fprintf(w, "    impaired %s -> %s: %s\n", l.A, l.B, l.AtoB)
+		}
+		if l.BtoA != "" {
+			fmt.Fprintf(w, "    impaired %s -> %s: %s\n", l.B, l.A, l.BtoA)
+		}
 		if l.Stats != nil {
 			for _, line := range strings.Split(l.Stats.String(), "\n") {
 				fmt.Fprintf(w, "    %s\n", line)

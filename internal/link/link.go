@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +21,10 @@ type Options struct {
 	PCAP string
 	// Batch is the most frames read per call; 0 means 32.
 	Batch int
+	// AtoB and BtoA, when set, impair that direction (see impair.go);
+	// nil keeps the direction's plain path. A set but zero Impairment
+	// ("delay 0") runs the stage without effect.
+	AtoB, BtoA *vmconfig.Impairment
 }
 
 // Link joins two endpoints and forwards frames both ways.
@@ -28,6 +33,10 @@ type Link struct {
 	batch   int
 	capture *capture
 	ab, ba  counters
+	imMu    sync.Mutex // guards imAB, imBA and stages
+	imAB    *vmconfig.Impairment
+	imBA    *vmconfig.Impairment
+	stages  [2][]*stage // per direction (0: a to b), once Run made them
 
 	running atomic.Bool
 	closeMu sync.Mutex
@@ -37,7 +46,13 @@ type Link struct {
 // New makes a link between a and b. The Link owns both endpoints from then
 // on (Close closes them), also when New fails.
 func New(a, b *Endpoint, opts Options) (*Link, error) {
-	l := &Link{a: a, b: b, batch: opts.Batch}
+	l := &Link{a: a, b: b, batch: opts.Batch, imAB: opts.AtoB, imBA: opts.BtoA}
+	if l.imAB != nil {
+		l.ab.imp = new(impairCounters)
+	}
+	if l.imBA != nil {
+		l.ba.imp = new(impairCounters)
+	}
 	if l.batch <= 0 {
 		l.batch = 32
 	}
@@ -86,9 +101,27 @@ func (l *Link) Run(ctx context.Context) error {
 		errOnce sync.Once
 		first   error
 	)
-	start := func(src, dst *Endpoint, c *counters) {
+	start := func(src, dst *Endpoint, c *counters, dir int) {
+		clock := monoClock()
+		l.imMu.Lock()
+		im := [2]*vmconfig.Impairment{l.imAB, l.imBA}[dir]
+		l.imMu.Unlock()
 		for i := range src.queues {
 			p := newPump(l, src, dst, i, c)
+			if im != nil {
+				p.st = newStage(*im, Headroom-dst.hdr.Size, c.imp, clock, rand.Uint64())
+				l.imMu.Lock()
+				l.stages[dir] = append(l.stages[dir], p.st)
+				l.imMu.Unlock()
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if err := p.st.run(ctx, p); err != nil {
+						errOnce.Do(func() { first = fmt.Errorf("link %s: %w", l, err) })
+						cancel()
+					}
+				}()
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -99,8 +132,8 @@ func (l *Link) Run(ctx context.Context) error {
 			}()
 		}
 	}
-	start(l.a, l.b, &l.ab)
-	start(l.b, l.a, &l.ba)
+	start(l.a, l.b, &l.ab, 0)
+	start(l.b, l.a, &l.ba, 1)
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
@@ -132,6 +165,49 @@ func (l *Link) Run(ctx context.Context) error {
 	return first
 }
 
+// SetImpairment changes the impairments of the directions given (nil:
+// leave that direction alone) while the link runs or before. Frames
+// already waiting keep their times to send. A direction the link was
+// made without impairments has no stage to change (its plain path costs
+// nothing): that is an error, and nothing changes.
+func (l *Link) SetImpairment(ab, ba *vmconfig.Impairment) error {
+	l.imMu.Lock()
+	defer l.imMu.Unlock()
+	cur := [2]**vmconfig.Impairment{&l.imAB, &l.imBA}
+	names := [2]string{l.a.String() + " to " + l.b.String(), l.b.String() + " to " + l.a.String()}
+	for dir, im := range [2]*vmconfig.Impairment{ab, ba} {
+		if im != nil && *cur[dir] == nil {
+			return fmt.Errorf("link %s: the direction from %s was started without impairments, so they cannot be set now: start the link with an impairment in that direction (delay 0 costs nothing)", l, names[dir])
+		}
+	}
+	for dir, im := range [2]*vmconfig.Impairment{ab, ba} {
+		if im == nil {
+			continue
+		}
+		v := *im
+		*cur[dir] = &v
+		for _, s := range l.stages[dir] {
+			s.next.Store(&v)
+		}
+	}
+	return nil
+}
+
+// Impairments returns copies of the directions' impairments (a to b,
+// b to a); nil for a direction without.
+func (l *Link) Impairments() [2]*vmconfig.Impairment {
+	l.imMu.Lock()
+	defer l.imMu.Unlock()
+	var out [2]*vmconfig.Impairment
+	for i, im := range [2]*vmconfig.Impairment{l.imAB, l.imBA} {
+		if im != nil {
+			v := *im
+			out[i] = &v
+		}
+	}
+	return out
+}
+
 // Stats are a link's counters, per direction.
 type Stats struct {
 	A    string   `json:"a"`
@@ -152,6 +228,11 @@ type DirStats struct {
 	TxFrames    uint64 `json:"tx_frames"`
 	TxBytes     uint64 `json:"tx_bytes"`
 	Drops       Drops  `json:"drops"`
+	// Impairment is the direction's impairments ("none" when it has
+	// a stage that does nothing), Impaired what they did; both absent
+	// for a direction without impairments.
+	Impairment string       `json:"impairment,omitempty"`
+	Impaired   *ImpairStats `json:"impaired,omitempty"`
 }
 
 // Drops count frames lost, by reason.
@@ -180,7 +261,16 @@ func (d Drops) Total() uint64 {
 
 // Stats reads the counters; safe at any time, from any goroutine.
 func (l *Link) Stats() Stats {
-	return Stats{A: l.a.String(), B: l.b.String(), AtoB: l.ab.load(), BtoA: l.ba.load()}
+	s := Stats{A: l.a.String(), B: l.b.String(), AtoB: l.ab.load(), BtoA: l.ba.load()}
+	l.imMu.Lock()
+	defer l.imMu.Unlock()
+	if l.imAB != nil {
+		s.AtoB.Impairment = l.imAB.String()
+	}
+	if l.imBA != nil {
+		s.BtoA.Impairment = l.imBA.String()
+	}
+	return s
 }
 
 // String formats the stats on one line per direction for --stats output.
@@ -191,16 +281,25 @@ func (s Stats) String() string {
 			d.Drops.Total(), d.Drops.MTU, d.Drops.Invalid, d.Drops.Truncated, d.Drops.Segments, d.Drops.Write,
 			d.Drops.VnetHdrSize, d.Drops.Auth, d.Drops.Replay)
 	}
-	return f(s.A, s.B, s.AtoB) + "\n" + f(s.B, s.A, s.BtoA)
+	g := func(from, to string, d DirStats) string {
+		line := f(from, to, d)
+		if i := d.Impaired; i != nil {
+			line += fmt.Sprintf("\n%s -> %s impaired (%s): lost %d, duplicated %d, corrupted %d, reordered %d, delayed %d, overflow %d",
+				from, to, d.Impairment, i.Lost, i.Duplicated, i.Corrupted, i.Reordered, i.Delayed, i.Overflow)
+		}
+		return line
+	}
+	return g(s.A, s.B, s.AtoB) + "\n" + g(s.B, s.A, s.BtoA)
 }
 
 type counters struct {
 	frames, bytes, super, segmented, segments, txFrames, txBytes atomic.Uint64
 	dMTU, dInvalid, dTrunc, dSegs, dWrite, dHdr, dAuth, dReplay  atomic.Uint64
+	imp                                                          *impairCounters // nil: no impairments
 }
 
 func (c *counters) load() DirStats {
-	return DirStats{
+	d := DirStats{
 		Frames: c.frames.Load(), Bytes: c.bytes.Load(), SuperFrames: c.super.Load(),
 		Segmented: c.segmented.Load(), Segments: c.segments.Load(),
 		TxFrames: c.txFrames.Load(), TxBytes: c.txBytes.Load(),
@@ -208,6 +307,10 @@ func (c *counters) load() DirStats {
 			Segments: c.dSegs.Load(), Write: c.dWrite.Load(), VnetHdrSize: c.dHdr.Load(),
 			Auth: c.dAuth.Load(), Replay: c.dReplay.Load()},
 	}
+	if c.imp != nil {
+		d.Impaired = c.imp.load()
+	}
+	return d
 }
 
 // add publishes a pump's local counts; once per batch, so the shared
@@ -270,6 +373,8 @@ type pump struct {
 	segUsed  int
 
 	cs *captureScratch
+
+	st *stage // impairments; nil: none
 }
 
 func newPump(l *Link, src, dst *Endpoint, i int, c *counters) *pump {
@@ -302,6 +407,9 @@ func (p *pump) run(ctx context.Context) error {
 			off = 0 // read to drain; every frame is dropped
 		}
 		n, err := p.sq.read(p.rbufs, off, p.sizes)
+		if p.st != nil {
+			p.st.refresh()
+		}
 		due := false
 		if n > 0 && (p.srcSz != nil || p.dstSz != nil) {
 			if now := time.Now(); now.Sub(p.checked) >= hdrCheckEvery {
@@ -537,8 +645,18 @@ func (p *pump) makePool() {
 	}
 }
 
-// emit queues buf's frame for the destination with header hd.
+// emit queues buf's frame for the destination with header hd, through
+// the impairment stage if the direction has one.
 func (p *pump) emit(buf []byte, flen int, hd vnethdr.Hdr) {
+	if p.st != nil && !p.st.nop {
+		p.impair(buf, flen, hd)
+		return
+	}
+	p.emitNow(buf, flen, hd)
+}
+
+// emitNow queues buf's frame for the pump's next write.
+func (p *pump) emitNow(buf []byte, flen int, hd vnethdr.Hdr) {
 	if len(p.out) == cap(p.out) {
 		p.flush()
 	}

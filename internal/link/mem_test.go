@@ -9,6 +9,7 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
+	"github.com/vmnet/vmnet/vmconfig"
 	"github.com/vmnet/vmnet/vnethdr"
 )
 
@@ -102,11 +103,18 @@ func BenchmarkForward(b *testing.B) {
 		dst     func() (*Endpoint, *memQueue)
 		payload int
 		pcap    bool
+		delay0  bool // a "delay 0" impairment stage on the direction
 	}{
-		{"passthrough", func() (*Endpoint, *memQueue) { return memEndpoint("tap", 10, 1500, true) }, 45 * 1448, false},
-		{"segment", func() (*Endpoint, *memQueue) { return memEndpoint("tap", 0, 1500, false) }, 45 * 1448, false},
-		{"tunnel-cut", func() (*Endpoint, *memQueue) { return memEndpoint("udp", 10, 0, true) }, 65535 - 40, false},
-		{"passthrough-pcap", func() (*Endpoint, *memQueue) { return memEndpoint("tap", 10, 1500, true) }, 45 * 1448, true},
+		{"passthrough", func() (*Endpoint, *memQueue) { return memEndpoint("tap", 10, 1500, true) }, 45 * 1448, false, false},
+		{"segment", func() (*Endpoint, *memQueue) { return memEndpoint("tap", 0, 1500, false) }, 45 * 1448, false, false},
+		{"tunnel-cut", func() (*Endpoint, *memQueue) { return memEndpoint("udp", 10, 0, true) }, 65535 - 40, false, false},
+		{"passthrough-pcap", func() (*Endpoint, *memQueue) { return memEndpoint("tap", 10, 1500, true) }, 45 * 1448, true, false},
+		// The same two with a "delay 0" stage: the ratio to the plain
+		// ones is the cost of a configured, idle impairment.
+		{"passthrough-delay0", func() (*Endpoint, *memQueue) { return memEndpoint("tap", 10, 1500, true) }, 45 * 1448, false, true},
+		{"segment-delay0", func() (*Endpoint, *memQueue) { return memEndpoint("tap", 0, 1500, false) }, 45 * 1448, false, true},
+		{"small", func() (*Endpoint, *memQueue) { return memEndpoint("tap", 10, 1500, true) }, 1000, false, false},
+		{"small-delay0", func() (*Endpoint, *memQueue) { return memEndpoint("tap", 10, 1500, true) }, 1000, false, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			src, _ := memEndpoint("tap", 10, 1500, true)
@@ -116,7 +124,14 @@ func BenchmarkForward(b *testing.B) {
 				pcap = b.TempDir() + "/b.pcap"
 			}
 			p := memPump(src, dst, pcap)
+			if bc.delay0 {
+				p.l.ab.imp = new(impairCounters)
+				p.st = newStage(vmconfig.Impairment{Delay: 0}, Headroom-dst.hdr.Size, p.l.ab.imp, monoClock(), 1)
+			}
 			hdr, frame := tcpSuperFrame(b, bc.payload)
+			if bc.payload <= 1448 {
+				hdr.GSOType, hdr.GSOSize = vnethdr.GSONone, 0
+			}
 			size := load(p, hdr, frame)
 			b.SetBytes(int64(len(frame)))
 			b.ReportAllocs()
@@ -131,6 +146,9 @@ func BenchmarkForward(b *testing.B) {
 			}
 			if p.local.Drops.Total() != 0 {
 				b.Fatalf("drops: %+v", p.local.Drops)
+			}
+			if bc.delay0 && p.l.ab.imp.delayed.Load() != 0 {
+				b.Fatal("a delay 0 stage queued frames")
 			}
 		})
 	}
