@@ -68,22 +68,13 @@ func DeriveVNI(lab, network string) int {
 
 func (r *resolver) host(t *table) {
 	h := &Host{Pos: r.p.at(t.path)}
-	name := t.str("name")
-	ok := false
-	switch {
-	case !name.set:
-		if _, has := t.m["name"]; !has {
-			r.p.errorf(t.path, "%sname is required", t.what)
+	var ok bool
+	h.Name, ok = r.objectName(t, "host", "host", func(name string) (Pos, bool) {
+		if first := r.hosts[name]; first != nil {
+			return first.Pos, true
 		}
-	case checkName("host", name.v) != nil:
-		t.errorf("name", "%v", checkName("host", name.v))
-	case r.hosts[name.v] != nil:
-		t.errorf("name", "host %q is defined twice (first at line %d): rename one", name.v, r.hosts[name.v].Pos.Line)
-	default:
-		ok = true
-		h.Name = name.v
-		t.what = fmt.Sprintf("host %q: ", name.v)
-	}
+		return Pos{}, false
+	})
 	addr := t.str("address")
 	switch {
 	case !addr.set:

@@ -56,24 +56,40 @@ func (r *resolver) claimAddr(a netip.Addr, path, what string) {
 	r.addrs[a] = r.where(path)
 }
 
-func (r *resolver) network(t *table) {
-	n := &Network{Pos: r.p.at(t.path)}
+// objectName reads the name every named table has (required, of the
+// names grammar, unique among the tables of its kind: first tells where a
+// name was defined first) and, on success, makes later messages about
+// the table name it ("network \"lan\": ..."). kind is the word for
+// messages ("VM"), label the one that prefixes them ("vm").
+func (r *resolver) objectName(t *table, kind, label string, first func(string) (Pos, bool)) (string, bool) {
 	name := t.str("name")
-	ok := false
-	switch {
-	case !name.set:
+	if !name.set {
 		if _, has := t.m["name"]; !has {
 			r.p.errorf(t.path, "%sname is required", t.what)
 		}
-	case checkName("network", name.v) != nil:
-		t.errorf("name", "%v", checkName("network", name.v))
-	case r.networks[name.v] != nil:
-		t.errorf("name", "network %q is defined twice (first at line %d): rename one", name.v, r.networks[name.v].Pos.Line)
-	default:
-		ok = true
-		n.Name = name.v
-		t.what = fmt.Sprintf("network %q: ", name.v)
+		return "", false
 	}
+	if err := checkName(kind, name.v); err != nil {
+		t.errorf("name", "%v", err)
+		return "", false
+	}
+	if pos, dup := first(name.v); dup {
+		t.errorf("name", "%s %q is defined twice (first at line %d): rename one", kind, name.v, pos.Line)
+		return "", false
+	}
+	t.what = fmt.Sprintf("%s %q: ", label, name.v)
+	return name.v, true
+}
+
+func (r *resolver) network(t *table) {
+	n := &Network{Pos: r.p.at(t.path)}
+	var ok bool
+	n.Name, ok = r.objectName(t, "network", "network", func(name string) (Pos, bool) {
+		if first := r.networks[name]; first != nil {
+			return first.Pos, true
+		}
+		return Pos{}, false
+	})
 	bridge := t.str("bridge")
 	switch {
 	case bridge.set:
@@ -149,22 +165,13 @@ func (r *resolver) network(t *table) {
 func (r *resolver) vm(t *table, defaults vmFields) {
 	p := r.p
 	vm := &VM{Pos: p.at(t.path)}
-	name := t.str("name")
-	ok := false
-	switch {
-	case !name.set:
-		if _, has := t.m["name"]; !has {
-			p.errorf(t.path, "%sname is required", t.what)
+	var ok bool
+	vm.Name, ok = r.objectName(t, "VM", "vm", func(name string) (Pos, bool) {
+		if first := r.vms[name]; first != nil {
+			return first.Pos, true
 		}
-	case checkName("VM", name.v) != nil:
-		t.errorf("name", "%v", checkName("VM", name.v))
-	case r.vms[name.v] != nil:
-		t.errorf("name", "VM %q is defined twice (first at line %d): rename one", name.v, r.vms[name.v].Pos.Line)
-	default:
-		ok = true
-		vm.Name = name.v
-		t.what = fmt.Sprintf("vm %q: ", name.v)
-	}
+		return Pos{}, false
+	})
 	r.vmHost(t, vm)
 	own := p.readVMFields(t)
 	f := own.or(defaults)
