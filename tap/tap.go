@@ -146,6 +146,30 @@ func (t *Tap) VnetHdrSize() int { return t.vnetHdr }
 // Create set, or what Open read through ethtool (error if it could not).
 func (t *Tap) Offloads() (Offload, error) { return t.offloads, t.offloadErr }
 
+// SetOffloads sets the offloads of the whole device (every queue's
+// readers get frames accordingly) and returns what is in force: with
+// bestEffort, the largest part of want the kernel supports, else exactly
+// want or an error. The Tap needs a vnet header and an attached queue.
+func (t *Tap) SetOffloads(want Offload, bestEffort bool) (Offload, error) {
+	if len(t.queues) == 0 {
+		return 0, fmt.Errorf("tap %s: set offloads: no queue attached", t.name)
+	}
+	rc, err := t.queues[0].File().SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("tap %s: set offloads: %w", t.name, err)
+	}
+	var got Offload
+	var serr error
+	if err := rc.Control(func(fd uintptr) { got, serr = setOffloads(int(fd), want, bestEffort) }); err != nil {
+		return 0, fmt.Errorf("tap %s: set offloads: %w", t.name, err)
+	}
+	if serr != nil {
+		return 0, fmt.Errorf("tap %s: %w", t.name, serr)
+	}
+	t.offloads, t.offloadErr = got, nil
+	return got, nil
+}
+
 // Queues returns the queues in attach order.
 func (t *Tap) Queues() []*Queue {
 	t.mu.Lock()

@@ -790,3 +790,41 @@ func TestAttachFile(t *testing.T) {
 		return nil
 	})
 }
+
+// TestSetOffloads changes the offloads of a tap after it was made and
+// checks them with ethtool, the kernel's own report.
+func TestSetOffloads(t *testing.T) {
+	testenv.RequireProgram(t, "ethtool")
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		cfg := NewConfig("so0", 1)
+		cfg.VnetHdrSize = 12
+		tp := mustCreate(t, cfg)
+		tso := regexp.MustCompile(`(?m)^\s*tx-tcp-segmentation: (on|off)`)
+		state := func() string {
+			m := tso.FindStringSubmatch(run(t, "ethtool", "-k", "so0"))
+			if m == nil {
+				t.Fatal("ethtool -k so0 shows no tx-tcp-segmentation")
+			}
+			return m[1]
+		}
+		if got := state(); got != "off" {
+			return fmt.Errorf("a new tap has TSO %s", got)
+		}
+		got, err := tp.SetOffloads(OffloadCsum|OffloadTSO4|OffloadTSO6, false)
+		if err != nil || got != OffloadCsum|OffloadTSO4|OffloadTSO6 || state() != "on" {
+			return fmt.Errorf("SetOffloads(csum,tso4,tso6) = %s, %v; ethtool says TSO %s", got, err, state())
+		}
+		if o, err := tp.Offloads(); o != got || err != nil {
+			return fmt.Errorf("Offloads() = %s, %v after SetOffloads gave %s", o, err, got)
+		}
+		// TSO without csum is refused by the kernel; best effort drops it all.
+		if _, err := tp.SetOffloads(OffloadTSO4, false); !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("SetOffloads(tso4) without csum: %v, want EINVAL", err)
+		}
+		if got, err := tp.SetOffloads(OffloadTSO4, true); err != nil || got != 0 || state() != "off" {
+			return fmt.Errorf("best effort SetOffloads(tso4) = %s, %v; ethtool says TSO %s", got, err, state())
+		}
+		return nil
+	})
+}

@@ -206,9 +206,12 @@ func openTap(ep vmconfig.Endpoint) (*Endpoint, error) {
 		// GSO frames; with QEMU on the tap they are the guest's choice.
 		alone := !info.MultiQueue || info.NumQueues == 0
 		if t.VnetHdrSize() > 0 && ep.VnetHdr != vmconfig.Off && alone {
-			if err := enableOffloads(t.Queues()[0]); err != nil {
+			// The largest set the kernel takes: csum, TSO (with ECN), and
+			// USO where the kernel has it (6.2+).
+			all := tap.OffloadCsum | tap.OffloadTSO4 | tap.OffloadTSO6 | tap.OffloadTSOECN | tap.OffloadUSO
+			if _, err := t.SetOffloads(all, true); err != nil {
 				t.Close()
-				return nil, fmt.Errorf("tap %s: %w", ep.Name, err)
+				return nil, err
 			}
 		}
 	case errors.Is(derr, unix.ENODEV):
@@ -278,26 +281,4 @@ func fatal(err error) bool {
 	return errors.Is(err, tap.ErrDeviceGone) || errors.Is(err, os.ErrClosed) ||
 		errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, unix.EBADF) ||
 		errors.Is(err, unix.EBADFD) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENXIO)
-}
-
-// enableOffloads sets the largest offload set the kernel takes: csum, TSO
-// (with ECN), and USO where the kernel has it (6.2+).
-func enableOffloads(q *tap.Queue) error {
-	rc, err := q.File().SyscallConn()
-	if err != nil {
-		return err
-	}
-	var ierr error
-	err = rc.Control(func(fd uintptr) {
-		base := tap.OffloadCsum | tap.OffloadTSO4 | tap.OffloadTSO6 | tap.OffloadTSOECN
-		for _, o := range []tap.Offload{base | tap.OffloadUSO, base, tap.OffloadCsum} {
-			if ierr = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, int(o)); ierr == nil || !errors.Is(ierr, unix.EINVAL) {
-				return
-			}
-		}
-	})
-	if err == nil && ierr != nil {
-		err = fmt.Errorf("set offloads: %w", ierr)
-	}
-	return err
 }
