@@ -189,8 +189,7 @@ func bridgeShowCommand(e *env) *cobra.Command {
 		Args: nargs(1, 1),
 		RunE: func(_ *cobra.Command, args []string) error { return bridgeShow(e, args[0], o) },
 	}
-	o.register(c.Flags(), "table", "json")
-	o.complete(c)
+	o.register(c, "table", "json")
 	return c
 }
 
@@ -224,8 +223,7 @@ func bridgeListCommand(e *env) *cobra.Command {
 		Args: nargs(0, 0),
 		RunE: func(*cobra.Command, []string) error { return bridgeList(e, o, tag) },
 	}
-	o.register(c.Flags(), "table", "json")
-	o.complete(c)
+	o.register(c, "table", "json")
 	c.Flags().StringVar(&tag, "tag", "", "only bridges of this owner `TAG`, e.g. vmnet:adhoc or vmnet:lab:LAB (default: every bridge vmnet created)")
 	return c
 }

@@ -12,7 +12,6 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	"github.com/vmnet/vmnet/internal/lab"
 	"github.com/vmnet/vmnet/netns"
@@ -26,9 +25,12 @@ type output struct {
 	formats []string
 }
 
-func (o *output) register(fs *pflag.FlagSet, formats ...string) {
+// register adds -o/--output to c with the formats it takes (the first is
+// the default) and offers them to shell completion.
+func (o *output) register(c *cobra.Command, formats ...string) {
 	o.format, o.formats = formats[0], formats
-	fs.VarP(o, "output", "o", "output `FORMAT`: "+strings.Join(formats, ", "))
+	c.Flags().VarP(o, "output", "o", "output `FORMAT`: "+strings.Join(formats, ", "))
+	c.RegisterFlagCompletionFunc("output", cobra.FixedCompletions(formats, cobra.ShellCompDirectiveNoFileComp))
 }
 
 func (o *output) String() string { return o.format }
@@ -40,11 +42,6 @@ func (o *output) Set(s string) error {
 	}
 	o.format = s
 	return nil
-}
-
-// complete offers the formats to shell completion.
-func (o *output) complete(c *cobra.Command) {
-	c.RegisterFlagCompletionFunc("output", cobra.FixedCompletions(o.formats, cobra.ShellCompDirectiveNoFileComp))
 }
 
 // flagError turns pflag's message about a bad flag value into one
@@ -138,8 +135,7 @@ func versionCommand(e *env) *cobra.Command {
 			return nil
 		},
 	}
-	o.register(c.Flags(), "text", "json")
-	o.complete(c)
+	o.register(c, "text", "json")
 	return c
 }
 

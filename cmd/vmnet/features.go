@@ -19,8 +19,7 @@ func featuresCommand(e *env) *cobra.Command {
 		Args: nargs(0, 0),
 		RunE: func(*cobra.Command, []string) error { return features(e, o) },
 	}
-	o.register(c.Flags(), "table", "json")
-	o.complete(c)
+	o.register(c, "table", "json")
 	return c
 }
 

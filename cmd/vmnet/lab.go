@@ -34,8 +34,7 @@ func validateCommand(e *env) *cobra.Command {
 		Args: nargs(1, 1),
 		RunE: func(_ *cobra.Command, args []string) error { return validate(e, args[0], o) },
 	}
-	o.register(c.Flags(), "text", "json")
-	o.complete(c)
+	o.register(c, "text", "json")
 	return c
 }
 
@@ -217,7 +216,6 @@ func lsCommand(e *env) *cobra.Command {
 			return lab.WriteList(e.stdout, o.format, labs)
 		},
 	})
-	o.register(c.Flags(), lab.ListFormats...)
-	o.complete(c)
+	o.register(c, lab.ListFormats...)
 	return c
 }

@@ -132,9 +132,8 @@ func linkCommand(e *env) *cobra.Command {
 	hide(fs, "cpuprofile")
 	fs.StringVar(&f.ready, "ready", "", "create `FILE` once both endpoints are open (for scripts)")
 	f.registerImpairments(fs)
-	f.out.register(fs, link.SampleFormats...)
-	c.AddCommand(linkSetCommand(e)) // json: one object per line per interval, and a final one
-	f.out.complete(c)
+	f.out.register(c, link.SampleFormats...) // json: one object per line per interval, and a final one
+	c.AddCommand(linkSetCommand(e))
 	return c
 }
 

@@ -197,8 +197,7 @@ func tapShowCommand(e *env) *cobra.Command {
 		Args: nargs(1, 1),
 		RunE: func(_ *cobra.Command, args []string) error { return tapShow(e, args[0], o) },
 	}
-	o.register(c.Flags(), "table", "json")
-	o.complete(c)
+	o.register(c, "table", "json")
 	return c
 }
 
@@ -227,8 +226,7 @@ func tapListCommand(e *env) *cobra.Command {
 		Args: nargs(0, 0),
 		RunE: func(*cobra.Command, []string) error { return tapList(e, o, only) },
 	}
-	o.register(c.Flags(), "table", "json")
-	o.complete(c)
+	o.register(c, "table", "json")
 	c.Flags().BoolVar(&only, "vmnet", false, "only taps that vmnet created")
 	return c
 }

@@ -98,8 +98,7 @@ func statusCommand(e *env) *cobra.Command {
 		RunE:              func(_ *cobra.Command, args []string) error { return status(e, args, o) },
 		ValidArgsFunction: e.completeLabs,
 	})
-	o.register(c.Flags(), lab.StatusFormats...)
-	o.complete(c)
+	o.register(c, lab.StatusFormats...)
 	return c
 }
 
