@@ -24,7 +24,7 @@ const (
 // udp_gro_receive_segment rules: same flow and link header, same TOS/TTL/DF
 // (IPv4, with incrementing ids, or fixed ones under DF) or traffic class/flow label/hop
 // limit (IPv6), no IPv4 options or IPv6 extension headers, equal TCP options,
-// ack and window, consecutive sequence numbers, only ACK with PSH on the last
+// ack, window and urgent pointer, consecutive sequence numbers, only ACK with PSH on the last
 // segment (CWR only on the first), no segment larger than the first, nothing
 // after a shorter one, checksums verified first, at most 64 KB. Everything
 // else passes through unchanged, in order within its flow. A batch is flushed
@@ -333,9 +333,13 @@ func (c *Coalescer) merge(gi, i int32, pkt []byte, h *headers) bool {
 		if fl&tcpCWR != 0 {
 			return false
 		}
-		// Ack, data offset, flags other than PSH/CWR, window, options.
+		// Ack, data offset, flags other than PSH/CWR, window, urgent
+		// pointer, options. The kernel ignores the urgent pointer when URG
+		// is clear, but segmentation copies the first header's to every
+		// segment: merging differing ones would not give back the frames
+		// that came in.
 		if string(th[8:13]) != string(fth[8:13]) || (fl^fth[13])&^(tcpPSH|tcpCWR) != 0 ||
-			string(th[14:16]) != string(fth[14:16]) || string(th[20:]) != string(fth[20:]) {
+			string(th[14:16]) != string(fth[14:16]) || string(th[18:]) != string(fth[18:]) {
 			return false
 		}
 		if fl&tcpPSH != 0 {
