@@ -1,6 +1,7 @@
 package vmconfig
 
 import (
+	"bytes"
 	"sort"
 	"strconv"
 	"strings"
@@ -58,8 +59,21 @@ func indexPath(base string, i int) string {
 
 func scanKeys(data []byte) *keyScanner {
 	sc := &keyScanner{s: data, arrays: map[string]int{}, pos: map[string]int{}}
+	sc.i = bomLen(data)
 	sc.run()
 	return sc
+}
+
+// bomLen is the length of the byte order mark the toml package reads over
+// (UTF-8, and the UTF-16 ones some editors add); offsets stay file offsets.
+func bomLen(data []byte) int {
+	switch {
+	case bytes.HasPrefix(data, []byte("\xef\xbb\xbf")):
+		return 3
+	case bytes.HasPrefix(data, []byte("\xff\xfe")), bytes.HasPrefix(data, []byte("\xfe\xff")):
+		return 2
+	}
+	return 0
 }
 
 func (sc *keyScanner) eof() bool { return sc.i >= len(sc.s) }
