@@ -94,6 +94,18 @@ func ReadMarker(dir string) (*Marker, error) {
 // creates and marks it, or accepts it when it already carries this lab's
 // marker for ns. Anything else is refused and left alone.
 func ClaimStateDir(cfg *vmconfig.Lab, ns NetNS) (err error) {
+	// RemoveStateDir of another lab removes the namespace's state root when
+	// it empties; a claim that loses that race finds its parent gone and
+	// starts again.
+	for try := 0; ; try++ {
+		err = claimStateDir(cfg, ns)
+		if try == 2 || !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+}
+
+func claimStateDir(cfg *vmconfig.Lab, ns NetNS) (err error) {
 	dir := cfg.StateDir
 	entry := filepath.Join(StateRoot(ns), cfg.Name)
 	if err := os.MkdirAll(StateRoot(ns), 0o700); err != nil {
@@ -246,6 +258,10 @@ func RemoveStateDir(dir, name string, ns NetNS) error {
 	if target, err := os.Readlink(entry); err == nil && target == dir {
 		os.Remove(entry)
 	}
+	// The namespace's state root goes with its last lab (rmdir refuses
+	// while anything is left in it), so namespaces that come and go leave
+	// no empty ns-* directories behind.
+	os.Remove(StateRoot(ns))
 	return nil
 }
 

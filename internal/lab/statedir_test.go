@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -297,5 +298,41 @@ func TestDownByNameAfterCrash(t *testing.T) {
 				t.Errorf("%s left: %v", p, err)
 			}
 		}
+	})
+}
+
+// TestStateRootGoesWithItsLastLab: down of the last lab in a namespace
+// removes the namespace's ns-* directory; while another lab is up there it
+// stays, and a later claim recreates it.
+func TestStateRootGoesWithItsLastLab(t *testing.T) {
+	testenv.RequirePrivateRun(t)
+	inPrivateNS(t, func(here NetNS) {
+		var cfgs []*vmconfig.Lab
+		for _, name := range []string{"one", "two"} {
+			cfg, err := vmconfig.Parse("lab.toml", []byte("[lab]\nname = \""+name+"\"\n"), vmconfig.Options{StateRoot: StateRoot(here)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := ClaimStateDir(cfg, here); err != nil {
+				t.Fatal(err)
+			}
+			cfgs = append(cfgs, cfg)
+		}
+		if err := RemoveStateDir(cfgs[0].StateDir, "one", here); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(StateRoot(here)); err != nil {
+			t.Fatalf("state root removed while lab two is up: %v", err)
+		}
+		if err := RemoveStateDir(cfgs[1].StateDir, "two", here); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(StateRoot(here)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("state root left after the last lab went down: %v", err)
+		}
+		if err := ClaimStateDir(cfgs[0], here); err != nil {
+			t.Fatalf("claim after the root went: %v", err)
+		}
+		RemoveStateDir(cfgs[0].StateDir, "one", here)
 	})
 }
