@@ -38,7 +38,7 @@ host = "h1"
   network = "lan"
   address = ["10.202.0.11/24"]
   [[vm.nic]]
-  address = ["10.203.0.11/30"]
+  address = ["10.203.0.11/24"]
 [[vm]]
 name = "b"
 host = "h2"
@@ -46,7 +46,7 @@ host = "h2"
   network = "lan"
   address = ["10.202.0.12/24"]
   [[vm.nic]]
-  address = ["10.203.0.12/30"]
+  address = ["10.203.0.12/24"]
 [[link]]
 a = "vm:a:1"
 b = "vm:b:1"
