@@ -56,7 +56,8 @@ key = "link.key"
 // TestMultiHostGuests: `vmnet up --host` on two simulated hosts (network
 // namespaces on a veth underlay) boots a guest on each; the guests ping
 // each other across the VXLAN (ARP crosses, so broadcast works) and
-// across the [[link]] (a UDP tunnel between the hosts); status
+// across the [[link]] (a UDP tunnel between the hosts); `vmnet console`
+// and `vmnet logs` work on a's console (consoleSession); status
 // on h1 shows the VXLAN device with its peer and counters; `down --host`
 // on each host leaves nothing but the underlay there.
 func TestMultiHostGuests(t *testing.T) {
@@ -91,6 +92,7 @@ func TestMultiHostGuests(t *testing.T) {
 	if r := vmnetIn(t, hosts[1], "sh", path, "b", "--timeout", "60s", "--", "ping -c 3 -W 5 10.203.0.11"); r.status != 0 {
 		t.Fatalf("b on h2 cannot ping a on h1 across the link: %d\n%s%s", r.status, r.stdout, r.stderr)
 	}
+	consoleSession(t, hosts[0], "mh", "a")
 	if os.Getenv("VMNET_IPERF") != "" {
 		iperf(t, hosts, path)
 	}
