@@ -178,7 +178,7 @@ func copyUntilEscape(c net.Conn, in io.Reader) error {
 func openLockFile(path string) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0o600)
 	if errors.Is(err, syscall.ELOOP) {
-		return nil, fmt.Errorf("%s is a symbolic link: remove it", path)
+		return nil, fmt.Errorf("%s is a symbolic link (%w): remove it", path, syscall.ELOOP)
 	}
 	if err != nil {
 		return nil, err
