@@ -95,6 +95,7 @@ func TestMultiHostGuests(t *testing.T) {
 	consoleSession(t, hosts[0], "mh", "a")
 	if os.Getenv("VMNET_IPERF") != "" {
 		iperf(t, hosts, path)
+		iperfTo(t, hosts, path, "10.203.0.12") // across the link's encrypted UDP tunnel
 	}
 	r := vmnetIn(t, hosts[0], "status", "mh", "-o", "json")
 	var rep []struct {
@@ -166,12 +167,15 @@ func onlyUnderlay(t *testing.T, ns netns.Handle) {
 
 // iperf measures TCP throughput from guest a to guest b (hosts[0] and
 // hosts[1]), for the record (VMNET_IPERF=1; it is no assertion).
-func iperf(t *testing.T, hosts []netns.Handle, path string) {
+func iperf(t *testing.T, hosts []netns.Handle, path string) { iperfTo(t, hosts, path, "10.202.0.12") }
+
+// iperfTo is iperf to b's address addr.
+func iperfTo(t *testing.T, hosts []netns.Handle, path, addr string) {
 	if r := vmnetIn(t, hosts[1], "sh", path, "b", "--timeout", "30s", "--", "iperf3 -s -D -1"); r.status != 0 {
 		t.Fatalf("iperf3 server: %d %s", r.status, r.stderr)
 	}
-	r := vmnetIn(t, hosts[0], "sh", path, "a", "--timeout", "60s", "--", "iperf3 -c 10.202.0.12 -t 10")
-	t.Logf("iperf3 a -> b (%s):\n%s", filepath.Base(path), r.stdout)
+	r := vmnetIn(t, hosts[0], "sh", path, "a", "--timeout", "60s", "--", "iperf3 -c "+addr+" -t 10")
+	t.Logf("iperf3 a -> b %s (%s):\n%s", addr, filepath.Base(path), r.stdout)
 }
 
 // TestMultiHostWrongHost: `vmnet up --host h1` on the machine that is

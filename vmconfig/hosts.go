@@ -300,7 +300,9 @@ func (l *Lab) HostByName(name string) *Host {
 // tables: its VMs, the networks they use (each network that also has VMs
 // on other hosts with its VXLAN set; such a network's addresses only on
 // the first of its hosts, in [[host]] order, since every host's bridge is
-// part of one layer-2 domain) and the links of its VMs. Names,
+// part of one layer-2 domain) and the links of its VMs (a link to a VM on
+// another host as this host's half: a copy whose far end is the UDP
+// tunnel to that host). Names,
 // MACs, VNIs and the state directory stay those of the whole lab. With
 // no [[host]] or one, host may be "" (or the one host's name) and Part
 // returns l itself.
