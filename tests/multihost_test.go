@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"crypto/rand"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -13,7 +14,8 @@ import (
 )
 
 // multiHostLab has guest a on host h1 and guest b on host h2, on network
-// lan, which therefore spans the hosts over VXLAN. No state_dir: each
+// lan, which therefore spans the hosts over VXLAN, and a [[link]]
+// between their second NICs, an encrypted UDP tunnel between the hosts. No state_dir: each
 // host keeps the lab's state under its own namespace's directory, so the
 // two parts of lab mh on one machine do not collide.
 const multiHostLab = `[lab]
@@ -35,17 +37,27 @@ host = "h1"
   [[vm.nic]]
   network = "lan"
   address = ["10.202.0.11/24"]
+  [[vm.nic]]
+  address = ["10.203.0.11/24"]
 [[vm]]
 name = "b"
 host = "h2"
   [[vm.nic]]
   network = "lan"
   address = ["10.202.0.12/24"]
+  [[vm.nic]]
+  address = ["10.203.0.12/24"]
+[[link]]
+a = "vm:a:1"
+b = "vm:b:1"
+key = "link.key"
 `
 
 // TestMultiHostGuests: `vmnet up --host` on two simulated hosts (network
 // namespaces on a veth underlay) boots a guest on each; the guests ping
-// each other across the VXLAN (ARP crosses, so broadcast works); status
+// each other across the VXLAN (ARP crosses, so broadcast works) and
+// across the [[link]] (a UDP tunnel between the hosts); `vmnet console`
+// and `vmnet logs` work on a's console (consoleSession); status
 // on h1 shows the VXLAN device with its peer and counters; `down --host`
 // on each host leaves nothing but the underlay there.
 func TestMultiHostGuests(t *testing.T) {
@@ -56,6 +68,7 @@ func TestMultiHostGuests(t *testing.T) {
 	if err := os.WriteFile(path, []byte(multiHostLab), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	writeKey(t, filepath.Join(filepath.Dir(path), "link.key"))
 	names := []string{"h1", "h2"}
 	var wg sync.WaitGroup
 	ups := make([]result, 2)
@@ -76,8 +89,13 @@ func TestMultiHostGuests(t *testing.T) {
 	if r := vmnetIn(t, hosts[0], "sh", path, "a", "--timeout", "90s", "--", "ping -c 3 -W 5 10.202.0.12"); r.status != 0 {
 		t.Fatalf("a on h1 cannot ping b on h2 across the VXLAN: %d\n%s%s", r.status, r.stdout, r.stderr)
 	}
+	if r := vmnetIn(t, hosts[1], "sh", path, "b", "--timeout", "60s", "--", "ping -c 3 -W 5 10.203.0.11"); r.status != 0 {
+		t.Fatalf("b on h2 cannot ping a on h1 across the link: %d\n%s%s", r.status, r.stdout, r.stderr)
+	}
+	consoleSession(t, hosts[0], "mh", "a")
 	if os.Getenv("VMNET_IPERF") != "" {
 		iperf(t, hosts, path)
+		iperfTo(t, hosts, path, "10.203.0.12") // across the link's encrypted UDP tunnel
 	}
 	r := vmnetIn(t, hosts[0], "status", "mh", "-o", "json")
 	var rep []struct {
@@ -112,7 +130,7 @@ func TestMultiHostGuests(t *testing.T) {
 // reference for iperf's number across hosts.
 func oneBridge(t *testing.T) {
 	ns := testenv.NetNS(t)
-	body := multiHostLab
+	body := multiHostLab[:strings.Index(multiHostLab, "[[link]]")] // a link on one host takes no key
 	body = body[:strings.Index(body, "[[host]]")] + body[strings.Index(body, "[[network]]"):]
 	body = strings.ReplaceAll(strings.ReplaceAll(body, "host = \"h1\"\n", ""), "host = \"h2\"\n", "")
 	path := filepath.Join(t.TempDir(), "one.toml")
@@ -124,6 +142,16 @@ func oneBridge(t *testing.T) {
 	}
 	t.Cleanup(func() { vmnetIn(t, ns, "down", "--ignore-missing", "one") })
 	iperf(t, []netns.Handle{ns, ns}, path)
+}
+
+// writeKey writes a tunnel key file: 32 random bytes, mode 0600.
+func writeKey(t *testing.T, path string) {
+	t.Helper()
+	k := make([]byte, 32)
+	rand.Read(k)
+	if err := os.WriteFile(path, k, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // onlyUnderlay fails t when anything but lo and the underlay's eth0 is
@@ -139,12 +167,15 @@ func onlyUnderlay(t *testing.T, ns netns.Handle) {
 
 // iperf measures TCP throughput from guest a to guest b (hosts[0] and
 // hosts[1]), for the record (VMNET_IPERF=1; it is no assertion).
-func iperf(t *testing.T, hosts []netns.Handle, path string) {
+func iperf(t *testing.T, hosts []netns.Handle, path string) { iperfTo(t, hosts, path, "10.202.0.12") }
+
+// iperfTo is iperf to b's address addr.
+func iperfTo(t *testing.T, hosts []netns.Handle, path, addr string) {
 	if r := vmnetIn(t, hosts[1], "sh", path, "b", "--timeout", "30s", "--", "iperf3 -s -D -1"); r.status != 0 {
 		t.Fatalf("iperf3 server: %d %s", r.status, r.stderr)
 	}
-	r := vmnetIn(t, hosts[0], "sh", path, "a", "--timeout", "60s", "--", "iperf3 -c 10.202.0.12 -t 10")
-	t.Logf("iperf3 a -> b (%s):\n%s", filepath.Base(path), r.stdout)
+	r := vmnetIn(t, hosts[0], "sh", path, "a", "--timeout", "60s", "--", "iperf3 -c "+addr+" -t 10")
+	t.Logf("iperf3 a -> b %s (%s):\n%s", addr, filepath.Base(path), r.stdout)
 }
 
 // TestMultiHostWrongHost: `vmnet up --host h1` on the machine that is

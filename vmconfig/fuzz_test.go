@@ -3,6 +3,7 @@ package vmconfig
 import (
 	"encoding/json"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -101,6 +102,22 @@ func checkParse(t *testing.T, data []byte) {
 		return
 	}
 	checkResolved(t, lab)
+	// Every host's part of a valid lab can be made, and the two halves of
+	// a link across hosts meet: each is a tunnel from its host's address
+	// to the other's, on the one port of the link.
+	for _, h := range lab.Hosts {
+		p, err := lab.Part(h.Name)
+		if err != nil {
+			t.Fatalf("part of host %s of a valid lab: %v", h.Name, err)
+		}
+		for _, l := range p.Links {
+			for _, e := range []Endpoint{l.A, l.B} {
+				if e.Kind == KindUDP && l.Port != 0 && (e.Local != netip.AddrPortFrom(h.Address, uint16(l.Port)) || e.Remote.Port() != uint16(l.Port)) {
+					t.Fatalf("host %s: link %d half %s does not run on port %d from %s", h.Name, l.Index, e, l.Port, h.Address)
+				}
+			}
+		}
+	}
 	nets := map[string]*Network{}
 	for _, n := range lab.Networks {
 		nets[n.Name] = n

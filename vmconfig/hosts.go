@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -140,6 +141,9 @@ func (r *resolver) vmHost(t *table, vm *VM) {
 // VNIs, MTUs of networks that span hosts, links across hosts.
 func (r *resolver) finishHosts() {
 	if len(r.lab.Hosts) < 2 {
+		for _, l := range r.lab.Links {
+			r.linkOptsUnused(l)
+		}
 		return
 	}
 	vnis := map[int]*Network{}
@@ -179,6 +183,7 @@ func (r *resolver) finishHosts() {
 			}
 		}
 	}
+	ports := map[string]*Link{} // host + "\x00" + port -> the link that uses it
 	for _, l := range r.lab.Links {
 		var on []string
 		for _, e := range []Endpoint{l.A, l.B} {
@@ -191,11 +196,74 @@ func (r *resolver) finishHosts() {
 		switch {
 		case len(on) == 0:
 			r.p.errorf(r.linkPaths[l], "link %d: with several [[host]] tables a link needs a vm: end, which says on which host it runs", l.Index)
-		case len(on) > 1:
-			r.p.errorf(r.linkPaths[l], "link %d: joins VMs on hosts %s: a link runs on one host; put both VMs on one host or use a network, which spans hosts over VXLAN",
-				l.Index, strings.Join(on, " and "))
+		case len(on) == 1:
+			r.linkOptsUnused(l)
+		default:
+			r.crossLink(l, r.hosts[on[0]], r.hosts[on[1]], ports)
 		}
 	}
+}
+
+// linkOptsUnused refuses port and key on a link that runs on one host.
+func (r *resolver) linkOptsUnused(l *Link) {
+	for i, k := range []string{"port", "key"} {
+		if path := r.linkOpts[l][i]; path != "" {
+			r.p.errorf(path, "link %d: %s applies only to a link between VMs on two different hosts (a UDP tunnel between them): remove it, or put a key= on a udp: end instead",
+				l.Index, k)
+		}
+	}
+}
+
+// crossLink checks a link between a VM on host a and one on host b, which
+// runs as a UDP tunnel from a's underlay address to b's, both on l.Port.
+func (r *resolver) crossLink(l *Link, a, b *Host, ports map[string]*Link) {
+	path := r.linkPaths[l]
+	portPath := path
+	if r.linkOpts[l][0] != "" {
+		portPath = r.linkOpts[l][0]
+	} else {
+		l.Port = DeriveLinkPort(r.lab.Name, l.Index)
+	}
+	if a.Address.Is4() != b.Address.Is4() {
+		r.p.errorf(path, "link %d: joins a VM on host %q (IPv%d address) and one on host %q (IPv%d address): a tunnel needs one address family; give the hosts addresses of one family",
+			l.Index, a.Name, ipv(a.Address), b.Name, ipv(b.Address))
+		return
+	}
+	for _, h := range []*Host{a, b} {
+		if l.Port == h.VXLANPort {
+			r.p.errorf(portPath, "link %d: UDP port %d is host %q's vxlan_port: set port = N on the link to another port", l.Index, l.Port, h.Name)
+			return
+		}
+		k := h.Name + "\x00" + strconv.Itoa(l.Port)
+		if first := ports[k]; first != nil {
+			r.p.errorf(portPath, "link %d: UDP port %d on host %q is already the port of link %d at line %d: set port = N on one of them to a free port",
+				l.Index, l.Port, h.Name, first.Index, first.Pos.Line)
+			return
+		}
+		ports[k] = l
+	}
+	if l.Key == "" {
+		r.p.warnf(path, "link %d: runs between hosts %q and %q as a UDP tunnel without key: frames cross the underlay in cleartext and anyone who can send to port %d injects frames; "+
+			"add key = \"FILE\" (32 random bytes, the same file on both hosts: `(umask 077; head -c 32 /dev/urandom > link.key)`)", l.Index, a.Name, b.Name, l.Port)
+	}
+}
+
+// Ports of links between hosts without port =: 20000..32767, below
+// Linux's ephemeral ports (32768..60999), so an outgoing connection
+// does not hold one by chance.
+const (
+	linkPortMin  = 20000
+	linkPortSpan = 32768 - linkPortMin
+)
+
+// DeriveLinkPort is the UDP port of link index (from 0, in file order)
+// of lab when the link joins VMs on two hosts and has no port =: both
+// hosts compute it from the lab file alone, stable across runs and
+// machines. The links of one lab get consecutive ports.
+func DeriveLinkPort(lab string, index int) int {
+	sum := sha256.Sum256([]byte(lab + "\x00link"))
+	base := int(binary.BigEndian.Uint32(sum[:4]) % linkPortSpan)
+	return linkPortMin + (base+index)%linkPortSpan
 }
 
 // HostsOf returns the hosts with a VM that has a NIC on network, in the
@@ -232,7 +300,9 @@ func (l *Lab) HostByName(name string) *Host {
 // tables: its VMs, the networks they use (each network that also has VMs
 // on other hosts with its VXLAN set; such a network's addresses only on
 // the first of its hosts, in [[host]] order, since every host's bridge is
-// part of one layer-2 domain) and the links of its VMs. Names,
+// part of one layer-2 domain) and the links of its VMs (a link to a VM on
+// another host as this host's half: a copy whose far end is the UDP
+// tunnel to that host). Names,
 // MACs, VNIs and the state directory stay those of the whole lab. With
 // no [[host]] or one, host may be "" (or the one host's name) and Part
 // returns l itself.
@@ -294,14 +364,45 @@ func (l *Lab) Part(host string) (*Lab, error) {
 		p.Networks = append(p.Networks, &c)
 	}
 	for _, lk := range l.Links {
-		for _, e := range []Endpoint{lk.A, lk.B} {
-			if e.Kind == KindVM && slices.ContainsFunc(p.VMs, func(vm *VM) bool { return vm.Name == e.Name }) {
-				p.Links = append(p.Links, lk)
-				break
+		ha, hb := l.endHost(lk.A), l.endHost(lk.B)
+		switch {
+		case ha != host && hb != host:
+		case ha == "" || hb == "" || ha == hb:
+			p.Links = append(p.Links, lk)
+		default:
+			// The far VM's end becomes a UDP tunnel to its host, on the
+			// port both hosts derive from the lab file. Each host impairs
+			// what its own VM sends, so that no direction is impaired twice.
+			c := *lk
+			far := l.HostByName(hb)
+			if ha != host {
+				far = l.HostByName(ha)
 			}
+			udp := Endpoint{Kind: KindUDP, Key: lk.Key,
+				Local:  netip.AddrPortFrom(me.Address, uint16(lk.Port)),
+				Remote: netip.AddrPortFrom(far.Address, uint16(lk.Port))}
+			if ha == host {
+				c.B, c.BtoA = udp, nil
+			} else {
+				c.A, c.AtoB = udp, nil
+			}
+			p.Links = append(p.Links, &c)
 		}
 	}
 	return &p, nil
+}
+
+// endHost is the host of the VM of a vm: end, "" for other ends.
+func (l *Lab) endHost(e Endpoint) string {
+	if e.Kind != KindVM {
+		return ""
+	}
+	for _, vm := range l.VMs {
+		if vm.Name == e.Name {
+			return vm.Host
+		}
+	}
+	return ""
 }
 
 func ipv(a netip.Addr) int {

@@ -135,6 +135,73 @@ address = "192.0.2.1"
 	}
 }
 
+// wired is VMs a (on host ha) and b (on hb), two NICs each without
+// network, and a link between their first NICs ([[link]] last, so that
+// keys can be appended to it).
+func wired(ha, hb string) string {
+	var s string
+	for _, v := range [][2]string{{"a", ha}, {"b", hb}} {
+		s += "[[vm]]\nname = \"" + v[0] + "\"\n"
+		if v[1] != "" {
+			s += "host = \"" + v[1] + "\"\n"
+		}
+		s += "  [[vm.nic]]\n  [[vm.nic]]\n"
+	}
+	return s + "[[link]]\na = \"vm:a:0\"\nb = \"vm:b:0\"\n"
+}
+
+// TestLinkAcrossHosts: a [[link]] between VMs on two hosts becomes, in
+// each host's part, a UDP tunnel from the local VM's NIC to the other
+// host's underlay address, on a port both derive alone (or port =), with
+// the key file both hold; each host impairs only what its own VM sends;
+// without key the lab file gets a warning.
+func TestLinkAcrossHosts(t *testing.T) {
+	hosts := "[lab]\nname = \"t\"\n[[host]]\nname = \"h1\"\naddress = \"10.200.0.1\"\n[[host]]\nname = \"h2\"\naddress = \"10.200.0.2\"\n"
+	lab, ps := parse(t, hosts+wired("h1", "h2")+"key = \"link.key\"\nloss = \"50%\"\n[[link]]\na = \"vm:b:1\"\nb = \"vm:a:1\"\nport = 6000\n")
+	if lab == nil {
+		t.Fatal(ps)
+	}
+	if len(ps) != 1 || !strings.Contains(ps[0].Msg, "link 1: runs between hosts \"h2\" and \"h1\" as a UDP tunnel without key") || ps[0].Pos.Line != 24 {
+		t.Errorf("warnings = %v, want one about link 1 without key at line 24", ps)
+	}
+	port := DeriveLinkPort("t", 0)
+	if port < 20000 || port > 32767 || lab.Links[0].Port != port || lab.Links[1].Port != 6000 || lab.Links[0].Key != "/cfg/link.key" {
+		t.Errorf("links: port %d key %q, port %d; want derived %d, /cfg/link.key, 6000", lab.Links[0].Port, lab.Links[0].Key, lab.Links[1].Port, port)
+	}
+	ep := func(local, remote string, p int, key string) Endpoint {
+		return Endpoint{Kind: KindUDP, Local: netip.AddrPortFrom(netip.MustParseAddr(local), uint16(p)),
+			Remote: netip.AddrPortFrom(netip.MustParseAddr(remote), uint16(p)), Key: key}
+	}
+	vm := func(name string, nic int) Endpoint { return Endpoint{Kind: KindVM, Name: name, NIC: nic} }
+	for _, tt := range []struct {
+		host   string
+		a0, b0 Endpoint
+		ab, ba bool // link 0 impaired a to b, b to a
+		a1, b1 Endpoint
+	}{
+		{"h1", vm("a", 0), ep("10.200.0.1", "10.200.0.2", port, "/cfg/link.key"), true, false, ep("10.200.0.1", "10.200.0.2", 6000, ""), vm("a", 1)},
+		{"h2", ep("10.200.0.2", "10.200.0.1", port, "/cfg/link.key"), vm("b", 0), false, true, vm("b", 1), ep("10.200.0.2", "10.200.0.1", 6000, "")},
+	} {
+		p, err := lab.Part(tt.host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.Links) != 2 {
+			t.Fatalf("%s: %d links, want 2", tt.host, len(p.Links))
+		}
+		l0, l1 := p.Links[0], p.Links[1]
+		if l0.A != tt.a0 || l0.B != tt.b0 || l1.A != tt.a1 || l1.B != tt.b1 || l0.Index != 0 || l1.Index != 1 {
+			t.Errorf("%s: links %s <-> %s, %s <-> %s; want %s <-> %s, %s <-> %s", tt.host, l0.A, l0.B, l1.A, l1.B, tt.a0, tt.b0, tt.a1, tt.b1)
+		}
+		if (l0.AtoB != nil) != tt.ab || (l0.BtoA != nil) != tt.ba {
+			t.Errorf("%s: link 0 impaired a to b %v, b to a %v; want %v, %v", tt.host, l0.AtoB != nil, l0.BtoA != nil, tt.ab, tt.ba)
+		}
+	}
+	if lab.Links[0].B != vm("b", 0) || lab.Links[0].BtoA == nil {
+		t.Errorf("Part changed the whole lab's link: %s, %v", lab.Links[0].B, lab.Links[0].BtoA)
+	}
+}
+
 func TestHostProblems(t *testing.T) {
 	hosts := "[lab]\nname = \"t\"\n[[host]]\nname = \"h1\"\naddress = \"10.200.0.1\"\n[[host]]\nname = \"h2\"\naddress = \"10.200.0.2\"\n"
 	vm := func(name, host, network string) string {
@@ -173,8 +240,16 @@ func TestHostProblems(t *testing.T) {
 		{"mixed families", "[lab]\nname = \"t\"\n[[host]]\nname = \"h1\"\naddress = \"10.200.0.1\"\n[[host]]\nname = \"h2\"\naddress = \"fd00::2\"\n" +
 			"[[network]]\nname = \"n\"\nmtu = 1400\n" + vm("a", "h1", "n") + vm("b", "h2", "n"), "11:1",
 			`host "h1" has an IPv4 address and host "h2" an IPv6 one`},
-		{"link across hosts", hosts + "[[vm]]\nname = \"a\"\nhost = \"h1\"\n  [[vm.nic]]\n[[vm]]\nname = \"b\"\nhost = \"h2\"\n  [[vm.nic]]\n" +
-			"[[link]]\na = \"vm:a:0\"\nb = \"vm:b:0\"\n", "17:1", "link 0: joins VMs on hosts h1 and h2"},
+		{"link port on one host", hosts + wired("h1", "h1") + "port = 5000\n", "22:1",
+			"link 0: port applies only to a link between VMs on two different hosts"},
+		{"link key without hosts", "[lab]\nname = \"t\"\n" + wired("", "") + "key = \"k\"\n", "14:1",
+			"link 0: key applies only to a link between VMs on two different hosts"},
+		{"link port is vxlan_port", hosts + wired("h1", "h2") + "port = 4789\n", "22:1",
+			`link 0: UDP port 4789 is host "h1"'s vxlan_port: set port = N`},
+		{"link ports clash", hosts + wired("h1", "h2") + "port = 5000\n[[link]]\na = \"vm:a:1\"\nb = \"vm:b:1\"\nport = 5000\n", "26:1",
+			`link 1: UDP port 5000 on host "h1" is already the port of link 0 at line 19`},
+		{"link across families", "[lab]\nname = \"t\"\n[[host]]\nname = \"h1\"\naddress = \"10.200.0.1\"\n[[host]]\nname = \"h2\"\naddress = \"fd00::2\"\n" +
+			wired("h1", "h2"), "19:1", `link 0: joins a VM on host "h1" (IPv4 address) and one on host "h2" (IPv6 address)`},
 		{"link without vm", hosts + "[[link]]\na = \"tap:x\"\nb = \"tap:y\"\n", "9:1", "link 0: with several [[host]] tables a link needs a vm: end"},
 		{"vxlan name taken", hosts + "[[network]]\nname = \"n\"\nmtu = 1450\nvni = 7\n" + vm("a", "h1", "n") + vm("b", "h2", "n") +
 			"[[vm]]\nname = \"c\"\nhost = \"h1\"\n  [[vm.nic]]\n  network = \"n\"\n  ifname = \"vx7\"\n", "12:1",

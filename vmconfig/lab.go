@@ -115,7 +115,15 @@ type Link struct {
 	PCAP  string // absolute path or ""
 	// AtoB and BtoA impair a direction; nil: no impairment stage.
 	AtoB, BtoA *Impairment
-	Pos        Pos
+	// Port and Key concern a link between VMs on two hosts ([[host]]),
+	// which runs as a UDP tunnel between the hosts' underlay addresses
+	// (Lab.Part turns the far VM's end into that tunnel): Port is the
+	// UDP port both hosts receive it on (port =, default DeriveLinkPort),
+	// Key the absolute path of the pre-shared key file both hosts hold a
+	// copy of (key =, "" = unauthenticated cleartext).
+	Port int
+	Key  string
+	Pos  Pos
 }
 
 // Summary is the one-line description printed by `vmnet validate`.

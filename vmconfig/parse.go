@@ -118,7 +118,7 @@ var (
 		"qemu", "user", "extra_args", "console", "command", "gateway"}
 	nicKeys = []string{"network", "mac", "queues", "vnet_hdr", "offloads", "model", "vhost", "vlan", "tagged", "mtu",
 		"ifname", "address", "qdisc"}
-	linkKeys = append([]string{"a", "b", "pcap", "a_to_b", "b_to_a"}, ImpairmentKeys...)
+	linkKeys = append([]string{"a", "b", "pcap", "port", "key", "a_to_b", "b_to_a"}, ImpairmentKeys...)
 
 	machines    = []string{"pc", "q35", "microvm"}
 	accels      = []string{"auto", "kvm", "tcg"}
@@ -203,7 +203,8 @@ func (p *parser) parse(data []byte) *Lab {
 	r := &resolver{p: p, lab: lab, labOK: labOK, ifnames: map[string]string{}, macs: map[string]string{},
 		addrs: map[netip.Addr]string{}, networks: map[string]*Network{}, vms: map[string]*VM{},
 		hosts: map[string]*Host{}, hostAddrs: map[netip.Addr]string{}, vniPaths: map[*Network]string{},
-		vniSet: map[*Network]bool{}, mtuPaths: map[*Network]string{}, linkPaths: map[*Link]string{}}
+		vniSet: map[*Network]bool{}, mtuPaths: map[*Network]string{}, linkPaths: map[*Link]string{},
+		linkOpts: map[*Link][2]string{}}
 	r.hostsOK = true
 	if v, ok := top.get("host"); ok {
 		for _, t := range p.tables("host", "host", v) {

@@ -31,6 +31,7 @@ type resolver struct {
 	vniSet    map[*Network]bool
 	mtuPaths  map[*Network]string
 	linkPaths map[*Link]string
+	linkOpts  map[*Link][2]string // paths of port and key of a [[link]], "" when not given
 }
 
 func (r *resolver) where(path string) string {
@@ -566,6 +567,19 @@ func (r *resolver) link(t *table) {
 			l.PCAP = p.abs(pcap.v)
 		}
 	}
+	var opts [2]string
+	if port := t.integer("port", 1, 65535); port.set {
+		l.Port, opts[0] = port.v, t.key("port")
+	}
+	if key := t.str("key"); key.set {
+		if err := checkKeyPath(key.v); err != nil {
+			t.errorf("key", "%v", err)
+		} else {
+			l.Key = p.abs(key.v) // relative to the lab file, like every path in it
+		}
+		opts[1] = t.key("key")
+	}
+	r.linkOpts[l] = opts
 	l.AtoB, l.BtoA = r.impairments(t)
 	t.finish(linkKeys)
 	r.linkPaths[l] = t.path

@@ -24,7 +24,7 @@ func TestUpHostChoice(t *testing.T) {
 		}
 	}
 	st, out, stderr := vmnet(t, "validate", two)
-	if st != 0 || !strings.Contains(out, "2 networks, 2 VMs, 3 NICs, 0 links, 2 hosts") {
+	if st != 0 || !strings.Contains(out, "2 networks, 2 VMs, 5 NICs, 1 link, 2 hosts") {
 		t.Errorf("validate two-hosts: exit %d, %q %q", st, out, stderr)
 	}
 }

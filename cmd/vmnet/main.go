@@ -115,6 +115,8 @@ func newRoot(e *env) *cobra.Command {
 		lsCommand(e),
 		nicCommand(e),
 		shCommand(e),
+		logsCommand(e),
+		consoleCommand(e),
 		linkCommand(e),
 		runCommand(e),
 		imageCommand(e),

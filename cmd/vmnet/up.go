@@ -133,6 +133,9 @@ func up(e *env, file string, f upFlags) error {
 		if err := lab.CheckUnderlay(cfg); err != nil {
 			return err
 		}
+		if err := lab.CheckVNIs(cfg); err != nil {
+			return err
+		}
 		pid, err := lab.PrepareUp(cfg)
 		if err != nil {
 			return err

@@ -454,6 +454,10 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 	if err != nil {
 		return nil, err
 	}
+	if err := l.listenConsole(vm.Name, v); err != nil {
+		v.Stop(ctx)
+		return nil, err
+	}
 	l.mu.Lock()
 	l.vms[vm.Name] = v
 	l.started[vm.Name] = time.Now()

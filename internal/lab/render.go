@@ -51,7 +51,7 @@ type topology struct {
 
 type node struct {
 	id    string
-	kind  string // "net", "vm" or "endpoint"
+	kind  string // "net", "vm", "endpoint", "xvlan" (a VXLAN device) or "peer" (another host)
 	lines []string
 }
 
@@ -59,6 +59,7 @@ type edge struct {
 	a, b   string // node ids
 	label  string
 	dashed bool // a [[link]] rather than a NIC on a bridge
+	dotted bool // VXLAN over the underlay to a peer host
 }
 
 func topologyOf(r Report, prefix string) topology {
@@ -95,12 +96,34 @@ func topologyOf(r Report, prefix string) topology {
 		b := add(endpointNode(l.B), "endpoint", l.B)
 		t.edges = append(t.edges, edge{a: a, b: b, dashed: true})
 	}
+	// A host's part of a multi-host lab: each VXLAN device hangs off its
+	// network's bridge and reaches its peer hosts over the underlay; a
+	// peer that several networks reach is one node.
+	for _, v := range r.VXLANs {
+		x := add("vxlan:"+v.Name, "xvlan", v.Name, fmt.Sprintf("VNI %d, port %d", v.VNI, v.Port))
+		if v.Network != "" {
+			t.edges = append(t.edges, edge{a: x, b: add("net:"+v.Network, "net", v.Network), label: "vxlan"})
+		}
+		for _, p := range v.Peers {
+			t.edges = append(t.edges, edge{a: x, b: add("peer:"+p, "peer", "peer host", p), dotted: true})
+		}
+	}
 	return t
+}
+
+// title is a lab's cluster title: its name, and the host for a part of
+// a multi-host lab.
+func title(r Report) string {
+	if r.Host != "" {
+		return "lab " + r.Lab + " (host " + r.Host + ")"
+	}
+	return "lab " + r.Lab
 }
 
 // WriteDOT renders the labs as one Graphviz graph: a cluster per lab,
 // networks as boxes, VMs as ellipses, NICs as edges labelled with their
-// taps, links as dashed edges between their endpoints. No labs give a
+// taps, links as dashed edges between their endpoints, VXLAN devices as
+// arrows on their networks with dotted edges to their peer hosts. No labs give a
 // valid graph with a note in it.
 func WriteDOT(w io.Writer, reports []Report) error {
 	var b strings.Builder
@@ -110,15 +133,18 @@ func WriteDOT(w io.Writer, reports []Report) error {
 	}
 	for i, r := range reports {
 		t := topologyOf(r, fmt.Sprintf("l%d", i))
-		fmt.Fprintf(&b, "  subgraph \"cluster_l%d\" {\n    label=%s;\n", i, dotQuote("lab "+r.Lab))
+		fmt.Fprintf(&b, "  subgraph \"cluster_l%d\" {\n    label=%s;\n", i, dotQuote(title(r)))
 		for _, n := range t.nodes {
-			shape := map[string]string{"net": "box", "vm": "ellipse", "endpoint": "hexagon"}[n.kind]
+			shape := map[string]string{"net": "box", "vm": "ellipse", "endpoint": "hexagon", "xvlan": "cds", "peer": "box3d"}[n.kind]
 			fmt.Fprintf(&b, "    %s [shape=%s, label=%s];\n", n.id, shape, dotQuote(strings.Join(n.lines, "\n")))
 		}
 		for _, e := range t.edges {
 			attr := "label=" + dotQuote(e.label)
-			if e.dashed {
+			switch {
+			case e.dashed:
 				attr = "style=dashed"
+			case e.dotted:
+				attr = "style=dotted"
 			}
 			fmt.Fprintf(&b, "    %s -- %s [%s];\n", e.a, e.b, attr)
 		}
@@ -139,7 +165,8 @@ func dotQuote(s string) string {
 // WriteMermaid renders the labs as one Mermaid flowchart, which GitHub
 // draws in Markdown (```mermaid) without Graphviz: a subgraph per lab,
 // networks as rectangles, VMs as stadiums, other link endpoints as
-// hexagons, NICs as edges labelled with their taps, links dotted.
+// hexagons, NICs as edges labelled with their taps, links dotted, VXLAN
+// devices as parallelograms with dotted edges to their peer hosts.
 func WriteMermaid(w io.Writer, reports []Report) error {
 	var b strings.Builder
 	b.WriteString("flowchart LR\n")
@@ -148,13 +175,13 @@ func WriteMermaid(w io.Writer, reports []Report) error {
 	}
 	for i, r := range reports {
 		t := topologyOf(r, fmt.Sprintf("l%d", i))
-		fmt.Fprintf(&b, "  subgraph l%d[%s]\n", i, mermaidText("lab "+r.Lab))
+		fmt.Fprintf(&b, "  subgraph l%d[%s]\n", i, mermaidText(title(r)))
 		for _, n := range t.nodes {
 			shape := mermaidShapes[n.kind]
 			fmt.Fprintf(&b, "    %s%s%s%s\n", n.id, shape[0], mermaidText(strings.Join(n.lines, "\n")), shape[1])
 		}
 		for _, e := range t.edges {
-			if e.dashed {
+			if e.dashed || e.dotted {
 				fmt.Fprintf(&b, "    %s -.- %s\n", e.a, e.b)
 				continue
 			}
@@ -167,7 +194,8 @@ func WriteMermaid(w io.Writer, reports []Report) error {
 }
 
 // mermaidShapes open and close a node of each kind.
-var mermaidShapes = map[string][2]string{"net": {"[", "]"}, "vm": {"([", "])"}, "endpoint": {"{{", "}}"}}
+var mermaidShapes = map[string][2]string{"net": {"[", "]"}, "vm": {"([", "])"}, "endpoint": {"{{", "}}"},
+	"xvlan": {"[/", "/]"}, "peer": {"[[", "]]"}}
 
 // mermaidText quotes s for a Mermaid label: inside "..." only a quote
 // ends the text, and Mermaid's entity codes (#quot; and the like) stand

@@ -90,11 +90,11 @@ func TestStatusDOT(t *testing.T) {
 
 // mermaidLine is the grammar of every line WriteMermaid may print: a
 // subgraph with a quoted title, its end, a node with a quoted label in
-// one of three shapes, a labelled solid edge or a dotted edge.
+// one of five shapes, a labelled solid edge or a dotted edge.
 var (
 	mmQuoted   = `"[^"]*"`
 	mmSubgraph = regexp.MustCompile(`^  subgraph ([A-Za-z][A-Za-z0-9_]*)\[` + mmQuoted + `\]$`)
-	mmNode     = regexp.MustCompile(`^ +([A-Za-z][A-Za-z0-9_]*)(\[` + mmQuoted + `\]|\(\[` + mmQuoted + `\]\)|\{\{` + mmQuoted + `\}\})$`)
+	mmNode     = regexp.MustCompile(`^ +([A-Za-z][A-Za-z0-9_]*)(\[` + mmQuoted + `\]|\(\[` + mmQuoted + `\]\)|\{\{` + mmQuoted + `\}\}|\[/` + mmQuoted + `/\]|\[\[` + mmQuoted + `\]\])$`)
 	mmEdge     = regexp.MustCompile(`^    ([A-Za-z][A-Za-z0-9_]*) (---\|` + mmQuoted + `\||-\.-) ([A-Za-z][A-Za-z0-9_]*)$`)
 )
 
@@ -273,5 +273,59 @@ loss = "5%"
 	}
 	if !strings.Contains(js.String(), `"a_to_b_impairment": "delay 20ms loss 5%"`) {
 		t.Errorf("json: %s", js.String())
+	}
+}
+
+// hostPart is h1's part of a multi-host lab: network lan spans h1, h2
+// and h3, network dmz h1 and h2, so peer 10.200.0.2 is reached by two
+// VXLAN devices.
+func hostPart() []Report {
+	return []Report{{Lab: "mh", Host: "h1", Phase: "up",
+		Networks: []NetworkReport{{Name: "lan", Bridge: "mh-lan"}, {Name: "dmz", Bridge: "mh-dmz"}},
+		VMs:      []VMReport{{Name: "a", State: "running", NICs: []NICReport{{NICState: NICState{ID: "net0", Tap: "mh-a-0", Network: "lan"}}}}},
+		VXLANs: []VXLANReport{
+			{Name: "vx5", Network: "lan", VNI: 5, Port: 4789, Peers: []string{"10.200.0.2", "10.200.0.3"}},
+			{Name: "vx6", Network: "dmz", VNI: 6, Port: 4789, Peers: []string{"10.200.0.2"}},
+		}}}
+}
+
+// TestStatusGraphVXLAN: in status -o dot and -o mermaid, a host's part
+// shows its VXLAN devices on their networks' bridges and the peer hosts
+// they reach (one node per peer), and says which host it is; Graphviz
+// parses the graph, the Mermaid grammar check accepts the flowchart.
+func TestStatusGraphVXLAN(t *testing.T) {
+	dot := testenv.RequireProgram(t, "dot")
+	var b bytes.Buffer
+	if err := WriteStatus(&b, "dot", hostPart()); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(dot, "-Tcanon")
+	cmd.Stdin = strings.NewReader(b.String())
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	canon, err := cmd.Output()
+	if err != nil || stderr.Len() > 0 {
+		t.Fatalf("dot rejects the graph: %v %s\n%s", err, stderr.String(), b.String())
+	}
+	c := string(canon)
+	for what, n := range map[string]int{" -- ": 6, "shape=cds": 2, "shape=box3d": 2, "style=dotted": 3, "VNI 5, port 4789": 1, "peer host\\n10.200.0.2": 1} {
+		if got := strings.Count(c, what); got != n {
+			t.Errorf("%d times %q, want %d:\n%s", got, what, n, c)
+		}
+	}
+	if !strings.Contains(c, `"lab mh (host h1)"`) {
+		t.Errorf("the cluster does not name the host:\n%s", c)
+	}
+	b.Reset()
+	if err := WriteStatus(&b, "mermaid", hostPart()); err != nil {
+		t.Fatal(err)
+	}
+	if s, n, e := checkMermaid(t, b.String()); s != 1 || n != 7 || e != 6 {
+		t.Errorf("%d subgraphs, %d nodes, %d edges; want 1, 7, 6:\n%s", s, n, e, b.String())
+	}
+	for _, want := range []string{`[/"vx5<br/>VNI 5, port 4789"/]`, `[["peer host<br/>10.200.0.2"]]`, `---|"vxlan"|`} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("mermaid lacks %s:\n%s", want, b.String())
+		}
 	}
 }

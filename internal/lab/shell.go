@@ -79,9 +79,9 @@ func Shell(ctx context.Context, dir, vm, cmd string, out io.Writer) (ShellResult
 	}
 	dl, _ := ctx.Deadline()
 	vmDir := filepath.Join(dir, "vm-"+vm)
-	// The VM's directory is root's alone (qemu.RootDir); O_NOFOLLOW is the
-	// second line of defence against a planted link.
-	lock, err := os.OpenFile(filepath.Join(vmDir, "shell.lock"), os.O_CREATE|os.O_RDWR|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+	// The VM's directory is root's alone (qemu.RootDir); openLockFile is
+	// the second line of defence against a planted link or file.
+	lock, err := openLockFile(filepath.Join(vmDir, "shell.lock"))
 	if err != nil {
 		return res, fmt.Errorf("vm %s: no shell (is the lab up and the VM booted from the test image?): %w", vm, err)
 	}

@@ -44,6 +44,67 @@ func checkUnderlay(nh *netlink.Handle, cfg *vmconfig.Lab) error {
 		"run `vmnet up --host` with the name of this host, or fix address of [[host]] %q in the lab file", cfg.Name, h.Name, h.Address, h.Name)
 }
 
+// CheckVNIs makes sure that no VXLAN device in the calling thread's
+// network namespace already carries the VNI (on the same port) or the
+// device name of a network that the part cfg would span: on one host a
+// VNI and port carry one layer-2 network, so another lab's device would
+// join the two labs' networks, and the kernel refuses a second one
+// anyway. `vmnet up` checks it before it claims anything (devices of cfg's
+// own lab are then left to its check of an earlier run); Up checks it
+// again before each VXLAN device.
+func CheckVNIs(cfg *vmconfig.Lab) error { return checkVNIs(&netlink.Handle{}, cfg, nil) }
+
+// checkVNIs checks every spanning network of cfg, or only the network
+// only (then a device of cfg's own lab is an error too).
+func checkVNIs(nh *netlink.Handle, cfg *vmconfig.Lab, only *vmconfig.Network) error {
+	links, err := nlretry.Do(nh.LinkList)
+	if err != nil {
+		return fmt.Errorf("lab %s: list interfaces: %w", cfg.Name, err)
+	}
+	for _, n := range cfg.Networks {
+		if n.VXLAN == nil || only != nil && n != only {
+			continue
+		}
+		name := vmconfig.VXLANName(n.VXLAN.VNI)
+		for _, ln := range links {
+			vx, isVX := ln.(*netlink.Vxlan)
+			sameVNI := isVX && vx.VxlanId == n.VXLAN.VNI && vx.Port == n.VXLAN.Port
+			if ln.Attrs().Name != name && !sameVNI {
+				continue
+			}
+			what := fmt.Sprintf("interface %s", ln.Attrs().Name)
+			if isVX {
+				what = fmt.Sprintf("VXLAN device %s (VNI %d, port %d)", ln.Attrs().Name, vx.VxlanId, vx.Port)
+			}
+			if m := ln.Attrs().MasterIndex; m > 0 {
+				for _, br := range links {
+					if br.Attrs().Index == m {
+						what += " on bridge " + br.Attrs().Name
+					}
+				}
+			}
+			tag, _ := owner.Of(ln)
+			other, isLab := owner.LabName(tag)
+			switch {
+			case isLab && other == cfg.Name && only == nil:
+				continue
+			case isLab && other == cfg.Name:
+				return fmt.Errorf("lab %s: network %s (VNI %d, port %d): %s is left from an earlier run of this lab: run `vmnet down %s` first",
+					cfg.Name, n.Name, n.VXLAN.VNI, n.VXLAN.Port, what, cfg.Name)
+			case isLab:
+				return fmt.Errorf("lab %s: network %s (VNI %d, port %d) clashes with lab %s, which is up on this host with %s: "+
+					"on one host a VNI and port carry one network, so the two labs' networks would join; set vni = N on network %s to a VNI no other lab here uses, or bring lab %s down",
+					cfg.Name, n.Name, n.VXLAN.VNI, n.VXLAN.Port, other, what, n.Name, other)
+			default:
+				return fmt.Errorf("lab %s: network %s (VNI %d, port %d): this host already has %s, which vmnet did not create for a lab: "+
+					"set vni = N on network %s to another value, or remove that device",
+					cfg.Name, n.Name, n.VXLAN.VNI, n.VXLAN.Port, what, n.Name)
+			}
+		}
+	}
+	return nil
+}
+
 // createVXLAN gives the bridge of n, which has VMs on other hosts too, a
 // VXLAN device: tagged as the lab's, without learning (the peers are
 // known), with one all-zeros FDB entry per peer, so that broadcast,
@@ -58,6 +119,9 @@ func (l *Lab) createVXLAN(n *vmconfig.Network) (err error) {
 		return err
 	}
 	h := l.br.Handle()
+	if err := checkVNIs(h, l.cfg, n); err != nil {
+		return err
+	}
 	br, err := h.LinkByName(n.Bridge)
 	if err != nil {
 		return fmt.Errorf("lab %s: network %s: bridge %s: %w", l.cfg.Name, n.Name, n.Bridge, err)

@@ -306,3 +306,53 @@ func TestUnderlayNotHere(t *testing.T) {
 		return nil
 	})
 }
+
+// TestVNIClash: on one host, a lab whose spanning network has the VNI
+// (and port) of another lab's network that is up there is refused, by
+// `vmnet up`'s check and again before the VXLAN device would be made,
+// with an error naming both labs, the network and the VNI (its teardown
+// leaves nothing); another VNI, and the first lab's own devices, pass.
+func TestVNIClash(t *testing.T) {
+	hosts := testenv.Underlay(t, 2)
+	withVNI := func(lab string, vni int) *vmconfig.Lab {
+		body := strings.Replace(strings.Replace(multiHost, `name = "mh"`, `name = "`+lab+`"`, 1),
+			"mtu = 1450\n", fmt.Sprintf("mtu = 1450\nvni = %d\n", vni), 1)
+		return labOf(t, body)
+	}
+	first, clash, other := withVNI("one", 4242), withVNI("two", 4242), withVNI("six", 4243)
+	testenv.Do(t, hosts[0], func() error {
+		l := upPart(t, first, "h1")
+		defer l.Teardown(context.Background())
+		part, err := clash.Part("h1")
+		if err != nil {
+			return err
+		}
+		if err := CheckVNIs(part); err == nil {
+			t.Error("CheckVNIs accepts VNI 4242 of lab one for lab two")
+		} else {
+			for _, want := range []string{"lab two: network lan (VNI 4242, port 4789) clashes with lab one", "VXLAN device vx4242 (VNI 4242, port 4789) on bridge one-lan", "set vni = N on network lan"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q lacks %q", err, want)
+				}
+			}
+		}
+		l2 := newLab(t, part)
+		err = l2.EnsureNetwork("lan")
+		if err == nil || !strings.Contains(err.Error(), "clashes with lab one") {
+			t.Errorf("EnsureNetwork of lab two: %v, want the clash", err)
+		}
+		l2.Teardown(context.Background())
+		if n, _ := Tagged("two"); n != 0 {
+			t.Errorf("lab two left %d interfaces", n)
+		}
+		part, _ = other.Part("h1")
+		if err := CheckVNIs(part); err != nil {
+			t.Errorf("VNI 4243: %v", err)
+		}
+		own, _ := first.Part("h1")
+		if err := CheckVNIs(own); err != nil {
+			t.Errorf("lab one's own devices count as a clash: %v", err)
+		}
+		return nil
+	})
+}

@@ -35,6 +35,9 @@ type console struct {
 	gotExit  bool
 	errs     []string      // VMNET-ERROR lines
 	failed   chan struct{} // closed at the first VMNET-ERROR line
+
+	cmu    sync.Mutex
+	client io.Writer // an attached interactive console (VM.AttachConsole), or nil
 }
 
 func newConsole(lines int, out ...io.Writer) *console {
@@ -63,6 +66,13 @@ func (c *console) Write(p []byte) (int, error) {
 			c.out[i] = nil // a broken log or tee must not stop the console
 		}
 	}
+	c.cmu.Lock()
+	if c.client != nil {
+		if _, err := c.client.Write(p); err != nil {
+			c.client = nil // a user who went away must not stop the console
+		}
+	}
+	c.cmu.Unlock()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	data := p

@@ -41,6 +41,7 @@ type VM struct {
 	stderr  *ringBuffer
 	mon     *monitor
 	logFile *logcap.File
+	conIn   *os.File // our end of the console socketpair: what is written goes to the guest's ttyS0
 
 	exited  chan struct{} // closed when QEMU has exited
 	waitErr error         // QEMU's exit status, valid after exited
@@ -279,6 +280,7 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 		return nil, fmt.Errorf("%s: pidfile: %w", name, err)
 	}
 
+	vm.conIn = conOurs
 	go func() {
 		io.Copy(vm.con, conOurs)
 		vm.con.flush()
