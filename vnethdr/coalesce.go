@@ -142,6 +142,16 @@ func (c *Coalescer) Out(i int) (Hdr, [][]byte) {
 	return hdr, iov
 }
 
+// Inputs returns the index in the batch of the first packet of output i and
+// how many packets it holds: 1 for a packet passed through unchanged (Out's
+// only piece is then that packet itself), more for a merged one. A caller
+// that keeps per-packet state (the buffer a packet was read into) finds it
+// by this index.
+func (c *Coalescer) Inputs(i int) (first, count int) {
+	g := &c.groups[i]
+	return int(g.first), int(g.count)
+}
+
 // CopyOut copies output i into dst and returns its length.
 func (c *Coalescer) CopyOut(i int, dst []byte) (int, error) {
 	_, iov := c.Out(i)
