@@ -57,6 +57,8 @@ func New(a, b *Endpoint, opts Options) (*Link, error) {
 	if l.imBA != nil {
 		l.ba.imp = new(impairCounters)
 	}
+	l.ab.queues = make([]atomic.Uint64, len(a.queues))
+	l.ba.queues = make([]atomic.Uint64, len(b.queues))
 	if l.batch <= 0 {
 		l.batch = 32
 	}
@@ -231,9 +233,12 @@ type DirStats struct {
 	Segments    uint64 `json:"segments"`     // frames those splits produced
 	Coalesced   uint64 `json:"coalesced"`    // super-frames GRO built from frames read one by one
 	Merged      uint64 `json:"merged"`       // frames those super-frames hold
-	TxFrames    uint64 `json:"tx_frames"`
-	TxBytes     uint64 `json:"tx_bytes"`
-	Drops       Drops  `json:"drops"`
+	// Queues counts the frames read from each queue of the source (tap
+	// queues, AF_PACKET fanout sockets), in the order they were opened.
+	Queues   []uint64 `json:"queues"`
+	TxFrames uint64   `json:"tx_frames"`
+	TxBytes  uint64   `json:"tx_bytes"`
+	Drops    Drops    `json:"drops"`
 	// Impairment is the direction's impairments ("none" when it has
 	// a stage that does nothing), Impaired what they did; both absent
 	// for a direction without impairments.
@@ -289,6 +294,9 @@ func (s Stats) String() string {
 	}
 	g := func(from, to string, d DirStats) string {
 		line := f(from, to, d)
+		if len(d.Queues) > 1 {
+			line += fmt.Sprintf("; frames read per queue %v", d.Queues)
+		}
 		if i := d.Impaired; i != nil {
 			line += fmt.Sprintf("\n%s -> %s impaired (%s): lost %d, duplicated %d, corrupted %d, reordered %d, delayed %d, overflow %d",
 				from, to, d.Impairment, i.Lost, i.Duplicated, i.Corrupted, i.Reordered, i.Delayed, i.Overflow)
@@ -302,6 +310,7 @@ type counters struct {
 	frames, bytes, super, segmented, segments, coalesced, merged, txFrames, txBytes atomic.Uint64
 	dMTU, dInvalid, dTrunc, dSegs, dWrite, dHdr, dAuth, dReplay                     atomic.Uint64
 	imp                                                                             *impairCounters // nil: no impairments
+	queues                                                                          []atomic.Uint64 // frames read per source queue
 }
 
 func (c *counters) load() DirStats {
@@ -316,6 +325,10 @@ func (c *counters) load() DirStats {
 	}
 	if c.imp != nil {
 		d.Impaired = c.imp.load()
+	}
+	d.Queues = make([]uint64, len(c.queues))
+	for i := range c.queues {
+		d.Queues[i] = c.queues[i].Load()
 	}
 	return d
 }
@@ -355,6 +368,7 @@ type pump struct {
 	l        *Link
 	src, dst *Endpoint
 	sq, dq   queueIO
+	qi       int // index of sq in the source's queues
 	c        *counters
 	local    DirStats
 
@@ -392,11 +406,13 @@ type pump struct {
 	gro    *vnethdr.Coalescer
 	groIn  [][]byte
 	groBuf [][]byte
+
+	fragID uint32 // IPv6 fragment id of the last UFO datagram split
 }
 
 func newPump(l *Link, src, dst *Endpoint, i int, c *counters) *pump {
-	p := &pump{l: l, src: src, dst: dst, sq: src.queues[i], dq: dst.queues[i%len(dst.queues)], c: c,
-		srcHdr: src.hdr, dstHdr: dst.hdr}
+	p := &pump{l: l, src: src, dst: dst, sq: src.queues[i], qi: i, dq: dst.queues[i%len(dst.queues)], c: c,
+		srcHdr: src.hdr, dstHdr: dst.hdr, fragID: rand.Uint32()}
 	if src.hdr.Size > 0 {
 		p.srcSz, _ = p.sq.(hdrSizer)
 	}
@@ -432,6 +448,9 @@ func (p *pump) run(ctx context.Context) error {
 			off = 0 // read to drain; every frame is dropped
 		}
 		n, err := p.sq.read(p.rbufs, off, p.sizes)
+		if n > 0 && p.qi < len(p.c.queues) {
+			p.c.queues[p.qi].Add(uint64(n))
+		}
 		if p.st != nil {
 			p.st.refresh()
 		}
@@ -686,6 +705,12 @@ func (p *pump) cut(hd vnethdr.Hdr, frame []byte, pkt *vnethdr.Packet) {
 func (p *pump) segment(pkt *vnethdr.Packet, sh vnethdr.Hdr, cut bool) {
 	if p.segFull == nil {
 		p.makePool()
+	}
+	if pkt.Hdr().GSOType&^vnethdr.GSOECN == vnethdr.GSOUDP {
+		// IPv6 fragments of one datagram share an id that must not
+		// repeat soon between the same addresses: number them per pump.
+		p.fragID++
+		pkt.SetFragmentID(p.fragID)
 	}
 	ns := pkt.Segments()
 	if ns > len(p.segFull) || pkt.MaxSegmentLen() > len(p.segView[0]) {

@@ -17,7 +17,7 @@ var sampleKeys = []string{
 }
 
 var dirKeys = []string{"bytes", "coalesced", "drops", "drops.auth", "drops.invalid", "drops.mtu", "drops.replay", "drops.segments",
-	"drops.truncated", "drops.vnet_hdr_size", "drops.write", "frames", "merged", "segmented", "segments", "super_frames", "tx_bytes", "tx_frames"}
+	"drops.truncated", "drops.vnet_hdr_size", "drops.write", "frames", "merged", "queues", "segmented", "segments", "super_frames", "tx_bytes", "tx_frames"}
 
 func keys(prefix string, m map[string]any, out *[]string) {
 	for k, v := range m {
