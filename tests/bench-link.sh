@@ -21,6 +21,8 @@
 #   udp          tap:tA <-> udp:127.0.0.1:P1 ... udp:127.0.0.1:P2 <-> tap:tB (two link processes)
 #   udp-noTSO    the same with both taps vnet_hdr=off: MTU-sized frames only (what
 #                ubridge or QEMU's socket backend carry), sent with UDP_SEGMENT
+#   udp-gro      udp with tA vnet_hdr=off: MTU-sized frames cross the tunnel, the
+#                receiving link merges them for tB (software GRO)
 #   udp-key      udp with key=FILE on both ends (authenticated, encrypted)
 #   udp-key-noTSO  udp-noTSO with key=FILE
 # Environment: T (seconds, default 5), CASES (default: all, in the order above), LINK (a vmnet binary; default builds
@@ -153,14 +155,14 @@ linkcase() {
     segment) startlink "$name" tap:tA tap:tB,vnet_hdr=off ;;
     gro) startlink "$name" tap:tA,vnet_hdr=off tap:tB ;;
     gro-off) LINK=$LINK_NOGRO startlink "$name" tap:tA,vnet_hdr=off tap:tB ;;
-    udp | udp-noTSO | udp-key | udp-key-noTSO)
-      local p1=$((20000 + $$ % 20000)) p2=$((20001 + $$ % 20000)) opt= key=
-      case $name in *noTSO) opt=,vnet_hdr=off ;; esac
+    udp | udp-noTSO | udp-gro | udp-key | udp-key-noTSO)
+      local p1=$((20000 + $$ % 20000)) p2=$((20001 + $$ % 20000)) opt= optA= key=
+      case $name in *noTSO) opt=,vnet_hdr=off optA=,vnet_hdr=off ;; udp-gro) optA=,vnet_hdr=off ;; esac
       case $name in udp-key*)
         [ -e "$WORK/tunnel.key" ] || (umask 077; head -c 32 /dev/urandom >"$WORK/tunnel.key")
         key=",key=$WORK/tunnel.key" ;;
       esac
-      startlink "$name-1" "tap:tA$opt" "udp:127.0.0.1:$p1,remote=127.0.0.1:$p2$key"
+      startlink "$name-1" "tap:tA$optA" "udp:127.0.0.1:$p1,remote=127.0.0.1:$p2$key"
       startlink "$name-2" "udp:127.0.0.1:$p2,remote=127.0.0.1:$p1$key" "tap:tB$opt"
       ;;
   esac
@@ -171,7 +173,7 @@ linkcase() {
 }
 
 declare -A R
-ALL="kernel kernel-noTSO bridged bridged-noTSO passthrough segment gro gro-off udp udp-noTSO udp-key udp-key-noTSO"
+ALL="kernel kernel-noTSO bridged bridged-noTSO passthrough segment gro gro-off udp udp-noTSO udp-gro udp-key udp-key-noTSO"
 CASES=${CASES:-$ALL}
 for c in $ALL; do R[$c]=-; done
 for c in $CASES; do
@@ -181,7 +183,7 @@ for c in $CASES; do
     bridged) R[$c]=$(bridged tso) ;;
     bridged-noTSO) R[$c]=$(bridged notso) ;;
     gro-off) [ -n "${LINK_NOGRO:-}" ] && R[$c]=$(linkcase "$c") ;;
-    passthrough | segment | gro | udp | udp-noTSO | udp-key | udp-key-noTSO) R[$c]=$(linkcase "$c") ;;
+    passthrough | segment | gro | udp | udp-noTSO | udp-gro | udp-key | udp-key-noTSO) R[$c]=$(linkcase "$c") ;;
     *) echo "bench-link: unknown case $c" >&2; exit 2 ;;
   esac
 done
@@ -205,6 +207,8 @@ printf "%-14s %10s %10s   %s\n" gro-off "${R[gro-off]}" "$(ratio "${R[gro-off]}"
 printf "%-14s %10s %10s   %s\n" udp "${R[udp]}" "$(ratio "${R[udp]}" "${R[kernel]}")" \
   ">= 50% of bridged: $(ratio "${R[udp]}" "${R[bridged]}" | tr -d ' ')"
 printf "%-14s %10s %10s   %s\n" udp-noTSO "${R[udp-noTSO]}" "$(ratio "${R[udp-noTSO]}" "${R[kernel]}")" "(no target; ubridge: 1.6 at kernel 13-19)"
+printf "%-14s %10s %10s   %s\n" udp-gro "${R[udp-gro]}" "$(ratio "${R[udp-gro]}" "${R[kernel]}")" \
+  "(no target) of udp-noTSO: $(ratio "${R[udp-gro]}" "${R[udp-noTSO]}" | tr -d ' ')"
 printf "%-14s %10s %10s   %s\n" udp-key "${R[udp-key]}" "$(ratio "${R[udp-key]}" "${R[kernel]}")" \
   "(no target) of udp: $(ratio "${R[udp-key]}" "${R[udp]}" | tr -d ' ')"
 printf "%-14s %10s %10s   %s\n" udp-key-noTSO "${R[udp-key-noTSO]}" "$(ratio "${R[udp-key-noTSO]}" "${R[kernel]}")" \

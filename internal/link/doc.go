@@ -41,7 +41,9 @@
 // splits it into MTU-sized frames with complete checksums. The other way
 // round, frames that arrive one by one (from a tap without vnet_hdr, an
 // AF_PACKET socket on an interface without offloads, tunnel datagrams)
-// towards a destination that takes GSO are merged by software GRO
+// towards a tap or AF_PACKET socket that takes GSO (not a tunnel, whose
+// UDP_SEGMENT runs keep datagrams within the path MTU; the far end
+// merges) are merged by software GRO
 // (vnethdr.Coalescer, the kernel's tcp_gro_receive rules; UDP datagrams
 // into USO super-frames only for a tap whose kernel takes USO). A read
 // batch is merged and written before the next read: no frame waits for

@@ -66,6 +66,40 @@ func TestGROTransfer(t *testing.T) {
 	}
 }
 
+// TestGROTunnel: MTU-sized frames cross a UDP tunnel as they came (the
+// sending link does not merge towards a tunnel, so datagrams stay within
+// the path MTU) and the receiving link merges them for its tap, which
+// takes GSO. The kernel judges as in TestGROTransfer.
+func TestGROTunnel(t *testing.T) {
+	w := newWorld(t, true)
+	l1, err := New(w.open("tap:tA,vnet_hdr=off"), w.open("udp:127.0.0.1:7011,remote=127.0.0.1:7012"), Options{})
+	w.must(err)
+	l2, err := New(w.open("udp:127.0.0.1:7012,remote=127.0.0.1:7011"), w.open("tap:tB"), Options{})
+	w.must(err)
+	w.plug("tA", "brA")
+	w.plug("tB", "brB")
+	w.run(l1)
+	w.run(l2)
+	w.tcpTransfer(transferSize)
+	s1, s2 := l1.Stats(), l2.Stats()
+	t.Logf("stats:\n%s\n%s", s1, s2)
+	if s1.AtoB.Coalesced != 0 || s1.AtoB.TxFrames != s1.AtoB.Frames {
+		t.Errorf("into the tunnel: %d super-frames merged, %d frames read, %d sent; want MTU-sized frames sent as read", s1.AtoB.Coalesced, s1.AtoB.Frames, s1.AtoB.TxFrames)
+	}
+	if s2.AtoB.Coalesced == 0 || s2.AtoB.TxFrames >= s2.AtoB.Frames {
+		t.Errorf("out of the tunnel into a tap with vnet_hdr: %d frames read, merged into %d super-frames, %d written; want GRO", s2.AtoB.Frames, s2.AtoB.Coalesced, s2.AtoB.TxFrames)
+	}
+	if d := s2.AtoB.Drops.Total(); d != 0 {
+		t.Errorf("%d drops out of the tunnel", d)
+	}
+	m := testenv.SNMP(t, w.B)
+	for _, k := range testenv.SNMPErrorCounters {
+		if m[k] != 0 {
+			t.Errorf("B: %s = %d: the kernel dropped frames vmnet wrote", k, m[k])
+		}
+	}
+}
+
 // udpBurst sends rounds UDP_SEGMENT sends of segs datagrams of size bytes
 // each from A to B (A's kernel hands them to the link's tap back to back,
 // so a read batch holds many of one flow) and checks that each datagram

@@ -430,7 +430,11 @@ func newPump(l *Link, src, dst *Endpoint, i int, c *counters) *pump {
 	if l.capture != nil {
 		p.cs = newCaptureScratch()
 	}
-	if dst.gso && !l.noGRO {
+	// Not towards a UDP tunnel: there frames of one size already go out
+	// in UDP_SEGMENT runs of datagrams that fit the path MTU, while a
+	// merged super-frame would be one IP-fragmented datagram; the far
+	// end merges them for its own destination.
+	if dst.gso && !l.noGRO && dst.kind != vmconfig.KindUDP {
 		p.gro = vnethdr.NewCoalescer(vnethdr.CoalesceOptions{UDP: dst.uso})
 		p.groIn = make([][]byte, 0, l.batch)
 		p.groBuf = make([][]byte, 0, l.batch)
