@@ -10,15 +10,23 @@
 # iperf3 client in A, server in B, TCP, one stream, T seconds. Cases:
 #   kernel       A and B joined by one veth pair (the ceiling)
 #   kernel-noTSO the same with `ethtool -K tso off gso off` on both ends
+#   bridged      the link's own topology with brA and brB joined by a kernel veth
+#                pair instead of vmnet (what a userspace link replaces)
+#   bridged-noTSO  the same with tso/gso off on that veth pair
 #   passthrough  tap:tA <-> tap:tB, both vnet_hdr (super-frames pass whole)
 #   segment      tap:tA <-> tap:tB,vnet_hdr=off (vmnet segments in software)
+#   gro          tap:tA,vnet_hdr=off <-> tap:tB (A's kernel segments into tA; vmnet
+#                merges the frames into super-frames for tB: software GRO)
+#   gro-off      the same with an old vmnet (LINK_NOGRO=binary; skipped without it)
 #   udp          tap:tA <-> udp:127.0.0.1:P1 ... udp:127.0.0.1:P2 <-> tap:tB (two link processes)
 #   udp-noTSO    the same with both taps vnet_hdr=off: MTU-sized frames only (what
 #                ubridge or QEMU's socket backend carry), sent with UDP_SEGMENT
+#   udp-gro      udp with tA vnet_hdr=off: MTU-sized frames cross the tunnel, the
+#                receiving link merges them for tB (software GRO)
 #   udp-key      udp with key=FILE on both ends (authenticated, encrypted)
 #   udp-key-noTSO  udp-noTSO with key=FILE
 # Environment: T (seconds, default 5), CASES (default: all, in the order above), LINK (a vmnet binary; default builds
-# ./cmd/vmnet), PROFILE=1 (default) writes CPU profiles of
+# ./cmd/vmnet), LINK_NOGRO (a vmnet binary without GRO for gro-off), PROFILE=1 (default) writes CPU profiles of
 # the link processes and prints `go tool pprof -top` for them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -109,8 +117,8 @@ startlink() {
   local name=$1; shift
   rm -f "$WORK/$name.ready"
   local prof=()
-  [ "$PROFILE" = 1 ] && prof=(-cpuprofile "$WORK/$name.prof")
-  ip netns exec "$NL" "$LINK" link -ready "$WORK/$name.ready" "${prof[@]}" "$@" >"$WORK/$name.log" 2>&1 &
+  [ "$PROFILE" = 1 ] && prof=(--cpuprofile "$WORK/$name.prof")
+  ip netns exec "$NL" "$LINK" link --ready "$WORK/$name.ready" "${prof[@]}" "$@" >"$WORK/$name.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 100); do
     [ -e "$WORK/$name.ready" ] && return 0
@@ -126,19 +134,35 @@ stoplinks() {
 }
 plug() { ip -n "$NL" link set tA master brA up; ip -n "$NL" link set tB master brB up; }
 
+# The same topology without vmnet: brA and brB joined by a kernel veth pair.
+bridged() {
+  ip -n "$NL" link add jA type veth peer name jB
+  if [ "$1" = notso ]; then
+    ip netns exec "$NL" ethtool -K jA tso off gso off >/dev/null
+    ip netns exec "$NL" ethtool -K jB tso off gso off >/dev/null
+  fi
+  ip -n "$NL" link set jA master brA up
+  ip -n "$NL" link set jB master brB up
+  sleep 0.5
+  iperf "$NA" "$NB" 10.77.0.2
+  ip -n "$NL" link del jA
+}
+
 linkcase() {
   local name=$1
   case $name in
     passthrough) startlink "$name" tap:tA tap:tB ;;
     segment) startlink "$name" tap:tA tap:tB,vnet_hdr=off ;;
-    udp | udp-noTSO | udp-key | udp-key-noTSO)
-      local p1=$((20000 + $$ % 20000)) p2=$((20001 + $$ % 20000)) opt= key=
-      case $name in *noTSO) opt=,vnet_hdr=off ;; esac
+    gro) startlink "$name" tap:tA,vnet_hdr=off tap:tB ;;
+    gro-off) LINK=$LINK_NOGRO startlink "$name" tap:tA,vnet_hdr=off tap:tB ;;
+    udp | udp-noTSO | udp-gro | udp-key | udp-key-noTSO)
+      local p1=$((20000 + $$ % 20000)) p2=$((20001 + $$ % 20000)) opt= optA= key=
+      case $name in *noTSO) opt=,vnet_hdr=off optA=,vnet_hdr=off ;; udp-gro) optA=,vnet_hdr=off ;; esac
       case $name in udp-key*)
         [ -e "$WORK/tunnel.key" ] || (umask 077; head -c 32 /dev/urandom >"$WORK/tunnel.key")
         key=",key=$WORK/tunnel.key" ;;
       esac
-      startlink "$name-1" "tap:tA$opt" "udp:127.0.0.1:$p1,remote=127.0.0.1:$p2$key"
+      startlink "$name-1" "tap:tA$optA" "udp:127.0.0.1:$p1,remote=127.0.0.1:$p2$key"
       startlink "$name-2" "udp:127.0.0.1:$p2,remote=127.0.0.1:$p1$key" "tap:tB$opt"
       ;;
   esac
@@ -149,13 +173,17 @@ linkcase() {
 }
 
 declare -A R
-CASES=${CASES:-kernel kernel-noTSO passthrough segment udp udp-noTSO udp-key udp-key-noTSO}
-for c in kernel kernel-noTSO passthrough segment udp udp-noTSO udp-key udp-key-noTSO; do R[$c]=-; done
+ALL="kernel kernel-noTSO bridged bridged-noTSO passthrough segment gro gro-off udp udp-noTSO udp-gro udp-key udp-key-noTSO"
+CASES=${CASES:-$ALL}
+for c in $ALL; do R[$c]=-; done
 for c in $CASES; do
   case $c in
     kernel) R[$c]=$(kernel tso) ;;
     kernel-noTSO) R[$c]=$(kernel notso) ;;
-    passthrough | segment | udp | udp-noTSO | udp-key | udp-key-noTSO) R[$c]=$(linkcase "$c") ;;
+    bridged) R[$c]=$(bridged tso) ;;
+    bridged-noTSO) R[$c]=$(bridged notso) ;;
+    gro-off) [ -n "${LINK_NOGRO:-}" ] && R[$c]=$(linkcase "$c") ;;
+    passthrough | segment | gro | udp | udp-noTSO | udp-gro | udp-key | udp-key-noTSO) R[$c]=$(linkcase "$c") ;;
     *) echo "bench-link: unknown case $c" >&2; exit 2 ;;
   esac
 done
@@ -166,11 +194,21 @@ echo "bench-link: iperf3 TCP, 1 stream, ${T}s, $(nproc) CPUs, $(uname -r), link 
 printf "%-14s %10s %10s   %s\n" case Gbit/s "of kernel" "target"
 printf "%-14s %10s %10s   %s\n" kernel "${R[kernel]}" "100%" "(ceiling)"
 printf "%-14s %10s %10s   %s\n" kernel-noTSO "${R[kernel-noTSO]}" "$(ratio "${R[kernel-noTSO]}" "${R[kernel]}")" ""
-printf "%-14s %10s %10s   %s\n" passthrough "${R[passthrough]}" "$(ratio "${R[passthrough]}" "${R[kernel]}")" ">= 60% of kernel"
+printf "%-14s %10s %10s   %s\n" bridged "${R[bridged]}" "$(ratio "${R[bridged]}" "${R[kernel]}")" "(same topology, kernel veth between the bridges)"
+printf "%-14s %10s %10s   %s\n" bridged-noTSO "${R[bridged-noTSO]}" "$(ratio "${R[bridged-noTSO]}" "${R[kernel]}")" "(the same, tso/gso off)"
+printf "%-14s %10s %10s   %s\n" passthrough "${R[passthrough]}" "$(ratio "${R[passthrough]}" "${R[kernel]}")" \
+  ">= 80% of bridged: $(ratio "${R[passthrough]}" "${R[bridged]}" | tr -d ' ')"
 printf "%-14s %10s %10s   %s\n" segment "${R[segment]}" "$(ratio "${R[segment]}" "${R[kernel]}")" \
-  ">= 50% of kernel-noTSO: $(ratio "${R[segment]}" "${R[kernel-noTSO]}" | tr -d ' ')"
-printf "%-14s %10s %10s   %s\n" udp "${R[udp]}" "$(ratio "${R[udp]}" "${R[kernel]}")" ">= 30% of kernel"
+  ">= 50% of bridged-noTSO: $(ratio "${R[segment]}" "${R[bridged-noTSO]}" | tr -d ' ')"
+printf "%-14s %10s %10s   %s\n" gro "${R[gro]}" "$(ratio "${R[gro]}" "${R[kernel]}")" \
+  "(no target) of bridged-noTSO: $(ratio "${R[gro]}" "${R[bridged-noTSO]}" | tr -d ' ')"
+printf "%-14s %10s %10s   %s\n" gro-off "${R[gro-off]}" "$(ratio "${R[gro-off]}" "${R[kernel]}")" \
+  "gro is $(awk -v a="${R[gro]}" -v b="${R[gro-off]}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }') of this"
+printf "%-14s %10s %10s   %s\n" udp "${R[udp]}" "$(ratio "${R[udp]}" "${R[kernel]}")" \
+  ">= 50% of bridged: $(ratio "${R[udp]}" "${R[bridged]}" | tr -d ' ')"
 printf "%-14s %10s %10s   %s\n" udp-noTSO "${R[udp-noTSO]}" "$(ratio "${R[udp-noTSO]}" "${R[kernel]}")" "(no target; ubridge: 1.6 at kernel 13-19)"
+printf "%-14s %10s %10s   %s\n" udp-gro "${R[udp-gro]}" "$(ratio "${R[udp-gro]}" "${R[kernel]}")" \
+  "(no target) of udp-noTSO: $(ratio "${R[udp-gro]}" "${R[udp-noTSO]}" | tr -d ' ')"
 printf "%-14s %10s %10s   %s\n" udp-key "${R[udp-key]}" "$(ratio "${R[udp-key]}" "${R[kernel]}")" \
   "(no target) of udp: $(ratio "${R[udp-key]}" "${R[udp]}" | tr -d ' ')"
 printf "%-14s %10s %10s   %s\n" udp-key-noTSO "${R[udp-key-noTSO]}" "$(ratio "${R[udp-key-noTSO]}" "${R[kernel]}")" \

@@ -136,10 +136,20 @@ func (c *Coalescer) Out(i int) (Hdr, [][]byte) {
 	default:
 		hdr.GSOType, hdr.CsumOffset = GSOTCPv4, 16
 	}
-	if h.proto == protoTCP && c.pkts[g.first][h.l4+13]&tcpCWR != 0 {
+	if h.proto == protoTCP && TCP(c.pkts[g.first][h.l4:]).Flags()&tcpCWR != 0 {
 		hdr.GSOType |= GSOECN
 	}
 	return hdr, iov
+}
+
+// Inputs returns the index in the batch of the first packet of output i and
+// how many packets it holds: 1 for a packet passed through unchanged (Out's
+// only piece is then that packet itself), more for a merged one. A caller
+// that keeps per-packet state (the buffer a packet was read into) finds it
+// by this index.
+func (c *Coalescer) Inputs(i int) (first, count int) {
+	g := &c.groups[i]
+	return int(g.first), int(g.count)
 }
 
 // CopyOut copies output i into dst and returns its length.
@@ -181,14 +191,15 @@ func (c *Coalescer) add(i int32, pkt []byte) {
 	g.mss = len(pkt) - h.pay
 	g.size = len(pkt) - h.l3
 	if h.proto == protoTCP {
-		g.nextSeq = binary.BigEndian.Uint32(pkt[h.l4+4:]) + uint32(g.mss)
-		if pkt[h.l4+13]&tcpPSH != 0 {
+		th := TCP(pkt[h.l4:])
+		g.nextSeq = th.SequenceNumber() + uint32(g.mss)
+		if th.Flags()&tcpPSH != 0 {
 			g.closed = true
 			return
 		}
 	}
 	if !h.ipv6 {
-		g.nextID = binary.BigEndian.Uint16(pkt[h.l3+4:]) + 1
+		g.nextID = IPv4(pkt[h.l3:]).ID() + 1
 	}
 	c.open = append(c.open, int32(len(c.groups)-1))
 }
@@ -207,28 +218,29 @@ func (c *Coalescer) candidate(pkt []byte) (h headers, ok bool) {
 		return headers{}, false
 	}
 	n := len(pkt)
-	ip := pkt[h.l3:]
 	var ph uint64
 	if h.ipv6 {
-		if h.l4 != h.l3+40 || int(binary.BigEndian.Uint16(ip[4:])) != n-h.l3-40 {
+		ip := IPv6(pkt[h.l3:])
+		if h.l4 != h.l3+ipv6FixedSize || int(ip.PayloadLength()) != n-h.l3-ipv6FixedSize {
 			return h, false
 		}
-		ph = sumLE(ip[8:40])
+		ph = sumLE(ip.Addresses())
 	} else {
-		if h.l4 != h.l3+20 || int(binary.BigEndian.Uint16(ip[2:])) != n-h.l3 || fold(sumLE(ip[:20])) != 0xffff {
+		ip := IPv4(pkt[h.l3:])
+		if h.l4 != h.l3+ipv4MinSize || int(ip.TotalLength()) != n-h.l3 || fold(sumLE(ip[:ipv4MinSize])) != 0xffff {
 			return h, false
 		}
-		ph = sumLE(ip[12:20])
+		ph = sumLE(ip.Addresses())
 	}
 	if n == h.pay {
 		return h, false
 	}
 	l4 := pkt[h.l4:]
 	if h.proto == protoTCP {
-		if l4[13]&^(tcpPSH|tcpECE|tcpCWR) != tcpACK {
+		if TCP(l4).Flags()&^(tcpPSH|tcpECE|tcpCWR) != tcpACK {
 			return h, false
 		}
-	} else if int(binary.BigEndian.Uint16(l4[4:])) != n-h.l4 || l4[6]|l4[7] == 0 {
+	} else if uh := UDP(l4); int(uh.Length()) != n-h.l4 || uh.NoChecksum() {
 		return h, false
 	}
 	ph += uint64(h.proto)<<8 + lenLE(n-h.l4)
@@ -239,18 +251,22 @@ func (c *Coalescer) candidate(pkt []byte) (h headers, ok bool) {
 }
 
 func flowHash(pkt []byte, h *headers) uint32 {
-	var a []byte
-	if h.ipv6 {
-		a = pkt[h.l3+8 : h.l3+40]
-	} else {
-		a = pkt[h.l3+12 : h.l3+20]
-	}
+	a := addresses(pkt, h)
 	x := binary.LittleEndian.Uint32(pkt[h.l4:]) ^ uint32(h.proto)
 	for len(a) >= 4 {
 		x = (x ^ binary.LittleEndian.Uint32(a)) * 0x9e3779b1
 		a = a[4:]
 	}
 	return x
+}
+
+// addresses returns the source and destination addresses of a parsed
+// packet, as bytes.
+func addresses(pkt []byte, h *headers) []byte {
+	if h.ipv6 {
+		return IPv6(pkt[h.l3:]).Addresses()
+	}
+	return IPv4(pkt[h.l3:]).Addresses()
 }
 
 // lookup returns the open group of pkt's flow, or -1.
@@ -265,14 +281,8 @@ func (c *Coalescer) lookup(hash uint32, pkt []byte, h *headers) int32 {
 		if fh.l3 != h.l3 || fh.ipv6 != h.ipv6 || fh.proto != h.proto || string(f[:h.l3]) != string(pkt[:h.l3]) {
 			continue
 		}
-		if h.ipv6 {
-			if string(f[h.l3+8:h.l3+40]) != string(pkt[h.l3+8:h.l3+40]) {
-				continue
-			}
-		} else if string(f[h.l3+12:h.l3+20]) != string(pkt[h.l3+12:h.l3+20]) {
-			continue
-		}
-		if string(f[fh.l4:fh.l4+4]) != string(pkt[h.l4:h.l4+4]) {
+		if string(addresses(f, fh)) != string(addresses(pkt, h)) ||
+			string(f[fh.l4:fh.l4+4]) != string(pkt[h.l4:h.l4+4]) { // ports
 			continue
 		}
 		return gi
@@ -302,22 +312,23 @@ func (c *Coalescer) merge(gi, i int32, pkt []byte, h *headers) bool {
 		return false
 	}
 	if h.ipv6 {
-		// Version, traffic class, flow label; hop limit.
-		if string(f[l3:l3+4]) != string(pkt[l3:l3+4]) || f[l3+7] != pkt[l3+7] {
+		fi, ip := IPv6(f[l3:]), IPv6(pkt[l3:])
+		if string(fi.VersionClassFlow()) != string(ip.VersionClassFlow()) || fi.HopLimit() != ip.HopLimit() {
 			return false
 		}
 	} else {
-		df := pkt[l3+6] & 0x40
-		if f[l3+1] != pkt[l3+1] || f[l3+8] != pkt[l3+8] || f[l3+6]&0x40 != df {
+		fi, ip := IPv4(f[l3:]), IPv4(pkt[l3:])
+		df := ip.DontFragment()
+		if fi.TOS() != ip.TOS() || fi.TTL() != ip.TTL() || fi.DontFragment() != df {
 			return false
 		}
 		// Ids must increment; with DF the kernel also takes a fixed id
 		// (SKB_GSO_TCP_FIXEDID), but not a mix of both.
-		id := binary.BigEndian.Uint16(pkt[l3+4:])
+		id := ip.ID()
 		switch {
 		case id == g.nextID && g.idMode >= 0:
 			g.idMode = 1
-		case df != 0 && id == g.nextID-uint16(g.count) && g.idMode <= 0:
+		case df && id == g.nextID-uint16(g.count) && g.idMode <= 0:
 			g.idMode = -1
 		default:
 			return false
@@ -325,11 +336,11 @@ func (c *Coalescer) merge(gi, i int32, pkt []byte, h *headers) bool {
 	}
 	closeAfter := pay < g.mss
 	if h.proto == protoTCP {
-		th, fth := pkt[l4:h.pay], f[fh.l4:fh.pay]
-		if len(th) != len(fth) || binary.BigEndian.Uint32(th[4:]) != g.nextSeq {
+		th, fth := TCP(pkt[l4:h.pay]), TCP(f[fh.l4:fh.pay])
+		if len(th) != len(fth) || th.SequenceNumber() != g.nextSeq {
 			return false
 		}
-		fl := th[13]
+		fl := th.Flags()
 		if fl&tcpCWR != 0 {
 			return false
 		}
@@ -338,8 +349,8 @@ func (c *Coalescer) merge(gi, i int32, pkt []byte, h *headers) bool {
 		// is clear, but segmentation copies the first header's to every
 		// segment: merging differing ones would not give back the frames
 		// that came in.
-		if string(th[8:13]) != string(fth[8:13]) || (fl^fth[13])&^(tcpPSH|tcpCWR) != 0 ||
-			string(th[14:16]) != string(fth[14:16]) || string(th[18:]) != string(fth[18:]) {
+		if string(th.AckDataOffset()) != string(fth.AckDataOffset()) || (fl^fth.Flags())&^(tcpPSH|tcpCWR) != 0 ||
+			string(th.Window()) != string(fth.Window()) || string(th.UrgentAndOptions()) != string(fth.UrgentAndOptions()) {
 			return false
 		}
 		if fl&tcpPSH != 0 {
@@ -370,22 +381,26 @@ func (c *Coalescer) finish(g *group, f []byte) {
 	n := l3 + g.size
 	var ph uint64
 	if h.ipv6 {
-		binary.BigEndian.PutUint16(f[l3+4:], uint16(g.size-40))
-		ph = sumLE(f[l3+8 : l3+40])
+		ip := IPv6(f[l3:])
+		ip.SetPayloadLength(uint16(g.size - ipv6FixedSize))
+		ph = sumLE(ip.Addresses())
 	} else {
-		binary.BigEndian.PutUint16(f[l3+2:], uint16(g.size))
-		f[l3+10], f[l3+11] = 0, 0
-		putCsum(f[l3+10:], sumLE(f[l3:l4]), false)
-		ph = sumLE(f[l3+12 : l3+20])
+		ip := IPv4(f[l3:l4])
+		ip.SetTotalLength(uint16(g.size))
+		ip.ClearChecksum()
+		putCsum(ip.ChecksumField(), sumLE(ip), false)
+		ph = sumLE(ip.Addresses())
 	}
 	ph += uint64(h.proto)<<8 + lenLE(n-l4)
 	var field []byte
 	if h.proto == protoUDP {
-		binary.BigEndian.PutUint16(f[l4+4:], uint16(n-l4))
-		field = f[l4+6:]
+		uh := UDP(f[l4:])
+		uh.SetLength(uint16(n - l4))
+		field = uh.ChecksumField()
 	} else {
-		f[l4+13] |= c.pkts[g.last][c.info[g.last].h.l4+13] & tcpPSH
-		field = f[l4+16:]
+		th := TCP(f[l4:])
+		th.SetFlags(th.Flags() | TCP(c.pkts[g.last][c.info[g.last].h.l4:]).Flags()&tcpPSH)
+		field = th.ChecksumField()
 	}
 	binary.LittleEndian.PutUint16(field, fold(ph))
 }

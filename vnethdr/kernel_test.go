@@ -25,8 +25,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -234,57 +232,12 @@ func (c *cable) bToA() {
 	}
 }
 
-// counters reads the error counters of a namespace's IP stack: a frame the
-// kernel dropped (bad checksum, bad length) shows there even when TCP's
-// retransmissions hide it from the sockets.
-func counters(t *testing.T, ns netns.Handle) map[string]int64 {
-	t.Helper()
-	m := map[string]int64{}
-	testenv.Do(t, ns, func() error {
-		b, err := os.ReadFile("/proc/thread-self/net/snmp")
-		if err != nil {
-			return err
-		}
-		lines := strings.Split(string(b), "\n")
-		for i := 0; i+1 < len(lines); i += 2 {
-			names, vals := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-			for k := 1; k < len(names) && k < len(vals); k++ {
-				v, _ := strconv.ParseInt(vals[k], 10, 64)
-				m[strings.TrimSuffix(names[0], ":")+names[k]] = v
-			}
-		}
-		b, err = os.ReadFile("/proc/thread-self/net/snmp6")
-		if err != nil {
-			return err
-		}
-		for _, l := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(l); len(f) == 2 {
-				v, _ := strconv.ParseInt(f[1], 10, 64)
-				m[f[0]] = v
-			}
-		}
-		return nil
-	})
-	return m
-}
-
-var errorCounters = []string{
-	"IpInHdrErrors", "IpInAddrErrors", "IpInDiscards", "IpReasmFails",
-	"TcpInErrs", "TcpInCsumErrors",
-	"UdpInErrors", "UdpInCsumErrors",
-	"Ip6InHdrErrors", "Ip6InTruncatedPkts", "Ip6InDiscards", "Ip6ReasmFails",
-	"Udp6InErrors", "Udp6InCsumErrors",
-}
-
 // noDrops fails if either namespace's kernel counted a bad packet.
 func (c *cable) noDrops(t *testing.T) {
 	t.Helper()
 	for i, ns := range []netns.Handle{c.ns1, c.ns2} {
-		m := counters(t, ns)
-		if len(m) < 20 {
-			t.Fatalf("ns%d: could not read SNMP counters (%d)", i+1, len(m))
-		}
-		for _, k := range errorCounters {
+		m := testenv.SNMP(t, ns)
+		for _, k := range testenv.SNMPErrorCounters {
 			if m[k] != 0 {
 				t.Errorf("ns%d: %s = %d: the kernel dropped frames", i+1, k, m[k])
 			}

@@ -16,6 +16,9 @@ type Packet struct {
 	gso  uint8 // gso type without ECN; GSONone when the packet passes whole
 	mss  int   // payload bytes per segment (fragment data bytes for UFO)
 	segs int
+	// IPv6 UFO fragment id, when the caller set one (SetFragmentID).
+	fragID    uint32
+	fragIDSet bool
 }
 
 // Validate reports whether the kernel would accept hdr and pkt from a tap or
@@ -416,24 +419,25 @@ func (p *Packet) newSegCtx() segCtx {
 	b := p.data
 	l3, l4, pay := p.h.l3, p.h.l4, p.h.pay
 	if p.h.ipv6 {
-		c.pseudo = sumLE(b[l3+8 : l3+40])
+		c.pseudo = sumLE(IPv6(b[l3:]).Addresses())
 	} else {
-		ip := b[l3:l4]
-		c.pseudo = sumLE(ip[12:20])
-		c.id0 = binary.BigEndian.Uint16(ip[4:])
-		// Words 0, 4 (flags/fragment offset), 8 (ttl/protocol), the
-		// addresses and any options; not 2-3 (length, id) nor 5 (checksum).
-		c.ipBase = add(sumLE(ip[:2]), add(sumLE(ip[6:10]), sumLE(ip[12:])))
+		ip := IPv4(b[l3:l4])
+		c.pseudo = sumLE(ip.Addresses())
+		c.id0 = ip.ID()
+		// Everything but total length, id and checksum: version/IHL/TOS,
+		// flags/fragment offset, TTL/protocol, the addresses and any
+		// options.
+		c.ipBase = add(sumLE(ip[:ipv4TotalLen]), add(sumLE(ip[ipv4Flags:ipv4Checksum]), sumLE(ip[ipv4SrcAddr:])))
 	}
 	c.pseudo += uint64(p.h.proto) << 8
-	th := b[l4:pay]
 	if p.h.proto == protoTCP {
-		c.seq0 = binary.BigEndian.Uint32(th[4:])
-		c.doff, c.flags = th[12], th[13]
+		th := TCP(b[l4:pay])
+		c.seq0 = th.SequenceNumber()
+		c.doff, c.flags = th[tcpDataOff], th.Flags()
 		// Ports, ack, window, urgent pointer, options.
-		c.l4Base = add(sumLE(th[:4]), add(sumLE(th[8:12]), add(sumLE(th[14:16]), sumLE(th[18:]))))
+		c.l4Base = add(sumLE(th.Ports()), add(sumLE(th[tcpAckNum:tcpDataOff]), add(sumLE(th.Window()), sumLE(th.UrgentAndOptions()))))
 	} else {
-		c.l4Base = sumLE(th[:4]) // ports
+		c.l4Base = sumLE(UDP(b[l4:pay]).Ports())
 	}
 	return c
 }
@@ -444,22 +448,22 @@ func (c *segCtx) fix(dst []byte, n, i int, paySum uint64) {
 	p := c.p
 	l3, l4 := p.h.l3, p.h.l4
 	if p.h.ipv6 {
-		binary.BigEndian.PutUint16(dst[l3+4:], uint16(n-l3-40))
+		IPv6(dst[l3:]).SetPayloadLength(uint16(n - l3 - ipv6FixedSize))
 	} else {
-		ip := dst[l3:l4]
+		ip := IPv4(dst[l3:l4])
 		tot, id := uint16(n-l3), c.id0+uint16(i)
-		binary.BigEndian.PutUint16(ip[2:], tot)
-		binary.BigEndian.PutUint16(ip[4:], id)
-		putCsum(ip[10:], c.ipBase+le(tot)+le(id), false)
+		ip.SetTotalLength(tot)
+		ip.SetID(id)
+		putCsum(ip.ChecksumField(), c.ipBase+le(tot)+le(id), false)
 	}
 	l4len := n - l4
 	ph := c.pseudo + lenLE(l4len)
 	var field []byte
 	s := c.l4Base
 	if p.h.proto == protoTCP {
-		th := dst[l4:p.h.pay]
+		th := TCP(dst[l4:p.h.pay])
 		seq := c.seq0 + uint32(i*p.mss)
-		binary.BigEndian.PutUint32(th[4:], seq)
+		th.SetSequenceNumber(seq)
 		f := c.flags
 		if i != p.segs-1 {
 			f &^= tcpFIN | tcpPSH
@@ -467,12 +471,13 @@ func (c *segCtx) fix(dst []byte, n, i int, paySum uint64) {
 		if i > 0 {
 			f &^= tcpCWR
 		}
-		th[13] = f
-		field = th[16:18]
+		th.SetFlags(f)
+		field = th.ChecksumField()
 		s += le(uint16(seq>>16)) + le(uint16(seq)) + le(uint16(c.doff)<<8|uint16(f))
 	} else {
-		binary.BigEndian.PutUint16(dst[l4+4:], uint16(l4len))
-		field = dst[l4+6 : l4+8]
+		uh := UDP(dst[l4:])
+		uh.SetLength(uint16(l4len))
+		field = uh.ChecksumField()
 		s += le(uint16(l4len))
 	}
 	if c.partial {

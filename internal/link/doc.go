@@ -38,7 +38,16 @@
 // that window; what it guarantees is that nothing panics and a link
 // recovers by itself. A GSO frame is passed on when the destination accepts GSO (a tap
 // with vnet_hdr, an AF_PACKET socket, a UDP tunnel); otherwise vnethdr
-// splits it into MTU-sized frames with complete checksums. A frame without
+// splits it into MTU-sized frames with complete checksums. The other way
+// round, frames that arrive one by one (from a tap without vnet_hdr, an
+// AF_PACKET socket on an interface without offloads, tunnel datagrams)
+// towards a tap or AF_PACKET socket that takes GSO (not a tunnel, whose
+// UDP_SEGMENT runs keep datagrams within the path MTU; the far end
+// merges) are merged by software GRO
+// (vnethdr.Coalescer, the kernel's tcp_gro_receive rules; UDP datagrams
+// into USO super-frames only for a tap whose kernel takes USO). A read
+// batch is merged and written before the next read: no frame waits for
+// more of its flow, so GRO adds no latency. A frame without
 // GSO that is longer than the destination's MTU (plus Ethernet header and
 // one VLAN tag) is dropped and counted, as a switch would.
 //

@@ -96,7 +96,11 @@ type Endpoint struct {
 	maxFrame int            // longest non-GSO frame
 	gso      bool           // takes TCP and USO super-frames
 	gsoMax   int            // longest super-frame
-	segCheck bool           // segments of passed-through GSO frames must fit maxFrame
+	// uso: the kernel behind the endpoint is known to take UDP_L4 (USO)
+	// super-frames (a tap whose offloads include USO, so Linux >= 6.2);
+	// only then does GRO merge UDP datagrams for it.
+	uso      bool
+	segCheck bool // segments of passed-through GSO frames must fit maxFrame
 	created  bool
 	sealed   bool // udp with key=FILE
 	queues   []queueIO
@@ -243,8 +247,10 @@ func openTap(ep vmconfig.Endpoint) (*Endpoint, error) {
 		t.Close()
 		return nil, err
 	}
+	off, _ := t.Offloads()
 	e := &Endpoint{
 		hdr:      vnethdr.Format{Size: t.VnetHdrSize()},
+		uso:      t.VnetHdrSize() > 0 && off&tap.OffloadUSO == tap.OffloadUSO,
 		maxFrame: info.MTU + ethOverhead,
 		gso:      t.VnetHdrSize() > 0,
 		gsoMax:   MaxFrame,

@@ -52,7 +52,7 @@ func FuzzHandle(f *testing.F) {
 			p.local = DirStats{}
 			q.frames, q.last = 0, q.last[:0]
 			copy(p.rbufs[0][Headroom-vnethdr.HdrLen:], data)
-			p.handle(p.rbufs[0], len(data))
+			p.handleNow(p.rbufs[0], len(data))
 			p.flush()
 			d := p.local.Drops.Total()
 			switch {

@@ -63,7 +63,7 @@ func TestImpairQueueOrder(t *testing.T) {
 	for i := range n {
 		clk.now = int64(i) * int64(10*time.Microsecond)
 		size := seqFrame(p, i)
-		p.handle(p.rbufs[0], size)
+		p.handleNow(p.rbufs[0], size)
 		p.flush()
 	}
 	// The time to send of each frame, read back from the queue itself.
@@ -111,7 +111,7 @@ func TestImpairQueueOrder(t *testing.T) {
 func TestImpairRate(t *testing.T) {
 	p, q, clk := stagedPump(vmconfig.Impairment{Rate: 8_000_000})
 	for i := range 10 {
-		p.handle(p.rbufs[0], seqFrame(p, i))
+		p.handleNow(p.rbufs[0], seqFrame(p, i))
 	}
 	p.flush()
 	if q.frames != 1 {
@@ -134,7 +134,7 @@ func TestImpairRate(t *testing.T) {
 func TestImpairDelayZero(t *testing.T) {
 	p, q, _ := stagedPump(vmconfig.Impairment{})
 	for i := range 10 {
-		p.handle(p.rbufs[0], seqFrame(p, i))
+		p.handleNow(p.rbufs[0], seqFrame(p, i))
 	}
 	p.flush()
 	if q.frames != 10 || p.l.ab.imp.delayed.Load() != 0 {
@@ -158,7 +158,7 @@ func TestImpairChances(t *testing.T) {
 	p, _, _ := stagedPump(vmconfig.Impairment{Loss: 20, Duplicate: 5, Reorder: 10, Corrupt: 1, Delay: time.Millisecond})
 	size := seqFrame(p, 0)
 	for range n {
-		p.handle(p.rbufs[0], size)
+		p.handleNow(p.rbufs[0], size)
 		p.flush()
 		p.st.take(math.MaxInt64)
 		p.st.done()
@@ -236,7 +236,7 @@ func TestImpairAllocs(t *testing.T) {
 		size := load(p, hdr, frame)
 		round := func() {
 			for range 8 {
-				p.handle(p.rbufs[0], size)
+				p.handleNow(p.rbufs[0], size)
 			}
 			p.flush()
 			clk.now += int64(2 * time.Millisecond)
@@ -294,7 +294,7 @@ func BenchmarkImpairDelayed(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				p.handle(p.rbufs[0], size)
+				p.handleNow(p.rbufs[0], size)
 				p.flush()
 				clk.now += int64(10 * time.Microsecond)
 				if p.st.take(clk.now); len(p.st.rel) > 0 {

@@ -25,12 +25,16 @@ type Options struct {
 	// nil keeps the direction's plain path. A set but zero Impairment
 	// ("delay 0") runs the stage without effect.
 	AtoB, BtoA *vmconfig.Impairment
+	// NoGRO turns software GRO off: frames that arrive one by one are
+	// written one by one even to a destination that takes super-frames.
+	NoGRO bool
 }
 
 // Link joins two endpoints and forwards frames both ways.
 type Link struct {
 	a, b    *Endpoint
 	batch   int
+	noGRO   bool
 	capture *capture
 	ab, ba  counters
 	imMu    sync.Mutex // guards imAB, imBA and stages
@@ -46,13 +50,15 @@ type Link struct {
 // New makes a link between a and b. The Link owns both endpoints from then
 // on (Close closes them), also when New fails.
 func New(a, b *Endpoint, opts Options) (*Link, error) {
-	l := &Link{a: a, b: b, batch: opts.Batch, imAB: opts.AtoB, imBA: opts.BtoA}
+	l := &Link{a: a, b: b, batch: opts.Batch, noGRO: opts.NoGRO, imAB: opts.AtoB, imBA: opts.BtoA}
 	if l.imAB != nil {
 		l.ab.imp = new(impairCounters)
 	}
 	if l.imBA != nil {
 		l.ba.imp = new(impairCounters)
 	}
+	l.ab.queues = make([]atomic.Uint64, len(a.queues))
+	l.ba.queues = make([]atomic.Uint64, len(b.queues))
 	if l.batch <= 0 {
 		l.batch = 32
 	}
@@ -225,9 +231,14 @@ type DirStats struct {
 	SuperFrames uint64 `json:"super_frames"` // GSO frames read
 	Segmented   uint64 `json:"segmented"`    // super-frames split in software
 	Segments    uint64 `json:"segments"`     // frames those splits produced
-	TxFrames    uint64 `json:"tx_frames"`
-	TxBytes     uint64 `json:"tx_bytes"`
-	Drops       Drops  `json:"drops"`
+	Coalesced   uint64 `json:"coalesced"`    // super-frames GRO built from frames read one by one
+	Merged      uint64 `json:"merged"`       // frames those super-frames hold
+	// Queues counts the frames read from each queue of the source (tap
+	// queues, AF_PACKET fanout sockets), in the order they were opened.
+	Queues   []uint64 `json:"queues"`
+	TxFrames uint64   `json:"tx_frames"`
+	TxBytes  uint64   `json:"tx_bytes"`
+	Drops    Drops    `json:"drops"`
 	// Impairment is the direction's impairments ("none" when it has
 	// a stage that does nothing), Impaired what they did; both absent
 	// for a direction without impairments.
@@ -276,13 +287,16 @@ func (l *Link) Stats() Stats {
 // String formats the stats on one line per direction for --stats output.
 func (s Stats) String() string {
 	f := func(from, to string, d DirStats) string {
-		return fmt.Sprintf("%s -> %s: %d frames %d bytes (%d super, %d split into %d), sent %d frames %d bytes, dropped %d (mtu %d invalid %d truncated %d segments %d write %d vnet_hdr_size %d auth %d replay %d)",
-			from, to, d.Frames, d.Bytes, d.SuperFrames, d.Segmented, d.Segments, d.TxFrames, d.TxBytes,
+		return fmt.Sprintf("%s -> %s: %d frames %d bytes (%d super, %d split into %d, %d merged into %d), sent %d frames %d bytes, dropped %d (mtu %d invalid %d truncated %d segments %d write %d vnet_hdr_size %d auth %d replay %d)",
+			from, to, d.Frames, d.Bytes, d.SuperFrames, d.Segmented, d.Segments, d.Merged, d.Coalesced, d.TxFrames, d.TxBytes,
 			d.Drops.Total(), d.Drops.MTU, d.Drops.Invalid, d.Drops.Truncated, d.Drops.Segments, d.Drops.Write,
 			d.Drops.VnetHdrSize, d.Drops.Auth, d.Drops.Replay)
 	}
 	g := func(from, to string, d DirStats) string {
 		line := f(from, to, d)
+		if len(d.Queues) > 1 {
+			line += fmt.Sprintf("; frames read per queue %v", d.Queues)
+		}
 		if i := d.Impaired; i != nil {
 			line += fmt.Sprintf("\n%s -> %s impaired (%s): lost %d, duplicated %d, corrupted %d, reordered %d, delayed %d, overflow %d",
 				from, to, d.Impairment, i.Lost, i.Duplicated, i.Corrupted, i.Reordered, i.Delayed, i.Overflow)
@@ -293,15 +307,17 @@ func (s Stats) String() string {
 }
 
 type counters struct {
-	frames, bytes, super, segmented, segments, txFrames, txBytes atomic.Uint64
-	dMTU, dInvalid, dTrunc, dSegs, dWrite, dHdr, dAuth, dReplay  atomic.Uint64
-	imp                                                          *impairCounters // nil: no impairments
+	frames, bytes, super, segmented, segments, coalesced, merged, txFrames, txBytes atomic.Uint64
+	dMTU, dInvalid, dTrunc, dSegs, dWrite, dHdr, dAuth, dReplay                     atomic.Uint64
+	imp                                                                             *impairCounters // nil: no impairments
+	queues                                                                          []atomic.Uint64 // frames read per source queue
 }
 
 func (c *counters) load() DirStats {
 	d := DirStats{
 		Frames: c.frames.Load(), Bytes: c.bytes.Load(), SuperFrames: c.super.Load(),
 		Segmented: c.segmented.Load(), Segments: c.segments.Load(),
+		Coalesced: c.coalesced.Load(), Merged: c.merged.Load(),
 		TxFrames: c.txFrames.Load(), TxBytes: c.txBytes.Load(),
 		Drops: Drops{MTU: c.dMTU.Load(), Invalid: c.dInvalid.Load(), Truncated: c.dTrunc.Load(),
 			Segments: c.dSegs.Load(), Write: c.dWrite.Load(), VnetHdrSize: c.dHdr.Load(),
@@ -309,6 +325,10 @@ func (c *counters) load() DirStats {
 	}
 	if c.imp != nil {
 		d.Impaired = c.imp.load()
+	}
+	d.Queues = make([]uint64, len(c.queues))
+	for i := range c.queues {
+		d.Queues[i] = c.queues[i].Load()
 	}
 	return d
 }
@@ -327,6 +347,8 @@ func (c *counters) add(d *DirStats) {
 	add(&c.super, &d.SuperFrames)
 	add(&c.segmented, &d.Segmented)
 	add(&c.segments, &d.Segments)
+	add(&c.coalesced, &d.Coalesced)
+	add(&c.merged, &d.Merged)
 	add(&c.txFrames, &d.TxFrames)
 	add(&c.txBytes, &d.TxBytes)
 	add(&c.dMTU, &d.Drops.MTU)
@@ -346,6 +368,7 @@ type pump struct {
 	l        *Link
 	src, dst *Endpoint
 	sq, dq   queueIO
+	qi       int // index of sq in the source's queues
 	c        *counters
 	local    DirStats
 
@@ -375,11 +398,21 @@ type pump struct {
 	cs *captureScratch
 
 	st *stage // impairments; nil: none
+
+	// Software GRO (nil: off): frames without GSO and with complete
+	// checksums wait in groIn (groBuf[i] is the read buffer of groIn[i])
+	// until the end of the read batch or the next frame that cannot wait,
+	// then go out merged where the kernel's GRO rules allow.
+	gro    *vnethdr.Coalescer
+	groIn  [][]byte
+	groBuf [][]byte
+
+	fragID uint32 // IPv6 fragment id of the last UFO datagram split
 }
 
 func newPump(l *Link, src, dst *Endpoint, i int, c *counters) *pump {
-	p := &pump{l: l, src: src, dst: dst, sq: src.queues[i], dq: dst.queues[i%len(dst.queues)], c: c,
-		srcHdr: src.hdr, dstHdr: dst.hdr}
+	p := &pump{l: l, src: src, dst: dst, sq: src.queues[i], qi: i, dq: dst.queues[i%len(dst.queues)], c: c,
+		srcHdr: src.hdr, dstHdr: dst.hdr, fragID: rand.Uint32()}
 	if src.hdr.Size > 0 {
 		p.srcSz, _ = p.sq.(hdrSizer)
 	}
@@ -397,6 +430,18 @@ func newPump(l *Link, src, dst *Endpoint, i int, c *counters) *pump {
 	if l.capture != nil {
 		p.cs = newCaptureScratch()
 	}
+	// Not towards a UDP tunnel: there frames of one size already go out
+	// in UDP_SEGMENT runs of datagrams that fit the path MTU, while a
+	// merged super-frame would be one IP-fragmented datagram; the far
+	// end merges them for its own destination.
+	if dst.gso && !l.noGRO && dst.kind != vmconfig.KindUDP {
+		p.gro = vnethdr.NewCoalescer(vnethdr.CoalesceOptions{UDP: dst.uso})
+		p.groIn = make([][]byte, 0, l.batch)
+		p.groBuf = make([][]byte, 0, l.batch)
+		// Grow the Coalescer's tables to a whole batch now, so that
+		// forwarding never allocates.
+		p.gro.Coalesce(make([][]byte, l.batch))
+	}
 	return p
 }
 
@@ -407,6 +452,9 @@ func (p *pump) run(ctx context.Context) error {
 			off = 0 // read to drain; every frame is dropped
 		}
 		n, err := p.sq.read(p.rbufs, off, p.sizes)
+		if n > 0 && p.qi < len(p.c.queues) {
+			p.c.queues[p.qi].Add(uint64(n))
+		}
 		if p.st != nil {
 			p.st.refresh()
 		}
@@ -441,6 +489,9 @@ func (p *pump) run(ctx context.Context) error {
 		for i := 0; i < n; i++ {
 			p.handle(p.rbufs[i], p.sizes[i])
 		}
+		// Nothing waits for the next batch: a frame is never held back
+		// in the hope that more of its flow follows.
+		p.groFlush()
 		if n > 0 {
 			if ferr := p.flush(); ferr != nil {
 				p.c.add(&p.local)
@@ -534,6 +585,16 @@ func (p *pump) handle(buf []byte, size int) {
 			p.local.Drops.MTU++
 			return
 		}
+		if p.gro != nil && hd.Flags&vnethdr.FlagNeedsCsum == 0 {
+			if len(p.groIn) == cap(p.groIn) {
+				p.groFlush()
+			}
+			p.groIn = append(p.groIn, frame)
+			p.groBuf = append(p.groBuf, buf)
+			return
+		}
+		// Frames that wait for GRO go first, so a flow stays in order.
+		p.groFlush()
 		if hd.Flags&vnethdr.FlagNeedsCsum != 0 && p.dstHdr.Size == 0 {
 			if err := vnethdr.CompleteChecksum(hd, frame); err != nil {
 				p.local.Drops.Invalid++
@@ -546,6 +607,7 @@ func (p *pump) handle(buf []byte, size int) {
 	}
 
 	p.local.SuperFrames++
+	p.groFlush()
 	pkt, err := vnethdr.Parse(hd, frame, vnethdr.Options{})
 	if err != nil {
 		p.local.Drops.Invalid++
@@ -568,6 +630,57 @@ func (p *pump) handle(buf []byte, size int) {
 		return
 	}
 	p.segment(&pkt, vnethdr.Hdr{}, false)
+}
+
+// groFlush writes the frames waiting for GRO: merged ones are copied into
+// the segment pool as one super-frame each (the destination takes a frame
+// as one contiguous write), the others go out from their read buffers
+// untouched.
+func (p *pump) groFlush() {
+	if len(p.groIn) == 0 {
+		return
+	}
+	n := p.gro.Coalesce(p.groIn)
+	for i := 0; i < n; i++ {
+		first, count := p.gro.Inputs(i)
+		if count == 1 {
+			p.emit(p.groBuf[first], len(p.groIn[first]), vnethdr.Hdr{})
+			continue
+		}
+		if p.segFull == nil {
+			p.makePool()
+		}
+		// Room for the super-frame and the two pieces a tunnel may cut
+		// it into: segment must not flush (and reuse the pool) while the
+		// super-frame it reads from sits in the pool.
+		if p.segUsed+3 > len(p.segFull) || len(p.out)+3 > cap(p.out) {
+			p.flush()
+		}
+		buf := p.segFull[p.segUsed]
+		flen, err := p.gro.CopyOut(i, buf[Headroom:len(buf)-Tailroom])
+		if err != nil {
+			// The pool holds MaxFrame and GRO stops at 64 KB: cannot happen.
+			p.local.Drops.Segments += uint64(count)
+			continue
+		}
+		p.segUsed++
+		p.local.Coalesced++
+		p.local.Merged += uint64(count)
+		hd, _ := p.gro.Out(i)
+		if flen > p.dst.gsoMax {
+			pkt, err := vnethdr.Parse(hd, buf[Headroom:Headroom+flen], vnethdr.Options{})
+			if err != nil {
+				p.local.Drops.Invalid++
+				continue
+			}
+			p.cut(hd, buf[Headroom:Headroom+flen], &pkt)
+			continue
+		}
+		p.emit(buf, flen, hd)
+	}
+	clear(p.groIn)
+	clear(p.groBuf)
+	p.groIn, p.groBuf = p.groIn[:0], p.groBuf[:0]
 }
 
 // cut splits a super-frame too long for one tunnel datagram into shorter
@@ -596,6 +709,12 @@ func (p *pump) cut(hd vnethdr.Hdr, frame []byte, pkt *vnethdr.Packet) {
 func (p *pump) segment(pkt *vnethdr.Packet, sh vnethdr.Hdr, cut bool) {
 	if p.segFull == nil {
 		p.makePool()
+	}
+	if pkt.Hdr().GSOType&^vnethdr.GSOECN == vnethdr.GSOUDP {
+		// IPv6 fragments of one datagram share an id that must not
+		// repeat soon between the same addresses: number them per pump.
+		p.fragID++
+		pkt.SetFragmentID(p.fragID)
 	}
 	ns := pkt.Segments()
 	if ns > len(p.segFull) || pkt.MaxSegmentLen() > len(p.segView[0]) {
@@ -631,6 +750,10 @@ func (p *pump) makePool() {
 	frame := p.dst.maxFrame
 	if p.dst.gso {
 		frame = max(frame, p.dst.gsoMax)
+	}
+	if p.gro != nil {
+		// A merged frame may be longer than a tunnel datagram (then cut).
+		frame = MaxFrame
 	}
 	frame = min(frame, MaxFrame)
 	size := Headroom + frame + Tailroom

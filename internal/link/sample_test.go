@@ -16,8 +16,8 @@ var sampleKeys = []string{
 	"a", "a_to_b", "b", "b_to_a", "cpu", "cpu.system_seconds", "cpu.user_seconds", "elapsed_seconds", "final", "time",
 }
 
-var dirKeys = []string{"bytes", "drops", "drops.auth", "drops.invalid", "drops.mtu", "drops.replay", "drops.segments",
-	"drops.truncated", "drops.vnet_hdr_size", "drops.write", "frames", "segmented", "segments", "super_frames", "tx_bytes", "tx_frames"}
+var dirKeys = []string{"bytes", "coalesced", "drops", "drops.auth", "drops.invalid", "drops.mtu", "drops.replay", "drops.segments",
+	"drops.truncated", "drops.vnet_hdr_size", "drops.write", "frames", "merged", "queues", "segmented", "segments", "super_frames", "tx_bytes", "tx_frames"}
 
 func keys(prefix string, m map[string]any, out *[]string) {
 	for k, v := range m {
