@@ -236,6 +236,9 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	outs = append(outs, s.ConsoleTee)
 	vm.con = newConsole(s.ConsoleLines, outs...)
 	vm.con.nonce = nonceOf(s.Append)
+	if s.Nonce != "" {
+		vm.con.nonce = s.Nonce
+	}
 
 	for _, nic := range s.NICs {
 		reattachQueues(nic.Queues)
