@@ -53,6 +53,17 @@
 //	    host can tell /init's marker from command output that merely
 //	    contains a marker line. The last one given counts.
 //
+//	vmnet.mac=IFACE:MAC, vmnet.hostname=NAME, vmnet.time=SECONDS
+//	    set a NIC's MAC address (before it is brought up), the host name
+//	    and the wall clock (seconds since the epoch, UTC).
+//	vmnet.warm
+//	    a warm boot: /init does what depends only on the image and the
+//	    machine (modules, lo, the power button, waiting for the NICs),
+//	    prints VMNET-WARM-POINT and waits for the other parameters on
+//	    ttyS1, where the host sends them once it has saved the guest and
+//	    restored a clone: base64 of the words in lines, then a line
+//	    "END <sha256 of the decoded words>".
+//
 // Any other vmnet.* parameter is an error.
 //
 // # What /init does

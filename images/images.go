@@ -49,11 +49,10 @@ var PowerModules = []string{"button", "evdev"}
 // the kernel's power-off message.
 const powerButton = `#!/bin/sh
 # The ACPI power button: a clean poweroff, so QEMU exits at once.
-for w in $(cat /proc/cmdline); do
-	case "$w" in
-	vmnet.nonce=*) printf '\nVMNET-EXIT=143 %s\n' "${w#vmnet.nonce=}" >/dev/console ;;
-	esac
-done
+# /init keeps the nonce in /run/vmnet.nonce (a restored guest gets it
+# after boot, not on its command line).
+n=$(cat /run/vmnet.nonce 2>/dev/null)
+[ -z "$n" ] || printf '\nVMNET-EXIT=143 %s\n' "$n" >/dev/console
 sync
 exec poweroff -f
 `
@@ -620,6 +619,16 @@ func newestWithBase(imagesDir, base string) (Image, manifest, bool) {
 		}
 	}
 	return best, bestM, ok
+}
+
+// Lock takes an exclusive flock on path (created if need be), waiting
+// (cancellably) while another process holds it; waiting says so once on
+// progress (nil: silently). The returned function releases it.
+func Lock(ctx context.Context, path string, w io.Writer) (func(), error) {
+	if w == nil {
+		w = io.Discard
+	}
+	return lock(ctx, path, progress{w})
 }
 
 // lock takes an exclusive flock on path, waiting (cancellably) while

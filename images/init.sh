@@ -33,31 +33,29 @@ finish() { # finish STATUS: report the exit status on its own line and power off
 	reboot -f # -no-reboot turns this into a QEMU exit where poweroff is unsupported
 }
 
-ips= routes= mtus= mods= cmd64= havecmd=
-for w in $(cat /proc/cmdline); do
-	case "$w" in
-	vmnet.ip=*) ips="$ips ${w#vmnet.ip=}" ;;
-	vmnet.route=*) routes="$routes ${w#vmnet.route=}" ;;
-	vmnet.mtu=*) mtus="$mtus ${w#vmnet.mtu=}" ;;
-	vmnet.modules=*) mods="$mods $(echo "${w#vmnet.modules=}" | tr , ' ')" ;;
-	vmnet.cmd=*)
-		[ -z "$havecmd" ] || err "vmnet.cmd given more than once"
-		cmd64=${w#vmnet.cmd=}
-		havecmd=cmdline
-		;;
-	vmnet.nonce=*) nonce=${w#vmnet.nonce=} ;;
-	vmnet.*) err "unknown kernel parameter $w (known: vmnet.ip, vmnet.route, vmnet.mtu, vmnet.modules, vmnet.cmd, vmnet.nonce)" ;;
-	esac
-done
-if [ -z "$havecmd" ] && [ -x /vmnet/run ]; then
-	havecmd=run
-fi
-cmd=
-if [ "$havecmd" = cmdline ]; then
-	if ! cmd=$(echo "$cmd64" | base64 -d 2>/dev/null); then
-		err "vmnet.cmd is not valid standard base64: $cmd64"
-	fi
-fi
+ips= routes= mtus= mods= cmd64= havecmd= macs= host= now= warm=
+parse() { # parse WORD...: the vmnet.* parameters (kernel command line, or the identity of a restored guest)
+	for w in "$@"; do
+		case "$w" in
+		vmnet.ip=*) ips="$ips ${w#vmnet.ip=}" ;;
+		vmnet.route=*) routes="$routes ${w#vmnet.route=}" ;;
+		vmnet.mtu=*) mtus="$mtus ${w#vmnet.mtu=}" ;;
+		vmnet.mac=*) macs="$macs ${w#vmnet.mac=}" ;;
+		vmnet.hostname=*) host=${w#vmnet.hostname=} ;;
+		vmnet.time=*) now=${w#vmnet.time=} ;;
+		vmnet.warm) warm=1 ;;
+		vmnet.modules=*) mods="$mods $(echo "${w#vmnet.modules=}" | tr , ' ')" ;;
+		vmnet.cmd=*)
+			[ -z "$havecmd" ] || err "vmnet.cmd given more than once"
+			cmd64=${w#vmnet.cmd=}
+			havecmd=cmdline
+			;;
+		vmnet.nonce=*) nonce=${w#vmnet.nonce=} ;;
+		vmnet.*) err "unknown kernel parameter $w (known: vmnet.ip, vmnet.route, vmnet.mtu, vmnet.mac, vmnet.hostname, vmnet.time, vmnet.warm, vmnet.modules, vmnet.cmd, vmnet.nonce)" ;;
+		esac
+	done
+}
+parse $(cat /proc/cmdline)
 
 # Addresses must be usable when VMNET-READY is printed: no IPv6 duplicate
 # address detection. default/ is copied into each interface created later.
@@ -98,6 +96,60 @@ for v in $(ls /sys/bus/virtio/devices 2>/dev/null); do
 		sleep 0.1
 		n=$((n + 1))
 	done
+done
+
+# A warm boot: everything above depends only on the image and the
+# machine, so the host saves the guest here (vmnet.warm), and every guest
+# restored from that snapshot reads who it is from ttyS1: the same
+# vmnet.* words the command line carries (plus MACs, hostname and the
+# time), base64 in lines, then "END <sha256 of the words>".
+if [ -n "$warm" ]; then
+	exec 8<>/dev/ttyS1
+	stty -F /dev/ttyS1 115200 -echo -onlcr 2>/dev/null
+	echo VMNET-WARM-POINT
+	: >/run/vmnet-id.b64
+	sum=
+	while IFS= read -r l <&8; do
+		case "$l" in
+		END\ *)
+			sum=${l#END }
+			break
+			;;
+		*) printf %s "$l" >>/run/vmnet-id.b64 ;;
+		esac
+	done
+	exec 8>&-
+	if base64 -d </run/vmnet-id.b64 >/run/vmnet-id 2>/dev/null && [ "$(sha256sum </run/vmnet-id)" = "$sum  -" ]; then
+		parse $(cat /run/vmnet-id)
+	else
+		err "the identity sent after the restore arrived garbled"
+	fi
+	# The clock stood still while the guest was saved.
+	if [ -n "$now" ]; then
+		date -u -s "@$now" >/dev/null 2>&1 || hwclock -s 2>/dev/null
+	else
+		hwclock -s 2>/dev/null
+	fi
+fi
+[ -z "$nonce" ] || echo "$nonce" >/run/vmnet.nonce
+[ -z "$host" ] || hostname "$host" 2>/dev/null || err "cannot set hostname $host"
+
+if [ -z "$havecmd" ] && [ -x /vmnet/run ]; then
+	havecmd=run
+fi
+cmd=
+if [ "$havecmd" = cmdline ]; then
+	if ! cmd=$(echo "$cmd64" | base64 -d 2>/dev/null); then
+		err "vmnet.cmd is not valid standard base64: $cmd64"
+	fi
+fi
+
+# The MAC a restored guest's NIC still has is the saved guest's: set each
+# NIC's own before it is up.
+for s in $macs; do
+	i=${s%%:*}
+	v=${s#*:}
+	out=$(ip link set dev "$i" address "$v" 2>&1) || err "vmnet.mac=$s: $out"
 done
 
 # Interfaces named on the command line must exist; wait briefly for late probes.

@@ -20,8 +20,11 @@ const (
 	DefaultMTU     = 1500
 	DefaultMachine = "pc" // broadest guest kernel support
 	DefaultAccel   = "auto"
-	DefaultQEMU    = "qemu-system-x86_64"
-	DefaultModel   = "virtio-net-pci"
+	// DefaultBoot: test-image guests are restored from a snapshot of
+	// their shape (warm); "cold" boots them from scratch every time.
+	DefaultBoot  = "warm"
+	DefaultQEMU  = "qemu-system-x86_64"
+	DefaultModel = "virtio-net-pci"
 )
 
 // Lab is a loaded config. Slices keep file order.
@@ -74,6 +77,7 @@ type VM struct {
 	DiskFormat string // raw, qcow2, ...; "" when there is no disk
 	Machine    string // pc, q35 or microvm
 	Accel      string // kvm, tcg or auto
+	Boot       string // warm (default: restore test-image guests from a snapshot) or cold
 	QEMU       string // binary: a bare name (looked up in PATH) or an absolute path
 	User       string // run QEMU as this user; "" = vmnet's dedicated user (qemu.DefaultUser); "root" = as root
 	ExtraArgs  []string

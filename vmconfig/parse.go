@@ -115,13 +115,14 @@ var (
 	networkKeys = []string{"name", "bridge", "mtu", "addresses", "vlan_filtering", "default_pvid", "stp", "transparent", "qdisc", "vni"}
 	vmOnlyKeys  = []string{"name", "nic", "host"}
 	vmKeys      = []string{"cpus", "memory", "kernel", "initrd", "append", "disk", "disk_format", "machine", "accel",
-		"qemu", "user", "extra_args", "console", "command", "gateway"}
+		"qemu", "user", "extra_args", "console", "command", "gateway", "boot"}
 	nicKeys = []string{"network", "mac", "queues", "vnet_hdr", "offloads", "model", "vhost", "vlan", "tagged", "mtu",
 		"ifname", "address", "qdisc"}
 	linkKeys = append([]string{"a", "b", "pcap", "port", "key", "a_to_b", "b_to_a"}, ImpairmentKeys...)
 
 	machines    = []string{"pc", "q35", "microvm"}
 	accels      = []string{"auto", "kvm", "tcg"}
+	boots       = []string{"warm", "cold"}
 	models      = []string{"virtio-net-pci", "virtio-net-device", "e1000e", "e1000", "rtl8139"}
 	vhostModes  = []string{"auto", "on", "off"}
 	qdiscs      = []string{"noqueue", "default"} // tap.Qdiscs
@@ -263,6 +264,7 @@ type vmFields struct {
 	cpus, memory                                 field[int]
 	kernel, initrd, appendArgs, disk, diskFormat field[string]
 	machine, accel, qemu, user, console, command field[string]
+	boot                                         field[string]
 	extraArgs                                    field[[]string]
 	gateways                                     field[[]netip.Addr]
 }
@@ -275,6 +277,7 @@ func (f vmFields) or(d vmFields) vmFields {
 		machine: f.machine.or(d.machine), accel: f.accel.or(d.accel), qemu: f.qemu.or(d.qemu),
 		user: f.user.or(d.user), console: f.console.or(d.console), command: f.command.or(d.command),
 		extraArgs: f.extraArgs.or(d.extraArgs), gateways: f.gateways.or(d.gateways),
+		boot: f.boot.or(d.boot),
 	}
 }
 
@@ -307,6 +310,7 @@ func (p *parser) readVMFields(t *table) vmFields {
 	f.diskFormat = t.enum("disk_format", diskFormats)
 	f.machine = t.enum("machine", machines)
 	f.accel = t.enum("accel", accels)
+	f.boot = t.enum("boot", boots)
 	f.qemu = t.str("qemu")
 	if f.qemu.set {
 		switch {

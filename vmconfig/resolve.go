@@ -188,6 +188,7 @@ func (r *resolver) vm(t *table, defaults vmFields) {
 	vm.Disk = f.disk.v
 	vm.Machine = pick(f.machine, DefaultMachine)
 	vm.Accel = pick(f.accel, DefaultAccel)
+	vm.Boot = pick(f.boot, DefaultBoot)
 	vm.QEMU = pick(f.qemu, DefaultQEMU)
 	vm.User = f.user.v
 	vm.ExtraArgs = f.extraArgs.v

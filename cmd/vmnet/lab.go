@@ -96,6 +96,7 @@ func loadLab(e *env, path string) (*vmconfig.Lab, error) {
 
 func runCommand(e *env) *cobra.Command {
 	var timeout, boot time.Duration
+	var cold bool
 	c := root(&cobra.Command{
 		Use:   "run LAB.toml VM [-- COMMAND...]",
 		Short: "boot one VM of a lab, run a command in it, exit with its status",
@@ -106,16 +107,18 @@ func runCommand(e *env) *cobra.Command {
 			"Exit status: the command's, 124 on timeout, 130 on interrupt.",
 		Example: `  vmnet run examples/ci.toml ci -- 'ping -c 1 10.80.0.1'
   vmnet run examples/ci.toml ci --timeout 2m -- sh -c 'ip -br link; exit 3'
-  vmnet run --quiet examples/ci.toml ci -- true`,
+  vmnet run --quiet examples/ci.toml ci -- true
+  vmnet run --cold examples/ci.toml ci -- true`,
 		Args: nargs(2, -1),
-		RunE: func(_ *cobra.Command, args []string) error { return runVM(e, args, boot, timeout) },
+		RunE: func(_ *cobra.Command, args []string) error { return runVM(e, args, boot, timeout, cold) },
 	})
+	c.Flags().BoolVar(&cold, "cold", false, "boot the guest from scratch instead of restoring a snapshot of its shape (as boot = \"cold\" in the lab file)")
 	c.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up (exit 124) when the guest has not finished after this long")
 	c.Flags().DurationVar(&boot, "boot-timeout", 3*time.Minute, "give up when the guest is not ready after this long")
 	return c
 }
 
-func runVM(e *env, pos []string, boot, timeout time.Duration) error {
+func runVM(e *env, pos []string, boot, timeout time.Duration, cold bool) error {
 	if timeout <= 0 || boot <= 0 {
 		return usagef("vmnet run: --timeout and --boot-timeout want positive durations such as 2m")
 	}
@@ -129,7 +132,7 @@ func runVM(e *env, pos []string, boot, timeout time.Duration) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	opts := lab.RunOptions{BootTimeout: boot, Timeout: timeout, Notef: e.logf,
-		Options: lab.Options{Logf: e.logf, Console: e.stdout, ImageProgress: e.progressWriter()}}
+		Options: lab.Options{Logf: e.logf, Console: e.stdout, ImageProgress: e.progressWriter(), Cold: cold}}
 	if e.quiet {
 		opts.Console = nil
 	}
@@ -182,7 +185,23 @@ func imageCommand(e *env) *cobra.Command {
 	build.Flags().StringVar(&cache, "cache", "", "cache `DIR`ectory (default $VMNET_CACHE, else ~/.cache/vmnet)")
 	build.Flags().StringVar(&mods, "modules", "", "extra kernel modules to put into the image, e.g. bridge,8021q")
 	build.MarkFlagDirname("cache")
-	return group("image", "build the small test guest image", `  vmnet image build`, build)
+	prune := &cobra.Command{
+		Use:   "prune",
+		Short: "remove the snapshots of warm boots (they are saved again on the next boot of each shape)",
+		Long: "Removes every snapshot of the test image from the cache (next to the images, in\n" +
+			"$VMNET_CACHE/snapshots). Guests running from a snapshot keep running.",
+		Example: `  vmnet image prune`,
+		Args:    nargs(0, 0),
+		RunE: func(*cobra.Command, []string) error {
+			removed, err := lab.PruneSnapshots()
+			for _, d := range removed {
+				fmt.Fprintf(e.stdout, "removed %s\n", d)
+			}
+			return err
+		},
+	}
+	return group("image", "build the small test guest image; remove its snapshots", `  vmnet image build
+  vmnet image prune`, build, prune)
 }
 
 func imageBuild(e *env, cache, mods string) error {

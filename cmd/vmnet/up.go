@@ -49,6 +49,7 @@ func upCommand(e *env) *cobra.Command {
 	fs := c.Flags()
 	fs.BoolVarP(&f.detach, "detach", "d", false, "return once every VM is up and leave a background supervisor")
 	fs.DurationVar(&f.ready, "ready-timeout", 3*time.Minute, "how long each guest may take to become ready")
+	fs.BoolVar(&f.cold, "cold", false, "boot every guest from scratch instead of restoring a snapshot of its shape (as boot = \"cold\" in the lab file)")
 	fs.IntVar(&f.maxBoots, "max-boots", lab.DefaultMaxBoots(), "how many guests boot at once; the others wait for a slot (default: two per core)")
 	fs.StringVar(&f.host, "host", "", "the [[host]] of the lab file this machine is: bring up its part only")
 	fs.BoolVar(&f.supervised, "supervised", false, "internal: run as the background supervisor of --detach")
@@ -61,6 +62,7 @@ type upFlags struct {
 	detach, supervised bool
 	ready              time.Duration
 	maxBoots           int
+	cold               bool
 }
 
 func downCommand(e *env) *cobra.Command {
@@ -151,7 +153,7 @@ func up(e *env, file string, f upFlags) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	opts := lab.SuperviseOptions{ReadyTimeout: f.ready,
-		Options: lab.Options{Logf: e.logf, ImageProgress: e.progressWriter(), HotplugPorts: hotplugPorts, MaxBoots: f.maxBoots,
+		Options: lab.Options{Logf: e.logf, ImageProgress: e.progressWriter(), HotplugPorts: hotplugPorts, MaxBoots: f.maxBoots, Cold: f.cold,
 			Progress: func(p lab.Progress) { e.logf("%s", p) }}}
 	if e.verbose {
 		opts.Console = e.stderr // the guests' boot consoles, interleaved
@@ -258,6 +260,9 @@ func (e *env) detach(cfg *vmconfig.Lab, file string, f upFlags) error {
 		args = append(args, "--verbose")
 	}
 	args = append(args, "up", "--supervised", "--ready-timeout", f.ready.String(), "--max-boots", strconv.Itoa(f.maxBoots))
+	if f.cold {
+		args = append(args, "--cold")
+	}
 	if f.host != "" {
 		args = append(args, "--host", f.host)
 	}

@@ -47,6 +47,12 @@ type Options struct {
 	// for the guests (booting, ready, failed), so that a user is not left
 	// looking at nothing for minutes.
 	Progress func(Progress)
+	// Cold boots every guest from scratch: no snapshots (boot = "cold"
+	// for the whole lab).
+	Cold bool
+	// SnapshotDir holds the snapshots of warm boots; default
+	// SnapshotsDir() (next to the image cache).
+	SnapshotDir string
 }
 
 // Lab is a lab being brought up on this host: it remembers what it
@@ -450,9 +456,22 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 			return nil, fmt.Errorf("vm %s: console log: %w", vm.Name, err)
 		}
 	}
-	v, err := qemu.Start(ctx, spec)
-	if err != nil {
-		return nil, err
+	var v *qemu.VM
+	if ok, why := l.warmable(vm); ok {
+		if v, err = l.bootWarm(ctx, vm, spec, guest, base); err != nil {
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			l.opts.Logf("vm %s: warm boot failed, booting cold: %v", vm.Name, err)
+			v = nil
+		}
+	} else if why != "" {
+		l.opts.Logf("vm %s: %s", vm.Name, why)
+	}
+	if v == nil {
+		if v, err = qemu.Start(ctx, spec); err != nil {
+			return nil, err
+		}
 	}
 	if err := l.listenConsole(vm.Name, v); err != nil {
 		v.Stop(ctx)

@@ -109,7 +109,19 @@ func BuildCmdline(s Spec, h Host) (_ *Cmdline, err error) {
 	if !slices.Contains(s.ExtraArgs, "-sandbox") {
 		a("-sandbox", Sandbox)
 	}
-	a("-machine", s.Machine)
+	if s.RAM != nil {
+		share := "off"
+		if s.RAMShared {
+			share = "on"
+		}
+		// The file goes by fd: QEMU's user need not reach the cache
+		// directory, only open the file (which it must own: QEMU 7.2
+		// opens it read-write even for a private mapping).
+		a("-object", fmt.Sprintf("memory-backend-file,id=vmnet-ram,size=%dM,mem-path=/proc/self/fd/%s,share=%s", s.MemoryMiB, fd(s.RAM), share),
+			"-machine", s.Machine+",memory-backend=vmnet-ram")
+	} else {
+		a("-machine", s.Machine)
+	}
 
 	c.Accel = s.Accel
 	if c.Accel == AccelAuto {
@@ -202,6 +214,15 @@ func BuildCmdline(s Spec, h Host) (_ *Cmdline, err error) {
 		}
 		a("-netdev", netdevArg(nic.ID, fds, vfds))
 		a("-device", deviceArg(nic, s.Machine))
+	}
+	if s.VMGenID {
+		a("-device", "vmgenid")
+	}
+	if s.Incoming != nil {
+		// Restore waits for the x-ignore-shared capability (the RAM is in
+		// the file, only the device state is in the stream; QEMU 7.2 has
+		// no property to set it on the command line) and sends the state.
+		a("-incoming", "defer")
 	}
 	a(s.ExtraArgs...)
 	return c, nil

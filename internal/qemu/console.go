@@ -11,6 +11,9 @@ import (
 // Markers the guest prints on its console (see the images package).
 const (
 	ReadyMarker = "VMNET-READY"
+	// WarmMarker: a guest booted with vmnet.warm has done everything that
+	// does not depend on its identity and waits for it on ttyS1.
+	WarmMarker  = "VMNET-WARM-POINT"
 	ExitMarker  = "VMNET-EXIT="
 	ErrorMarker = "VMNET-ERROR:"
 )
@@ -27,6 +30,8 @@ type console struct {
 	partial  []byte
 	out      []io.Writer
 	ready    chan struct{}
+	warm     chan struct{} // closed when WarmMarker was seen
+	gotWarm  bool
 	exited   chan struct{} // closed when ExitMarker was seen
 	status   int           // of the last exit marker
 	nonce    string        // the vmnet.nonce the guest was given, if any
@@ -44,6 +49,7 @@ func newConsole(lines int, out ...io.Writer) *console {
 	c := &console{
 		ring:   make([]string, lines),
 		ready:  make(chan struct{}),
+		warm:   make(chan struct{}),
 		exited: make(chan struct{}),
 		done:   make(chan struct{}),
 		failed: make(chan struct{}),
@@ -119,6 +125,11 @@ func (c *console) line(l string) {
 		if !c.gotReady {
 			c.gotReady = true
 			close(c.ready)
+		}
+	case m == WarmMarker:
+		if !c.gotWarm {
+			c.gotWarm = true
+			close(c.warm)
 		}
 	case strings.HasPrefix(m, ErrorMarker):
 		if len(c.errs) == 0 {

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/digitalocean/go-qemu/qmp"
 	"golang.org/x/sys/unix"
 )
 
@@ -156,7 +155,7 @@ func (vm *VM) Unplug(ctx context.Context, id string) error {
 	ctx, cancel, limit := withDefault(ctx, 30*time.Second)
 	defer cancel()
 	name := vm.spec.name()
-	deleted, unsub := vm.mon.subscribe(func(ev qmp.Event) bool {
+	deleted, unsub := vm.mon.subscribe(func(ev Event) bool {
 		return ev.Event == "DEVICE_DELETED" && ev.Data["device"] == id
 	})
 	defer unsub()

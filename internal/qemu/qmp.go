@@ -1,36 +1,55 @@
 package qemu
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/digitalocean/go-qemu/qmp"
+	"golang.org/x/sys/unix"
 )
 
-// monitor wraps go-qemu's SocketMonitor, which has no timeouts: every call
-// runs on a goroutine, and a call that outlives its context closes the
-// connection (the next call reconnects; QEMU's QMP server accepts a new
-// client once the old one is gone).
+// Event is one QMP event.
+type Event struct {
+	Event     string         `json:"event"`
+	Data      map[string]any `json:"data"`
+	Timestamp struct {
+		Seconds      int64 `json:"seconds"`
+		Microseconds int64 `json:"microseconds"`
+	} `json:"timestamp"`
+}
+
+// monitor is vmnet's QMP client. Every command carries an "id" that QEMU
+// echoes in its reply, and a reply is delivered only to the command with
+// that id: a reply that arrives after its caller gave up (a QEMU that was
+// stopped, a slow migration) is dropped instead of being taken for the
+// answer to the next command. Events go to subscribers. Every call is
+// bounded by its context; a call that outlives it closes the connection
+// (the next call reconnects; QEMU's QMP server accepts a new client once
+// the old one is gone). Ids count on across connections, so not even a
+// reply QEMU still sends on a new connection can match.
 type monitor struct {
 	path   string
 	exited <-chan struct{} // closed when QEMU has exited
 
-	mu      sync.Mutex
-	mon     *qmp.SocketMonitor
-	version string
+	mu   sync.Mutex
+	conn *qmpConn
+
+	nextID atomic.Uint64
 
 	subMu sync.Mutex
 	subs  map[*subscription]struct{}
 }
 
 type subscription struct {
-	match func(qmp.Event) bool
-	ch    chan qmp.Event
+	match func(Event) bool
+	ch    chan Event
 }
 
 // errQEMUExited is returned by monitor calls once QEMU is gone.
@@ -40,15 +59,53 @@ func newMonitor(path string, exited <-chan struct{}) *monitor {
 	return &monitor{path: path, exited: exited, subs: map[*subscription]struct{}{}}
 }
 
+// qmpError is QMP's error reply.
+type qmpError struct {
+	Class string `json:"class"`
+	Desc  string `json:"desc"`
+}
+
+func (e *qmpError) Error() string { return e.Desc }
+
+// qmpMessage is anything QEMU sends: the greeting, a reply or an event.
+type qmpMessage struct {
+	QMP    json.RawMessage `json:"QMP"`
+	Event  string          `json:"event"`
+	ID     json.RawMessage `json:"id"`
+	Return json.RawMessage `json:"return"`
+	Error  *qmpError       `json:"error"`
+}
+
+type qmpReply struct {
+	ret json.RawMessage
+	err error
+}
+
+// qmpConn is one connection to QEMU's QMP socket.
+type qmpConn struct {
+	c   *net.UnixConn
+	wmu sync.Mutex // one command on the wire at a time
+
+	mu      sync.Mutex
+	pending map[uint64]chan qmpReply
+	dead    bool
+	done    chan struct{} // closed when the reader has stopped
+}
+
 // connect dials the QMP socket, retrying until it appears, and negotiates
 // capabilities; bounded by ctx.
-func (m *monitor) connect(ctx context.Context) (*qmp.SocketMonitor, error) {
+func (m *monitor) connect(ctx context.Context) (*qmpConn, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.mon != nil {
-		return m.mon, nil
+	if m.conn != nil {
+		select {
+		case <-m.conn.done:
+			m.conn = nil
+		default:
+			return m.conn, nil
+		}
 	}
-	var mon *qmp.SocketMonitor
+	var c *net.UnixConn
 	var lastErr error
 	for {
 		select {
@@ -56,9 +113,10 @@ func (m *monitor) connect(ctx context.Context) (*qmp.SocketMonitor, error) {
 			return nil, errQEMUExited
 		default:
 		}
-		var err error
-		mon, err = qmp.NewSocketMonitor("unix", m.path, time.Second)
+		var d net.Dialer
+		nc, err := d.DialContext(ctx, "unix", m.path)
 		if err == nil {
+			c = nc.(*net.UnixConn)
 			break
 		}
 		lastErr = err
@@ -70,66 +128,195 @@ func (m *monitor) connect(ctx context.Context) (*qmp.SocketMonitor, error) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	done := make(chan error, 1)
-	go func() { done <- mon.Connect() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			mon.Disconnect()
-			return nil, fmt.Errorf("QMP handshake on %s: %w", m.path, err)
+	// The handshake is bounded by ctx and by QEMU's exit.
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	shaken := make(chan struct{})
+	defer close(shaken)
+	go func() {
+		select {
+		case <-m.exited:
+			c.SetDeadline(time.Unix(1, 0))
+		case <-ctx.Done():
+		case <-shaken:
 		}
-	case <-ctx.Done():
-		go mon.Disconnect()
-		return nil, fmt.Errorf("QMP handshake on %s: %w", m.path, ctx.Err())
-	case <-m.exited:
-		go mon.Disconnect()
-		return nil, errQEMUExited
+	}()
+	r := bufio.NewReaderSize(c, 64<<10)
+	dec := json.NewDecoder(r)
+	var greeting qmpMessage
+	if err := dec.Decode(&greeting); err != nil || greeting.QMP == nil {
+		c.Close()
+		return nil, m.handshakeErr(ctx, fmt.Errorf("no QMP greeting: %v", err))
 	}
-	events, err := mon.Events(ctx)
-	if err != nil {
-		mon.Disconnect()
-		return nil, fmt.Errorf("QMP events: %w", err)
+	qc := &qmpConn{c: c, pending: map[uint64]chan qmpReply{}, done: make(chan struct{})}
+	go m.read(qc, dec)
+	if _, err := qc.call(ctx, m.nextID.Add(1), "qmp_capabilities", nil, nil); err != nil {
+		qc.close()
+		return nil, m.handshakeErr(ctx, err)
 	}
-	if mon.Version != nil {
-		m.version = mon.Version.String()
-	}
-	m.mon = mon
-	// go-qemu's reader blocks on an unread event, which would also block
-	// command replies: always drain the event stream.
-	go m.pump(mon, events)
-	return mon, nil
+	c.SetDeadline(time.Time{})
+	m.conn = qc
+	return qc, nil
 }
 
-func (m *monitor) pump(mon *qmp.SocketMonitor, events <-chan qmp.Event) {
-	for ev := range events {
-		m.subMu.Lock()
-		for s := range m.subs {
-			if s.match(ev) {
-				select {
-				case s.ch <- ev:
-				default:
-				}
+func (m *monitor) handshakeErr(ctx context.Context, err error) error {
+	select {
+	case <-m.exited:
+		return errQEMUExited
+	default:
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("QMP handshake on %s: %w", m.path, ctx.Err())
+	}
+	return fmt.Errorf("QMP handshake on %s: %w", m.path, err)
+}
+
+// read delivers replies to their callers by id and events to the
+// subscribers until the connection ends. Messages of any other kind, and
+// replies nobody waits for, are dropped.
+func (m *monitor) read(qc *qmpConn, dec *json.Decoder) {
+	defer qc.close()
+	for {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return
+		}
+		var msg qmpMessage
+		if json.Unmarshal(raw, &msg) != nil {
+			continue
+		}
+		if msg.Event != "" {
+			var ev Event
+			if json.Unmarshal(raw, &ev) == nil {
+				m.deliver(ev)
+			}
+			continue
+		}
+		var id uint64
+		if msg.ID == nil || json.Unmarshal(msg.ID, &id) != nil {
+			continue // a reply to no command of ours
+		}
+		qc.mu.Lock()
+		ch := qc.pending[id]
+		delete(qc.pending, id)
+		qc.mu.Unlock()
+		if ch == nil {
+			continue // its caller gave up
+		}
+		if msg.Error != nil {
+			ch <- qmpReply{err: msg.Error}
+		} else {
+			ch <- qmpReply{ret: msg.Return}
+		}
+	}
+}
+
+func (m *monitor) deliver(ev Event) {
+	m.subMu.Lock()
+	defer m.subMu.Unlock()
+	for s := range m.subs {
+		if s.match(ev) {
+			select {
+			case s.ch <- ev:
+			default:
 			}
 		}
-		m.subMu.Unlock()
 	}
-	m.drop(mon)
 }
 
-// drop forgets mon (if still current) and closes it in the background.
-func (m *monitor) drop(mon *qmp.SocketMonitor) {
+// close ends the connection; waiting callers get an error.
+func (qc *qmpConn) close() {
+	qc.mu.Lock()
+	if qc.dead {
+		qc.mu.Unlock()
+		return
+	}
+	qc.dead = true
+	for id, ch := range qc.pending {
+		ch <- qmpReply{err: errors.New("QMP connection closed")}
+		delete(qc.pending, id)
+	}
+	qc.mu.Unlock()
+	qc.c.Close()
+	close(qc.done)
+}
+
+// call sends one command with the given id and waits for its reply.
+// file, if not nil, travels with the command as SCM_RIGHTS.
+func (qc *qmpConn) call(ctx context.Context, id uint64, execute string, args any, file *os.File) (json.RawMessage, error) {
+	cmd := struct {
+		Execute string `json:"execute"`
+		Args    any    `json:"arguments,omitempty"`
+		ID      uint64 `json:"id"`
+	}{execute, args, id}
+	b, err := json.Marshal(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("encode: %w", err)
+	}
+	ch := make(chan qmpReply, 1)
+	qc.mu.Lock()
+	if qc.dead {
+		qc.mu.Unlock()
+		return nil, errors.New("QMP connection closed")
+	}
+	qc.pending[id] = ch
+	qc.mu.Unlock()
+	forget := func() {
+		qc.mu.Lock()
+		delete(qc.pending, id)
+		qc.mu.Unlock()
+	}
+	if err := qc.write(ctx, b, file); err != nil {
+		forget()
+		return nil, err
+	}
+	select {
+	case r := <-ch:
+		return r.ret, r.err
+	case <-ctx.Done():
+		forget()
+		return nil, fmt.Errorf("no reply: %w", ctx.Err())
+	}
+}
+
+func (qc *qmpConn) write(ctx context.Context, b []byte, file *os.File) error {
+	qc.wmu.Lock()
+	defer qc.wmu.Unlock()
+	dl, _ := ctx.Deadline()
+	qc.c.SetWriteDeadline(dl)
+	if file == nil {
+		_, err := qc.c.Write(b)
+		return err
+	}
+	// The fd is read through SyscallConn, not File.Fd, which would switch
+	// a file Go keeps non-blocking to blocking mode (see passable).
+	rc, err := file.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var werr error
+	if err := rc.Control(func(fd uintptr) {
+		_, _, werr = qc.c.WriteMsgUnix(b, unix.UnixRights(int(fd)), nil)
+	}); err != nil {
+		return err
+	}
+	return werr
+}
+
+// drop closes qc if it is still the current connection.
+func (m *monitor) drop(qc *qmpConn) {
 	m.mu.Lock()
-	if m.mon == mon {
-		m.mon = nil
+	if m.conn == qc {
+		m.conn = nil
 	}
 	m.mu.Unlock()
-	go mon.Disconnect()
+	qc.close()
 }
 
 // subscribe delivers matching events until cancel is called. Subscribe
 // before sending the command whose event you wait for.
-func (m *monitor) subscribe(match func(qmp.Event) bool) (<-chan qmp.Event, func()) {
-	s := &subscription{match: match, ch: make(chan qmp.Event, 16)}
+func (m *monitor) subscribe(match func(Event) bool) (<-chan Event, func()) {
+	s := &subscription{match: match, ch: make(chan Event, 16)}
 	m.subMu.Lock()
 	m.subs[s] = struct{}{}
 	m.subMu.Unlock()
@@ -140,56 +327,48 @@ func (m *monitor) subscribe(match func(qmp.Event) bool) (<-chan qmp.Event, func(
 	}
 }
 
-// run sends one command built as JSON (go-qemu's generated raw API cannot
-// express fds, mq or vectors) and returns its "return" value. file, if not
-// nil, travels with the command as SCM_RIGHTS (for getfd).
+// run sends one command and returns its "return" value. args is encoded
+// as JSON (typed structs for the commands vmnet uses often; go-qemu's
+// generated API cannot express fds, mq or vectors). file, if not nil,
+// travels with the command as SCM_RIGHTS (for getfd).
 func (m *monitor) run(ctx context.Context, execute string, args any, file *os.File) (json.RawMessage, error) {
-	mon, err := m.connect(ctx)
+	qc, err := m.connect(ctx)
 	if err != nil {
 		return nil, err
 	}
-	cmd, err := json.Marshal(qmp.Command{Execute: execute, Args: args})
+	ret, err := qc.call(ctx, m.nextID.Add(1), execute, args, file)
 	if err != nil {
-		return nil, fmt.Errorf("qmp %s: encode: %w", execute, err)
-	}
-	type reply struct {
-		raw []byte
-		err error
-	}
-	done := make(chan reply, 1)
-	go func() {
-		raw, err := mon.RunWithFile(cmd, file)
-		done <- reply{raw, err}
-	}()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			return nil, fmt.Errorf("qmp %s: %w", execute, r.err)
+		var qe *qmpError
+		if !errors.As(err, &qe) {
+			// No reply (or a broken connection): start afresh next time.
+			m.drop(qc)
 		}
-		var resp struct {
-			Return json.RawMessage `json:"return"`
-		}
-		if err := json.Unmarshal(r.raw, &resp); err != nil {
-			return nil, fmt.Errorf("qmp %s: decode reply %q: %w", execute, r.raw, err)
-		}
-		return resp.Return, nil
-	case <-ctx.Done():
-		m.drop(mon)
-		return nil, fmt.Errorf("qmp %s: no reply: %w", execute, ctx.Err())
+		return nil, fmt.Errorf("qmp %s: %w", execute, err)
 	}
+	return ret, nil
+}
+
+// runInto is run with the reply decoded into out (nil: ignored).
+func (m *monitor) runInto(ctx context.Context, execute string, args, out any) error {
+	raw, err := m.run(ctx, execute, args, nil)
+	if err != nil {
+		return err
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return fmt.Errorf("qmp %s: decode reply %s: %w", execute, raw, err)
+	}
+	return nil
 }
 
 func (m *monitor) close() {
 	m.mu.Lock()
-	mon := m.mon
-	m.mon = nil
+	qc := m.conn
+	m.conn = nil
 	m.mu.Unlock()
-	if mon != nil {
-		done := make(chan struct{})
-		go func() { mon.Disconnect(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(2 * time.Second):
-		}
+	if qc != nil {
+		qc.close()
 	}
 }

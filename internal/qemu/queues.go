@@ -20,8 +20,8 @@ func reattachQueues(files []*os.File) {
 	}
 }
 
-// passable returns a dup of f for QMP getfd that go-qemu can send without
-// harm. go-qemu calls File.Fd, and Fd switches a file that Go put into
+// passable returns a dup of f for QMP getfd that can be sent without
+// harm. File.Fd switches a file that Go put into
 // non-blocking mode back to blocking. O_NONBLOCK belongs to the file
 // description that QEMU shares, so a running QEMU (whose tap reads loop
 // until EAGAIN) would then block in read and hang. A dup wrapped by

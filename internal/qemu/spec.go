@@ -61,6 +61,22 @@ type Spec struct {
 
 	NICs []NIC
 
+	// Warm boots (snapshots). RAM, if set, is the guest's memory: a file
+	// QEMU maps (memory-backend-file), shared (its writes reach the file:
+	// the guest that is saved) or private (a copy-on-write clone of the
+	// file: a restored guest). Incoming, if set, is a saved device state
+	// QEMU restores from (-incoming) instead of booting; the guest stays
+	// paused until Cont. VMGenID adds the VM generation id device, whose
+	// change on every restore makes the guest kernel reseed its random
+	// number generator.
+	RAM       *os.File
+	RAMShared bool
+	Incoming  *os.File
+	VMGenID   bool
+	// Nonce is the nonce of the guest's exit marker when it does not come
+	// from Append (a restored guest gets it after the restore).
+	Nonce string
+
 	ConsoleLog string    // file that receives the raw serial console; optional
 	ConsoleTee io.Writer // optional second copy of the console (e.g. os.Stdout)
 	// ConsoleMax caps ConsoleLog (default logcap.DefaultMax): past it the

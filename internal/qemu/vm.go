@@ -16,7 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/digitalocean/go-qemu/qmp"
 	"golang.org/x/sys/unix"
 
 	"github.com/vmnet/vmnet/internal/logcap"
@@ -238,6 +237,9 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	outs = append(outs, s.ConsoleTee)
 	vm.con = newConsole(s.ConsoleLines, outs...)
 	vm.con.nonce = nonceOf(s.Append)
+	if s.Nonce != "" {
+		vm.con.nonce = s.Nonce
+	}
 
 	for _, nic := range s.NICs {
 		reattachQueues(nic.Queues)
@@ -499,8 +501,8 @@ func (vm *VM) Status(ctx context.Context) (Status, error) {
 
 // Events delivers the QMP events with the given names (all if none) until
 // cancel is called. Events arriving while the channel is full are dropped.
-func (vm *VM) Events(names ...string) (<-chan qmp.Event, func()) {
-	return vm.mon.subscribe(func(ev qmp.Event) bool {
+func (vm *VM) Events(names ...string) (<-chan Event, func()) {
+	return vm.mon.subscribe(func(ev Event) bool {
 		return len(names) == 0 || slices.Contains(names, ev.Event)
 	})
 }

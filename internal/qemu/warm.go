@@ -1,0 +1,170 @@
+package qemu
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+)
+
+// SaveBandwidth is the migration bandwidth cap while a guest is saved:
+// QEMU 7.2's default (32 MiB/s) makes saving take seconds.
+const SaveBandwidth = 64 << 30
+
+// WaitWarmPoint waits until a guest booted with vmnet.warm prints
+// WarmMarker: it has done everything that does not depend on its
+// identity and can be saved.
+func (vm *VM) WaitWarmPoint(ctx context.Context) error {
+	ctx, cancel, limit := withDefault(ctx, DefaultReadyTimeout)
+	defer cancel()
+	start := time.Now()
+	select {
+	case <-vm.con.warm:
+		return nil
+	case <-vm.con.failed:
+		time.Sleep(100 * time.Millisecond)
+		return fmt.Errorf("%s: guest set-up failed before the snapshot point: %s; last console lines: %s",
+			vm.spec.name(), strings.Join(vm.con.guestErrors(), "; "), vm.con.tailText(tailLines))
+	case <-vm.exited:
+		return fmt.Errorf("%s: QEMU exited (%v) before %s; QEMU stderr: %s; last console lines: %s",
+			vm.spec.name(), vm.waitErr, WarmMarker, orNone(vm.stderr.String()), vm.con.tailText(tailLines))
+	case <-ctx.Done():
+		return fmt.Errorf("%s: no %s within %v (%v); last console lines: %s",
+			vm.spec.name(), WarmMarker, limitOr(limit, start), ctx.Err(), vm.con.tailText(tailLines))
+	}
+}
+
+// Save pauses the guest and writes its device state to state. The RAM is
+// not in it: the guest's memory is a shared file (Spec.RAM with
+// RAMShared), which QEMU skips with x-ignore-shared, so that restored
+// guests map that file copy-on-write. The VM stays paused; stop it after.
+func (vm *VM) Save(ctx context.Context, state *os.File) error {
+	ctx, cancel, _ := withDefault(ctx, time.Minute)
+	defer cancel()
+	if vm.spec.RAM == nil || !vm.spec.RAMShared {
+		return fmt.Errorf("%s: save: the guest's RAM is not a shared file", vm.spec.name())
+	}
+	if err := vm.SetMigrationCapabilities(ctx, MigrationCapability{Capability: "x-ignore-shared", State: true}); err != nil {
+		return err
+	}
+	bw := int64(SaveBandwidth)
+	if err := vm.SetMigrationParameters(ctx, MigrationParameters{MaxBandwidth: &bw}); err != nil {
+		return err
+	}
+	if err := vm.Pause(ctx); err != nil {
+		return err
+	}
+	return vm.SaveTo(ctx, state)
+}
+
+// Restore loads the saved state (Spec.Incoming) into the waiting QEMU,
+// waits until QEMU has read it and lets the guest run.
+func (vm *VM) Restore(ctx context.Context) error {
+	ctx, cancel, _ := withDefault(ctx, 30*time.Second)
+	defer cancel()
+	if vm.spec.Incoming == nil {
+		return fmt.Errorf("%s: restore: no saved state given", vm.spec.name())
+	}
+	if err := vm.SetMigrationCapabilities(ctx, MigrationCapability{Capability: "x-ignore-shared", State: true}); err != nil {
+		return err
+	}
+	if err := vm.SendFD(ctx, "vmnet-incoming", vm.spec.Incoming); err != nil {
+		return err
+	}
+	if err := vm.cmd0(ctx, "migrate-incoming", struct {
+		URI string `json:"uri"`
+	}{"fd:vmnet-incoming"}, nil); err != nil {
+		return err
+	}
+	for {
+		st, err := vm.Status(ctx)
+		if err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
+		switch st.Status {
+		case "inmigrate":
+		case "paused", "prelaunch", "postmigrate":
+			return vm.Cont(ctx)
+		case "running":
+			return nil
+		default:
+			return fmt.Errorf("%s: restore: QEMU is in state %s instead of paused; QEMU stderr: %s", vm.spec.name(), st.Status, orNone(vm.stderr.String()))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: restore did not finish: %w", vm.spec.name(), ctx.Err())
+		case <-vm.exited:
+			return vm.startErr(errQEMUExited)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// identityChunk is the base64 text per line: well below the 4095-byte
+// line limit of the guest tty's canonical mode.
+const identityChunk = 3072
+
+// SendIdentity tells a restored guest (waiting at its snapshot point) who
+// it is: words are vmnet.* parameters as on the kernel command line (see
+// package images). They travel through ttyS1 (Spec.ControlSocket), which
+// is held open until the guest is ready, has failed, or QEMU exits.
+func (vm *VM) SendIdentity(ctx context.Context, words []string) error {
+	if vm.spec.ControlSocket == "" {
+		return fmt.Errorf("%s: restore: the guest has no control port (ttyS1)", vm.spec.name())
+	}
+	ctx, cancel, _ := withDefault(ctx, 10*time.Second)
+	defer cancel()
+	text := strings.Join(words, " ")
+	b64 := base64.StdEncoding.EncodeToString([]byte(text))
+	var s strings.Builder
+	for i := 0; i < len(b64); i += identityChunk {
+		s.WriteString(b64[i:min(i+identityChunk, len(b64))] + "\n")
+	}
+	fmt.Fprintf(&s, "END %x\n", sha256.Sum256([]byte(text)))
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", vm.spec.ControlSocket)
+	if err != nil {
+		return fmt.Errorf("%s: restore: guest control port: %w", vm.spec.name(), err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetWriteDeadline(dl)
+	}
+	if _, err := c.Write([]byte(s.String())); err != nil {
+		c.Close()
+		return fmt.Errorf("%s: restore: send the identity: %w", vm.spec.name(), err)
+	}
+	go func() {
+		defer c.Close()
+		select {
+		case <-vm.con.ready:
+		case <-vm.con.failed:
+		case <-vm.exited:
+		case <-time.After(2 * time.Minute):
+		}
+	}()
+	return nil
+}
+
+// Quit ends QEMU at once (QMP quit, then SIGKILL), for a guest whose
+// state does not matter any more (one that was saved), and releases the
+// VM's resources.
+func (vm *VM) Quit(ctx context.Context) {
+	defer vm.release()
+	qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	vm.mon.run(qctx, "quit", nil, nil)
+	cancel()
+	select {
+	case <-vm.exited:
+		return
+	case <-time.After(3 * time.Second):
+	}
+	vm.kill()
+	select {
+	case <-vm.exited:
+	case <-time.After(5 * time.Second):
+	}
+}
