@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vmnet's tests and demo need (as root).
 # Packages already present are not touched, so a second run is quick.
+# qemu-utils: qemu-img makes the copy-on-write overlays of VM disks.
 # graphviz: tests have dot parse the graph `vmnet status -o dot` prints.
 set -euo pipefail
-pkgs=(apt dpkg libc-bin iproute2 ethtool qemu-system-x86 cpio kmod xz-utils zstd iperf3 tcpdump tshark procps util-linux graphviz)
+pkgs=(apt dpkg libc-bin iproute2 ethtool qemu-system-x86 qemu-utils cpio kmod xz-utils zstd iperf3 tcpdump tshark procps util-linux graphviz)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

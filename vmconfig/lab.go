@@ -73,8 +73,8 @@ type VM struct {
 	Kernel     string // absolute path, or "" for vmnet's test image (when there is no disk either)
 	Initrd     string // absolute path or ""
 	Append     string
-	Disk       string // absolute path or ""
-	DiskFormat string // raw, qcow2, ...; "" when there is no disk
+	Disk       string // the boot disk (Disks[0].Path when Disks[0].Boot): absolute path or ""
+	DiskFormat string // raw, qcow2, ...; "" when there is no boot disk
 	Machine    string // pc, q35 or microvm
 	Accel      string // kvm, tcg or auto
 	Boot       string // warm (default: restore test-image guests from a snapshot) or cold
@@ -86,7 +86,31 @@ type VM struct {
 	Gateways   []netip.Addr
 	NICs       []*NIC
 	Pos        Pos
+
+	// Disks are every disk of the VM in the order they are attached (vda,
+	// vdb, ...): the one of disk = "..." or the [[vm.disk]] tables.
+	Disks []*Disk
 }
+
+// Disk modes: where a guest's writes go.
+const (
+	DiskOverlay    = "overlay"    // a qcow2 overlay in the VM's state directory; the image is only read (default)
+	DiskSnapshot   = "snapshot"   // QEMU's snapshot=on: a temporary overlay QEMU deletes itself
+	DiskPersistent = "persistent" // into the image
+)
+
+// Disk is one disk image of a VM.
+type Disk struct {
+	Path     string // absolute
+	Format   string // raw, qcow2, ...: format, else guessed from the file name's extension
+	Mode     string // overlay, snapshot or persistent; "" when ReadOnly
+	ReadOnly bool   // the guest gets a read-only disk; the image is only read
+	Boot     bool   // the VM boots from it: disk = "...", or boot = true in the first [[vm.disk]]
+	Pos      Pos
+}
+
+// Writes reports whether the guest's writes reach the image itself.
+func (d *Disk) Writes() bool { return !d.ReadOnly && d.Mode == DiskPersistent }
 
 // NIC is one guest network interface and the tap behind it.
 type NIC struct {

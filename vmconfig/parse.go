@@ -114,10 +114,11 @@ var (
 	labKeys     = []string{"name", "state_dir"}
 	networkKeys = []string{"name", "bridge", "mtu", "addresses", "vlan_filtering", "default_pvid", "stp", "transparent", "qdisc", "vni"}
 	vmOnlyKeys  = []string{"name", "nic", "host"}
-	vmKeys      = []string{"cpus", "memory", "kernel", "initrd", "append", "disk", "disk_format", "machine", "accel",
+	vmKeys      = []string{"cpus", "memory", "kernel", "initrd", "append", "disk", "disk_format", "disk_mode", "machine", "accel",
 		"qemu", "user", "extra_args", "console", "command", "gateway", "boot"}
 	nicKeys = []string{"network", "mac", "queues", "vnet_hdr", "offloads", "model", "vhost", "vlan", "tagged", "mtu",
 		"ifname", "address", "qdisc"}
+	diskKeys = []string{"path", "format", "mode", "read_only", "boot"}
 	linkKeys = append([]string{"a", "b", "pcap", "port", "key", "a_to_b", "b_to_a"}, ImpairmentKeys...)
 
 	machines    = []string{"pc", "q35", "microvm"}
@@ -128,6 +129,7 @@ var (
 	qdiscs      = []string{"noqueue", "default"} // tap.Qdiscs
 	offloadList = []string{"csum", "tso4", "tso6", "tso_ecn", "ufo", "uso"}
 	diskFormats = []string{"raw", "qcow2", "qed", "vmdk", "vdi", "vhdx", "vpc"}
+	diskModes   = []string{DiskOverlay, DiskSnapshot, DiskPersistent}
 )
 
 func (p *parser) parse(data []byte) *Lab {
@@ -205,7 +207,7 @@ func (p *parser) parse(data []byte) *Lab {
 		addrs: map[netip.Addr]string{}, networks: map[string]*Network{}, vms: map[string]*VM{},
 		hosts: map[string]*Host{}, hostAddrs: map[netip.Addr]string{}, vniPaths: map[*Network]string{},
 		vniSet: map[*Network]bool{}, mtuPaths: map[*Network]string{}, linkPaths: map[*Link]string{},
-		linkOpts: map[*Link][2]string{}}
+		linkOpts: map[*Link][2]string{}, diskPaths: map[*Disk]string{}}
 	r.hostsOK = true
 	if v, ok := top.get("host"); ok {
 		for _, t := range p.tables("host", "host", v) {
@@ -229,6 +231,7 @@ func (p *parser) parse(data []byte) *Lab {
 		}
 	}
 	r.finishLinks()
+	r.finishDisks()
 	r.finishHosts()
 	top.finish(topKeys)
 	return lab
@@ -263,6 +266,8 @@ func (p *parser) exists(path string) bool {
 type vmFields struct {
 	cpus, memory                                 field[int]
 	kernel, initrd, appendArgs, disk, diskFormat field[string]
+	diskMode                                     field[string]
+	disks                                        field[[]diskTable] // [[vm.disk]]; set excludes disk
 	machine, accel, qemu, user, console, command field[string]
 	boot                                         field[string]
 	extraArgs                                    field[[]string]
@@ -270,10 +275,15 @@ type vmFields struct {
 }
 
 func (f vmFields) or(d vmFields) vmFields {
+	if f.disk.set || f.disks.set {
+		// A VM's own disks replace those of [defaults], in either form.
+		d.disk, d.disks = field[string]{}, field[[]diskTable]{}
+	}
 	return vmFields{
 		cpus: f.cpus.or(d.cpus), memory: f.memory.or(d.memory),
 		kernel: f.kernel.or(d.kernel), initrd: f.initrd.or(d.initrd), appendArgs: f.appendArgs.or(d.appendArgs),
-		disk: f.disk.or(d.disk), diskFormat: f.diskFormat.or(d.diskFormat),
+		disk: f.disk.or(d.disk), diskFormat: f.diskFormat.or(d.diskFormat), diskMode: f.diskMode.or(d.diskMode),
+		disks:   f.disks.or(d.disks),
 		machine: f.machine.or(d.machine), accel: f.accel.or(d.accel), qemu: f.qemu.or(d.qemu),
 		user: f.user.or(d.user), console: f.console.or(d.console), command: f.command.or(d.command),
 		extraArgs: f.extraArgs.or(d.extraArgs), gateways: f.gateways.or(d.gateways),
@@ -287,7 +297,7 @@ func (p *parser) readVMFields(t *table) vmFields {
 	var f vmFields
 	f.cpus = t.integer("cpus", 1, 255)
 	f.memory = t.memory("memory")
-	file := func(k string) field[string] {
+	file := func(t *table, k string) field[string] {
 		s := t.str(k)
 		if !s.set {
 			return s
@@ -303,11 +313,21 @@ func (p *parser) readVMFields(t *table) vmFields {
 		}
 		return s
 	}
-	f.kernel = file("kernel")
-	f.initrd = file("initrd")
+	f.kernel = file(t, "kernel")
+	f.initrd = file(t, "initrd")
 	f.appendArgs = t.str("append")
-	f.disk = file("disk")
+	if v, ok := t.m["disk"]; ok && isTableArray(v) {
+		t.used["disk"] = true
+		f.disks = field[[]diskTable]{set: true, path: t.key("disk")}
+		for i, dt := range p.tables(t.key("disk"), "disk", v) {
+			dt.what = fmt.Sprintf("%sdisk %d: ", t.what, i)
+			f.disks.v = append(f.disks.v, p.readDisk(dt, file))
+		}
+	} else {
+		f.disk = file(t, "disk")
+	}
 	f.diskFormat = t.enum("disk_format", diskFormats)
+	f.diskMode = t.enum("disk_mode", diskModes)
 	f.machine = t.enum("machine", machines)
 	f.accel = t.enum("accel", accels)
 	f.boot = t.enum("boot", boots)
@@ -364,6 +384,44 @@ func (p *parser) readVMFields(t *table) vmFields {
 		f.gateways.v = append(f.gateways.v, a)
 	}
 	return f
+}
+
+// diskTable is one [[vm.disk]] as read, before the VM's defaults apply.
+type diskTable struct {
+	path, format, mode field[string]
+	readOnly, boot     field[bool]
+	pos                Pos
+}
+
+// isTableArray reports whether v is what [[x]] or x = [{...}] decodes to.
+func isTableArray(v any) bool {
+	switch v := v.(type) {
+	case []map[string]any:
+		return true
+	case []any:
+		return len(v) > 0 && func() bool { _, ok := v[0].(map[string]any); return ok }()
+	}
+	return false
+}
+
+// readDisk reads one [[vm.disk]] table.
+func (p *parser) readDisk(t *table, file func(*table, string) field[string]) diskTable {
+	d := diskTable{pos: p.at(t.path)}
+	d.path = file(t, "path")
+	if !d.path.set && t.m != nil {
+		if _, ok := t.m["path"]; !ok {
+			p.errorf(t.path, "%spath is required: add path = \"IMAGE\"", t.what)
+		}
+	}
+	d.format = t.enum("format", diskFormats)
+	d.mode = t.enum("mode", diskModes)
+	d.readOnly = t.boolean("read_only")
+	d.boot = t.boolean("boot")
+	if d.readOnly.v && d.mode.set {
+		t.errorf("mode", "a read-only disk is never written, so it has no mode: remove mode or read_only")
+	}
+	t.finish(diskKeys)
+	return d
 }
 
 func b2i(b bool) int {

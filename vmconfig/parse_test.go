@@ -134,7 +134,7 @@ func TestExampleDocumentsEveryKey(t *testing.T) {
 		}
 	}
 	groups := map[string][]string{"lab": labKeys, "defaults": vmKeys[:1], "network": networkKeys, "vm": append(vmKeys, vmOnlyKeys...),
-		"vm.nic": nicKeys, "link": linkKeys, "host": hostKeys}
+		"vm.nic": nicKeys, "vm.disk": diskKeys, "link": linkKeys, "host": hostKeys}
 	for table, keys := range groups {
 		for _, k := range keys {
 			if k == "nic" {

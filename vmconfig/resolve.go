@@ -32,6 +32,7 @@ type resolver struct {
 	mtuPaths  map[*Network]string
 	linkPaths map[*Link]string
 	linkOpts  map[*Link][2]string // paths of port and key of a [[link]], "" when not given
+	diskPaths map[*Disk]string    // where each disk is set in the file
 }
 
 func (r *resolver) where(path string) string {
@@ -185,7 +186,6 @@ func (r *resolver) vm(t *table, defaults vmFields) {
 	vm.CPUs = pick(f.cpus, DefaultCPUs)
 	vm.MemoryMiB = pick(f.memory, DefaultMemory)
 	vm.Kernel, vm.Initrd, vm.Append = f.kernel.v, f.initrd.v, f.appendArgs.v
-	vm.Disk = f.disk.v
 	vm.Machine = pick(f.machine, DefaultMachine)
 	vm.Accel = pick(f.accel, DefaultAccel)
 	vm.Boot = pick(f.boot, DefaultBoot)
@@ -198,16 +198,13 @@ func (r *resolver) vm(t *table, defaults vmFields) {
 		if f.initrd.set {
 			errorf(f.initrd.path, "initrd needs kernel: QEMU only loads an initrd together with -kernel")
 		}
-		// Without kernel and disk the VM boots vmnet's test image, whose
-		// kernel command line append extends.
-		if f.appendArgs.set && f.disk.set {
-			errorf(f.appendArgs.path, "append needs kernel: QEMU only passes a command line together with -kernel, not to a disk boot")
-		}
 	}
-	if vm.Disk != "" {
-		vm.DiskFormat = f.diskFormat.v
-		if vm.DiskFormat == "" {
-			vm.DiskFormat = diskFormatOf(vm.Disk)
+	r.disks(vm, f, errorf)
+	if !f.kernel.set {
+		// Without kernel and boot disk the VM boots vmnet's test image,
+		// whose kernel command line append extends.
+		if f.appendArgs.set && vm.Disk != "" {
+			errorf(f.appendArgs.path, "append needs kernel: QEMU only passes a command line together with -kernel, not to a disk boot")
 		}
 	}
 	if f.console.set {
@@ -249,6 +246,91 @@ func (r *resolver) vm(t *table, defaults vmFields) {
 	if ok {
 		r.vms[vm.Name] = vm
 		r.lab.VMs = append(r.lab.VMs, vm)
+	}
+}
+
+// disks resolves a VM's disks: disk = "..." (its boot disk) or the
+// [[vm.disk]] tables, each with the VM's disk_format and disk_mode as
+// defaults (the format otherwise follows the file name's extension).
+func (r *resolver) disks(vm *VM, f vmFields, errorf func(path, format string, args ...any)) {
+	mode := pick(f.diskMode, DiskOverlay)
+	if f.disk.set {
+		d := &Disk{Path: f.disk.v, Format: f.diskFormat.v, Mode: mode, Boot: true, Pos: r.p.at(f.disk.path)}
+		if d.Format == "" {
+			d.Format = diskFormatOf(d.Path)
+		}
+		vm.Disks = append(vm.Disks, d)
+		r.diskPaths[d] = f.disk.path
+	}
+	for i, dt := range f.disks.v {
+		if !dt.path.set {
+			continue
+		}
+		d := &Disk{Path: dt.path.v, Format: dt.format.v, Mode: pick(dt.mode, mode), ReadOnly: dt.readOnly.v, Boot: dt.boot.v, Pos: dt.pos}
+		if d.Format == "" {
+			d.Format = pick(f.diskFormat, diskFormatOf(d.Path))
+		}
+		if d.ReadOnly {
+			d.Mode = ""
+		}
+		if d.Boot {
+			switch {
+			case i > 0:
+				errorf(dt.boot.path, "disk %d: only the first [[vm.disk]] can be the boot disk (it is attached first, as vda); move this table to the top", i)
+			case f.kernel.set:
+				errorf(dt.boot.path, "disk %d: boot = true, but the VM boots the kernel it names; remove boot or kernel", i)
+			}
+		}
+		vm.Disks = append(vm.Disks, d)
+		r.diskPaths[d] = dt.path.path
+	}
+	if len(vm.Disks) > 0 && vm.Disks[0].Boot {
+		vm.Disk, vm.DiskFormat = vm.Disks[0].Path, vm.Disks[0].Format
+	}
+	if f.disk.set && f.kernel.set {
+		// A kernel boots; the disk is then simply the guest's vda.
+		vm.Disks[0].Boot = false
+	}
+	// One image used twice by one VM: a persistent write corrupts what
+	// the other view reads; any other double use is a mistake too.
+	for i, d := range vm.Disks {
+		for _, e := range vm.Disks[:i] {
+			if e.Path == d.Path && (d.Writes() || e.Writes()) {
+				errorf(r.diskPaths[d], "disk %s is attached twice and written (mode persistent) through one of them; attach it once", d.Path)
+			}
+		}
+	}
+}
+
+// finishDisks refuses an image that one VM writes (mode persistent) and
+// another VM of the lab uses in any way: QEMU would refuse the second
+// one's start (image locking), and without the lock the image breaks.
+func (r *resolver) finishDisks() {
+	type use struct {
+		vm   *VM
+		path string
+	}
+	writer := map[string]use{}
+	for _, vm := range r.lab.VMs {
+		for _, d := range vm.Disks {
+			if _, ok := writer[d.Path]; d.Writes() && !ok {
+				writer[d.Path] = use{vm, r.diskPaths[d]}
+			}
+		}
+	}
+	for _, vm := range r.lab.VMs {
+		for _, d := range vm.Disks {
+			w, ok := writer[d.Path]
+			if !ok || w.vm == vm {
+				continue
+			}
+			how := "reads"
+			if d.Writes() {
+				how = "writes"
+			}
+			r.p.errorf(r.diskPaths[d], "vm %q: disk %s is written by vm %q (mode persistent, %s) and this VM %s it too: two running VMs cannot share an image one of them writes; give each VM its own copy, or use mode overlay (the default) or snapshot in both",
+				vm.Name, d.Path, w.vm.Name, r.where(w.path), how)
+		}
 	}
 }
 

@@ -397,13 +397,19 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 		cmd = vm.Command
 	}
 	spec := qemu.Spec{Name: vm.Name, Binary: vm.QEMU, Machine: vm.Machine, Accel: vm.Accel, CPUs: vm.CPUs,
-		MemoryMiB: vm.MemoryMiB, Kernel: vm.Kernel, Initrd: vm.Initrd, Disk: vm.Disk, DiskFormat: vm.DiskFormat,
+		MemoryMiB: vm.MemoryMiB, Kernel: vm.Kernel, Initrd: vm.Initrd,
 		ExtraArgs: vm.ExtraArgs, ConsoleLog: vm.Console, ConsoleTee: l.opts.Console, Logf: l.opts.Logf,
 		RunDir: l.runDir(vm.Name)}
+	// Every disk is attached in order; an overlay-mode disk's overlay
+	// lives in the VM's run directory, so that down (or the end of a
+	// run) removes it with the directory.
+	for _, d := range vm.Disks {
+		spec.Disks = append(spec.Disks, qemu.Disk{Path: d.Path, Format: d.Format, Mode: d.Mode, ReadOnly: d.ReadOnly})
+	}
 	if vm.Machine == qemu.MachineQ35 {
 		spec.HotplugPorts = l.opts.HotplugPorts
 	}
-	if vm.Kernel == "" {
+	if vm.Kernel == "" && vm.Disk == "" { // a VM with a boot disk boots it
 		img, err := l.image(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
@@ -440,8 +446,10 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 	if vm.Append != "" {
 		base += " " + vm.Append
 	}
-	if spec.Append, err = guest.Append(base); err != nil {
-		return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
+	if spec.Kernel != "" { // a disk boot takes no kernel command line
+		if spec.Append, err = guest.Append(base); err != nil {
+			return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
+		}
 	}
 	if spec.User, err = l.qemuUser(vm); err != nil {
 		return nil, err

@@ -12,9 +12,9 @@ import (
 )
 
 // checkUserAccess makes sure that QEMU, running as s.User, can open what
-// it still opens by path: the disk (read and write, through its
-// directories) and kernel and initrd, which it reads through fds vmnet
-// passes (so only the files' own permissions count). Without this check
+// it still opens by path: kernel and initrd, which it reads through fds
+// vmnet passes (so only the files' own permissions count). Disks come as
+// fd sets of files vmnet opened, so they need no check. Without this check
 // QEMU fails later with a bare "Permission denied". Sockets are bound by
 // vmnet and passed as fds, so QEMU needs no directory at all.
 func checkUserAccess(s Spec) error {
@@ -28,11 +28,6 @@ func checkUserAccess(s Spec) error {
 		}
 		if err := userCan(u, p.path, 4, false); err != nil {
 			return fmt.Errorf("%s: QEMU runs as %s but %s: %w (make it readable, e.g. chmod o+r)", s.name(), u, p.what, err)
-		}
-	}
-	if s.Disk != "" {
-		if err := userCan(u, s.Disk, 6, true); err != nil {
-			return fmt.Errorf("%s: QEMU runs as %s but disk: %w (give the user access, or set user in the lab file)", s.name(), u, err)
 		}
 	}
 	return nil

@@ -52,6 +52,9 @@ type Host struct {
 	TSCkHz int
 
 	Handles Handles
+	// Disks are the open images of Spec.Disks, one for one (Start opens
+	// them, after making overlays).
+	Disks []DiskFiles
 }
 
 // Cmdline is a complete QEMU invocation.
@@ -165,14 +168,6 @@ func BuildCmdline(s Spec, h Host) (_ *Cmdline, err error) {
 			a("-append", app)
 		}
 	}
-	if s.Disk != "" {
-		if s.Machine == MachineMicroVM {
-			a("-drive", "id=vmnet-disk0,if=none,format="+s.DiskFormat+",file="+qemuPath(s.Disk),
-				"-device", "virtio-blk-device,drive=vmnet-disk0")
-		} else {
-			a("-drive", "if=virtio,format="+s.DiskFormat+",file="+qemuPath(s.Disk))
-		}
-	}
 
 	// Every socket is vmnet's: the console is one end of a socketpair, so
 	// no early output is lost; QMP and the control port are listening
@@ -183,6 +178,18 @@ func BuildCmdline(s Spec, h Host) (_ *Cmdline, err error) {
 		a("-chardev", "socket,id=vmnet-control,fd="+fd(hd.Control)+",server=on,wait=off", "-serial", "chardev:vmnet-control")
 	}
 	a("-chardev", "socket,id=vmnet-qmp,fd="+fd(hd.QMP)+",server=on,wait=off", "-mon", "chardev=vmnet-qmp,mode=control")
+
+	// Disks come as fd sets of files vmnet opened (see DiskFiles).
+	if len(h.Disks) != len(s.Disks) {
+		return nil, fmt.Errorf("%s: %d disks but %d opened", s.name(), len(s.Disks), len(h.Disks))
+	}
+	for i, d := range s.Disks {
+		args, err := diskArgs(i, d, h.Disks[i], s.Machine, fd)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", s.name(), err)
+		}
+		a(args...)
+	}
 
 	for i := 0; i < s.HotplugPorts; i++ {
 		a("-device", fmt.Sprintf("pcie-root-port,id=%s,chassis=%d", hotplugPort(i), i+1))

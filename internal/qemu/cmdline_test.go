@@ -233,7 +233,6 @@ func TestCmdlineControlAndPaths(t *testing.T) {
 	s := baseSpec(t)
 	s.RunDir = "/run/a,b"
 	s.ControlSocket = "/run/a,b/ctl.sock"
-	s.Disk = "/d,x.img"
 	c := build(t, s, Host{})
 	serials := argsAfter(c.Args, "-serial")
 	if !slices.Equal(serials, []string{"chardev:vmnet-console", "chardev:vmnet-control"}) {
@@ -243,9 +242,6 @@ func TestCmdlineControlAndPaths(t *testing.T) {
 	if got := argsAfter(c.Args, "-chardev"); !slices.Equal(got, []string{"socket,id=vmnet-console,fd=3",
 		"socket,id=vmnet-control,fd=4,server=on,wait=off", "socket,id=vmnet-qmp,fd=5,server=on,wait=off"}) {
 		t.Errorf("chardevs %q", got)
-	}
-	if got := argsAfter(c.Args, "-drive"); !slices.Equal(got, []string{"if=virtio,format=raw,file=/d,,x.img"}) {
-		t.Errorf("drive %q", got)
 	}
 	for _, f := range []string{"-qmp", "-pidfile", "-monitor"} {
 		if slices.Contains(c.Args, f) {
@@ -313,6 +309,81 @@ func TestSpecErrors(t *testing.T) {
 		_, err := BuildCmdline(s, handles(t, Host{}))
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "vm r1") {
 			t.Errorf("want error with %q naming vm r1, got %v", tc.want, err)
+		}
+	}
+}
+
+// TestCmdlineDisks: every disk reaches QEMU as fd sets in order; an
+// overlay names its base's fd set in place of the path it records,
+// snapshot mode is QEMU's snapshot=on, and only a persistent disk's image
+// is handed over writable.
+func TestCmdlineDisks(t *testing.T) {
+	s := baseSpec(t)
+	s.Disks = []Disk{
+		{Path: "/img/base,1.qcow2", Format: "qcow2"}, // overlay by default
+		{Path: "/img/snap.raw", Mode: DiskSnapshot},
+		{Path: "/img/data.raw", Mode: DiskPersistent},
+		{Path: "/img/ro.iso", Mode: DiskPersistent, ReadOnly: true},
+	}
+	f := devNull(t, 7)
+	h := Host{Disks: []DiskFiles{
+		{TopRW: f[0], TopRO: f[1], Base: f[2]},
+		{TopRO: f[3]},
+		{TopRW: f[4], TopRO: f[5]},
+		{TopRO: f[6]},
+	}}
+	c := build(t, s, h)
+	// Console 3, QMP 4; the disks' files follow in order.
+	wantFds := []string{"fd=5,set=1", "fd=6,set=1", "fd=7,set=2", "fd=8,set=3", "fd=9,set=5", "fd=10,set=5", "fd=11,set=7"}
+	if got := argsAfter(c.Args, "-add-fd"); !slices.Equal(got, wantFds) {
+		t.Errorf("add-fd %q, want %q", got, wantFds)
+	}
+	wantDrives := []string{
+		"id=vmnet-disk0,if=virtio,file=/dev/fdset/1,format=qcow2,backing.driver=qcow2,backing.file.filename=/dev/fdset/2",
+		"id=vmnet-disk1,if=virtio,file=/dev/fdset/3,format=raw,snapshot=on",
+		"id=vmnet-disk2,if=virtio,file=/dev/fdset/5,format=raw",
+		"id=vmnet-disk3,if=virtio,file=/dev/fdset/7,format=raw,readonly=on",
+	}
+	if got := argsAfter(c.Args, "-drive"); !slices.Equal(got, wantDrives) {
+		t.Errorf("drives\n%q\nwant\n%q", got, wantDrives)
+	}
+	for i, want := range []*os.File{f[0], f[1], f[2], f[3], f[4], f[5], f[6]} {
+		if c.Files[2+i] != want {
+			t.Errorf("inherited fd %d is not the disk file %d", 5+i, i)
+		}
+	}
+	if strings.Contains(strings.Join(c.Args, " "), "/img/") {
+		t.Errorf("an image path reached QEMU's command line: %q", c.Args)
+	}
+	if got := c.Spec.Disks[0].Overlay; got != "/run/vmnet/r1/disk-0.qcow2" {
+		t.Errorf("overlay %q, want it in the run dir", got)
+	}
+
+	// microvm has no PCI: virtio-blk-device on a bare drive.
+	m := baseSpec(t)
+	m.Machine = MachineMicroVM
+	m.Disks = s.Disks[1:2]
+	c = build(t, m, Host{Disks: h.Disks[1:2]})
+	if got := argsAfter(c.Args, "-drive"); !slices.Equal(got, []string{"id=vmnet-disk0,if=none,file=/dev/fdset/1,format=raw,snapshot=on"}) ||
+		!slices.Contains(argsAfter(c.Args, "-device"), "virtio-blk-device,drive=vmnet-disk0") {
+		t.Errorf("microvm disk: %q", c.Args)
+	}
+
+	// A disk whose files were not opened, or a writable one opened
+	// read-only, is refused rather than handed to QEMU by path.
+	for _, bad := range []Host{{}, {Disks: []DiskFiles{{TopRO: f[0]}}}} {
+		p := baseSpec(t)
+		p.Disks = []Disk{{Path: "/img/data.raw", Mode: DiskPersistent}}
+		if _, err := BuildCmdline(p, handles(t, bad)); err == nil {
+			t.Errorf("disk without its files accepted: %+v", bad)
+		}
+	}
+	for _, d := range []Disk{{Path: "/x", Mode: "copy"}, {Path: "/x", Format: "raw,file=/etc/shadow"}, {Format: "raw"},
+		{Path: "/x", Overlay: "/elsewhere/o.qcow2"}} {
+		p := baseSpec(t)
+		p.Disks = []Disk{d}
+		if _, err := BuildCmdline(p, handles(t, Host{Disks: h.Disks[:1]})); err == nil {
+			t.Errorf("disk %+v accepted", d)
 		}
 	}
 }

@@ -56,8 +56,9 @@ type Spec struct {
 	Initrd string
 	Append string
 
-	Disk       string // optional disk image
-	DiskFormat string // raw (default) or qcow2 ...
+	// Disks are attached as virtio disks in this order (vda, vdb, ...);
+	// without a kernel the guest boots from the first.
+	Disks []Disk
 
 	NICs []NIC
 
@@ -177,10 +178,16 @@ func (s Spec) withDefaults() (Spec, error) {
 	if s.PowerdownGrace == 0 {
 		s.PowerdownGrace = 3 * time.Second
 	}
-	if s.DiskFormat == "" {
-		s.DiskFormat = "raw"
-	}
 	n := s.name()
+	disks := make([]Disk, len(s.Disks))
+	for i, d := range s.Disks {
+		d, err := d.withDefaults(i, s.RunDir)
+		if err != nil {
+			return s, fmt.Errorf("%s: %w", n, err)
+		}
+		disks[i] = d
+	}
+	s.Disks = disks
 	switch s.Machine {
 	case MachinePC, MachineQ35, MachineMicroVM:
 	default:
@@ -197,7 +204,7 @@ func (s Spec) withDefaults() (Spec, error) {
 	if s.MemoryMiB < 32 {
 		return s, fmt.Errorf("%s: memory %d MiB is too small (at least 32)", n, s.MemoryMiB)
 	}
-	if s.Kernel == "" && s.Disk == "" {
+	if s.Kernel == "" && len(s.Disks) == 0 {
 		return s, fmt.Errorf("%s: neither kernel nor disk given: nothing to boot", n)
 	}
 	if s.Kernel == "" && (s.Initrd != "" || s.Append != "") {

@@ -107,7 +107,7 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	if _, err := exec.LookPath(s.Binary); err != nil {
 		return nil, fmt.Errorf("%s: QEMU binary %s not found: %w (install qemu-system-x86)", name, s.Binary, err)
 	}
-	for _, p := range []struct{ what, path string }{{"kernel", s.Kernel}, {"initrd", s.Initrd}, {"disk", s.Disk}} {
+	for _, p := range []struct{ what, path string }{{"kernel", s.Kernel}, {"initrd", s.Initrd}} {
 		if p.path == "" {
 			continue
 		}
@@ -201,8 +201,22 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 		}
 	}
 
+	disks, overlays, err := prepareDisks(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	owned = append(owned, overlays...) // a failed start removes the overlays it made
+	for _, df := range disks {
+		for _, f := range []*os.File{df.TopRO, df.TopRW, df.Base} {
+			if f != nil {
+				handed = append(handed, f)
+			}
+		}
+	}
+
 	h := HostCaps(s.Accel == AccelAuto, s.Machine == MachineMicroVM && s.Accel != AccelKVM)
 	h.Handles = hd
+	h.Disks = disks
 	if s.User != nil && s.User.UID != 0 && (s.Accel == AccelKVM || h.KVM) {
 		if err := userCan(s.User, "/dev/kvm", 6, false); err != nil {
 			if s.Accel == AccelKVM {
@@ -247,8 +261,11 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	cmd := exec.Command(cl.Binary, cl.Args...)
 	cmd.ExtraFiles = cl.Files
 	cmd.Stdin = nil
+	// QEMU makes the overlays of snapshot=on disks in $TMPDIR; root's may
+	// be private (pam_tmpdir, a test's), so QEMU's user gets /var/tmp.
+	cmd.Env = append(os.Environ(), "TMPDIR=/var/tmp")
 	if abs, err := filepath.Abs(s.RunDir); err == nil {
-		cmd.Env = append(os.Environ(), RunDirEnv+"="+abs)
+		cmd.Env = append(cmd.Env, RunDirEnv+"="+abs)
 	}
 	cmd.Stdout = vm.stderr
 	cmd.Stderr = vm.stderr
@@ -356,8 +373,16 @@ const RunDirEnv = "VMNET_RUN_DIR"
 func (vm *VM) startErr(err error) error {
 	select {
 	case <-vm.exited:
-		return fmt.Errorf("%s: QEMU exited during start-up (%v): %s", vm.spec.name(), vm.waitErr, orNone(vm.stderr.String()))
 	case <-time.After(100 * time.Millisecond):
+	}
+	// QEMU refuses an image another QEMU holds before it serves QMP.
+	if lerr := lockError(vm.spec, vm.stderr.String()); lerr != nil {
+		return lerr
+	}
+	select {
+	case <-vm.exited:
+		return fmt.Errorf("%s: QEMU exited during start-up (%v): %s", vm.spec.name(), vm.waitErr, orNone(vm.stderr.String()))
+	default:
 	}
 	if errors.Is(err, errQEMUExited) {
 		return fmt.Errorf("%s: QEMU exited during start-up: %s", vm.spec.name(), orNone(vm.stderr.String()))
