@@ -199,7 +199,7 @@ func (c *Coalescer) add(i int32, pkt []byte) {
 		}
 	}
 	if !h.ipv6 {
-		g.nextID = IPv4(pkt[h.l3:]).ID() + 1
+		g.nextID = IPv4(pkt[h.l3:h.l3+ipv4MinSize]).ID() + 1
 	}
 	c.open = append(c.open, int32(len(c.groups)-1))
 }
@@ -220,13 +220,13 @@ func (c *Coalescer) candidate(pkt []byte) (h headers, ok bool) {
 	n := len(pkt)
 	var ph uint64
 	if h.ipv6 {
-		ip := IPv6(pkt[h.l3:])
+		ip := IPv6(pkt[h.l3 : h.l3+ipv6FixedSize])
 		if h.l4 != h.l3+ipv6FixedSize || int(ip.PayloadLength()) != n-h.l3-ipv6FixedSize {
 			return h, false
 		}
 		ph = sumLE(ip.Addresses())
 	} else {
-		ip := IPv4(pkt[h.l3:])
+		ip := IPv4(pkt[h.l3 : h.l3+ipv4MinSize])
 		if h.l4 != h.l3+ipv4MinSize || int(ip.TotalLength()) != n-h.l3 || fold(sumLE(ip[:ipv4MinSize])) != 0xffff {
 			return h, false
 		}
@@ -264,9 +264,9 @@ func flowHash(pkt []byte, h *headers) uint32 {
 // packet, as bytes.
 func addresses(pkt []byte, h *headers) []byte {
 	if h.ipv6 {
-		return IPv6(pkt[h.l3:]).Addresses()
+		return IPv6(pkt[h.l3 : h.l3+ipv6FixedSize]).Addresses()
 	}
-	return IPv4(pkt[h.l3:]).Addresses()
+	return IPv4(pkt[h.l3 : h.l3+ipv4MinSize]).Addresses()
 }
 
 // lookup returns the open group of pkt's flow, or -1.
@@ -312,12 +312,12 @@ func (c *Coalescer) merge(gi, i int32, pkt []byte, h *headers) bool {
 		return false
 	}
 	if h.ipv6 {
-		fi, ip := IPv6(f[l3:]), IPv6(pkt[l3:])
+		fi, ip := IPv6(f[l3:l3+ipv6FixedSize]), IPv6(pkt[l3:l3+ipv6FixedSize])
 		if string(fi.VersionClassFlow()) != string(ip.VersionClassFlow()) || fi.HopLimit() != ip.HopLimit() {
 			return false
 		}
 	} else {
-		fi, ip := IPv4(f[l3:]), IPv4(pkt[l3:])
+		fi, ip := IPv4(f[l3:l3+ipv4MinSize]), IPv4(pkt[l3:l3+ipv4MinSize])
 		df := ip.DontFragment()
 		if fi.TOS() != ip.TOS() || fi.TTL() != ip.TTL() || fi.DontFragment() != df {
 			return false
@@ -337,7 +337,8 @@ func (c *Coalescer) merge(gi, i int32, pkt []byte, h *headers) bool {
 	closeAfter := pay < g.mss
 	if h.proto == protoTCP {
 		th, fth := TCP(pkt[l4:h.pay]), TCP(f[fh.l4:fh.pay])
-		if len(th) != len(fth) || th.SequenceNumber() != g.nextSeq {
+		// (The length test only proves the fixed fields in bounds.)
+		if len(th) < tcpMinSize || len(th) != len(fth) || th.SequenceNumber() != g.nextSeq {
 			return false
 		}
 		fl := th.Flags()

@@ -419,7 +419,7 @@ func (p *Packet) newSegCtx() segCtx {
 	b := p.data
 	l3, l4, pay := p.h.l3, p.h.l4, p.h.pay
 	if p.h.ipv6 {
-		c.pseudo = sumLE(IPv6(b[l3:]).Addresses())
+		c.pseudo = sumLE(IPv6(b[l3 : l3+ipv6FixedSize]).Addresses())
 	} else {
 		ip := IPv4(b[l3:l4])
 		c.pseudo = sumLE(ip.Addresses())
@@ -437,7 +437,7 @@ func (p *Packet) newSegCtx() segCtx {
 		// Ports, ack, window, urgent pointer, options.
 		c.l4Base = add(sumLE(th.Ports()), add(sumLE(th[tcpAckNum:tcpDataOff]), add(sumLE(th.Window()), sumLE(th.UrgentAndOptions()))))
 	} else {
-		c.l4Base = sumLE(UDP(b[l4:pay]).Ports())
+		c.l4Base = sumLE(UDP(b[l4 : l4+udpSize]).Ports())
 	}
 	return c
 }
@@ -448,7 +448,7 @@ func (c *segCtx) fix(dst []byte, n, i int, paySum uint64) {
 	p := c.p
 	l3, l4 := p.h.l3, p.h.l4
 	if p.h.ipv6 {
-		IPv6(dst[l3:]).SetPayloadLength(uint16(n - l3 - ipv6FixedSize))
+		IPv6(dst[l3 : l3+ipv6FixedSize]).SetPayloadLength(uint16(n - l3 - ipv6FixedSize))
 	} else {
 		ip := IPv4(dst[l3:l4])
 		tot, id := uint16(n-l3), c.id0+uint16(i)
@@ -475,7 +475,7 @@ func (c *segCtx) fix(dst []byte, n, i int, paySum uint64) {
 		field = th.ChecksumField()
 		s += le(uint16(seq>>16)) + le(uint16(seq)) + le(uint16(c.doff)<<8|uint16(f))
 	} else {
-		uh := UDP(dst[l4:])
+		uh := UDP(dst[l4 : l4+udpSize])
 		uh.SetLength(uint16(l4len))
 		field = uh.ChecksumField()
 		s += le(uint16(l4len))

@@ -325,3 +325,31 @@ func FuzzGROBatch(f *testing.F) {
 		}
 	})
 }
+
+// TestGROKeepsDataValid: a frame GRO passes through keeps the header it
+// was read with (DATA_VALID spares the destination kernel a checksum
+// pass); a merged one gets the header that describes it.
+func TestGROKeepsDataValid(t *testing.T) {
+	src, _ := memEndpoint("tap", 10, 1500, true)
+	dst, q := memEndpoint("tap", 10, 1500, true)
+	q.keep = true
+	l := &Link{a: src, b: dst, batch: 4}
+	p := newPump(l, src, dst, 0, &l.ab)
+	frames := groFrames(t, 2, 1448)
+	for i, f := range append([][]byte{lldpFrame}, frames...) {
+		src.hdr.Encode(p.rbufs[i][Headroom-10:], vnethdr.Hdr{Flags: vnethdr.FlagDataValid})
+		p.sizes[i] = 10 + copy(p.rbufs[i][Headroom:], f)
+		p.handle(p.rbufs[i], p.sizes[i])
+	}
+	p.groFlush()
+	p.flush()
+	if len(q.last) != 2 {
+		t.Fatalf("%d frames written, want the LLDP frame and one merged", len(q.last))
+	}
+	if h, _ := vnethdr.Decode(q.last[0]); h.Flags != vnethdr.FlagDataValid || !bytes.Equal(q.last[0][10:], lldpFrame) {
+		t.Errorf("passed frame: header %+v, frame changed %v", h, !bytes.Equal(q.last[0][10:], lldpFrame))
+	}
+	if h, _ := vnethdr.Decode(q.last[1]); h.GSOType != vnethdr.GSOTCPv4 || h.Flags != vnethdr.FlagNeedsCsum {
+		t.Errorf("merged frame: header %+v", h)
+	}
+}

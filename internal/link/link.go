@@ -400,12 +400,14 @@ type pump struct {
 	st *stage // impairments; nil: none
 
 	// Software GRO (nil: off): frames without GSO and with complete
-	// checksums wait in groIn (groBuf[i] is the read buffer of groIn[i])
-	// until the end of the read batch or the next frame that cannot wait,
-	// then go out merged where the kernel's GRO rules allow.
+	// checksums wait in groIn (groBuf[i] is the read buffer of groIn[i],
+	// groHdr[i] its vnet header) until the end of the read batch or the
+	// next frame that cannot wait, then go out merged where the kernel's
+	// GRO rules allow.
 	gro    *vnethdr.Coalescer
 	groIn  [][]byte
 	groBuf [][]byte
+	groHdr []vnethdr.Hdr
 
 	fragID uint32 // IPv6 fragment id of the last UFO datagram split
 }
@@ -438,6 +440,7 @@ func newPump(l *Link, src, dst *Endpoint, i int, c *counters) *pump {
 		p.gro = vnethdr.NewCoalescer(vnethdr.CoalesceOptions{UDP: dst.uso})
 		p.groIn = make([][]byte, 0, l.batch)
 		p.groBuf = make([][]byte, 0, l.batch)
+		p.groHdr = make([]vnethdr.Hdr, 0, l.batch)
 		// Grow the Coalescer's tables to a whole batch now, so that
 		// forwarding never allocates.
 		p.gro.Coalesce(make([][]byte, l.batch))
@@ -591,6 +594,7 @@ func (p *pump) handle(buf []byte, size int) {
 			}
 			p.groIn = append(p.groIn, frame)
 			p.groBuf = append(p.groBuf, buf)
+			p.groHdr = append(p.groHdr, hd)
 			return
 		}
 		// Frames that wait for GRO go first, so a flow stays in order.
@@ -644,7 +648,8 @@ func (p *pump) groFlush() {
 	for i := 0; i < n; i++ {
 		first, count := p.gro.Inputs(i)
 		if count == 1 {
-			p.emit(p.groBuf[first], len(p.groIn[first]), vnethdr.Hdr{})
+			// As read: a DATA_VALID flag stays.
+			p.emit(p.groBuf[first], len(p.groIn[first]), p.groHdr[first])
 			continue
 		}
 		if p.segFull == nil {
@@ -680,7 +685,7 @@ func (p *pump) groFlush() {
 	}
 	clear(p.groIn)
 	clear(p.groBuf)
-	p.groIn, p.groBuf = p.groIn[:0], p.groBuf[:0]
+	p.groIn, p.groBuf, p.groHdr = p.groIn[:0], p.groBuf[:0], p.groHdr[:0]
 }
 
 // cut splits a super-frame too long for one tunnel datagram into shorter
