@@ -69,8 +69,8 @@
 // # What /init does
 //
 // It mounts proc, sysfs, devtmpfs, devpts; loads BootModules (virtio_pci,
-// virtio_mmio, virtio_net, each with its dependencies) and vmnet.modules;
-// brings up lo and every ethN; waits up to 5 s for each interface named
+// virtio_mmio, virtio_net, virtio_blk, each with its dependencies) and
+// vmnet.modules; brings up lo and every ethN; waits up to 5 s for each interface named
 // in vmnet.ip/vmnet.mtu; applies vmnet.mtu, vmnet.ip, vmnet.route in that
 // order. Then it prints the line
 //

@@ -25,15 +25,16 @@ import (
 
 // recipeVersion changes whenever the Go side of the recipe changes what
 // goes into an image; init.sh is hashed separately.
-const recipeVersion = "vmnet-image-7"
+const recipeVersion = "vmnet-image-8"
 
 //go:embed init.sh
 var initScript []byte
 
 // BootModules are loaded by /init at every boot (with their
-// dependencies, from modules.dep): the virtio-net driver and both virtio
+// dependencies, from modules.dep): the virtio-net driver, the virtio disk
+// driver (a lab's [[vm.disk]] tables are vda, vdb, ...) and both virtio
 // transports, PCI for -M pc/q35 and MMIO for -M microvm.
-var BootModules = []string{"virtio_pci", "virtio_mmio", "virtio_net"}
+var BootModules = []string{"virtio_pci", "virtio_mmio", "virtio_net", "virtio_blk"}
 
 // PowerModules let the guest see the ACPI power button (QMP
 // system_powerdown) as a key press, which busybox acpid turns into a clean

@@ -291,8 +291,9 @@ func (r *resolver) disks(vm *VM, f vmFields, errorf func(path, format string, ar
 		// A kernel boots; the disk is then simply the guest's vda.
 		vm.Disks[0].Boot = false
 	}
-	// One image used twice by one VM: a persistent write corrupts what
-	// the other view reads; any other double use is a mistake too.
+	// One image attached twice to one VM and written through one of the
+	// attachments: the write corrupts what the other one caches (and
+	// QEMU's image lock refuses it anyway).
 	for i, d := range vm.Disks {
 		for _, e := range vm.Disks[:i] {
 			if e.Path == d.Path && (d.Writes() || e.Writes()) {
