@@ -16,6 +16,7 @@ import (
 
 	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/internal/testenv"
+	"github.com/vmnet/vmnet/tap"
 )
 
 // syncBuffer collects console output and log lines from several guests.
@@ -124,6 +125,14 @@ accel = "tcg"
 				return fmt.Errorf("vm %s: status %d: %s", vm, res.Status, b.String())
 			}
 			out[vm] = b.String()
+			// QEMU re-applied the restored guest's offloads to its new tap.
+			info, err := tap.Describe("wc-" + vm + "-0")
+			if err != nil {
+				return err
+			}
+			if info.Offloads == nil || *info.Offloads&tap.OffloadTSO4 == 0 {
+				return fmt.Errorf("vm %s: tap %s has offloads %v, want TSO (tso4) as the guest negotiated", vm, info.Name, info.Offloads)
+			}
 		}
 		return nil
 	})
