@@ -3,6 +3,9 @@ package lab
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/internal/testenv"
+	"github.com/vmnet/vmnet/tap"
 )
 
 // syncBuffer collects console output and log lines from several guests.
@@ -121,6 +125,14 @@ accel = "tcg"
 				return fmt.Errorf("vm %s: status %d: %s", vm, res.Status, b.String())
 			}
 			out[vm] = b.String()
+			// QEMU re-applied the restored guest's offloads to its new tap.
+			info, err := tap.Describe("wc-" + vm + "-0")
+			if err != nil {
+				return err
+			}
+			if info.Offloads == nil || *info.Offloads&tap.OffloadTSO4 == 0 {
+				return fmt.Errorf("vm %s: tap %s has offloads %v, want TSO (tso4) as the guest negotiated", vm, info.Name, info.Offloads)
+			}
 		}
 		return nil
 	})
@@ -245,6 +257,34 @@ func TestWarmRunSnapshots(t *testing.T) {
 	}
 	if got := snapshots(t, snaps); len(got) != 1 {
 		t.Errorf("snapshots after the replacement: %v, want one", got)
+	}
+
+	// A state file QEMU refuses (its checksum recorded as if it were
+	// good): QEMU's reason is reported, and the snapshot replaced.
+	before = after
+	junk := bytes.Repeat([]byte("not a saved guest "), 200)
+	if err := os.WriteFile(filepath.Join(dir, snapState), junk, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var m snapMetadata
+	if err := json.Unmarshal(before, &m); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(junk)
+	m.StateSHA256 = hex.EncodeToString(sum[:])
+	b, _ := json.Marshal(m)
+	if err := os.WriteFile(filepath.Join(dir, snapMeta), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, log, err = warmRun(t, img, snaps, 1, probe)
+	if err != nil || !strings.Contains(out, "ping-ok") {
+		t.Fatalf("run with a state QEMU refuses: %v\nconsole: %s\nlog: %s", err, out, log)
+	}
+	if !strings.Contains(log, "could not be restored") || !strings.Contains(log, "QEMU refused the saved state") {
+		t.Errorf("the log does not say why the snapshot was not used:\n%s", log)
+	}
+	if after, err := os.ReadFile(filepath.Join(dir, snapMeta)); err != nil || bytes.Equal(b, after) {
+		t.Errorf("the refused snapshot was not replaced (%v)", err)
 	}
 
 	// Another queue count is another shape: a new snapshot, the old one

@@ -70,20 +70,20 @@ func (vm *VM) Restore(ctx context.Context) error {
 		return fmt.Errorf("%s: restore: no saved state given", vm.spec.name())
 	}
 	if err := vm.SetMigrationCapabilities(ctx, MigrationCapability{Capability: "x-ignore-shared", State: true}); err != nil {
-		return err
+		return vm.restoreErr(err)
 	}
 	if err := vm.SendFD(ctx, "vmnet-incoming", vm.spec.Incoming); err != nil {
-		return err
+		return vm.restoreErr(err)
 	}
 	if err := vm.cmd0(ctx, "migrate-incoming", struct {
 		URI string `json:"uri"`
 	}{"fd:vmnet-incoming"}, nil); err != nil {
-		return err
+		return vm.restoreErr(err)
 	}
 	for {
 		st, err := vm.Status(ctx)
 		if err != nil {
-			return fmt.Errorf("restore: %w", err)
+			return vm.restoreErr(err)
 		}
 		switch st.Status {
 		case "inmigrate":
@@ -101,6 +101,22 @@ func (vm *VM) Restore(ctx context.Context) error {
 			return vm.startErr(errQEMUExited)
 		case <-time.After(5 * time.Millisecond):
 		}
+	}
+}
+
+// restoreErr explains a failed restore: QEMU exits when it refuses the
+// saved state (another version, another device set, a corrupt file), and
+// its stderr says why.
+func (vm *VM) restoreErr(err error) error {
+	select {
+	case <-vm.exited:
+	case <-time.After(time.Second):
+	}
+	select {
+	case <-vm.exited:
+		return fmt.Errorf("%s: QEMU refused the saved state and exited (%v): %s", vm.spec.name(), vm.waitErr, orNone(strings.TrimSpace(vm.stderr.String())))
+	default:
+		return fmt.Errorf("restore: %w", err)
 	}
 }
 
