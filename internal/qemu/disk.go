@@ -190,8 +190,16 @@ func prepareDisks(ctx context.Context, s Spec) (_ []DiskFiles, made []string, er
 		if st.IsDir() {
 			return nil, made, fmt.Errorf("%s: is a directory, not a disk image", what)
 		}
-		if _, err := InspectImage(ctx, d.Path, d.Format); err != nil {
+		info, err := InspectImage(ctx, d.Path, d.Format)
+		if err != nil {
 			return nil, made, fmt.Errorf("%s: cannot be read as a %s image (%v); set the disk's format to what the file holds (qemu-img info shows it)", what, d.Format, err)
+		}
+		// vmnet hands QEMU the image, but QEMU opens the image's own
+		// backing file by path, as its user.
+		if b := info.BackingFilename; b != "" && s.User != nil && s.User.UID != 0 {
+			if err := userCan(s.User, b, 4, true); err != nil {
+				return nil, made, fmt.Errorf("%s: the image is an overlay on %s, which QEMU opens itself, as %s: %w (make it readable for that user, or flatten the image with qemu-img convert)", what, b, s.User, err)
+			}
 		}
 		var df DiskFiles
 		top := d.Path

@@ -129,6 +129,30 @@ func TestOverlayRealQemuImg(t *testing.T) {
 			t.Errorf("overlay %q made for a bad image", made)
 		}
 	}
+	// An image with a backing file of its own: QEMU opens that one by
+	// path, so its user must be able to read it.
+	chained := filepath.Join(dir, "chained.qcow2")
+	if err := CreateOverlay(ctx, base, "raw", chained); err != nil {
+		t.Fatal(err)
+	}
+	cs := Spec{Name: "ov", Kernel: "/k", RunDir: runDir, Disks: []Disk{{Path: chained, Format: "qcow2", Mode: DiskSnapshot}},
+		User: &User{UID: 65534, GID: 65534}}
+	if cs, err = cs.withDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 { // t.TempDir is 0700: nobody cannot reach the base
+		_, _, err := prepareDisks(ctx, cs)
+		if want := "vm ov: disk " + chained + ": the image is an overlay on " + base + ", which QEMU opens itself, as uid 65534"; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("backing file out of QEMU's reach: %v, want %q", err, want)
+		}
+	}
+	cs.User = nil
+	files, _, err = prepareDisks(ctx, cs)
+	if err != nil {
+		t.Errorf("backing file for QEMU as root: %v", err)
+	}
+	closeDisks(files)
+
 	if ents, _ := os.ReadDir(runDir); len(ents) != 1 {
 		t.Errorf("run dir holds %v, want only the first overlay", ents)
 	}
