@@ -1,15 +1,20 @@
 #!/bin/bash
-# Cold and warm boots side by side in one run: wall time of
-#   vmnet run examples/ci.toml ci -- true
-# with --cold and without (a restore from the snapshot of the guest's
-# shape), alternating, N times each (default 5). The snapshot is saved by
-# a first, untimed warm run. Prints every time and the median of each.
-# Needs root, qemu-system-x86_64 and the test image (built on first use).
+# Cold and warm boots side by side in one run, alternating, N times each
+# (default 5), with --cold and without (a restore from the snapshot of the
+# guest's shape; the snapshots are saved by first, untimed warm runs):
+#   1. wall time of `vmnet run examples/ci.toml ci -- true`;
+#   2. a lab of two guests: `vmnet up --detach` until a ping from one guest
+#      to the other answers, then `vmnet down` (in a throw-away network
+#      namespace).
+# Prints every time and the medians. Needs root, qemu-system-x86_64 and
+# the test image (built on first use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-5}
-bin=$(mktemp -d)/vmnet
-trap 'rm -rf "$(dirname "$bin")"' EXIT
+tmp=$(mktemp -d)
+bin=$tmp/vmnet
+ns=vmnet-bench-$$
+trap 'ip netns del "$ns" 2>/dev/null; rm -rf "$tmp"' EXIT
 go build -o "$bin" ./cmd/vmnet
 "$bin" run --quiet examples/ci.toml ci -- true # builds the image and the snapshot
 t() { # t ARGS...: wall seconds of one run
@@ -29,3 +34,50 @@ echo "cold: ${cold[*]}"
 echo "warm: ${warm[*]}"
 mc=$(median "${cold[@]}") mw=$(median "${warm[@]}")
 awk -v c="$mc" -v w="$mw" 'BEGIN {printf "median cold %.2fs, warm %.2fs, warm/cold %.2f\n", c, w, w / c}'
+
+cat >"$tmp/two.toml" <<EOT
+[lab]
+name = "benchtwo"
+state_dir = "$tmp/state"
+[defaults]
+memory = "256M"
+accel = "tcg"
+[[network]]
+name = "lan"
+addresses = ["10.95.0.1/24"]
+[[vm]]
+name = "a"
+  [[vm.nic]]
+  network = "lan"
+  address = ["10.95.0.11/24"]
+[[vm]]
+name = "b"
+  [[vm.nic]]
+  network = "lan"
+  address = ["10.95.0.12/24"]
+EOT
+ip netns add "$ns"
+lab() { # lab [--cold]: prints "UP DOWN": seconds to a ping between the guests, and of vmnet down
+	local s m e
+	s=$(date +%s.%N)
+	"$bin" --netns "$ns" -q up "$tmp/two.toml" --detach "$@" >/dev/null
+	"$bin" --netns "$ns" -q sh benchtwo a -- 'ping -c 1 -W 10 10.95.0.12 >/dev/null'
+	m=$(date +%s.%N)
+	"$bin" --netns "$ns" -q down benchtwo >/dev/null
+	e=$(date +%s.%N)
+	awk -v s="$s" -v m="$m" -v e="$e" 'BEGIN {printf "%.3f %.3f\n", m - s, e - m}'
+}
+lab >/dev/null # saves the snapshot of the lab's shape
+cup=() cdown=() wup=() wdown=()
+for ((i = 0; i < n; i++)); do
+	read -r u d < <(lab --cold)
+	cup+=("$u") cdown+=("$d")
+	read -r u d < <(lab)
+	wup+=("$u") wdown+=("$d")
+done
+echo "two-guest lab, up to a ping, cold: ${cup[*]}"
+echo "two-guest lab, up to a ping, warm: ${wup[*]}"
+echo "vmnet down, cold guests: ${cdown[*]}"
+echo "vmnet down, warm guests: ${wdown[*]}"
+awk -v c="$(median "${cup[@]}")" -v w="$(median "${wup[@]}")" -v cd="$(median "${cdown[@]}")" -v wd="$(median "${wdown[@]}")" \
+	'BEGIN {printf "median up to a ping: cold %.2fs, warm %.2fs, warm/cold %.2f; down: %.2fs (cold guests), %.2fs (warm)\n", c, w, w / c, cd, wd}'
