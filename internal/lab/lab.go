@@ -71,10 +71,11 @@ type Lab struct {
 	taps      map[*vmconfig.NIC]*tap.Tap
 	vms       map[string]*qemu.VM
 	started   map[string]time.Time
-	hotplug   map[string][]*hotNIC  // per VM, NICs added at run time
-	pidStarts map[int]uint64        // start times of the processes in the state
-	users     map[string]*qemu.User // QEMU's user by lab-file name ("" = dedicated)
-	state     *State                // nil unless the Lab is supervised (Up)
+	hotplug   map[string][]*hotNIC   // per VM, NICs added at run time
+	pidStarts map[int]uint64         // start times of the processes in the state
+	users     map[string]*qemu.User  // QEMU's user by lab-file name ("" = dedicated)
+	named     map[string]images.Disk // named images by name, once built
+	state     *State                 // nil unless the Lab is supervised (Up)
 	links     []*runningLink
 	linkCtx   context.Context
 	linkStop  context.CancelFunc
@@ -397,7 +398,11 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 	if vm.Machine == qemu.MachineQ35 {
 		spec.HotplugPorts = l.opts.HotplugPorts
 	}
-	if vm.Kernel == "" {
+	if vm.Image != "" {
+		if err := l.bootNamed(ctx, vm, &spec); err != nil {
+			return nil, err
+		}
+	} else if vm.Kernel == "" {
 		img, err := l.image(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
@@ -430,12 +435,18 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 	for _, gw := range vm.Gateways {
 		guest.Routes = append(guest.Routes, qemu.GuestRoute{GW: gw})
 	}
-	base := qemu.BaseAppend
-	if vm.Append != "" {
-		base += " " + vm.Append
+	if vm.Image == "" {
+		// The test image's kernel arguments (addresses, routes, command).
+		base := qemu.BaseAppend
+		if vm.Append != "" {
+			base += " " + vm.Append
+		}
+		if spec.Append, err = guest.Append(base); err != nil {
+			return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
+		}
 	}
-	if spec.Append, err = guest.Append(base); err != nil {
-		return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
+	if err := l.guestSetup(ctx, vm, &spec); err != nil {
+		return nil, err
 	}
 	if spec.User, err = l.qemuUser(vm); err != nil {
 		return nil, err

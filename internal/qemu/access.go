@@ -30,7 +30,8 @@ func checkUserAccess(s Spec) error {
 			return fmt.Errorf("%s: QEMU runs as %s but %s: %w (make it readable, e.g. chmod o+r)", s.name(), u, p.what, err)
 		}
 	}
-	if s.Disk != "" {
+	// A snapshot=on disk and the seed reach QEMU as read-only fds.
+	if s.Disk != "" && !s.DiskSnapshot {
 		if err := userCan(u, s.Disk, 6, true); err != nil {
 			return fmt.Errorf("%s: QEMU runs as %s but disk: %w (give the user access, or set user in the lab file)", s.name(), u, err)
 		}

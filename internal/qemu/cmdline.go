@@ -31,6 +31,10 @@ type Handles struct {
 	// their paths: an unprivileged QEMU then reads them without needing
 	// to reach their directories (the image cache sits in root's home).
 	Kernel, Initrd *os.File
+	// Disk and Seed, if set, are passed the same way (read-only opens:
+	// only for a snapshot=on disk and the seed).
+	Disk, Seed *os.File
+	Agent      *os.File // listening socket of the guest agent; needed when Spec.AgentSocket is set
 }
 
 // Host is what the command line depends on besides the Spec. Start fills
@@ -87,8 +91,8 @@ func BuildCmdline(s Spec, h Host) (_ *Cmdline, err error) {
 		return nil, err
 	}
 	hd := h.Handles
-	if hd.Console == nil || hd.QMP == nil || (s.ControlSocket != "" && hd.Control == nil) {
-		return nil, fmt.Errorf("%s: console, QMP or control socket not opened", s.name())
+	if hd.Console == nil || hd.QMP == nil || (s.ControlSocket != "" && hd.Control == nil) || (s.AgentSocket != "" && hd.Agent == nil) {
+		return nil, fmt.Errorf("%s: console, QMP, control or agent socket not opened", s.name())
 	}
 	c := &Cmdline{Binary: s.Binary, Spec: s}
 	defer func() {
@@ -153,13 +157,31 @@ func BuildCmdline(s Spec, h Host) (_ *Cmdline, err error) {
 			a("-append", app)
 		}
 	}
-	if s.Disk != "" {
+	// drive attaches a virtio disk: by id with a device on microvm
+	// (no PCI), if=virtio elsewhere.
+	drive := func(id, opts string) {
 		if s.Machine == MachineMicroVM {
-			a("-drive", "id=vmnet-disk0,if=none,format="+s.DiskFormat+",file="+qemuPath(s.Disk),
-				"-device", "virtio-blk-device,drive=vmnet-disk0")
+			a("-drive", "id="+id+",if=none,"+opts, "-device", "virtio-blk-device,drive="+id)
 		} else {
-			a("-drive", "if=virtio,format="+s.DiskFormat+",file="+qemuPath(s.Disk))
+			a("-drive", "if=virtio,"+opts)
 		}
+	}
+	if s.Disk != "" {
+		file, opts := qemuPath(s.Disk), ""
+		if hd.Disk != nil {
+			file = "/proc/self/fd/" + fd(hd.Disk)
+		}
+		if s.DiskSnapshot {
+			opts = ",snapshot=on"
+		}
+		drive("vmnet-disk0", "format="+s.DiskFormat+",file="+file+opts)
+	}
+	if s.Seed != "" {
+		file := qemuPath(s.Seed)
+		if hd.Seed != nil {
+			file = "/proc/self/fd/" + fd(hd.Seed)
+		}
+		drive("vmnet-seed", "format=raw,readonly=on,file="+file)
 	}
 
 	// Every socket is vmnet's: the console is one end of a socketpair, so
@@ -169,6 +191,15 @@ func BuildCmdline(s Spec, h Host) (_ *Cmdline, err error) {
 	a("-chardev", "socket,id=vmnet-console,fd="+fd(hd.Console), "-serial", "chardev:vmnet-console")
 	if s.ControlSocket != "" {
 		a("-chardev", "socket,id=vmnet-control,fd="+fd(hd.Control)+",server=on,wait=off", "-serial", "chardev:vmnet-control")
+	}
+	if s.AgentSocket != "" {
+		vser := "virtio-serial-pci"
+		if s.Machine == MachineMicroVM {
+			vser = "virtio-serial-device"
+		}
+		a("-device", vser+",id=vmnet-vser",
+			"-chardev", "socket,id=vmnet-agent,fd="+fd(hd.Agent)+",server=on,wait=off",
+			"-device", "virtserialport,bus=vmnet-vser.0,chardev=vmnet-agent,name=org.qemu.guest_agent.0")
 	}
 	a("-chardev", "socket,id=vmnet-qmp,fd="+fd(hd.QMP)+",server=on,wait=off", "-mon", "chardev=vmnet-qmp,mode=control")
 

@@ -316,3 +316,50 @@ func TestSpecErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestCmdlineNamedImage: a snapshot=on disk and the seed reach QEMU as
+// read-only fds (the seed also readonly=on), and the guest agent gets a
+// virtio-serial port named org.qemu.guest_agent.0 on vmnet's socket.
+func TestCmdlineNamedImage(t *testing.T) {
+	s := baseSpec(t)
+	s.Disk, s.DiskSnapshot, s.Seed = "/cache/disk.raw", true, s.RunDir+"/seed.iso"
+	s.AgentSocket = s.RunDir + "/agent.sock"
+	if _, err := BuildCmdline(s, handles(t, Host{})); err == nil {
+		t.Error("agent socket without its listening fd accepted")
+	}
+	h := handles(t, Host{})
+	f := devNull(t, 3)
+	h.Handles.Disk, h.Handles.Seed, h.Handles.Agent = f[0], f[1], f[2]
+	mk := func(s Spec) *Cmdline {
+		t.Helper()
+		c, err := BuildCmdline(s, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := mk(s)
+	drives := argsAfter(c.Args, "-drive")
+	if len(drives) != 2 || !strings.HasPrefix(drives[0], "if=virtio,format=raw,file=/proc/self/fd/") || !strings.HasSuffix(drives[0], ",snapshot=on") ||
+		!strings.HasPrefix(drives[1], "if=virtio,format=raw,readonly=on,file=/proc/self/fd/") {
+		t.Errorf("drives %q", drives)
+	}
+	devs := strings.Join(argsAfter(c.Args, "-device"), " ")
+	if !strings.Contains(devs, "virtio-serial-pci,id=vmnet-vser") || !strings.Contains(devs, "virtserialport,bus=vmnet-vser.0,chardev=vmnet-agent,name=org.qemu.guest_agent.0") {
+		t.Errorf("devices %q", devs)
+	}
+	if !slices.ContainsFunc(argsAfter(c.Args, "-chardev"), func(a string) bool {
+		return strings.HasPrefix(a, "socket,id=vmnet-agent,fd=") && strings.HasSuffix(a, ",server=on,wait=off")
+	}) {
+		t.Errorf("chardevs %q", argsAfter(c.Args, "-chardev"))
+	}
+	s.Machine = MachineMicroVM
+	c = mk(s)
+	if d := strings.Join(argsAfter(c.Args, "-device"), " "); !strings.Contains(d, "virtio-blk-device,drive=vmnet-seed") || !strings.Contains(d, "virtio-serial-device") {
+		t.Errorf("microvm devices %q", d)
+	}
+	s.AgentSocket = "/elsewhere/agent.sock"
+	if _, err := BuildCmdline(s, h); err == nil || !strings.Contains(err.Error(), "not in the run dir") {
+		t.Errorf("agent socket outside the run dir: %v", err)
+	}
+}

@@ -58,6 +58,18 @@ type Spec struct {
 
 	Disk       string // optional disk image
 	DiskFormat string // raw (default) or qcow2 ...
+	// DiskSnapshot attaches Disk with QEMU's snapshot=on: the guest's
+	// writes go to a temporary overlay QEMU deletes when it exits, and
+	// the image is opened read-only (named images are shared by every VM).
+	DiskSnapshot bool
+	// Seed, if set, is a read-only volume attached after Disk: the
+	// cloud-init NoCloud seed (ISO 9660 labelled cidata).
+	Seed string
+
+	// AgentSocket, if set, adds a virtio-serial port named
+	// org.qemu.guest_agent.0 served on this unix socket, for
+	// qemu-guest-agent. vmnet binds it, so it must lie in RunDir.
+	AgentSocket string
 
 	NICs []NIC
 
@@ -196,6 +208,12 @@ func (s Spec) withDefaults() (Spec, error) {
 	}
 	if len(s.ControlSocket) > 107 {
 		return s, fmt.Errorf("%s: control socket path %s is %d bytes, at most 107", n, s.ControlSocket, len(s.ControlSocket))
+	}
+	if len(s.AgentSocket) > 107 {
+		return s, fmt.Errorf("%s: guest agent socket path %s is %d bytes, at most 107", n, s.AgentSocket, len(s.AgentSocket))
+	}
+	if s.AgentSocket != "" && filepath.Dir(filepath.Clean(s.AgentSocket)) != filepath.Clean(s.RunDir) {
+		return s, fmt.Errorf("%s: guest agent socket %s is not in the run dir %s", n, s.AgentSocket, s.RunDir)
 	}
 	if s.ControlSocket != "" && filepath.Dir(filepath.Clean(s.ControlSocket)) != filepath.Clean(s.RunDir) {
 		return s, fmt.Errorf("%s: control socket %s is not in the run dir %s", n, s.ControlSocket, s.RunDir)

@@ -157,6 +157,9 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	if s.ControlSocket != "" {
 		owned = append(owned, s.ControlSocket)
 	}
+	if s.AgentSocket != "" {
+		owned = append(owned, s.AgentSocket)
+	}
 	cleanup = append(cleanup, func() {
 		for _, p := range owned {
 			os.Remove(p)
@@ -175,6 +178,13 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 		}
 		handed, hd.Control = append(handed, f), f
 	}
+	if s.AgentSocket != "" {
+		f, err := ListenUnix(s.AgentSocket, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("%s: guest agent socket: %w", name, err)
+		}
+		handed, hd.Agent = append(handed, f), f
+	}
 	conPair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("%s: console socket: %w", name, err)
@@ -189,7 +199,7 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 		for _, b := range []struct {
 			path string
 			f    **os.File
-		}{{s.Kernel, &hd.Kernel}, {s.Initrd, &hd.Initrd}} {
+		}{{s.Kernel, &hd.Kernel}, {s.Initrd, &hd.Initrd}, {snapshotDisk(s), &hd.Disk}, {s.Seed, &hd.Seed}} {
 			if b.path == "" {
 				continue
 			}
@@ -292,6 +302,15 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 		return nil, vm.startErr(err)
 	}
 	return vm, nil
+}
+
+// snapshotDisk is the disk QEMU may get as a read-only fd: one attached
+// with snapshot=on, which QEMU never writes.
+func snapshotDisk(s Spec) string {
+	if s.DiskSnapshot {
+		return s.Disk
+	}
+	return ""
 }
 
 // runningPid returns the pid in a QEMU pidfile if that process is alive,
@@ -605,7 +624,7 @@ func (vm *VM) release() {
 	if vm.logFile != nil {
 		vm.logFile.Close()
 	}
-	for _, p := range []string{filepath.Join(vm.spec.RunDir, QMPSocketName), filepath.Join(vm.spec.RunDir, PidfileName), vm.spec.ControlSocket} {
+	for _, p := range []string{filepath.Join(vm.spec.RunDir, QMPSocketName), filepath.Join(vm.spec.RunDir, PidfileName), vm.spec.ControlSocket, vm.spec.AgentSocket} {
 		if p != "" {
 			os.Remove(p)
 		}
