@@ -226,7 +226,23 @@ func EnsureDebian(ctx context.Context, opts Options) (Disk, error) {
 		return Disk{}, fmt.Errorf("vmnet image: %w", err)
 	}
 	p.printf("built %s in %.1fs", dir, m.BuildSeconds)
+	pruneDebian(p, imagesDir, dir)
 	return loadDebian(dir)
+}
+
+// pruneDebian removes the other complete debian-12 images: built from
+// older package lists or recipes, they are not chosen again. A guest
+// still running from one keeps its open file.
+func pruneDebian(p progress, imagesDir, keep string) {
+	old, _ := filepath.Glob(filepath.Join(imagesDir, Debian12+"-*"))
+	for _, d := range old {
+		if d == keep {
+			continue
+		}
+		if _, err := loadDebian(d); err == nil && os.RemoveAll(d) == nil {
+			p.printf("removed superseded image %s", d)
+		}
+	}
 }
 
 func buildDebian(ctx context.Context, p progress, cache, tmp string, test Image, pkgs resolved, m *debianManifest) error {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -247,6 +248,9 @@ func imageBuild(e *env, cache, mods string) error {
 }
 
 func imageBuildNamed(e *env, cache, mods, name string) error {
+	if !slices.Contains(images.Names(), name) {
+		return usagef("vmnet image build: unknown image %q: known images are %s (without a name: the test image)", name, strings.Join(images.Names(), ", "))
+	}
 	if mods != "" {
 		return usagef("vmnet image build: --modules applies to the test image only, not to %s", name)
 	}

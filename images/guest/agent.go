@@ -91,12 +91,13 @@ func (a *Agent) call(ctx context.Context, execute string, args, out any) error {
 		}
 		a.conn, a.r = c, bufio.NewReader(c)
 	}
+	conn := a.conn // the AfterFunc may run after closeLocked cleared a.conn
 	if dl, ok := ctx.Deadline(); ok {
-		a.conn.SetDeadline(dl)
+		conn.SetDeadline(dl)
 	} else {
-		a.conn.SetDeadline(time.Time{})
+		conn.SetDeadline(time.Time{})
 	}
-	stop := context.AfterFunc(ctx, func() { a.conn.SetDeadline(time.Now()) })
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
 	err := a.exchange(execute, args, out)
 	if err != nil {
