@@ -62,7 +62,8 @@ func fileSHA(t *testing.T, path string) string {
 	return fmt.Sprintf("%x", h.Sum(nil))
 }
 
-// TestDebianTwoVMs: two VMs from one debian-12 base image on one bridge.
+// TestDebianTwoVMs: two VMs from one debian-12 base image on one bridge
+// (d1 ready when its guest agent answers, d2 when its SSH server does).
 // cloud-init gives them the lab's names and addresses, they ping each
 // other and the host, `vmnet sh` runs through the guest agent and returns
 // the command's status (0 and 3), and after teardown the base image is
@@ -93,6 +94,7 @@ gateway = "10.81.0.1"
 [[vm]]
 name = "d2"
 gateway = "10.81.0.1"
+readiness = "ssh"
   [[vm.nic]]
   network = "lan"
   address = ["10.81.0.12/24"]

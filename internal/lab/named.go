@@ -73,7 +73,9 @@ func (l *Lab) bootNamed(ctx context.Context, vm *vmconfig.VM, spec *qemu.Spec) e
 // guestSetup adds what every VM needs besides its boot files: the agent
 // channel when vmnet waits for the agent, and the cloud-init seed.
 func (l *Lab) guestSetup(ctx context.Context, vm *vmconfig.VM, spec *qemu.Spec) error {
-	if vm.Readiness == vmconfig.ReadyAgent {
+	if vm.Readiness == vmconfig.ReadyAgent || vm.Image != "" {
+		// Named images run qemu-guest-agent: `vmnet sh` and `vmnet run`
+		// use it whatever the readiness method.
 		spec.AgentSocket = filepath.Join(spec.RunDir, agentSocket)
 	}
 	if !vm.CloudInit {
@@ -242,6 +244,12 @@ func (l *Lab) runAgent(ctx context.Context, vm *vmconfig.VM, cmd string, opts Ru
 	defer a.Close()
 	wctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
+	if readiness(vm) != vmconfig.ReadyAgent {
+		// Ready by another method: the agent may still be starting.
+		if err := a.WaitReady(wctx, 2*time.Second); err != nil {
+			return 0, timedOut(ctx, wctx, err)
+		}
+	}
 	st, err := a.Run(wctx, cmd)
 	if err != nil {
 		return 0, timedOut(ctx, wctx, err)

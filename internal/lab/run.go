@@ -105,10 +105,13 @@ func runIn(ctx context.Context, cfg *vmconfig.Lab, vmName, cmd string, opts RunO
 	if m := readiness(vm); m == vmconfig.ReadyAgent || m == vmconfig.ReadySSH {
 		ready = func(ctx context.Context) error { return l.waitReady(ctx, vm, v) }
 	}
-	if err := ready(bctx); err != nil {
+	done := l.step("vm " + vm.Name + ": ready (" + readiness(vm) + ")")
+	err = ready(bctx)
+	done(err)
+	if err != nil {
 		return 0, timedOut(ctx, bctx, err)
 	}
-	if readiness(vm) == vmconfig.ReadyAgent && vm.Image != "" {
+	if vm.Image != "" {
 		// A named image runs the command through its guest agent.
 		return l.runAgent(ctx, vm, cmd, opts)
 	}
