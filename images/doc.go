@@ -124,4 +124,23 @@
 // recipe version, /init, the kernel package and version, the module list
 // and the contents of every host file copied in. Builds take a lock
 // (images/.lock) and happen in images/.build-* renamed into place.
+//
+// # The debian-12 image (EnsureDebian, `image = "debian-12"`)
+//
+// A raw ext4 disk (disk.raw, the root on /dev/vda) with DebianPackages
+// installed by mmdebstrap (variant apt, no recommends, no documentation)
+// into a directory and written with mkfs.ext4 -d: no loop device, no
+// mount, no systemd on the host. debian-customize.sh masks units that only
+// cost boot time under TCG, enables systemd-networkd (cloud-init writes
+// its files), removes the SSH host keys (cloud-init makes new ones per VM)
+// and trims cloud-init to the modules a lab guest needs. The kernel is the
+// test image's vmlinux (same Debian package, PVH entry, no bootloader);
+// initrd.cpio is a busybox initramfs (debian-init.sh) that loads
+// DebianBootModules and switches to the disk. DebianExtraModules are in
+// the disk for modprobe. The key hashes the recipe, both scripts, the
+// package and module lists, the kernel and busybox versions and the
+// host's apt InRelease files (which pin every package version apt
+// resolves); manifest.json and packages.txt record every installed
+// package and version. Guests must not write the disk: vmnet attaches it
+// with snapshot=on.
 package images

@@ -4,7 +4,9 @@
 # qemu-utils: qemu-img makes the copy-on-write overlays of VM disks.
 # graphviz: tests have dot parse the graph `vmnet status -o dot` prints.
 set -euo pipefail
-pkgs=(apt dpkg libc-bin iproute2 ethtool qemu-system-x86 qemu-utils cpio kmod xz-utils zstd iperf3 tcpdump tshark procps util-linux graphviz)
+# mmdebstrap, e2fsprogs, genisoimage: the debian-12 image (root file system
+# from Debian packages, mkfs.ext4 -d) and the cloud-init seeds.
+pkgs=(apt dpkg libc-bin iproute2 ethtool qemu-system-x86 qemu-utils cpio kmod xz-utils zstd iperf3 tcpdump tshark procps util-linux graphviz mmdebstrap e2fsprogs genisoimage)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

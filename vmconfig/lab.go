@@ -27,6 +27,20 @@ const (
 	DefaultModel = "virtio-net-pci"
 )
 
+// Named images (image = "..."), built by vmnet.
+const ImageDebian12 = "debian-12"
+
+// Images are the names image = "..." accepts.
+var Images = []string{ImageDebian12}
+
+// Readiness methods: how vmnet learns that a guest is up.
+const (
+	ReadyAgent   = "agent"   // the QEMU guest agent answers guest-ping
+	ReadyConsole = "console" // the test image prints its ready marker
+	ReadySSH     = "ssh"     // an SSH server answers on the VM's first address
+	ReadyNone    = "none"    // ready once QEMU runs
+)
+
 // Lab is a loaded config. Slices keep file order.
 type Lab struct {
 	Name     string
@@ -40,6 +54,9 @@ type Lab struct {
 	// for. Networks, VMs and Links then hold only that host's share.
 	Host     *Host
 	Warnings Problems // warnings only; a Lab is never returned with errors
+	// SSHAuthorizedKeys go into every cloud-init seed ([lab]
+	// ssh_authorized_keys); empty: vmnet generates a key for the lab.
+	SSHAuthorizedKeys []string
 }
 
 // Network is a Linux bridge.
@@ -83,6 +100,12 @@ type VM struct {
 	ExtraArgs  []string
 	Console    string // absolute path of the serial console log
 	Command    string // command the test image runs, "" = none
+	Image      string // named image (ImageDebian12) or ""
+	ImageMode  string // disk mode of the named image's disk: overlay (default) or snapshot
+	Readiness  string // ReadyAgent, ReadyConsole, ReadySSH or ReadyNone; default from the image
+	CloudInit  bool   // attach a cloud-init NoCloud seed (default: the image has cloud-init)
+	UserData   string // absolute path of user-data merged into the seed, or ""
+	DNS        []netip.Addr
 	Gateways   []netip.Addr
 	NICs       []*NIC
 	Pos        Pos

@@ -111,11 +111,11 @@ func (p *parser) warnf(path, format string, args ...any) {
 
 var (
 	topKeys     = []string{"lab", "defaults", "host", "network", "vm", "link"}
-	labKeys     = []string{"name", "state_dir"}
+	labKeys     = []string{"name", "state_dir", "ssh_authorized_keys"}
 	networkKeys = []string{"name", "bridge", "mtu", "addresses", "vlan_filtering", "default_pvid", "stp", "transparent", "qdisc", "vni"}
 	vmOnlyKeys  = []string{"name", "nic", "host"}
 	vmKeys      = []string{"cpus", "memory", "kernel", "initrd", "append", "disk", "disk_format", "disk_mode", "machine", "accel",
-		"qemu", "user", "extra_args", "console", "command", "gateway", "boot"}
+		"qemu", "user", "extra_args", "console", "command", "gateway", "boot", "image", "readiness", "cloud_init", "user_data", "dns"}
 	nicKeys = []string{"network", "mac", "queues", "vnet_hdr", "offloads", "model", "vhost", "vlan", "tagged", "mtu",
 		"ifname", "address", "qdisc"}
 	diskKeys = []string{"path", "format", "mode", "read_only", "boot"}
@@ -130,6 +130,7 @@ var (
 	offloadList = []string{"csum", "tso4", "tso6", "tso_ecn", "ufo", "uso"}
 	diskFormats = []string{"raw", "qcow2", "qed", "vmdk", "vdi", "vhdx", "vpc"}
 	diskModes   = []string{DiskOverlay, DiskSnapshot, DiskPersistent}
+	readinesses = []string{ReadyAgent, ReadyConsole, ReadySSH, ReadyNone}
 )
 
 func (p *parser) parse(data []byte) *Lab {
@@ -186,6 +187,14 @@ func (p *parser) parse(data []byte) *Lab {
 			// directory that holds the lab file (and its disk images).
 			t.errorf("state_dir", "state_dir %q is %s, which holds the lab file; name a directory of its own that vmnet creates, e.g. %q",
 				sd.v, lab.StateDir, "state")
+		}
+		keys, paths := t.strList("ssh_authorized_keys")
+		for i, k := range keys.v {
+			if f := strings.Fields(k); len(f) < 2 || !strings.HasPrefix(f[0], "ssh-") && !strings.HasPrefix(f[0], "ecdsa-") && !strings.HasPrefix(f[0], "sk-") {
+				p.errorf(paths[i], "[lab]: ssh_authorized_keys[%d] is not an SSH public key (a line of a .pub file, like \"ssh-ed25519 AAAA... user@host\")", i)
+				continue
+			}
+			lab.SSHAuthorizedKeys = append(lab.SSHAuthorizedKeys, strings.TrimSpace(k))
 		}
 		t.finish(labKeys)
 	}
@@ -272,6 +281,9 @@ type vmFields struct {
 	boot                                         field[string]
 	extraArgs                                    field[[]string]
 	gateways                                     field[[]netip.Addr]
+	image, readiness, userData                   field[string]
+	cloudInit                                    field[bool]
+	dns                                          field[[]netip.Addr]
 }
 
 func (f vmFields) or(d vmFields) vmFields {
@@ -287,7 +299,9 @@ func (f vmFields) or(d vmFields) vmFields {
 		machine: f.machine.or(d.machine), accel: f.accel.or(d.accel), qemu: f.qemu.or(d.qemu),
 		user: f.user.or(d.user), console: f.console.or(d.console), command: f.command.or(d.command),
 		extraArgs: f.extraArgs.or(d.extraArgs), gateways: f.gateways.or(d.gateways),
-		boot: f.boot.or(d.boot),
+		boot:  f.boot.or(d.boot),
+		image: f.image.or(d.image), readiness: f.readiness.or(d.readiness), userData: f.userData.or(d.userData),
+		cloudInit: f.cloudInit.or(d.cloudInit), dns: f.dns.or(d.dns),
 	}
 }
 
@@ -382,6 +396,24 @@ func (p *parser) readVMFields(t *table) vmFields {
 		}
 		fam[b2i(a.Is4())] = true
 		f.gateways.v = append(f.gateways.v, a)
+	}
+	f.image = t.str("image")
+	if f.image.set && !contains(Images, f.image.v) {
+		t.errorf("image", "unknown image %q: vmnet builds %s (or boot your own with disk = \"FILE\")", f.image.v, strings.Join(Images, ", "))
+		f.image.set = false
+	}
+	f.readiness = t.enum("readiness", readinesses)
+	f.cloudInit = t.boolean("cloud_init")
+	f.userData = file(t, "user_data")
+	dns, dpaths := t.strList("dns")
+	f.dns = field[[]netip.Addr]{path: dns.path, set: dns.set}
+	for i, s := range dns.v {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			p.errorf(dpaths[i], "%sdns %q is not an IP address, like \"10.0.0.1\"", t.what, s)
+			continue
+		}
+		f.dns.v = append(f.dns.v, a.Unmap())
 	}
 	return f
 }

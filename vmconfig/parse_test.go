@@ -71,7 +71,7 @@ func TestExampleResolved(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir, _ := filepath.Abs("testdata")
-	if got, want := lab.Summary(), "lab demo: 2 networks, 2 VMs, 4 NICs, 2 links, 1 host"; got != want {
+	if got, want := lab.Summary(), "lab demo: 2 networks, 3 VMs, 5 NICs, 2 links, 1 host"; got != want {
 		t.Errorf("Summary = %q, want %q", got, want)
 	}
 	if len(lab.Warnings) != 0 {

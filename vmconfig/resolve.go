@@ -176,6 +176,15 @@ func (r *resolver) vm(t *table, defaults vmFields) {
 	})
 	r.vmHost(t, vm)
 	own := p.readVMFields(t)
+	// What to boot comes from one place: a VM's own image replaces the
+	// default kernel, initrd and disk, and its own kernel or disk
+	// replaces a default image.
+	if own.image.set {
+		defaults.kernel, defaults.initrd, defaults.disk, defaults.diskFormat = field[string]{}, field[string]{}, field[string]{}, field[string]{}
+	}
+	if own.kernel.set || own.disk.set {
+		defaults.image = field[string]{}
+	}
 	f := own.or(defaults)
 	// Messages about merged values name the VM even when the key is in
 	// [defaults], where t.what would not.
@@ -206,6 +215,47 @@ func (r *resolver) vm(t *table, defaults vmFields) {
 		if f.appendArgs.set && vm.Disk != "" {
 			errorf(f.appendArgs.path, "append needs kernel: QEMU only passes a command line together with -kernel, not to a disk boot")
 		}
+	}
+	vm.Image, vm.UserData, vm.DNS = f.image.v, f.userData.v, f.dns.v
+	if vm.Image != "" {
+		for _, k := range []struct {
+			set  bool
+			path string
+			name string
+		}{{f.kernel.set, f.kernel.path, "kernel"}, {vm.Disk != "", r.diskPaths[firstDisk(vm)], "a boot disk"}, {f.initrd.set, f.initrd.path, "initrd"}} {
+			if k.set {
+				errorf(k.path, "%s and image = %q both say what to boot: keep one", k.name, vm.Image)
+			}
+		}
+		if f.command.set {
+			errorf(f.command.path, "command runs only in vmnet's test image, not in image = %q: use `vmnet run` or `vmnet sh`", vm.Image)
+		}
+	}
+	if vm.Image != "" {
+		vm.ImageMode = pick(f.diskMode, DiskOverlay)
+		if vm.ImageMode == DiskPersistent {
+			errorf(f.diskMode.path, "disk_mode = %q would write vmnet's cached image %s, which every VM of that image shares: use overlay (the default) or snapshot", DiskPersistent, vm.Image)
+		}
+	}
+	vm.CloudInit = pick(f.cloudInit, vm.Image == ImageDebian12)
+	if vm.UserData != "" && !vm.CloudInit {
+		errorf(f.userData.path, "user_data needs a cloud-init seed: use image = %q or set cloud_init = true for your own cloud image", ImageDebian12)
+	}
+	if len(vm.DNS) > 0 && !vm.CloudInit {
+		errorf(f.dns.path, "dns is given to the guest through cloud-init: use image = %q or set cloud_init = true", ImageDebian12)
+	}
+	switch {
+	case f.readiness.set:
+		vm.Readiness = f.readiness.v
+	case vm.Image == ImageDebian12:
+		vm.Readiness = ReadyAgent
+	case vm.Kernel == "" && vm.Disk == "":
+		vm.Readiness = ReadyConsole
+	default:
+		vm.Readiness = ReadyNone
+	}
+	if vm.Readiness == ReadyConsole && (vm.Kernel != "" || vm.Disk != "" || vm.Image != "") {
+		errorf(f.readiness.path, "readiness = \"console\" waits for the ready marker of vmnet's test image, which this VM does not boot: use agent, ssh or none")
 	}
 	if f.console.set {
 		vm.Console = f.console.v
@@ -252,6 +302,14 @@ func (r *resolver) vm(t *table, defaults vmFields) {
 // disks resolves a VM's disks: disk = "..." (its boot disk) or the
 // [[vm.disk]] tables, each with the VM's disk_format and disk_mode as
 // defaults (the format otherwise follows the file name's extension).
+// firstDisk is the VM's first disk, or nil.
+func firstDisk(vm *VM) *Disk {
+	if len(vm.Disks) == 0 {
+		return nil
+	}
+	return vm.Disks[0]
+}
+
 func (r *resolver) disks(vm *VM, f vmFields, errorf func(path, format string, args ...any)) {
 	mode := pick(f.diskMode, DiskOverlay)
 	if f.disk.set {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -131,7 +133,7 @@ func runVM(e *env, pos []string, boot, timeout time.Duration, cold bool) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	opts := lab.RunOptions{BootTimeout: boot, Timeout: timeout, Notef: e.logf,
+	opts := lab.RunOptions{BootTimeout: boot, Timeout: timeout, Notef: e.logf, Stdout: e.stdout, Stderr: e.stderr,
 		Options: lab.Options{Logf: e.logf, Console: e.stdout, ImageProgress: e.progressWriter(), Cold: cold}}
 	if e.quiet {
 		opts.Console = nil
@@ -175,15 +177,27 @@ func shellJoin(words []string) string {
 func imageCommand(e *env) *cobra.Command {
 	var cache, mods string
 	build := &cobra.Command{
-		Use:   "build",
-		Short: "build (or reuse) the test guest image",
+		Use:   "build [NAME]",
+		Short: "build (or reuse) a guest image: the test image, or a named one (debian-12)",
+		Long: "Without NAME, builds the small test guest image (kernel and busybox initramfs).\n" +
+			"With NAME, builds the named disk image from Debian packages. Prints key=value lines:\n" +
+			"disk=, kernel=, initrd=, cmdline= (what to boot it with) and dir=.",
 		Example: `  vmnet image build
+  vmnet image build debian-12
   vmnet image build --modules bridge,8021q --cache /var/cache/vmnet`,
-		Args: nargs(0, 0),
-		RunE: func(*cobra.Command, []string) error { return imageBuild(e, cache, mods) },
+		Args: nargs(0, 1),
+		ValidArgsFunction: func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+			return images.Names(), cobra.ShellCompDirectiveNoFileComp
+		},
+		RunE: func(_ *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				return imageBuildNamed(e, cache, mods, args[0])
+			}
+			return imageBuild(e, cache, mods)
+		},
 	}
 	build.Flags().StringVar(&cache, "cache", "", "cache `DIR`ectory (default $VMNET_CACHE, else ~/.cache/vmnet)")
-	build.Flags().StringVar(&mods, "modules", "", "extra kernel modules to put into the image, e.g. bridge,8021q")
+	build.Flags().StringVar(&mods, "modules", "", "extra kernel modules to put into the test image, e.g. bridge,8021q")
 	build.MarkFlagDirname("cache")
 	prune := &cobra.Command{
 		Use:   "prune",
@@ -200,8 +214,43 @@ func imageCommand(e *env) *cobra.Command {
 			return err
 		},
 	}
-	return group("image", "build the small test guest image; remove its snapshots", `  vmnet image build
-  vmnet image prune`, build, prune)
+	var listCache string
+	list := &cobra.Command{
+		Use:     "list",
+		Short:   "list the cached guest images and their sizes",
+		Example: `  vmnet image list`,
+		Args:    nargs(0, 0),
+		RunE: func(*cobra.Command, []string) error {
+			l, err := images.List(listCache)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "%-32s %-10s %10s  %s\n", "IMAGE", "NAME", "SIZE", "BUILT")
+			for _, c := range l {
+				fmt.Fprintf(e.stdout, "%-32s %-10s %10s  %s\n", filepath.Base(c.Dir), c.Name, humanBytes(c.Bytes), c.Built.Format("2006-01-02 15:04"))
+			}
+			return nil
+		},
+	}
+	list.Flags().StringVar(&listCache, "cache", "", "cache `DIR`ectory (default $VMNET_CACHE, else ~/.cache/vmnet)")
+	return group("image", "build, list and prune guest images and the snapshots of warm boots", `  vmnet image build
+  vmnet image build debian-12
+  vmnet image list
+  vmnet image prune`, build, list, prune)
+}
+
+// humanBytes prints a size in binary units.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 func imageBuild(e *env, cache, mods string) error {
@@ -214,6 +263,22 @@ func imageBuild(e *env, cache, mods string) error {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "kernel  %s\ninitrd  %s\nversion %s\n", img.Kernel, img.Initrd, img.KernelVersion)
+	return nil
+}
+
+func imageBuildNamed(e *env, cache, mods, name string) error {
+	if !slices.Contains(images.Names(), name) {
+		return usagef("vmnet image build: unknown image %q: known images are %s (without a name: the test image)", name, strings.Join(images.Names(), ", "))
+	}
+	if mods != "" {
+		return usagef("vmnet image build: --modules applies to the test image only, not to %s", name)
+	}
+	d, err := images.EnsureNamed(context.Background(), name, images.Options{CacheDir: cache, Progress: e.progressWriter()})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "name=%s\ndisk=%s\nformat=%s\nkernel=%s\ninitrd=%s\ncmdline=%s\ndir=%s\n",
+		d.Name, d.Disk, d.Format, d.Kernel, d.Initrd, d.Cmdline, d.Dir)
 	return nil
 }
 

@@ -77,10 +77,11 @@ type Lab struct {
 	taps      map[*vmconfig.NIC]*tap.Tap
 	vms       map[string]*qemu.VM
 	started   map[string]time.Time
-	hotplug   map[string][]*hotNIC  // per VM, NICs added at run time
-	pidStarts map[int]uint64        // start times of the processes in the state
-	users     map[string]*qemu.User // QEMU's user by lab-file name ("" = dedicated)
-	state     *State                // nil unless the Lab is supervised (Up)
+	hotplug   map[string][]*hotNIC   // per VM, NICs added at run time
+	pidStarts map[int]uint64         // start times of the processes in the state
+	users     map[string]*qemu.User  // QEMU's user by lab-file name ("" = dedicated)
+	named     map[string]images.Disk // named images by name, once built
+	state     *State                 // nil unless the Lab is supervised (Up)
 	links     []*runningLink
 	linkCtx   context.Context
 	linkStop  context.CancelFunc
@@ -409,7 +410,11 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 	if vm.Machine == qemu.MachineQ35 {
 		spec.HotplugPorts = l.opts.HotplugPorts
 	}
-	if vm.Kernel == "" && vm.Disk == "" { // a VM with a boot disk boots it
+	if vm.Image != "" {
+		if err := l.bootNamed(ctx, vm, &spec); err != nil {
+			return nil, err
+		}
+	} else if vm.Kernel == "" && vm.Disk == "" { // a VM with a boot disk boots it
 		img, err := l.image(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
@@ -446,10 +451,15 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 	if vm.Append != "" {
 		base += " " + vm.Append
 	}
-	if spec.Kernel != "" { // a disk boot takes no kernel command line
+	if vm.Image == "" && spec.Kernel != "" {
+		// The test image's kernel arguments (addresses, routes, command);
+		// a disk boot takes no kernel command line.
 		if spec.Append, err = guest.Append(base); err != nil {
 			return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
 		}
+	}
+	if err := l.guestSetup(ctx, vm, &spec); err != nil {
+		return nil, err
 	}
 	if spec.User, err = l.qemuUser(vm); err != nil {
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -26,6 +27,9 @@ type RunOptions struct {
 	BootTimeout time.Duration
 	// Timeout bounds the time the command may run once the guest is ready.
 	Timeout time.Duration
+	// Stdout and Stderr receive the output of a command run through the
+	// guest agent (images such as debian-12); nil: Console.
+	Stdout, Stderr io.Writer
 	// Notef receives notices for the user (a guest left running without
 	// a command). Nil discards.
 	Notef func(format string, args ...any)
@@ -97,8 +101,19 @@ func runIn(ctx context.Context, cfg *vmconfig.Lab, vmName, cmd string, opts RunO
 	}
 	bctx, cancel := context.WithTimeout(ctx, opts.BootTimeout)
 	defer cancel()
-	if err := v.WaitReady(bctx); err != nil {
+	ready := v.WaitReady // the test image's marker, as for a command in the guest's /init
+	if m := readiness(vm); m == vmconfig.ReadyAgent || m == vmconfig.ReadySSH {
+		ready = func(ctx context.Context) error { return l.waitReady(ctx, vm, v) }
+	}
+	done := l.step("vm " + vm.Name + ": ready (" + readiness(vm) + ")")
+	err = ready(bctx)
+	done(err)
+	if err != nil {
 		return 0, timedOut(ctx, bctx, err)
+	}
+	if vm.Image != "" {
+		// A named image runs the command through its guest agent.
+		return l.runAgent(ctx, vm, cmd, opts)
 	}
 	if cmd == "" && vm.Command == "" {
 		notef("vm %s is up; no command given, so it runs until it powers off or Ctrl-C", vm.Name)

@@ -279,7 +279,7 @@ func resolveEntry(dir string) string {
 // ours reports whether n is a name vmnet makes in a state directory.
 func ours(n string, vms []string) bool {
 	switch n {
-	case stateFile, "lock", "supervisor.log", controlSocket, "image":
+	case stateFile, "lock", "supervisor.log", controlSocket, "image", LabKeyFile, LabKeyFile + ".pub":
 		return true
 	}
 	if strings.HasPrefix(n, ".state-") || strings.HasPrefix(n, "supervisor.log.") {

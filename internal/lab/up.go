@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/vmnet/vmnet/vmconfig"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -177,9 +178,17 @@ func (l *Lab) Up(ctx context.Context, readyTimeout time.Duration) (err error) {
 	}
 	l.failpoint("after-taps")
 	if len(l.cfg.VMs) > 0 {
-		// Build the test image once, before the parallel boots want it.
+		// Build the named images and the test image once, before the
+		// parallel boots want them.
 		for _, vm := range l.cfg.VMs {
-			if vm.Kernel == "" && vm.Disk == "" {
+			if vm.Image != "" {
+				if _, err := l.namedImage(ctx, vm.Image); err != nil {
+					return fmt.Errorf("vm %s: %w", vm.Name, err)
+				}
+			}
+		}
+		for _, vm := range l.cfg.VMs {
+			if vm.Kernel == "" && vm.Disk == "" && vm.Image == "" {
 				if _, err := l.image(ctx); err != nil {
 					return fmt.Errorf("vm %s: %w", vm.Name, err)
 				}
@@ -224,14 +233,14 @@ func (l *Lab) Up(ctx context.Context, readyTimeout time.Duration) (err error) {
 				cancel()
 				return
 			}
-			if vm.Kernel != "" || vm.Disk != "" {
-				progress(vm.Name, VMReady, nil) // only the test image prints a ready marker
+			if readiness(vm) == vmconfig.ReadyNone {
+				progress(vm.Name, VMReady, nil)
 				return
 			}
 			rctx, rcancel := context.WithTimeout(bctx, readyTimeout)
 			defer rcancel()
-			done := l.step("vm " + vm.Name + ": ready")
-			if err := v.WaitReady(rctx); err != nil {
+			done := l.step("vm " + vm.Name + ": ready (" + readiness(vm) + ")")
+			if err := l.waitReady(rctx, vm, v); err != nil {
 				if bctx.Err() == nil || ctx.Err() != nil {
 					errs[i] = err // not merely stopped for another guest's failure
 					progress(vm.Name, VMFailed, err)

@@ -31,6 +31,7 @@ type Handles struct {
 	// their paths: an unprivileged QEMU then reads them without needing
 	// to reach their directories (the image cache sits in root's home).
 	Kernel, Initrd *os.File
+	Agent          *os.File // listening socket of the guest agent; needed when Spec.AgentSocket is set
 }
 
 // Host is what the command line depends on besides the Spec. Start fills
@@ -90,8 +91,8 @@ func BuildCmdline(s Spec, h Host) (_ *Cmdline, err error) {
 		return nil, err
 	}
 	hd := h.Handles
-	if hd.Console == nil || hd.QMP == nil || (s.ControlSocket != "" && hd.Control == nil) {
-		return nil, fmt.Errorf("%s: console, QMP or control socket not opened", s.name())
+	if hd.Console == nil || hd.QMP == nil || (s.ControlSocket != "" && hd.Control == nil) || (s.AgentSocket != "" && hd.Agent == nil) {
+		return nil, fmt.Errorf("%s: console, QMP, control or agent socket not opened", s.name())
 	}
 	c := &Cmdline{Binary: s.Binary, Spec: s}
 	defer func() {
@@ -176,6 +177,15 @@ func BuildCmdline(s Spec, h Host) (_ *Cmdline, err error) {
 	a("-chardev", "socket,id=vmnet-console,fd="+fd(hd.Console), "-serial", "chardev:vmnet-console")
 	if s.ControlSocket != "" {
 		a("-chardev", "socket,id=vmnet-control,fd="+fd(hd.Control)+",server=on,wait=off", "-serial", "chardev:vmnet-control")
+	}
+	if s.AgentSocket != "" {
+		vser := "virtio-serial-pci"
+		if s.Machine == MachineMicroVM {
+			vser = "virtio-serial-device"
+		}
+		a("-device", vser+",id=vmnet-vser",
+			"-chardev", "socket,id=vmnet-agent,fd="+fd(hd.Agent)+",server=on,wait=off",
+			"-device", "virtserialport,bus=vmnet-vser.0,chardev=vmnet-agent,name=org.qemu.guest_agent.0")
 	}
 	a("-chardev", "socket,id=vmnet-qmp,fd="+fd(hd.QMP)+",server=on,wait=off", "-mon", "chardev=vmnet-qmp,mode=control")
 

@@ -387,3 +387,42 @@ func TestCmdlineDisks(t *testing.T) {
 		}
 	}
 }
+
+// TestCmdlineAgent: the guest agent gets a virtio-serial port named
+// org.qemu.guest_agent.0 on vmnet's socket.
+func TestCmdlineAgent(t *testing.T) {
+	s := baseSpec(t)
+	s.AgentSocket = s.RunDir + "/agent.sock"
+	if _, err := BuildCmdline(s, handles(t, Host{})); err == nil {
+		t.Error("agent socket without its listening fd accepted")
+	}
+	h := handles(t, Host{})
+	h.Handles.Agent = devNull(t, 1)[0]
+	mk := func(s Spec) *Cmdline {
+		t.Helper()
+		c, err := BuildCmdline(s, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := mk(s)
+	devs := strings.Join(argsAfter(c.Args, "-device"), " ")
+	if !strings.Contains(devs, "virtio-serial-pci,id=vmnet-vser") || !strings.Contains(devs, "virtserialport,bus=vmnet-vser.0,chardev=vmnet-agent,name=org.qemu.guest_agent.0") {
+		t.Errorf("devices %q", devs)
+	}
+	if !slices.ContainsFunc(argsAfter(c.Args, "-chardev"), func(a string) bool {
+		return strings.HasPrefix(a, "socket,id=vmnet-agent,fd=") && strings.HasSuffix(a, ",server=on,wait=off")
+	}) {
+		t.Errorf("chardevs %q", argsAfter(c.Args, "-chardev"))
+	}
+	s.Machine = MachineMicroVM
+	c = mk(s)
+	if d := strings.Join(argsAfter(c.Args, "-device"), " "); !strings.Contains(d, "virtio-serial-device") {
+		t.Errorf("microvm devices %q", d)
+	}
+	s.AgentSocket = "/elsewhere/agent.sock"
+	if _, err := BuildCmdline(s, h); err == nil || !strings.Contains(err.Error(), "not in the run dir") {
+		t.Errorf("agent socket outside the run dir: %v", err)
+	}
+}

@@ -60,6 +60,11 @@ type Spec struct {
 	// without a kernel the guest boots from the first.
 	Disks []Disk
 
+	// AgentSocket, if set, adds a virtio-serial port named
+	// org.qemu.guest_agent.0 served on this unix socket, for
+	// qemu-guest-agent. vmnet binds it, so it must lie in RunDir.
+	AgentSocket string
+
 	NICs []NIC
 
 	// Warm boots (snapshots). RAM, if set, is the guest's memory: a file
@@ -219,6 +224,12 @@ func (s Spec) withDefaults() (Spec, error) {
 	}
 	if len(s.ControlSocket) > 107 {
 		return s, fmt.Errorf("%s: control socket path %s is %d bytes, at most 107", n, s.ControlSocket, len(s.ControlSocket))
+	}
+	if len(s.AgentSocket) > 107 {
+		return s, fmt.Errorf("%s: guest agent socket path %s is %d bytes, at most 107", n, s.AgentSocket, len(s.AgentSocket))
+	}
+	if s.AgentSocket != "" && filepath.Dir(filepath.Clean(s.AgentSocket)) != filepath.Clean(s.RunDir) {
+		return s, fmt.Errorf("%s: guest agent socket %s is not in the run dir %s", n, s.AgentSocket, s.RunDir)
 	}
 	if s.ControlSocket != "" && filepath.Dir(filepath.Clean(s.ControlSocket)) != filepath.Clean(s.RunDir) {
 		return s, fmt.Errorf("%s: control socket %s is not in the run dir %s", n, s.ControlSocket, s.RunDir)

@@ -157,6 +157,9 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	if s.ControlSocket != "" {
 		owned = append(owned, s.ControlSocket)
 	}
+	if s.AgentSocket != "" {
+		owned = append(owned, s.AgentSocket)
+	}
 	cleanup = append(cleanup, func() {
 		for _, p := range owned {
 			os.Remove(p)
@@ -174,6 +177,13 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 			return nil, fmt.Errorf("%s: control socket: %w", name, err)
 		}
 		handed, hd.Control = append(handed, f), f
+	}
+	if s.AgentSocket != "" {
+		f, err := ListenUnix(s.AgentSocket, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("%s: guest agent socket: %w", name, err)
+		}
+		handed, hd.Agent = append(handed, f), f
 	}
 	conPair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -634,7 +644,7 @@ func (vm *VM) release() {
 	if vm.logFile != nil {
 		vm.logFile.Close()
 	}
-	for _, p := range []string{filepath.Join(vm.spec.RunDir, QMPSocketName), filepath.Join(vm.spec.RunDir, PidfileName), vm.spec.ControlSocket} {
+	for _, p := range []string{filepath.Join(vm.spec.RunDir, QMPSocketName), filepath.Join(vm.spec.RunDir, PidfileName), vm.spec.ControlSocket, vm.spec.AgentSocket} {
 		if p != "" {
 			os.Remove(p)
 		}
