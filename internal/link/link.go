@@ -604,15 +604,17 @@ func (p *pump) handle(buf []byte, size int) {
 					p.local.Drops.Invalid++
 					return
 				}
-				hd.Flags &^= vnethdr.FlagNeedsCsum
-				hd.CsumStart, hd.CsumOffset = 0, 0
 			}
 			if len(p.groIn) == cap(p.groIn) {
 				p.groFlush()
 			}
 			p.groIn = append(p.groIn, frame)
 			p.groBuf = append(p.groBuf, buf)
-			p.groHdr = append(p.groHdr, hd)
+			// Of the header only DATA_VALID means anything for a whole
+			// frame with its checksum complete; hdr_len and the like
+			// from a peer could be anything (the kernel refuses an
+			// hdr_len beyond the frame).
+			p.groHdr = append(p.groHdr, vnethdr.Hdr{Flags: hd.Flags & vnethdr.FlagDataValid})
 			return
 		}
 		if hd.Flags&vnethdr.FlagNeedsCsum != 0 && p.dstHdr.Size == 0 {
