@@ -274,28 +274,34 @@ func (w *world) iperf(t *testing.T) float64 {
 	return r.End.Received.BPS / 1e6
 }
 
-// TestImpairRateKernel: --rate 100mbit gives iperf3 TCP 85-105 Mbit/s.
+// TestImpairRateKernel: --rate 100mbit gives iperf3 TCP at most 105
+// Mbit/s, and not far below 100: the floor is loose (60) because a loaded
+// 2-core machine starves iperf3 itself (a run in a full suite gave 80),
+// and still catches a shaper off by a factor (bytes for bits: 12.5).
 func TestImpairRateKernel(t *testing.T) {
 	im := &vmconfig.Impairment{Rate: 100_000_000}
 	w, _ := impairedWorld(t, im, im)
 	mbit := w.iperf(t)
 	t.Logf("iperf3 TCP through --rate 100mbit: %.1f Mbit/s", mbit)
-	if mbit < 85 || mbit > 105 {
-		t.Errorf("%.1f Mbit/s through --rate 100mbit, want 85-105", mbit)
+	if mbit < 60 || mbit > 105 {
+		t.Errorf("%.1f Mbit/s through --rate 100mbit, want 60-105", mbit)
 	}
 }
 
 // TestImpairDelayThroughputKernel: a delay does not hold up the
 // forwarding loop (GNS3's ubridge sleeps inline, and a 1 ms delay takes
 // its iperf3 from 2 Gbit/s to 5 Mbit/s): with --delay 5ms both ways TCP
-// still carries at least 1 Gbit/s.
+// still carries at least 200 Mbit/s. A loop that waited out each frame's
+// delay would carry one frame per 5 ms (2.4 Mbit/s); the floor sits far
+// above that and far below what an idle machine reaches (1-3 Gbit/s), as
+// a loaded one gave 538.
 func TestImpairDelayThroughputKernel(t *testing.T) {
 	im := &vmconfig.Impairment{Delay: 5 * time.Millisecond}
 	w, l := impairedWorld(t, im, im)
 	mbit := w.iperf(t)
 	t.Logf("iperf3 TCP through --delay 5ms both ways: %.0f Mbit/s; link: %+v", mbit, l.Stats().AtoB.Impaired)
-	if mbit < 1000 {
-		t.Errorf("%.0f Mbit/s through a 5 ms delay each way, want at least 1000", mbit)
+	if mbit < 200 {
+		t.Errorf("%.0f Mbit/s through a 5 ms delay each way, want at least 200", mbit)
 	}
 }
 
