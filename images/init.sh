@@ -120,7 +120,8 @@ if [ -n "$warm" ]; then
 	done
 	exec 8>&-
 	if base64 -d </run/vmnet-id.b64 >/run/vmnet-id 2>/dev/null && [ "$(sha256sum </run/vmnet-id)" = "$sum  -" ]; then
-		parse $(cat /run/vmnet-id)
+		IFS= read -r id </run/vmnet-id
+		parse $id
 	else
 		err "the identity sent after the restore arrived garbled"
 	fi
@@ -132,7 +133,7 @@ if [ -n "$warm" ]; then
 	fi
 fi
 [ -z "$nonce" ] || echo "$nonce" >/run/vmnet.nonce
-[ -z "$host" ] || hostname "$host" 2>/dev/null || err "cannot set hostname $host"
+[ -z "$host" ] || echo "$host" 2>/dev/null >/proc/sys/kernel/hostname || err "cannot set hostname $host"
 
 if [ -z "$havecmd" ] && [ -x /vmnet/run ]; then
 	havecmd=run
@@ -189,8 +190,14 @@ for s in $ips; do
 		continue
 	fi
 	[ -e "/sys/class/net/$i" ] || continue
-	ip link set dev "$i" up 2>/dev/null
-	for x in $(echo "$a" | tr + ' '); do
+	case "$i" in eth*) ;; *) ip link set dev "$i" up 2>/dev/null ;; esac # eth* are up already
+	# Split at '+' in the shell: under TCG every program started costs
+	# tens of milliseconds.
+	IFS=+
+	set -- $a
+	IFS=' 	
+'
+	for x in "$@"; do
 		case "$x" in
 		*/*) out=$(ip addr add "$x" dev "$i" 2>&1) || err "vmnet.ip: add $x to $i: $out" ;;
 		*) err "vmnet.ip=$s: address $x has no /LEN" ;;
