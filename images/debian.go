@@ -26,7 +26,7 @@ const Debian12 = "debian-12"
 
 // debianRecipe changes whenever the Go side of the debian-12 recipe
 // changes what goes into the image; the scripts are hashed separately.
-const debianRecipe = "vmnet-debian-12-2"
+const debianRecipe = "vmnet-debian-12-3"
 
 //go:embed debian-init.sh
 var debianInit []byte
@@ -263,6 +263,11 @@ func buildDebian(ctx context.Context, p progress, cache, tmp string, test Image,
 		"--dpkgopt=path-include=/usr/share/doc/*/copyright",
 		"--dpkgopt=path-exclude=/usr/share/locale/*",
 		"--include=" + strings.Join(DebianPackages, ","),
+		// apt resolves against the host's package lists, whose InRelease
+		// files the key hashes, instead of fetching newer ones: a cache
+		// hit is then exactly what a rebuild would install.
+		"--skip=update",
+		`--setup-hook=mkdir -p "$1/var/lib/apt/lists" && cp /var/lib/apt/lists/*_InRelease /var/lib/apt/lists/*_Packages* "$1/var/lib/apt/lists/"`,
 		"--customize-hook=sh " + hook + ` "$1"`,
 		"bookworm", root,
 	}
@@ -283,7 +288,7 @@ func buildDebian(ctx context.Context, p progress, cache, tmp string, test Image,
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("vmnet image: mmdebstrap: %w:\n%s", err, tail(out.String(), 20))
+			return fmt.Errorf("vmnet image: mmdebstrap: %w (if a package download failed, the package lists are older than the mirror: run sudo apt-get update):\n%s", err, tail(out.String(), 20))
 		}
 		return nil
 	})

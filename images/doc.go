@@ -140,7 +140,9 @@
 // the disk for modprobe. The key hashes the recipe, both scripts, the
 // package and module lists, the kernel and busybox versions and the
 // host's apt InRelease files (which pin every package version apt
-// resolves); manifest.json and packages.txt record every installed
+// resolves: mmdebstrap installs from copies of the host's package lists
+// instead of fetching new ones, so a cache hit is exactly what a rebuild
+// would install); manifest.json and packages.txt record every installed
 // package and version. Guests must not write the disk: vmnet attaches it
 // with snapshot=on.
 package images

@@ -74,6 +74,10 @@ func TestDebianTwoVMs(t *testing.T) {
 	before := fileSHA(t, d.Disk)
 	ns := testenv.NetNS(t)
 	runDir := t.TempDir()
+	userData := filepath.Join(t.TempDir(), "user-data")
+	if err := os.WriteFile(userData, []byte("#cloud-config\nbootcmd:\n  - [sh, -c, 'echo merged > /run/vmnet-user-data']\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cfg := labOf(t, fmt.Sprintf(`[lab]
 name = "deb"
 state_dir = %q
@@ -88,6 +92,8 @@ mtu = 1400
 [[vm]]
 name = "d1"
 gateway = "10.81.0.1"
+dns = "10.81.0.53"
+user_data = %q
   [[vm.nic]]
   network = "lan"
   address = ["10.81.0.11/24"]
@@ -98,7 +104,7 @@ readiness = "ssh"
   [[vm.nic]]
   network = "lan"
   address = ["10.81.0.12/24"]
-`, filepath.Join(t.TempDir(), "state")))
+`, filepath.Join(t.TempDir(), "state"), userData))
 	testenv.Do(t, ns, func() error {
 		l, err := New(cfg, Options{RunDir: runDir, Logf: t.Logf})
 		if err != nil {
@@ -125,6 +131,9 @@ readiness = "ssh"
 			if st, out := sh("d1", "hostname; ip -o -4 addr show dev eth0; cat /sys/class/net/eth0/mtu"); st != 0 ||
 				!strings.HasPrefix(out, "d1\n") || !strings.Contains(out, "10.81.0.11/24") || !strings.HasSuffix(out, "1400") {
 				t.Errorf("d1: status %d, output %q: want hostname d1, 10.81.0.11/24 on eth0, mtu 1400", st, out)
+			}
+			if st, out := sh("d1", "cat /run/vmnet-user-data /etc/resolv.conf"); st != 0 || !strings.Contains(out, "merged") || !strings.Contains(out, "nameserver 10.81.0.53") {
+				t.Errorf("d1: user_data not merged or dns not set: status %d, output %q", st, out)
 			}
 			if st, out := sh("d1", "ping -c 2 -W 5 10.81.0.12 && ping -c 1 -W 5 10.81.0.1"); st != 0 {
 				t.Errorf("d1 cannot ping d2 and the host: status %d\n%s", st, out)

@@ -20,6 +20,7 @@ import (
 	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/images/guest"
 	"github.com/vmnet/vmnet/internal/qemu"
+	"github.com/vmnet/vmnet/netns"
 	"github.com/vmnet/vmnet/vmconfig"
 )
 
@@ -189,7 +190,9 @@ func (l *Lab) waitReady(ctx context.Context, vm *vmconfig.VM, v *qemu.VM) error 
 			defer a.Close()
 			errc <- a.WaitReady(wctx, 2*time.Second)
 		case vmconfig.ReadySSH:
-			errc <- waitSSH(wctx, vm)
+			// A new goroutine's thread is not in the lab's namespace:
+			// connect from there explicitly.
+			errc <- netns.Do(l.ns, func() error { return waitSSH(wctx, vm) })
 		default:
 			errc <- fmt.Errorf("vm %s: unknown readiness %q", vm.Name, method)
 		}
