@@ -314,8 +314,17 @@ func TestCreateSeenByIPAndEthtool(t *testing.T) {
 		if err := tp.Close(); err != nil {
 			return err
 		}
-		if info, err := Describe("vm0"); err != nil || info.NumQueues != 0 || info.Carrier {
-			return fmt.Errorf("after Close: %+v, %v; want a persistent tap with 0 queues", info, err)
+		// A parallel test's fork holds copies of every fd until its exec
+		// (close-on-exec acts only then), so the kernel may detach the
+		// queues a moment after Close returns.
+		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			info, err := Describe("vm0")
+			if err == nil && info.NumQueues == 0 && !info.Carrier {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("after Close: %+v, %v; want a persistent tap with 0 queues", info, err)
+			}
 		}
 		if err := Delete("vm0", "", false); !errors.Is(err, owner.ErrNotOwned) {
 			return fmt.Errorf("Delete with the default owner: %v, want ErrNotOwned", err)
