@@ -167,8 +167,12 @@ func (l *Lab) warmable(vm *vmconfig.VM) (bool, string) {
 		return false, ""
 	case vm.Boot == "cold":
 		return false, ""
-	case vm.Kernel != "" || vm.Disk != "":
+	case vm.Kernel != "" || vm.Disk != "" || vm.Image != "":
 		return false, "" // not the test image
+	case len(vm.Disks) > 0 || vm.CloudInit || vm.Readiness == vmconfig.ReadyAgent:
+		// A restored guest must see the devices it was saved with, and a
+		// guest that has read one lab's disk must not wake up in another.
+		return false, "disks, a cloud-init seed or the guest agent channel are attached at boot, which a snapshot does not carry: booting cold"
 	case vm.Machine == qemu.MachineMicroVM:
 		return false, "microvm has one serial port (the identity of a restored guest travels on the second) and no VM generation id device: booting cold"
 	}
