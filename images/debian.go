@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,18 +146,7 @@ var debianTools = []hostTool{{"mmdebstrap", "mmdebstrap"}, {"mkfs.ext4", "e2fspr
 // without a bootloader), with a busybox initramfs that loads the modules
 // for the root disk.
 func EnsureDebian(ctx context.Context, opts Options) (Disk, error) {
-	p := progress{opts.Progress}
-	if p.w == nil {
-		p.w = io.Discard
-	}
-	cache := opts.CacheDir
-	if cache == "" {
-		var err error
-		if cache, err = DefaultCacheDir(); err != nil {
-			return Disk{}, err
-		}
-	}
-	cache, err := filepath.Abs(cache)
+	p, cache, err := opts.start()
 	if err != nil {
 		return Disk{}, err
 	}

@@ -247,9 +247,9 @@ func normModules(extra []string) ([]string, error) {
 	return out, nil
 }
 
-// Ensure returns the guest image for the current Debian kernel, building
-// it in opts.CacheDir unless an image with the same inputs is there.
-func Ensure(ctx context.Context, opts Options) (Image, error) {
+// start is what every image build begins with: where progress goes and
+// the absolute cache directory.
+func (opts Options) start() (progress, string, error) {
 	p := progress{opts.Progress}
 	if p.w == nil {
 		p.w = io.Discard
@@ -258,10 +258,17 @@ func Ensure(ctx context.Context, opts Options) (Image, error) {
 	if cache == "" {
 		var err error
 		if cache, err = DefaultCacheDir(); err != nil {
-			return Image{}, err
+			return p, "", err
 		}
 	}
 	cache, err := filepath.Abs(cache)
+	return p, cache, err
+}
+
+// Ensure returns the guest image for the current Debian kernel, building
+// it in opts.CacheDir unless an image with the same inputs is there.
+func Ensure(ctx context.Context, opts Options) (Image, error) {
+	p, cache, err := opts.start()
 	if err != nil {
 		return Image{}, err
 	}
