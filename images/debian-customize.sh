@@ -20,8 +20,14 @@ chroot "$r" systemctl mask --quiet \
 	sys-kernel-debug.mount sys-kernel-tracing.mount sys-fs-fuse-connections.mount \
 	modprobe@fuse.service modprobe@drm.service modprobe@configfs.service \
 	sys-kernel-config.mount
+# The ACPI power button (vmnet down) powers the guest off cleanly: acpid
+# sees the button's key on its input device (button and evdev come from
+# the initramfs) and asks systemd. systemctl falls back from logind
+# (there is no D-Bus) to systemd's private socket.
+mkdir -p "$r/etc/acpi/events"
+printf 'event=button/power\naction=/bin/systemctl poweroff\n' >"$r/etc/acpi/events/vmnet-power"
 # cloud-init writes systemd-networkd files (there is no ifupdown or netplan).
-chroot "$r" systemctl enable --quiet systemd-networkd.service
+chroot "$r" systemctl enable --quiet systemd-networkd.service acpid.service acpid.socket
 # Every VM gets its own SSH host keys from cloud-init at first boot.
 rm -f "$r"/etc/ssh/ssh_host_*
 mkdir -p "$r/etc/cloud/cloud.cfg.d"

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vmnet/vmnet/images/cpio"
+	"github.com/vmnet/vmnet/images/guest"
 	"github.com/vmnet/vmnet/netns"
 )
 
@@ -38,12 +39,18 @@ var debianCustomize []byte
 var DebianPackages = []string{
 	"systemd", "systemd-sysv", "udev", "cloud-init", "qemu-guest-agent",
 	"iproute2", "iputils-ping", "iperf3", "ethtool", "openssh-server",
+	// The ACPI power button (QMP system_powerdown, so `vmnet down`):
+	// without D-Bus there is no systemd-logind to act on it, and the
+	// guest would wait out the stop grace. acpid (154 kB, one small
+	// daemon) with an event file (debian-customize.sh) is lighter and
+	// starts faster than dbus plus logind.
+	"acpid",
 }
 
 // DebianBootModules are loaded by the initramfs before systemd starts:
 // the root disk (virtio_blk, ext4), the NICs (virtio_net), the guest
 // agent's virtio-serial port (virtio_console), the seed volume (isofs)
-// and the power button, which systemd-logind turns into a clean
+// and the power button (button, evdev), which acpid turns into a clean
 // poweroff.
 //
 // ext4 finds its checksum through the crypto API (a soft dependency that
@@ -55,11 +62,11 @@ var DebianBootModules = []string{"crc32c_generic", "virtio_pci", "virtio_mmio", 
 var DebianExtraModules = []string{"bridge", "8021q", "vxlan", "veth", "tun", "sch_netem", "vhost_net", "vfat"}
 
 // DebianCmdline is the kernel command line for the debian-12 image,
-// after DefaultCmdline's speed settings: the root disk, systemd without
+// after guest.DefaultCmdline's speed settings: the root disk, systemd without
 // the status lines that slow a serial console, and the kernel's NIC names
 // (eth0, eth1... in PCI order, as in the test image) instead of
 // systemd's, which depend on the slot.
-const DebianCmdline = DefaultCmdline + " root=/dev/vda rootfstype=ext4 rw systemd.show_status=false net.ifnames=0"
+const DebianCmdline = guest.DefaultCmdline + " root=/dev/vda rootfstype=ext4 rw systemd.show_status=false net.ifnames=0"
 
 // Disk is a built disk image with the kernel that boots it.
 type Disk struct {

@@ -18,7 +18,7 @@
 // # Boot
 //
 // qemu-system-x86_64 -kernel Image.Kernel (or Image.KernelCompressed)
-// -initrd Image.Initrd -append "DefaultCmdline vmnet.…" with the console
+// -initrd Image.Initrd -append "guest.DefaultCmdline vmnet.…" with the console
 // on the first serial port (ttyS0). -no-reboot makes a guest panic
 // (panic=-1) end QEMU instead of rebooting. -M pc, q35 and microvm work
 // under TCG; microvm (no PIT, HPET or PM timer) additionally needs
@@ -46,7 +46,7 @@
 //	    They must be in the image (Options.Modules); built-ins are fine.
 //	vmnet.cmd=BASE64
 //	    Standard base64 (with padding) of a shell command run with sh -c
-//	    (see CmdArg). At most once. The whole kernel command line is
+//	    (see guest.CmdArg). At most once. The whole kernel command line is
 //	    limited to 2047 bytes: longer programs go into /vmnet/run.
 //	vmnet.nonce=HEX
 //	    Put HEX (lower-case hex digits) into the exit marker, so that the

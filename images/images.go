@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	_ "embed"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -21,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmnet/vmnet/images/cpio"
+	"github.com/vmnet/vmnet/images/guest"
 )
 
 // recipeVersion changes whenever the Go side of the recipe changes what
@@ -53,23 +53,10 @@ const powerButton = `#!/bin/sh
 # /init keeps the nonce in /run/vmnet.nonce (a restored guest gets it
 # after boot, not on its command line).
 n=$(cat /run/vmnet.nonce 2>/dev/null)
-[ -z "$n" ] || printf '\nVMNET-EXIT=143 %s\n' "$n" >/dev/console
+[ -z "$n" ] || printf '\n` + guest.ExitMarker + `143 %s\n' "$n" >/dev/console
 sync
 exec poweroff -f
 `
-
-// DefaultCmdline is the kernel command line the contract assumes: console
-// on ttyS0, kernel chatter off the console, and reboot (a QEMU exit with
-// -no-reboot) instead of hanging on a panic.
-//
-// The rest is for speed under TCG, where a throwaway test guest boots in
-// about 4.4 s instead of 5.5 s with it: no crypto self-tests, no CPU
-// vulnerability mitigations, no audit and no AppArmor (measured side by
-// side with plain QEMU on this 2-core host). no_timer_check skips the
-// IO-APIC timer check, which a guest starved of CPU (many guests booting
-// at once under TCG) fails with a panic ("IO-APIC + timer doesn't work!"),
-// as is usual for virtual guests.
-const DefaultCmdline = "console=ttyS0 quiet panic=-1 cryptomgr.notests mitigations=off audit=0 apparmor=0 no_timer_check"
 
 // Options controls Ensure.
 type Options struct {
@@ -135,12 +122,6 @@ func DefaultCacheDir() (string, error) {
 		return "", fmt.Errorf("vmnet image: no cache directory (set VMNET_CACHE): %w", err)
 	}
 	return filepath.Join(d, "vmnet"), nil
-}
-
-// CmdArg returns the vmnet.cmd= kernel parameter that makes /init run
-// shellCmd with sh -c.
-func CmdArg(shellCmd string) string {
-	return "vmnet.cmd=" + base64.StdEncoding.EncodeToString([]byte(shellCmd))
 }
 
 // progress prints build steps with their durations.

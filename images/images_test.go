@@ -20,6 +20,7 @@ import (
 
 	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/images/cpio"
+	"github.com/vmnet/vmnet/images/guest"
 	"github.com/vmnet/vmnet/internal/testenv"
 )
 
@@ -100,7 +101,7 @@ func boot(t testing.TB, v vm) result {
 	args := []string{"-M", v.machine, "-accel", "tcg", "-m", "256", "-smp", "1",
 		"-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio",
 		"-kernel", v.kernel, "-initrd", v.initrd,
-		"-append", images.DefaultCmdline + " " + strings.Join(params, " ")}
+		"-append", guest.DefaultCmdline + " " + strings.Join(params, " ")}
 	args = append(args, v.qemuArgs...)
 	ctx, cancel := context.WithTimeout(context.Background(), v.timeout)
 	defer cancel()
@@ -160,7 +161,7 @@ func TestCommandExitStatus(t *testing.T) {
 		{"uname -r; id -u; cat /proc/cmdline", 0, "vmnet.cmd="},
 	} {
 		t.Run(tc.cmd, func(t *testing.T) {
-			r := boot(t, vm{params: []string{images.CmdArg(tc.cmd)}})
+			r := boot(t, vm{params: []string{guest.CmdArg(tc.cmd)}})
 			if r.ready == 0 || len(r.errs) > 0 {
 				t.Fatalf("no VMNET-READY or errors %q; console:\n%s", r.errs, r.out)
 			}
@@ -229,10 +230,10 @@ func TestConfigErrors(t *testing.T) {
 		{"unknown parameter", []string{"vmnet.iq=eth0:10.0.0.2/24"}, "unknown kernel parameter vmnet.iq"},
 		{"no prefix length", []string{"vmnet.ip=lo:10.9.9.9"}, "has no /LEN"},
 		{"bad route", []string{"vmnet.route=10.0.0.0:10.0.0.1"}, "vmnet.route=10.0.0.0:10.0.0.1"},
-		{"command twice", []string{images.CmdArg("true")}, "vmnet.cmd given more than once"},
+		{"command twice", []string{guest.CmdArg("true")}, "vmnet.cmd given more than once"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := boot(t, vm{params: append(tc.params, images.CmdArg("echo should-not-run"))})
+			r := boot(t, vm{params: append(tc.params, guest.CmdArg("echo should-not-run"))})
 			if r.exit != 125 || r.ready != 0 || strings.Contains(r.out, "should-not-run\n") {
 				t.Fatalf("want VMNET-EXIT=125, no VMNET-READY, command not run; console:\n%s", r.out)
 			}
@@ -308,7 +309,7 @@ func TestNetwork(t *testing.T) {
 					"vmnet.ip=eth0:10.77.0.2/24+fd77::2/64", "vmnet.mtu=eth0:1400",
 					"vmnet.route=10.78.0.0/16:10.77.0.1", "vmnet.route=default:fd77::1",
 					"vmnet.route=fd78::/64:fd77::1",
-					images.CmdArg(script),
+					guest.CmdArg(script),
 				},
 				qemuArgs: []string{"-netdev", "tap,id=n0,fd=3,vhost=off", "-device", dev + ",netdev=n0"},
 				files:    []*os.File{fd},
@@ -422,7 +423,7 @@ func BenchmarkBoot(b *testing.B) {
 	ready := make([]time.Duration, len(configs))
 	for i := 0; i < b.N; i++ {
 		for j, c := range configs {
-			r := boot(b, vm{kernel: c.kernel, initrd: c.initrd, machine: c.machine, params: []string{images.CmdArg("true")}})
+			r := boot(b, vm{kernel: c.kernel, initrd: c.initrd, machine: c.machine, params: []string{guest.CmdArg("true")}})
 			if r.exit != 0 {
 				b.Fatalf("%s: VMNET-EXIT=%d; console:\n%s", c.name, r.exit, r.out)
 			}
@@ -470,7 +471,7 @@ func TestExtraModules(t *testing.T) {
 		"echo extra-ok",
 	}, "\n")
 	r := boot(t, vm{kernel: im.Kernel, initrd: im.Initrd,
-		params: []string{"vmnet.modules=" + strings.Join(mods, ","), images.CmdArg(script)}})
+		params: []string{"vmnet.modules=" + strings.Join(mods, ","), guest.CmdArg(script)}})
 	if r.exit != 0 || !hasLine(r.lines, "extra-ok") {
 		t.Fatalf("VMNET-EXIT=%d; console:\n%s", r.exit, r.out)
 	}

@@ -1,5 +1,11 @@
-// Package guest holds the protocols vmnet speaks with its guests: the
-// QEMU guest agent (this file) and the cloud-init NoCloud seed.
+// Package guest holds the protocols vmnet speaks with its guests, as
+// pure code (the host side's I/O stays with its callers): the test
+// image's kernel parameters (Args, cmdline.go), console markers
+// (markers.go), warm-boot identity (identity.go) and ttyS1 shell framing
+// (shell.go), whose other end is images/init.sh (TestInitShellAgrees
+// checks they agree); the QEMU guest agent (this file) and the
+// cloud-init NoCloud seed. It imports nothing of vmnet's internal
+// packages.
 package guest
 
 import (

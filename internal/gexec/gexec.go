@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/vmnet/vmnet/images"
+	"github.com/vmnet/vmnet/images/guest"
 	"github.com/vmnet/vmnet/internal/qemu"
 )
 
@@ -133,8 +134,8 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	res.Image = time.Since(t0)
 
 	// The wrapper loads the modules, in one modprobe (see wrapperScript).
-	nonce := qemu.NewNonce()
-	app, err := qemu.GuestArgs{Nonce: nonce}.Append(images.DefaultCmdline)
+	nonce := guest.NewNonce()
+	app, err := guest.Args{Nonce: nonce}.Append(guest.DefaultCmdline)
 	if err != nil {
 		return res, err
 	}

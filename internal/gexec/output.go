@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vmnet/vmnet/internal/qemu"
+	"github.com/vmnet/vmnet/images/guest"
 )
 
 // startTime is when the program started (zero if it did not).
@@ -35,7 +35,7 @@ const (
 // output: everything up to the VMNET-EXEC-START line is boot chatter (copied
 // to boot, if set), everything after it is the program's stdout and
 // stderr, byte for byte, until the exit marker carrying the run's nonce
-// ("VMNET-EXIT=<n> <nonce>", see qemu.ParseExit), which is dropped
+// ("VMNET-EXIT=<n> <nonce>", see guest.ParseExit), which is dropped
 // together with the newline /init prints in front of it. Output is passed
 // on as it arrives; only the start of a line that may still become the
 // exit marker is held back (a few dozen bytes at most). Marker lines
@@ -159,8 +159,8 @@ func (f *outputFilter) flush() {
 // final '\r'), or with complete false whether it can still become one.
 func (f *outputFilter) isExitLine(l []byte, complete bool) bool {
 	if complete {
-		_, ok := qemu.ParseExit(string(l), f.nonce)
+		_, ok := guest.ParseExit(string(l), f.nonce)
 		return ok
 	}
-	return qemu.MayBeExit(string(l), f.nonce)
+	return guest.MayBeExit(string(l), f.nonce)
 }

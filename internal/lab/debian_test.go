@@ -68,12 +68,16 @@ func fileSHA(t *testing.T, path string) string {
 // other and the host, `vmnet sh` runs through the guest agent and returns
 // the command's status (0 and 3), and after teardown the base image is
 // unchanged and the agent sockets are gone (`down` removes the VMs'
-// directories with their seeds, as for every VM).
+// directories with their seeds, as for every VM). The teardown stops the
+// guests through the ACPI power button (acpid in the image): each console
+// shows the kernel's power-off line, which a guest that QEMU quit after
+// the grace never prints.
 func TestDebianTwoVMs(t *testing.T) {
 	d := debianImage(t)
 	before := fileSHA(t, d.Disk)
 	ns := testenv.NetNS(t)
 	runDir := t.TempDir()
+	var consoles syncBuffer
 	userData := filepath.Join(t.TempDir(), "user-data")
 	if err := os.WriteFile(userData, []byte("#cloud-config\nbootcmd:\n  - [sh, -c, 'echo merged > /run/vmnet-user-data']\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -106,7 +110,7 @@ readiness = "ssh"
   address = ["10.81.0.12/24"]
 `, filepath.Join(t.TempDir(), "state"), userData))
 	testenv.Do(t, ns, func() error {
-		l, err := New(cfg, Options{RunDir: runDir, Logf: t.Logf})
+		l, err := New(cfg, Options{RunDir: runDir, Logf: t.Logf, Console: &consoles})
 		if err != nil {
 			return err
 		}
@@ -154,12 +158,18 @@ readiness = "ssh"
 		}
 		tctx, tcancel := context.WithTimeout(context.Background(), time.Minute)
 		defer tcancel()
-		return errors.Join(uerr, l.Teardown(tctx))
+		stop := time.Now()
+		terr := l.Teardown(tctx)
+		t.Logf("teardown (both guests stopped) took %v", time.Since(stop).Round(100*time.Millisecond))
+		return errors.Join(uerr, terr)
 	})
 	for _, vm := range []string{"d1", "d2"} {
 		if _, err := os.Lstat(filepath.Join(runDir, "vm-"+vm, agentSocket)); err == nil {
 			t.Errorf("vm %s: guest agent socket left after teardown", vm)
 		}
+	}
+	if n := strings.Count(consoles.String(), "reboot: Power down"); n != 2 {
+		t.Errorf("the consoles show %d kernel power-off lines, want 2: the power button did not power both guests off", n)
 	}
 	if after := fileSHA(t, d.Disk); after != before {
 		t.Errorf("base image %s changed: sha256 %s, was %s", d.Disk, after, before)

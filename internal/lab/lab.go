@@ -16,6 +16,7 @@ import (
 
 	"github.com/vmnet/vmnet/bridge"
 	"github.com/vmnet/vmnet/images"
+	"github.com/vmnet/vmnet/images/guest"
 	"github.com/vmnet/vmnet/internal/qemu"
 	"github.com/vmnet/vmnet/netns"
 	"github.com/vmnet/vmnet/owner"
@@ -424,18 +425,18 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 			spec.ControlSocket = filepath.Join(spec.RunDir, shellSocket)
 		}
 	}
-	guest := qemu.GuestArgs{Cmd: cmd, Nonce: qemu.NewNonce()}
+	args := guest.Args{Cmd: cmd, Nonce: guest.NewNonce()}
 	for i, nic := range vm.NICs {
 		iface := "eth" + strconv.Itoa(i)
 		if len(nic.Addresses) > 0 {
-			guest.IPs = append(guest.IPs, qemu.GuestIP{Iface: iface, Addrs: nic.Addresses})
+			args.IPs = append(args.IPs, guest.IP{Iface: iface, Addrs: nic.Addresses})
 		}
 		mtu := nic.MTU
 		if n := l.network(nic.Network); n != nil && mtu == 0 {
 			mtu = n.MTU
 		}
 		if mtu != 0 && mtu != 1500 {
-			guest.MTUs = append(guest.MTUs, qemu.GuestMTU{Iface: iface, MTU: mtu})
+			args.MTUs = append(args.MTUs, guest.MTU{Iface: iface, MTU: mtu})
 		}
 		t := l.Tap(nic)
 		if t == nil {
@@ -445,16 +446,16 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 			Queues: t.Files(), Vhost: nic.Vhost})
 	}
 	for _, gw := range vm.Gateways {
-		guest.Routes = append(guest.Routes, qemu.GuestRoute{GW: gw})
+		args.Routes = append(args.Routes, guest.Route{GW: gw})
 	}
-	base := qemu.BaseAppend
+	base := guest.DefaultCmdline
 	if vm.Append != "" {
 		base += " " + vm.Append
 	}
 	if vm.Image == "" && spec.Kernel != "" {
 		// The test image's kernel arguments (addresses, routes, command);
 		// a disk boot takes no kernel command line.
-		if spec.Append, err = guest.Append(base); err != nil {
+		if spec.Append, err = args.Append(base); err != nil {
 			return nil, fmt.Errorf("vm %s: %w", vm.Name, err)
 		}
 	}
@@ -476,7 +477,7 @@ func (l *Lab) Boot(ctx context.Context, vm *vmconfig.VM, cmd string) (_ *qemu.VM
 	}
 	var v *qemu.VM
 	if ok, why := l.warmable(vm); ok {
-		if v, err = l.bootWarm(ctx, vm, spec, guest, base); err != nil {
+		if v, err = l.bootWarm(ctx, vm, spec, args, base); err != nil {
 			if ctx.Err() != nil {
 				return nil, err
 			}

@@ -70,8 +70,16 @@ func (l *Lab) bootNamed(ctx context.Context, vm *vmconfig.VM, spec *qemu.Spec) e
 	if vm.Append != "" {
 		spec.Append += " " + vm.Append
 	}
+	// A distribution powers off through systemd (acpid in the image
+	// sees the power button), which stops its services first.
+	spec.PowerdownGrace = namedPowerdownGrace
 	return nil
 }
+
+// namedPowerdownGrace bounds a named image's clean poweroff after the
+// ACPI power button before vmnet quits QEMU: systemd stopping cloud-init,
+// the agent, sshd and journald under TCG on a loaded machine.
+const namedPowerdownGrace = 30 * time.Second
 
 // guestSetup adds what every VM needs besides its boot files: the agent
 // channel when vmnet waits for the agent, and the cloud-init seed.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vmnet/vmnet/images"
+	"github.com/vmnet/vmnet/images/guest"
 	"github.com/vmnet/vmnet/internal/qemu"
 	"github.com/vmnet/vmnet/vmconfig"
 )
@@ -182,7 +183,7 @@ func (l *Lab) warmable(vm *vmconfig.VM) (bool, string) {
 // bootWarm starts vm from the snapshot of its shape, saving one first if
 // there is none. A snapshot that cannot be restored is replaced once.
 // spec is the cold spec; guest the guest's identity.
-func (l *Lab) bootWarm(ctx context.Context, vm *vmconfig.VM, spec qemu.Spec, guest qemu.GuestArgs, base string) (*qemu.VM, error) {
+func (l *Lab) bootWarm(ctx context.Context, vm *vmconfig.VM, spec qemu.Spec, guest guest.Args, base string) (*qemu.VM, error) {
 	img, err := l.image(ctx)
 	if err != nil {
 		return nil, err
@@ -329,7 +330,7 @@ func (l *Lab) buildSnapshot(ctx context.Context, vm *vmconfig.VM, spec qemu.Spec
 	}
 	m.StateSHA256 = hex.EncodeToString(h.Sum(nil))
 	m.Built = time.Now().UTC()
-	m.BuildID = qemu.NewNonce()
+	m.BuildID = guest.NewNonce()
 	b, _ := json.MarshalIndent(m, "", "  ")
 	if err := os.WriteFile(filepath.Join(tmp, snapMeta), append(b, '\n'), 0o644); err != nil {
 		return m, err

@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"github.com/vmnet/vmnet/images/guest"
 	"path/filepath"
 	"testing"
 	"time"
@@ -15,7 +16,7 @@ func BenchmarkBootToReady(b *testing.B) {
 		b.Run(machine, func(b *testing.B) {
 			img := guestImage(b)
 			tp := newLab(b).tap(b, "bb0", 2)
-			app, err := GuestArgs{}.Append("")
+			app, err := guest.Args{}.Append("")
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -3,6 +3,7 @@ package qemu
 import (
 	"bytes"
 	"fmt"
+	"github.com/vmnet/vmnet/images/guest"
 	"os"
 	"regexp"
 	"strconv"
@@ -22,14 +23,14 @@ func TestGuestConsoleFloodAndFakeExit(t *testing.T) {
 	// default (logcap's own tests cover that).
 	const limit = 256 << 10
 	const flood = 5 * limit
-	nonce := NewNonce()
+	nonce := guest.NewNonce()
 	cmd := fmt.Sprintf(`yes 'flood line of a guest that writes to its console without pause' | head -c %d
 n=$(sed -n 's/.*vmnet.nonce=\([0-9a-f]*\).*/\1/p' /proc/cmdline)
 echo "VMNET-EXIT=0 $n"
 echo VMNET-EXIT=0
 echo last-line-of-the-command
 exit 3`, flood)
-	s := guestSpec(t, img, "flood", GuestArgs{Cmd: cmd, Nonce: nonce})
+	s := guestSpec(t, img, "flood", guest.Args{Cmd: cmd, Nonce: nonce})
 	s.CPUs, s.ConsoleMax = 1, limit
 	vm := start(t, s)
 	t0 := time.Now()

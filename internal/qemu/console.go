@@ -3,19 +3,10 @@ package qemu
 import (
 	"bytes"
 	"io"
-	"strconv"
 	"strings"
 	"sync"
-)
 
-// Markers the guest prints on its console (see the images package).
-const (
-	ReadyMarker = "VMNET-READY"
-	// WarmMarker: a guest booted with vmnet.warm has done everything that
-	// does not depend on its identity and waits for it on ttyS1.
-	WarmMarker  = "VMNET-WARM-POINT"
-	ExitMarker  = "VMNET-EXIT="
-	ErrorMarker = "VMNET-ERROR:"
+	"github.com/vmnet/vmnet/images/guest"
 )
 
 const maxLine = 4096
@@ -30,9 +21,9 @@ type console struct {
 	partial  []byte
 	out      []io.Writer
 	ready    chan struct{}
-	warm     chan struct{} // closed when WarmMarker was seen
+	warm     chan struct{} // closed when guest.WarmMarker was seen
 	gotWarm  bool
-	exited   chan struct{} // closed when ExitMarker was seen
+	exited   chan struct{} // closed when guest.ExitMarker was seen
 	status   int           // of the last exit marker
 	nonce    string        // the vmnet.nonce the guest was given, if any
 	done     chan struct{} // closed when the console stream ended
@@ -121,17 +112,17 @@ func (c *console) line(l string) {
 	// merely mentions them does not count.
 	m := strings.TrimSpace(l)
 	switch {
-	case m == ReadyMarker:
+	case m == guest.ReadyMarker:
 		if !c.gotReady {
 			c.gotReady = true
 			close(c.ready)
 		}
-	case m == WarmMarker:
+	case m == guest.WarmMarker:
 		if !c.gotWarm {
 			c.gotWarm = true
 			close(c.warm)
 		}
-	case strings.HasPrefix(m, ErrorMarker):
+	case strings.HasPrefix(m, guest.ErrorMarker):
 		if len(c.errs) == 0 {
 			close(c.failed)
 		}
@@ -143,7 +134,7 @@ func (c *console) line(l string) {
 		// read the nonce from /proc/cmdline) before it fails, but /init
 		// prints the real one after the command and its children are
 		// gone (see package images).
-		if st, ok := ParseExit(m, c.nonce); ok {
+		if st, ok := guest.ParseExit(m, c.nonce); ok {
 			c.status = st
 			if !c.gotExit {
 				c.gotExit = true
@@ -160,70 +151,7 @@ func (c *console) exitStatus() int {
 	return c.status
 }
 
-// maxStatusDigits bounds the status in an exit marker (0 to 255).
-const maxStatusDigits = 3
-
-// ParseExit parses the exit marker /init prints after the guest command:
-// "VMNET-EXIT=<status>", followed by " <nonce>" when the guest was given
-// vmnet.nonce (GuestArgs.Nonce). l is one console line without its line
-// end; a final "\r" is ignored. A line with another nonce, or without
-// one when nonce is set, is not the marker.
-func ParseExit(l, nonce string) (int, bool) {
-	l = strings.TrimSuffix(l, "\r")
-	rest, ok := strings.CutPrefix(l, ExitMarker)
-	if !ok {
-		return 0, false
-	}
-	d := leadingDigits(rest)
-	if len(d) == 0 || len(d) > maxStatusDigits {
-		return 0, false
-	}
-	tail := rest[len(d):]
-	if nonce == "" && tail != "" || nonce != "" && tail != " "+nonce {
-		return 0, false
-	}
-	n, _ := strconv.Atoi(d)
-	return n, true
-}
-
-// MayBeExit reports whether l, the start of a console line, can still
-// become the exit marker for nonce: what a filter holds back while the
-// line is incomplete, at most len(ExitMarker)+len(nonce)+5 bytes.
-func MayBeExit(l, nonce string) bool {
-	if len(l) <= len(ExitMarker) {
-		return strings.HasPrefix(ExitMarker, l)
-	}
-	rest, ok := strings.CutPrefix(l, ExitMarker)
-	if !ok {
-		return false
-	}
-	d := leadingDigits(rest)
-	if len(d) > maxStatusDigits {
-		return false
-	}
-	tail := rest[len(d):]
-	if tail == "" {
-		return true
-	}
-	if len(d) == 0 {
-		return false
-	}
-	end := "\r"
-	if nonce != "" {
-		end = " " + nonce + "\r"
-	}
-	return strings.HasPrefix(end, tail)
-}
-
-func leadingDigits(s string) string {
-	i := 0
-	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
-		i++
-	}
-	return s[:i]
-}
-
-// errors returns the guest's VMNET-ERROR lines.
+// guestErrors returns the guest's VMNET-ERROR lines.
 func (c *console) guestErrors() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vmnet/vmnet/images/guest"
 	"github.com/vmnet/vmnet/internal/logcap"
 )
 
@@ -260,7 +261,7 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 	}
 	outs = append(outs, s.ConsoleTee)
 	vm.con = newConsole(s.ConsoleLines, outs...)
-	vm.con.nonce = nonceOf(s.Append)
+	vm.con.nonce = guest.NonceOf(s.Append)
 	if s.Nonce != "" {
 		vm.con.nonce = s.Nonce
 	}
@@ -457,10 +458,10 @@ func (vm *VM) WaitReady(ctx context.Context) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 		return fmt.Errorf("%s: QEMU exited (%v) before %s; QEMU stderr: %s; last console lines: %s",
-			vm.spec.name(), vm.waitErr, ReadyMarker, orNone(vm.stderr.String()), vm.con.tailText(tailLines))
+			vm.spec.name(), vm.waitErr, guest.ReadyMarker, orNone(vm.stderr.String()), vm.con.tailText(tailLines))
 	case <-ctx.Done():
 		return fmt.Errorf("%s: no %s within %v (%v); last console lines: %s",
-			vm.spec.name(), ReadyMarker, limitOr(limit, start), ctx.Err(), vm.con.tailText(tailLines))
+			vm.spec.name(), guest.ReadyMarker, limitOr(limit, start), ctx.Err(), vm.con.tailText(tailLines))
 	}
 }
 
@@ -487,22 +488,22 @@ func (vm *VM) Wait(ctx context.Context) (int, error) {
 			case <-vm.con.exited:
 			default:
 				return 0, fmt.Errorf("%s: QEMU exited (%v) without %s<status>; QEMU stderr: %s; last console lines: %s",
-					vm.spec.name(), vm.waitErr, ExitMarker, orNone(vm.stderr.String()), vm.con.tailText(tailLines))
+					vm.spec.name(), vm.waitErr, guest.ExitMarker, orNone(vm.stderr.String()), vm.con.tailText(tailLines))
 			}
 		case <-time.After(2 * time.Second):
 			return 0, fmt.Errorf("%s: QEMU exited (%v) without %s<status>; last console lines: %s",
-				vm.spec.name(), vm.waitErr, ExitMarker, vm.con.tailText(tailLines))
+				vm.spec.name(), vm.waitErr, guest.ExitMarker, vm.con.tailText(tailLines))
 		}
 	case <-ctx.Done():
 		return 0, fmt.Errorf("%s: guest command did not finish (no %s) within %v; last console lines: %s",
-			vm.spec.name(), ExitMarker, limitOr(limit, start), vm.con.tailText(tailLines))
+			vm.spec.name(), guest.ExitMarker, limitOr(limit, start), vm.con.tailText(tailLines))
 	}
 	select {
 	case <-vm.exited:
 	case <-ctx.Done():
 		status := vm.con.exitStatus()
 		return status, fmt.Errorf("%s: guest printed %s%d but QEMU did not exit within %v; last console lines: %s",
-			vm.spec.name(), ExitMarker, status, limitOr(limit, start), vm.con.tailText(tailLines))
+			vm.spec.name(), guest.ExitMarker, status, limitOr(limit, start), vm.con.tailText(tailLines))
 	}
 	// The last marker counts: read the console to its end first.
 	select {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/vmnet/vmnet/images/guest"
 	"net"
 	"net/netip"
 	"os"
@@ -129,7 +130,7 @@ func (l *lab) queues(t *testing.T, name string) (enabled, disabled int) {
 	return tt.Queues, tt.DisabledQueues
 }
 
-func guestSpec(t *testing.T, img images.Image, name string, g GuestArgs) Spec {
+func guestSpec(t *testing.T, img images.Image, name string, g guest.Args) Spec {
 	t.Helper()
 	app, err := g.Append("")
 	if err != nil {
@@ -196,8 +197,8 @@ func TestGuestMultiQueue(t *testing.T) {
 	if en, dis := l.queues(t, "vm0"); en != 2 || dis != 0 {
 		t.Logf("before QEMU: %d enabled, %d disabled queues", en, dis)
 	}
-	g := GuestArgs{
-		IPs: []GuestIP{{Iface: "eth0", Addrs: addr("10.0.0.2/24")}},
+	g := guest.Args{
+		IPs: []guest.IP{{Iface: "eth0", Addrs: addr("10.0.0.2/24")}},
 		Cmd: "ping -c 3 -W 2 10.0.0.1 && ethtool -l eth0 && ethtool -k eth0 && sleep 4",
 	}
 	s := guestSpec(t, img, "mq", g)
@@ -209,7 +210,7 @@ func TestGuestMultiQueue(t *testing.T) {
 		t.Fatalf("query-status: %+v %v", st, err)
 	}
 	waitReady(t, vm, 90*time.Second)
-	t.Logf("boot to %s: %v (accel %s, %s)", ReadyMarker, time.Since(t0).Round(time.Millisecond), vm.Accel(), s.Machine)
+	t.Logf("boot to %s: %v (accel %s, %s)", guest.ReadyMarker, time.Since(t0).Round(time.Millisecond), vm.Accel(), s.Machine)
 
 	// While the guest sleeps, the tap must show both queues enabled.
 	var en, dis int
@@ -238,8 +239,8 @@ func TestGuestMultiQueue(t *testing.T) {
 		t.Errorf("ping to the bridge failed:\n%s", out)
 	}
 	log, err := os.ReadFile(s.ConsoleLog)
-	if err != nil || !strings.Contains(string(log), ReadyMarker) {
-		t.Errorf("console log %s lacks %s (err %v)", s.ConsoleLog, ReadyMarker, err)
+	if err != nil || !strings.Contains(string(log), guest.ReadyMarker) {
+		t.Errorf("console log %s lacks %s (err %v)", s.ConsoleLog, guest.ReadyMarker, err)
 	}
 }
 
@@ -258,8 +259,8 @@ func TestGuestExitStatus(t *testing.T) {
 	} {
 		t.Run(tc.machine, func(t *testing.T) {
 			tp := l.tap(t, "vm-"+tc.machine, 2)
-			s := guestSpec(t, img, "exit-"+tc.machine, GuestArgs{
-				IPs: []GuestIP{{Iface: "eth0", Addrs: addr("10.0.0.2/24")}},
+			s := guestSpec(t, img, "exit-"+tc.machine, guest.Args{
+				IPs: []guest.IP{{Iface: "eth0", Addrs: addr("10.0.0.2/24")}},
 				Cmd: tc.cmd,
 			})
 			s.Machine = tc.machine
@@ -269,7 +270,7 @@ func TestGuestExitStatus(t *testing.T) {
 			shutdown, unsub := vm.Events("SHUTDOWN")
 			defer unsub()
 			waitReady(t, vm, 90*time.Second)
-			t.Logf("boot to %s: %v on %s", ReadyMarker, time.Since(t0).Round(time.Millisecond), tc.machine)
+			t.Logf("boot to %s: %v on %s", guest.ReadyMarker, time.Since(t0).Round(time.Millisecond), tc.machine)
 			if got := wait(t, vm, 60*time.Second); got != tc.want {
 				t.Fatalf("exit status %d, want %d; console:\n%s", got, tc.want, strings.Join(vm.ConsoleTail(30), "\n"))
 			}
@@ -293,7 +294,7 @@ func TestGuestExitStatus(t *testing.T) {
 // test image takes as a poweroff).
 func TestGuestTimeout(t *testing.T) {
 	img := guestImage(t)
-	s := guestSpec(t, img, "stuck", GuestArgs{Cmd: "echo going-to-sleep; sleep 600"})
+	s := guestSpec(t, img, "stuck", guest.Args{Cmd: "echo going-to-sleep; sleep 600"})
 	s.CPUs = 1
 	s.PowerdownGrace = time.Second
 	vm := start(t, s)
@@ -349,7 +350,7 @@ func TestGuestTimeout(t *testing.T) {
 // QEMU that dies at start-up is reported with its stderr.
 func TestStartFailure(t *testing.T) {
 	img := guestImage(t)
-	s := guestSpec(t, img, "bad", GuestArgs{Cmd: "true"})
+	s := guestSpec(t, img, "bad", guest.Args{Cmd: "true"})
 	s.ExtraArgs = []string{"-device", "no-such-device-xyz"}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -463,7 +464,7 @@ func TestHotplug(t *testing.T) {
 	l := newLab(t)
 	tp0 := l.tap(t, "hp0", 1)
 	tp1 := l.tap(t, "hp1", 2)
-	s := guestSpec(t, img, "hot", GuestArgs{IPs: []GuestIP{{Iface: "eth0", Addrs: addr("10.0.0.2/24")}}})
+	s := guestSpec(t, img, "hot", guest.Args{IPs: []guest.IP{{Iface: "eth0", Addrs: addr("10.0.0.2/24")}}})
 	s.HotplugPorts = 2
 	s.ControlSocket = filepath.Join(s.RunDir, "ctl.sock")
 	s.NICs = []NIC{{ID: "n0", Queues: tp0.Files()}}
@@ -569,8 +570,8 @@ func TestGuestIperf(t *testing.T) {
 	})
 	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
 
-	s := guestSpec(t, img, "iperf", GuestArgs{
-		IPs: []GuestIP{{Iface: "eth0", Addrs: addr("10.0.0.2/24")}},
+	s := guestSpec(t, img, "iperf", guest.Args{
+		IPs: []guest.IP{{Iface: "eth0", Addrs: addr("10.0.0.2/24")}},
 		Cmd: "sleep 0.5; iperf3 -c 10.0.0.1 -t 5 -f m",
 	})
 	s.NICs = []NIC{{ID: "n0", Queues: tp.Files()}}
@@ -655,8 +656,8 @@ func TestRestartSameTap(t *testing.T) {
 	l := newLab(t)
 	tp := l.tap(t, "rs0", 2)
 	for i := 0; i < 2; i++ {
-		s := guestSpec(t, img, fmt.Sprintf("restart%d", i), GuestArgs{
-			IPs: []GuestIP{{Iface: "eth0", Addrs: addr("10.0.0.2/24")}},
+		s := guestSpec(t, img, fmt.Sprintf("restart%d", i), guest.Args{
+			IPs: []guest.IP{{Iface: "eth0", Addrs: addr("10.0.0.2/24")}},
 			Cmd: "ping -c 1 -W 5 10.0.0.1",
 		})
 		s.CPUs = 1
@@ -680,8 +681,8 @@ func TestGuestAsUser(t *testing.T) {
 	img := guestImage(t)
 	l := newLab(t)
 	tp := l.tap(t, "us0", 2)
-	s := guestSpec(t, img, "nobody", GuestArgs{
-		IPs: []GuestIP{{Iface: "eth0", Addrs: addr("10.0.0.2/24")}},
+	s := guestSpec(t, img, "nobody", guest.Args{
+		IPs: []guest.IP{{Iface: "eth0", Addrs: addr("10.0.0.2/24")}},
 		Cmd: "ping -c 1 -W 5 10.0.0.1",
 	})
 	s.User = &User{UID: 65534, GID: 65534}
@@ -733,7 +734,7 @@ func TestGuestAsUser(t *testing.T) {
 // with the guest's reason, instead of waiting for the timeout.
 func TestGuestSetupError(t *testing.T) {
 	img := guestImage(t)
-	s := guestSpec(t, img, "broken", GuestArgs{IPs: []GuestIP{{Iface: "eth7", Addrs: addr("10.0.0.2/24")}}, Cmd: "true"})
+	s := guestSpec(t, img, "broken", guest.Args{IPs: []guest.IP{{Iface: "eth7", Addrs: addr("10.0.0.2/24")}}, Cmd: "true"})
 	s.CPUs = 1
 	vm := start(t, s)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -750,7 +751,7 @@ func TestGuestSetupError(t *testing.T) {
 // and Go ends a thread whose goroutine exits while locked to it.
 func TestStartFromExitingThread(t *testing.T) {
 	img := guestImage(t)
-	s := guestSpec(t, img, "orphan", GuestArgs{Cmd: "sleep 600"})
+	s := guestSpec(t, img, "orphan", guest.Args{Cmd: "sleep 600"})
 	s.CPUs = 1
 	type res struct {
 		vm  *VM
@@ -784,7 +785,7 @@ func TestStartFromExitingThread(t *testing.T) {
 // A second Start on the run directory of a running VM is refused.
 func TestStartTwice(t *testing.T) {
 	img := guestImage(t)
-	s := guestSpec(t, img, "twice", GuestArgs{Cmd: "sleep 600"})
+	s := guestSpec(t, img, "twice", guest.Args{Cmd: "sleep 600"})
 	s.CPUs = 1
 	s.PowerdownGrace = time.Millisecond
 	vm := start(t, s)
@@ -813,7 +814,7 @@ func TestGuestPowerButton(t *testing.T) {
 	for _, machine := range []string{MachineQ35, MachineMicroVM} {
 		t.Run(machine, func(t *testing.T) {
 			tp := l.tap(t, "pb-"+machine, 1)
-			s := guestSpec(t, img, "pb-"+machine, GuestArgs{
+			s := guestSpec(t, img, "pb-"+machine, guest.Args{
 				Cmd: `if ip -o link show eth0 | grep -q '[<,]UP[,>]'; then echo ETH0-IS-UP; else echo ETH0-IS-DOWN; fi; sleep 600`,
 			})
 			s.Machine = machine

@@ -2,13 +2,14 @@ package qemu
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/base64"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/vmnet/vmnet/images/guest"
 )
 
 // SaveBandwidth is the migration bandwidth cap while a guest is saved:
@@ -16,7 +17,7 @@ import (
 const SaveBandwidth = 64 << 30
 
 // WaitWarmPoint waits until a guest booted with vmnet.warm prints
-// WarmMarker: it has done everything that does not depend on its
+// guest.WarmMarker: it has done everything that does not depend on its
 // identity and can be saved.
 func (vm *VM) WaitWarmPoint(ctx context.Context) error {
 	ctx, cancel, limit := withDefault(ctx, DefaultReadyTimeout)
@@ -31,10 +32,10 @@ func (vm *VM) WaitWarmPoint(ctx context.Context) error {
 			vm.spec.name(), strings.Join(vm.con.guestErrors(), "; "), vm.con.tailText(tailLines))
 	case <-vm.exited:
 		return fmt.Errorf("%s: QEMU exited (%v) before %s; QEMU stderr: %s; last console lines: %s",
-			vm.spec.name(), vm.waitErr, WarmMarker, orNone(vm.stderr.String()), vm.con.tailText(tailLines))
+			vm.spec.name(), vm.waitErr, guest.WarmMarker, orNone(vm.stderr.String()), vm.con.tailText(tailLines))
 	case <-ctx.Done():
 		return fmt.Errorf("%s: no %s within %v (%v); last console lines: %s",
-			vm.spec.name(), WarmMarker, limitOr(limit, start), ctx.Err(), vm.con.tailText(tailLines))
+			vm.spec.name(), guest.WarmMarker, limitOr(limit, start), ctx.Err(), vm.con.tailText(tailLines))
 	}
 }
 
@@ -120,13 +121,9 @@ func (vm *VM) restoreErr(err error) error {
 	}
 }
 
-// identityChunk is the base64 text per line: well below the 4095-byte
-// line limit of the guest tty's canonical mode.
-const identityChunk = 3072
-
 // SendIdentity tells a restored guest (waiting at its snapshot point) who
 // it is: words are vmnet.* parameters as on the kernel command line (see
-// package images). They travel through ttyS1 (Spec.ControlSocket), which
+// package images), encoded by guest.IdentityText. They travel through ttyS1 (Spec.ControlSocket), which
 // is held open until the guest is ready, has failed, or QEMU exits.
 func (vm *VM) SendIdentity(ctx context.Context, words []string) error {
 	if vm.spec.ControlSocket == "" {
@@ -134,13 +131,6 @@ func (vm *VM) SendIdentity(ctx context.Context, words []string) error {
 	}
 	ctx, cancel, _ := withDefault(ctx, 10*time.Second)
 	defer cancel()
-	text := strings.Join(words, " ")
-	b64 := base64.StdEncoding.EncodeToString([]byte(text))
-	var s strings.Builder
-	for i := 0; i < len(b64); i += identityChunk {
-		s.WriteString(b64[i:min(i+identityChunk, len(b64))] + "\n")
-	}
-	fmt.Fprintf(&s, "END %x\n", sha256.Sum256([]byte(text)))
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", vm.spec.ControlSocket)
 	if err != nil {
@@ -149,7 +139,7 @@ func (vm *VM) SendIdentity(ctx context.Context, words []string) error {
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetWriteDeadline(dl)
 	}
-	if _, err := c.Write([]byte(s.String())); err != nil {
+	if _, err := io.WriteString(c, guest.IdentityText(words)); err != nil {
 		c.Close()
 		return fmt.Errorf("%s: restore: send the identity: %w", vm.spec.name(), err)
 	}

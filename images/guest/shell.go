@@ -1,0 +1,132 @@
+package guest
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The test image keeps a root shell without echo or prompt on ttyS1. A
+// ShellProgram is one command for it: the command never reaches the shell
+// as text. It is sent base64-encoded, checked against its SHA-256 and
+// decoded into a file that a new sh runs with stdin /dev/null, so quoting,
+// control characters or a syntax error in it cannot leave the shell
+// waiting for more input. Output is framed by lines with a per-call
+// random nonce (ShellBegin+nonce before, ShellEnd+nonce+"=<status>"
+// after), so neither output left over from an earlier call nor command
+// output that imitates a status line is taken for the status.
+const (
+	ShellBegin = "VMNET-SHELL-BEGIN-"
+	ShellEnd   = "VMNET-SHELL-"
+)
+
+// shellChunk is the base64 text per line sent to the guest: well below
+// the 4095-byte line limit of the tty's canonical mode.
+const shellChunk = 3072
+
+// ErrGarbled marks a command that did not arrive intact in the guest.
+var ErrGarbled = errors.New("the command arrived garbled in the guest (its SHA-256 differs); nothing was run")
+
+// ShellProgram is one call: the lines to send to the guest's shell
+// (Script) and the markers that frame the answer (Read).
+type ShellProgram struct {
+	Script string
+	begin  string // line before the output
+	end    string // status line prefix
+}
+
+// NewShellProgram encodes cmd; the guest kills it after guestTimeout.
+func NewShellProgram(cmd string, guestTimeout time.Duration) ShellProgram {
+	nonce := NewNonce()
+	p := ShellProgram{begin: ShellBegin + nonce, end: ShellEnd + nonce + "="}
+	sum := sha256.Sum256([]byte(cmd))
+	b64 := base64.StdEncoding.EncodeToString([]byte(cmd))
+	secs := int(guestTimeout.Round(time.Second)/time.Second) + 1
+	// Every line is complete shell syntax made of fixed text, hex and
+	// base64: whatever cmd holds, the guest's shell reads exactly these
+	// lines. The file is per call, so a killed earlier command cannot
+	// have it open.
+	var s strings.Builder
+	f := "/tmp/.vmnet-sh-" + nonce
+	fmt.Fprintf(&s, "f=%s; : >$f.b64\n", f)
+	for i := 0; i < len(b64); i += shellChunk {
+		fmt.Fprintf(&s, "printf %%s %s >>$f.b64\n", b64[i:min(i+shellChunk, len(b64))])
+	}
+	// A newline before each marker puts it on a line of its own even
+	// after output without one; Read drops that newline again.
+	fmt.Fprintf(&s, "echo; echo %s; if base64 -d <$f.b64 >$f 2>/dev/null && [ \"$(sha256sum <$f)\" = '%x  -' ]; then "+
+		"timeout -s KILL %d sh $f </dev/null 2>&1; s=$?; else s=garbled; fi; rm -f $f $f.b64; echo; echo %s$s\n",
+		p.begin, sum, secs, p.end)
+	p.Script = s.String()
+	return p
+}
+
+// Read skips what comes before the begin line, relays the output to out
+// up to limit bytes (counting the rest in cut) and returns the command's
+// status at the status line. Lines shorter than r's buffer come whole,
+// so a marker line is never split: give it a buffer well above the
+// marker's length.
+func (p ShellProgram) Read(r *bufio.Reader, out io.Writer, limit int64) (status int, cut int64, err error) {
+	var relayed int64
+	emit := func(b []byte) {
+		if n := min(int64(len(b)), limit-relayed); n > 0 {
+			out.Write(b[:n])
+			relayed += n
+			b = b[n:]
+		}
+		cut += int64(len(b))
+	}
+	begun := false
+	pendingNL := false // a newline held back: it may be the one before the status line
+	lineStart := true
+	for {
+		chunk, err := r.ReadSlice('\n')
+		if len(chunk) > 0 {
+			complete := chunk[len(chunk)-1] == '\n'
+			if lineStart && complete {
+				line := string(bytes.TrimRight(chunk, "\r\n"))
+				switch {
+				case !begun:
+					begun = line == p.begin
+					chunk = nil
+				case strings.HasPrefix(line, p.end):
+					st := line[len(p.end):]
+					if st == "garbled" {
+						return 0, cut, ErrGarbled
+					}
+					n, aerr := strconv.Atoi(st)
+					if aerr != nil {
+						return 0, cut, fmt.Errorf("bad status line %q", line)
+					}
+					return n, cut, nil
+				}
+			}
+			if begun && chunk != nil {
+				if pendingNL {
+					emit([]byte{'\n'})
+					pendingNL = false
+				}
+				if complete {
+					emit(chunk[:len(chunk)-1])
+					pendingNL = true
+				} else {
+					emit(chunk)
+				}
+			}
+			lineStart = complete
+		}
+		if err != nil && err != bufio.ErrBufferFull {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, cut, err
+		}
+	}
+}
