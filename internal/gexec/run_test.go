@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -244,3 +245,91 @@ func BenchmarkRun(b *testing.B) {
 		}
 	}
 }
+
+// Warm execs: from an empty snapshot cache the first run saves a
+// snapshot and the second restores it; each gets its own program
+// arguments and testdata (from the disk given at restore time, not from
+// the saved guest), output and exit status.
+func TestRunWarm(t *testing.T) {
+	needGuest(t)
+	prog := staticProgram(t)
+	snaps := t.TempDir()
+	var saved int
+	for i, word := range []string{"first", "second"} {
+		dir := filepath.Join(t.TempDir(), word)
+		os.MkdirAll(filepath.Join(dir, "testdata"), 0o755)
+		os.WriteFile(filepath.Join(dir, "testdata", "hello.txt"), []byte(word+"\n"), 0o644)
+		var warn, log syncBuf
+		res, out, err := run(t, gexec.Options{Program: prog, Args: []string{word, "exit=" + strconv.Itoa(3+i)}, Dir: dir,
+			SnapshotDir: snaps, Warn: &warn, Logf: log.logf})
+		if err != nil {
+			t.Fatalf("run %d: %v", i+1, err)
+		}
+		if w := warn.String(); w != "" {
+			t.Errorf("run %d fell back to a cold boot: %s", i+1, w)
+		}
+		if !strings.Contains(out, fmt.Sprintf("args=[%q %q]\n", word, "exit="+strconv.Itoa(3+i))) ||
+			!strings.Contains(out, "wd="+dir+"\n") || !strings.Contains(out, fmt.Sprintf("testdata=%q\n", word+"\n")) {
+			t.Errorf("run %d: output\n%s", i+1, out)
+		}
+		if res.Status != 3+i {
+			t.Errorf("run %d: status %d, want %d", i+1, res.Status, 3+i)
+		}
+		if strings.Contains(log.String(), "save a snapshot") {
+			saved++
+			if i > 0 {
+				t.Errorf("run %d saved a snapshot again: %s", i+1, log.String())
+			}
+		}
+		t.Logf("run %d: QEMU start to program start %.2fs, QEMU start to exit %.2fs", i+1, res.Boot.Seconds(), res.Total.Seconds())
+	}
+	if saved != 1 {
+		t.Errorf("%d snapshots saved, want 1", saved)
+	}
+	ents, _ := os.ReadDir(snaps)
+	n := 0
+	for _, e := range ents {
+		if _, err := os.Stat(filepath.Join(snaps, e.Name(), "snapshot.json")); err == nil {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d complete snapshots in the cache, want 1", n)
+	}
+}
+
+// --cold (Options.Cold) and microvm never touch the snapshot cache.
+func TestRunColdLeavesNoSnapshot(t *testing.T) {
+	needGuest(t)
+	prog := staticProgram(t)
+	snaps := t.TempDir()
+	res, out, err := run(t, gexec.Options{Program: prog, Args: []string{"exit=5"}, Dir: t.TempDir(), SnapshotDir: snaps, Cold: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Status != 5 || !strings.Contains(out, "guest=1\n") {
+		t.Errorf("status %d, output\n%s", res.Status, out)
+	}
+	if ents, _ := os.ReadDir(snaps); len(ents) != 0 {
+		t.Errorf("a cold run wrote into the snapshot cache: %v", ents)
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (s *syncBuf) logf(format string, args ...any) { fmt.Fprintf(s, format+"\n", args...) }
