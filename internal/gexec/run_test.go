@@ -333,3 +333,23 @@ func (s *syncBuf) String() string {
 }
 
 func (s *syncBuf) logf(format string, args ...any) { fmt.Fprintf(s, format+"\n", args...) }
+
+// A warm boot that cannot happen (here: the snapshot cache is a file)
+// says why and boots cold once; the program still runs.
+func TestRunWarmFallsBackCold(t *testing.T) {
+	needGuest(t)
+	prog := staticProgram(t)
+	notDir := filepath.Join(t.TempDir(), "cache")
+	os.WriteFile(notDir, []byte("not a directory"), 0o644)
+	var warn syncBuf
+	res, out, err := run(t, gexec.Options{Program: prog, Args: []string{"exit=6"}, Dir: t.TempDir(), SnapshotDir: notDir, Warn: &warn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Status != 6 || !strings.Contains(out, "guest=1\n") {
+		t.Errorf("status %d, output\n%s", res.Status, out)
+	}
+	if w := warn.String(); !strings.Contains(w, "warm boot failed, booting cold") || !strings.Contains(w, notDir) {
+		t.Errorf("message %q does not say that it boots cold and why", w)
+	}
+}
