@@ -22,7 +22,9 @@ const execLong = "Boots the vmnet test guest, runs the statically linked PROGRAM
 	"The program starts in a directory of the same path as the current one, with ./testdata carried\n" +
 	"along (at most 64 MiB); its stdout and stderr (one serial console) go to stdout without the boot\n" +
 	"messages. Flags stand before PROGRAM; everything from PROGRAM on belongs to it. --verbose copies\n" +
-	"the boot console, image steps and timings to stderr.\n" +
+	"the boot console, image steps and timings to stderr. The guest is restored from a snapshot of a\n" +
+	"booted one (the first run of a shape saves it; the program comes on a disk); --cold boots it from\n" +
+	"scratch.\n" +
 	"Exit status: the program's, 124 when the guest did not come up or finish in time, 125 when\n" +
 	"vmnet could not run it at all (for example a dynamically linked binary), 130 on interrupt."
 
@@ -58,7 +60,7 @@ type execFlags struct {
 	cpus                               int
 	mem                                memFlag
 	timeout, boot                      time.Duration
-	klog                               bool
+	klog, cold                         bool
 	envs                               []string
 }
 
@@ -87,7 +89,8 @@ func execCommand(e *env) *cobra.Command {
 	fs.DurationVar(&f.timeout, "timeout", 0, "give up (exit 124) when the program has not finished after this long (default: the program's -test.timeout plus 1m, else 10m)")
 	fs.DurationVar(&f.boot, "boot-timeout", 2*time.Minute, "give up (exit 124) when the guest is not ready after this long")
 	fs.StringVar(&f.accel, "accel", "auto", "accelerator: auto (KVM where it really works, else TCG), kvm or tcg")
-	fs.StringVar(&f.machine, "machine", "microvm", "QEMU machine: microvm, pc or q35")
+	fs.StringVar(&f.machine, "machine", "", "QEMU machine: microvm, pc or q35 (default q35, restored from a snapshot; microvm with --cold; microvm always boots cold)")
+	fs.BoolVar(&f.cold, "cold", false, "boot the guest from scratch instead of restoring a snapshot of a booted one (the first run of a shape saves it; vmnet image prune removes them)")
 	fs.StringVar(&f.cache, "cache", "", "image cache `DIR`ectory (default $VMNET_CACHE, else ~/.cache/vmnet)")
 	fs.BoolVar(&f.klog, "kernel-log", false, "leave kernel warnings on the console while the program runs (they then mix with its output)")
 	fs.StringArrayVar(&f.envs, "env", nil, "NAME=VALUE to set in the guest (repeatable); CI, GODEBUG, GOTRACEBACK, GOMAXPROCS, ... pass through by themselves")
@@ -102,7 +105,7 @@ func execProgram(e *env, pos []string, f *execFlags) error {
 		return usagef("vmnet exec: --cpus %d: want at least 1", f.cpus)
 	case f.accel != "auto" && f.accel != "kvm" && f.accel != "tcg":
 		return usagef("vmnet exec: --accel %q: want auto, kvm or tcg", f.accel)
-	case f.machine != "microvm" && f.machine != "pc" && f.machine != "q35":
+	case f.machine != "" && f.machine != "microvm" && f.machine != "pc" && f.machine != "q35":
 		return usagef("vmnet exec: --machine %q: want microvm, pc or q35", f.machine)
 	case f.timeout < 0 || f.boot <= 0:
 		return usagef("vmnet exec: --timeout and --boot-timeout want positive durations such as 2m")
@@ -111,7 +114,7 @@ func execProgram(e *env, pos []string, f *execFlags) error {
 		Program: pos[0], Args: pos[1:], Env: f.envs,
 		CPUs: f.cpus, MemoryMiB: int(f.mem), Accel: f.accel, Machine: f.machine,
 		BootTimeout: f.boot, Timeout: f.timeout, CacheDir: f.cache,
-		Stdout: e.stdout, KernelLog: f.klog,
+		Stdout: e.stdout, KernelLog: f.klog, Cold: f.cold, Warn: e.stderr,
 	}
 	o.Modules = []string{}
 	for _, m := range strings.Split(f.mods, ",") {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/internal/lab"
+	"github.com/vmnet/vmnet/internal/snapshot"
 	"github.com/vmnet/vmnet/names"
 	"github.com/vmnet/vmnet/vmconfig"
 )
@@ -207,7 +208,7 @@ func imageCommand(e *env) *cobra.Command {
 		Example: `  vmnet image prune`,
 		Args:    nargs(0, 0),
 		RunE: func(*cobra.Command, []string) error {
-			removed, err := lab.PruneSnapshots()
+			removed, err := snapshot.Prune()
 			for _, d := range removed {
 				fmt.Fprintf(e.stdout, "removed %s\n", d)
 			}

@@ -62,10 +62,20 @@ type Options struct {
 	// means those of DefaultPrograms the host has.
 	Programs []string
 
-	CPUs        int           // default 1
-	MemoryMiB   int           // default 512
-	Accel       string        // qemu.AccelAuto (default), kvm, tcg
-	Machine     string        // default microvm
+	CPUs      int    // default 1
+	MemoryMiB int    // default 512
+	Accel     string // qemu.AccelAuto (default), kvm, tcg
+	// Machine is QEMU's machine type: by default q35 for a warm boot
+	// and microvm for a cold one (it boots fastest, but has one serial
+	// port and no VM generation id device, which warm boots need).
+	Machine string
+	// Cold turns warm boots (snapshots, see package snapshot) off.
+	Cold bool
+	// SnapshotDir is the snapshot cache; default snapshot.DefaultDir().
+	SnapshotDir string
+	// Warn receives what the user should know even without --verbose
+	// (a warm boot that failed and fell back to a cold one); nil discards.
+	Warn        io.Writer
 	BootTimeout time.Duration // until VMNET-READY; default 2 minutes
 	Timeout     time.Duration // for the program; default 10 minutes
 
@@ -119,36 +129,26 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	initrd := filepath.Join(run, "initrd")
-	if err := o.writeInitrd(ctx, img.Initrd, initrd); err != nil {
-		return res, err
-	}
-	if user != nil {
-		if err := os.Chown(initrd, -1, int(user.GID)); err != nil {
-			return res, err
-		}
-		if err := os.Chmod(initrd, 0o640); err != nil {
-			return res, err
-		}
-	}
-	res.Image = time.Since(t0)
-
-	// The wrapper loads the modules, in one modprobe (see wrapperScript).
 	nonce := guest.NewNonce()
-	app, err := guest.Args{Nonce: nonce}.Append(guest.DefaultCmdline)
-	if err != nil {
-		return res, err
-	}
 	out := newOutputFilter(o.Stdout, o.Console, nonce)
-	spec := qemu.Spec{
-		Name: "exec", Machine: o.Machine, Accel: o.Accel, CPUs: o.CPUs, MemoryMiB: o.MemoryMiB,
-		Kernel: img.Kernel, Initrd: initrd, Append: app,
-		RunDir: run, ConsoleTee: out, Logf: o.Logf, User: user,
+	var vm *qemu.VM
+	var start time.Time
+	if why := o.coldReason(); why == "" {
+		vm, start, err = o.bootWarm(ctx, img, run, user, nonce, out, t0, &res)
+		if err != nil {
+			if ctx.Err() != nil {
+				return res, err
+			}
+			fmt.Fprintf(o.Warn, "vmnet exec: warm boot failed, booting cold: %v\n", err)
+			vm = nil
+		}
+	} else if o.Logf != nil {
+		o.Logf("booting cold: %s", why)
 	}
-	start := time.Now()
-	vm, err := qemu.Start(ctx, spec)
-	if err != nil {
-		return res, err
+	if vm == nil {
+		if vm, start, err = o.bootCold(ctx, img, run, user, nonce, out, t0, &res); err != nil {
+			return res, err
+		}
 	}
 	stopped := false
 	defer func() {
@@ -192,6 +192,42 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	return res, nil
 }
 
+// bootCold starts a guest of the test image whose initramfs carries the
+// program (the way without snapshots).
+func (o *Options) bootCold(ctx context.Context, img images.Image, run string, user *qemu.User, nonce string, out *outputFilter, t0 time.Time, res *Result) (*qemu.VM, time.Time, error) {
+	initrd := filepath.Join(run, "initrd")
+	if err := o.writeInitrd(ctx, img.Initrd, initrd); err != nil {
+		return nil, time.Time{}, err
+	}
+	if user != nil {
+		if err := os.Chown(initrd, -1, int(user.GID)); err != nil {
+			return nil, time.Time{}, err
+		}
+		if err := os.Chmod(initrd, 0o640); err != nil {
+			return nil, time.Time{}, err
+		}
+	}
+	res.Image = time.Since(t0)
+
+	// The wrapper loads the modules, in one modprobe (see wrapperScript).
+	app, err := guest.Args{Nonce: nonce}.Append(guest.DefaultCmdline)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	machine := o.Machine
+	if machine == "" {
+		machine = qemu.MachineMicroVM
+	}
+	spec := qemu.Spec{
+		Name: "exec", Machine: machine, Accel: o.Accel, CPUs: o.CPUs, MemoryMiB: o.MemoryMiB,
+		Kernel: img.Kernel, Initrd: initrd, Append: app,
+		RunDir: run, ConsoleTee: out, Logf: o.Logf, User: user,
+	}
+	start := time.Now()
+	vm, err := qemu.Start(ctx, spec)
+	return vm, start, err
+}
+
 func (o *Options) defaults() error {
 	if o.Program == "" {
 		return errors.New("no program to run")
@@ -229,8 +265,8 @@ func (o *Options) defaults() error {
 	if o.MemoryMiB == 0 {
 		o.MemoryMiB = 512
 	}
-	if o.Machine == "" {
-		o.Machine = qemu.MachineMicroVM
+	if o.Warn == nil {
+		o.Warn = io.Discard
 	}
 	if o.BootTimeout == 0 {
 		o.BootTimeout = 2 * time.Minute
@@ -268,6 +304,23 @@ func (o *Options) writeInitrd(ctx context.Context, base, dst string) error {
 	if err != nil {
 		return fmt.Errorf("guest image: %w", err)
 	}
+	var buf bytes.Buffer
+	buf.Grow(len(b) + 8<<20)
+	buf.Write(b)
+	// The kernel looks for a following cpio header only at 4-byte aligned
+	// offsets and skips zero bytes in between.
+	for buf.Len()%4 != 0 {
+		buf.WriteByte(0)
+	}
+	if err := o.writeOverlay(ctx, &buf, o.Modules); err != nil {
+		return err
+	}
+	return os.WriteFile(dst, buf.Bytes(), 0o600)
+}
+
+// writeOverlay writes the newc archive with the program, its wrapper, the
+// host programs and testdata/ to buf; the wrapper loads modules.
+func (o *Options) writeOverlay(ctx context.Context, buf *bytes.Buffer, modules []string) error {
 	prog, err := os.ReadFile(o.Program)
 	if err != nil {
 		return fmt.Errorf("program: %w", err)
@@ -281,15 +334,8 @@ func (o *Options) writeInitrd(ctx context.Context, base, dst string) error {
 		progs = append(progs, lp)
 	}
 
-	var buf bytes.Buffer
-	buf.Grow(len(b) + len(prog) + 8<<20)
-	buf.Write(b)
-	// The kernel looks for a following cpio header only at 4-byte aligned
-	// offsets and skips zero bytes in between.
-	for buf.Len()%4 != 0 {
-		buf.WriteByte(0)
-	}
-	ov := newOverlay(&buf)
+	buf.Grow(len(prog))
+	ov := newOverlay(buf)
 	guestProg := path.Join("/", guestProgDir, filepath.Base(o.Program))
 	ov.file(guestProg, 0o755, prog)
 	if err := ov.addPrograms(ctx, progs); err != nil {
@@ -306,11 +352,8 @@ func (o *Options) writeInitrd(ctx context.Context, base, dst string) error {
 			return err
 		}
 	}
-	ov.file(guestRun, 0o755, wrapperScript(guestProg, dir, o.Args, o.env(), o.outputDirs(), o.Modules, o.KernelLog))
-	if err := ov.close(); err != nil {
-		return err
-	}
-	return os.WriteFile(dst, buf.Bytes(), 0o600)
+	ov.file(guestRun, 0o755, wrapperScript(guestProg, dir, o.Args, o.env(), o.outputDirs(), modules, o.KernelLog))
+	return ov.close()
 }
 
 func guestReserved(dir string) bool {

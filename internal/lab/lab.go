@@ -52,7 +52,7 @@ type Options struct {
 	// for the whole lab).
 	Cold bool
 	// SnapshotDir holds the snapshots of warm boots; default
-	// SnapshotsDir() (next to the image cache).
+	// snapshot.DefaultDir() (next to the image cache).
 	SnapshotDir string
 }
 

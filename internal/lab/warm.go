@@ -2,164 +2,16 @@ package lab
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"sync"
-	"time"
 
-	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/images/guest"
 	"github.com/vmnet/vmnet/internal/qemu"
+	"github.com/vmnet/vmnet/internal/snapshot"
 	"github.com/vmnet/vmnet/vmconfig"
 )
 
-// Warm boots. The first boot of a shape (image, QEMU, machine, devices)
-// boots cold with vmnet.warm up to the image's snapshot point, where the
-// guest has done everything that does not depend on who it is, and saves
-// it: the RAM stays in a file the guest mapped shared, the device state
-// (about 0.6 MB) goes to a second file. Every later boot of that shape
-// starts QEMU with -incoming on a private (copy-on-write) mapping of the
-// RAM file and sends the guest its identity over ttyS1.
-
-// snapshotRecipe changes whenever what a snapshot holds changes meaning
-// (the image's snapshot point, the device set of a warm guest).
-const snapshotRecipe = "warm-1"
-
-// Files of a snapshot directory; the metadata is written last, so its
-// presence marks the snapshot complete.
-const (
-	snapRAM   = "ram"
-	snapState = "state"
-	snapMeta  = "snapshot.json"
-)
-
-// SnapshotsDir is where snapshots live: next to the image cache.
-func SnapshotsDir() (string, error) {
-	c, err := images.DefaultCacheDir()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(c, "snapshots"), nil
-}
-
-// snapKey is everything that changes the state of a saved guest: a
-// snapshot is used only by guests whose key is equal.
-type snapKey struct {
-	Recipe       string    `json:"recipe"`
-	Image        string    `json:"image"` // the image directory (named by its inputs' hash)
-	QEMU         string    `json:"qemu"`  // binary path, size, mtime and --version
-	Machine      string    `json:"machine"`
-	Accel        string    `json:"accel"`
-	CPUs         int       `json:"cpus"`
-	MemoryMiB    int       `json:"memory_mib"`
-	NICs         []snapNIC `json:"nics"`
-	HotplugPorts int       `json:"hotplug_ports"`
-	Append       string    `json:"append"`
-	ExtraArgs    []string  `json:"extra_args"`
-	UID          int64     `json:"uid"` // QEMU's user owns the RAM file
-}
-
-type snapNIC struct {
-	Model  string `json:"model"`
-	Queues int    `json:"queues"`
-	Vhost  bool   `json:"vhost"`
-}
-
-type snapMetadata struct {
-	Key         snapKey   `json:"key"`
-	StateSHA256 string    `json:"state_sha256"`
-	Built       time.Time `json:"built"`
-	BuildID     string    `json:"build_id"`
-}
-
-var (
-	qemuIDMu sync.Mutex
-	qemuIDs  = map[string]string{}
-)
-
-// qemuIdentity names the QEMU binary exactly enough that an upgrade
-// changes it: path, size, modification time and its version line.
-func qemuIdentity(binary string) (string, error) {
-	path, err := exec.LookPath(binary)
-	if err != nil {
-		return "", fmt.Errorf("QEMU binary %s not found: %w (install qemu-system-x86)", binary, err)
-	}
-	st, err := os.Stat(path)
-	if err != nil {
-		return "", err
-	}
-	id := fmt.Sprintf("%s %d %d", path, st.Size(), st.ModTime().UnixNano())
-	qemuIDMu.Lock()
-	defer qemuIDMu.Unlock()
-	if v, ok := qemuIDs[id]; ok {
-		return v, nil
-	}
-	out, err := exec.Command(path, "--version").Output()
-	if err != nil {
-		return "", fmt.Errorf("%s --version: %w", path, err)
-	}
-	line, _, _ := strings.Cut(string(out), "\n")
-	v := id + " " + strings.TrimSpace(line)
-	qemuIDs[id] = v
-	return v, nil
-}
-
-// keyOf is the snapshot key of a warm guest's spec (the spec of the
-// saving guest: Append with vmnet.warm, no per-guest parameters).
-func keyOf(s qemu.Spec, img images.Image) (snapKey, error) {
-	k := snapKey{Recipe: snapshotRecipe, Image: filepath.Base(img.Dir), Machine: s.Machine, Accel: s.Accel,
-		CPUs: s.CPUs, MemoryMiB: s.MemoryMiB, HotplugPorts: s.HotplugPorts, Append: s.Append, ExtraArgs: s.ExtraArgs}
-	if k.Machine == "" {
-		k.Machine = qemu.MachineQ35
-	}
-	if k.CPUs == 0 {
-		k.CPUs = 1
-	}
-	if k.MemoryMiB == 0 {
-		k.MemoryMiB = 256
-	}
-	bin := s.Binary
-	if bin == "" {
-		bin = qemu.DefaultBinary
-	}
-	var err error
-	if k.QEMU, err = qemuIdentity(bin); err != nil {
-		return k, err
-	}
-	if k.Accel == "" || k.Accel == qemu.AccelAuto {
-		k.Accel = qemu.AccelTCG
-		if h := qemu.HostCaps(true, false); h.KVM {
-			k.Accel = qemu.AccelKVM
-		}
-	}
-	vhost := qemu.HostCaps(false, false).VhostNet
-	for _, n := range s.NICs {
-		m := n.Model
-		if m == "" {
-			m = qemu.ModelVirtioPCI
-		}
-		k.NICs = append(k.NICs, snapNIC{Model: m, Queues: len(n.Queues), Vhost: n.Vhost == qemu.VhostOn || (n.Vhost != qemu.VhostOff && vhost)})
-	}
-	if s.User != nil {
-		k.UID = int64(s.User.UID)
-	}
-	return k, nil
-}
-
-func (k snapKey) dirName() string {
-	b, _ := json.Marshal(k)
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:12])
-}
+// Warm boots: see package snapshot.
 
 // warmable says whether vm boots warm, and if not, why (for the log).
 func (l *Lab) warmable(vm *vmconfig.VM) (bool, string) {
@@ -180,10 +32,9 @@ func (l *Lab) warmable(vm *vmconfig.VM) (bool, string) {
 	return true, ""
 }
 
-// bootWarm starts vm from the snapshot of its shape, saving one first if
-// there is none. A snapshot that cannot be restored is replaced once.
-// spec is the cold spec; guest the guest's identity.
-func (l *Lab) bootWarm(ctx context.Context, vm *vmconfig.VM, spec qemu.Spec, guest guest.Args, base string) (*qemu.VM, error) {
+// bootWarm starts vm from the snapshot of its shape (see package
+// snapshot). spec is the cold spec; args the guest's identity.
+func (l *Lab) bootWarm(ctx context.Context, vm *vmconfig.VM, spec qemu.Spec, args guest.Args, base string) (*qemu.VM, error) {
 	img, err := l.image(ctx)
 	if err != nil {
 		return nil, err
@@ -191,12 +42,8 @@ func (l *Lab) bootWarm(ctx context.Context, vm *vmconfig.VM, spec qemu.Spec, gue
 	spec.Append = base + " vmnet.warm"
 	spec.ControlSocket = filepath.Join(spec.RunDir, shellSocket)
 	spec.VMGenID = true
-	spec.Nonce = guest.Nonce
-	key, err := keyOf(spec, img)
-	if err != nil {
-		return nil, err
-	}
-	words, err := guest.Params()
+	spec.Nonce = args.Nonce
+	words, err := args.Params()
 	if err != nil {
 		return nil, err
 	}
@@ -206,226 +53,6 @@ func (l *Lab) bootWarm(ctx context.Context, vm *vmconfig.VM, spec qemu.Spec, gue
 		}
 	}
 	words = append(words, "vmnet.hostname="+vm.Name)
-
-	root := l.opts.SnapshotDir
-	if root == "" {
-		if root, err = SnapshotsDir(); err != nil {
-			return nil, err
-		}
-	}
-	if err := os.MkdirAll(root, 0o700); err != nil {
-		return nil, fmt.Errorf("snapshot cache %s: %w", root, err)
-	}
-	dir := filepath.Join(root, key.dirName())
-	var failed string // build id of a snapshot that did not restore
-	for attempt := 0; ; attempt++ {
-		meta, err := readSnapshot(dir, key)
-		if err != nil || (failed != "" && meta.BuildID == failed) {
-			if meta, err = l.ensureSnapshot(ctx, vm, spec, key, dir, failed); err != nil {
-				return nil, err
-			}
-		}
-		withTime := append(words[:len(words):len(words)], "vmnet.time="+strconv.FormatInt(time.Now().Unix(), 10))
-		v, err := l.restore(ctx, spec, dir, meta, withTime)
-		if err == nil {
-			return v, nil
-		}
-		if attempt > 0 {
-			return nil, err
-		}
-		l.opts.Logf("vm %s: the snapshot %s could not be restored (%v): booting cold once to replace it", vm.Name, dir, err)
-		failed = meta.BuildID
-	}
-}
-
-// readSnapshot reads a complete snapshot's metadata and checks it is the
-// one for key, with a state file of the recorded checksum.
-func readSnapshot(dir string, key snapKey) (snapMetadata, error) {
-	var m snapMetadata
-	b, err := os.ReadFile(filepath.Join(dir, snapMeta))
-	if err != nil {
-		return m, err
-	}
-	if err := json.Unmarshal(b, &m); err != nil {
-		return m, fmt.Errorf("snapshot %s: %w", dir, err)
-	}
-	kb, _ := json.Marshal(key)
-	mb, _ := json.Marshal(m.Key)
-	if string(kb) != string(mb) {
-		return m, fmt.Errorf("snapshot %s is of another shape", dir)
-	}
-	return m, nil
-}
-
-// ensureSnapshot builds the snapshot in dir unless another process did
-// while this one waited for the lock. A snapshot whose build id is
-// failed is replaced.
-func (l *Lab) ensureSnapshot(ctx context.Context, vm *vmconfig.VM, spec qemu.Spec, key snapKey, dir, failed string) (snapMetadata, error) {
-	unlock, err := images.Lock(ctx, dir+".lock", nil)
-	if err != nil {
-		return snapMetadata{}, err
-	}
-	defer unlock()
-	if m, err := readSnapshot(dir, key); err == nil && (failed == "" || m.BuildID != failed) {
-		return m, nil
-	}
-	done := l.step("vm " + vm.Name + ": save a snapshot of its shape")
-	m, err := l.buildSnapshot(ctx, vm, spec, key, dir)
-	done(err)
-	return m, err
-}
-
-// buildSnapshot boots the saving guest cold to its snapshot point, saves
-// it into a new directory and renames that into place.
-func (l *Lab) buildSnapshot(ctx context.Context, vm *vmconfig.VM, spec qemu.Spec, key snapKey, dir string) (_ snapMetadata, err error) {
-	m := snapMetadata{Key: key}
-	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".build-")
-	if err != nil {
-		return m, fmt.Errorf("snapshot cache: %w", err)
-	}
-	defer os.RemoveAll(tmp)
-	ram, err := os.OpenFile(filepath.Join(tmp, snapRAM), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return m, fmt.Errorf("snapshot cache: %w", err)
-	}
-	defer ram.Close()
-	// QEMU 7.2 opens the RAM file read-write even for a private mapping,
-	// so QEMU's user owns it.
-	if spec.User != nil {
-		if err := ram.Chown(int(spec.User.UID), int(spec.User.GID)); err != nil {
-			return m, fmt.Errorf("snapshot cache: %w", err)
-		}
-	}
-	state, err := os.OpenFile(filepath.Join(tmp, snapState), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return m, fmt.Errorf("snapshot cache: %w", err)
-	}
-	defer state.Close()
-	s := spec
-	s.RAM, s.RAMShared, s.Incoming = ram, true, nil
-	s.ConsoleLog, s.ConsoleTee, s.Nonce = "", nil, ""
-	v, err := qemu.Start(ctx, s)
-	if err != nil {
-		return m, err
-	}
-	defer v.Quit(context.Background())
-	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	if err := v.WaitWarmPoint(wctx); err != nil {
-		return m, err
-	}
-	if err := v.Save(wctx, state); err != nil {
-		return m, err
-	}
-	v.Quit(ctx)
-	if err := state.Sync(); err != nil {
-		return m, err
-	}
-	if _, err := state.Seek(0, io.SeekStart); err != nil {
-		return m, err
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, state); err != nil {
-		return m, err
-	}
-	m.StateSHA256 = hex.EncodeToString(h.Sum(nil))
-	m.Built = time.Now().UTC()
-	m.BuildID = guest.NewNonce()
-	b, _ := json.MarshalIndent(m, "", "  ")
-	if err := os.WriteFile(filepath.Join(tmp, snapMeta), append(b, '\n'), 0o644); err != nil {
-		return m, err
-	}
-	// Replace what is there (an incomplete or refused snapshot): move it
-	// aside first, rename cannot replace a directory.
-	old := ""
-	if _, err := os.Stat(dir); err == nil {
-		old = filepath.Join(filepath.Dir(dir), ".old-"+filepath.Base(dir)+"-"+m.BuildID)
-		if err := os.Rename(dir, old); err != nil {
-			return m, fmt.Errorf("snapshot cache: %w", err)
-		}
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		return m, fmt.Errorf("snapshot cache: %w", err)
-	}
-	if old != "" {
-		os.RemoveAll(old) // clones still running keep their mapping
-	}
-	return m, nil
-}
-
-// errCorrupt marks a snapshot whose files do not match its metadata.
-var errCorrupt = errors.New("snapshot is corrupt")
-
-// restore starts a guest from the snapshot in dir and tells it words.
-func (l *Lab) restore(ctx context.Context, spec qemu.Spec, dir string, meta snapMetadata, words []string) (_ *qemu.VM, err error) {
-	state, err := os.Open(filepath.Join(dir, snapState))
-	if err != nil {
-		return nil, err
-	}
-	defer state.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, state); err != nil {
-		return nil, err
-	}
-	if hex.EncodeToString(h.Sum(nil)) != meta.StateSHA256 {
-		return nil, fmt.Errorf("%w: the state file %s does not have the recorded checksum", errCorrupt, filepath.Join(dir, snapState))
-	}
-	if _, err := state.Seek(0, io.SeekStart); err != nil {
-		return nil, err
-	}
-	ram, err := os.Open(filepath.Join(dir, snapRAM))
-	if err != nil {
-		return nil, err
-	}
-	defer ram.Close()
-	if st, err := ram.Stat(); err != nil || st.Size() != int64(meta.Key.MemoryMiB)<<20 {
-		return nil, fmt.Errorf("%w: the RAM file %s is not %d MiB", errCorrupt, ram.Name(), meta.Key.MemoryMiB)
-	}
-	s := spec
-	s.RAM, s.RAMShared, s.Incoming = ram, false, state
-	v, err := qemu.Start(ctx, s)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			v.Quit(context.Background())
-		}
-	}()
-	if err := v.Restore(ctx); err != nil {
-		return nil, err
-	}
-	if err := v.SendIdentity(ctx, words); err != nil {
-		return nil, err
-	}
-	return v, nil
-}
-
-// PruneSnapshots removes every snapshot (and leftovers of interrupted
-// builds) and returns the directories removed. Guests running from a
-// snapshot keep their mapping of its RAM file.
-func PruneSnapshots() ([]string, error) {
-	root, err := SnapshotsDir()
-	if err != nil {
-		return nil, err
-	}
-	ents, err := os.ReadDir(root)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var removed []string
-	for _, e := range ents {
-		p := filepath.Join(root, e.Name())
-		if strings.HasSuffix(e.Name(), ".lock") {
-			continue
-		}
-		if err := os.RemoveAll(p); err != nil {
-			return removed, fmt.Errorf("snapshot cache: %w", err)
-		}
-		removed = append(removed, p)
-	}
-	return removed, nil
+	return snapshot.Boot(ctx, snapshot.Request{Name: "vm " + vm.Name, Spec: spec, Image: img, Words: words,
+		Dir: l.opts.SnapshotDir, Logf: l.opts.Logf, Step: l.step})
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vmnet/vmnet/images"
+	"github.com/vmnet/vmnet/internal/snapshot"
 	"github.com/vmnet/vmnet/internal/testenv"
 	"github.com/vmnet/vmnet/tap"
 )
@@ -59,7 +60,7 @@ func snapshots(t *testing.T, dir string) []string {
 	}
 	var got []string
 	for _, e := range ents {
-		if _, err := os.Stat(filepath.Join(dir, e.Name(), snapMeta)); err == nil {
+		if _, err := os.Stat(filepath.Join(dir, e.Name(), snapshot.FileMeta)); err == nil {
 			got = append(got, e.Name())
 		}
 	}
@@ -237,11 +238,11 @@ func TestWarmRunSnapshots(t *testing.T) {
 	// A corrupt state file: the run boots cold once, says why, and
 	// replaces the snapshot.
 	dir := filepath.Join(snaps, got[0])
-	before, err := os.ReadFile(filepath.Join(dir, snapMeta))
+	before, err := os.ReadFile(filepath.Join(dir, snapshot.FileMeta))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, snapState), []byte("not a saved guest"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, snapshot.FileState), []byte("not a saved guest"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	out, log, err := warmRun(t, img, snaps, 1, probe)
@@ -251,7 +252,7 @@ func TestWarmRunSnapshots(t *testing.T) {
 	if !strings.Contains(log, "could not be restored") || !strings.Contains(log, "does not have the recorded checksum") {
 		t.Errorf("the log does not say why the snapshot was not used:\n%s", log)
 	}
-	after, err := os.ReadFile(filepath.Join(dir, snapMeta))
+	after, err := os.ReadFile(filepath.Join(dir, snapshot.FileMeta))
 	if err != nil || bytes.Equal(before, after) {
 		t.Errorf("the corrupt snapshot was not replaced (%v)", err)
 	}
@@ -263,17 +264,17 @@ func TestWarmRunSnapshots(t *testing.T) {
 	// good): QEMU's reason is reported, and the snapshot replaced.
 	before = after
 	junk := bytes.Repeat([]byte("not a saved guest "), 200)
-	if err := os.WriteFile(filepath.Join(dir, snapState), junk, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, snapshot.FileState), junk, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var m snapMetadata
+	var m snapshot.Metadata
 	if err := json.Unmarshal(before, &m); err != nil {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256(junk)
 	m.StateSHA256 = hex.EncodeToString(sum[:])
 	b, _ := json.Marshal(m)
-	if err := os.WriteFile(filepath.Join(dir, snapMeta), b, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, snapshot.FileMeta), b, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	out, log, err = warmRun(t, img, snaps, 1, probe)
@@ -283,7 +284,7 @@ func TestWarmRunSnapshots(t *testing.T) {
 	if !strings.Contains(log, "could not be restored") || !strings.Contains(log, "QEMU refused the saved state") {
 		t.Errorf("the log does not say why the snapshot was not used:\n%s", log)
 	}
-	if after, err := os.ReadFile(filepath.Join(dir, snapMeta)); err != nil || bytes.Equal(b, after) {
+	if after, err := os.ReadFile(filepath.Join(dir, snapshot.FileMeta)); err != nil || bytes.Equal(b, after) {
 		t.Errorf("the refused snapshot was not replaced (%v)", err)
 	}
 
