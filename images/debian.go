@@ -182,47 +182,25 @@ func EnsureDebian(ctx context.Context, opts Options) (Disk, error) {
 	full := debianKey(lists, pkgs.Kernel, pkgs.Busybox)
 	imagesDir := filepath.Join(cache, "images")
 	dir := filepath.Join(imagesDir, Debian12+"-"+full[:12])
-	if d, err := loadDebian(dir); err == nil {
-		p.printf("using cached image %s", dir)
-		return d, nil
+	d, built, err := buildOnce(ctx, p, dir, loadDebian, func(tmp string) (any, error) {
+		start := time.Now()
+		m := debianManifest{
+			Recipe: debianRecipe, Name: Debian12, Key: full, Suite: "bookworm",
+			Include: DebianPackages, AptLists: lists,
+			KernelPackage: pkgs.Kernel.Name + " " + pkgs.Kernel.Version,
+			Busybox:       pkgs.Busybox.Name + " " + pkgs.Busybox.Version,
+		}
+		if err := buildDebian(ctx, p, cache, tmp, test, pkgs, &m); err != nil {
+			return nil, err
+		}
+		m.Built = time.Now().UTC()
+		m.BuildSeconds = time.Since(start).Seconds()
+		return m, nil
+	})
+	if built {
+		pruneDebian(p, imagesDir, dir)
 	}
-	unlock, err := lock(ctx, filepath.Join(imagesDir, ".lock"), p)
-	if err != nil {
-		return Disk{}, err
-	}
-	defer unlock()
-	if d, err := loadDebian(dir); err == nil { // built while we waited
-		p.printf("using cached image %s", dir)
-		return d, nil
-	}
-	start := time.Now()
-	tmp, err := os.MkdirTemp(imagesDir, ".build-"+filepath.Base(dir)+"-")
-	if err != nil {
-		return Disk{}, fmt.Errorf("vmnet image: %w", err)
-	}
-	defer os.RemoveAll(tmp)
-	m := debianManifest{
-		Recipe: debianRecipe, Name: Debian12, Key: full, Suite: "bookworm",
-		Include: DebianPackages, AptLists: lists,
-		KernelPackage: pkgs.Kernel.Name + " " + pkgs.Kernel.Version,
-		Busybox:       pkgs.Busybox.Name + " " + pkgs.Busybox.Version,
-	}
-	if err := buildDebian(ctx, p, cache, tmp, test, pkgs, &m); err != nil {
-		return Disk{}, err
-	}
-	m.Built = time.Now().UTC()
-	m.BuildSeconds = time.Since(start).Seconds()
-	mj, _ := json.MarshalIndent(m, "", "  ")
-	if err := os.WriteFile(filepath.Join(tmp, fileManifest), append(mj, '\n'), 0o644); err != nil {
-		return Disk{}, fmt.Errorf("vmnet image: %w", err)
-	}
-	os.RemoveAll(dir) // an incomplete leftover without manifest
-	if err := os.Rename(tmp, dir); err != nil {
-		return Disk{}, fmt.Errorf("vmnet image: %w", err)
-	}
-	p.printf("built %s in %.1fs", dir, m.BuildSeconds)
-	pruneDebian(p, imagesDir, dir)
-	return loadDebian(dir)
+	return d, err
 }
 
 // pruneDebian removes the other complete debian-12 images: built from

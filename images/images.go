@@ -284,55 +284,31 @@ func Ensure(ctx context.Context, opts Options) (Image, error) {
 	full, base := key(pkgs, modules, files)
 	name := k.Release + "-" + full[:12]
 	dir := filepath.Join(imagesDir, name)
-	if img, _, err := load(dir); err == nil {
-		p.printf("using cached image %s", dir)
-		return img, nil
+	loadImage := func(dir string) (Image, error) { img, _, err := load(dir); return img, err }
+	img, built, err := buildOnce(ctx, p, dir, loadImage, func(tmp string) (any, error) {
+		start := time.Now()
+		m := manifest{
+			Recipe: recipeVersion, Key: full, BaseKey: base,
+			KernelPackage: k.Name + " " + k.Version, KernelVersion: k.Version, Release: k.Release,
+			Modules: modules, Busybox: pkgs.Busybox.Name + " " + pkgs.Busybox.Version,
+		}
+		var err error
+		if m.HostPackages, err = hostVersions(ctx); err != nil {
+			return nil, err
+		}
+		for _, f := range files {
+			m.HostFiles = append(m.HostFiles, f.src)
+		}
+		if err := build(ctx, p, cache, tmp, pkgs, &m, files); err != nil {
+			return nil, err
+		}
+		m.Built = time.Now().UTC()
+		m.BuildSeconds = time.Since(start).Seconds()
+		return m, nil
+	})
+	if built {
+		prune(p, imagesDir, k.Name+" "+k.Version)
 	}
-	if err := os.MkdirAll(imagesDir, 0o755); err != nil {
-		return Image{}, fmt.Errorf("vmnet image: %w", err)
-	}
-	unlock, err := lock(ctx, filepath.Join(imagesDir, ".lock"), p)
-	if err != nil {
-		return Image{}, err
-	}
-	defer unlock()
-	if img, _, err := load(dir); err == nil { // built while we waited
-		p.printf("using cached image %s", dir)
-		return img, nil
-	}
-	start := time.Now()
-	tmp, err := os.MkdirTemp(imagesDir, ".build-"+name+"-")
-	if err != nil {
-		return Image{}, fmt.Errorf("vmnet image: %w", err)
-	}
-	defer os.RemoveAll(tmp)
-	m := manifest{
-		Recipe: recipeVersion, Key: full, BaseKey: base,
-		KernelPackage: k.Name + " " + k.Version, KernelVersion: k.Version, Release: k.Release,
-		Modules: modules, Busybox: pkgs.Busybox.Name + " " + pkgs.Busybox.Version,
-	}
-	if m.HostPackages, err = hostVersions(ctx); err != nil {
-		return Image{}, err
-	}
-	for _, f := range files {
-		m.HostFiles = append(m.HostFiles, f.src)
-	}
-	if err := build(ctx, p, cache, tmp, pkgs, &m, files); err != nil {
-		return Image{}, err
-	}
-	m.Built = time.Now().UTC()
-	m.BuildSeconds = time.Since(start).Seconds()
-	mj, _ := json.MarshalIndent(m, "", "  ")
-	if err := os.WriteFile(filepath.Join(tmp, fileManifest), append(mj, '\n'), 0o644); err != nil {
-		return Image{}, fmt.Errorf("vmnet image: %w", err)
-	}
-	os.RemoveAll(dir) // an incomplete leftover without manifest
-	if err := os.Rename(tmp, dir); err != nil {
-		return Image{}, fmt.Errorf("vmnet image: %w", err)
-	}
-	p.printf("built %s in %.1fs", dir, m.BuildSeconds)
-	prune(p, imagesDir, m.KernelPackage)
-	img, _, err := load(dir)
 	return img, err
 }
 
@@ -618,6 +594,52 @@ func Lock(ctx context.Context, path string, w io.Writer) (func(), error) {
 		w = io.Discard
 	}
 	return lock(ctx, path, progress{w})
+}
+
+// buildOnce returns the image in dir, building it when no complete one is
+// there: under the cache's lock (a job that waited finds it built), into
+// a temporary directory that build fills and whose manifest (what build
+// returns) is written last, then renamed into place, so readers see a
+// whole image or none. built says whether this call made it.
+func buildOnce[T any](ctx context.Context, p progress, dir string, load func(string) (T, error), build func(tmp string) (manifest any, err error)) (v T, built bool, err error) {
+	if v, err := load(dir); err == nil {
+		p.printf("using cached image %s", dir)
+		return v, false, nil
+	}
+	imagesDir := filepath.Dir(dir)
+	if err := os.MkdirAll(imagesDir, 0o755); err != nil {
+		return v, false, fmt.Errorf("vmnet image: %w", err)
+	}
+	unlock, err := lock(ctx, filepath.Join(imagesDir, ".lock"), p)
+	if err != nil {
+		return v, false, err
+	}
+	defer unlock()
+	if v, err := load(dir); err == nil { // built while we waited
+		p.printf("using cached image %s", dir)
+		return v, false, nil
+	}
+	start := time.Now()
+	tmp, err := os.MkdirTemp(imagesDir, ".build-"+filepath.Base(dir)+"-")
+	if err != nil {
+		return v, false, fmt.Errorf("vmnet image: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	m, err := build(tmp)
+	if err != nil {
+		return v, false, err
+	}
+	mj, _ := json.MarshalIndent(m, "", "  ")
+	if err := os.WriteFile(filepath.Join(tmp, fileManifest), append(mj, '\n'), 0o644); err != nil {
+		return v, false, fmt.Errorf("vmnet image: %w", err)
+	}
+	os.RemoveAll(dir) // an incomplete leftover without manifest
+	if err := os.Rename(tmp, dir); err != nil {
+		return v, false, fmt.Errorf("vmnet image: %w", err)
+	}
+	p.printf("built %s in %.1fs", dir, time.Since(start).Seconds())
+	v, err = load(dir)
+	return v, true, err
 }
 
 // lock takes an exclusive flock on path, waiting (cancellably) while
