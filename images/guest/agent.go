@@ -119,6 +119,34 @@ func (a *Agent) call(ctx context.Context, execute string, args, out any) error {
 	return err
 }
 
+// maxAnswer bounds one answer of the agent: the guest writes it, and vmnet
+// (root) must not buffer whatever a hostile guest sends. qemu-guest-agent
+// caps a command's captured output at 16 MiB, which base64 makes about
+// 22 MiB.
+const maxAnswer = 24 << 20
+
+// errAnswerTooLong is a guest answer over maxAnswer.
+var errAnswerTooLong = errors.New("the guest agent's answer is longer than vmnet accepts (24 MiB)")
+
+// readUntil reads up to and including delim, keeping at most max bytes
+// (0: keep none, only skip); a longer run is an error, not a growing
+// buffer.
+func readUntil(r *bufio.Reader, delim byte, max int) ([]byte, error) {
+	var line []byte
+	for {
+		chunk, err := r.ReadSlice(delim)
+		if max > 0 {
+			if len(line)+len(chunk) > max {
+				return nil, errAnswerTooLong
+			}
+			line = append(line, chunk...)
+		}
+		if err != bufio.ErrBufferFull {
+			return line, err
+		}
+	}
+}
+
 func (a *Agent) exchange(execute string, args, out any) error {
 	// guest-sync-delimited: the agent answers with 0xFF before the
 	// response, so everything older can be skipped up to that byte.
@@ -129,11 +157,11 @@ func (a *Agent) exchange(execute string, args, out any) error {
 		return err
 	}
 	for {
-		if _, err := a.r.ReadBytes(0xff); err != nil {
+		if _, err := readUntil(a.r, 0xff, 0); err != nil {
 			return err
 		}
 		var got response
-		line, err := a.r.ReadBytes('\n')
+		line, err := readUntil(a.r, '\n', maxAnswer)
 		if err != nil {
 			return err
 		}
@@ -148,7 +176,7 @@ func (a *Agent) exchange(execute string, args, out any) error {
 	if err := a.send(request{execute, args}); err != nil {
 		return err
 	}
-	line, err := a.r.ReadBytes('\n')
+	line, err := readUntil(a.r, '\n', maxAnswer)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package guest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -146,3 +147,36 @@ func containsAll(s string, subs ...string) bool {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// TestAgentAnswerBounded: a guest that answers with an endless line (no
+// newline) gets an error once the answer passes the cap; vmnet, as root,
+// does not buffer what the guest sends without limit.
+func TestAgentAnswerBounded(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "flood.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.Write([]byte{0xff})
+		junk := bytes.Repeat([]byte("a"), 1<<20)
+		for {
+			if _, err := c.Write(junk); err != nil {
+				return
+			}
+		}
+	}()
+	a := &Agent{Path: sock, Name: "v"}
+	defer a.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := a.Ping(ctx); !errors.Is(err, errAnswerTooLong) {
+		t.Fatalf("ping of a flooding guest: %v, want the answer refused as too long", err)
+	}
+}
