@@ -51,6 +51,9 @@ type Info struct {
 	// QdiscError when it could not be read.
 	Qdisc      string `json:"qdisc"`
 	QdiscError string `json:"qdisc_error,omitempty"`
+	// Impairment is what the tap's netem and tbf qdiscs do to frames
+	// going to its reader, read back from the kernel; nil without them.
+	Impairment *Impairment `json:"impairment,omitempty"`
 	// Offloads active on the device, from ethtool features (the tun driver
 	// does not report them over rtnetlink). UFO never shows: the kernel
 	// accepts and ignores it. Nil, with OffloadsError, when unreadable.
@@ -386,9 +389,13 @@ func readOffloads(name string) (Offload, error) {
 }
 
 func (i *Info) addQdisc(link netlink.Link) {
-	q, err := rootQdisc(&netlink.Handle{}, link)
+	qs, err := (&netlink.Handle{}).QdiscList(link)
 	if err != nil {
 		i.QdiscError = err.Error()
+		return
 	}
-	i.Qdisc = q
+	i.Qdisc = rootOf(qs)
+	if im, ok := readImpairment(qs); ok {
+		i.Impairment = &im
+	}
 }

@@ -53,18 +53,14 @@ func setQdisc(h *netlink.Handle, link netlink.Link, q Qdisc) error {
 	return nil
 }
 
-// rootQdisc names the link's root qdisc as tc shows it ("noqueue", "mq",
+// rootOf names the root qdisc among qs as tc shows it ("noqueue", "mq",
 // "pfifo_fast"; "noop" while a link that never came up has none), or ""
 // when the kernel reports none.
-func rootQdisc(h *netlink.Handle, link netlink.Link) (string, error) {
-	qs, err := h.QdiscList(link)
-	if err != nil {
-		return "", err
-	}
+func rootOf(qs []netlink.Qdisc) string {
 	for _, q := range qs {
 		if q.Attrs().Parent == netlink.HANDLE_ROOT {
-			return q.Type(), nil
+			return q.Type()
 		}
 	}
-	return "", nil
+	return ""
 }

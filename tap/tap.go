@@ -65,6 +65,10 @@ type Config struct {
 	Tag string
 	// Qdisc is the root qdisc; the zero value is noqueue.
 	Qdisc Qdisc
+	// Impairment, when not zero, replaces the root qdisc with netem
+	// and/or tbf (see Tap.SetImpairment); creation fails, leaving no
+	// tap, on a kernel without them.
+	Impairment Impairment
 }
 
 // NewConfig returns a Config for name with the given number of queues and
@@ -122,6 +126,7 @@ type Tap struct {
 	vnetHdr    int
 	offloads   Offload
 	offloadErr error
+	qdisc      Qdisc // the root qdisc a zero Impairment puts back
 
 	mu     sync.Mutex
 	queues []*Queue
@@ -223,7 +228,7 @@ func Create(cfg Config) (*Tap, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tap %s: current network namespace: %w", cfg.Name, err)
 	}
-	t := &Tap{name: cfg.Name, ns: ns, flags: unix.IFF_TAP | unix.IFF_NO_PI, vnetHdr: cfg.VnetHdrSize}
+	t := &Tap{name: cfg.Name, ns: ns, flags: unix.IFF_TAP | unix.IFF_NO_PI, vnetHdr: cfg.VnetHdrSize, qdisc: cfg.Qdisc}
 	if cfg.Queues > 1 {
 		t.flags |= unix.IFF_MULTI_QUEUE
 	}
@@ -321,6 +326,15 @@ func Create(cfg Config) (*Tap, error) {
 	}
 	if err := setQdisc(h, link, cfg.Qdisc); err != nil {
 		return fail(err)
+	}
+	if cfg.Impairment != (Impairment{}) {
+		// After the MTU: tbf's default burst is one frame of it.
+		if link, err = h.LinkByIndex(t.index); err != nil {
+			return fail(fmt.Errorf("tap %s: look up: %w", name, err))
+		}
+		if err := setImpairment(h, link, cfg.Impairment, cfg.Qdisc); err != nil {
+			return fail(err)
+		}
 	}
 	if cfg.Up {
 		if err := h.LinkSetUp(link); err != nil {

@@ -160,3 +160,98 @@ func FuzzImpairmentValue(f *testing.F) {
 		}
 	})
 }
+
+// TestNICImpairments: a [[network]]'s impairment keys are the default of
+// its NICs, a [[vm.nic]]'s override them key by key, the same parsing
+// and checks as on a [[link]]; a NIC without network (a link's end) and
+// a NIC that also sets qdisc are refused at the key.
+func TestNICImpairments(t *testing.T) {
+	lab, probs := parse(t, `[lab]
+name = "t"
+[[network]]
+name = "slow"
+delay = "10ms"
+rate = "100mbit"
+[[network]]
+name = "fast"
+[[vm]]
+name = "a"
+  [[vm.nic]]
+  network = "slow"
+  [[vm.nic]]
+  network = "slow"
+  delay = "0ms"
+  loss = "5%"
+  [[vm.nic]]
+  network = "fast"
+  [[vm.nic]]
+  network = "fast"
+  jitter = "1ms"
+  delay = "2ms"
+`)
+	if lab == nil {
+		t.Fatalf("problems: %v", probs)
+	}
+	n := lab.VMs[0].NICs
+	want := []*Impairment{
+		{Delay: 10 * time.Millisecond, Rate: 100e6},
+		{Loss: 5, Rate: 100e6},
+		nil,
+		{Delay: 2 * time.Millisecond, Jitter: time.Millisecond},
+	}
+	for i, w := range want {
+		if !reflect.DeepEqual(n[i].Impairment, w) {
+			t.Errorf("nic %d: %+v, want %+v", i, n[i].Impairment, w)
+		}
+	}
+	if lab.Networks[0].Impairment == nil || lab.Networks[1].Impairment != nil {
+		t.Errorf("networks: %+v / %+v", lab.Networks[0].Impairment, lab.Networks[1].Impairment)
+	}
+
+	_, probs = parse(t, `[lab]
+name = "t"
+[[network]]
+name = "n"
+loss = "5"
+[[network]]
+name = "m"
+burst = "1kb"
+[[vm]]
+name = "a"
+  [[vm.nic]]
+  network = "n"
+  delay = "1h"
+  [[vm.nic]]
+  delay = "1ms"
+  [[vm.nic]]
+  network = "n"
+  qdisc = "default"
+  loss = "1%"
+  [[vm.nic]]
+  network = "n"
+  loss_correlation = "1%"
+[[link]]
+a = "vm:a:1"
+b = "tap:x"
+`)
+	var got []string
+	for _, p := range probs {
+		got = append(got, p.String())
+	}
+	wantProbs := []string{
+		`5:1: network "n": loss: "5" is not a percentage`,
+		`8:1: network "m": burst needs a rate`,
+		`13:3: vm "a": nic 0: delay: "1h" is out of range`,
+		`15:3: vm "a": nic 1: impairments on a NIC act on its tap's qdisc and need a network`,
+		`18:3: vm "a": nic 2: qdisc and impairments both choose the tap's root qdisc`,
+		`22:3: vm "a": nic 3: loss_correlation needs a loss`,
+	}
+	if len(got) != len(wantProbs) {
+		t.Fatalf("problems:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(wantProbs, "\n"))
+	}
+	for i := range wantProbs {
+		if !strings.Contains(got[i], wantProbs[i]) {
+			t.Errorf("problem %d: %s\nwant %s", i, got[i], wantProbs[i])
+		}
+	}
+}

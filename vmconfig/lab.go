@@ -70,7 +70,10 @@ type Network struct {
 	STP           bool
 	Transparent   bool   // forward link-local frames (LLDP, LACP, STP) like a wire
 	Qdisc         string // root qdisc of the network's taps: noqueue (default) or default
-	VNI           int    // VXLAN network identifier when it spans hosts; default DeriveVNI
+	// Impairment is the default of the network's NICs (see NIC.Impairment);
+	// nil: none.
+	Impairment *Impairment
+	VNI        int // VXLAN network identifier when it spans hosts; default DeriveVNI
 	// VXLAN is set by Lab.Part on a network that has VMs on other hosts.
 	VXLAN *VXLAN
 	Pos   Pos
@@ -155,8 +158,12 @@ type NIC struct {
 	MTU          int
 	IfName       string // tap name; default "<lab>-<vm>-<index>"
 	Qdisc        string // root qdisc of the tap: noqueue or default; default the network's, else noqueue
-	Addresses    []netip.Prefix
-	Pos          Pos
+	// Impairment is what tc netem/tbf on the tap do to the frames going to
+	// the guest (the tap's egress), the network's keys overridden by the
+	// NIC's key by key; nil: none (the tap keeps Qdisc).
+	Impairment *Impairment
+	Addresses  []netip.Prefix
+	Pos        Pos
 }
 
 // Link joins two endpoints with a userspace copier.

@@ -112,12 +112,13 @@ func (p *parser) warnf(path, format string, args ...any) {
 var (
 	topKeys     = []string{"lab", "defaults", "host", "network", "vm", "link"}
 	labKeys     = []string{"name", "state_dir", "ssh_authorized_keys"}
-	networkKeys = []string{"name", "bridge", "mtu", "addresses", "vlan_filtering", "default_pvid", "stp", "transparent", "qdisc", "vni"}
-	vmOnlyKeys  = []string{"name", "nic", "host"}
-	vmKeys      = []string{"cpus", "memory", "kernel", "initrd", "append", "disk", "disk_format", "disk_mode", "machine", "accel",
+	networkKeys = append([]string{"name", "bridge", "mtu", "addresses", "vlan_filtering", "default_pvid", "stp", "transparent", "qdisc", "vni"},
+		ImpairmentKeys...)
+	vmOnlyKeys = []string{"name", "nic", "host"}
+	vmKeys     = []string{"cpus", "memory", "kernel", "initrd", "append", "disk", "disk_format", "disk_mode", "machine", "accel",
 		"qemu", "user", "extra_args", "console", "command", "gateway", "boot", "image", "readiness", "cloud_init", "user_data", "dns"}
-	nicKeys = []string{"network", "mac", "queues", "vnet_hdr", "offloads", "model", "vhost", "vlan", "tagged", "mtu",
-		"ifname", "address", "qdisc"}
+	nicKeys = append([]string{"network", "mac", "queues", "vnet_hdr", "offloads", "model", "vhost", "vlan", "tagged", "mtu",
+		"ifname", "address", "qdisc"}, ImpairmentKeys...)
 	diskKeys = []string{"path", "format", "mode", "read_only", "boot"}
 	linkKeys = append([]string{"a", "b", "pcap", "port", "key", "a_to_b", "b_to_a"}, ImpairmentKeys...)
 

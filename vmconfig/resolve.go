@@ -143,6 +143,14 @@ func (r *resolver) network(t *table) {
 		t.errorf("transparent", "transparent = true forwards STP frames like a wire, which contradicts stp = true: drop one of them")
 	}
 	n.Qdisc = pick(t.enum("qdisc", qdiscs), "noqueue")
+	var im Impairment
+	if r.impairKeys(t, &im) {
+		if err := im.Check(); err != nil {
+			t.errorf(firstImpairKey(t), "%v", err)
+		} else {
+			n.Impairment = &im
+		}
+	}
 	vni := t.integer("vni", 1, MaxVNI)
 	switch {
 	case vni.set:
@@ -606,6 +614,7 @@ func (r *resolver) nic(t *table, vm *VM, index int) *NIC {
 		n.Qdisc = nw.Qdisc
 	}
 	n.Qdisc = pick(qdisc, n.Qdisc)
+	r.nicImpairment(t, n, nw, network.set, qdisc.set)
 
 	addrs := t.prefixes("address")
 	n.Addresses = addrs.v
@@ -835,6 +844,44 @@ func (r *resolver) impairments(t *table) (ab, ba *Impairment) {
 		out[i] = &im
 	}
 	return out[0], out[1]
+}
+
+// nicImpairment reads a [[vm.nic]]'s impairment keys on top of its
+// network's. They become tc netem/tbf on the tap, so they need a network:
+// a NIC at the end of a [[link]] is impaired on the link.
+func (r *resolver) nicImpairment(t *table, n *NIC, nw *Network, hasNetwork, qdiscSet bool) {
+	var im Impairment
+	inherited := nw != nil && nw.Impairment != nil
+	if inherited {
+		im = *nw.Impairment
+	}
+	own := r.impairKeys(t, &im)
+	switch {
+	case own && !hasNetwork:
+		t.errorf(firstImpairKey(t), "impairments on a NIC act on its tap's qdisc and need a network; "+
+			"a NIC used by a [[link]] is impaired on the link: move the keys to the [[link]] (or its a_to_b / b_to_a table)")
+		return
+	case !own && !inherited:
+		return
+	case own && qdiscSet:
+		t.errorf("qdisc", "qdisc and impairments both choose the tap's root qdisc (impairments make it netem or tbf): drop qdisc")
+		return
+	}
+	if err := im.Check(); err != nil {
+		t.errorf(firstImpairKey(t), "%v", err)
+		return
+	}
+	n.Impairment = &im
+}
+
+// firstImpairKey is the first impairment key t has, for positions.
+func firstImpairKey(t *table) string {
+	for _, k := range ImpairmentKeys {
+		if _, ok := t.m[k]; ok {
+			return k
+		}
+	}
+	return ""
 }
 
 // impairKeys parses the impairment keys of t into im and reports whether
