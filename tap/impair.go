@@ -117,7 +117,11 @@ func setImpairment(h *netlink.Handle, link netlink.Link, im Impairment, base Qdi
 		tbf = newTbf(im.Rate, burst)
 	}
 	if !im.netem() {
+		// Its own handle: replacing a root of another kind needs a new
+		// handle (the kernel refuses to change a qdisc into another
+		// kind, EINVAL), while the same kind is changed in place.
 		tbf.QdiscAttrs = root
+		tbf.Handle = netlink.MakeHandle(2, 0)
 		if err := h.QdiscReplace(tbf); err != nil {
 			return missing(name, "tbf", tbfOption, err)
 		}
@@ -174,13 +178,27 @@ func newTbf(rate, burst uint64) *netlink.Tbf {
 	return &netlink.Tbf{Rate: uint64(bytesPerSec), Buffer: uint32(min(ticks, math.MaxUint32)), Limit: uint32(min(limit, math.MaxUint32))}
 }
 
+// MissingQdiscError is a tap's qdisc the kernel does not have: it
+// answered ENOENT (no such kind, and no module to load) or EOPNOTSUPP.
+type MissingQdiscError struct {
+	Tap    string
+	Kind   string // netem or tbf
+	Option string // the kernel option and module that provide it
+	Err    error
+}
+
+func (e *MissingQdiscError) Error() string {
+	return fmt.Sprintf("tap %s: add %s qdisc: %v (this kernel has no %s qdisc (%s): load the module with `modprobe sch_%s`, or use a kernel built with it)",
+		e.Tap, e.Kind, e.Err, e.Kind, e.Option, e.Kind)
+}
+
+func (e *MissingQdiscError) Unwrap() error { return e.Err }
+
 // missing explains the errors the kernel gives for a qdisc it does not
-// have: ENOENT (no such kind, and no module to load) or EOPNOTSUPP.
+// have.
 func missing(name, kind, option string, err error) error {
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EOPNOTSUPP) {
-		return fmt.Errorf("tap %s: add %s qdisc: %w (this kernel has no %s qdisc (%s): load the module with `modprobe %s`, "+
-			"use a kernel built with it, or remove the impairment from the NIC; a [[link]] between VMs impairs in userspace without it)",
-			name, kind, err, kind, option, "sch_"+kind)
+		return &MissingQdiscError{Tap: name, Kind: kind, Option: option, Err: err}
 	}
 	return fmt.Errorf("tap %s: add %s qdisc: %w", name, kind, err)
 }

@@ -28,7 +28,7 @@ import (
 // what vmnet's kernel-dependent tests need.
 var DefaultModules = []string{
 	"bridge", "stp", "llc", "8021q", "garp", "mrp", "tun", "tap", "veth",
-	"vhost", "vhost_iotlb", "vhost_net", "sch_netem", "vxlan",
+	"vhost", "vhost_iotlb", "vhost_net", "sch_netem", "sch_tbf", "vxlan",
 }
 
 // DefaultPrograms are host programs carried into the guest (with their

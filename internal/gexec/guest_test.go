@@ -25,7 +25,7 @@ import (
 // test that skips on the host for a missing feature is caught too.
 var guestOnly = map[string][]string{
 	"./bridge/":         {"TestVLANs", "TestPortVLANsNeedFiltering", "TestVLANReuseRestored"},
-	"./tap/":            {"TestProbe", "TestCreateSeenByIPAndEthtool"}, // a second kernel (6.1, no USO)
+	"./tap/":            {"TestProbe", "TestCreateSeenByIPAndEthtool", "TestImpairment"}, // a second kernel (6.1, no USO); netem
 	"./internal/gexec/": {"TestVhostFdsPerQueue", "TestKernel8021Q", "TestKernelNetem"},
 }
 

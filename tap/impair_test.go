@@ -1,0 +1,344 @@
+package tap
+
+import (
+	"encoding/json"
+	"errors"
+	"math"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/vmnet/vmnet/internal/testenv"
+)
+
+// tcQdiscs is `tc -j qdisc show dev NAME`: what the kernel reports,
+// read by iproute2 rather than by the code under test. Delays are in
+// seconds, shares as fractions, tbf's rate in bytes per second.
+type tcQdisc struct {
+	Kind    string `json:"kind"`
+	Handle  string `json:"handle"`
+	Parent  string `json:"parent"`
+	Root    bool   `json:"root"`
+	Options struct {
+		Limit int `json:"limit"`
+		Delay *struct {
+			Delay, Jitter float64
+		} `json:"delay"`
+		Loss *struct {
+			Loss, Correlation float64
+		} `json:"loss-random"`
+		Duplicate *struct{ Duplicate float64 } `json:"duplicate"`
+		Reorder   *struct{ Reorder float64 }   `json:"reorder"`
+		Corrupt   *struct{ Corrupt float64 }   `json:"corrupt"`
+		Rate      float64                      `json:"rate"`
+		Burst     float64                      `json:"burst"`
+	} `json:"options"`
+}
+
+func tcQdiscs(t *testing.T, name string) []tcQdisc {
+	t.Helper()
+	out := run(t, "tc", "-j", "qdisc", "show", "dev", name)
+	var qs []tcQdisc
+	if err := json.Unmarshal([]byte(out), &qs); err != nil {
+		t.Fatalf("tc -j qdisc show dev %s: %v\n%s", name, err, out)
+	}
+	return qs
+}
+
+func near(got, want float64) bool { return math.Abs(got-want) <= 1e-6+want*1e-3 }
+
+// kernelLacks reports whether err is how the kernel refuses a qdisc kind
+// it does not have.
+func kernelLacks(err error) bool {
+	return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EOPNOTSUPP)
+}
+
+// TestImpairmentWithoutNetem: on a kernel without netem, creating a tap
+// with a delay fails with an error that names the tap, the kernel
+// option and the module, and leaves no interface behind; a rate alone
+// (tbf) still works, and a zero impairment puts noqueue back.
+func TestImpairmentWithoutNetem(t *testing.T) {
+	testenv.RequireProgram(t, "tc")
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		cfg := NewConfig("imp0", 2)
+		cfg.Up = true
+		cfg.Impairment = Impairment{Delay: 20 * time.Millisecond, Rate: 10e6}
+		tp, err := Create(cfg)
+		if err == nil {
+			tp.Close()
+			t.Skip("this kernel has netem: the refusal is tested on kernels without it (the host's); TestImpairment runs here")
+		}
+		for _, want := range []string{"tap imp0", "netem", "CONFIG_NET_SCH_NETEM", "modprobe sch_netem"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error lacks %q: %v", want, err)
+			}
+		}
+		if !kernelLacks(err) {
+			t.Errorf("error does not carry the kernel's errno: %v", err)
+		}
+		if names := linkNames(t); !slices.Equal(names, []string{"lo"}) {
+			t.Errorf("after the refusal the namespace has %v, want only lo", names)
+		}
+
+		// tbf alone: the host has it.
+		cfg.Impairment = Impairment{Rate: 10e6, Burst: 4000}
+		tp = mustCreate(t, cfg)
+		qs := tcQdiscs(t, "imp0")
+		if len(qs) != 1 || qs[0].Kind != "tbf" || !qs[0].Root || qs[0].Options.Rate != 10e6/8 || math.Abs(qs[0].Options.Burst-4000) > 2 {
+			t.Errorf("rate 10mbit burst 4000: tc shows %+v", qs)
+		}
+		info, err := tp.Describe()
+		if err != nil {
+			return err
+		}
+		if info.Impairment == nil || info.Impairment.Rate != 10e6 || info.Impairment.Burst != 4000 || info.Qdisc != "tbf" {
+			t.Errorf("Describe reads back %+v (%s)", info.Impairment, info.Qdisc)
+		}
+		// Adding a delay at run time fails on this kernel and keeps what ran.
+		err = tp.SetImpairment(Impairment{Delay: time.Millisecond})
+		if err == nil || !strings.Contains(err.Error(), "CONFIG_NET_SCH_NETEM") {
+			t.Errorf("SetImpairment with a delay: %v", err)
+		}
+		if qs := tcQdiscs(t, "imp0"); len(qs) != 1 || qs[0].Kind != "tbf" {
+			t.Errorf("after the refused change tc shows %+v", qs)
+		}
+		if err := tp.SetImpairment(Impairment{}); err != nil {
+			return err
+		}
+		if qs := tcQdiscs(t, "imp0"); len(qs) != 1 || qs[0].Kind != "noqueue" {
+			t.Errorf("after clearing, tc shows %+v, want noqueue", qs)
+		}
+		return nil
+	})
+}
+
+// TestImpairment: netem and tbf carry the parameters as tc reads them
+// back, and the kernel applies them to frames going out of the tap to
+// its reader: delay on both taps of a bridge makes a round trip of at
+// least both delays, loss and duplicate change what arrives, and the
+// rate bounds how fast frames leave. Needs netem; the host lacks it, so
+// TestGuestOnly runs this in a guest.
+func TestImpairment(t *testing.T) {
+	testenv.RequireProgram(t, "tc")
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		im := Impairment{Delay: 20 * time.Millisecond, Jitter: 2 * time.Millisecond, Loss: 5, LossCorrelation: 25, Duplicate: 1,
+			Reorder: 10, Corrupt: 0.1, Rate: 100e6, Burst: 32 << 10}
+		cfg := NewConfig("impa", 1)
+		cfg.Up, cfg.Impairment = true, im
+		a, err := Create(cfg)
+		if kernelLacks(err) {
+			t.Skipf("needs the netem qdisc (CONFIG_NET_SCH_NETEM), which this kernel lacks (%v); runs inside a guest (TestGuestOnly)", err)
+		}
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { a.Close() })
+		qs := tcQdiscs(t, "impa")
+		if len(qs) != 2 {
+			t.Fatalf("tc shows %+v, want netem with tbf under it", qs)
+		}
+		n, b := qs[0], qs[1]
+		o := n.Options
+		if n.Kind != "netem" || !n.Root || n.Handle != "1:" || o.Limit != netemLimit || o.Delay == nil || !near(o.Delay.Delay, 0.020) ||
+			!near(o.Delay.Jitter, 0.002) || o.Loss == nil || !near(o.Loss.Loss, 0.05) || !near(o.Loss.Correlation, 0.25) ||
+			o.Duplicate == nil || !near(o.Duplicate.Duplicate, 0.01) || o.Reorder == nil || !near(o.Reorder.Reorder, 0.10) ||
+			o.Corrupt == nil || !near(o.Corrupt.Corrupt, 0.001) {
+			t.Errorf("netem as tc reads it: %+v", n)
+		}
+		// tc prints the burst the bucket's time holds in whole
+		// microseconds: up to a microsecond's bytes (12.5) below.
+		if b.Kind != "tbf" || b.Parent != "1:1" || b.Options.Rate != 100e6/8 || math.Abs(b.Options.Burst-32<<10) > 100e6/8/1e6+1 {
+			t.Errorf("tbf as tc reads it: %+v", b)
+		}
+		info, err := a.Describe()
+		if err != nil {
+			return err
+		}
+		got := *info.Impairment
+		got.Burst = im.Burst // read back with the kernel's granularity, checked with tc above
+		if got != im {
+			t.Errorf("Describe reads back %+v, want %+v", got, im)
+		}
+
+		// Delay, measured: 20 ms on each tap of a bridge, a frame and its
+		// answer cross both.
+		if err := a.SetImpairment(Impairment{Delay: 20 * time.Millisecond}); err != nil {
+			return err
+		}
+		if qs := tcQdiscs(t, "impa"); len(qs) != 1 || qs[0].Kind != "netem" {
+			t.Errorf("a delay alone: tc shows %+v, want netem without tbf", qs)
+		}
+		cfg = NewConfig("impb", 1)
+		cfg.Up, cfg.Impairment = true, Impairment{Delay: 20 * time.Millisecond}
+		bt := mustCreate(t, cfg)
+		if err := bridgeTaps(a, bt); err != nil {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond) // carrier
+		qa, qb := a.Queues()[0], bt.Queues()[0]
+		var rtts []time.Duration
+		for i := range 5 {
+			id := uint32(100 + i)
+			start := time.Now()
+			if _, err := qa.Write(markedFrame(id, 100)); err != nil {
+				return err
+			}
+			if _, err := readMatch(qb, 5*time.Second, isID(id)); err != nil {
+				return err
+			}
+			back := markedFrame(id+1000, 100)
+			copy(back[0:], srcMAC) // to the address impa's side sent from
+			copy(back[6:], dstMAC)
+			if _, err := qb.Write(back); err != nil {
+				return err
+			}
+			if _, err := readMatch(qa, 5*time.Second, isID(id+1000)); err != nil {
+				return err
+			}
+			rtts = append(rtts, time.Since(start))
+		}
+		slices.Sort(rtts)
+		t.Logf("round trips through netem delay 20ms on both taps: %v", rtts)
+		if rtts[0] < 40*time.Millisecond {
+			t.Errorf("round trip %v is shorter than the two 20 ms delays", rtts[0])
+		}
+
+		// Loss and duplicate, counted over 400 frames (bounds ±6 sd).
+		for _, c := range []struct {
+			im       Impairment
+			min, max int
+		}{
+			{Impairment{Loss: 50}, 140, 260},
+			{Impairment{Duplicate: 50}, 540, 660},
+		} {
+			if err := bt.SetImpairment(c.im); err != nil {
+				return err
+			}
+			got := sendCount(t, qa, qb, 400)
+			t.Logf("%+v: 400 frames sent, %d arrived", c.im, got)
+			if got < c.min || got > c.max {
+				t.Errorf("%+v: %d of 400 frames arrived, want %d to %d", c.im, got, c.min, c.max)
+			}
+		}
+		if err := bt.SetImpairment(Impairment{}); err != nil {
+			return err
+		}
+		if qs := tcQdiscs(t, "impb"); len(qs) != 1 || qs[0].Kind != "noqueue" {
+			t.Errorf("after clearing: %+v, want noqueue", qs)
+		}
+		return nil
+	})
+}
+
+// TestImpairmentRate: tbf on a tap lets frames out to its reader no
+// faster than the rate (the bound a shaper cannot beat, whatever the
+// load), and none are lost while its queue holds them. tbf is on the
+// host too, so this runs everywhere.
+func TestImpairmentRate(t *testing.T) {
+	testenv.RequireProgram(t, "tc")
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		a := mustCreate(t, Config{Name: "ra", Queues: 1, Owner: -1, Group: -1, Up: true})
+		cfg := NewConfig("rb", 1)
+		cfg.Up, cfg.Impairment = true, Impairment{Rate: 10e6}
+		b := mustCreate(t, cfg)
+		if err := bridgeTaps(a, b); err != nil {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+		// 100 frames of 1000 bytes: 100 kB, inside tbf's queue (100 ms at
+		// the rate plus the burst), 80 ms at 10 Mbit/s.
+		const frames, size = 100, 1000
+		qa, qb := a.Queues()[0], b.Queues()[0]
+		for i := range frames {
+			if _, err := qa.Write(markedFrame(uint32(i), size)); err != nil {
+				return err
+			}
+		}
+		var first, last time.Time
+		n := 0
+		_, err := readMatch(qb, 3*time.Second, func(f []byte) bool {
+			if !isMarked(f) {
+				return false
+			}
+			if n == 0 {
+				first = time.Now()
+			}
+			n++
+			last = time.Now()
+			return n == frames
+		})
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
+		}
+		if n != frames {
+			t.Fatalf("%d of %d frames arrived through tbf", n, frames)
+		}
+		// After the first frame, the other 99 wait for tokens: 99 kB less
+		// the one-frame bucket at 1.25 MB/s.
+		took := last.Sub(first)
+		want := time.Duration(float64((frames-1)*size-(1500+14)) / (10e6 / 8) * float64(time.Second))
+		rate := float64((frames-1)*size*8) / took.Seconds() / 1e6
+		t.Logf("rate 10mbit: %d frames of %d bytes in %v (%.1f Mbit/s)", frames, size, took, rate)
+		if took < want*95/100 {
+			t.Errorf("frames left in %v, faster than 10 Mbit/s allows (%v)", took, want)
+		}
+		return nil
+	})
+}
+
+func isID(id uint32) func([]byte) bool {
+	return func(f []byte) bool {
+		return isMarked(f) && uint32(f[14])<<24|uint32(f[15])<<16|uint32(f[16])<<8|uint32(f[17]) == id
+	}
+}
+
+// sendCount writes n marked frames on from and counts the marked frames
+// that reach to within half a second.
+func sendCount(t *testing.T, from, to *Queue, n int) int {
+	t.Helper()
+	for i := range n {
+		if _, err := from.Write(markedFrame(uint32(i), 100)); err != nil {
+			t.Fatal(err)
+		}
+		if i%50 == 49 {
+			time.Sleep(5 * time.Millisecond) // stay below the reader's queue length
+		}
+	}
+	got, err := drain(to, 500*time.Millisecond, isMarked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// TestReadImpairment: the read-back of netem and tbf from netlink
+// messages, including a tbf at the root and one under netem.
+func TestReadImpairment(t *testing.T) {
+	tick := netlink.TickInUsec()
+	if tick == 0 {
+		t.Skip("prerequisite missing: /proc/net/psched")
+	}
+	nq := netlink.NewNetem(netlink.QdiscAttrs{Parent: netlink.HANDLE_ROOT}, netlink.NetemQdiscAttrs{Latency: 20000, Jitter: 500, Loss: 12.5})
+	tb := newTbf(100e6, 1514)
+	tb.QdiscAttrs = netlink.QdiscAttrs{Parent: netlink.MakeHandle(1, 1)}
+	im, ok := readImpairment([]netlink.Qdisc{nq, tb})
+	if !ok || im.Delay != 20*time.Millisecond || im.Jitter != 500*time.Microsecond || im.Loss != 12.5 || im.Rate != 100e6 || im.Burst != 1514 {
+		t.Errorf("netem + tbf: %+v %v", im, ok)
+	}
+	if _, ok := readImpairment([]netlink.Qdisc{&netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{Parent: netlink.HANDLE_ROOT}, QdiscType: "noqueue"}}); ok {
+		t.Error("noqueue read as an impairment")
+	}
+	for _, bad := range []Impairment{{Loss: 101}, {Burst: 10}, {Delay: -1}, {Delay: 2 * time.Minute}, {Rate: 1}} {
+		if err := bad.check(); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
