@@ -1,10 +1,16 @@
 package lab
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vmnet/vmnet/tap"
 
 	"github.com/vmnet/vmnet/internal/link"
 	"github.com/vmnet/vmnet/internal/testenv"
@@ -65,4 +71,97 @@ func TestSetLinkImpairments(t *testing.T) {
 	if got := ln.Impairments(); got[0] == nil || got[0].String() != "delay 20ms loss 1%" || got[1] != nil {
 		t.Errorf("refused changes changed the link: %v / %v", got[0], got[1])
 	}
+}
+
+// TestUpNICImpairmentWithoutNetem: on a kernel without netem, `up` of a
+// lab whose NIC asks for a delay fails naming the lab, VM, NIC, tap and
+// the missing kernel option, and leaves nothing behind: not the tap and
+// bridge made before it (one with a working tbf rate), not the state
+// directory.
+func TestUpNICImpairmentWithoutNetem(t *testing.T) {
+	testenv.RequirePrivateRun(t)
+	ns := testenv.NetNS(t)
+	cfg := labOf(t, `[lab]
+name = "nn"
+[[network]]
+name = "n"
+[[vm]]
+name = "a"
+kernel = "/nonexistent/vmlinuz"
+  [[vm.nic]]
+  network = "n"
+  rate = "10mbit"
+[[vm]]
+name = "b"
+kernel = "/nonexistent/vmlinuz"
+  [[vm.nic]]
+  network = "n"
+  delay = "20ms"
+  loss = "1%"
+`)
+	testenv.Do(t, ns, func() error {
+		l, err := New(cfg, Options{RunDir: t.TempDir()})
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		err = l.Up(ctx, 30*time.Second)
+		if err == nil || !strings.Contains(err.Error(), "netem") {
+			t.Skipf("this kernel has netem (up: %v); the refusal is tested on a host without it", err)
+		}
+		for _, want := range []string{"lab nn: vm b nic 0", "delay 20ms loss 1%", "tap nn-b-0", "CONFIG_NET_SCH_NETEM", "modprobe sch_netem", "[[link]]"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error lacks %q: %v", want, err)
+			}
+		}
+		t.Logf("up: %v", err)
+		links, lerr := netlink.LinkList()
+		if lerr != nil {
+			return lerr
+		}
+		for _, ln := range links {
+			if ln.Attrs().Name != "lo" {
+				t.Errorf("after the failed up, %s (%s) is left", ln.Attrs().Name, ln.Type())
+			}
+		}
+		return nil
+	})
+	if _, err := os.Stat(cfg.StateDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state directory %s is left (%v)", cfg.StateDir, err)
+	}
+}
+
+// TestNICImpairmentStatus: status reads a NIC's impairment back from
+// its tap's qdiscs (tbf here: the host has it) and shows it in the
+// table and the JSON.
+func TestNICImpairmentStatus(t *testing.T) {
+	ns := testenv.NetNS(t)
+	testenv.Do(t, ns, func() error {
+		cfg := tap.NewConfig("st0", 1)
+		cfg.Impairment = TapImpairment(vmconfig.Impairment{Rate: 10e6, Burst: 32 << 10})
+		tp, err := tap.Create(cfg)
+		if err != nil {
+			return err
+		}
+		defer tp.Close()
+		r := describeNIC(NICState{ID: "nic0", Tap: "st0", Queues: 1, Network: "n"})
+		if r.Impairment != "rate 10mbit burst 32768b" {
+			t.Errorf("impairment read back: %q", r.Impairment)
+		}
+		var b, js bytes.Buffer
+		rep := Report{Lab: "l", VMs: []VMReport{{Name: "v", NICs: []NICReport{r}}}}
+		rep.WriteTable(&b)
+		if !strings.Contains(b.String(), "impaired to the guest: rate 10mbit burst 32768b\n") {
+			t.Errorf("table:\n%s", b.String())
+		}
+		if err := WriteStatus(&js, "json", []Report{rep}); err != nil {
+			return err
+		}
+		if !strings.Contains(js.String(), `"impairment": "rate 10mbit burst 32768b"`) {
+			t.Errorf("json: %s", js.String())
+		}
+		return nil
+	})
 }

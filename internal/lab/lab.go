@@ -264,6 +264,9 @@ func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (_ *ta
 	if net := l.network(nic.Network); net != nil && cfg.MTU == 0 {
 		cfg.MTU = net.MTU
 	}
+	if nic.Impairment != nil {
+		cfg.Impairment = TapImpairment(*nic.Impairment)
+	}
 	if nic.VnetHdr {
 		cfg.VnetHdrSize = 12
 		if nic.OffloadsAuto {
@@ -287,6 +290,11 @@ func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (_ *ta
 	if err != nil {
 		if errors.Is(err, unix.EBUSY) {
 			return nil, l.nameTaken(vm, nic, err)
+		}
+		var mq *tap.MissingQdiscError
+		if errors.As(err, &mq) {
+			return nil, fmt.Errorf("lab %s: vm %s nic %d: impairment %s: %w; or remove the impairment keys from the NIC and its network "+
+				"(a [[link]] between two VMs impairs in userspace, without netem)", l.cfg.Name, vm.Name, nic.Index, nic.Impairment, err)
 		}
 		return nil, fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)
 	}
@@ -338,6 +346,20 @@ func (l *Lab) nameTaken(vm *vmconfig.VM, nic *vmconfig.NIC, err error) error {
 	}
 	return fmt.Errorf("lab %s: vm %s nic %d: tap %s: an interface of that name exists (a %s, %s); %s",
 		l.cfg.Name, vm.Name, nic.Index, nic.IfName, link.Type(), whose, todo)
+}
+
+// TapImpairment is a lab file's impairment as the tap's netem and tbf
+// take it (the same parameters, in tc's meaning).
+func TapImpairment(im vmconfig.Impairment) tap.Impairment {
+	return tap.Impairment{Delay: im.Delay, Jitter: im.Jitter, Loss: im.Loss, LossCorrelation: im.LossCorrelation,
+		Duplicate: im.Duplicate, Reorder: im.Reorder, Corrupt: im.Corrupt, Rate: im.Rate, Burst: im.Burst}
+}
+
+// ConfigImpairment is the inverse of TapImpairment, for showing what a
+// tap's qdiscs do in the lab file's words.
+func ConfigImpairment(im tap.Impairment) vmconfig.Impairment {
+	return vmconfig.Impairment{Delay: im.Delay, Jitter: im.Jitter, Loss: im.Loss, LossCorrelation: im.LossCorrelation,
+		Duplicate: im.Duplicate, Reorder: im.Reorder, Corrupt: im.Corrupt, Rate: im.Rate, Burst: im.Burst}
 }
 
 // Tap returns the open tap of a NIC created by CreateTaps.

@@ -87,7 +87,11 @@ type NICReport struct {
 	TxPackets         uint64   `json:"tx_packets"`
 	RxBytes           uint64   `json:"rx_bytes"`
 	TxBytes           uint64   `json:"tx_bytes"`
-	Error             string   `json:"error,omitempty"`
+	// Impairment is what the tap's netem/tbf qdiscs do to frames going
+	// to the guest, read from the kernel, in tc-netem's words; absent
+	// without.
+	Impairment string `json:"impairment,omitempty"`
+	Error      string `json:"error,omitempty"`
 }
 
 // LinkReport is one [[link]] of the lab file, with its counters while the
@@ -251,6 +255,9 @@ func describeNIC(n NICState) NICReport {
 	if info.Offloads != nil {
 		nr.Offloads = info.Offloads.Names()
 	}
+	if info.Impairment != nil {
+		nr.Impairment = ConfigImpairment(*info.Impairment).String()
+	}
 	if l, err := netlink.LinkByName(n.Tap); err == nil && l.Attrs().Statistics != nil {
 		s := l.Attrs().Statistics
 		nr.RxPackets, nr.TxPackets, nr.RxBytes, nr.TxBytes = s.RxPackets, s.TxPackets, s.RxBytes, s.TxBytes
@@ -306,6 +313,9 @@ func (r Report) WriteTable(w io.Writer) {
 			}
 			fmt.Fprintf(w, "    %-5s tap %-15s mac %s net %-8s %s vnet_hdr %v offloads %s rx %d/%dB tx %d/%dB%s\n", n.ID, n.Tap, n.MAC,
 				dash(n.Network), q, n.VnetHdr, dash(strings.Join(n.Offloads, ",")), n.RxPackets, n.RxBytes, n.TxPackets, n.TxBytes, extra)
+			if n.Impairment != "" {
+				fmt.Fprintf(w, "          impaired to the guest: %s\n", n.Impairment)
+			}
 		}
 	}
 	for _, v := range r.VXLANs {
