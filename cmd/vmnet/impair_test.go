@@ -70,3 +70,23 @@ func TestLinkSetUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestNICSetUsage: vmnet nic set takes the unprefixed impairment flags
+// only (a NIC's impairment has one direction), and refuses no change and
+// bad values before it looks for the lab, with status 2.
+func TestNICSetUsage(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"nic", "set", "demo", "r2", "nic0"}, "vmnet nic set: nothing to change"},
+		{[]string{"nic", "set", "demo", "r2", "nic0", "--loss", "5"}, `vmnet nic set: --loss: "5" is not a percentage`},
+		{[]string{"nic", "set", "demo", "r2", "nic0", "--rate", "fast"}, `vmnet nic set: --rate: "fast" is not a rate`},
+		{[]string{"nic", "set", "demo", "r2", "nic0", "--a-to-b-loss", "5%"}, "unknown flag: --a-to-b-loss"},
+	} {
+		st, _, stderr := vmnet(t, c.args...)
+		if st != 2 || !strings.Contains(stderr, c.want) {
+			t.Errorf("vmnet %q: status %d, %q; want 2 and %q", c.args, st, stderr, c.want)
+		}
+	}
+}

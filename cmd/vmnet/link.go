@@ -34,10 +34,16 @@ type linkFlags struct {
 var impairPrefixes = []string{"", "a-to-b-", "b-to-a-"}
 
 func (f *linkFlags) registerImpairments(fs *pflag.FlagSet) {
+	f.registerImpairmentsFor(fs, impairPrefixes, "both directions")
+}
+
+// registerImpairmentsFor registers the impairment flags of prefixes;
+// unprefixed ones act in the direction both says.
+func (f *linkFlags) registerImpairmentsFor(fs *pflag.FlagSet, prefixes []string, both string) {
 	f.impair = map[string]map[string]*string{}
-	for _, p := range impairPrefixes {
+	for _, p := range prefixes {
 		f.impair[p] = map[string]*string{}
-		dir := "both directions"
+		dir := both
 		if p != "" {
 			dir = strings.ReplaceAll(strings.TrimSuffix(p, "-"), "-", " ")
 		}
@@ -213,28 +219,38 @@ func linkSetCommand(e *env) *cobra.Command {
 	return c
 }
 
-func linkSet(e *env, pos []string, f *linkFlags) error {
-	idx, err := strconv.Atoi(pos[1])
-	if err != nil || idx < 0 {
-		return usagef("vmnet link set: link %q: want the link's number, from 0 in the order of the lab file", pos[1])
-	}
+// changedKeys collects the impairment flags given, by direction ("" for
+// both, a_to_b, b_to_a) and lab-file key, checking each value.
+func (f *linkFlags) changedKeys(verb string) (map[string]map[string]string, error) {
 	keys := map[string]map[string]string{}
-	for _, p := range impairPrefixes {
+	for p, flags := range f.impair {
 		dir := strings.ReplaceAll(strings.TrimSuffix(p, "-"), "-", "_")
 		for _, k := range vmconfig.ImpairmentKeys {
-			v := *f.impair[p][k]
+			v := *flags[k]
 			if v == "" {
 				continue
 			}
 			var im vmconfig.Impairment
 			if err := vmconfig.SetImpairment(&im, k, v); err != nil {
-				return usagef("vmnet link set: --%s%s: %v", p, strings.ReplaceAll(k, "_", "-"), err)
+				return nil, usagef("vmnet %s: --%s%s: %v", verb, p, strings.ReplaceAll(k, "_", "-"), err)
 			}
 			if keys[dir] == nil {
 				keys[dir] = map[string]string{}
 			}
 			keys[dir][k] = v
 		}
+	}
+	return keys, nil
+}
+
+func linkSet(e *env, pos []string, f *linkFlags) error {
+	idx, err := strconv.Atoi(pos[1])
+	if err != nil || idx < 0 {
+		return usagef("vmnet link set: link %q: want the link's number, from 0 in the order of the lab file", pos[1])
+	}
+	keys, err := f.changedKeys("link set")
+	if err != nil {
+		return err
 	}
 	if len(keys) == 0 {
 		return usagef("vmnet link set: nothing to change: give impairments such as --loss 1%% or --a-to-b-delay 20ms")

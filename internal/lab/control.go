@@ -28,7 +28,7 @@ const maxControlMessage = 4 << 20
 
 // Request is one control call.
 type Request struct {
-	Op      string `json:"op"` // vm-status, nic-add, nic-del, link-set
+	Op      string `json:"op"` // vm-status, nic-add, nic-del, nic-set, link-set
 	VM      string `json:"vm,omitempty"`
 	Network string `json:"network,omitempty"`
 	Queues  int    `json:"queues,omitempty"`
@@ -36,6 +36,7 @@ type Request struct {
 	NIC     string `json:"nic,omitempty"`
 	// link-set: the link's index and the impairment keys to change, by
 	// direction ("" for both, "a_to_b", "b_to_a"), lab-file key to value.
+	// nic-set: VM, NIC and the keys under "".
 	Link   int                          `json:"link,omitempty"`
 	Impair map[string]map[string]string `json:"impair,omitempty"`
 }
@@ -46,6 +47,9 @@ type Response struct {
 	VMStatus map[string]string `json:"vm_status,omitempty"`
 	Links    []link.Stats      `json:"links,omitempty"`
 	NIC      *NICState         `json:"nic,omitempty"`
+	// NICImpairment answers nic-set: the NIC's impairment now, in
+	// tc-netem's words ("none" without).
+	NICImpairment string `json:"nic_impairment,omitempty"`
 }
 
 // Listen opens the lab's control socket. Call it after Up, and Serve
@@ -131,6 +135,18 @@ func (l *Lab) handle(ctx context.Context, req Request, resp *Response) error {
 		return nil
 	case "nic-del":
 		return l.DelNIC(ctx, req.VM, req.NIC)
+	case "nic-set":
+		for k := range req.Impair {
+			if k != "" {
+				return fmt.Errorf("lab %s: vm %s %s: a NIC's impairment has one direction (to the guest), not %q", l.cfg.Name, req.VM, req.NIC, k)
+			}
+		}
+		im, err := l.SetNICImpairment(req.VM, req.NIC, req.Impair[""])
+		if err != nil {
+			return err
+		}
+		resp.NICImpairment = im.String()
+		return nil
 	case "link-set":
 		if err := l.SetLinkImpairments(req.Link, req.Impair); err != nil {
 			return err

@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/vmnet/vmnet/internal/qemu"
+	"github.com/vmnet/vmnet/tap"
 	"github.com/vmnet/vmnet/vmconfig"
 )
 
@@ -53,7 +54,7 @@ func (l *Lab) AddNIC(ctx context.Context, vmName, network string, queues int, ma
 	nic := &vmconfig.NIC{VM: vmName, Index: index, Network: network, MAC: hw, Queues: queues, VnetHdr: true,
 		OffloadsAuto: true, Model: qemu.ModelVirtioPCI, Vhost: qemu.VhostAuto, IfName: ifname}
 	if n := l.network(network); n != nil {
-		nic.Qdisc = n.Qdisc
+		nic.Qdisc, nic.Impairment = n.Qdisc, n.Impairment // the network's defaults, as for its NICs in the lab file
 	}
 	u, err := l.qemuUser(vm)
 	if err != nil {
@@ -112,9 +113,65 @@ func (l *Lab) DelNIC(ctx context.Context, vmName, id string) error {
 	}
 	l.mu.Lock()
 	l.hotplug[vmName] = slices.Delete(l.hotplug[vmName], i, i+1)
+	delete(l.nicImpair, h.tap)
 	l.mu.Unlock()
 	if err := l.closeAndDelete(h.tap); err != nil {
 		return err
 	}
 	return l.save()
+}
+
+// SetNICImpairment changes impairment keys of a running guest's NIC (its
+// id, nic0, or its tap's name) on top of what it has now, the keys not
+// given staying: netem/tbf on the tap, acting on frames to the guest.
+// All keys at zero put back the tap's plain qdisc. A bad value, a NIC
+// at the end of a [[link]] or a kernel without the qdisc changes
+// nothing. It returns the NIC's impairment now.
+func (l *Lab) SetNICImpairment(vmName, id string, keys map[string]string) (vmconfig.Impairment, error) {
+	vm, err := l.VM(vmName)
+	if err != nil {
+		return vmconfig.Impairment{}, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var t *tap.Tap
+	var cur *vmconfig.Impairment
+	for i, nic := range vm.NICs {
+		if tp := l.taps[nic]; tp != nil && (id == fmt.Sprintf("nic%d", i) || id == tp.Name()) {
+			if nic.Network == "" {
+				return vmconfig.Impairment{}, fmt.Errorf("lab %s: vm %s %s: it is an end of a [[link]], which impairs it: use `vmnet link set`", l.cfg.Name, vmName, id)
+			}
+			t, cur = tp, nic.Impairment
+		}
+	}
+	for _, h := range l.hotplug[vmName] {
+		if h.id == id || h.tap.Name() == id {
+			t = h.tap
+			if n := l.network(h.network); n != nil {
+				cur = n.Impairment
+			}
+		}
+	}
+	if t == nil {
+		return vmconfig.Impairment{}, fmt.Errorf("lab %s: vm %s has no NIC %q (ids are nic0, nic1, ... as `vmnet status` shows, or tap names)", l.cfg.Name, vmName, id)
+	}
+	var im vmconfig.Impairment
+	if now, ok := l.nicImpair[t]; ok {
+		im = now
+	} else if cur != nil {
+		im = *cur
+	}
+	for k, v := range keys {
+		if err := vmconfig.SetImpairment(&im, k, v); err != nil {
+			return vmconfig.Impairment{}, fmt.Errorf("lab %s: vm %s %s: %s: %w", l.cfg.Name, vmName, id, k, err)
+		}
+	}
+	if err := im.Check(); err != nil {
+		return vmconfig.Impairment{}, fmt.Errorf("lab %s: vm %s %s: %w", l.cfg.Name, vmName, id, err)
+	}
+	if err := t.SetImpairment(TapImpairment(im)); err != nil {
+		return vmconfig.Impairment{}, fmt.Errorf("lab %s: vm %s %s: %w", l.cfg.Name, vmName, id, err)
+	}
+	l.nicImpair[t] = im
+	return im, nil
 }

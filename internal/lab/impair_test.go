@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -161,6 +162,86 @@ func TestNICImpairmentStatus(t *testing.T) {
 		}
 		if !strings.Contains(js.String(), `"impairment": "rate 10mbit burst 32768b"`) {
 			t.Errorf("json: %s", js.String())
+		}
+		return nil
+	})
+}
+
+// TestSetNICImpairment: the supervisor's nic-set changes the keys given
+// on top of what the NIC's tap has (tbf's rate here: the host has tbf),
+// read back by tc; bad values, a link's NIC, an unknown NIC and a delay
+// on a kernel without netem change nothing.
+func TestSetNICImpairment(t *testing.T) {
+	testenv.RequireProgram(t, "tc")
+	ns := testenv.NetNS(t)
+	cfg := labOf(t, `[lab]
+name = "ns"
+[[network]]
+name = "n"
+rate = "10mbit"
+[[vm]]
+name = "v"
+  [[vm.nic]]
+  network = "n"
+  [[vm.nic]]
+[[link]]
+a = "vm:v:1"
+b = "tap:other"
+`)
+	testenv.Do(t, ns, func() error {
+		l, err := New(cfg, Options{RunDir: t.TempDir()})
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		defer l.Teardown(context.Background())
+		if err := l.CreateTaps(cfg.VMs[0]); err != nil {
+			return err
+		}
+		call := func(nic string, keys map[string]string) (Response, error) {
+			var resp Response
+			err := l.handle(context.Background(), Request{Op: "nic-set", VM: "v", NIC: nic, Impair: map[string]map[string]string{"": keys}}, &resp)
+			return resp, err
+		}
+		tbfRate := func() string {
+			out, _ := exec.Command("tc", "qdisc", "show", "dev", "ns-v-0").CombinedOutput()
+			return strings.TrimSpace(string(out))
+		}
+		if got := tbfRate(); !strings.Contains(got, "tbf") || !strings.Contains(got, "rate 10Mbit") {
+			t.Fatalf("from the network's rate: %s", got)
+		}
+		resp, err := call("nic0", map[string]string{"rate": "20mbit", "burst": "16kb"})
+		if err != nil {
+			return err
+		}
+		if resp.NICImpairment != "rate 20mbit burst 16384b" || !strings.Contains(tbfRate(), "rate 20Mbit burst 16") {
+			t.Errorf("after rate 20mbit: %q, tc: %s", resp.NICImpairment, tbfRate())
+		}
+		for _, bad := range []struct {
+			nic  string
+			keys map[string]string
+			want string
+		}{
+			{"nic0", map[string]string{"loss": "5"}, `"5" is not a percentage`},
+			{"nic0", map[string]string{"speed": "5"}, `unknown impairment "speed"`},
+			{"nic1", map[string]string{"loss": "5%"}, "vmnet link set"},
+			{"nic7", map[string]string{"loss": "5%"}, `has no NIC "nic7"`},
+		} {
+			if _, err := call(bad.nic, bad.keys); err == nil || !strings.Contains(err.Error(), bad.want) || !strings.Contains(err.Error(), "lab ns") {
+				t.Errorf("%s %v: %v, want an error with %q", bad.nic, bad.keys, err, bad.want)
+			}
+		}
+		if _, err := call("ns-v-0", map[string]string{"delay": "5ms"}); err != nil {
+			if !strings.Contains(err.Error(), "CONFIG_NET_SCH_NETEM") {
+				t.Errorf("delay on a kernel without netem: %v", err)
+			}
+		} else if !strings.Contains(tbfRate(), "netem") {
+			t.Errorf("delay accepted but tc shows %s", tbfRate())
+		} else {
+			return nil // a kernel with netem: the rest is about refusals
+		}
+		if got := tbfRate(); !strings.Contains(got, "rate 20Mbit") || strings.Contains(got, "netem") {
+			t.Errorf("refused changes changed the tap: %s", got)
 		}
 		return nil
 	})

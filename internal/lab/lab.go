@@ -84,6 +84,7 @@ type Lab struct {
 	named     map[string]images.Disk // named images by name, once built
 	state     *State                 // nil unless the Lab is supervised (Up)
 	links     []*runningLink
+	nicImpair map[*tap.Tap]vmconfig.Impairment // NIC impairments changed at run time
 	linkCtx   context.Context
 	linkStop  context.CancelFunc
 
@@ -120,7 +121,7 @@ func New(cfg *vmconfig.Lab, opts Options) (*Lab, error) {
 	}
 	return &Lab{cfg: cfg, opts: opts, br: br, ns: ns, netNS: nsID, pidStarts: map[int]uint64{}, networks: map[string]bool{},
 		taps: map[*vmconfig.NIC]*tap.Tap{}, vms: map[string]*qemu.VM{}, started: map[string]time.Time{},
-		hotplug: map[string][]*hotNIC{}, users: map[string]*qemu.User{}}, nil
+		hotplug: map[string][]*hotNIC{}, users: map[string]*qemu.User{}, nicImpair: map[*tap.Tap]vmconfig.Impairment{}}, nil
 }
 
 // Config is the lab's configuration.
@@ -563,6 +564,7 @@ func (l *Lab) Teardown(ctx context.Context) error {
 		taps = append(taps, t)
 	}
 	l.hotplug, l.taps = map[string][]*hotNIC{}, map[*vmconfig.NIC]*tap.Tap{}
+	l.nicImpair = map[*tap.Tap]vmconfig.Impairment{}
 	errs = append(errs, l.closeAndDeleteAll(taps))
 	if err := l.deleteVXLANs(); err != nil {
 		errs = append(errs, err)
