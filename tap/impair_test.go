@@ -227,6 +227,14 @@ func TestImpairment(t *testing.T) {
 				t.Errorf("%+v: %d of 400 frames arrived, want %d to %d", c.im, got, c.min, c.max)
 			}
 		}
+		// netem with tbf under it: the rate still holds.
+		if err := bt.SetImpairment(Impairment{Delay: 5 * time.Millisecond, Rate: 10e6}); err != nil {
+			return err
+		}
+		if qs := tcQdiscs(t, "impb"); len(qs) != 2 || qs[0].Kind != "netem" || qs[1].Kind != "tbf" {
+			t.Errorf("delay 5ms rate 10mbit: tc shows %+v", qs)
+		}
+		checkRate(t, qa, qb, "delay 5ms rate 10mbit")
 		if err := bt.SetImpairment(Impairment{}); err != nil {
 			return err
 		}
@@ -253,45 +261,50 @@ func TestImpairmentRate(t *testing.T) {
 			return err
 		}
 		time.Sleep(50 * time.Millisecond)
-		// 100 frames of 1000 bytes: 100 kB, inside tbf's queue (100 ms at
-		// the rate plus the burst), 80 ms at 10 Mbit/s.
-		const frames, size = 100, 1000
-		qa, qb := a.Queues()[0], b.Queues()[0]
-		for i := range frames {
-			if _, err := qa.Write(markedFrame(uint32(i), size)); err != nil {
-				return err
-			}
-		}
-		var first, last time.Time
-		n := 0
-		_, err := readMatch(qb, 3*time.Second, func(f []byte) bool {
-			if !isMarked(f) {
-				return false
-			}
-			if n == 0 {
-				first = time.Now()
-			}
-			n++
-			last = time.Now()
-			return n == frames
-		})
-		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			return err
-		}
-		if n != frames {
-			t.Fatalf("%d of %d frames arrived through tbf", n, frames)
-		}
-		// After the first frame, the other 99 wait for tokens: 99 kB less
-		// the one-frame bucket at 1.25 MB/s.
-		took := last.Sub(first)
-		want := time.Duration(float64((frames-1)*size-(1500+14)) / (10e6 / 8) * float64(time.Second))
-		rate := float64((frames-1)*size*8) / took.Seconds() / 1e6
-		t.Logf("rate 10mbit: %d frames of %d bytes in %v (%.1f Mbit/s)", frames, size, took, rate)
-		if took < want*95/100 {
-			t.Errorf("frames left in %v, faster than 10 Mbit/s allows (%v)", took, want)
-		}
+		checkRate(t, a.Queues()[0], b.Queues()[0], "rate 10mbit")
 		return nil
 	})
+}
+
+// checkRate sends 100 frames of 1000 bytes (100 kB: inside tbf's queue
+// of 100 ms at the rate plus the burst, 80 ms at 10 Mbit/s) from one tap
+// to the other, whose tbf has 10mbit with the default burst, and checks
+// that all arrive, no faster than the rate lets them.
+func checkRate(t *testing.T, qa, qb *Queue, what string) {
+	t.Helper()
+	const frames, size = 100, 1000
+	// From the first write, not the first read: a reader that starts
+	// late would see frames the bucket let out while it was away.
+	start := time.Now()
+	for i := range frames {
+		if _, err := qa.Write(markedFrame(uint32(i), size)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var last time.Time
+	n := 0
+	_, err := readMatch(qb, 3*time.Second, func(f []byte) bool {
+		if !isMarked(f) {
+			return false
+		}
+		n++
+		last = time.Now()
+		return n == frames
+	})
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal(err)
+	}
+	if n != frames {
+		t.Fatalf("%s: %d of %d frames arrived", what, n, frames)
+	}
+	// All but the one-frame bucket wait for tokens at 1.25 MB/s: the
+	// last frame cannot arrive before that, whatever the load.
+	took := last.Sub(start)
+	want := time.Duration(float64(frames*size-(1500+14)) / (10e6 / 8) * float64(time.Second))
+	t.Logf("%s: %d frames of %d bytes in %v (%.1f Mbit/s)", what, frames, size, took, float64(frames*size*8)/took.Seconds()/1e6)
+	if took < want*95/100 {
+		t.Errorf("%s: frames left in %v, faster than 10 Mbit/s allows (%v)", what, took, want)
+	}
 }
 
 func isID(id uint32) func([]byte) bool {
@@ -341,4 +354,28 @@ func TestReadImpairment(t *testing.T) {
 			t.Errorf("%+v accepted", bad)
 		}
 	}
+}
+
+// TestImpairmentClearKeepsDefaultQdisc: clearing the impairment of a tap
+// made with the kernel's default qdisc gives that default back, not
+// noqueue.
+func TestImpairmentClearKeepsDefaultQdisc(t *testing.T) {
+	testenv.RequireProgram(t, "tc")
+	dq := kernelDefaultQdisc(t)
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		cfg := NewConfig("dq0", 1)
+		cfg.Up, cfg.Qdisc, cfg.Impairment = true, QdiscDefault, Impairment{Rate: 1e9}
+		tp := mustCreate(t, cfg)
+		if qs := tcQdiscs(t, "dq0"); len(qs) != 1 || qs[0].Kind != "tbf" {
+			t.Errorf("rate 1gbit: tc shows %+v", qs)
+		}
+		if err := tp.SetImpairment(Impairment{}); err != nil {
+			return err
+		}
+		if qs := tcQdiscs(t, "dq0"); len(qs) != 1 || qs[0].Kind != dq || !qs[0].Root {
+			t.Errorf("after clearing: tc shows %+v, want the kernel's default %s", qs, dq)
+		}
+		return nil
+	})
 }
