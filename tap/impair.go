@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"runtime"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -64,23 +63,6 @@ func (t *Tap) SetImpairment(im Impairment) error {
 		}
 		return setImpairment(h, link, im, t.qdisc)
 	})
-}
-
-// SetImpairmentByName is Tap.SetImpairment on a tap vmnet does not hold
-// open, looked up by name in the calling thread's namespace; qdisc is
-// the root qdisc a zero Impairment puts back.
-func SetImpairmentByName(name string, im Impairment, qdisc Qdisc) error {
-	if err := checkName(name); err != nil {
-		return err
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	h := &netlink.Handle{}
-	link, err := h.LinkByName(name)
-	if err != nil {
-		return fmt.Errorf("tap %s: look up: %w", name, err)
-	}
-	return setImpairment(h, link, im, qdisc)
 }
 
 func setImpairment(h *netlink.Handle, link netlink.Link, im Impairment, base Qdisc) error {
