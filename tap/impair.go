@@ -118,29 +118,41 @@ func setImpairment(h *netlink.Handle, link netlink.Link, im Impairment, base Qdi
 		// NewNetem converts jitter to ticks only with a delay.
 		nq.Jitter = uint32(float64(im.Jitter.Microseconds()) * netlink.TickInUsec())
 	}
-	// A netem with a child cannot lose it by replace: start from a
-	// clean root, so the tbf below is the only child.
+	// What runs now, to put back should the tbf below be refused.
+	qs, err := h.QdiscList(link)
+	if err != nil {
+		return fmt.Errorf("tap %s: list qdiscs: %w", name, err)
+	}
+	prev, _ := readImpairment(qs)
+	// netem over netem (handle 1:) is changed in place and keeps its
+	// child; another root is replaced by it.
 	if err := h.QdiscReplace(nq); err != nil {
 		return missing(name, "netem", netemOption, err)
 	}
+	child := netlink.MakeHandle(1, 1)
 	if tbf != nil {
-		tbf.QdiscAttrs = netlink.QdiscAttrs{LinkIndex: root.LinkIndex, Parent: netlink.MakeHandle(1, 1), Handle: netlink.MakeHandle(10, 0)}
+		tbf.QdiscAttrs = netlink.QdiscAttrs{LinkIndex: root.LinkIndex, Parent: child, Handle: netlink.MakeHandle(10, 0)}
 		if err := h.QdiscReplace(tbf); err != nil {
 			err = missing(name, "tbf", tbfOption, err)
 			// Leave no half-set impairment: the rate is part of it.
-			if derr := setImpairment(h, link, Impairment{}, base); derr != nil {
+			if prev == im {
+				prev = Impairment{}
+			}
+			if derr := setImpairment(h, link, prev, base); derr != nil {
 				err = errors.Join(err, derr)
 			}
 			return err
 		}
-	} else {
-		// A tbf left from an earlier setting would keep limiting.
-		qs, err := h.QdiscList(link)
-		if err == nil {
-			for _, q := range qs {
-				if q.Attrs().Parent == netlink.MakeHandle(1, 1) {
-					h.QdiscDel(q)
-				}
+		return nil
+	}
+	// A tbf left under netem from an earlier setting would keep limiting.
+	if qs, err = h.QdiscList(link); err != nil {
+		return fmt.Errorf("tap %s: list qdiscs: %w", name, err)
+	}
+	for _, q := range qs {
+		if q.Attrs().Parent == child {
+			if err := h.QdiscDel(q); err != nil {
+				return fmt.Errorf("tap %s: remove the rate: %w", name, err)
 			}
 		}
 	}
