@@ -206,7 +206,14 @@ func Detach(cfg *vmconfig.Lab, cmd *exec.Cmd, progress func(Progress)) (int, err
 		case line == "ok":
 			return pid, nil
 		case strings.HasPrefix(line, "error: "):
-			return pid, fmt.Errorf("%s (log: %s)", strings.TrimPrefix(line, "error: "), logPath)
+			msg := strings.TrimPrefix(line, "error: ")
+			// A failed up has usually removed the state directory, and
+			// the log with it, before it reports: name only a log that
+			// is there to read.
+			if _, err := os.Stat(logPath); err != nil {
+				return pid, errors.New(msg)
+			}
+			return pid, fmt.Errorf("%s (log: %s)", msg, logPath)
 		case strings.HasPrefix(line, "progress "):
 			if p, ok := parseProgress(line); ok && progress != nil {
 				progress(p)

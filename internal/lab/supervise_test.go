@@ -58,6 +58,9 @@ func TestDetachStreamsProgress(t *testing.T) {
 		{"ok", "", nil, ""},
 		{"error", "", errors.New("vm b: boom"), "vm b: boom (log: "},
 		{"exit", "echo the supervisor died here; exit 3", nil, "the supervisor exited before the lab was up"},
+		// A failed up removes its state directory, log included, before
+		// it reports: the error must not send the user to a missing file.
+		{"log-removed", "rm -f supervisor.log; echo 'error: vm b: boom' >&3", nil, "vm b: boom"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := &vmconfig.Lab{Name: "p", StateDir: t.TempDir()}
@@ -71,7 +74,9 @@ func TestDetachStreamsProgress(t *testing.T) {
 			}
 			var mu sync.Mutex
 			var got []Progress
-			pid, err := Detach(cfg, exec.Command("/bin/sh", "-c", script), func(p Progress) {
+			cmd := exec.Command("/bin/sh", "-c", script)
+			cmd.Dir = cfg.StateDir
+			pid, err := Detach(cfg, cmd, func(p Progress) {
 				mu.Lock()
 				got = append(got, p)
 				mu.Unlock()
@@ -82,6 +87,11 @@ func TestDetachStreamsProgress(t *testing.T) {
 			switch {
 			case c.want == "" && err != nil:
 				t.Fatalf("Detach: %v", err)
+			case c.name == "log-removed":
+				if err == nil || err.Error() != c.want {
+					t.Fatalf("Detach: %v; want exactly %q, naming no removed log", err, c.want)
+				}
+				return
 			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), SupervisorLog(cfg))):
 				t.Fatalf("Detach: %v; want an error with %q naming %s", err, c.want, SupervisorLog(cfg))
 			}
