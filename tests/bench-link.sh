@@ -18,6 +18,7 @@
 #   gro          tap:tA,vnet_hdr=off <-> tap:tB (A's kernel segments into tA; vmnet
 #                merges the frames into super-frames for tB: software GRO)
 #   gro-off      the same with an old vmnet (LINK_NOGRO=binary; skipped without it)
+#   segment-old  segment with that old vmnet (LINK_NOGRO; skipped without it)
 #   udp          tap:tA <-> udp:127.0.0.1:P1 ... udp:127.0.0.1:P2 <-> tap:tB (two link processes)
 #   udp-noTSO    the same with both taps vnet_hdr=off: MTU-sized frames only (what
 #                ubridge or QEMU's socket backend carry), sent with UDP_SEGMENT
@@ -155,6 +156,7 @@ linkcase() {
     segment) startlink "$name" tap:tA tap:tB,vnet_hdr=off ;;
     gro) startlink "$name" tap:tA,vnet_hdr=off tap:tB ;;
     gro-off) LINK=$LINK_NOGRO startlink "$name" tap:tA,vnet_hdr=off tap:tB ;;
+    segment-old) LINK=$LINK_NOGRO startlink "$name" tap:tA tap:tB,vnet_hdr=off ;;
     udp | udp-noTSO | udp-gro | udp-key | udp-key-noTSO)
       local p1=$((20000 + $$ % 20000)) p2=$((20001 + $$ % 20000)) opt= optA= key=
       case $name in *noTSO) opt=,vnet_hdr=off optA=,vnet_hdr=off ;; udp-gro) optA=,vnet_hdr=off ;; esac
@@ -173,7 +175,7 @@ linkcase() {
 }
 
 declare -A R
-ALL="kernel kernel-noTSO bridged bridged-noTSO passthrough segment gro gro-off udp udp-noTSO udp-gro udp-key udp-key-noTSO"
+ALL="kernel kernel-noTSO bridged bridged-noTSO passthrough segment segment-old gro gro-off udp udp-noTSO udp-gro udp-key udp-key-noTSO"
 CASES=${CASES:-$ALL}
 for c in $ALL; do R[$c]=-; done
 for c in $CASES; do
@@ -182,7 +184,7 @@ for c in $CASES; do
     kernel-noTSO) R[$c]=$(kernel notso) ;;
     bridged) R[$c]=$(bridged tso) ;;
     bridged-noTSO) R[$c]=$(bridged notso) ;;
-    gro-off) [ -n "${LINK_NOGRO:-}" ] && R[$c]=$(linkcase "$c") ;;
+    gro-off | segment-old) [ -n "${LINK_NOGRO:-}" ] && R[$c]=$(linkcase "$c") ;;
     passthrough | segment | gro | udp | udp-noTSO | udp-gro | udp-key | udp-key-noTSO) R[$c]=$(linkcase "$c") ;;
     *) echo "bench-link: unknown case $c" >&2; exit 2 ;;
   esac
@@ -200,6 +202,8 @@ printf "%-14s %10s %10s   %s\n" passthrough "${R[passthrough]}" "$(ratio "${R[pa
   ">= 80% of bridged: $(ratio "${R[passthrough]}" "${R[bridged]}" | tr -d ' ')"
 printf "%-14s %10s %10s   %s\n" segment "${R[segment]}" "$(ratio "${R[segment]}" "${R[kernel]}")" \
   ">= 50% of bridged-noTSO: $(ratio "${R[segment]}" "${R[bridged-noTSO]}" | tr -d ' ')"
+printf "%-14s %10s %10s   %s\n" segment-old "${R[segment-old]}" "$(ratio "${R[segment-old]}" "${R[kernel]}")" \
+  "of bridged-noTSO: $(ratio "${R[segment-old]}" "${R[bridged-noTSO]}" | tr -d ' '); segment is $(awk -v a="${R[segment]}" -v b="${R[segment-old]}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }') of this"
 printf "%-14s %10s %10s   %s\n" gro "${R[gro]}" "$(ratio "${R[gro]}" "${R[kernel]}")" \
   "(no target) of bridged-noTSO: $(ratio "${R[gro]}" "${R[bridged-noTSO]}" | tr -d ' ')"
 printf "%-14s %10s %10s   %s\n" gro-off "${R[gro-off]}" "$(ratio "${R[gro-off]}" "${R[kernel]}")" \
