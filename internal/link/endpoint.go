@@ -295,11 +295,7 @@ func (t tapQueue) read(bufs [][]byte, off int, sizes []int) (int, error) {
 	return t.q.ReadBatch(bufs, sizes, off)
 }
 func (t tapQueue) write(bufs [][]byte, off int) (int, error) { return t.q.WriteBatch(bufs, off) }
-func (t tapQueue) writeVec(hdr []byte, pieces [][]byte) error {
-	_, err := t.q.WriteVec(hdr, pieces)
-	return err
-}
-func (t tapQueue) setDeadline(d time.Time) error { return t.q.SetDeadline(d) }
+func (t tapQueue) setDeadline(d time.Time) error             { return t.q.SetDeadline(d) }
 
 // fatal reports whether an I/O error means the endpoint is gone (rather
 // than one frame being refused).

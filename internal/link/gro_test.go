@@ -168,81 +168,31 @@ func (w *world) udpBurst(t *testing.T, size, segs, rounds int) {
 // TestGROAllocs: merging a batch of MTU-sized frames and writing the
 // super-frame allocates nothing once the pump's buffers exist.
 func TestGROAllocs(t *testing.T) {
-	for _, vec := range []bool{false, true} {
-		t.Run(map[bool]string{false: "copy", true: "writev"}[vec], func(t *testing.T) {
-			src, _ := memEndpoint("tap", 0, 1500, false)
-			dst, mq := memEndpoint("tap", 10, 1500, true)
-			q := mq
-			if vec {
-				vq := &memVecQueue{}
-				dst.queues[0], q = vq, &vq.memQueue
-			}
-			l := &Link{a: src, b: dst, batch: 32}
-			p := newPump(l, src, dst, 0, &l.ab)
-			if (p.vw != nil) != vec {
-				t.Fatalf("pump writes merged frames in pieces: %v, want %v", p.vw != nil, vec)
-			}
-			frames := groFrames(t, 32, 1448)
-			sizes := make([]int, len(frames))
-			for i, f := range frames {
-				sizes[i] = copy(p.rbufs[i][Headroom:], f)
-			}
-			batch := func() {
-				for i := range frames {
-					p.handle(p.rbufs[i], sizes[i])
-				}
-				p.groFlush()
-				p.flush()
-			}
-			batch() // warm up: the segment pool
-			if a := testing.AllocsPerRun(50, batch); a != 0 {
-				t.Errorf("%.1f allocations per batch of %d frames", a, len(frames))
-			}
-			if q.frames == 0 || p.local.Coalesced == 0 || p.local.Drops.Total() != 0 {
-				t.Errorf("wrote %d frames, coalesced %d, drops %+v", q.frames, p.local.Coalesced, p.local.Drops)
-			}
-			if p.local.TxFrames != p.local.Coalesced {
-				t.Errorf("%d frames written for %d super-frames: want one each", p.local.TxFrames, p.local.Coalesced)
-			}
-		})
+	src, _ := memEndpoint("tap", 0, 1500, false)
+	dst, q := memEndpoint("tap", 10, 1500, true)
+	l := &Link{a: src, b: dst, batch: 32}
+	p := newPump(l, src, dst, 0, &l.ab)
+	frames := groFrames(t, 32, 1448)
+	sizes := make([]int, len(frames))
+	for i, f := range frames {
+		sizes[i] = copy(p.rbufs[i][Headroom:], f)
 	}
-}
-
-// TestGROWriteVecSameBytes: a merged super-frame written in pieces is
-// byte for byte the one the copy path writes, vnet header included, and
-// a frame that is not merged keeps its place among them.
-func TestGROWriteVecSameBytes(t *testing.T) {
-	out := func(vec bool) [][]byte {
-		src, _ := memEndpoint("tap", 0, 1500, false)
-		dst, mq := memEndpoint("tap", 12, 1500, true)
-		q := mq
-		if vec {
-			vq := &memVecQueue{}
-			dst.queues[0], q = vq, &vq.memQueue
-		}
-		q.keep = true
-		l := &Link{a: src, b: dst, batch: 32}
-		p := newPump(l, src, dst, 0, &l.ab)
-		frames := groFrames(t, 20, 1448)
-		// A frame of another kind in the middle (not IP: passed as is).
-		other := append([]byte(nil), frames[0][:60]...)
-		other[12], other[13] = 0x88, 0xb5
-		frames = append(frames[:10], append([][]byte{other}, frames[10:]...)...)
-		for i, f := range frames {
-			p.handle(p.rbufs[i], copy(p.rbufs[i][Headroom:], f))
+	batch := func() {
+		for i := range frames {
+			p.handle(p.rbufs[i], sizes[i])
 		}
 		p.groFlush()
 		p.flush()
-		return q.last
 	}
-	cp, vec := out(false), out(true)
-	if len(cp) != 2 || len(vec) != len(cp) {
-		t.Fatalf("copy path wrote %d frames, writev path %d; want 2 each (the merged one and the other)", len(cp), len(vec))
+	batch() // warm up: the segment pool
+	if a := testing.AllocsPerRun(50, batch); a != 0 {
+		t.Errorf("%.1f allocations per batch of %d frames", a, len(frames))
 	}
-	for i := range cp {
-		if !bytes.Equal(cp[i], vec[i]) {
-			t.Errorf("frame %d differs: copy %d bytes, writev %d bytes", i, len(cp[i]), len(vec[i]))
-		}
+	if q.frames == 0 || p.local.Coalesced == 0 || p.local.Drops.Total() != 0 {
+		t.Errorf("wrote %d frames, coalesced %d, drops %+v", q.frames, p.local.Coalesced, p.local.Drops)
+	}
+	if p.local.TxFrames != p.local.Coalesced {
+		t.Errorf("%d frames written for %d super-frames: want one each", p.local.TxFrames, p.local.Coalesced)
 	}
 }
 

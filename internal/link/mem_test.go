@@ -37,27 +37,6 @@ func (m *memQueue) write(bufs [][]byte, off int) (int, error) {
 	return len(bufs), nil
 }
 
-// memVecQueue is a memQueue that also takes a frame in pieces, as a tap
-// queue does (tap.Queue.WriteVec, tested against the kernel in tap).
-type memVecQueue struct{ memQueue }
-
-func (m *memVecQueue) writeVec(hdr []byte, pieces [][]byte) error {
-	m.frames++
-	n := 0
-	for _, b := range pieces {
-		n += len(b)
-	}
-	m.bytes += len(hdr) + n
-	if m.keep {
-		f := append([]byte(nil), hdr...)
-		for _, b := range pieces {
-			f = append(f, b...)
-		}
-		m.last = append(m.last, f)
-	}
-	return nil
-}
-
 // memEndpoint is an endpoint with the given header size, MTU and GSO
 // acceptance, backed by a memQueue.
 func memEndpoint(name string, hdr int, mtu int, gso bool) (*Endpoint, *memQueue) {
