@@ -324,7 +324,10 @@ func TestTunnelCutsLongSuperFrame(t *testing.T) {
 		inj, err = tap.Create(cfg)
 		return err
 	})
-	defer inj.Close()
+	// A cleanup registered before w.run's: it runs after the links
+	// stopped. A defer closed (and so deleted) inj while l1 still sent
+	// into it, and l1's Run then failed with ENXIO (seen under load).
+	t.Cleanup(func() { inj.Close() })
 	l1, err := New(w.open("packet:inj"), w.open("udp:127.0.0.1:7001,remote=127.0.0.1:7002"), Options{})
 	w.must(err)
 	l2, err := New(w.open("udp:127.0.0.1:7002,remote=127.0.0.1:7001"), w.open("packet:vB"), Options{})
