@@ -70,13 +70,6 @@ type Queue struct {
 	wiov  [2]unix.Iovec
 	wiovn int
 	wone  [1][]byte
-	// ring, when set (EnableURing), takes WriteBatch's batches of two
-	// frames or more in one system call (uring.go).
-	ring     *uring
-	ringfn   func(uintptr)
-	ringN    int
-	ringErr  error
-	ringUsed atomic.Uint64 // batches written through the ring, for tests
 	// WriteVec's iovecs, grown to the longest frame's piece count and
 	// kept, so a steady stream of writes allocates nothing.
 	wvec  []unix.Iovec
@@ -107,7 +100,6 @@ func newQueue(t *Tap, index, fd int) *Queue {
 	q.wfn = q.writeFrames
 	q.wvfn = q.writev
 	q.wvfn2 = q.writeVecFn
-	q.ringfn = q.ringWrite
 	return q
 }
 
@@ -152,17 +144,10 @@ func (q *Queue) getVnetHdrSize(fd uintptr) {
 	q.szval, q.szerr = unix.IoctlGetInt(int(fd), unix.TUNGETVNETHDRSZ)
 }
 
-// Close closes the queue's file (and its io_uring).
+// Close closes the queue's file.
 func (q *Queue) Close() error {
 	q.closed.Store(true)
-	err := q.f.Close()
-	q.wmu.Lock()
-	if q.ring != nil {
-		q.ring.close()
-		q.ring = nil
-	}
-	q.wmu.Unlock()
-	return err
+	return q.f.Close()
 }
 
 // SetDeadline, SetReadDeadline and SetWriteDeadline work as on os.File.
@@ -387,67 +372,8 @@ func (q *Queue) WriteBatch(bufs [][]byte, offset int) (int, error) {
 	return q.writeBatch(bufs, offset)
 }
 
-// EnableURing makes WriteBatch hand batches of two frames or more to the
-// kernel through an io_uring of the queue's own: one system call per up
-// to 64 frames instead of one per frame, in order (see uring.go). It
-// fails, changing nothing, where the kernel has no io_uring (before 5.6,
-// or turned off by the kernel.io_uring_disabled sysctl).
-func (q *Queue) EnableURing() error {
-	q.wmu.Lock()
-	defer q.wmu.Unlock()
-	if q.ring != nil {
-		return nil
-	}
-	if q.closed.Load() {
-		return q.wrap("enable io_uring", os.ErrClosed)
-	}
-	r, err := newURing()
-	if err != nil {
-		return q.wrap("enable io_uring", err)
-	}
-	q.ring = r
-	return nil
-}
-
-// URing reports whether WriteBatch uses an io_uring (EnableURing, and no
-// failure of the ring since).
-func (q *Queue) URing() bool {
-	q.wmu.Lock()
-	defer q.wmu.Unlock()
-	return q.ring != nil
-}
-
-func (q *Queue) ringWrite(fd uintptr) {
-	q.ringUsed.Add(1)
-	q.ringN, q.ringErr = q.ring.writeBatch(int(fd), q.wbufs[q.wn:], q.woff)
-}
-
 func (q *Queue) writeBatch(bufs [][]byte, offset int) (int, error) {
 	q.wbufs, q.woff, q.wn, q.werr = bufs, offset, 0, nil
-	if q.ring != nil && len(bufs) > 1 {
-		err := q.rc.Control(q.ringfn)
-		q.wn += q.ringN
-		switch {
-		case err != nil:
-			q.wbufs = nil
-			return q.wn, q.wrap("write", err)
-		case q.ringErr == nil:
-			q.wbufs = nil
-			return q.wn, nil
-		case errors.Is(q.ringErr, errRingBroken):
-			// Write the rest the plain way, and from now on.
-			q.ring.close()
-			q.ring = nil
-		case q.ringErr == unix.EAGAIN:
-			// The rest waits for the poller below.
-		default:
-			q.wbufs = nil
-			if q.ringErr == unix.EBADFD {
-				q.ringErr = deviceGone(q.ringErr)
-			}
-			return q.wn, q.wrap("write", q.ringErr)
-		}
-	}
 	err := q.rc.Write(q.wfn)
 	n, werr := q.wn, q.werr
 	q.wbufs = nil

@@ -264,9 +264,6 @@ func openTap(ep vmconfig.Endpoint) (*Endpoint, error) {
 		closeFn:  t.Close,
 	}
 	for _, q := range t.Queues() {
-		// Batches of writes in one system call each; without io_uring
-		// (an old kernel, or turned off) frames go one write each.
-		_ = q.EnableURing()
 		e.queues = append(e.queues, tapQueue{q})
 	}
 	return e, nil
