@@ -14,13 +14,18 @@ package tap
 //	IFF_NAPI alone                        0.9x   of the plain tap
 //	IFF_NAPI, gro_flush_timeout 20 µs     1.0-1.3x
 //	IFF_NAPI, gro_flush_timeout 50 µs     1.0-2.1x
-//	IFF_NAPI, gro_flush_timeout 200 µs    1.4-1.7x (the link's choice)
+//	IFF_NAPI, gro_flush_timeout 200 µs    1.2-1.8x (the link's choice)
 //	IFF_NAPI, gro_flush_timeout 1 ms      1.0-1.4x
 //	IFF_NAPI_FRAGS (alone / with 50 µs)   0.7x / 0.4x
 //
 // IFF_NAPI is a property of each attached queue (the kernel's tun_file),
-// asked for at TUNSETIFF; a queue QEMU attaches itself does not have it.
-// TUNGETIFF reports the flags of the latest attach.
+// asked for at TUNSETIFF: every queue a Tap attaches (Create, AddQueue)
+// asks for it, each gets its own NAPI instance, and an fd handed to QEMU
+// keeps it (QEMU's writes are mostly GSO frames, which GRO passes on at
+// once). A queue QEMU attaches by name itself does not have it.
+// TUNGETIFF reports the device's flags as the latest attach set them.
+// The link sets NAPI only on taps it creates without vnet_hdr
+// (internal/link, napiGROFlush).
 
 import (
 	"fmt"
