@@ -21,8 +21,8 @@ package tap
 // IFF_NAPI is a property of each attached queue (the kernel's tun_file),
 // asked for at TUNSETIFF: every queue a Tap attaches (Create, AddQueue)
 // asks for it, each gets its own NAPI instance, and an fd handed to QEMU
-// keeps it (QEMU's writes are mostly GSO frames, which GRO passes on at
-// once). A queue QEMU attaches by name itself does not have it.
+// keeps it (not measured with a guest: the labs' taps do not ask for it).
+// A queue QEMU attaches by name itself does not have it.
 // TUNGETIFF reports the device's flags as the latest attach set them.
 // The link sets NAPI only on taps it creates without vnet_hdr
 // (internal/link, napiGROFlush).
