@@ -17,6 +17,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	vns "github.com/vishvananda/netns"
@@ -69,6 +70,21 @@ type Config struct {
 	// and/or tbf (see Tap.SetImpairment); creation fails, leaving no
 	// tap, on a kernel without them.
 	Impairment Impairment
+	// NAPI (IFF_NAPI) makes the kernel take frames written to the
+	// queues vmnet attaches through a NAPI instance per queue, whose GRO
+	// may merge them before the bridge or stack sees them. It only pays
+	// with GROFlushTimeout: without one the kernel flushes GRO after
+	// every write, so each frame still travels alone. See napi.go.
+	NAPI bool
+	// NAPIFrags (IFF_NAPI_FRAGS, needs NAPI) builds the kernel's buffer
+	// of each write from its iovecs as page fragments.
+	NAPIFrags bool
+	// GROFlushTimeout (needs NAPI) is how long the kernel's GRO may hold
+	// frames written to the tap while more of their flow may follow
+	// (the device's gro_flush_timeout); 0 keeps the kernel's default
+	// (no hold). A TCP segment with PSH, and anything GRO cannot merge,
+	// passes at once.
+	GROFlushTimeout time.Duration
 }
 
 // NewConfig returns a Config for name with the given number of queues and
@@ -113,6 +129,14 @@ func (c *Config) validate() error {
 	}
 	if err := c.Offloads.check(); err != nil {
 		return fmt.Errorf("tap %s: %w", label, err)
+	}
+	switch {
+	case c.NAPIFrags && !c.NAPI:
+		return bad("NAPI fragments need NAPI: turn NAPI on as well")
+	case c.GROFlushTimeout < 0:
+		return bad("negative GRO flush timeout %v", c.GROFlushTimeout)
+	case c.GROFlushTimeout > 0 && !c.NAPI:
+		return bad("a GRO flush timeout of %v needs NAPI (without it frames written to the tap skip GRO): turn NAPI on or drop the timeout", c.GROFlushTimeout)
 	}
 	return nil
 }
@@ -235,6 +259,12 @@ func Create(cfg Config) (*Tap, error) {
 	if cfg.VnetHdrSize > 0 {
 		t.flags |= unix.IFF_VNET_HDR
 	}
+	if cfg.NAPI {
+		t.flags |= unix.IFF_NAPI
+	}
+	if cfg.NAPIFrags {
+		t.flags |= unix.IFF_NAPI_FRAGS
+	}
 	label := cfg.Name
 	if label == "" {
 		label = "(new)"
@@ -339,6 +369,11 @@ func Create(cfg Config) (*Tap, error) {
 	if cfg.Up {
 		if err := h.LinkSetUp(link); err != nil {
 			return fail(fmt.Errorf("tap %s: set up: %w", name, err))
+		}
+	}
+	if cfg.GROFlushTimeout > 0 {
+		if err := setGROFlushTimeout(name, cfg.GROFlushTimeout); err != nil {
+			return fail(err)
 		}
 	}
 	if cfg.Persist {

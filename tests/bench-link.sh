@@ -18,6 +18,7 @@
 #   gro          tap:tA,vnet_hdr=off <-> tap:tB (A's kernel segments into tA; vmnet
 #                merges the frames into super-frames for tB: software GRO)
 #   gro-off      the same with an old vmnet (LINK_NOGRO=binary; skipped without it)
+#   segment-old  segment with that old vmnet (LINK_NOGRO; skipped without it)
 #   udp          tap:tA <-> udp:127.0.0.1:P1 ... udp:127.0.0.1:P2 <-> tap:tB (two link processes)
 #   udp-noTSO    the same with both taps vnet_hdr=off: MTU-sized frames only (what
 #                ubridge or QEMU's socket backend carry), sent with UDP_SEGMENT
@@ -25,13 +26,18 @@
 #                receiving link merges them for tB (software GRO)
 #   udp-key      udp with key=FILE on both ends (authenticated, encrypted)
 #   udp-key-noTSO  udp-noTSO with key=FILE
-# Environment: T (seconds, default 5), CASES (default: all, in the order above), LINK (a vmnet binary; default builds
+# Environment: T (seconds, default 5), P (iperf3 parallel streams, default 1), QUEUES (queues of the link's
+# taps, default 1: with more, each queue has its own reading and writing thread), CASES (default: all, in the order above), LINK (a vmnet binary; default builds
 # ./cmd/vmnet), LINK_NOGRO (a vmnet binary without GRO for gro-off), PROFILE=1 (default) writes CPU profiles of
 # the link processes and prints `go tool pprof -top` for them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 T=${T:-5}
+P=${P:-1}
+QUEUES=${QUEUES:-1}
+Q=
+[ "$QUEUES" -gt 1 ] && Q=",queues=$QUEUES"
 PROFILE=${PROFILE:-1}
 [ "$(id -u)" = 0 ] || { echo "bench-link: needs root (network namespaces, taps)" >&2; exit 1; }
 for p in iperf3 ethtool jq ip; do
@@ -68,7 +74,7 @@ iperf() {
     sleep 0.1
   done
   local out
-  out=$(ip netns exec "$a" timeout $((T + 15)) iperf3 -c "$addr" -t "$T" -J 2>/dev/null || true)
+  out=$(ip netns exec "$a" timeout $((T + 15)) iperf3 -c "$addr" -t "$T" -P "$P" -J 2>/dev/null || true)
   wait "$srv" 2>/dev/null || true
   echo "$out" >"$WORK/iperf.$(date +%s%N).json"
   if ! echo "$out" | jq -e '.end.sum_received.bits_per_second' >/dev/null 2>&1; then
@@ -151,10 +157,11 @@ bridged() {
 linkcase() {
   local name=$1
   case $name in
-    passthrough) startlink "$name" tap:tA tap:tB ;;
-    segment) startlink "$name" tap:tA tap:tB,vnet_hdr=off ;;
-    gro) startlink "$name" tap:tA,vnet_hdr=off tap:tB ;;
-    gro-off) LINK=$LINK_NOGRO startlink "$name" tap:tA,vnet_hdr=off tap:tB ;;
+    passthrough) startlink "$name" "tap:tA$Q" "tap:tB$Q" ;;
+    segment) startlink "$name" "tap:tA$Q" "tap:tB,vnet_hdr=off$Q" ;;
+    gro) startlink "$name" "tap:tA,vnet_hdr=off$Q" "tap:tB$Q" ;;
+    gro-off) LINK=$LINK_NOGRO startlink "$name" "tap:tA,vnet_hdr=off$Q" "tap:tB$Q" ;;
+    segment-old) LINK=$LINK_NOGRO startlink "$name" "tap:tA$Q" "tap:tB,vnet_hdr=off$Q" ;;
     udp | udp-noTSO | udp-gro | udp-key | udp-key-noTSO)
       local p1=$((20000 + $$ % 20000)) p2=$((20001 + $$ % 20000)) opt= optA= key=
       case $name in *noTSO) opt=,vnet_hdr=off optA=,vnet_hdr=off ;; udp-gro) optA=,vnet_hdr=off ;; esac
@@ -162,8 +169,8 @@ linkcase() {
         [ -e "$WORK/tunnel.key" ] || (umask 077; head -c 32 /dev/urandom >"$WORK/tunnel.key")
         key=",key=$WORK/tunnel.key" ;;
       esac
-      startlink "$name-1" "tap:tA$optA" "udp:127.0.0.1:$p1,remote=127.0.0.1:$p2$key"
-      startlink "$name-2" "udp:127.0.0.1:$p2,remote=127.0.0.1:$p1$key" "tap:tB$opt"
+      startlink "$name-1" "tap:tA$optA$Q" "udp:127.0.0.1:$p1,remote=127.0.0.1:$p2$key"
+      startlink "$name-2" "udp:127.0.0.1:$p2,remote=127.0.0.1:$p1$key" "tap:tB$opt$Q"
       ;;
   esac
   plug
@@ -173,7 +180,7 @@ linkcase() {
 }
 
 declare -A R
-ALL="kernel kernel-noTSO bridged bridged-noTSO passthrough segment gro gro-off udp udp-noTSO udp-gro udp-key udp-key-noTSO"
+ALL="kernel kernel-noTSO bridged bridged-noTSO passthrough segment segment-old gro gro-off udp udp-noTSO udp-gro udp-key udp-key-noTSO"
 CASES=${CASES:-$ALL}
 for c in $ALL; do R[$c]=-; done
 for c in $CASES; do
@@ -182,7 +189,7 @@ for c in $CASES; do
     kernel-noTSO) R[$c]=$(kernel notso) ;;
     bridged) R[$c]=$(bridged tso) ;;
     bridged-noTSO) R[$c]=$(bridged notso) ;;
-    gro-off) [ -n "${LINK_NOGRO:-}" ] && R[$c]=$(linkcase "$c") ;;
+    gro-off | segment-old) [ -n "${LINK_NOGRO:-}" ] && R[$c]=$(linkcase "$c") ;;
     passthrough | segment | gro | udp | udp-noTSO | udp-gro | udp-key | udp-key-noTSO) R[$c]=$(linkcase "$c") ;;
     *) echo "bench-link: unknown case $c" >&2; exit 2 ;;
   esac
@@ -190,7 +197,7 @@ done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%5.0f%%", 100 * a / b; else print "  n/a" }'; }
 echo
-echo "bench-link: iperf3 TCP, 1 stream, ${T}s, $(nproc) CPUs, $(uname -r), link command $(basename "$LINK")"
+echo "bench-link: iperf3 TCP, $P stream(s), link taps with $QUEUES queue(s), ${T}s, $(nproc) CPUs, $(uname -r), link command $(basename "$LINK")"
 printf "%-14s %10s %10s   %s\n" case Gbit/s "of kernel" "target"
 printf "%-14s %10s %10s   %s\n" kernel "${R[kernel]}" "100%" "(ceiling)"
 printf "%-14s %10s %10s   %s\n" kernel-noTSO "${R[kernel-noTSO]}" "$(ratio "${R[kernel-noTSO]}" "${R[kernel]}")" ""
@@ -200,6 +207,8 @@ printf "%-14s %10s %10s   %s\n" passthrough "${R[passthrough]}" "$(ratio "${R[pa
   ">= 80% of bridged: $(ratio "${R[passthrough]}" "${R[bridged]}" | tr -d ' ')"
 printf "%-14s %10s %10s   %s\n" segment "${R[segment]}" "$(ratio "${R[segment]}" "${R[kernel]}")" \
   ">= 50% of bridged-noTSO: $(ratio "${R[segment]}" "${R[bridged-noTSO]}" | tr -d ' ')"
+printf "%-14s %10s %10s   %s\n" segment-old "${R[segment-old]}" "$(ratio "${R[segment-old]}" "${R[kernel]}")" \
+  "of bridged-noTSO: $(ratio "${R[segment-old]}" "${R[bridged-noTSO]}" | tr -d ' '); segment is $(awk -v a="${R[segment]}" -v b="${R[segment-old]}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }') of this"
 printf "%-14s %10s %10s   %s\n" gro "${R[gro]}" "$(ratio "${R[gro]}" "${R[kernel]}")" \
   "(no target) of bridged-noTSO: $(ratio "${R[gro]}" "${R[bridged-noTSO]}" | tr -d ' ')"
 printf "%-14s %10s %10s   %s\n" gro-off "${R[gro-off]}" "$(ratio "${R[gro-off]}" "${R[kernel]}")" \
@@ -213,6 +222,16 @@ printf "%-14s %10s %10s   %s\n" udp-key "${R[udp-key]}" "$(ratio "${R[udp-key]}"
   "(no target) of udp: $(ratio "${R[udp-key]}" "${R[udp]}" | tr -d ' ')"
 printf "%-14s %10s %10s   %s\n" udp-key-noTSO "${R[udp-key-noTSO]}" "$(ratio "${R[udp-key-noTSO]}" "${R[kernel]}")" \
   "(no target) of udp-noTSO: $(ratio "${R[udp-key-noTSO]}" "${R[udp-noTSO]}" | tr -d ' ')"
+echo
+# CPU per byte does not depend on what else the machine runs as much as
+# throughput does: on a loaded machine compare these too.
+echo "link CPU (user+system of the link process) per GB read in its busier direction:"
+for f in "$WORK"/*.log; do
+  awk -v n="$(basename "$f" .log)" '
+    / -> .* frames .* bytes/ { for (i = 1; i <= NF; i++) if ($i == "bytes") { if ($(i-1) + 0 > max) max = $(i-1) + 0; break } }
+    /cpu: user/ { u = $3; s = $5; sub("s", "", u); sub("s", "", s); cpu = u + s }
+    END { if (max > 0) printf "   %-16s %6.2f s/GB  (%.2f s for %.2f GB)\n", n, cpu / (max / 1e9), cpu, max / 1e9 }' "$f"
+done
 echo
 for f in "$WORK"/*.log; do
   echo "== link $(basename "$f" .log) counters at exit:"; sed 's/^/   /' "$f"

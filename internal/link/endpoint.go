@@ -226,6 +226,11 @@ func openTap(ep vmconfig.Endpoint) (*Endpoint, error) {
 			cfg.BestEffort = true
 		}
 		cfg.Up = true
+		if ep.VnetHdr == vmconfig.Off {
+			// The link writes this tap frame by frame: let the kernel's
+			// GRO merge them (see napiGROFlush).
+			cfg.NAPI, cfg.GROFlushTimeout = true, napiGROFlush
+		}
 		var err error
 		if t, err = tap.Create(cfg); err != nil {
 			return nil, err
@@ -263,6 +268,17 @@ func openTap(ep vmconfig.Endpoint) (*Endpoint, error) {
 	}
 	return e, nil
 }
+
+// napiGROFlush is how long the kernel's GRO may hold frames the link
+// wrote one by one into a tap it created without vnet_hdr (the tap has
+// IFF_NAPI; see tap/napi.go). The bridge and the receiving stack then see
+// one skb per up to 64 KB of a TCP flow instead of one per frame. Measured
+// with tests/bench-link.sh, segment case against the old plain tap in the
+// same run: 20 µs 1.0-1.3x, 50 µs 1.0-2.1x, 200 µs 1.4-1.7x, 1 ms
+// 1.0-1.4x. A segment with PSH (the end of a sender's write) and anything
+// GRO cannot merge pass at once, so only the middle of a bulk transfer
+// waits; the worst case is one idle flow's tail waiting this long.
+const napiGROFlush = 200 * time.Microsecond
 
 // tapQueue adapts a tap.Queue.
 type tapQueue struct{ q *tap.Queue }
