@@ -46,4 +46,3 @@ func (g *tsGRO) run(bufs [][]byte, offset int) ([]int, error) {
 	tsResetUDP(g.udp)
 	return g.toWrite, err
 }
-
