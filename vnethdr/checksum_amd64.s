@@ -7,6 +7,12 @@
 // 32 bytes, so the callers' 512 KiB limit keeps every lane, and the sum of
 // four lanes, below 2^32. The result is the LE-domain sum, unfolded.
 
+// Lengths need not be multiples of 32: what the vector loops leave (fewer
+// than 32 bytes) is added in a general register with end-around carry, 8, 4,
+// 2 and 1 bytes at a time; an odd last byte is the low byte of an LE word, as
+// in sumGeneric. Doing the ends here spares each call the Go loops and calls
+// that cost more than the vector work on a 1448-byte segment.
+
 // REDUCE adds the lanes of Y0-Y3 into AX.
 #define REDUCE \
 	VPADDD Y2, Y0, Y0 \
@@ -32,7 +38,6 @@
 	VPADDD Y4, Y1, Y1
 
 // func sumAVX2(p *byte, n int) uint64
-// n is a multiple of 32.
 TEXT ·sumAVX2(SB), NOSPLIT, $0-24
 	MOVQ p+0(FP), SI
 	MOVQ n+8(FP), CX
@@ -66,18 +71,140 @@ sum32:
 	JB sumdone
 	VMOVDQU (SI), Y4
 	ACC32
+	ADDQ $32, SI
+	SUBQ $32, CX
 
 sumdone:
 	REDUCE
+	XORQ BX, BX
+	// The < 32 bytes left at SI, into BX.
+	CMPQ CX, $16
+	JB sumt8
+	MOVQ (SI), DX
+	MOVQ 8(SI), R10
+	ADDQ DX, BX
+	ADCQ R10, BX
+	ADCQ $0, BX
+	ADDQ $16, SI
+	ADDQ $16, DI
+	SUBQ $16, CX
+
+sumt8:
+	CMPQ CX, $8
+	JB sumt4
+	MOVQ (SI), DX
+	ADDQ DX, BX
+	ADCQ $0, BX
+	ADDQ $8, SI
+	ADDQ $8, DI
+	SUBQ $8, CX
+
+sumt4:
+	CMPQ CX, $4
+	JB sumt2
+	MOVL (SI), DX
+	ADDQ DX, BX
+	ADCQ $0, BX
+	ADDQ $4, SI
+	ADDQ $4, DI
+	SUBQ $4, CX
+
+sumt2:
+	CMPQ CX, $2
+	JB sumt1
+	MOVWQZX (SI), DX
+	ADDQ DX, BX
+	ADCQ $0, BX
+	ADDQ $2, SI
+	ADDQ $2, DI
+	SUBQ $2, CX
+
+sumt1:
+	TESTQ CX, CX
+	JZ sumtdone
+	MOVBQZX (SI), DX
+	ADDQ DX, BX
+	ADCQ $0, BX
+	INCQ SI
+	INCQ DI
+
+sumtdone:
+	ADDQ BX, AX
+	ADCQ $0, AX
 	MOVQ AX, ret+16(FP)
 	RET
 
-// func copySumAVX2(dst, src *byte, n int) uint64
-// n is a multiple of 32.
-TEXT ·copySumAVX2(SB), NOSPLIT, $0-32
+// func copySumAVX2(dst, src *byte, n, head int) (headSum, rest uint64)
+// The first head (< 32, <= n) bytes are copied and summed on their own (so
+// that the vector stores after them can be aligned); rest is the sum of the
+// other n-head bytes, as if they started at offset 0.
+TEXT ·copySumAVX2(SB), NOSPLIT, $0-48
 	MOVQ dst+0(FP), DI
 	MOVQ src+8(FP), SI
-	MOVQ n+16(FP), CX
+	MOVQ head+24(FP), CX
+	MOVQ n+16(FP), R11
+	SUBQ CX, R11
+	XORQ BX, BX
+	// The < 32 bytes left at SI (copied to DI), into BX.
+	CMPQ CX, $16
+	JB head8
+	MOVQ (SI), DX
+	MOVQ 8(SI), R10
+	MOVQ DX, 0(DI)
+	MOVQ R10, 8(DI)
+	ADDQ DX, BX
+	ADCQ R10, BX
+	ADCQ $0, BX
+	ADDQ $16, SI
+	ADDQ $16, DI
+	SUBQ $16, CX
+
+head8:
+	CMPQ CX, $8
+	JB head4
+	MOVQ (SI), DX
+	MOVQ DX, 0(DI)
+	ADDQ DX, BX
+	ADCQ $0, BX
+	ADDQ $8, SI
+	ADDQ $8, DI
+	SUBQ $8, CX
+
+head4:
+	CMPQ CX, $4
+	JB head2
+	MOVL (SI), DX
+	MOVL DX, (DI)
+	ADDQ DX, BX
+	ADCQ $0, BX
+	ADDQ $4, SI
+	ADDQ $4, DI
+	SUBQ $4, CX
+
+head2:
+	CMPQ CX, $2
+	JB head1
+	MOVWQZX (SI), DX
+	MOVW DX, (DI)
+	ADDQ DX, BX
+	ADCQ $0, BX
+	ADDQ $2, SI
+	ADDQ $2, DI
+	SUBQ $2, CX
+
+head1:
+	TESTQ CX, CX
+	JZ headdone
+	MOVBQZX (SI), DX
+	MOVB DX, (DI)
+	ADDQ DX, BX
+	ADCQ $0, BX
+	INCQ SI
+	INCQ DI
+
+headdone:
+	MOVQ BX, headSum+32(FP)
+	MOVQ R11, CX
 	VPXOR Y0, Y0, Y0
 	VPXOR Y1, Y1, Y1
 	VPXOR Y2, Y2, Y2
@@ -112,8 +239,72 @@ copy32:
 	VMOVDQU (SI), Y4
 	VMOVDQU Y4, (DI)
 	ACC32
+	ADDQ $32, SI
+	ADDQ $32, DI
+	SUBQ $32, CX
 
 copydone:
 	REDUCE
-	MOVQ AX, ret+24(FP)
+	XORQ BX, BX
+	// The < 32 bytes left at SI (copied to DI), into BX.
+	CMPQ CX, $16
+	JB tail8
+	MOVQ (SI), DX
+	MOVQ 8(SI), R10
+	MOVQ DX, 0(DI)
+	MOVQ R10, 8(DI)
+	ADDQ DX, BX
+	ADCQ R10, BX
+	ADCQ $0, BX
+	ADDQ $16, SI
+	ADDQ $16, DI
+	SUBQ $16, CX
+
+tail8:
+	CMPQ CX, $8
+	JB tail4
+	MOVQ (SI), DX
+	MOVQ DX, 0(DI)
+	ADDQ DX, BX
+	ADCQ $0, BX
+	ADDQ $8, SI
+	ADDQ $8, DI
+	SUBQ $8, CX
+
+tail4:
+	CMPQ CX, $4
+	JB tail2
+	MOVL (SI), DX
+	MOVL DX, (DI)
+	ADDQ DX, BX
+	ADCQ $0, BX
+	ADDQ $4, SI
+	ADDQ $4, DI
+	SUBQ $4, CX
+
+tail2:
+	CMPQ CX, $2
+	JB tail1
+	MOVWQZX (SI), DX
+	MOVW DX, (DI)
+	ADDQ DX, BX
+	ADCQ $0, BX
+	ADDQ $2, SI
+	ADDQ $2, DI
+	SUBQ $2, CX
+
+tail1:
+	TESTQ CX, CX
+	JZ taildone
+	MOVBQZX (SI), DX
+	MOVB DX, (DI)
+	ADDQ DX, BX
+	ADCQ $0, BX
+	INCQ SI
+	INCQ DI
+
+taildone:
+	ADDQ BX, AX
+	ADCQ $0, AX
+	MOVQ AX, rest+40(FP)
 	RET
