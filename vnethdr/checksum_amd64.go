@@ -45,21 +45,31 @@ func copySum(dst, src []byte) uint64 {
 		return sumGeneric(src)
 	}
 	_ = dst[len(src)-1]
+	// Segment payloads land right after the headers, at odd places; stores
+	// that straddle cache lines cost more than the few bytes done one by one
+	// first.
+	h := min(int(-uintptr(unsafe.Pointer(&dst[0])))&31, len(src))
+	if len(src) <= avx2Chunk {
+		hs, rs := copySumAVX2(&dst[0], &src[0], len(src), h)
+		if h&1 == 1 {
+			// The rest starts at an odd offset: its words pair bytes the other way.
+			f := fold(rs)
+			rs = uint64(f>>8 | f<<8)
+		}
+		return add(hs, rs)
+	}
 	var even, odd uint64 // sums of pieces that start at an even or odd offset of src
 	off := 0
 	for off < len(src) {
 		n := min(len(src)-off, avx2Chunk)
-		// Segment payloads land right after the headers, at odd places;
-		// stores that straddle cache lines cost more than the few bytes
-		// done one by one first.
-		h := min(int(-uintptr(unsafe.Pointer(&dst[off])))&31, n)
-		hs, rs := copySumAVX2(&dst[off], &src[off], n, h)
+		a := min(int(-uintptr(unsafe.Pointer(&dst[off])))&31, n)
+		hs, rs := copySumAVX2(&dst[off], &src[off], n, a)
 		if off&1 == 0 {
 			even = add(even, hs)
 		} else {
 			odd = add(odd, hs)
 		}
-		if (off+h)&1 == 0 {
+		if (off+a)&1 == 0 {
 			even = add(even, rs)
 		} else {
 			odd = add(odd, rs)
