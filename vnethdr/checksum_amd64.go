@@ -28,6 +28,9 @@ func sumFast(b []byte) uint64 {
 	if !useAVX2 || len(b) < 64 {
 		return sumGeneric(b)
 	}
+	if len(b) <= avx2Chunk {
+		return sumAVX2(&b[0], len(b))
+	}
 	var s uint64
 	for len(b) > 0 {
 		n := min(len(b), avx2Chunk)

@@ -224,14 +224,13 @@ func (c *Coalescer) candidate(pkt []byte) (h headers, ok bool) {
 		if h.l4 != h.l3+ipv6FixedSize || int(ip.PayloadLength()) != n-h.l3-ipv6FixedSize {
 			return h, false
 		}
-		ph = sumLE(ip.Addresses())
 	} else {
 		ip := IPv4(pkt[h.l3 : h.l3+ipv4MinSize])
-		if h.l4 != h.l3+ipv4MinSize || int(ip.TotalLength()) != n-h.l3 || fold(sumLE(ip[:ipv4MinSize])) != 0xffff {
+		if h.l4 != h.l3+ipv4MinSize || int(ip.TotalLength()) != n-h.l3 || !ipv4HeaderValid(ip) {
 			return h, false
 		}
-		ph = sumLE(ip.Addresses())
 	}
+	ph = sumAddrs(pkt, &h)
 	if n == h.pay {
 		return h, false
 	}
@@ -251,13 +250,9 @@ func (c *Coalescer) candidate(pkt []byte) (h headers, ok bool) {
 }
 
 func flowHash(pkt []byte, h *headers) uint32 {
-	a := addresses(pkt, h)
 	x := binary.LittleEndian.Uint32(pkt[h.l4:]) ^ uint32(h.proto)
-	for len(a) >= 4 {
-		x = (x ^ binary.LittleEndian.Uint32(a)) * 0x9e3779b1
-		a = a[4:]
-	}
-	return x
+	// The folded address sum is as good a mix as hashing every word.
+	return (x ^ uint32(fold(sumAddrs(pkt, h)))) * 0x9e3779b1
 }
 
 // addresses returns the source and destination addresses of a parsed
@@ -278,11 +273,11 @@ func (c *Coalescer) lookup(hash uint32, pkt []byte, h *headers) int32 {
 		}
 		fh := &c.info[g.first].h
 		f := c.pkts[g.first]
-		if fh.l3 != h.l3 || fh.ipv6 != h.ipv6 || fh.proto != h.proto || string(f[:h.l3]) != string(pkt[:h.l3]) {
+		if fh.l3 != h.l3 || fh.ipv6 != h.ipv6 || fh.proto != h.proto || !eqShort(f[:h.l3], pkt[:h.l3]) {
 			continue
 		}
-		if string(addresses(f, fh)) != string(addresses(pkt, h)) ||
-			string(f[fh.l4:fh.l4+4]) != string(pkt[h.l4:h.l4+4]) { // ports
+		if !eqShort(addresses(f, fh), addresses(pkt, h)) ||
+			binary.LittleEndian.Uint32(f[fh.l4:]) != binary.LittleEndian.Uint32(pkt[h.l4:]) { // ports
 			continue
 		}
 		return gi
@@ -313,7 +308,7 @@ func (c *Coalescer) merge(gi, i int32, pkt []byte, h *headers) bool {
 	}
 	if h.ipv6 {
 		fi, ip := IPv6(f[l3:l3+ipv6FixedSize]), IPv6(pkt[l3:l3+ipv6FixedSize])
-		if string(fi.VersionClassFlow()) != string(ip.VersionClassFlow()) || fi.HopLimit() != ip.HopLimit() {
+		if binary.LittleEndian.Uint32(fi.VersionClassFlow()) != binary.LittleEndian.Uint32(ip.VersionClassFlow()) || fi.HopLimit() != ip.HopLimit() {
 			return false
 		}
 	} else {
@@ -350,8 +345,11 @@ func (c *Coalescer) merge(gi, i int32, pkt []byte, h *headers) bool {
 		// is clear, but segmentation copies the first header's to every
 		// segment: merging differing ones would not give back the frames
 		// that came in.
-		if string(th.AckDataOffset()) != string(fth.AckDataOffset()) || (fl^fth.Flags())&^(tcpPSH|tcpCWR) != 0 ||
-			string(th.Window()) != string(fth.Window()) || string(th.UrgentAndOptions()) != string(fth.UrgentAndOptions()) {
+		// One word covers ack, data offset, flags (byte 5 of it, where PSH
+		// and CWR may differ) and window.
+		const sameMask = ^(uint64(tcpPSH|tcpCWR) << 40)
+		if (binary.LittleEndian.Uint64(th[tcpAckNum:])^binary.LittleEndian.Uint64(fth[tcpAckNum:]))&sameMask != 0 ||
+			!eqShort(th.UrgentAndOptions(), fth.UrgentAndOptions()) {
 			return false
 		}
 		if fl&tcpPSH != 0 {
