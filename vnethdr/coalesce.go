@@ -41,6 +41,7 @@ type Coalescer struct {
 	iov    [][]byte
 	iovAt  []int32 // groups[i]'s iovecs are iov[iovAt[i]:iovAt[i+1]]
 	heads  []byte  // rewritten headers of merged groups
+	recent int32   // the group the previous packet went to, or -1
 }
 
 type pktInfo struct {
@@ -75,6 +76,7 @@ func (c *Coalescer) Coalesce(pkts [][]byte) int {
 	c.info = c.info[:0]
 	c.groups = c.groups[:0]
 	c.open = c.open[:0]
+	c.recent = -1
 	for i, pkt := range pkts {
 		c.info = append(c.info, pktInfo{next: -1})
 		c.add(int32(i), pkt)
@@ -175,14 +177,25 @@ func (c *Coalescer) add(i int32, pkt []byte) {
 	c.info[i].h = h
 	var hash uint32
 	if h.l4 != 0 {
-		hash = flowHash(pkt, &h)
-		if gi := c.lookup(hash, pkt, &h); gi >= 0 {
+		// Bulk flows come in runs: the group the previous packet went to is
+		// tried before hashing. A flow has at most one open group, so this
+		// finds the same group lookup would.
+		gi := c.recent
+		if gi >= 0 && !c.groups[gi].closed && c.sameFlow(gi, pkt, &h) {
+			hash = c.groups[gi].hash
+		} else {
+			hash = flowHash(pkt, &h)
+			gi = c.lookup(hash, pkt, &h)
+		}
+		if gi >= 0 {
 			if ok && c.merge(gi, i, pkt, &h) {
+				c.recent = gi
 				return
 			}
 			c.close(gi)
 		}
 	}
+	c.recent = int32(len(c.groups))
 	c.groups = append(c.groups, group{hash: hash, first: i, last: i, count: 1, closed: !ok})
 	if !ok {
 		return
@@ -267,22 +280,22 @@ func addresses(pkt []byte, h *headers) []byte {
 // lookup returns the open group of pkt's flow, or -1.
 func (c *Coalescer) lookup(hash uint32, pkt []byte, h *headers) int32 {
 	for _, gi := range c.open {
-		g := &c.groups[gi]
-		if g.hash != hash {
-			continue
+		if c.groups[gi].hash == hash && c.sameFlow(gi, pkt, h) {
+			return gi
 		}
-		fh := &c.info[g.first].h
-		f := c.pkts[g.first]
-		if fh.l3 != h.l3 || fh.ipv6 != h.ipv6 || fh.proto != h.proto || !eqShort(f[:h.l3], pkt[:h.l3]) {
-			continue
-		}
-		if !eqShort(addresses(f, fh), addresses(pkt, h)) ||
-			binary.LittleEndian.Uint32(f[fh.l4:]) != binary.LittleEndian.Uint32(pkt[h.l4:]) { // ports
-			continue
-		}
-		return gi
 	}
 	return -1
+}
+
+// sameFlow reports whether pkt belongs to group gi's flow: same link
+// header, IP version, protocol, addresses and ports.
+func (c *Coalescer) sameFlow(gi int32, pkt []byte, h *headers) bool {
+	first := c.groups[gi].first
+	fh := &c.info[first].h
+	f := c.pkts[first]
+	return fh.l3 == h.l3 && fh.ipv6 == h.ipv6 && fh.proto == h.proto && eqShort(f[:h.l3], pkt[:h.l3]) &&
+		eqShort(addresses(f, fh), addresses(pkt, h)) &&
+		binary.LittleEndian.Uint32(f[fh.l4:]) == binary.LittleEndian.Uint32(pkt[h.l4:]) // ports
 }
 
 func (c *Coalescer) close(gi int32) {
