@@ -3,6 +3,7 @@
 package vnethdr
 
 import (
+	"math/bits"
 	"unsafe"
 
 	"golang.org/x/sys/cpu"
@@ -41,26 +42,32 @@ func sumFast(b []byte) uint64 {
 }
 
 // copySum copies src into dst (which must be at least as long) and returns
-// the LE-domain sum of src, reading it once.
+// the LE-domain sum of src, reading it once. Segment payloads land right
+// after the headers, at odd places; stores that straddle cache lines cost
+// more than the few bytes the assembly does one by one first, up to the next
+// 32-byte boundary. Small enough to inline: it runs once per segment.
 func copySum(dst, src []byte) uint64 {
+	if !useAVX2 || len(src) < 64 || len(src) > avx2Chunk {
+		return copySumSlow(dst, src)
+	}
+	_ = dst[len(src)-1]
+	h := int(-uintptr(unsafe.Pointer(&dst[0]))) & 31
+	hs, rs := copySumAVX2(&dst[0], &src[0], len(src), h)
+	if h&1 == 1 {
+		// The rest starts at an odd offset: its words pair bytes the other way.
+		rs = uint64(bits.ReverseBytes16(fold(rs)))
+	}
+	return add(hs, rs)
+}
+
+// copySumSlow is copySum for short inputs, machines without AVX2, and
+// inputs beyond the assembly's 512 KiB limit.
+func copySumSlow(dst, src []byte) uint64 {
 	if !useAVX2 || len(src) < 64 {
 		copy(dst, src)
 		return sumGeneric(src)
 	}
 	_ = dst[len(src)-1]
-	// Segment payloads land right after the headers, at odd places; stores
-	// that straddle cache lines cost more than the few bytes done one by one
-	// first.
-	h := min(int(-uintptr(unsafe.Pointer(&dst[0])))&31, len(src))
-	if len(src) <= avx2Chunk {
-		hs, rs := copySumAVX2(&dst[0], &src[0], len(src), h)
-		if h&1 == 1 {
-			// The rest starts at an odd offset: its words pair bytes the other way.
-			f := fold(rs)
-			rs = uint64(f>>8 | f<<8)
-		}
-		return add(hs, rs)
-	}
 	var even, odd uint64 // sums of pieces that start at an even or odd offset of src
 	off := 0
 	for off < len(src) {
@@ -81,8 +88,7 @@ func copySum(dst, src []byte) uint64 {
 	}
 	if odd != 0 {
 		// Pieces that start at an odd offset pair bytes the other way.
-		f := fold(odd)
-		even = add(even, uint64(f>>8|f<<8))
+		even = add(even, uint64(bits.ReverseBytes16(fold(odd))))
 	}
 	return even
 }

@@ -301,31 +301,37 @@ func (p *Packet) Segment(out [][]byte, sizes []int) (int, error) {
 	}
 	hl, start := p.HeaderLen(), p.dataStart()
 	data := len(p.data) - start
-	for i := 0; i < p.segs; i++ {
-		want := hl + min(p.mss, data-i*p.mss)
-		if len(out[i]) < want {
-			return 0, fail(RuleShortBatch, "buffer %d has %d bytes for a %d-byte segment", i, len(out[i]), want)
+	full, last := hl+p.mss, hl+data-(p.segs-1)*p.mss
+	for i, o := range out[:p.segs] {
+		want := full
+		if i == p.segs-1 {
+			want = last
+		}
+		if len(o) < want {
+			return 0, fail(RuleShortBatch, "buffer %d has %d bytes for a %d-byte segment", i, len(o), want)
 		}
 	}
 	if p.gso == GSOUDP {
 		return p.fragment(out, sizes), nil
 	}
 	ctx := p.newSegCtx()
-	hdr := p.data[:hl]
-	for i := 0; i < p.segs; i++ {
-		off := start + i*p.mss
-		end := min(off+p.mss, len(p.data))
-		dst := out[i]
+	pkt, mss, partial := p.data, p.mss, p.opt.PartialCsum
+	hdr := pkt[:hl]
+	sizes = sizes[:p.segs]
+	for i, dst := range out[:p.segs] {
+		off := start + i*mss
+		pay := pkt[off:min(off+mss, len(pkt))]
+		n := hl + len(pay)
+		dst = dst[:n]
 		copy(dst, hdr)
-		m := end - off
 		var ps uint64
-		if p.opt.PartialCsum {
-			copy(dst[hl:], p.data[off:end])
+		if partial {
+			copy(dst[hl:], pay)
 		} else {
-			ps = copySum(dst[hl:], p.data[off:end])
+			ps = copySum(dst[hl:], pay)
 		}
-		ctx.fix(dst, hl+m, i, ps)
-		sizes[i] = hl + m
+		ctx.fix(dst, n, i, ps)
+		sizes[i] = n
 	}
 	return p.segs, nil
 }
