@@ -42,7 +42,16 @@ type Coalescer struct {
 	iovAt  []int32 // groups[i]'s iovecs are iov[iovAt[i]:iovAt[i+1]]
 	heads  []byte  // rewritten headers of merged groups
 	recent int32   // the group the previous packet went to, or -1
+	// The fast path's view of group fastGroup (-1: none): which header
+	// bytes a packet must share with the group's first one.
+	fastGroup int32
+	fastMask  [maxFastHdr]byte
+	fastPH    uint64 // pseudo-header sum without the length
+	noFast    bool   // tests: the full path only, to compare against
 }
+
+// maxFastHdr bounds the headers (link, IP, TCP) the fast path compares.
+const maxFastHdr = 128
 
 type pktInfo struct {
 	h    headers
@@ -76,7 +85,7 @@ func (c *Coalescer) Coalesce(pkts [][]byte) int {
 	c.info = c.info[:0]
 	c.groups = c.groups[:0]
 	c.open = c.open[:0]
-	c.recent = -1
+	c.recent, c.fastGroup = -1, -1
 	for i, pkt := range pkts {
 		c.info = append(c.info, pktInfo{next: -1})
 		c.add(int32(i), pkt)
@@ -173,6 +182,9 @@ func (c *Coalescer) CopyOut(i int, dst []byte) (int, error) {
 
 // add classifies packet i and either merges it, starts a group, or passes it.
 func (c *Coalescer) add(i int32, pkt []byte) {
+	if c.recent >= 0 && !c.noFast && c.appendFast(c.recent, i, pkt) {
+		return
+	}
 	h, ok := c.candidate(pkt)
 	c.info[i].h = h
 	var hash uint32
@@ -415,4 +427,119 @@ func (c *Coalescer) finish(g *group, f []byte) {
 		field = th.ChecksumField()
 	}
 	binary.LittleEndian.PutUint16(field, fold(ph))
+}
+
+// appendFast merges packet i into TCP group gi when it is the next segment
+// of that flow, without parsing it: its headers must equal the group's
+// first packet's byte for byte, except IP length, IPv4 id and checksum, TCP
+// sequence number, PSH and CWR, and TCP checksum. Equal headers parse to the
+// same offsets and pass the same header rules (candidate, sameFlow and merge
+// checked them on the first packet); what is left is checked here: lengths,
+// both checksums, the sequence number, the IPv4 id, no CWR. Anything else
+// returns false before changing anything, and the full path decides.
+func (c *Coalescer) appendFast(gi, i int32, pkt []byte) bool {
+	g := &c.groups[gi]
+	if g.closed {
+		return false
+	}
+	fh := &c.info[g.first].h
+	if fh.proto != protoTCP || fh.pay > maxFastHdr {
+		return false
+	}
+	n := len(pkt)
+	pay := n - fh.pay
+	if pay <= 0 || pay > g.mss || g.size+pay > maxGROLen {
+		return false
+	}
+	f := c.pkts[g.first]
+	if c.fastGroup != gi {
+		c.fastSetup(gi, f, fh)
+	}
+	if !maskedEqual(pkt, f, c.fastMask[:fh.pay]) {
+		return false
+	}
+	l3, l4 := fh.l3, fh.l4
+	idMode := g.idMode
+	if fh.ipv6 {
+		if int(IPv6(pkt[l3:l3+ipv6FixedSize]).PayloadLength()) != n-l3-ipv6FixedSize {
+			return false
+		}
+	} else {
+		ip := IPv4(pkt[l3 : l3+ipv4MinSize])
+		if int(ip.TotalLength()) != n-l3 || !ipv4HeaderValid(ip) {
+			return false
+		}
+		// As merge: incrementing ids, or fixed ones under DF, not a mix.
+		switch id := ip.ID(); {
+		case id == g.nextID && idMode >= 0:
+			idMode = 1
+		case ip.DontFragment() && id == g.nextID-uint16(g.count) && idMode <= 0:
+			idMode = -1
+		default:
+			return false
+		}
+	}
+	th := TCP(pkt[l4 : l4+tcpMinSize])
+	fl := th.Flags()
+	if fl&tcpCWR != 0 || th.SequenceNumber() != g.nextSeq {
+		return false
+	}
+	if fold(add(c.fastPH+lenLE(n-l4), sumLE(pkt[l4:]))) != 0xffff {
+		return false
+	}
+	c.info[i].h = *fh
+	g.idMode = idMode
+	g.nextSeq += uint32(pay)
+	c.info[g.last].next = i
+	g.last = i
+	g.count++
+	g.size += pay
+	g.nextID++
+	if pay < g.mss || fl&tcpPSH != 0 {
+		c.close(gi)
+	}
+	return true
+}
+
+// fastSetup prepares appendFast for group gi, whose first packet is f.
+func (c *Coalescer) fastSetup(gi int32, f []byte, fh *headers) {
+	m := c.fastMask[:fh.pay]
+	for k := range m {
+		m[k] = 0xff
+	}
+	l3, l4 := fh.l3, fh.l4
+	if fh.ipv6 {
+		m[l3+ipv6PayloadLen], m[l3+ipv6PayloadLen+1] = 0, 0
+	} else {
+		for _, o := range []int{ipv4TotalLen, ipv4ID, ipv4Checksum} {
+			m[l3+o], m[l3+o+1] = 0, 0
+		}
+	}
+	for k := range 4 {
+		m[l4+tcpSeqNum+k] = 0
+	}
+	m[l4+tcpFlags] = ^uint8(tcpPSH | tcpCWR)
+	m[l4+tcpChecksum], m[l4+tcpChecksum+1] = 0, 0
+	c.fastPH = sumAddrs(f, fh) + uint64(protoTCP)<<8
+	c.fastGroup = gi
+}
+
+// maskedEqual reports whether a and b agree on every bit set in m; both are
+// at least as long as m, which is at least 8 bytes long.
+func maskedEqual(a, b, m []byte) bool {
+	n := len(m)
+	a, b = a[:n], b[:n]
+	k := 0
+	for ; k+8 <= n; k += 8 {
+		if (binary.LittleEndian.Uint64(a[k:])^binary.LittleEndian.Uint64(b[k:]))&binary.LittleEndian.Uint64(m[k:]) != 0 {
+			return false
+		}
+	}
+	if k < n {
+		k = n - 8 // the last word again, overlapping
+		if (binary.LittleEndian.Uint64(a[k:])^binary.LittleEndian.Uint64(b[k:]))&binary.LittleEndian.Uint64(m[k:]) != 0 {
+			return false
+		}
+	}
+	return true
 }
