@@ -3,7 +3,7 @@ GO ?= go
 FUZZTIME ?= 10s
 PKGS := ./...
 
-.PHONY: all build deps test vet fuzz bench bench-link demo image man clean
+.PHONY: all build deps test vet fuzz bench bench-gso bench-link demo image man clean
 
 all: build
 
@@ -33,6 +33,12 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+# vnethdr's split and coalesce against tailscale's wireguard-go, same input,
+# in rounds (bench/peer is its own module; CACHEGRIND=1 adds instruction counts).
+ROUNDS ?= 5
+bench-gso:
+	GO=$(GO) ./scripts/bench-gso.sh $(ROUNDS)
 
 # Link throughput in private namespaces: kernel veth vs vmnet link cases.
 bench-link: build

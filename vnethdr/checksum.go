@@ -85,6 +85,41 @@ func sumGeneric(b []byte) uint64 {
 	return s + c
 }
 
+// sumAddrs returns the LE-domain sum of the source and destination
+// addresses of a parsed packet (8 or 32 bytes), in a few loads.
+func sumAddrs(pkt []byte, h *headers) uint64 {
+	if h.ipv6 {
+		a := pkt[h.l3+ipv6SrcAddr : h.l3+ipv6FixedSize]
+		s, c := bits.Add64(binary.LittleEndian.Uint64(a[0:8]), binary.LittleEndian.Uint64(a[8:16]), 0)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(a[16:24]), c)
+		s, c = bits.Add64(s, binary.LittleEndian.Uint64(a[24:32]), c)
+		return s + c
+	}
+	a := pkt[h.l3+ipv4SrcAddr : h.l3+ipv4AddrsEnd]
+	return uint64(binary.LittleEndian.Uint32(a[0:4])) + uint64(binary.LittleEndian.Uint32(a[4:8]))
+}
+
+// ipv4HeaderValid reports whether a 20-byte IPv4 header's checksum verifies.
+func ipv4HeaderValid(ip []byte) bool {
+	ip = ip[:ipv4MinSize]
+	s := uint64(binary.LittleEndian.Uint32(ip[0:4])) + uint64(binary.LittleEndian.Uint32(ip[4:8])) +
+		uint64(binary.LittleEndian.Uint32(ip[8:12])) + uint64(binary.LittleEndian.Uint32(ip[12:16])) +
+		uint64(binary.LittleEndian.Uint32(ip[16:20]))
+	return fold(s) == 0xffff
+}
+
+// eqShort compares two slices of equal length, with two word loads when
+// they are 8 to 16 bytes long (Ethernet headers, TCP options), which is most
+// of what the coalescer compares for every packet.
+func eqShort(a, b []byte) bool {
+	n := len(a)
+	if n >= 8 && n <= 16 && len(b) == n {
+		return binary.LittleEndian.Uint64(a) == binary.LittleEndian.Uint64(b) &&
+			binary.LittleEndian.Uint64(a[n-8:]) == binary.LittleEndian.Uint64(b[n-8:])
+	}
+	return string(a) == string(b)
+}
+
 // add adds two LE-domain accumulators with end-around carry.
 func add(a, b uint64) uint64 {
 	s, c := bits.Add64(a, b, 0)

@@ -45,6 +45,28 @@ func TestChecksumReference(t *testing.T) {
 			t.Fatalf("all-ones n=%d", n)
 		}
 	}
+	// The widest lanes: the assembly's 32-bit word sums wrap, its half-word
+	// sums must not, up to its 512 KiB limit and past it. 0xff bytes with
+	// a 0xfe in every other word make each word's halves differ.
+	big := make([]byte, 3<<19+37)
+	for i := range big {
+		big[i] = 0xff
+		if i%8 == 5 {
+			big[i] = 0xfe
+		}
+	}
+	dst := make([]byte, len(big)+1)
+	for _, n := range []int{1 << 19, 1<<19 + 1, 1<<19 - 1, len(big)} {
+		for _, off := range []int{0, 1} {
+			want := fold(sumGeneric(big[off : off+n-1]))
+			if got := fold(sumFast(big[off : off+n-1])); !onesEq(got, want) {
+				t.Fatalf("dense n=%d off=%d: fast %#x, generic %#x", n-1, off, got, want)
+			}
+			if got := fold(copySum(dst[1-off:], big[off:off+n-1])); !onesEq(got, want) || !bytes.Equal(dst[1-off:1-off+n-1], big[off:off+n-1]) {
+				t.Fatalf("dense copy n=%d off=%d: %#x, generic %#x", n-1, off, got, want)
+			}
+		}
+	}
 }
 
 // onesEq compares ones-complement values, where 0 and 0xffff are both zero.

@@ -41,7 +41,17 @@ type Coalescer struct {
 	iov    [][]byte
 	iovAt  []int32 // groups[i]'s iovecs are iov[iovAt[i]:iovAt[i+1]]
 	heads  []byte  // rewritten headers of merged groups
+	recent int32   // the group the previous packet went to, or -1
+	// The fast path's view of group fastGroup (-1: none): which header
+	// bytes a packet must share with the group's first one.
+	fastGroup int32
+	fastMask  [maxFastHdr]byte
+	fastPH    uint64 // pseudo-header sum without the length
+	noFast    bool   // tests: the full path only, to compare against
 }
+
+// maxFastHdr bounds the headers (link, IP, TCP) the fast path compares.
+const maxFastHdr = 128
 
 type pktInfo struct {
 	h    headers
@@ -75,6 +85,7 @@ func (c *Coalescer) Coalesce(pkts [][]byte) int {
 	c.info = c.info[:0]
 	c.groups = c.groups[:0]
 	c.open = c.open[:0]
+	c.recent, c.fastGroup = -1, -1
 	for i, pkt := range pkts {
 		c.info = append(c.info, pktInfo{next: -1})
 		c.add(int32(i), pkt)
@@ -171,18 +182,32 @@ func (c *Coalescer) CopyOut(i int, dst []byte) (int, error) {
 
 // add classifies packet i and either merges it, starts a group, or passes it.
 func (c *Coalescer) add(i int32, pkt []byte) {
+	if c.recent >= 0 && !c.noFast && c.appendFast(c.recent, i, pkt) {
+		return
+	}
 	h, ok := c.candidate(pkt)
 	c.info[i].h = h
 	var hash uint32
 	if h.l4 != 0 {
-		hash = flowHash(pkt, &h)
-		if gi := c.lookup(hash, pkt, &h); gi >= 0 {
+		// Bulk flows come in runs: the group the previous packet went to is
+		// tried before hashing. A flow has at most one open group, so this
+		// finds the same group lookup would.
+		gi := c.recent
+		if gi >= 0 && !c.groups[gi].closed && c.sameFlow(gi, pkt, &h) {
+			hash = c.groups[gi].hash
+		} else {
+			hash = flowHash(pkt, &h)
+			gi = c.lookup(hash, pkt, &h)
+		}
+		if gi >= 0 {
 			if ok && c.merge(gi, i, pkt, &h) {
+				c.recent = gi
 				return
 			}
 			c.close(gi)
 		}
 	}
+	c.recent = int32(len(c.groups))
 	c.groups = append(c.groups, group{hash: hash, first: i, last: i, count: 1, closed: !ok})
 	if !ok {
 		return
@@ -224,14 +249,13 @@ func (c *Coalescer) candidate(pkt []byte) (h headers, ok bool) {
 		if h.l4 != h.l3+ipv6FixedSize || int(ip.PayloadLength()) != n-h.l3-ipv6FixedSize {
 			return h, false
 		}
-		ph = sumLE(ip.Addresses())
 	} else {
 		ip := IPv4(pkt[h.l3 : h.l3+ipv4MinSize])
-		if h.l4 != h.l3+ipv4MinSize || int(ip.TotalLength()) != n-h.l3 || fold(sumLE(ip[:ipv4MinSize])) != 0xffff {
+		if h.l4 != h.l3+ipv4MinSize || int(ip.TotalLength()) != n-h.l3 || !ipv4HeaderValid(ip) {
 			return h, false
 		}
-		ph = sumLE(ip.Addresses())
 	}
+	ph = sumAddrs(pkt, &h)
 	if n == h.pay {
 		return h, false
 	}
@@ -251,13 +275,9 @@ func (c *Coalescer) candidate(pkt []byte) (h headers, ok bool) {
 }
 
 func flowHash(pkt []byte, h *headers) uint32 {
-	a := addresses(pkt, h)
 	x := binary.LittleEndian.Uint32(pkt[h.l4:]) ^ uint32(h.proto)
-	for len(a) >= 4 {
-		x = (x ^ binary.LittleEndian.Uint32(a)) * 0x9e3779b1
-		a = a[4:]
-	}
-	return x
+	// The folded address sum is as good a mix as hashing every word.
+	return (x ^ uint32(fold(sumAddrs(pkt, h)))) * 0x9e3779b1
 }
 
 // addresses returns the source and destination addresses of a parsed
@@ -272,22 +292,22 @@ func addresses(pkt []byte, h *headers) []byte {
 // lookup returns the open group of pkt's flow, or -1.
 func (c *Coalescer) lookup(hash uint32, pkt []byte, h *headers) int32 {
 	for _, gi := range c.open {
-		g := &c.groups[gi]
-		if g.hash != hash {
-			continue
+		if c.groups[gi].hash == hash && c.sameFlow(gi, pkt, h) {
+			return gi
 		}
-		fh := &c.info[g.first].h
-		f := c.pkts[g.first]
-		if fh.l3 != h.l3 || fh.ipv6 != h.ipv6 || fh.proto != h.proto || string(f[:h.l3]) != string(pkt[:h.l3]) {
-			continue
-		}
-		if string(addresses(f, fh)) != string(addresses(pkt, h)) ||
-			string(f[fh.l4:fh.l4+4]) != string(pkt[h.l4:h.l4+4]) { // ports
-			continue
-		}
-		return gi
 	}
 	return -1
+}
+
+// sameFlow reports whether pkt belongs to group gi's flow: same link
+// header, IP version, protocol, addresses and ports.
+func (c *Coalescer) sameFlow(gi int32, pkt []byte, h *headers) bool {
+	first := c.groups[gi].first
+	fh := &c.info[first].h
+	f := c.pkts[first]
+	return fh.l3 == h.l3 && fh.ipv6 == h.ipv6 && fh.proto == h.proto && eqShort(f[:h.l3], pkt[:h.l3]) &&
+		eqShort(addresses(f, fh), addresses(pkt, h)) &&
+		binary.LittleEndian.Uint32(f[fh.l4:]) == binary.LittleEndian.Uint32(pkt[h.l4:]) // ports
 }
 
 func (c *Coalescer) close(gi int32) {
@@ -313,7 +333,7 @@ func (c *Coalescer) merge(gi, i int32, pkt []byte, h *headers) bool {
 	}
 	if h.ipv6 {
 		fi, ip := IPv6(f[l3:l3+ipv6FixedSize]), IPv6(pkt[l3:l3+ipv6FixedSize])
-		if string(fi.VersionClassFlow()) != string(ip.VersionClassFlow()) || fi.HopLimit() != ip.HopLimit() {
+		if binary.LittleEndian.Uint32(fi.VersionClassFlow()) != binary.LittleEndian.Uint32(ip.VersionClassFlow()) || fi.HopLimit() != ip.HopLimit() {
 			return false
 		}
 	} else {
@@ -350,8 +370,11 @@ func (c *Coalescer) merge(gi, i int32, pkt []byte, h *headers) bool {
 		// is clear, but segmentation copies the first header's to every
 		// segment: merging differing ones would not give back the frames
 		// that came in.
-		if string(th.AckDataOffset()) != string(fth.AckDataOffset()) || (fl^fth.Flags())&^(tcpPSH|tcpCWR) != 0 ||
-			string(th.Window()) != string(fth.Window()) || string(th.UrgentAndOptions()) != string(fth.UrgentAndOptions()) {
+		// One word covers ack, data offset, flags (byte 5 of it, where PSH
+		// and CWR may differ) and window.
+		const sameMask = ^(uint64(tcpPSH|tcpCWR) << 40)
+		if (binary.LittleEndian.Uint64(th[tcpAckNum:])^binary.LittleEndian.Uint64(fth[tcpAckNum:]))&sameMask != 0 ||
+			!eqShort(th.UrgentAndOptions(), fth.UrgentAndOptions()) {
 			return false
 		}
 		if fl&tcpPSH != 0 {
@@ -404,4 +427,119 @@ func (c *Coalescer) finish(g *group, f []byte) {
 		field = th.ChecksumField()
 	}
 	binary.LittleEndian.PutUint16(field, fold(ph))
+}
+
+// appendFast merges packet i into TCP group gi when it is the next segment
+// of that flow, without parsing it: its headers must equal the group's
+// first packet's byte for byte, except IP length, IPv4 id and checksum, TCP
+// sequence number, PSH and CWR, and TCP checksum. Equal headers parse to the
+// same offsets and pass the same header rules (candidate, sameFlow and merge
+// checked them on the first packet); what is left is checked here: lengths,
+// both checksums, the sequence number, the IPv4 id, no CWR. Anything else
+// returns false before changing anything, and the full path decides.
+func (c *Coalescer) appendFast(gi, i int32, pkt []byte) bool {
+	g := &c.groups[gi]
+	if g.closed {
+		return false
+	}
+	fh := &c.info[g.first].h
+	if fh.proto != protoTCP || fh.pay > maxFastHdr {
+		return false
+	}
+	n := len(pkt)
+	pay := n - fh.pay
+	if pay <= 0 || pay > g.mss || g.size+pay > maxGROLen {
+		return false
+	}
+	f := c.pkts[g.first]
+	if c.fastGroup != gi {
+		c.fastSetup(gi, f, fh)
+	}
+	if !maskedEqual(pkt, f, c.fastMask[:fh.pay]) {
+		return false
+	}
+	l3, l4 := fh.l3, fh.l4
+	idMode := g.idMode
+	if fh.ipv6 {
+		if int(IPv6(pkt[l3:l3+ipv6FixedSize]).PayloadLength()) != n-l3-ipv6FixedSize {
+			return false
+		}
+	} else {
+		ip := IPv4(pkt[l3 : l3+ipv4MinSize])
+		if int(ip.TotalLength()) != n-l3 || !ipv4HeaderValid(ip) {
+			return false
+		}
+		// As merge: incrementing ids, or fixed ones under DF, not a mix.
+		switch id := ip.ID(); {
+		case id == g.nextID && idMode >= 0:
+			idMode = 1
+		case ip.DontFragment() && id == g.nextID-uint16(g.count) && idMode <= 0:
+			idMode = -1
+		default:
+			return false
+		}
+	}
+	th := TCP(pkt[l4 : l4+tcpMinSize])
+	fl := th.Flags()
+	if fl&tcpCWR != 0 || th.SequenceNumber() != g.nextSeq {
+		return false
+	}
+	if fold(add(c.fastPH+lenLE(n-l4), sumLE(pkt[l4:]))) != 0xffff {
+		return false
+	}
+	c.info[i].h = *fh
+	g.idMode = idMode
+	g.nextSeq += uint32(pay)
+	c.info[g.last].next = i
+	g.last = i
+	g.count++
+	g.size += pay
+	g.nextID++
+	if pay < g.mss || fl&tcpPSH != 0 {
+		c.close(gi)
+	}
+	return true
+}
+
+// fastSetup prepares appendFast for group gi, whose first packet is f.
+func (c *Coalescer) fastSetup(gi int32, f []byte, fh *headers) {
+	m := c.fastMask[:fh.pay]
+	for k := range m {
+		m[k] = 0xff
+	}
+	l3, l4 := fh.l3, fh.l4
+	if fh.ipv6 {
+		m[l3+ipv6PayloadLen], m[l3+ipv6PayloadLen+1] = 0, 0
+	} else {
+		for _, o := range []int{ipv4TotalLen, ipv4ID, ipv4Checksum} {
+			m[l3+o], m[l3+o+1] = 0, 0
+		}
+	}
+	for k := range 4 {
+		m[l4+tcpSeqNum+k] = 0
+	}
+	m[l4+tcpFlags] = ^uint8(tcpPSH | tcpCWR)
+	m[l4+tcpChecksum], m[l4+tcpChecksum+1] = 0, 0
+	c.fastPH = sumAddrs(f, fh) + uint64(protoTCP)<<8
+	c.fastGroup = gi
+}
+
+// maskedEqual reports whether a and b agree on every bit set in m; both are
+// at least as long as m, which is at least 8 bytes long.
+func maskedEqual(a, b, m []byte) bool {
+	n := len(m)
+	a, b = a[:n], b[:n]
+	k := 0
+	for ; k+8 <= n; k += 8 {
+		if (binary.LittleEndian.Uint64(a[k:])^binary.LittleEndian.Uint64(b[k:]))&binary.LittleEndian.Uint64(m[k:]) != 0 {
+			return false
+		}
+	}
+	if k < n {
+		k = n - 8 // the last word again, overlapping
+		if (binary.LittleEndian.Uint64(a[k:])^binary.LittleEndian.Uint64(b[k:]))&binary.LittleEndian.Uint64(m[k:]) != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -28,6 +28,22 @@ func FuzzCoalesce(f *testing.F) {
 		link := Link(mode & 1)
 		c := NewCoalescer(CoalesceOptions{Link: link, UDP: mode&2 != 0})
 		n := c.Coalesce(pkts)
+		// The fast path for the next segment of a flow must decide exactly
+		// as the full path does.
+		full := NewCoalescer(CoalesceOptions{Link: link, UDP: mode&2 != 0})
+		full.noFast = true
+		if fn := full.Coalesce(pkts); fn != n {
+			t.Fatalf("%d outputs, %d without the fast path", n, fn)
+		}
+		for i := 0; i < n; i++ {
+			f1, c1 := c.Inputs(i)
+			f2, c2 := full.Inputs(i)
+			h1, iov1 := c.Out(i)
+			h2, iov2 := full.Out(i)
+			if f1 != f2 || c1 != c2 || h1 != h2 || !bytes.Equal(joinIov(iov1), joinIov(iov2)) {
+				t.Fatalf("output %d: packets %d+%d %v, without the fast path %d+%d %v", i, f1, c1, h1, f2, c2, h2)
+			}
+		}
 		for i := range pkts {
 			if !bytes.Equal(pkts[i], orig[i]) {
 				t.Fatalf("input %d modified", i)

@@ -301,31 +301,37 @@ func (p *Packet) Segment(out [][]byte, sizes []int) (int, error) {
 	}
 	hl, start := p.HeaderLen(), p.dataStart()
 	data := len(p.data) - start
-	for i := 0; i < p.segs; i++ {
-		want := hl + min(p.mss, data-i*p.mss)
-		if len(out[i]) < want {
-			return 0, fail(RuleShortBatch, "buffer %d has %d bytes for a %d-byte segment", i, len(out[i]), want)
+	full, last := hl+p.mss, hl+data-(p.segs-1)*p.mss
+	for i, o := range out[:p.segs] {
+		want := full
+		if i == p.segs-1 {
+			want = last
+		}
+		if len(o) < want {
+			return 0, fail(RuleShortBatch, "buffer %d has %d bytes for a %d-byte segment", i, len(o), want)
 		}
 	}
 	if p.gso == GSOUDP {
 		return p.fragment(out, sizes), nil
 	}
 	ctx := p.newSegCtx()
-	hdr := p.data[:hl]
-	for i := 0; i < p.segs; i++ {
-		off := start + i*p.mss
-		end := min(off+p.mss, len(p.data))
-		dst := out[i]
+	pkt, mss, partial := p.data, p.mss, p.opt.PartialCsum
+	hdr := pkt[:hl]
+	sizes = sizes[:p.segs]
+	for i, dst := range out[:p.segs] {
+		off := start + i*mss
+		pay := pkt[off:min(off+mss, len(pkt))]
+		n := hl + len(pay)
+		dst = dst[:n]
 		copy(dst, hdr)
-		m := end - off
 		var ps uint64
-		if p.opt.PartialCsum {
-			copy(dst[hl:], p.data[off:end])
+		if partial {
+			copy(dst[hl:], pay)
 		} else {
-			ps = copySum(dst[hl:], p.data[off:end])
+			ps = copySum(dst[hl:], pay)
 		}
-		ctx.fix(dst, hl+m, i, ps)
-		sizes[i] = hl + m
+		ctx.fix(dst, n, i, ps)
+		sizes[i] = n
 	}
 	return p.segs, nil
 }
@@ -398,24 +404,30 @@ func sumAt(b []byte, off int) uint64 {
 
 // segCtx holds what every segment's header fix-up needs. The IP and L4
 // header sums are taken once with the per-segment fields zeroed; each
-// segment adds its own values instead of summing its headers again.
+// segment adds its own values instead of summing its headers again. Offsets
+// are copied out of the Packet so that the per-segment code reads one struct.
 type segCtx struct {
-	p       *Packet
-	pseudo  uint64 // LE-domain sum of addresses and protocol
-	ipBase  uint64 // IPv4 header without total length, id and checksum
-	l4Base  uint64 // L4 header without seq/flags/length and checksum
-	id0     uint16
-	seq0    uint32
-	flags   uint8
-	doff    uint8
-	partial bool
+	l3, l4, pay int
+	mss, last   int // payload per segment; index of the last segment
+	ipv6, tcp   bool
+	partial     bool
+	pseudo      uint64 // LE-domain sum of addresses and protocol
+	ipBase      uint64 // IPv4 header without total length, id and checksum, folded
+	l4Base      uint64 // L4 header without seq/flags/length and checksum
+	id0         uint16
+	seq0        uint32
+	flags       uint8
+	doff        uint8
 }
 
 // le is the LE-domain value of a 16-bit field stored big endian.
 func le(v uint16) uint64 { return uint64(bits.ReverseBytes16(v)) }
 
 func (p *Packet) newSegCtx() segCtx {
-	c := segCtx{p: p, partial: p.opt.PartialCsum}
+	c := segCtx{
+		l3: p.h.l3, l4: p.h.l4, pay: p.h.pay, mss: p.mss, last: p.segs - 1,
+		ipv6: p.h.ipv6, tcp: p.h.proto == protoTCP, partial: p.opt.PartialCsum,
+	}
 	b := p.data
 	l3, l4, pay := p.h.l3, p.h.l4, p.h.pay
 	if p.h.ipv6 {
@@ -427,10 +439,10 @@ func (p *Packet) newSegCtx() segCtx {
 		// Everything but total length, id and checksum: version/IHL/TOS,
 		// flags/fragment offset, TTL/protocol, the addresses and any
 		// options.
-		c.ipBase = add(sumLE(ip[:ipv4TotalLen]), add(sumLE(ip[ipv4Flags:ipv4Checksum]), sumLE(ip[ipv4SrcAddr:])))
+		c.ipBase = uint64(fold(add(sumLE(ip[:ipv4TotalLen]), add(sumLE(ip[ipv4Flags:ipv4Checksum]), sumLE(ip[ipv4SrcAddr:])))))
 	}
 	c.pseudo += uint64(p.h.proto) << 8
-	if p.h.proto == protoTCP {
+	if c.tcp {
 		th := TCP(b[l4:pay])
 		c.seq0 = th.SequenceNumber()
 		c.doff, c.flags = th[tcpDataOff], th.Flags()
@@ -442,49 +454,57 @@ func (p *Packet) newSegCtx() segCtx {
 	return c
 }
 
+// fold32 folds a sum below 2^32 to 16 bits: two rounds suffice, since the
+// first leaves at most 0x1fffe.
+func fold32(s uint64) uint16 {
+	s = (s >> 16) + (s & 0xffff)
+	return uint16((s >> 16) + (s & 0xffff))
+}
+
 // fix rewrites the headers at dst[:pay] for segment i of n bytes whose payload
-// sums to paySum (LE domain).
+// sums to paySum (LE domain). The views are cut at their fixed sizes, so the
+// compiler checks each slice once instead of every field.
 func (c *segCtx) fix(dst []byte, n, i int, paySum uint64) {
-	p := c.p
-	l3, l4 := p.h.l3, p.h.l4
-	if p.h.ipv6 {
+	l3, l4 := c.l3, c.l4
+	if c.ipv6 {
 		IPv6(dst[l3 : l3+ipv6FixedSize]).SetPayloadLength(uint16(n - l3 - ipv6FixedSize))
 	} else {
-		ip := IPv4(dst[l3:l4])
+		ip := IPv4(dst[l3 : l3+ipv4MinSize])
 		tot, id := uint16(n-l3), c.id0+uint16(i)
 		ip.SetTotalLength(tot)
 		ip.SetID(id)
-		putCsum(ip.ChecksumField(), c.ipBase+le(tot)+le(id), false)
+		// ipBase is folded: the sum of three 16-bit values stays below 2^18.
+		binary.LittleEndian.PutUint16(ip[ipv4Checksum:], ^fold32(c.ipBase+le(tot)+le(id)))
 	}
 	l4len := n - l4
 	ph := c.pseudo + lenLE(l4len)
 	var field []byte
 	s := c.l4Base
-	if p.h.proto == protoTCP {
-		th := TCP(dst[l4:p.h.pay])
-		seq := c.seq0 + uint32(i*p.mss)
+	if c.tcp {
+		th := TCP(dst[l4 : l4+tcpMinSize])
+		seq := c.seq0 + uint32(i*c.mss)
 		th.SetSequenceNumber(seq)
 		f := c.flags
-		if i != p.segs-1 {
+		if i != c.last {
 			f &^= tcpFIN | tcpPSH
 		}
 		if i > 0 {
 			f &^= tcpCWR
 		}
 		th.SetFlags(f)
-		field = th.ChecksumField()
+		field = th[tcpChecksum : tcpChecksum+2]
 		s += le(uint16(seq>>16)) + le(uint16(seq)) + le(uint16(c.doff)<<8|uint16(f))
 	} else {
 		uh := UDP(dst[l4 : l4+udpSize])
 		uh.SetLength(uint16(l4len))
-		field = uh.ChecksumField()
+		field = uh[udpChecksum : udpChecksum+2]
 		s += le(uint16(l4len))
 	}
 	if c.partial {
 		binary.LittleEndian.PutUint16(field, fold(ph))
 		return
 	}
-	putCsum(field, add(ph, add(s, paySum)), p.h.proto == protoUDP)
+	putCsum(field, add(ph, add(s, paySum)), !c.tcp)
 }
 
 // CompleteChecksum completes a partial checksum (NEEDS_CSUM) in place, as the
