@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -121,16 +120,12 @@ func labCost(b *testing.B, stateDir string) guestCost {
 				c.pssKiB += v
 			}
 		}
-		st, err := os.ReadFile("/proc/" + pid + "/stat")
+		p, _ := strconv.Atoi(pid)
+		cpu, err := procCPU(p)
 		if err != nil {
 			b.Fatal(err)
 		}
-		// utime and stime: fields 14 and 15, counted after the ")" that
-		// ends the command name; USER_HZ is 100 on Linux.
-		f := strings.Fields(string(st[bytes.LastIndexByte(st, ')')+1:]))
-		ut, _ := strconv.ParseInt(f[11], 10, 64)
-		stt, _ := strconv.ParseInt(f[12], 10, 64)
-		c.cpu += float64(ut+stt) / 100
+		c.cpu += cpu.Seconds()
 		c.guests++
 	}
 	return c
