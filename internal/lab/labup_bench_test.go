@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,6 +48,7 @@ var (
 // measures `vmnet up --detach` as a user runs it, supervisor included.
 func benchVmnet(b *testing.B) string {
 	b.Helper()
+	gobin := testenv.RequireProgram(b, "go")
 	benchBinOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "vmnet-bench-")
 		if err != nil {
@@ -56,7 +56,6 @@ func benchVmnet(b *testing.B) string {
 			return
 		}
 		benchBin = filepath.Join(dir, "vmnet")
-		gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
 		if out, err := exec.Command(gobin, "build", "-o", benchBin, "../../cmd/vmnet").CombinedOutput(); err != nil {
 			benchBinErr = fmt.Errorf("build vmnet: %v\n%s", err, out)
 		}
