@@ -38,32 +38,17 @@ func benchLabSizes(b *testing.B) []int {
 	return sizes
 }
 
-var (
-	benchBinOnce sync.Once
-	benchBin     string
-	benchBinErr  error
-)
-
-// benchVmnet builds the vmnet binary once per test process: the benchmark
-// measures `vmnet up --detach` as a user runs it, supervisor included.
+// benchVmnet builds the vmnet binary into a directory removed when b
+// ends: the benchmark measures `vmnet up --detach` as a user runs it,
+// supervisor included.
 func benchVmnet(b *testing.B) string {
 	b.Helper()
 	gobin := testenv.RequireProgram(b, "go")
-	benchBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "vmnet-bench-")
-		if err != nil {
-			benchBinErr = err
-			return
-		}
-		benchBin = filepath.Join(dir, "vmnet")
-		if out, err := exec.Command(gobin, "build", "-o", benchBin, "../../cmd/vmnet").CombinedOutput(); err != nil {
-			benchBinErr = fmt.Errorf("build vmnet: %v\n%s", err, out)
-		}
-	})
-	if benchBinErr != nil {
-		b.Fatal(benchBinErr)
+	bin := filepath.Join(b.TempDir(), "vmnet")
+	if out, err := exec.Command(gobin, "build", "-o", bin, "../../cmd/vmnet").CombinedOutput(); err != nil {
+		b.Fatalf("build vmnet: %v\n%s", err, out)
 	}
-	return benchBin
+	return bin
 }
 
 // benchLabFile writes a lab of n test-image guests (256M, TCG) on one
