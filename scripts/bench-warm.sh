@@ -7,7 +7,11 @@
 #      to the other answers, then `vmnet down` (in a throw-away network
 #      namespace).
 # Prints every time and the medians. Needs root, qemu-system-x86_64 and
-# the test image (built on first use).
+# the test image (built on first use). Labs of 2, 8 and 32 guests (up to
+# every guest pinging its neighbour, down, QEMU CPU, RSS and PSS per
+# guest) are the Go benchmark BenchmarkLabUp:
+#   go test -run '^$' -bench LabUp -benchtime 3x ./internal/lab/
+#   VMNET_BENCH_LAB=2,8,32 go test -run '^$' -bench LabUp -benchtime 1x -timeout 60m ./internal/lab/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-5}

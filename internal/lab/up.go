@@ -250,6 +250,15 @@ func (l *Lab) Up(ctx context.Context, readyTimeout time.Duration) (err error) {
 				progress(vm.Name, VMReady, nil)
 			}
 			done(errs[i])
+			if errs[i] == nil {
+				// What the boot cost the host (under TCG mostly
+				// translating guest code, which a restored guest's
+				// QEMU does anew): the timeline with -v tells where a
+				// big lab's time goes.
+				if cpu, err := procCPU(v.PID()); err == nil {
+					l.opts.Logf("%-48s %7.3fs", "vm "+vm.Name+": QEMU CPU time to ready", cpu.Seconds())
+				}
+			}
 		}()
 	}
 	waited := make(chan struct{})

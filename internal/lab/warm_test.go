@@ -118,7 +118,8 @@ accel = "tcg"
 		for vm, peer := range map[string]string{"a": "10.77.0.3", "b": "10.77.0.2"} {
 			var b bytes.Buffer
 			res, err := Shell(ctx, runDir, vm, "grep -c vmnet.warm /proc/cmdline; cat /sys/class/net/eth0/address; ip -4 -o addr show dev eth0 | awk '{print $4}'; hostname; "+
-				"head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; ethtool -k eth0 | grep '^tcp-segmentation-offload'; ping -c 1 -W 10 "+peer+" >/dev/null && echo ping-ok", &b)
+				"head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; ethtool -k eth0 | grep '^tcp-segmentation-offload'; ping -c 1 -W 10 "+peer+" >/dev/null && echo ping-ok; "+
+				"cat /proc/sys/kernel/randomize_va_space", &b)
 			if err != nil {
 				return fmt.Errorf("vm %s: %w", vm, err)
 			}
@@ -145,8 +146,8 @@ accel = "tcg"
 	for vm, o := range out {
 		lines[vm] = strings.Split(strings.TrimSpace(o), "\n")
 		t.Logf("vm %s:\n%s", vm, o)
-		if len(lines[vm]) != 7 {
-			t.Fatalf("vm %s: want 7 lines, got %q", vm, o)
+		if len(lines[vm]) != 8 {
+			t.Fatalf("vm %s: want 8 lines, got %q", vm, o)
 		}
 	}
 	a, b := lines["a"], lines["b"]
@@ -165,6 +166,15 @@ accel = "tcg"
 		}
 		if lines[vm][6] != "ping-ok" {
 			t.Errorf("vm %s: no ping to its peer", vm)
+		}
+		// No ASLR in the test image: under TCG every program started
+		// would have its code translated anew (images/init.sh).
+		if lines[vm][7] != "0" {
+			t.Errorf("vm %s: kernel.randomize_va_space is %q, want 0", vm, lines[vm][7])
+		}
+		// -v tells what each boot cost the host.
+		if !strings.Contains(log.String(), "vm "+vm+": QEMU CPU time to ready") {
+			t.Errorf("vm %s: the log has no QEMU CPU time to ready", vm)
 		}
 	}
 	if len(a[4]) != 64 || a[4] == b[4] {
