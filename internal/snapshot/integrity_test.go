@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"os"
@@ -189,4 +190,47 @@ func BenchmarkCheckRAM(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestTrustRAM: a RAM file found unchanged by a full hash after its
+// identity changed gets its new identity recorded (the next restore does
+// not hash again), unless the snapshot was replaced meanwhile.
+func TestTrustRAM(t *testing.T) {
+	p := sparseRAM(t, 8, 64<<10, 1<<20)
+	dir := filepath.Dir(p)
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m := Metadata{Key: snapKey{MemoryMiB: 8}, BuildID: "0123456789abcdef"}
+	if err := sealRAM(f, &m); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeMeta(dir, m); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	now := time.Now()
+	if err := os.Chtimes(p, now, now); err != nil {
+		t.Fatal(err)
+	}
+	id, changed, err := checkRAM(f, m)
+	if err != nil || !changed {
+		t.Fatalf("touched file: changed %t, %v", changed, err)
+	}
+	other := m
+	other.BuildID = "fedcba9876543210"
+	trustRAM(context.Background(), dir, other, id)
+	if got, err := readSnapshot(dir, m.Key); err != nil || got.RAMFile != m.RAMFile {
+		t.Fatalf("after trusting for another build: %+v, %v; want the metadata unchanged", got.RAMFile, err)
+	}
+	trustRAM(context.Background(), dir, m, id)
+	got, err := readSnapshot(dir, m.Key)
+	if err != nil || got.RAMFile != id || got.RAMSHA256 != m.RAMSHA256 {
+		t.Fatalf("after trusting: %+v, %v; want identity %+v", got.RAMFile, err, id)
+	}
+	if _, changed, err := checkRAM(f, got); err != nil || changed {
+		t.Fatalf("check after trusting: changed %t, %v; want trusted", changed, err)
+	}
 }
