@@ -5,7 +5,11 @@
 #   1. wall time of `vmnet run examples/ci.toml ci -- true`;
 #   2. a lab of two guests: `vmnet up --detach` until a ping from one guest
 #      to the other answers, then `vmnet down` (in a throw-away network
-#      namespace).
+#      namespace);
+#   3. `CGO_ENABLED=0 go test -count=1 -exec "vmnet exec [--cold]" ./tap/`,
+#      cold, warm and, with OLD=path of an older vmnet binary, that binary
+#      cold (the reference the warm goal is stated against), alternating;
+#      skipped with TAP=0.
 # Prints every time and the medians. Needs root, qemu-system-x86_64 and
 # the test image (built on first use). Labs of 2, 8 and 32 guests (up to
 # every guest pinging its neighbour, down, QEMU CPU, RSS and PSS per
@@ -85,3 +89,30 @@ echo "vmnet down, cold guests: ${cdown[*]}"
 echo "vmnet down, warm guests: ${wdown[*]}"
 awk -v c="$(median "${cup[@]}")" -v w="$(median "${wup[@]}")" -v cd="$(median "${cdown[@]}")" -v wd="$(median "${wdown[@]}")" \
 	'BEGIN {printf "median up to a ping: cold %.2fs, warm %.2fs, warm/cold %.2f; down: %.2fs (cold guests), %.2fs (warm)\n", c, w, w / c, cd, wd}'
+
+[[ ${TAP:-1} == 0 ]] && exit 0
+gotest() { # gotest BINARY [--cold]: wall seconds of go test ./tap/ run in guests
+	local s e
+	s=$(date +%s.%N)
+	CGO_ENABLED=0 go test -count=1 -exec "$*" ./tap/ >"$tmp/tap.out" 2>&1 || {
+		cat "$tmp/tap.out" >&2
+		return 1
+	}
+	e=$(date +%s.%N)
+	awk -v s="$s" -v e="$e" 'BEGIN {printf "%.3f\n", e - s}'
+}
+"$bin" exec --help >/dev/null
+CGO_ENABLED=0 go test -count=1 -exec "$bin exec" ./tap/ >/dev/null # saves the exec snapshot
+tcold=() twarm=() told=()
+for ((i = 0; i < n; i++)); do
+	[[ -n ${OLD:-} ]] && told+=("$(gotest "$OLD exec --cold")")
+	tcold+=("$(gotest "$bin exec --cold")")
+	twarm+=("$(gotest "$bin exec")")
+done
+[[ -n ${OLD:-} ]] && echo "go test ./tap/, $OLD cold: ${told[*]}"
+echo "go test ./tap/, cold: ${tcold[*]}"
+echo "go test ./tap/, warm: ${twarm[*]}"
+mo=0
+[[ -n ${OLD:-} ]] && mo=$(median "${told[@]}")
+awk -v c="$(median "${tcold[@]}")" -v w="$(median "${twarm[@]}")" -v o="$mo" \
+	'BEGIN {printf "median go test ./tap/: cold %.2fs, warm %.2fs, warm/cold %.2f", c, w, w / c; if (o > 0) printf "; old cold %.2fs, warm/old cold %.2f", o, w / o; printf "\n"}'

@@ -11,10 +11,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vmnet/vmnet/images"
+	"github.com/vmnet/vmnet/internal/qemu"
 	"github.com/vmnet/vmnet/internal/snapshot"
 	"github.com/vmnet/vmnet/internal/testenv"
 	"github.com/vmnet/vmnet/tap"
@@ -245,9 +247,11 @@ func TestWarmRunSnapshots(t *testing.T) {
 		t.Errorf("%d runs saved a snapshot, want 1; logs:\n%s\n%s", saves, logs[0], logs[1])
 	}
 
+	dir := filepath.Join(snaps, got[0])
+	checkSnapshotFiles(t, dir)
+
 	// A corrupt state file: the run boots cold once, says why, and
 	// replaces the snapshot.
-	dir := filepath.Join(snaps, got[0])
 	before, err := os.ReadFile(filepath.Join(dir, snapshot.FileMeta))
 	if err != nil {
 		t.Fatal(err)
@@ -298,6 +302,43 @@ func TestWarmRunSnapshots(t *testing.T) {
 		t.Errorf("the refused snapshot was not replaced (%v)", err)
 	}
 
+	// A RAM file corrupted in place at its size (as a compromised QEMU
+	// could, through the read-write file QEMU 7.2 needs): the run is not
+	// restored from it, says which file, boots cold once and replaces
+	// the snapshot.
+	before, err = os.ReadFile(filepath.Join(dir, snapshot.FileMeta))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ram := filepath.Join(dir, snapshot.FileRAM)
+	f, err := os.OpenFile(ram, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteAt(bytes.Repeat([]byte{0xcc}, 4096), 1<<20)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(ram, st.ModTime(), st.ModTime()); err != nil { // only the change time tells
+		t.Fatal(err)
+	}
+	out, log, err = warmRun(t, img, snaps, 1, probe)
+	if err != nil || !strings.Contains(out, "ping-ok") {
+		t.Fatalf("run with a corrupt RAM file: %v\nconsole: %s\nlog: %s", err, out, log)
+	}
+	if !strings.Contains(log, "could not be restored") || !strings.Contains(log, "the RAM file "+ram+" does not have the recorded checksum") {
+		t.Errorf("the log does not say that the RAM file %s was corrupt:\n%s", ram, log)
+	}
+	if after, err := os.ReadFile(filepath.Join(dir, snapshot.FileMeta)); err != nil || bytes.Equal(before, after) {
+		t.Errorf("the snapshot with a corrupt RAM file was not replaced (%v)", err)
+	}
+	checkSnapshotFiles(t, dir)
+
 	// Another queue count is another shape: a new snapshot, the old one
 	// untouched.
 	out, log, err = warmRun(t, img, snaps, 2, probe+"; ethtool -l eth0 | grep -m1 Combined")
@@ -309,5 +350,36 @@ func TestWarmRunSnapshots(t *testing.T) {
 	}
 	if got := snapshots(t, snaps); len(got) != 2 {
 		t.Errorf("snapshots after a run of another shape: %v, want two", got)
+	}
+}
+
+// checkSnapshotFiles: a saved snapshot is root's: its directory is
+// root's alone (QEMU's user gets the files by descriptor, never by path),
+// and the state and metadata are root-owned and writable by root only.
+// The RAM file is the exception QEMU 7.2 forces: it opens the file
+// read-write even for a private mapping (and readonly=on makes the
+// guest's RAM a ROM), so QEMU's user owns it, nobody else may write it,
+// and every restore checks it against the digest recorded at save time.
+func checkSnapshotFiles(t *testing.T, dir string) {
+	t.Helper()
+	u, err := qemu.ResolveUser("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		uid  uint32
+		mode os.FileMode
+	}{{"", 0, 0o700}, {snapshot.FileState, 0, 0o644}, {snapshot.FileMeta, 0, 0o644}, {snapshot.FileRAM, u.UID, 0o600}} {
+		p := filepath.Join(dir, c.name)
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Error(err)
+			continue
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Uid != c.uid || fi.Mode().Perm() != c.mode {
+			t.Errorf("%s: owner %d, mode %v; want owner %d, mode %v", p, st.Uid, fi.Mode().Perm(), c.uid, c.mode)
+		}
 	}
 }

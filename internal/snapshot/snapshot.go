@@ -145,10 +145,14 @@ type snapNIC struct {
 }
 
 type Metadata struct {
-	Key         snapKey   `json:"key"`
-	StateSHA256 string    `json:"state_sha256"`
-	Built       time.Time `json:"built"`
-	BuildID     string    `json:"build_id"`
+	Key         snapKey `json:"key"`
+	StateSHA256 string  `json:"state_sha256"`
+	// RAMSHA256 is ramDigest of the RAM file, trusted while the file's
+	// identity is RAMFile (see integrity.go).
+	RAMSHA256 string    `json:"ram_sha256"`
+	RAMFile   fileID    `json:"ram_file"`
+	Built     time.Time `json:"built"`
+	BuildID   string    `json:"build_id"`
 }
 
 var (
@@ -254,6 +258,9 @@ func readSnapshot(dir string, key snapKey) (Metadata, error) {
 	if string(kb) != string(mb) {
 		return m, fmt.Errorf("snapshot %s is of another shape", dir)
 	}
+	if m.RAMSHA256 == "" {
+		return m, fmt.Errorf("snapshot %s has no checksum of its RAM file (saved by an older vmnet)", dir)
+	}
 	return m, nil
 }
 
@@ -333,6 +340,9 @@ func buildSnapshot(ctx context.Context, r Request, key snapKey, dir string) (_ M
 		return m, err
 	}
 	m.StateSHA256 = hex.EncodeToString(h.Sum(nil))
+	if err := sealRAM(ram, &m); err != nil {
+		return m, err
+	}
 	m.Built = time.Now().UTC()
 	m.BuildID = guest.NewNonce()
 	b, _ := json.MarshalIndent(m, "", "  ")
@@ -382,8 +392,14 @@ func restore(ctx context.Context, spec qemu.Spec, dir string, meta Metadata, wor
 		return nil, err
 	}
 	defer ram.Close()
-	if st, err := ram.Stat(); err != nil || st.Size() != int64(meta.Key.MemoryMiB)<<20 {
-		return nil, fmt.Errorf("%w: the RAM file %s is not %d MiB", errCorrupt, ram.Name(), meta.Key.MemoryMiB)
+	id, changed, err := checkRAM(ram, meta)
+	if err != nil {
+		return nil, err
+	}
+	if changed {
+		// Same contents under a new identity (touched, copied): record it,
+		// so that the next restore need not hash again.
+		trustRAM(ctx, dir, meta, id)
 	}
 	s := spec
 	s.RAM, s.RAMShared, s.Incoming = ram, false, state
