@@ -11,14 +11,6 @@ mkdir -p /dev/pts /dev/shm /tmp /run /root
 mount -t devpts devpts /dev/pts
 ln -sf /proc/self/fd /dev/fd 2>/dev/null
 
-# No address space randomization: QEMU's TCG keeps its translations of
-# guest code by virtual address, so with ASLR every program started maps
-# busybox, ld.so and libc at new addresses and has all their code
-# translated anew. With fixed addresses the second program reuses the
-# first one's. Measured on a restored guest under TCG (2-core host): QEMU
-# CPU from the restore to VMNET-READY 1.1-1.3 s with, 0.75-0.87 s without;
-# RSS per guest 130 MiB with, 92 MiB without. A test guest needs no ASLR.
-echo 0 >/proc/sys/kernel/randomize_va_space
 errors=0
 err() {
 	echo "VMNET-ERROR: $*"

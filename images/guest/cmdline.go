@@ -30,7 +30,9 @@ import (
 // translated blocks by virtual address, so a library mapped at a new
 // address each time is translated again for every process. Measured in one
 // guest: 20 runs of `ip link show` take 0.8-1.9 s instead of 2.6-6.9 s, and
-// `go test ./tap/` in a restored exec guest costs 16 % less host CPU. Test
+// `go test ./tap/` in a restored exec guest costs 16 % less host CPU, and
+// a restored lab guest's QEMU spends 0.75-0.87 CPU-s to ready instead of
+// 1.1-1.3 s, with an RSS of 92 MiB instead of 130 MiB. Test
 // guests are throwaway machines; nothing in them relies on ASLR.
 //
 // tsc=reliable: a guest with more than one vCPU under TCG finds its TSCs
