@@ -62,11 +62,12 @@ var DebianBootModules = []string{"crc32c_generic", "virtio_pci", "virtio_mmio", 
 var DebianExtraModules = []string{"bridge", "8021q", "vxlan", "veth", "tun", "sch_netem", "vhost_net", "vfat"}
 
 // DebianCmdline is the kernel command line for the debian-12 image,
-// after guest.DefaultCmdline's speed settings: the root disk, systemd without
+// after guest.BaseCmdline's speed settings (address space randomization
+// stays on, as in the distribution): the root disk, systemd without
 // the status lines that slow a serial console, and the kernel's NIC names
 // (eth0, eth1... in PCI order, as in the test image) instead of
 // systemd's, which depend on the slot.
-const DebianCmdline = guest.DefaultCmdline + " root=/dev/vda rootfstype=ext4 rw systemd.show_status=false net.ifnames=0"
+const DebianCmdline = guest.BaseCmdline + " root=/dev/vda rootfstype=ext4 rw systemd.show_status=false net.ifnames=0"
 
 // Disk is a built disk image with the kernel that boots it.
 type Disk struct {

@@ -42,7 +42,12 @@ import (
 // is the host's (constant and synchronized here) and pauses while the guest
 // is stopped, so it is reliable, also across a snapshot and restore. With
 // one vCPU the guest already chose the TSC.
-const DefaultCmdline = "console=ttyS0 quiet panic=-1 cryptomgr.notests mitigations=off audit=0 apparmor=0 no_timer_check norandmaps tsc=reliable"
+const DefaultCmdline = BaseCmdline + " norandmaps"
+
+// BaseCmdline is DefaultCmdline without norandmaps: the start of the
+// command line of images that are real distributions (debian-12), whose
+// users keep the address space randomization their distribution has.
+const BaseCmdline = "console=ttyS0 quiet panic=-1 cryptomgr.notests mitigations=off audit=0 apparmor=0 no_timer_check tsc=reliable"
 
 // MaxCmdline is the x86 kernel command line limit (COMMAND_LINE_SIZE - 1).
 const MaxCmdline = 2047
