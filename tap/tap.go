@@ -330,7 +330,15 @@ func Create(cfg Config) (*Tap, error) {
 		}
 	}
 
-	h := &netlink.Handle{} // sockets opened on this locked thread, in its namespace
+	// One rtnetlink socket for every request below, opened on this
+	// locked thread and so in its namespace: a zero Handle opens, binds
+	// and closes a socket per request, which was a third of the time of
+	// provisioning a tap.
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fail(fmt.Errorf("tap %s: open rtnetlink socket: %w", name, err))
+	}
+	defer h.Close()
 	link, err := h.LinkByName(name)
 	if err != nil {
 		return fail(fmt.Errorf("tap %s: look up new link: %w", name, err))
