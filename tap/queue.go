@@ -439,11 +439,18 @@ func (q *Queue) WriteHdr(hdr, frame []byte) (int, error) {
 }
 
 func (q *Queue) writev(fd uintptr) bool {
+	return q.writevRaw(fd, unsafe.Pointer(&q.wiov[0]), q.wiovn)
+}
+
+// writevRaw is one writev of n iovecs at iov for a RawConn.Write callback:
+// false asks the poller to wait (EAGAIN); the result goes to q.wn and
+// q.werr.
+func (q *Queue) writevRaw(fd uintptr, iov unsafe.Pointer, n int) bool {
 	for {
-		n, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&q.wiov[0])), uintptr(q.wiovn))
+		w, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(iov), uintptr(n))
 		switch e {
 		case 0:
-			q.wn = int(n)
+			q.wn = int(w)
 			return true
 		case unix.EINTR:
 		case unix.EAGAIN:
@@ -510,25 +517,9 @@ func appendIov(v []unix.Iovec, b []byte) []unix.Iovec {
 }
 
 func (q *Queue) writeVecFn(fd uintptr) bool {
-	for {
-		var p unsafe.Pointer
-		if len(q.wvec) > 0 {
-			p = unsafe.Pointer(&q.wvec[0])
-		}
-		n, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(p), uintptr(len(q.wvec)))
-		switch e {
-		case 0:
-			q.wn = int(n)
-			return true
-		case unix.EINTR:
-		case unix.EAGAIN:
-			return false
-		case unix.EBADFD:
-			q.werr = deviceGone(e)
-			return true
-		default:
-			q.werr = e
-			return true
-		}
+	var p unsafe.Pointer
+	if len(q.wvec) > 0 {
+		p = unsafe.Pointer(&q.wvec[0])
 	}
+	return q.writevRaw(fd, p, len(q.wvec))
 }
