@@ -629,7 +629,7 @@ addresses = ["10.76.0.1/24"]
 		t.Fatalf("up a-b: %d\n%s%s", r.status, r.stdout, r.stderr)
 	}
 	t.Cleanup(func() { vmnetIn(t, ns, "down", first) })
-	before := links(t, ns)
+	before := linkSettings(t, ns)
 	var tag []struct { // the owner tag on a-b-c, as the error must quote it
 		Alias string `json:"ifalias"`
 	}
@@ -654,7 +654,7 @@ addresses = ["10.76.0.1/24"]
 			t.Errorf("up a: error lacks %q:\n%s", want, r.stderr)
 		}
 	}
-	if after := links(t, ns); after != before {
+	if after := linkSettings(t, ns); after != before {
 		t.Errorf("the refused up changed the interfaces:\nbefore\n%s\nafter\n%s", before, after)
 	}
 	var br []byte

@@ -4,11 +4,13 @@
 package tests
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -70,6 +72,37 @@ func links(t *testing.T, ns netns.Handle) string {
 		return err
 	})
 	return string(out)
+}
+
+// linkSettings lists, one line per interface in ns, what vmnet sets on
+// it (name, admin state, MTU, MAC, master, alias), leaving out what the
+// kernel changes by itself as ports come up (operstate, LOWER_UP): a
+// bridge whose first port starts forwarding turns from UNKNOWN to UP at
+// any moment, which is not a change anyone made.
+func linkSettings(t *testing.T, ns netns.Handle) string {
+	t.Helper()
+	var out []byte
+	testenv.Do(t, ns, func() error {
+		var err error
+		out, err = exec.Command("ip", "-j", "link", "show").Output()
+		return err
+	})
+	var ls []struct {
+		Name   string   `json:"ifname"`
+		Flags  []string `json:"flags"`
+		MTU    int      `json:"mtu"`
+		MAC    string   `json:"address"`
+		Master string   `json:"master"`
+		Alias  string   `json:"ifalias"`
+	}
+	if err := json.Unmarshal(out, &ls); err != nil {
+		t.Fatalf("ip -j link show: %v\n%s", err, out)
+	}
+	var b strings.Builder
+	for _, l := range ls {
+		fmt.Fprintf(&b, "%s up=%v mtu %d mac %s master %q alias %q\n", l.Name, slices.Contains(l.Flags, "UP"), l.MTU, l.MAC, l.Master, l.Alias)
+	}
+	return b.String()
 }
 
 // onlyLoopback fails t when anything but lo is left in ns.
