@@ -121,9 +121,14 @@ var rateUnits = []struct {
 }
 
 // ParseRate reads a rate in tc's units into bits per second: "100mbit",
-// "1gbit", "500kbit", "12500kbps" (bytes per second).
+// "1gbit", "500kbit", "12500kbps" (bytes per second). Zero ("0",
+// "0bit") is no rate limit, as a zero delay is no delay, so that a rate
+// set at run time can be taken away again.
 func ParseRate(s string) (uint64, error) {
 	t := strings.ToLower(strings.TrimSpace(s))
+	if t == "0" {
+		return 0, nil
+	}
 	for _, u := range rateUnits {
 		if num, ok := strings.CutSuffix(t, u.suffix); ok {
 			v, err := strconv.ParseFloat(num, 64)
@@ -131,6 +136,9 @@ func ParseRate(s string) (uint64, error) {
 				break
 			}
 			bits := v * u.mult
+			if bits == 0 {
+				return 0, nil
+			}
 			if bits < 8 || bits > 1e13 {
 				return 0, fmt.Errorf("%q is out of range: want 8bit to 10tbit", s)
 			}
@@ -141,7 +149,8 @@ func ParseRate(s string) (uint64, error) {
 }
 
 // ParseSize reads a burst in bytes: "32kb", "1500b", "1mb" (tc's units:
-// k and m are powers of 1024), or a plain number of bytes.
+// k and m are powers of 1024), or a plain number of bytes. Zero is the
+// default burst (one frame).
 func ParseSize(s string) (uint64, error) {
 	t := strings.ToLower(strings.TrimSpace(s))
 	mult := 1.0
@@ -159,6 +168,9 @@ func ParseSize(s string) (uint64, error) {
 		return 0, fmt.Errorf("%q is not a size: want bytes with a unit such as 32kb or 1500b", s)
 	}
 	n := v * mult
+	if n == 0 {
+		return 0, nil
+	}
 	if n < 1 || n > 1<<30 {
 		return 0, fmt.Errorf("%q is out of range: want 1b to 1024mb", s)
 	}

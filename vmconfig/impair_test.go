@@ -97,7 +97,12 @@ func TestParseImpairmentValues(t *testing.T) {
 		{"rate", "1Gbit", Impairment{Rate: 1e9}, false},
 		{"rate", "12500kbps", Impairment{Rate: 100e6}, false},
 		{"rate", "100", Impairment{}, true},
-		{"rate", "0bit", Impairment{}, true},
+		{"rate", "0bit", Impairment{}, false}, // no rate limit, as delay 0 is no delay
+		{"rate", "0", Impairment{}, false},
+		{"rate", "4bit", Impairment{}, true},
+		{"rate", "0.5bit", Impairment{}, true},
+		{"burst", "0", Impairment{}, false}, // the default burst
+		{"burst", "0.5b", Impairment{}, true},
 		{"loss", "0.1%", Impairment{Loss: 0.1}, false},
 		{"loss", "101%", Impairment{}, true},
 		{"loss", "NaN%", Impairment{}, true},

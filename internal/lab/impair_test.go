@@ -243,6 +243,14 @@ b = "tap:other"
 		if got := tbfRate(); !strings.Contains(got, "rate 20Mbit") || strings.Contains(got, "netem") {
 			t.Errorf("refused changes changed the tap: %s", got)
 		}
+		// Every key at zero, the rate too, puts the plain tap back.
+		resp, err = call("nic0", map[string]string{"rate": "0", "burst": "0"})
+		if err != nil {
+			t.Fatalf("rate 0: %v", err)
+		}
+		if got := tbfRate(); resp.NICImpairment != "none" || strings.Contains(got, "tbf") || !strings.Contains(got, "noqueue") {
+			t.Errorf("after rate 0 burst 0: %q, tc: %s", resp.NICImpairment, got)
+		}
 		return nil
 	})
 }
