@@ -171,6 +171,10 @@ type Link struct {
 	Index int
 	A, B  Endpoint
 	PCAP  string // absolute path or ""
+	// Datapath is DatapathAuto (the default: a kernel redirect where both
+	// ends are local interfaces and nothing needs userspace) or
+	// DatapathUserspace (every frame through vmnet).
+	Datapath string
 	// AtoB and BtoA impair a direction; nil: no impairment stage.
 	AtoB, BtoA *Impairment
 	// Port and Key concern a link between VMs on two hosts ([[host]]),
@@ -183,6 +187,12 @@ type Link struct {
 	Key  string
 	Pos  Pos
 }
+
+// The values of a link's datapath key (and of `vmnet link --datapath`).
+const (
+	DatapathAuto      = "auto"
+	DatapathUserspace = "userspace"
+)
 
 // Summary is the one-line description printed by `vmnet validate`.
 func (l *Lab) Summary() string {

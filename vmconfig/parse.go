@@ -120,14 +120,16 @@ var (
 	nicKeys = append([]string{"network", "mac", "queues", "vnet_hdr", "offloads", "model", "vhost", "vlan", "tagged", "mtu",
 		"ifname", "address", "qdisc"}, ImpairmentKeys...)
 	diskKeys = []string{"path", "format", "mode", "read_only", "boot"}
-	linkKeys = append([]string{"a", "b", "pcap", "port", "key", "a_to_b", "b_to_a"}, ImpairmentKeys...)
+	linkKeys = append([]string{"a", "b", "pcap", "port", "key", "a_to_b", "b_to_a", "datapath"}, ImpairmentKeys...)
 
-	machines    = []string{"pc", "q35", "microvm"}
-	accels      = []string{"auto", "kvm", "tcg"}
-	boots       = []string{"warm", "cold"}
-	models      = []string{"virtio-net-pci", "virtio-net-device", "e1000e", "e1000", "rtl8139"}
-	vhostModes  = []string{"auto", "on", "off"}
-	qdiscs      = []string{"noqueue", "default"} // tap.Qdiscs
+	machines   = []string{"pc", "q35", "microvm"}
+	accels     = []string{"auto", "kvm", "tcg"}
+	boots      = []string{"warm", "cold"}
+	models     = []string{"virtio-net-pci", "virtio-net-device", "e1000e", "e1000", "rtl8139"}
+	vhostModes = []string{"auto", "on", "off"}
+	qdiscs     = []string{"noqueue", "default"} // tap.Qdiscs
+	// Datapaths are the values of a [[link]]'s datapath key.
+	Datapaths   = []string{DatapathAuto, DatapathUserspace}
 	offloadList = []string{"csum", "tso4", "tso6", "tso_ecn", "ufo", "uso"}
 	diskFormats = []string{"raw", "qcow2", "qed", "vmdk", "vdi", "vhdx", "vpc"}
 	diskModes   = []string{DiskOverlay, DiskSnapshot, DiskPersistent}

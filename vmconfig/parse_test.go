@@ -105,7 +105,7 @@ func TestExampleResolved(t *testing.T) {
 		t.Errorf("h1 nic 0 = %+v", h1.NICs[0])
 	}
 	want := Endpoint{Kind: KindTap, Name: "demo-ext", Queues: 2, VnetHdr: On}
-	if lab.Links[1].A != want || lab.Links[0].PCAP != dir+"/logs/r-h1.pcap" {
+	if lab.Links[1].A != want || lab.Links[0].PCAP != dir+"/logs/r-h1.pcap" || lab.Links[0].Datapath != DatapathAuto || lab.Links[1].Datapath != DatapathAuto {
 		t.Errorf("links = %+v %+v", lab.Links[0], lab.Links[1])
 	}
 }
@@ -237,6 +237,9 @@ func TestParseProblems(t *testing.T) {
 		{"default pvid without filtering", head + "default_pvid = 3\n", []string{"5:1: warning: network \"n\": default_pvid has no effect"}},
 		{"derived MAC clash with explicit", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\n[[vm.nic]]\nnetwork = \"n\"\n[[vm.nic]]\nnetwork = \"n\"\nmac = \"" +
 			DeriveMAC("t", "a", 0).String() + "\"\n", []string{"12:1: vm \"a\": nic 1: mac " + DeriveMAC("t", "a", 0).String() + " is already used at line 8"}},
+		{"link datapath", head + "[[link]]\na = \"tap:x\"\nb = \"tap:y\"\ndatapath = \"userspace\"\n", nil},
+		{"link bad datapath", head + "[[link]]\na = \"tap:x\"\nb = \"tap:y\"\ndatapath = \"kernel\"\n", []string{
+			"8:1: link 0: unknown datapath \"kernel\": use one of auto, userspace"}},
 		{"link same ends", head + "[[link]]\na = \"tap:x\"\nb = \"tap:x\"\n", []string{"7:1: link 0: both ends are tap:x"}},
 		{"link tap clashes with nic tap", head + "[[vm]]\nname = \"a\"\nkernel = \"ok\"\n[[vm.nic]]\nnetwork = \"n\"\n[[link]]\na = \"tap:t-a-0\"\nb = \"udp:127.0.0.1:1,remote=127.0.0.1:2\"\n", []string{
 			"11:1: link 0: interface name \"t-a-0\" is already used at line 8"}},

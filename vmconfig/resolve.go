@@ -718,6 +718,7 @@ func (r *resolver) link(t *table) {
 			l.PCAP = p.abs(pcap.v)
 		}
 	}
+	l.Datapath = pick(t.enum("datapath", Datapaths), DatapathAuto)
 	var opts [2]string
 	if port := t.integer("port", 1, 65535); port.set {
 		l.Port, opts[0] = port.v, t.key("port")
