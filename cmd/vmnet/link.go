@@ -22,6 +22,7 @@ import (
 
 type linkFlags struct {
 	pcap, cpu, ready string
+	datapath         string
 	stats            time.Duration
 	out              output
 	// impair holds the impairment flags by prefix ("", "a-to-b-",
@@ -111,8 +112,10 @@ func linkCommand(e *env) *cobra.Command {
 	c := root(&cobra.Command{
 		Use:   "link A B",
 		Short: "forward every frame between two endpoints until interrupted",
-		Long: "Forwards every frame between the endpoints A and B in userspace until Ctrl-C, then prints\n" +
-			"the counters.\n\n" +
+		Long: "Forwards every frame between the endpoints A and B until Ctrl-C, then prints the counters.\n" +
+			"Between two local interfaces (tap, packet) in one namespace, with no --pcap and no impairments,\n" +
+			"the kernel forwards (a tc redirect each way: clsact, u32, mirred); otherwise, or with\n" +
+			"--datapath userspace, vmnet copies every frame. A kernel without those falls back to userspace.\n\n" +
 			"Endpoints: tap:NAME[,queues=N][,vnet_hdr=on|off][,netns=NS]  packet:IFNAME[,netns=NS]\n" +
 			"           udp:LOCALADDR:PORT,remote=ADDR:PORT[,key=FILE] (IPv6 in brackets)\n" +
 			"A udp tunnel without key is unauthenticated cleartext; key=FILE (32 random bytes, mode 0600,\n" +
@@ -125,6 +128,7 @@ func linkCommand(e *env) *cobra.Command {
 		Example: `  vmnet link tap:t0 packet:eth1
   vmnet link tap:t0,queues=4 tap:t1,netns=other --stats 1s
   vmnet link tap:t0 tap:t1 --stats 5s -o json    # one JSON object per line per interval
+  vmnet link tap:t0 tap:t1 --datapath userspace  # every frame through vmnet, not a kernel redirect
   vmnet link tap:t0 tap:t1 --delay 20ms --jitter 5ms --loss 5% --rate 100mbit
   vmnet link tap:t0 tap:t1 --a-to-b-loss 20% --b-to-a-delay 40ms   # one direction each
   vmnet link tap:t0 udp:0.0.0.0:4789,remote=192.0.2.7:4789,key=/etc/vmnet/link.key --pcap /tmp/t0.pcap`,
@@ -137,6 +141,7 @@ func linkCommand(e *env) *cobra.Command {
 	fs.StringVar(&f.cpu, "cpuprofile", "", "internal: write a CPU profile to `FILE`")
 	hide(fs, "cpuprofile")
 	fs.StringVar(&f.ready, "ready", "", "create `FILE` once both endpoints are open (for scripts)")
+	fs.StringVar(&f.datapath, "datapath", link.DatapathAuto, "`auto`: the kernel forwards between local interfaces when nothing needs userspace; userspace: always vmnet")
 	f.registerImpairments(fs)
 	f.out.register(c, link.SampleFormats...) // json: one object per line per interval, and a final one
 	c.AddCommand(linkSetCommand(e))
@@ -146,6 +151,9 @@ func linkCommand(e *env) *cobra.Command {
 func runLink(e *env, pos []string, f linkFlags) (err error) {
 	if f.stats < 0 {
 		return usagef("vmnet link: --stats %v: want a positive interval such as 1s", f.stats)
+	}
+	if f.datapath != link.DatapathAuto && f.datapath != link.DatapathUserspace {
+		return usagef("vmnet link: --datapath %q: want %s or %s", f.datapath, link.DatapathAuto, link.DatapathUserspace)
 	}
 	var eps [2]vmconfig.Endpoint
 	for i, s := range pos {
@@ -159,7 +167,8 @@ func runLink(e *env, pos []string, f linkFlags) (err error) {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	l, err := link.Dial(ctx, eps[0], eps[1], link.OpenOptions{}, link.Options{PCAP: f.pcap, AtoB: ab, BtoA: ba})
+	l, err := link.Dial(ctx, eps[0], eps[1], link.OpenOptions{}, link.Options{PCAP: f.pcap, AtoB: ab, BtoA: ba,
+		Datapath: f.datapath, Logf: e.logf})
 	if err != nil {
 		return err
 	}

@@ -54,6 +54,7 @@ func TestUsageErrors(t *testing.T) {
 		{"--netns"},
 		{"link", "tap:a"},
 		{"link", "vde:x", "tap:y"},
+		{"link", "tap:a", "tap:b", "--datapath", "kernel"},
 		{"run", "lab.toml"},
 	} {
 		st, _, stderr := vmnet(t, args...)

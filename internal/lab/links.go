@@ -49,7 +49,8 @@ func (l *Lab) StartLinks(ctx context.Context) error {
 		var ln *link.Link
 		err = netns.Do(l.ns, func() error {
 			var err error
-			ln, err = link.Dial(ctx, a, b, link.OpenOptions{}, link.Options{PCAP: lk.PCAP, AtoB: lk.AtoB, BtoA: lk.BtoA})
+			ln, err = link.Dial(ctx, a, b, link.OpenOptions{}, link.Options{PCAP: lk.PCAP, AtoB: lk.AtoB, BtoA: lk.BtoA,
+				Datapath: lk.Datapath, Logf: l.opts.Logf})
 			return err
 		})
 		done(err)

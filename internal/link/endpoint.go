@@ -105,6 +105,15 @@ type Endpoint struct {
 	sealed   bool // udp with key=FILE
 	queues   []queueIO
 
+	// For the kernel data path (kernel.go): the interface and its
+	// namespace (ifindex 0: not a local interface), and for a tap
+	// whether vmnet holds every queue.
+	ifname    string
+	ifindex   int
+	ns        netns.Handle
+	nsID      netns.ID
+	exclusive bool
+
 	closeOnce sync.Once
 	closeFn   func() error
 	closeErr  error
@@ -124,6 +133,9 @@ func (e *Endpoint) Close() error {
 	e.closeOnce.Do(func() {
 		if e.closeFn != nil {
 			e.closeErr = e.closeFn()
+		}
+		if e.ifindex != 0 {
+			e.ns.Close()
 		}
 	})
 	return e.closeErr
@@ -191,7 +203,7 @@ func openTap(ep vmconfig.Endpoint) (*Endpoint, error) {
 	queues := max(ep.Queues, 1)
 	var t *tap.Tap
 	info, derr := tap.Describe(ep.Name)
-	created := false
+	created, alone := false, false
 	switch {
 	case derr == nil:
 		switch {
@@ -208,7 +220,7 @@ func openTap(ep vmconfig.Endpoint) (*Endpoint, error) {
 		// vmnet is the only reader (a single-queue tap it could attach to
 		// at all, or a multi-queue tap nobody had attached), it may ask for
 		// GSO frames; with QEMU on the tap they are the guest's choice.
-		alone := !info.MultiQueue || info.NumQueues == 0
+		alone = !info.MultiQueue || info.NumQueues == 0
 		if t.VnetHdrSize() > 0 && ep.VnetHdr != vmconfig.Off && alone {
 			// The largest set the kernel takes: csum, TSO (with ECN), and
 			// USO where the kernel has it (6.2+).
@@ -235,7 +247,7 @@ func openTap(ep vmconfig.Endpoint) (*Endpoint, error) {
 		if t, err = tap.Create(cfg); err != nil {
 			return nil, err
 		}
-		created = true
+		created, alone = true, true
 	case errors.Is(derr, unix.EINVAL):
 		return nil, fmt.Errorf("%w (to use an interface that is not a tap, write packet:%s)", derr, ep.Name)
 	default:
@@ -262,9 +274,17 @@ func openTap(ep vmconfig.Endpoint) (*Endpoint, error) {
 		segCheck: true,
 		created:  created,
 		closeFn:  t.Close,
+		// Nobody else reads the tap: vmnet made it, or no one had
+		// attached a queue when vmnet did (a single-queue tap takes one
+		// reader).
+		exclusive: alone,
 	}
 	for _, q := range t.Queues() {
 		e.queues = append(e.queues, tapQueue{q})
+	}
+	if err := localOf(e, ep.Name, info.Index); err != nil {
+		t.Close()
+		return nil, err
 	}
 	return e, nil
 }

@@ -22,7 +22,7 @@ import (
 // must show merged super-frames: fewer frames written than read.
 func TestGROTransfer(t *testing.T) {
 	w := newWorld(t, true)
-	l, err := New(w.open("tap:tA,vnet_hdr=off"), w.open("tap:tB"), Options{})
+	l, err := New(w.open("tap:tA,vnet_hdr=off"), w.open("tap:tB"), Options{Datapath: DatapathUserspace})
 	w.must(err)
 	w.plug("tA", "brA")
 	w.plug("tB", "brB")
@@ -444,7 +444,7 @@ func TestGROPacketSource(t *testing.T) {
 	testenv.RequireProgram(t, "ethtool")
 	w := newWorld(t, true)
 	testenv.Do(t, w.A, func() error { return exec1("ethtool", "-K", "eth0", "tso", "off", "gso", "off") })
-	l, err := New(w.open("packet:vA"), w.open("tap:tB"), Options{})
+	l, err := New(w.open("packet:vA"), w.open("tap:tB"), Options{Datapath: DatapathUserspace})
 	w.must(err)
 	w.plug("tB", "brB")
 	w.run(l)

@@ -77,7 +77,7 @@ func TestVnetHdrSizes(t *testing.T) {
 			if a.Info().VnetHdr != n || b.Info().VnetHdr != 34-n {
 				t.Fatalf("endpoints opened with vnet headers %d and %d, want %d and %d", a.Info().VnetHdr, b.Info().VnetHdr, n, 34-n)
 			}
-			l, err := New(a, b, Options{})
+			l, err := New(a, b, Options{Datapath: DatapathUserspace})
 			w.must(err)
 			w.plug("tA", "brA")
 			w.plug("tB", "brB")
@@ -101,7 +101,7 @@ func TestVnetHdrSizes(t *testing.T) {
 func TestVnetHdrSizeChange(t *testing.T) {
 	w := newWorld(t, true)
 	ha, hb := w.holdTap("tA", 12), w.holdTap("tB", 12)
-	l, err := New(w.open("tap:tA"), w.open("tap:tB"), Options{})
+	l, err := New(w.open("tap:tA"), w.open("tap:tB"), Options{Datapath: DatapathUserspace})
 	w.must(err)
 	w.plug("tA", "brA")
 	w.plug("tB", "brB")

@@ -29,7 +29,7 @@ import (
 // A and B.
 func impairedWorld(t *testing.T, ab, ba *vmconfig.Impairment) (*world, *Link) {
 	w := newWorld(t, true)
-	l, err := New(w.open("tap:tA"), w.open("tap:tB"), Options{AtoB: ab, BtoA: ba})
+	l, err := New(w.open("tap:tA"), w.open("tap:tB"), Options{AtoB: ab, BtoA: ba, Datapath: DatapathUserspace})
 	w.must(err)
 	w.plug("tA", "brA")
 	w.plug("tB", "brB")

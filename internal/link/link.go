@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,13 @@ type Options struct {
 	// NoGRO turns software GRO off: frames that arrive one by one are
 	// written one by one even to a destination that takes super-frames.
 	NoGRO bool
+	// Datapath is DatapathAuto ("" too): the kernel forwards (kernel.go)
+	// between two local interfaces while no capture and no impairment
+	// needs userspace; or DatapathUserspace: every frame through vmnet.
+	Datapath string
+	// Logf, when set, receives the line a link logs when it cannot use
+	// the kernel data path; nil: the standard logger.
+	Logf func(format string, args ...any)
 }
 
 // Link joins two endpoints and forwards frames both ways.
@@ -40,7 +48,16 @@ type Link struct {
 	imMu    sync.Mutex // guards imAB, imBA and stages
 	imAB    *vmconfig.Impairment
 	imBA    *vmconfig.Impairment
-	stages  [2][]*stage // per direction (0: a to b), once Run made them
+	stages  [2][]*stage // per direction (0: a to b), of the running pumps
+
+	// kern is the kernel data path; nil for a link that cannot have
+	// one (see kernelCapable) or runs in userspace by choice. inKernel
+	// says which path carries the frames now; poke asks Run to look
+	// again (an impairment changed).
+	kern     *kernelPath
+	inKernel atomic.Bool
+	poke     chan struct{}
+	logf     func(format string, args ...any)
 
 	running atomic.Bool
 	closeMu sync.Mutex
@@ -50,11 +67,30 @@ type Link struct {
 // New makes a link between a and b. The Link owns both endpoints from then
 // on (Close closes them), also when New fails.
 func New(a, b *Endpoint, opts Options) (*Link, error) {
-	l := &Link{a: a, b: b, batch: opts.Batch, noGRO: opts.NoGRO, imAB: opts.AtoB, imBA: opts.BtoA}
-	if l.imAB != nil {
+	l := &Link{a: a, b: b, batch: opts.Batch, noGRO: opts.NoGRO, imAB: opts.AtoB, imBA: opts.BtoA,
+		poke: make(chan struct{}, 1), logf: opts.Logf}
+	if l.logf == nil {
+		l.logf = log.Printf
+	}
+	switch opts.Datapath {
+	case "", DatapathAuto, DatapathUserspace:
+	default:
+		a.Close()
+		b.Close()
+		return nil, fmt.Errorf("link %s <-> %s: unknown datapath %q: want %s or %s", a, b, opts.Datapath, DatapathAuto, DatapathUserspace)
+	}
+	if opts.Datapath != DatapathUserspace && opts.PCAP == "" && kernelCapable(a, b) {
+		k, err := newKernelPath(a, b, &l.ab, &l.ba)
+		if err != nil {
+			l.logf("link %s: forwarding in userspace: %v", l, err)
+		} else {
+			l.kern = k
+		}
+	}
+	if l.imAB != nil || l.kern != nil {
 		l.ab.imp = new(impairCounters)
 	}
-	if l.imBA != nil {
+	if l.imBA != nil || l.kern != nil {
 		l.ba.imp = new(impairCounters)
 	}
 	l.ab.queues = make([]atomic.Uint64, len(a.queues))
@@ -78,7 +114,8 @@ func New(a, b *Endpoint, opts Options) (*Link, error) {
 // String names the link by its endpoints.
 func (l *Link) String() string { return l.a.String() + " <-> " + l.b.String() }
 
-// Close closes both endpoints and finishes the capture file.
+// Close removes the kernel data path's redirects, closes both endpoints
+// and finishes the capture file.
 func (l *Link) Close() error {
 	l.closeMu.Lock()
 	defer l.closeMu.Unlock()
@@ -86,32 +123,136 @@ func (l *Link) Close() error {
 		return nil
 	}
 	l.closed = true
-	errs := []error{l.a.Close(), l.b.Close()}
+	var errs []error
+	if l.kern != nil {
+		errs = append(errs, l.kern.close())
+	}
+	errs = append(errs, l.a.Close(), l.b.Close())
 	if l.capture != nil {
 		errs = append(errs, l.capture.close())
 	}
 	return errors.Join(errs...)
 }
 
+// drainTime bounds how long the userspace pumps go on reading, after the
+// kernel's redirects are in place, what reached their queues before.
+const drainTime = 20 * time.Millisecond
+
 // Run forwards frames until ctx is done (it then returns nil) or an
 // endpoint fails for good (a tap deleted, a socket closed), which stops
 // both directions and is returned. A Link runs once.
+//
+// A link with a kernel data path switches between the two as its
+// impairments change, in an order that never lets a frame cross twice:
+// to the kernel, the redirects go in (AF_PACKET sockets muted first)
+// while the pumps still run, and the pumps stop once they have read what
+// their queues held; to userspace, the pumps start, then the redirects
+// go and the sockets are unmuted. Only frames arriving at an AF_PACKET
+// end in the moment between muting (unmuting) and the redirect going in
+// (out) are lost.
 func (l *Link) Run(ctx context.Context) error {
 	if l.running.Swap(true) {
 		return fmt.Errorf("link %s: Run called twice", l)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var (
-		wg      sync.WaitGroup
-		errOnce sync.Once
-		first   error
-	)
+	defer func() {
+		if l.kern != nil {
+			if err := l.kern.uninstall(); err != nil {
+				l.logf("link %s: %v", l, err)
+			}
+			l.inKernel.Store(false)
+		}
+	}()
+	for {
+		ph := l.startPumps(ctx)
+		if l.inKernel.Load() {
+			// The pumps read now: take the redirects away.
+			err := l.kern.uninstall()
+			l.inKernel.Store(false)
+			if err != nil {
+				l.logf("link %s: %v", l, err)
+			}
+		}
+		toKernel, err := l.userspace(ctx, ph)
+		if !toKernel {
+			return err
+		}
+		l.inKernel.Store(true)
+		if !l.kernel(ctx) {
+			return nil
+		}
+	}
+}
+
+// phase is one run of the userspace pumps.
+type phase struct {
+	cancel      context.CancelFunc // the pumps'
+	stageCancel context.CancelFunc // the impairment stages'
+	pumps       sync.WaitGroup
+	stages      sync.WaitGroup
+	errOnce     sync.Once
+	err         error
+	failed      chan struct{}
+}
+
+// stop ends the phase: reads and writes end at deadline (in the past:
+// at once; soon: after reading what the queues hold), then the pumps
+// return. With drain, frames waiting in impairment stages (delayed
+// before the impairments were cleared) leave on time before the stages
+// stop; without, they are dropped.
+func (l *Link) stop(ph *phase, deadline time.Time, drain bool) {
+	ph.cancel()
+	l.a.setDeadline(deadline)
+	l.b.setDeadline(deadline)
+	ph.pumps.Wait()
+	if drain {
+		l.a.setDeadline(time.Time{})
+		l.b.setDeadline(time.Time{})
+		for end := time.Now().Add(2 * time.Minute); !l.stagesIdle() && time.Now().Before(end); {
+			select {
+			case <-ph.failed:
+				end = time.Time{}
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}
+	ph.stageCancel()
+	l.a.setDeadline(time.Unix(1, 0))
+	l.b.setDeadline(time.Unix(1, 0))
+	ph.stages.Wait()
+}
+
+// startPumps starts a pump per source queue, and an impairment stage per
+// pump of a direction with impairments; a link with a kernel data path
+// gets stages in both directions (a zero one costs nothing), so that
+// impairments can be set at run time in either.
+func (l *Link) startPumps(ctx context.Context) *phase {
+	pctx, pcancel := context.WithCancel(ctx)
+	sctx, scancel := context.WithCancel(ctx)
+	ph := &phase{cancel: pcancel, stageCancel: scancel, failed: make(chan struct{})}
+	fail := func(err error) {
+		ph.errOnce.Do(func() {
+			ph.err = fmt.Errorf("link %s: %w", l, err)
+			close(ph.failed)
+		})
+		pcancel()
+		scancel()
+	}
+	// A phase before this one ended its reads with a deadline.
+	l.a.setDeadline(time.Time{})
+	l.b.setDeadline(time.Time{})
+	l.imMu.Lock()
+	l.stages = [2][]*stage{}
+	l.imMu.Unlock()
 	start := func(src, dst *Endpoint, c *counters, dir int) {
 		clock := monoClock()
 		l.imMu.Lock()
 		im := [2]*vmconfig.Impairment{l.imAB, l.imBA}[dir]
 		l.imMu.Unlock()
+		if im == nil && l.kern != nil {
+			im = &vmconfig.Impairment{}
+		}
 		for i := range src.queues {
 			p := newPump(l, src, dst, i, c)
 			if im != nil {
@@ -119,50 +260,70 @@ func (l *Link) Run(ctx context.Context) error {
 				l.imMu.Lock()
 				l.stages[dir] = append(l.stages[dir], p.st)
 				l.imMu.Unlock()
-				wg.Add(1)
+				ph.stages.Add(1)
 				go func() {
-					defer wg.Done()
-					if err := p.st.run(ctx, p); err != nil {
-						errOnce.Do(func() { first = fmt.Errorf("link %s: %w", l, err) })
-						cancel()
+					defer ph.stages.Done()
+					if err := p.st.run(sctx, p); err != nil {
+						fail(err)
 					}
 				}()
 			}
-			wg.Add(1)
+			ph.pumps.Add(1)
 			go func() {
-				defer wg.Done()
-				if err := p.run(ctx); err != nil {
-					errOnce.Do(func() { first = fmt.Errorf("link %s: %w", l, err) })
-					cancel()
+				defer ph.pumps.Done()
+				if err := p.run(pctx); err != nil {
+					fail(err)
 				}
 			}()
 		}
 	}
 	start(l.a, l.b, &l.ab, 0)
 	start(l.b, l.a, &l.ba, 1)
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				// A deadline in the past wakes every blocked read and write.
-				past := time.Unix(1, 0)
-				l.a.setDeadline(past)
-				l.b.setDeadline(past)
-				return
-			case <-tick.C:
-				if l.capture != nil {
-					l.capture.flush()
+	return ph
+}
+
+// userspace waits while the pumps of ph forward: until ctx is done
+// (false, nil), a pump fails (false, the error), or the kernel takes
+// over (true; the pumps have stopped).
+func (l *Link) userspace(ctx context.Context, ph *phase) (toKernel bool, err error) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	// While a switch waits for delayed frames to leave, look often.
+	var soon <-chan time.Time
+	for {
+		if l.wantKernel() {
+			if l.stagesIdle() {
+				if err := l.kern.install(); err != nil {
+					l.logf("link %s: forwarding in userspace: %v", l, err)
+				} else {
+					l.stop(ph, time.Now().Add(drainTime), true)
+					return true, l.flushCapture(nil)
 				}
+			} else {
+				soon = time.After(10 * time.Millisecond)
 			}
 		}
-	}()
-	wg.Wait()
-	cancel()
-	<-stopped
+		select {
+		case <-ctx.Done():
+			// A deadline in the past wakes every blocked read and write.
+			l.stop(ph, time.Unix(1, 0), false)
+			return false, l.flushCapture(nil)
+		case <-ph.failed:
+			l.stop(ph, time.Unix(1, 0), false)
+			return false, l.flushCapture(ph.err)
+		case <-l.poke:
+		case <-soon:
+			soon = nil
+		case <-tick.C:
+			if l.capture != nil {
+				l.capture.flush()
+			}
+		}
+	}
+}
+
+// flushCapture writes out the capture; the first error wins.
+func (l *Link) flushCapture(first error) error {
 	if l.capture != nil {
 		if err := l.capture.flush(); err != nil && first == nil {
 			first = fmt.Errorf("link %s: %w", l, err)
@@ -171,18 +332,73 @@ func (l *Link) Run(ctx context.Context) error {
 	return first
 }
 
+// kernel waits while the kernel forwards: until ctx is done (false) or
+// userspace is needed (true). It reads the redirects' counters every
+// second, so that the kernel's 32-bit packet counts never wrap unseen.
+func (l *Link) kernel(ctx context.Context) bool {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-l.poke:
+			if !l.wantKernel() {
+				return true
+			}
+		case <-tick.C:
+			l.kern.poll()
+		}
+	}
+}
+
+// wantKernel reports whether the kernel should forward: the link has a
+// kernel data path that has not failed, and no impairment.
+func (l *Link) wantKernel() bool {
+	if l.kern == nil || !l.kern.usable() {
+		return false
+	}
+	l.imMu.Lock()
+	defer l.imMu.Unlock()
+	for _, im := range []*vmconfig.Impairment{l.imAB, l.imBA} {
+		if im != nil && !im.IsZero() {
+			return false
+		}
+	}
+	return true
+}
+
+// stagesIdle reports whether no impairment stage holds a frame (frames
+// delayed before the impairments were cleared still leave on time).
+func (l *Link) stagesIdle() bool {
+	l.imMu.Lock()
+	defer l.imMu.Unlock()
+	for _, ss := range l.stages {
+		for _, s := range ss {
+			if s.pending.Load() != 0 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // SetImpairment changes the impairments of the directions given (nil:
 // leave that direction alone) while the link runs or before. Frames
 // already waiting keep their times to send. A direction the link was
 // made without impairments has no stage to change (its plain path costs
-// nothing): that is an error, and nothing changes.
+// nothing): that is an error, and nothing changes; except on a link with
+// a kernel data path, which has stages in both directions whenever it
+// forwards in userspace. Such a link moves to userspace when an
+// impairment is set, and back to the kernel when every impairment is
+// zero again; a running link has switched when SetImpairment returns.
 func (l *Link) SetImpairment(ab, ba *vmconfig.Impairment) error {
 	l.imMu.Lock()
-	defer l.imMu.Unlock()
 	cur := [2]**vmconfig.Impairment{&l.imAB, &l.imBA}
 	names := [2]string{l.a.String() + " to " + l.b.String(), l.b.String() + " to " + l.a.String()}
 	for dir, im := range [2]*vmconfig.Impairment{ab, ba} {
-		if im != nil && *cur[dir] == nil {
+		if im != nil && *cur[dir] == nil && l.kern == nil {
+			l.imMu.Unlock()
 			return fmt.Errorf("link %s: the direction from %s was started without impairments, so they cannot be set now: start the link with an impairment in that direction (delay 0 costs nothing)", l, names[dir])
 		}
 	}
@@ -195,6 +411,21 @@ func (l *Link) SetImpairment(ab, ba *vmconfig.Impairment) error {
 		for _, s := range l.stages[dir] {
 			s.next.Store(&v)
 		}
+	}
+	l.imMu.Unlock()
+	if l.kern == nil {
+		return nil
+	}
+	select {
+	case l.poke <- struct{}{}:
+	default:
+	}
+	// Wait for Run to switch (if it runs): the caller (`vmnet link set`,
+	// a test) then sees the path it asked for. A switch to the kernel
+	// waits for frames delayed before to leave, which may take longer.
+	want := l.wantKernel()
+	for end := time.Now().Add(2 * time.Second); l.running.Load() && l.inKernel.Load() != want && time.Now().Before(end); {
+		time.Sleep(time.Millisecond)
 	}
 	return nil
 }
@@ -216,8 +447,12 @@ func (l *Link) Impairments() [2]*vmconfig.Impairment {
 
 // Stats are a link's counters, per direction.
 type Stats struct {
-	A    string   `json:"a"`
-	B    string   `json:"b"`
+	A string `json:"a"`
+	B string `json:"b"`
+	// Datapath says what forwards the frames now: DatapathKernel (tc
+	// redirects; the counters are the kernel's, which count a
+	// super-frame as its segments) or DatapathUserspace.
+	Datapath string   `json:"datapath"`
 	AtoB DirStats `json:"a_to_b"`
 	BtoA DirStats `json:"b_to_a"`
 }
@@ -272,14 +507,25 @@ func (d Drops) Total() uint64 {
 
 // Stats reads the counters; safe at any time, from any goroutine.
 func (l *Link) Stats() Stats {
-	s := Stats{A: l.a.String(), B: l.b.String(), AtoB: l.ab.load(), BtoA: l.ba.load()}
+	s := Stats{A: l.a.String(), B: l.b.String(), Datapath: DatapathUserspace}
+	if l.inKernel.Load() {
+		s.Datapath = DatapathKernel
+		l.kern.poll()
+	}
+	s.AtoB, s.BtoA = l.ab.load(), l.ba.load()
 	l.imMu.Lock()
 	defer l.imMu.Unlock()
+	// A link with a kernel data path counts in both directions from the
+	// start; a direction never impaired shows nothing of it.
 	if l.imAB != nil {
 		s.AtoB.Impairment = l.imAB.String()
+	} else {
+		s.AtoB.Impaired = nil
 	}
 	if l.imBA != nil {
 		s.BtoA.Impairment = l.imBA.String()
+	} else {
+		s.BtoA.Impaired = nil
 	}
 	return s
 }
@@ -303,7 +549,11 @@ func (s Stats) String() string {
 		}
 		return line
 	}
-	return g(s.A, s.B, s.AtoB) + "\n" + g(s.B, s.A, s.BtoA)
+	out := g(s.A, s.B, s.AtoB) + "\n" + g(s.B, s.A, s.BtoA)
+	if s.Datapath != "" {
+		out += "\ndatapath: " + s.Datapath
+	}
+	return out
 }
 
 type counters struct {

@@ -63,7 +63,7 @@ func TestTransfer(t *testing.T) {
 		// the frames vmnet wrote: judge a plain tap here.
 		// TestNAPITransfer covers the link's own tap.
 		w.plainTap("tB")
-		l, err := New(w.open("tap:tA"), w.open("tap:tB,vnet_hdr=off"), Options{})
+		l, err := New(w.open("tap:tA"), w.open("tap:tB,vnet_hdr=off"), Options{Datapath: DatapathUserspace})
 		w.must(err)
 		w.plug("tA", "brA")
 		w.plug("tB", "brB")
@@ -109,7 +109,7 @@ func TestTransfer(t *testing.T) {
 	})
 	t.Run("packet-packet", func(t *testing.T) {
 		w := newWorld(t, false)
-		l, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{})
+		l, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{Datapath: DatapathUserspace})
 		w.must(err)
 		w.run(l)
 		w.tcpTransfer(transferSize)
@@ -247,7 +247,7 @@ func TestTransparent(t *testing.T) {
 				w.run(l1)
 				w.run(l2)
 			} else {
-				l, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{})
+				l, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{Datapath: DatapathUserspace})
 				w.must(err)
 				w.run(l)
 			}
@@ -281,7 +281,7 @@ func TestMTUDrop(t *testing.T) {
 		}
 		return netlink.LinkSetMTU(eth, 9000)
 	})
-	l, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{})
+	l, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{Datapath: DatapathUserspace})
 	w.must(err)
 	w.run(l)
 	sa, sb := openRaw(t, w.A, "eth0", false), openRaw(t, w.B, "eth0", false)
@@ -492,7 +492,7 @@ func TestOpenErrors(t *testing.T) {
 // error that names the endpoint.
 func TestTapDeleted(t *testing.T) {
 	w := newWorld(t, false)
-	l, err := New(w.open("tap:gone0"), w.open("packet:vB"), Options{})
+	l, err := New(w.open("tap:gone0"), w.open("packet:vB"), Options{Datapath: DatapathUserspace})
 	w.must(err)
 	defer l.Close()
 	done := make(chan error, 1)
@@ -544,7 +544,7 @@ func TestAttachExisting(t *testing.T) {
 	if info.Offloads == nil || *info.Offloads&tap.OffloadTSO4 == 0 {
 		t.Errorf("offloads on the attached tap: %v; want TSO so the kernel hands over super-frames", info.Offloads)
 	}
-	l, err := New(a, w.open("tap:tB,queues=2"), Options{})
+	l, err := New(a, w.open("tap:tB,queues=2"), Options{Datapath: DatapathUserspace})
 	w.must(err)
 	if q := l.b.Info().Queues; q != 2 {
 		t.Errorf("tap:tB,queues=2 has %d queues", q)

@@ -44,7 +44,7 @@ func napiTransfer(t *testing.T, spec string) (written, received uint64) {
 	if spec == "tap:tB" {
 		w.plainTap("tB")
 	}
-	l, err := New(w.open("tap:tA"), w.open(spec), Options{})
+	l, err := New(w.open("tap:tA"), w.open(spec), Options{Datapath: DatapathUserspace})
 	w.must(err)
 	w.plug("tA", "brA")
 	w.plug("tB", "brB")

@@ -18,7 +18,7 @@ import (
 // queue in use.
 func TestMultiQueueLink(t *testing.T) {
 	w := newWorld(t, true)
-	l, err := New(w.open("tap:tA,queues=2"), w.open("tap:tB,queues=2"), Options{})
+	l, err := New(w.open("tap:tA,queues=2"), w.open("tap:tB,queues=2"), Options{Datapath: DatapathUserspace})
 	w.must(err)
 	w.plug("tA", "brA")
 	w.plug("tB", "brB")

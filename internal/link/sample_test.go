@@ -13,7 +13,7 @@ import (
 // sampleKeys are the JSON field names of a Sample (nested with dots):
 // scripts read them, so a rename must be deliberate and show up here.
 var sampleKeys = []string{
-	"a", "a_to_b", "b", "b_to_a", "cpu", "cpu.system_seconds", "cpu.user_seconds", "elapsed_seconds", "final", "time",
+	"a", "a_to_b", "b", "b_to_a", "cpu", "cpu.system_seconds", "cpu.user_seconds", "datapath", "elapsed_seconds", "final", "time",
 }
 
 var dirKeys = []string{"bytes", "coalesced", "drops", "drops.auth", "drops.invalid", "drops.mtu", "drops.replay", "drops.segments",
@@ -33,7 +33,7 @@ func keys(prefix string, m map[string]any, out *[]string) {
 // the same counters Stats reports, CPU time only in the final sample.
 func TestSampleJSON(t *testing.T) {
 	w := newWorld(t, false)
-	l, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{})
+	l, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{Datapath: DatapathUserspace})
 	w.must(err)
 	start := time.Now()
 	w.run(l)

@@ -73,6 +73,10 @@ func openPacket(ep vmconfig.Endpoint, opts OpenOptions) (*Endpoint, error) {
 		files = append(files, f)
 		e.queues = append(e.queues, newMmsgConn(name, rc, f.SetDeadline, true))
 	}
+	if err := localOf(e, ep.Name, ifi.Index); err != nil {
+		closeAll()
+		return nil, err
+	}
 	return e, nil
 }
 

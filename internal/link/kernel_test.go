@@ -1,0 +1,403 @@
+package link
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vmnet/vmnet/internal/testenv"
+	"github.com/vmnet/vmnet/vmconfig"
+)
+
+// The kernel data path (kernel.go), judged by the real kernel: hosts A
+// and B in their own namespaces, the link between two taps in bridges or
+// two veths read through AF_PACKET, in the namespace L.
+
+// tc runs tc in L and returns its output.
+func (w *world) tc(args ...string) string {
+	w.t.Helper()
+	testenv.RequireProgram(w.t, "tc")
+	var out []byte
+	testenv.Do(w.t, w.L, func() (err error) {
+		out, err = exec.Command("tc", args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("tc %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	})
+	return string(out)
+}
+
+// kernelWorld runs a link between tA and tB (taps in bridges) or vA and
+// vB (veths, AF_PACKET) with opts, and waits until it forwards in the
+// kernel.
+func kernelWorld(t *testing.T, kind string, opts Options) (*world, *Link) {
+	t.Helper()
+	var w *world
+	var l *Link
+	var err error
+	switch kind {
+	case "tap":
+		w = newWorld(t, true)
+		l, err = New(w.open("tap:tA"), w.open("tap:tB"), opts)
+		w.must(err)
+		w.plug("tA", "brA")
+		w.plug("tB", "brB")
+	case "packet":
+		w = newWorld(t, false)
+		l, err = New(w.open("packet:vA"), w.open("packet:vB"), opts)
+		w.must(err)
+	}
+	w.run(l)
+	if opts.Datapath != DatapathUserspace {
+		waitFor(t, "the kernel data path", func() bool { return l.Stats().Datapath == DatapathKernel })
+	}
+	return w, l
+}
+
+// packetStats reads (and resets) what the kernel queued for the link's
+// AF_PACKET sockets of e.
+func packetStats(t *testing.T, e *Endpoint) (packets, drops uint32) {
+	t.Helper()
+	for _, q := range e.queues {
+		m := q.(*mmsgConn)
+		var st *unix.TpacketStats
+		var serr error
+		if err := m.rc.Control(func(fd uintptr) {
+			st, serr = unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS)
+		}); err != nil || serr != nil {
+			t.Fatalf("PACKET_STATISTICS: %v %v", err, serr)
+		}
+		packets += st.Packets
+		drops += st.Drops
+	}
+	return packets, drops
+}
+
+// ping sends ICMP echo requests from A to B and returns the round trips
+// of the replies B's kernel sent.
+func (w *world) ping(n int) []time.Duration {
+	w.t.Helper()
+	var c net.PacketConn
+	testenv.Do(w.t, w.A, func() (err error) {
+		c, err = net.ListenPacket("ip4:icmp", w.ipA.String())
+		return err
+	})
+	defer c.Close()
+	id := uint16(time.Now().UnixNano())
+	var rtts []time.Duration
+	buf := make([]byte, 1500)
+	for seq := range n {
+		msg := []byte{8, 0, 0, 0, byte(id >> 8), byte(id), byte(seq >> 8), byte(seq)}
+		msg = append(msg, make([]byte, 56)...)
+		var sum uint32
+		for i := 0; i < len(msg); i += 2 {
+			sum += uint32(msg[i])<<8 | uint32(msg[i+1])
+		}
+		for sum > 0xffff {
+			sum = sum>>16 + sum&0xffff
+		}
+		binary.BigEndian.PutUint16(msg[2:], ^uint16(sum))
+		start := time.Now()
+		if _, err := c.WriteTo(msg, &net.IPAddr{IP: w.ipB}); err != nil {
+			w.t.Fatalf("ping: %v", err)
+		}
+		for {
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			k, _, err := c.ReadFrom(buf)
+			if err != nil {
+				w.t.Fatalf("ping %d: no reply: %v", seq, err)
+			}
+			if k >= 8 && buf[0] == 0 && binary.BigEndian.Uint16(buf[4:]) == id && binary.BigEndian.Uint16(buf[6:]) == uint16(seq) {
+				break
+			}
+		}
+		rtts = append(rtts, time.Since(start))
+	}
+	return rtts
+}
+
+func median(d []time.Duration) time.Duration {
+	d = slices.Clone(d)
+	slices.Sort(d)
+	return d[len(d)/2]
+}
+
+// TestKernelTransfer: a tap<->tap and a packet<->packet link forward in
+// the kernel by default: TCP data intact, ping, a redirect on each end,
+// the counters count, the link's own readers read nothing (AF_PACKET
+// sockets get no frame queued).
+func TestKernelTransfer(t *testing.T) {
+	for _, kind := range []string{"tap", "packet"} {
+		t.Run(kind, func(t *testing.T) {
+			w, l := kernelWorld(t, kind, Options{})
+			if kind == "packet" {
+				packetStats(t, l.a) // reset
+				packetStats(t, l.b)
+			}
+			before := l.Stats()
+			w.tcpTransfer(transferSize)
+			w.udpEcho()
+			rtt := w.ping(5)
+			s := l.Stats()
+			t.Logf("ping %v\nstats:\n%s", rtt, s)
+			if s.Datapath != DatapathKernel {
+				t.Errorf("datapath %q, want kernel", s.Datapath)
+			}
+			if s.AtoB.Frames == 0 || s.AtoB.Bytes < transferSize || s.BtoA.Frames == 0 || s.AtoB.TxFrames == 0 {
+				t.Errorf("kernel counters: A->B %d frames %d bytes, B->A %d frames; want the transfer counted", s.AtoB.Frames, s.AtoB.Bytes, s.BtoA.Frames)
+			}
+			for _, q := range append(s.AtoB.Queues, s.BtoA.Queues...) {
+				if q != 0 {
+					t.Errorf("the userspace pumps read %v / %v frames while the kernel forwarded (%v / %v before the transfer)",
+						s.AtoB.Queues, s.BtoA.Queues, before.AtoB.Queues, before.BtoA.Queues)
+					break
+				}
+			}
+			if kind == "packet" {
+				for _, e := range []*Endpoint{l.a, l.b} {
+					if p, d := packetStats(t, e); p != 0 || d != 0 {
+						t.Errorf("%s: the link's AF_PACKET sockets were given %d frames (%d dropped) while the kernel forwarded", e, p, d)
+					}
+				}
+			}
+			ends := map[string]string{"tap": "tA egress", "packet": "vA ingress"}
+			out := w.tc(append([]string{"-s", "filter", "show", "dev"}, strings.Fields(ends[kind])...)...)
+			if !strings.Contains(out, "mirred") || !strings.Contains(out, fmt.Sprint(kernelPrio)) {
+				t.Errorf("tc filter show dev %s: no redirect at vmnet's priority:\n%s", ends[kind], out)
+			}
+		})
+	}
+}
+
+// TestKernelWire: frames a bridge keeps to itself (LLDP to
+// 01:80:c2:00:00:0e, an STP BPDU) and a VLAN-tagged frame cross a
+// kernel-mode link unchanged: it is a wire.
+func TestKernelWire(t *testing.T) {
+	w, _ := kernelWorld(t, "packet", Options{})
+	sa, sb := openRaw(t, w.A, "eth0", false), openRaw(t, w.B, "eth0", false)
+	for _, f := range [][]byte{lldpFrame, stpFrame, vlanFrame} {
+		sb.recv(10 * time.Millisecond) // drain
+		sa.send(t, f)
+		found := false
+		for _, g := range sb.recv(500 * time.Millisecond) {
+			found = found || bytes.Equal(g, f)
+		}
+		if !found {
+			t.Errorf("frame to %x (ethertype/length %x) did not come out of the far side unchanged", f[:6], f[12:14])
+		}
+	}
+}
+
+// TestKernelSwitch: setting a delay moves a kernel-mode link to
+// userspace (the round trip rises by the delay), clearing it moves it
+// back; a TCP transfer running across the switches arrives intact, and
+// probes are neither lost nor doubled in either mode.
+func TestKernelSwitch(t *testing.T) {
+	for _, kind := range []string{"tap", "packet"} {
+		t.Run(kind, func(t *testing.T) {
+			w, l := kernelWorld(t, kind, Options{})
+			fast := median(w.ping(9))
+			delay := &vmconfig.Impairment{Delay: 20 * time.Millisecond}
+			if err := l.SetImpairment(delay, delay); err != nil {
+				t.Fatal(err)
+			}
+			if s := l.Stats(); s.Datapath != DatapathUserspace || s.AtoB.Impairment != "delay 20ms" {
+				t.Fatalf("after setting a delay: datapath %q, impairment %q; want userspace, delay 20ms", s.Datapath, s.AtoB.Impairment)
+			}
+			if kind == "packet" {
+				if out := w.tc("filter", "show", "dev", "vA", "ingress"); strings.Contains(out, "mirred") {
+					t.Errorf("the redirect stayed while the link forwards in userspace:\n%s", out)
+				}
+			}
+			slow := median(w.ping(9))
+			if err := l.SetImpairment(&vmconfig.Impairment{}, &vmconfig.Impairment{}); err != nil {
+				t.Fatal(err)
+			}
+			if s := l.Stats(); s.Datapath != DatapathKernel {
+				t.Fatalf("after clearing the delay: datapath %q, want kernel", s.Datapath)
+			}
+			again := median(w.ping(9))
+			t.Logf("median round trip: kernel %v, with 20 ms each way %v, kernel again %v", fast, slow, again)
+			if slow < 40*time.Millisecond || slow > 60*time.Millisecond {
+				t.Errorf("median round trip %v with 20 ms each way in userspace, want 40-60 ms", slow)
+			}
+			if fast > 20*time.Millisecond || again > 20*time.Millisecond {
+				t.Errorf("median round trip %v / %v in the kernel, want below 20 ms", fast, again)
+			}
+			// Probes in both modes: each arrives once.
+			p := w.probes(6010)
+			for _, mode := range []string{DatapathKernel, DatapathUserspace} {
+				if mode == DatapathUserspace {
+					w.must(l.SetImpairment(&vmconfig.Impairment{Delay: time.Millisecond}, nil))
+				}
+				seqs := p.oneWay(300, 300*time.Millisecond)
+				slices.Sort(seqs)
+				if len(seqs) != 300 || len(slices.Compact(seqs)) != 300 {
+					t.Errorf("%s: %d of 300 probes arrived (%d distinct); want each once", mode, len(seqs), len(slices.Compact(seqs)))
+				}
+			}
+			// Switches while TCP runs: nothing lost for good, nothing
+			// doubled (TCP would see garbage).
+			done := make(chan struct{})
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					select {
+					case <-done:
+						return
+					case <-time.After(50 * time.Millisecond):
+					}
+					im := &vmconfig.Impairment{}
+					if i%2 == 0 {
+						im.Delay = time.Millisecond
+					}
+					if err := l.SetImpairment(im, im); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+			w.tcpTransfer(transferSize)
+			close(done)
+			wg.Wait()
+			t.Logf("stats:\n%s", l.Stats())
+		})
+	}
+}
+
+// TestKernelForeignTC: a clsact qdisc and filters vmnet did not make
+// stay as they were, on both hooks, while the link runs and after it
+// closes; the clsact vmnet made on the other end goes with it.
+func TestKernelForeignTC(t *testing.T) {
+	w := newWorld(t, false)
+	w.tc("qdisc", "add", "dev", "vA", "clsact")
+	// At egress (vmnet's redirect of a packet end sits at ingress) and
+	// at ingress after vmnet's priority: the redirect runs first.
+	w.tc("filter", "add", "dev", "vA", "egress", "prio", "7", "protocol", "ip", "u32", "match", "ip", "protocol", "253", "0xff", "classid", "1:1")
+	w.tc("filter", "add", "dev", "vA", "ingress", "prio", "65000", "protocol", "ip", "u32", "match", "ip", "protocol", "253", "0xff", "classid", "1:2")
+	show := func() string {
+		return w.tc("qdisc", "show", "dev", "vA") + w.tc("filter", "show", "dev", "vA", "egress") + w.tc("filter", "show", "dev", "vA", "ingress")
+	}
+	before := show()
+	l, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{})
+	w.must(err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	waitFor(t, "the kernel data path", func() bool { return l.Stats().Datapath == DatapathKernel })
+	w.tcpTransfer(1 << 20)
+	if out := w.tc("filter", "show", "dev", "vA", "egress"); !strings.Contains(out, "flowid 1:1") {
+		t.Errorf("the foreign egress filter is gone while the link runs:\n%s", out)
+	}
+	if out := w.tc("qdisc", "show", "dev", "vB"); !strings.Contains(out, "clsact") {
+		t.Errorf("no clsact on vB while the link runs:\n%s", out)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if after := show(); after != before {
+		t.Errorf("tc state of vA changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if out := w.tc("qdisc", "show", "dev", "vB"); strings.Contains(out, "clsact") {
+		t.Errorf("the clsact vmnet added on vB stayed:\n%s", out)
+	}
+	if out := w.tc("filter", "show", "dev", "vB", "ingress"); strings.TrimSpace(out) != "" {
+		t.Errorf("filters left on vB:\n%s", out)
+	}
+}
+
+// TestKernelFallback: where the kernel data path cannot be installed (a
+// filter of someone else's at vmnet's priority) the link says so once
+// and forwards in userspace; the foreign filter stays.
+func TestKernelFallback(t *testing.T) {
+	w := newWorld(t, false)
+	w.tc("qdisc", "add", "dev", "vA", "clsact")
+	prio := fmt.Sprint(kernelPrio)
+	w.tc("filter", "add", "dev", "vA", "ingress", "prio", prio, "protocol", "ip", "u32", "match", "ip", "protocol", "253", "0xff", "classid", "1:1")
+	var mu sync.Mutex
+	var logs []string
+	logf := func(f string, a ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		logs = append(logs, fmt.Sprintf(f, a...))
+	}
+	l, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{Logf: logf})
+	w.must(err)
+	w.run(l)
+	w.tcpTransfer(1 << 20)
+	// Clearing impairments asks for the kernel again: no second try.
+	w.must(l.SetImpairment(&vmconfig.Impairment{}, nil))
+	s := l.Stats()
+	mu.Lock()
+	t.Logf("log: %q", logs)
+	if len(logs) != 1 || !strings.Contains(logs[0], "forwarding in userspace") || !strings.Contains(logs[0], "tc filter del dev vA ingress prio "+prio) {
+		t.Errorf("log %q: want one line saying why and what to do", logs)
+	}
+	mu.Unlock()
+	if s.Datapath != DatapathUserspace || s.AtoB.Frames == 0 {
+		t.Errorf("datapath %q, %d frames A->B; want userspace carrying the transfer", s.Datapath, s.AtoB.Frames)
+	}
+	if out := w.tc("filter", "show", "dev", "vA", "ingress"); !strings.Contains(out, "flowid 1:1") {
+		t.Errorf("the foreign filter is gone:\n%s", out)
+	}
+	if out := w.tc("qdisc", "show", "dev", "vB"); strings.Contains(out, "clsact") {
+		t.Errorf("the failed install left a clsact on vB:\n%s", out)
+	}
+}
+
+// TestKernelMissingOption: an error the kernel gives for a kind it lacks
+// names the kernel option (this kernel has them all, so the message is
+// checked on the errors it would give).
+func TestKernelMissingOption(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("netlink: %w", unix.ENOENT), "CONFIG_NET_CLS_U32"},
+		{unix.EOPNOTSUPP, "CONFIG_NET_CLS_U32"},
+	} {
+		err := missingOr("vA", "tc redirect filter", redirectOption, c.err)
+		if !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "vA") {
+			t.Errorf("%v: %v; want %s named", c.err, err, c.want)
+		}
+	}
+	if err := missingOr("vA", "clsact qdisc", clsactOption, unix.EBUSY); strings.Contains(err.Error(), "CONFIG_") {
+		t.Errorf("EBUSY is not a missing option: %v", err)
+	}
+}
+
+// TestKernelForcedUserspace: datapath userspace keeps every frame in
+// vmnet: no tc state on the interfaces, the pumps count the frames.
+func TestKernelForcedUserspace(t *testing.T) {
+	w, l := kernelWorld(t, "packet", Options{Datapath: DatapathUserspace})
+	w.tcpTransfer(1 << 20)
+	s := l.Stats()
+	if s.Datapath != DatapathUserspace || s.AtoB.Frames == 0 || s.AtoB.Queues[0]+s.AtoB.Queues[len(s.AtoB.Queues)-1] == 0 {
+		t.Errorf("datapath %q, %d frames, per queue %v; want userspace carrying the transfer", s.Datapath, s.AtoB.Frames, s.AtoB.Queues)
+	}
+	for _, dev := range []string{"vA", "vB"} {
+		if out := w.tc("qdisc", "show", "dev", dev); strings.Contains(out, "clsact") {
+			t.Errorf("datapath userspace added a clsact to %s:\n%s", dev, out)
+		}
+	}
+	if _, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{Datapath: "kernel"}); err == nil || !strings.Contains(err.Error(), "unknown datapath") {
+		t.Errorf("datapath kernel: %v", err)
+	}
+}
