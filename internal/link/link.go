@@ -453,8 +453,8 @@ type Stats struct {
 	// redirects; the counters are the kernel's, which count a
 	// super-frame as its segments) or DatapathUserspace.
 	Datapath string   `json:"datapath"`
-	AtoB DirStats `json:"a_to_b"`
-	BtoA DirStats `json:"b_to_a"`
+	AtoB     DirStats `json:"a_to_b"`
+	BtoA     DirStats `json:"b_to_a"`
 }
 
 // DirStats count one direction. Frames and Bytes are what was read from
