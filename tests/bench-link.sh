@@ -13,12 +13,17 @@
 #   bridged      the link's own topology with brA and brB joined by a kernel veth
 #                pair instead of vmnet (what a userspace link replaces)
 #   bridged-noTSO  the same with tso/gso off on that veth pair
-#   passthrough  tap:tA <-> tap:tB, both vnet_hdr (super-frames pass whole)
+#   passthrough-kernel  tap:tA <-> tap:tB with the default datapath: the kernel forwards
+#                (a tc redirect each way; vmnet's process only installs it)
+#   passthrough  tap:tA <-> tap:tB, both vnet_hdr, --datapath userspace (super-frames pass
+#                whole through vmnet's process)
 #   segment      tap:tA <-> tap:tB,vnet_hdr=off (vmnet segments in software)
 #   gro          tap:tA,vnet_hdr=off <-> tap:tB (A's kernel segments into tA; vmnet
 #                merges the frames into super-frames for tB: software GRO)
 #   gro-off      the same with an old vmnet (LINK_NOGRO=binary; skipped without it)
 #   segment-old  segment with that old vmnet (LINK_NOGRO; skipped without it)
+# The cases after passthrough-kernel measure the userspace data plane: they run with
+# --datapath userspace where the link would otherwise be a kernel redirect.
 #   udp          tap:tA <-> udp:127.0.0.1:P1 ... udp:127.0.0.1:P2 <-> tap:tB (two link processes)
 #   udp-noTSO    the same with both taps vnet_hdr=off: MTU-sized frames only (what
 #                ubridge or QEMU's socket backend carry), sent with UDP_SEGMENT
@@ -61,6 +66,16 @@ if [ -z "${LINK:-}" ]; then
   go build -o "$WORK/vmnet" ./cmd/vmnet
   LINK=$WORK/vmnet
 fi
+# Force the userspace data path where the binary has a kernel one (older
+# binaries have only userspace and no --datapath flag).
+datapath() {
+  local help
+  help=$("$1" link --help 2>/dev/null || true)
+  case $help in *--datapath*) echo "--datapath userspace" ;; esac
+}
+US=$(datapath "$LINK")
+US_NOGRO=
+[ -n "${LINK_NOGRO:-}" ] && US_NOGRO=$(datapath "$LINK_NOGRO")
 
 addns() { ip netns add "$1"; NSS+=("$1"); ip -n "$1" link set lo up; }
 
@@ -157,11 +172,12 @@ bridged() {
 linkcase() {
   local name=$1
   case $name in
-    passthrough) startlink "$name" "tap:tA$Q" "tap:tB$Q" ;;
-    segment) startlink "$name" "tap:tA$Q" "tap:tB,vnet_hdr=off$Q" ;;
-    gro) startlink "$name" "tap:tA,vnet_hdr=off$Q" "tap:tB$Q" ;;
-    gro-off) LINK=$LINK_NOGRO startlink "$name" "tap:tA,vnet_hdr=off$Q" "tap:tB$Q" ;;
-    segment-old) LINK=$LINK_NOGRO startlink "$name" "tap:tA$Q" "tap:tB,vnet_hdr=off$Q" ;;
+    passthrough-kernel) startlink "$name" "tap:tA$Q" "tap:tB$Q" ;;
+    passthrough) startlink "$name" $US "tap:tA$Q" "tap:tB$Q" ;;
+    segment) startlink "$name" $US "tap:tA$Q" "tap:tB,vnet_hdr=off$Q" ;;
+    gro) startlink "$name" $US "tap:tA,vnet_hdr=off$Q" "tap:tB$Q" ;;
+    gro-off) LINK=$LINK_NOGRO startlink "$name" $US_NOGRO "tap:tA,vnet_hdr=off$Q" "tap:tB$Q" ;;
+    segment-old) LINK=$LINK_NOGRO startlink "$name" $US_NOGRO "tap:tA$Q" "tap:tB,vnet_hdr=off$Q" ;;
     udp | udp-noTSO | udp-gro | udp-key | udp-key-noTSO)
       local p1=$((20000 + $$ % 20000)) p2=$((20001 + $$ % 20000)) opt= optA= key=
       case $name in *noTSO) opt=,vnet_hdr=off optA=,vnet_hdr=off ;; udp-gro) optA=,vnet_hdr=off ;; esac
@@ -180,7 +196,7 @@ linkcase() {
 }
 
 declare -A R
-ALL="kernel kernel-noTSO bridged bridged-noTSO passthrough segment segment-old gro gro-off udp udp-noTSO udp-gro udp-key udp-key-noTSO"
+ALL="kernel kernel-noTSO bridged bridged-noTSO passthrough-kernel passthrough segment segment-old gro gro-off udp udp-noTSO udp-gro udp-key udp-key-noTSO"
 CASES=${CASES:-$ALL}
 for c in $ALL; do R[$c]=-; done
 for c in $CASES; do
@@ -190,7 +206,7 @@ for c in $CASES; do
     bridged) R[$c]=$(bridged tso) ;;
     bridged-noTSO) R[$c]=$(bridged notso) ;;
     gro-off | segment-old) [ -n "${LINK_NOGRO:-}" ] && R[$c]=$(linkcase "$c") ;;
-    passthrough | segment | gro | udp | udp-noTSO | udp-gro | udp-key | udp-key-noTSO) R[$c]=$(linkcase "$c") ;;
+    passthrough-kernel | passthrough | segment | gro | udp | udp-noTSO | udp-gro | udp-key | udp-key-noTSO) R[$c]=$(linkcase "$c") ;;
     *) echo "bench-link: unknown case $c" >&2; exit 2 ;;
   esac
 done
@@ -198,29 +214,31 @@ done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%5.0f%%", 100 * a / b; else print "  n/a" }'; }
 echo
 echo "bench-link: iperf3 TCP, $P stream(s), link taps with $QUEUES queue(s), ${T}s, $(nproc) CPUs, $(uname -r), link command $(basename "$LINK")"
-printf "%-14s %10s %10s   %s\n" case Gbit/s "of kernel" "target"
-printf "%-14s %10s %10s   %s\n" kernel "${R[kernel]}" "100%" "(ceiling)"
-printf "%-14s %10s %10s   %s\n" kernel-noTSO "${R[kernel-noTSO]}" "$(ratio "${R[kernel-noTSO]}" "${R[kernel]}")" ""
-printf "%-14s %10s %10s   %s\n" bridged "${R[bridged]}" "$(ratio "${R[bridged]}" "${R[kernel]}")" "(same topology, kernel veth between the bridges)"
-printf "%-14s %10s %10s   %s\n" bridged-noTSO "${R[bridged-noTSO]}" "$(ratio "${R[bridged-noTSO]}" "${R[kernel]}")" "(the same, tso/gso off)"
-printf "%-14s %10s %10s   %s\n" passthrough "${R[passthrough]}" "$(ratio "${R[passthrough]}" "${R[kernel]}")" \
-  ">= 80% of bridged: $(ratio "${R[passthrough]}" "${R[bridged]}" | tr -d ' ')"
-printf "%-14s %10s %10s   %s\n" segment "${R[segment]}" "$(ratio "${R[segment]}" "${R[kernel]}")" \
+printf "%-18s %10s %10s   %s\n" case Gbit/s "of kernel" "target"
+printf "%-18s %10s %10s   %s\n" kernel "${R[kernel]}" "100%" "(ceiling)"
+printf "%-18s %10s %10s   %s\n" kernel-noTSO "${R[kernel-noTSO]}" "$(ratio "${R[kernel-noTSO]}" "${R[kernel]}")" ""
+printf "%-18s %10s %10s   %s\n" bridged "${R[bridged]}" "$(ratio "${R[bridged]}" "${R[kernel]}")" "(same topology, kernel veth between the bridges)"
+printf "%-18s %10s %10s   %s\n" bridged-noTSO "${R[bridged-noTSO]}" "$(ratio "${R[bridged-noTSO]}" "${R[kernel]}")" "(the same, tso/gso off)"
+printf "%-18s %10s %10s   %s\n" passthrough-kernel "${R[passthrough-kernel]}" "$(ratio "${R[passthrough-kernel]}" "${R[kernel]}")" \
+  ">= 80% of bridged: $(ratio "${R[passthrough-kernel]}" "${R[bridged]}" | tr -d ' ') (default datapath: kernel redirect)"
+printf "%-18s %10s %10s   %s\n" passthrough "${R[passthrough]}" "$(ratio "${R[passthrough]}" "${R[kernel]}")" \
+  "(userspace) of bridged: $(ratio "${R[passthrough]}" "${R[bridged]}" | tr -d ' ')"
+printf "%-18s %10s %10s   %s\n" segment "${R[segment]}" "$(ratio "${R[segment]}" "${R[kernel]}")" \
   ">= 50% of bridged-noTSO: $(ratio "${R[segment]}" "${R[bridged-noTSO]}" | tr -d ' ')"
-printf "%-14s %10s %10s   %s\n" segment-old "${R[segment-old]}" "$(ratio "${R[segment-old]}" "${R[kernel]}")" \
+printf "%-18s %10s %10s   %s\n" segment-old "${R[segment-old]}" "$(ratio "${R[segment-old]}" "${R[kernel]}")" \
   "of bridged-noTSO: $(ratio "${R[segment-old]}" "${R[bridged-noTSO]}" | tr -d ' '); segment is $(awk -v a="${R[segment]}" -v b="${R[segment-old]}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }') of this"
-printf "%-14s %10s %10s   %s\n" gro "${R[gro]}" "$(ratio "${R[gro]}" "${R[kernel]}")" \
+printf "%-18s %10s %10s   %s\n" gro "${R[gro]}" "$(ratio "${R[gro]}" "${R[kernel]}")" \
   "(no target) of bridged-noTSO: $(ratio "${R[gro]}" "${R[bridged-noTSO]}" | tr -d ' ')"
-printf "%-14s %10s %10s   %s\n" gro-off "${R[gro-off]}" "$(ratio "${R[gro-off]}" "${R[kernel]}")" \
+printf "%-18s %10s %10s   %s\n" gro-off "${R[gro-off]}" "$(ratio "${R[gro-off]}" "${R[kernel]}")" \
   "gro is $(awk -v a="${R[gro]}" -v b="${R[gro-off]}" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }') of this"
-printf "%-14s %10s %10s   %s\n" udp "${R[udp]}" "$(ratio "${R[udp]}" "${R[kernel]}")" \
+printf "%-18s %10s %10s   %s\n" udp "${R[udp]}" "$(ratio "${R[udp]}" "${R[kernel]}")" \
   ">= 50% of bridged: $(ratio "${R[udp]}" "${R[bridged]}" | tr -d ' ')"
-printf "%-14s %10s %10s   %s\n" udp-noTSO "${R[udp-noTSO]}" "$(ratio "${R[udp-noTSO]}" "${R[kernel]}")" "(no target; ubridge: 1.6 at kernel 13-19)"
-printf "%-14s %10s %10s   %s\n" udp-gro "${R[udp-gro]}" "$(ratio "${R[udp-gro]}" "${R[kernel]}")" \
+printf "%-18s %10s %10s   %s\n" udp-noTSO "${R[udp-noTSO]}" "$(ratio "${R[udp-noTSO]}" "${R[kernel]}")" "(no target; ubridge: 1.6 at kernel 13-19)"
+printf "%-18s %10s %10s   %s\n" udp-gro "${R[udp-gro]}" "$(ratio "${R[udp-gro]}" "${R[kernel]}")" \
   "(no target) of udp-noTSO: $(ratio "${R[udp-gro]}" "${R[udp-noTSO]}" | tr -d ' ')"
-printf "%-14s %10s %10s   %s\n" udp-key "${R[udp-key]}" "$(ratio "${R[udp-key]}" "${R[kernel]}")" \
+printf "%-18s %10s %10s   %s\n" udp-key "${R[udp-key]}" "$(ratio "${R[udp-key]}" "${R[kernel]}")" \
   "(no target) of udp: $(ratio "${R[udp-key]}" "${R[udp]}" | tr -d ' ')"
-printf "%-14s %10s %10s   %s\n" udp-key-noTSO "${R[udp-key-noTSO]}" "$(ratio "${R[udp-key-noTSO]}" "${R[kernel]}")" \
+printf "%-18s %10s %10s   %s\n" udp-key-noTSO "${R[udp-key-noTSO]}" "$(ratio "${R[udp-key-noTSO]}" "${R[kernel]}")" \
   "(no target) of udp-noTSO: $(ratio "${R[udp-key-noTSO]}" "${R[udp-noTSO]}" | tr -d ' ')"
 echo
 # CPU per byte does not depend on what else the machine runs as much as

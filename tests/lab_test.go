@@ -446,7 +446,9 @@ accel = "tcg"
 
 // TestLabBackToBackLink wires two guests with a [[link]] (no bridge in
 // between), lets them ping each other and checks the link's capture with
-// tshark.
+// tshark. A second [[link]] without a capture runs in the kernel: the
+// guests ping across it, `vmnet link set` with a delay moves it to
+// userspace (the round trip rises) and --delay 0 back.
 func TestLabBackToBackLink(t *testing.T) {
 	requireGuests(t)
 	tshark := testenv.RequireProgram(t, "tshark")
@@ -459,14 +461,21 @@ accel = "tcg"
 name = "r1"
   [[vm.nic]]
   address = ["10.73.0.1/30"]
+  [[vm.nic]]
+  address = ["10.73.1.1/30"]
 [[vm]]
 name = "r2"
   [[vm.nic]]
   address = ["10.73.0.2/30"]
+  [[vm.nic]]
+  address = ["10.73.1.2/30"]
 [[link]]
 a = "vm:r1:0"
 b = "vm:r2:0"
 pcap = %q
+[[link]]
+a = "vm:r1:1"
+b = "vm:r2:1"
 `, pcap))
 	if r := vmnetIn(t, ns, "up", path, "--detach"); r.status != 0 {
 		t.Fatalf("up: %d\n%s%s", r.status, r.stdout, r.stderr)
@@ -482,18 +491,63 @@ pcap = %q
 	if r := vmnetIn(t, ns, "sh", path, "r1", "--timeout", "90s", "--", "ping -c 3 -W 5 10.73.0.2"); r.status != 0 {
 		t.Fatalf("r1 cannot ping r2 over the link: %d\n%s%s", r.status, r.stdout, r.stderr)
 	}
-	r := vmnetIn(t, ns, "status", path, "-o", "json")
-	var rep []struct {
-		Links []struct {
-			Stats *struct {
-				AtoB struct{ Frames uint64 } `json:"a_to_b"`
-				BtoA struct{ Frames uint64 } `json:"b_to_a"`
-			} `json:"stats"`
-		} `json:"links"`
+	type linkStats struct {
+		Stats *struct {
+			Datapath string                  `json:"datapath"`
+			AtoB     struct{ Frames uint64 } `json:"a_to_b"`
+			BtoA     struct{ Frames uint64 } `json:"b_to_a"`
+		} `json:"stats"`
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || len(rep) != 1 || len(rep[0].Links) != 1 || rep[0].Links[0].Stats == nil ||
-		rep[0].Links[0].Stats.AtoB.Frames < 3 || rep[0].Links[0].Stats.BtoA.Frames < 3 {
-		t.Errorf("status shows no link counters: %v\n%s", err, r.stdout)
+	status := func() []linkStats {
+		t.Helper()
+		r := vmnetIn(t, ns, "status", path, "-o", "json")
+		var rep []struct {
+			Links []linkStats `json:"links"`
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || len(rep) != 1 || len(rep[0].Links) != 2 || rep[0].Links[0].Stats == nil || rep[0].Links[1].Stats == nil {
+			t.Fatalf("status shows no link counters: %v\n%s", err, r.stdout)
+		}
+		return rep[0].Links
+	}
+	// The round trip r1 -> r2 over the second link, in ms.
+	rtt := func() float64 {
+		t.Helper()
+		r := vmnetIn(t, ns, "sh", path, "r1", "--timeout", "90s", "--", "ping -c 3 -W 5 10.73.1.2")
+		if r.status != 0 {
+			t.Fatalf("r1 cannot ping r2 over the kernel link: %d\n%s%s", r.status, r.stdout, r.stderr)
+		}
+		var lo, avg, hi float64
+		if i := strings.Index(r.stdout, "min/avg/max"); i < 0 {
+			t.Fatalf("no round trips in ping's output:\n%s", r.stdout)
+		} else if _, err := fmt.Sscanf(r.stdout[strings.Index(r.stdout[i:], "=")+i+1:], " %f/%f/%f", &lo, &avg, &hi); err != nil {
+			t.Fatalf("ping output: %v\n%s", err, r.stdout)
+		}
+		return avg
+	}
+	fast := rtt()
+	ls := status()
+	if s := ls[0].Stats; s.AtoB.Frames < 3 || s.BtoA.Frames < 3 || s.Datapath != "userspace" {
+		t.Errorf("link 0 (pcap): datapath %q, %d / %d frames; want userspace counting the pings", s.Datapath, s.AtoB.Frames, s.BtoA.Frames)
+	}
+	if s := ls[1].Stats; s.AtoB.Frames < 3 || s.BtoA.Frames < 3 || s.Datapath != "kernel" {
+		t.Errorf("link 1: datapath %q, %d / %d frames; want the kernel counting the pings", s.Datapath, s.AtoB.Frames, s.BtoA.Frames)
+	}
+	if r := vmnetIn(t, ns, "link", "set", path, "1", "--delay", "100ms"); r.status != 0 {
+		t.Fatalf("link set --delay 100ms: %d %s", r.status, r.stderr)
+	}
+	if s := status()[1].Stats; s.Datapath != "userspace" {
+		t.Errorf("link 1 with a delay: datapath %q, want userspace", s.Datapath)
+	}
+	slow := rtt()
+	if r := vmnetIn(t, ns, "link", "set", path, "1", "--delay", "0"); r.status != 0 {
+		t.Fatalf("link set --delay 0: %d %s", r.status, r.stderr)
+	}
+	if s := status()[1].Stats; s.Datapath != "kernel" {
+		t.Errorf("link 1 with the delay cleared: datapath %q, want kernel", s.Datapath)
+	}
+	t.Logf("ping over link 1: %.1f ms in the kernel, %.1f ms with 100 ms each way, %.1f ms in the kernel again", fast, slow, rtt())
+	if slow < fast+190 {
+		t.Errorf("a 100 ms delay each way took the round trip from %.1f to %.1f ms", fast, slow)
 	}
 	if r := vmnetIn(t, ns, "down", path); r.status != 0 {
 		t.Fatalf("down: %d %s", r.status, r.stderr)

@@ -215,8 +215,10 @@ func linkSetCommand(e *env) *cobra.Command {
 		Use:   "set LAB LINK [--delay D] [--loss P%] [--a-to-b-rate R] ...",
 		Short: "change the impairments of a running lab's link",
 		Long: "Changes the impairment keys given on the running [[link]] number LINK (from 0, in the order of\n" +
-			"the lab file); the keys not given stay. A direction the lab file gave no impairment runs the\n" +
-			"plain path and cannot be changed: give it one (delay = \"0\" costs nothing) to change it later.",
+			"the lab file); the keys not given stay. A link the kernel forwards moves to userspace while it has\n" +
+			"impairments, and back when all are zero. On a link that runs in userspace only (udp, pcap,\n" +
+			"datapath = \"userspace\"), a direction the lab file gave no impairment runs the plain path and\n" +
+			"cannot be changed: give it one (delay = \"0\" costs nothing) to change it later.",
 		Example: `  vmnet link set demo 0 --loss 1%
   vmnet link set demo 0 --a-to-b-delay 50ms --b-to-a-rate 10mbit
   vmnet link set demo 1 --loss 0% --delay 0   # back to a clean wire`,

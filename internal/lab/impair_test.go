@@ -38,7 +38,7 @@ func TestSetLinkImpairments(t *testing.T) {
 			}
 		}
 		var err error
-		ln, err = link.New(eps[0], eps[1], link.Options{AtoB: &vmconfig.Impairment{Delay: 20 * time.Millisecond}})
+		ln, err = link.New(eps[0], eps[1], link.Options{AtoB: &vmconfig.Impairment{Delay: 20 * time.Millisecond}, Datapath: link.DatapathUserspace})
 		return err
 	})
 	t.Cleanup(func() { netns.Do(ns, ln.Close) })

@@ -1,6 +1,8 @@
-// Package link is vmnet's userspace link data plane: it joins two endpoints
-// (taps, AF_PACKET sockets, UDP tunnels) and moves every frame between them,
-// keeping GSO super-frames whole where the far side takes them.
+// Package link is vmnet's link data plane: it joins two endpoints (taps,
+// AF_PACKET sockets, UDP tunnels) and moves every frame between them,
+// keeping GSO super-frames whole where the far side takes them. Between
+// two local interfaces, while nothing needs userspace, the kernel moves
+// them (tc redirects, kernel.go); otherwise the link's own pumps do.
 //
 // A Link carries everything a wire would (LLDP, LACP, STP: nothing is
 // filtered), so labs get point-to-point links that a Linux bridge would not

@@ -60,6 +60,7 @@ type Link struct {
 	logf     func(format string, args ...any)
 
 	running atomic.Bool
+	ran     atomic.Bool // Run has returned
 	closeMu sync.Mutex
 	closed  bool
 }
@@ -156,6 +157,7 @@ func (l *Link) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	defer l.ran.Store(true)
 	defer func() {
 		if l.kern != nil {
 			if err := l.kern.uninstall(); err != nil {
@@ -424,7 +426,7 @@ func (l *Link) SetImpairment(ab, ba *vmconfig.Impairment) error {
 	// a test) then sees the path it asked for. A switch to the kernel
 	// waits for frames delayed before to leave, which may take longer.
 	want := l.wantKernel()
-	for end := time.Now().Add(2 * time.Second); l.running.Load() && l.inKernel.Load() != want && time.Now().Before(end); {
+	for end := time.Now().Add(2 * time.Second); l.running.Load() && !l.ran.Load() && l.inKernel.Load() != want && time.Now().Before(end); {
 		time.Sleep(time.Millisecond)
 	}
 	return nil
