@@ -180,7 +180,6 @@ func (l *Link) Run(ctx context.Context) error {
 		if !toKernel {
 			return err
 		}
-		l.inKernel.Store(true)
 		if !l.kernel(ctx) {
 			return nil
 		}
@@ -298,6 +297,9 @@ func (l *Link) userspace(ctx context.Context, ph *phase) (toKernel bool, err err
 				if err := l.kern.install(); err != nil {
 					l.logf("link %s: forwarding in userspace: %v", l, err)
 				} else {
+					// The kernel forwards from here on; the pumps only
+					// finish what reached them before.
+					l.inKernel.Store(true)
 					l.stop(ph, time.Now().Add(drainTime), true)
 					return true, l.flushCapture(nil)
 				}
