@@ -150,6 +150,13 @@ func newKernelPath(a, b *Endpoint, ab, ba *counters) (*kernelPath, error) {
 	return k, nil
 }
 
+// fail keeps the link in userspace from now on.
+func (k *kernelPath) fail() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.failed = true
+}
+
 // usable reports whether an install may be tried.
 func (k *kernelPath) usable() bool {
 	k.mu.Lock()
@@ -314,7 +321,7 @@ func (k *kernelPath) uninstall() error {
 	if !k.installed {
 		return nil
 	}
-	k.pollLocked()
+	k.pollLocked() // last counts; what is gone says so below
 	var errs []error
 	for i, src := range k.ends {
 		f := k.filter(src, k.ends[1-i])
@@ -337,30 +344,45 @@ func (k *kernelPath) uninstall() error {
 }
 
 // poll adds what the redirects counted since the last poll to the
-// link's counters.
-func (k *kernelPath) poll() {
+// link's counters. It returns an errGone for an interface that is gone
+// (the link has lost an end, as a pump's read would say), or an
+// errRedirectGone when an interface no longer has vmnet's redirect
+// (someone deleted it or its clsact qdisc).
+func (k *kernelPath) poll() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.installed {
-		k.pollLocked()
+		return k.pollLocked()
 	}
+	return nil
 }
+
+// errRedirectGone: see poll.
+var errRedirectGone = errors.New("vmnet's tc redirect was removed by someone else")
 
 // pollLocked reads the mirred actions' counters. The kernel counts a
 // super-frame as its segments (gso_segs) and its bytes as the skb's
 // length at the hook (at ingress without the Ethernet header); a frame
 // the redirect could not deliver (the far interface down) is a drop.
-func (k *kernelPath) pollLocked() {
+func (k *kernelPath) pollLocked() error {
+	var errs []error
 	for i, src := range k.ends {
+		// A dump of a deleted interface's filters is empty, not an error.
+		if _, err := k.h.LinkByIndex(src.index); err != nil {
+			errs = append(errs, fmt.Errorf("interface %s: %w (%v)", src.name, unix.ENODEV, err))
+			continue
+		}
 		fs, err := k.h.FilterList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: src.index}}, src.hook)
 		if err != nil {
 			continue
 		}
+		found := false
 		for _, f := range fs {
 			u, ok := f.(*netlink.U32)
 			if !ok || f.Attrs().Priority != kernelPrio {
 				continue
 			}
+			found = true
 			for _, a := range u.Actions {
 				m, ok := a.(*netlink.MirredAction)
 				if !ok || m.Statistics == nil || m.Statistics.Basic == nil {
@@ -383,7 +405,11 @@ func (k *kernelPath) pollLocked() {
 				c.txBytes.Add(db)
 			}
 		}
+		if !found {
+			errs = append(errs, fmt.Errorf("interface %s: %w", src.name, errRedirectGone))
+		}
 	}
+	return errors.Join(errs...)
 }
 
 // close uninstalls and closes the netlink socket.

@@ -454,3 +454,53 @@ func TestKernelMissingFallback(t *testing.T) {
 		t.Errorf("userspace carried nothing: %s", s)
 	}
 }
+
+// TestKernelEndGone: an interface deleted while the kernel forwards ends
+// Run with an error naming it, as a userspace read would.
+func TestKernelEndGone(t *testing.T) {
+	w := newWorld(t, false)
+	l, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{})
+	w.must(err)
+	defer l.Close()
+	done := make(chan error, 1)
+	go func() { done <- l.Run(context.Background()) }()
+	waitFor(t, "the kernel data path", func() bool { return l.Stats().Datapath == DatapathKernel })
+	vB, err := w.nlL.LinkByName("vB")
+	w.must(err)
+	w.must(w.nlL.LinkDel(vB))
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "interface vB") {
+			t.Errorf("Run: %v; want an error naming vB", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run goes on 10 s after an end was deleted")
+	}
+}
+
+// TestKernelRedirectRemoved: someone deletes vmnet's redirect while the
+// kernel forwards: the link says so once and forwards in userspace.
+func TestKernelRedirectRemoved(t *testing.T) {
+	var mu sync.Mutex
+	var logs []string
+	logf := func(f string, a ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		logs = append(logs, fmt.Sprintf(f, a...))
+	}
+	w, l := kernelWorld(t, "packet", Options{Logf: logf})
+	w.tc("filter", "del", "dev", "vA", "ingress", "prio", fmt.Sprint(kernelPrio))
+	waitFor(t, "the userspace data path", func() bool { return l.Stats().Datapath == DatapathUserspace })
+	w.tcpTransfer(1 << 20)
+	if s := l.Stats(); s.AtoB.Queues[0]+s.AtoB.Queues[len(s.AtoB.Queues)-1] == 0 {
+		t.Errorf("the pumps carried nothing: %s", s)
+	}
+	if out := w.tc("filter", "show", "dev", "vB", "ingress"); strings.Contains(out, "mirred") {
+		t.Errorf("the other redirect stayed:\n%s", out)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(logs) != 1 || !strings.Contains(logs[0], "removed by someone else") || !strings.Contains(logs[0], "vA") {
+		t.Errorf("log %q: want one line saying what happened", logs)
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vmnet/vmnet/vmconfig"
 	"github.com/vmnet/vmnet/vnethdr"
 )
@@ -180,8 +182,8 @@ func (l *Link) Run(ctx context.Context) error {
 		if !toKernel {
 			return err
 		}
-		if !l.kernel(ctx) {
-			return nil
+		if toUser, err := l.kernel(ctx); !toUser {
+			return err
 		}
 	}
 }
@@ -336,22 +338,33 @@ func (l *Link) flushCapture(first error) error {
 	return first
 }
 
-// kernel waits while the kernel forwards: until ctx is done (false) or
-// userspace is needed (true). It reads the redirects' counters every
-// second, so that the kernel's 32-bit packet counts never wrap unseen.
-func (l *Link) kernel(ctx context.Context) bool {
+// kernel waits while the kernel forwards: until ctx is done (false,
+// nil), an interface is gone (false, the error, as a pump's would be), or
+// userspace is needed (true): impairments were set, or someone removed
+// vmnet's redirect (then for good, said in one log line). It reads the
+// redirects' counters every second, so that the kernel's 32-bit packet
+// counts never wrap unseen.
+func (l *Link) kernel(ctx context.Context) (toUser bool, err error) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return false
+			return false, nil
 		case <-l.poke:
 			if !l.wantKernel() {
-				return true
+				return true, nil
 			}
 		case <-tick.C:
-			l.kern.poll()
+			err := l.kern.poll()
+			switch {
+			case errors.Is(err, unix.ENODEV):
+				return false, fmt.Errorf("link %s: %w", l, err)
+			case err != nil:
+				l.kern.fail()
+				l.logf("link %s: forwarding in userspace: %v", l, err)
+				return true, nil
+			}
 		}
 	}
 }
