@@ -147,6 +147,27 @@ func (e *Endpoint) setDeadline(t time.Time) {
 	}
 }
 
+// setReadDeadline ends reads (only) at t: the pumps drain their queues
+// before a switch to the kernel, and a write in flight then must not
+// fail. Queues without a read deadline of their own (tunnels, which a
+// kernel-mode link never has) get both.
+func (e *Endpoint) setReadDeadline(t time.Time) {
+	for _, q := range e.queues {
+		switch q := q.(type) {
+		case tapQueue:
+			q.q.SetReadDeadline(t)
+		case *mmsgConn:
+			if q.readDeadline != nil {
+				q.readDeadline(t)
+			} else {
+				q.setDeadline(t)
+			}
+		default:
+			q.setDeadline(t)
+		}
+	}
+}
+
 // Open opens (or, for a tap that does not exist, creates) the endpoint ep
 // in the calling thread's network namespace, or in ep.NetNS when set. A
 // vm: endpoint must be resolved to a tap by the caller first. Errors name

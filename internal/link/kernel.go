@@ -229,18 +229,16 @@ func (k *kernelPath) install() (err error) {
 			}
 		}
 	}
-	// Mute first: while both the socket and the redirect take a frame,
-	// it would cross twice. The frames that arrive between this and the
-	// redirect are what a switch costs.
-	for _, ke := range k.ends {
-		if ke.e.kind == vmconfig.KindPacket {
-			if err := ke.e.mute(true); err != nil {
-				return undo(fmt.Errorf("interface %s: %w", ke.name, err))
-			}
-			muted = append(muted, ke.e)
-		}
-	}
 	for i, src := range k.ends {
+		// Mute first: while both the socket and the redirect take a
+		// frame, it would cross twice. The frames that arrive at src
+		// between this and its redirect are what a switch costs.
+		if src.e.kind == vmconfig.KindPacket {
+			if err := src.e.mute(true); err != nil {
+				return undo(fmt.Errorf("interface %s: %w", src.name, err))
+			}
+			muted = append(muted, src.e)
+		}
 		f := k.filter(src, k.ends[1-i])
 		if err := k.h.FilterAdd(f); err != nil {
 			return undo(missingOr(src.name, "tc redirect filter", redirectOption, err))
@@ -312,9 +310,12 @@ func (k *kernelPath) dropQdisc(ke *kernelEnd) error {
 	return nil
 }
 
-// uninstall reads the redirects' counters a last time, removes them (and
-// a clsact qdisc vmnet made) and unmutes the AF_PACKET ends. An
-// interface that is gone took its filters with it.
+// uninstall reads the redirects' counters a last time, removes them and
+// unmutes the AF_PACKET ends. An interface that is gone took its filters
+// with it. A clsact qdisc vmnet made stays until teardown: adding or
+// removing one makes the kernel deactivate the device for a moment
+// (qdisc_graft), which drops what it sends meanwhile; a switch between
+// the paths must not.
 func (k *kernelPath) uninstall() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -328,14 +329,10 @@ func (k *kernelPath) uninstall() error {
 		if err := k.h.FilterDel(f); err != nil && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
 			errs = append(errs, fmt.Errorf("interface %s: remove vmnet's tc redirect: %w", src.name, err))
 		}
-	}
-	for _, ke := range k.ends {
-		if err := k.dropQdisc(ke); err != nil {
-			errs = append(errs, err)
-		}
-		if ke.e.kind == vmconfig.KindPacket {
-			if err := ke.e.mute(false); err != nil {
-				errs = append(errs, fmt.Errorf("interface %s: %w", ke.name, err))
+		// Unmute only now: both at once would carry a frame twice.
+		if src.e.kind == vmconfig.KindPacket {
+			if err := src.e.mute(false); err != nil {
+				errs = append(errs, fmt.Errorf("interface %s: %w", src.name, err))
 			}
 		}
 	}
@@ -412,9 +409,24 @@ func (k *kernelPath) pollLocked() error {
 	return errors.Join(errs...)
 }
 
-// close uninstalls and closes the netlink socket.
+// teardown uninstalls and removes the clsact qdiscs vmnet made: the
+// link forwards no more.
+func (k *kernelPath) teardown() error {
+	errs := []error{k.uninstall()}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.h == nil {
+		return errors.Join(errs...)
+	}
+	for _, ke := range k.ends {
+		errs = append(errs, k.dropQdisc(ke))
+	}
+	return errors.Join(errs...)
+}
+
+// close tears down and closes the netlink socket.
 func (k *kernelPath) close() error {
-	err := k.uninstall()
+	err := k.teardown()
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.h != nil {

@@ -162,7 +162,7 @@ func (l *Link) Run(ctx context.Context) error {
 	defer l.ran.Store(true)
 	defer func() {
 		if l.kern != nil {
-			if err := l.kern.uninstall(); err != nil {
+			if err := l.kern.teardown(); err != nil {
 				l.logf("link %s: %v", l, err)
 			}
 			l.inKernel.Store(false)
@@ -199,15 +199,21 @@ type phase struct {
 	failed      chan struct{}
 }
 
-// stop ends the phase: reads and writes end at deadline (in the past:
-// at once; soon: after reading what the queues hold), then the pumps
-// return. With drain, frames waiting in impairment stages (delayed
-// before the impairments were cleared) leave on time before the stages
-// stop; without, they are dropped.
+// stop ends the phase. Without drain, reads and writes end at deadline
+// (in the past: at once) and frames waiting in impairment stages are
+// dropped. With drain, reads end at deadline (soon: after reading what
+// the queues hold), writes in flight finish, and frames waiting in the
+// stages (delayed before the impairments were cleared) leave on time
+// before the stages stop.
 func (l *Link) stop(ph *phase, deadline time.Time, drain bool) {
 	ph.cancel()
-	l.a.setDeadline(deadline)
-	l.b.setDeadline(deadline)
+	if drain {
+		l.a.setReadDeadline(deadline)
+		l.b.setReadDeadline(deadline)
+	} else {
+		l.a.setDeadline(deadline)
+		l.b.setDeadline(deadline)
+	}
 	ph.pumps.Wait()
 	if drain {
 		l.a.setDeadline(time.Time{})

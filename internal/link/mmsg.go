@@ -47,7 +47,8 @@ type mmsgConn struct {
 	werr   error
 	wfn    func(uintptr) bool
 
-	deadline func(time.Time) error
+	deadline     func(time.Time) error
+	readDeadline func(time.Time) error // nil: deadline
 }
 
 // auxSpace holds one control message with a tpacket_auxdata: a 16-byte

@@ -71,7 +71,9 @@ func openPacket(ep vmconfig.Endpoint, opts OpenOptions) (*Endpoint, error) {
 			return nil, fmt.Errorf("interface %s: socket %d: %w", ep.Name, i, err)
 		}
 		files = append(files, f)
-		e.queues = append(e.queues, newMmsgConn(name, rc, f.SetDeadline, true))
+		c := newMmsgConn(name, rc, f.SetDeadline, true)
+		c.readDeadline = f.SetReadDeadline
+		e.queues = append(e.queues, c)
 	}
 	if err := localOf(e, ep.Name, ifi.Index); err != nil {
 		closeAll()
