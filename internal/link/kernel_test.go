@@ -38,8 +38,8 @@ func (w *world) tc(args ...string) string {
 	return string(out)
 }
 
-// kernelWorld runs a link between tA and tB (taps in bridges) or vA and
-// vB (veths, AF_PACKET) with opts, and waits until it forwards in the
+// kernelWorld runs a link between tA and tB (taps in bridges), vA and
+// vB (veths, AF_PACKET) or vA and tB ("mixed") with opts, and waits until it forwards in the
 // kernel.
 func kernelWorld(t *testing.T, kind string, opts Options) (*world, *Link) {
 	t.Helper()
@@ -57,6 +57,13 @@ func kernelWorld(t *testing.T, kind string, opts Options) (*world, *Link) {
 		w = newWorld(t, false)
 		l, err = New(w.open("packet:vA"), w.open("packet:vB"), opts)
 		w.must(err)
+	case "mixed":
+		// vA is a port of brA, but its ingress redirect takes A's
+		// frames before the bridge does.
+		w = newWorld(t, true)
+		l, err = New(w.open("packet:vA"), w.open("tap:tB"), opts)
+		w.must(err)
+		w.plug("tB", "brB")
 	}
 	w.run(l)
 	if opts.Datapath != DatapathUserspace {
@@ -133,17 +140,19 @@ func median(d []time.Duration) time.Duration {
 	return d[len(d)/2]
 }
 
-// TestKernelTransfer: a tap<->tap and a packet<->packet link forward in
-// the kernel by default: TCP data intact, ping, a redirect on each end,
+// TestKernelTransfer: a tap<->tap, a packet<->packet and a packet<->tap
+// link forward in the kernel by default: TCP data intact, ping, a redirect on each end,
 // the counters count, the link's own readers read nothing (AF_PACKET
 // sockets get no frame queued).
 func TestKernelTransfer(t *testing.T) {
-	for _, kind := range []string{"tap", "packet"} {
+	for _, kind := range []string{"tap", "packet", "mixed"} {
 		t.Run(kind, func(t *testing.T) {
 			w, l := kernelWorld(t, kind, Options{})
 			time.Sleep(2 * drainTime) // the pumps finish what came before
-			if kind == "packet" {
+			if kind != "tap" {
 				packetStats(t, l.a) // reset
+			}
+			if kind == "packet" {
 				packetStats(t, l.b)
 			}
 			before := l.Stats()
@@ -164,14 +173,18 @@ func TestKernelTransfer(t *testing.T) {
 				t.Errorf("the userspace pumps read %v / %v frames while the kernel forwarded (%v / %v before the transfer)",
 					s.AtoB.Queues, s.BtoA.Queues, before.AtoB.Queues, before.BtoA.Queues)
 			}
-			if kind == "packet" {
-				for _, e := range []*Endpoint{l.a, l.b} {
+			if kind != "tap" {
+				ends := []*Endpoint{l.a}
+				if kind == "packet" {
+					ends = append(ends, l.b)
+				}
+				for _, e := range ends {
 					if p, d := packetStats(t, e); p != 0 || d != 0 {
 						t.Errorf("%s: the link's AF_PACKET sockets were given %d frames (%d dropped) while the kernel forwarded", e, p, d)
 					}
 				}
 			}
-			ends := map[string]string{"tap": "tA egress", "packet": "vA ingress"}
+			ends := map[string]string{"tap": "tA egress", "packet": "vA ingress", "mixed": "vA ingress"}
 			out := w.tc(append([]string{"-s", "filter", "show", "dev"}, strings.Fields(ends[kind])...)...)
 			if !strings.Contains(out, "mirred") || !strings.Contains(out, fmt.Sprint(kernelPrio)) {
 				t.Errorf("tc filter show dev %s: no redirect at vmnet's priority:\n%s", ends[kind], out)
