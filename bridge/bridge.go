@@ -115,7 +115,7 @@ type Config struct {
 type Manager struct {
 	h     *netlink.Handle
 	socks map[int]*nl.SocketHandle
-	batch nlbatch.Batch // AddPort's requests; keeps its receive buffer
+	batch nlbatch.Batch // AddPort's requests
 }
 
 // New returns a Manager for the network namespace ns. A closed handle

@@ -13,6 +13,7 @@ package nlbatch
 
 import (
 	"errors"
+	"sync"
 	"unsafe"
 
 	"github.com/vishvananda/netlink/nl"
@@ -23,8 +24,11 @@ import (
 type Batch struct {
 	buf  []byte
 	seqs []uint32
-	rb   []byte
 }
+
+// rbufs holds receive buffers: a link's description is a few KB, and a
+// tap made per call to Create would otherwise allocate one each time.
+var rbufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // Add queues req, which must carry NLM_F_ACK.
 func (b *Batch) Add(req *nl.NetlinkRequest) {
@@ -56,18 +60,18 @@ func (b *Batch) Exec(fd int, data func(i int, typ uint16, body []byte)) (int, er
 	if len(seqs) > len(codes) {
 		return -1, errors.New("nlbatch: more than 16 requests in one batch")
 	}
-	if b.rb == nil {
-		b.rb = make([]byte, 32<<10) // a link's description is a few KB
-	}
+	rp := rbufs.Get().(*[]byte)
+	defer rbufs.Put(rp)
+	rb := *rp
 	for left := len(seqs); left > 0; {
-		n, _, err := unix.Recvfrom(fd, b.rb, 0)
+		n, _, err := unix.Recvfrom(fd, rb, 0)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
 			return -1, err
 		}
-		for p := b.rb[:n]; len(p) >= unix.NLMSG_HDRLEN; {
+		for p := rb[:n]; len(p) >= unix.NLMSG_HDRLEN; {
 			h := (*unix.NlMsghdr)(unsafe.Pointer(&p[0]))
 			l := int(h.Len)
 			if l < unix.NLMSG_HDRLEN || l > len(p) {
