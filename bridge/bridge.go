@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	vns "github.com/vishvananda/netns"
+	"github.com/vmnet/vmnet/internal/nlbatch"
 	"github.com/vmnet/vmnet/internal/nlretry"
 	"github.com/vmnet/vmnet/netns"
 	"github.com/vmnet/vmnet/owner"
@@ -114,6 +115,7 @@ type Config struct {
 type Manager struct {
 	h     *netlink.Handle
 	socks map[int]*nl.SocketHandle
+	batch nlbatch.Batch // AddPort's requests
 }
 
 // New returns a Manager for the network namespace ns. A closed handle

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 )
 
 // PortConfig is the desired state of one bridge port.
@@ -33,6 +34,17 @@ type PortConfig struct {
 
 func (p *PortConfig) hasVLANs() bool { return p.PVID != 0 || len(p.Tagged) > 0 }
 
+// opts are the bridge-port attributes AddPort sets.
+func (p *PortConfig) opts() map[int][]byte {
+	return map[int][]byte{
+		nl.IFLA_BRPORT_MODE:           boolAttr(p.Hairpin),
+		nl.IFLA_BRPORT_ISOLATED:       boolAttr(p.Isolated),
+		nl.IFLA_BRPORT_LEARNING:       boolAttr(p.Learning == nil || *p.Learning),
+		nl.IFLA_BRPORT_UNICAST_FLOOD:  boolAttr(p.Flood == nil || *p.Flood),
+		nl.IFLA_BRPORT_GROUP_FWD_MASK: nl.Uint16Attr(p.GroupFwdMask),
+	}
+}
+
 // AddPort attaches the existing interface p.Name to bridge, or updates it
 // if it is attached already, and brings it up. It sets the port's MTU to
 // the bridge's first: the kernel lowers an automatic bridge MTU to that of
@@ -44,6 +56,9 @@ func (m *Manager) AddPort(bridge string, p PortConfig) (err error) {
 		return err
 	}
 	if err := p.validate(bridge); err != nil {
+		return err
+	}
+	if done, err := m.addFreshPort(bridge, p); done {
 		return err
 	}
 	br, err := m.bridge(bridge)
@@ -108,14 +123,7 @@ func (m *Manager) AddPort(bridge string, p PortConfig) (err error) {
 			}
 		}()
 	}
-	opts := map[int][]byte{
-		nl.IFLA_BRPORT_MODE:           boolAttr(p.Hairpin),
-		nl.IFLA_BRPORT_ISOLATED:       boolAttr(p.Isolated),
-		nl.IFLA_BRPORT_LEARNING:       boolAttr(p.Learning == nil || *p.Learning),
-		nl.IFLA_BRPORT_UNICAST_FLOOD:  boolAttr(p.Flood == nil || *p.Flood),
-		nl.IFLA_BRPORT_GROUP_FWD_MASK: nl.Uint16Attr(p.GroupFwdMask),
-	}
-	if err := m.setPortOpts(pa.Index, opts); err != nil {
+	if err := m.setPortOpts(pa.Index, p.opts()); err != nil {
 		return fmt.Errorf("bridge %s: port %s: set hairpin/isolated/learning/flood/group_fwd_mask: %w", bridge, p.Name, err)
 	}
 	if p.hasVLANs() {
@@ -142,6 +150,75 @@ func (m *Manager) AddPort(bridge string, p PortConfig) (err error) {
 		}
 	}
 	return nil
+}
+
+// addFreshPort is AddPort for the common case, a port that is on no
+// bridge yet and gets no VLANs: MTU and master in one request, the port
+// flags (only where they differ from what the kernel gives a new port)
+// and up, sent together in one system call. It returns done=false, having
+// changed nothing, for every other case and for any lookup that does not
+// find exactly that; AddPort's step-by-step path then decides and words
+// the error. If the kernel refuses a request, addFreshPort puts back what
+// the batch changed and also returns done=false, so that the step-by-step
+// path runs again and names the step that fails.
+func (m *Manager) addFreshPort(bridge string, p PortConfig) (done bool, err error) {
+	if p.hasVLANs() {
+		return false, nil
+	}
+	// Both lookups in one system call.
+	fd := m.socks[unix.NETLINK_ROUTE].Socket.GetFd()
+	b := &m.batch
+	b.Add(m.getLinkReq(bridge))
+	b.Add(m.getLinkReq(p.Name))
+	var heads [2]linkHead
+	var found [2]bool
+	if _, err := b.Exec(fd, func(i int, typ uint16, body []byte) {
+		if typ == unix.RTM_NEWLINK {
+			heads[i], found[i] = parseHead(body)
+		}
+	}); err != nil || !found[0] || !found[1] {
+		return false, nil
+	}
+	br, port := heads[0], heads[1]
+	if br.kind != "bridge" || port.kind == "bridge" || port.arpType != unix.ARPHRD_ETHER || port.master != 0 {
+		return false, nil
+	}
+	attach := m.request(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(port.index)
+	attach.AddData(msg)
+	if port.mtu != br.mtu {
+		attach.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(br.mtu))))
+	}
+	attach.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(br.index))))
+	b.Add(attach)
+	// A new port learns and floods, is neither isolated nor hairpin and
+	// forwards no link-local groups: only other settings need a request.
+	if p.Hairpin || p.Isolated || (p.Learning != nil && !*p.Learning) || (p.Flood != nil && !*p.Flood) || p.GroupFwdMask != 0 {
+		b.Add(m.portOptsReq(port.index, p.opts()))
+	}
+	if !port.up {
+		up := m.request(unix.RTM_SETLINK, unix.NLM_F_ACK)
+		msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+		msg.Index = int32(port.index)
+		msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
+		up.AddData(msg)
+		b.Add(up)
+	}
+	if _, err := b.Exec(fd, nil); err == nil {
+		return true, nil
+	}
+	// Undo in reverse order; each is harmless where the batch did not
+	// get that far.
+	link := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: port.index, Name: p.Name}}
+	if !port.up {
+		_ = m.h.LinkSetDown(link)
+	}
+	_ = m.h.LinkSetNoMaster(link)
+	if port.mtu != br.mtu {
+		_ = m.h.LinkSetMTU(link, port.mtu)
+	}
+	return false, nil
 }
 
 // setVLANs makes the port a member of exactly pvid (untagged, if not 0)

@@ -2,7 +2,9 @@ package bridge_test
 
 import (
 	"errors"
+	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -267,3 +269,36 @@ func TestLinkLocalForwarding(t *testing.T) {
 }
 
 func equalMAC(a, b []byte) bool { return net.HardwareAddr(a).String() == net.HardwareAddr(b).String() }
+
+// TestAddPortRefusedChangesNothing: when the kernel refuses part of
+// attaching a new port, AddPort names the refused step and leaves the
+// port as it was: not attached, still down, MTU unchanged. The bridge
+// has the largest MTU there is, which a tap cannot take (its limit is
+// 65535 less its Ethernet header); the batched path sends MTU, master
+// and up together and must undo what the kernel did before refusing.
+func TestAddPortRefusedChangesNothing(t *testing.T) {
+	e := newEnv(t)
+	if _, err := e.m.Ensure(bridge.Config{Name: "br0", MTU: 65535}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Do(t, e.ns, func() error {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = "tap0"
+		tap := &netlink.Tuntap{LinkAttrs: attrs, Mode: netlink.TUNTAP_MODE_TAP, Flags: netlink.TUNTAP_NO_PI}
+		if err := e.h.LinkAdd(tap); err != nil {
+			return err
+		}
+		for _, f := range tap.Fds {
+			f.Close() // persistent: the device stays without a reader
+		}
+		return nil
+	})
+	err := e.m.AddPort("br0", bridge.PortConfig{Name: "tap0", Hairpin: true})
+	if err == nil || !strings.Contains(err.Error(), "bridge br0: port tap0: set MTU 65535 to match the bridge: ") {
+		t.Fatalf("AddPort of a tap that cannot take MTU 65535: %v, want the MTU step named", err)
+	}
+	l := e.ipLink("tap0")
+	if _, ok := l["master"]; ok || l["mtu"] != 1500.0 || strings.Contains(fmt.Sprint(l["flags"]), "UP") {
+		t.Errorf("tap0 after the refused AddPort: master=%v mtu=%v flags=%v; want no master, 1500, down", l["master"], l["mtu"], l["flags"])
+	}
+}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
+	"github.com/vmnet/vmnet/internal/nlbatch"
 	"github.com/vmnet/vmnet/internal/nlretry"
 	"golang.org/x/sys/unix"
 )
@@ -120,6 +121,11 @@ func (m *Manager) setBridgeOpt(index int, attr int, val []byte) error {
 // setPortOpts sets bridge-port flags in one AF_BRIDGE RTM_SETLINK, as
 // `bridge link set dev PORT ...` does.
 func (m *Manager) setPortOpts(index int, opts map[int][]byte) error {
+	_, err := m.portOptsReq(index, opts).Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
+func (m *Manager) portOptsReq(index int, opts map[int][]byte) *nl.NetlinkRequest {
 	req := m.request(unix.RTM_SETLINK, unix.NLM_F_ACK)
 	msg := nl.NewIfInfomsg(unix.AF_BRIDGE)
 	msg.Index = int32(index)
@@ -129,8 +135,7 @@ func (m *Manager) setPortOpts(index int, opts map[int][]byte) error {
 		pi.AddRtAttr(attr, val)
 	}
 	req.AddData(pi)
-	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
-	return err
+	return req
 }
 
 // ports dumps every bridge port in the namespace with its flags and VLANs
@@ -254,3 +259,52 @@ func boolAttr(b bool) []byte {
 
 // isBridge reports whether link is a Linux bridge.
 func isBridge(link netlink.Link) bool { return link.Type() == "bridge" }
+
+// linkHead is the part of a link AddPort needs to decide what to change,
+// read from one RTM_GETLINK without stats and parsed by hand: turning the
+// kernel's whole description into a netlink.Link took longer than the
+// kernel took to write it.
+type linkHead struct {
+	index, mtu, master int
+	arpType            uint16
+	up                 bool
+	kind               string // IFLA_INFO_KIND: "bridge", "tun", "veth", ...
+}
+
+// getLinkReq asks for the link called name, without its counters.
+func (m *Manager) getLinkReq(name string) *nl.NetlinkRequest {
+	req := m.request(unix.RTM_GETLINK, unix.NLM_F_ACK)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(nl.NewRtAttr(unix.IFLA_EXT_MASK, nl.Uint32Attr(rtextFilterSkipStats)))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+	return req
+}
+
+// parseHead reads a linkHead from an RTM_NEWLINK body.
+func parseHead(body []byte) (linkHead, bool) {
+	var h linkHead
+	if len(body) < unix.SizeofIfInfomsg {
+		return h, false
+	}
+	ifi := nl.DeserializeIfInfomsg(body)
+	h.index, h.arpType, h.up = int(ifi.Index), ifi.Type, ifi.Flags&unix.IFF_UP != 0
+	nlbatch.Attrs(body[unix.SizeofIfInfomsg:], func(typ uint16, v []byte) {
+		switch {
+		case typ == unix.IFLA_MTU && len(v) >= 4:
+			h.mtu = int(native.Uint32(v))
+		case typ == unix.IFLA_MASTER && len(v) >= 4:
+			h.master = int(native.Uint32(v))
+		case typ == unix.IFLA_LINKINFO:
+			nlbatch.Attrs(v, func(typ uint16, v []byte) {
+				if typ == nl.IFLA_INFO_KIND {
+					h.kind = nl.BytesToString(v)
+				}
+			})
+		}
+	})
+	return h, true
+}
+
+// rtextFilterSkipStats (RTEXT_FILTER_SKIP_STATS) leaves the counters out
+// of an RTM_GETLINK answer.
+const rtextFilterSkipStats = 1 << 3

@@ -23,6 +23,7 @@ import (
 	vns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/vmnet/vmnet/internal/nlbatch"
 	"github.com/vmnet/vmnet/netns"
 	"github.com/vmnet/vmnet/owner"
 )
@@ -331,52 +332,33 @@ func Create(cfg Config) (*Tap, error) {
 	}
 
 	// One rtnetlink socket for every request below, opened on this
-	// locked thread and so in its namespace: a zero Handle opens, binds
-	// and closes a socket per request, which was a third of the time of
-	// provisioning a tap.
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	// locked thread and so in its namespace. The common case (no
+	// impairment) is two requests in one system call: the root qdisc,
+	// while the link is still down so that the kernel never builds its
+	// default one, then MTU, MAC, tx queue length, owner tag and up in
+	// one RTM_SETLINK. If the kernel refuses either, configure runs the
+	// steps one by one, which names the step that failed.
+	nfd, err := nlbatch.Socket()
 	if err != nil {
 		return fail(fmt.Errorf("tap %s: open rtnetlink socket: %w", name, err))
 	}
-	defer h.Close()
-	link, err := h.LinkByName(name)
-	if err != nil {
+	defer unix.Close(nfd)
+	if t.index, err = nlbatch.Ifindex(nfd, name); err != nil {
 		return fail(fmt.Errorf("tap %s: look up new link: %w", name, err))
 	}
-	t.index = link.Attrs().Index
-	if cfg.MTU > 0 {
-		if err := h.LinkSetMTU(link, cfg.MTU); err != nil {
-			return fail(fmt.Errorf("tap %s: set MTU %d: %w", name, cfg.MTU, err))
+	fast := cfg.Impairment == (Impairment{})
+	if fast {
+		var b nlbatch.Batch
+		if cfg.Qdisc == QdiscNoqueue {
+			b.Add(noqueueReq(t.index))
 		}
+		b.Add(setLinkReq(t.index, cfg.MTU, cfg.MAC, cfg.TxQueueLen, cfg.Tag, cfg.Up))
+		_, err := b.Exec(nfd, nil)
+		fast = err == nil
 	}
-	if cfg.MAC != nil {
-		if err := h.LinkSetHardwareAddr(link, cfg.MAC); err != nil {
-			return fail(fmt.Errorf("tap %s: set MAC %s: %w", name, cfg.MAC, err))
-		}
-	}
-	if cfg.TxQueueLen > 0 {
-		if err := h.LinkSetTxQLen(link, cfg.TxQueueLen); err != nil {
-			return fail(fmt.Errorf("tap %s: set txqueuelen %d: %w", name, cfg.TxQueueLen, err))
-		}
-	}
-	if err := owner.Set(h, link, cfg.Tag); err != nil {
-		return fail(fmt.Errorf("tap %w", err))
-	}
-	if err := setQdisc(h, link, cfg.Qdisc); err != nil {
-		return fail(err)
-	}
-	if cfg.Impairment != (Impairment{}) {
-		// After the MTU: tbf's default burst is one frame of it.
-		if link, err = h.LinkByIndex(t.index); err != nil {
-			return fail(fmt.Errorf("tap %s: look up: %w", name, err))
-		}
-		if err := setImpairment(h, link, cfg.Impairment, cfg.Qdisc); err != nil {
+	if !fast {
+		if err := t.configure(cfg); err != nil {
 			return fail(err)
-		}
-	}
-	if cfg.Up {
-		if err := h.LinkSetUp(link); err != nil {
-			return fail(fmt.Errorf("tap %s: set up: %w", name, err))
 		}
 	}
 	if cfg.GROFlushTimeout > 0 {
@@ -390,6 +372,58 @@ func Create(cfg Config) (*Tap, error) {
 		}
 	}
 	return t, nil
+}
+
+// configure applies cfg's link settings one request at a time: the path
+// for impairments (tbf's default burst depends on the MTU set before it)
+// and the one that names the step the kernel refused.
+func (t *Tap) configure(cfg Config) error {
+	name := t.name
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("tap %s: open rtnetlink socket: %w", name, err)
+	}
+	defer h.Close()
+	link, err := h.LinkByIndex(t.index)
+	if err != nil {
+		return fmt.Errorf("tap %s: look up new link: %w", name, err)
+	}
+	if cfg.MTU > 0 {
+		if err := h.LinkSetMTU(link, cfg.MTU); err != nil {
+			return fmt.Errorf("tap %s: set MTU %d: %w", name, cfg.MTU, err)
+		}
+	}
+	if cfg.MAC != nil {
+		if err := h.LinkSetHardwareAddr(link, cfg.MAC); err != nil {
+			return fmt.Errorf("tap %s: set MAC %s: %w", name, cfg.MAC, err)
+		}
+	}
+	if cfg.TxQueueLen > 0 {
+		if err := h.LinkSetTxQLen(link, cfg.TxQueueLen); err != nil {
+			return fmt.Errorf("tap %s: set txqueuelen %d: %w", name, cfg.TxQueueLen, err)
+		}
+	}
+	if err := owner.Set(h, link, cfg.Tag); err != nil {
+		return fmt.Errorf("tap %w", err)
+	}
+	if err := setQdisc(h, link, cfg.Qdisc); err != nil {
+		return err
+	}
+	if cfg.Impairment != (Impairment{}) {
+		// After the MTU: tbf's default burst is one frame of it.
+		if link, err = h.LinkByIndex(t.index); err != nil {
+			return fmt.Errorf("tap %s: look up: %w", name, err)
+		}
+		if err := setImpairment(h, link, cfg.Impairment, cfg.Qdisc); err != nil {
+			return err
+		}
+	}
+	if cfg.Up {
+		if err := h.LinkSetUp(link); err != nil {
+			return fmt.Errorf("tap %s: set up: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // Open attaches queues to an existing tap in the calling thread's

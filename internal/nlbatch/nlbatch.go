@@ -1,0 +1,140 @@
+// Package nlbatch sends several rtnetlink requests in one system call and
+// collects their acknowledgements.
+//
+// Configuring a new link takes a handful of requests (qdisc, MTU, master,
+// port flags, up). Sent one by one, each costs a sendmsg, a recvmsg and,
+// through vishvananda/netlink, a request object and a parse; sent as one
+// batch, the kernel runs them back to back under one system call. The
+// kernel answers every request of a batch even after one failed, so the
+// requests must be such that running the later ones after a failure does
+// no harm (callers redo the work step by step on failure, which also names
+// the step the kernel refused).
+package nlbatch
+
+import (
+	"errors"
+	"sync"
+	"unsafe"
+
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+)
+
+// Batch collects requests for one Exec. The zero value is ready.
+type Batch struct {
+	buf  []byte
+	seqs []uint32
+}
+
+// rbufs holds receive buffers: a link's description is a few KB, and a
+// tap made per call to Create would otherwise allocate one each time.
+var rbufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// Add queues req, which must carry NLM_F_ACK.
+func (b *Batch) Add(req *nl.NetlinkRequest) {
+	b.buf = append(b.buf, req.Serialize()...)
+	b.seqs = append(b.seqs, req.Seq)
+}
+
+// Len is the number of queued requests.
+func (b *Batch) Len() int { return len(b.seqs) }
+
+// Exec sends the queued requests on the rtnetlink socket fd, waits for
+// every acknowledgement and empties the batch. Answers other than
+// acknowledgements (the link a RTM_GETLINK asks for) go to data, if not
+// nil, with the index of their request; body is only valid during the
+// call. Exec returns the first error the kernel reported, in request
+// order, with its index; -1 when every request succeeded or the socket
+// itself failed.
+func (b *Batch) Exec(fd int, data func(i int, typ uint16, body []byte)) (int, error) {
+	seqs := b.seqs
+	defer func() { b.buf, b.seqs = b.buf[:0], b.seqs[:0] }()
+	if len(seqs) == 0 {
+		return -1, nil
+	}
+	if err := unix.Sendto(fd, b.buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return -1, err
+	}
+	var codes [16]int32
+	var done [16]bool
+	if len(seqs) > len(codes) {
+		return -1, errors.New("nlbatch: more than 16 requests in one batch")
+	}
+	rp := rbufs.Get().(*[]byte)
+	defer rbufs.Put(rp)
+	rb := *rp
+	for left := len(seqs); left > 0; {
+		n, _, err := unix.Recvfrom(fd, rb, 0)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return -1, err
+		}
+		for p := rb[:n]; len(p) >= unix.NLMSG_HDRLEN; {
+			h := (*unix.NlMsghdr)(unsafe.Pointer(&p[0]))
+			l := int(h.Len)
+			if l < unix.NLMSG_HDRLEN || l > len(p) {
+				return -1, errors.New("nlbatch: truncated netlink message")
+			}
+			body := p[unix.NLMSG_HDRLEN:l]
+			if a := (l + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1); a < len(p) {
+				p = p[a:]
+			} else {
+				p = nil
+			}
+			for i, s := range seqs {
+				switch {
+				case s != h.Seq || done[i]:
+				case h.Type == unix.NLMSG_ERROR && len(body) >= 4:
+					done[i], codes[i] = true, *(*int32)(unsafe.Pointer(&body[0]))
+					left--
+				case data != nil:
+					data(i, h.Type, body)
+				}
+			}
+		}
+	}
+	for i := range seqs {
+		if codes[i] != 0 {
+			return i, unix.Errno(-codes[i])
+		}
+	}
+	return -1, nil
+}
+
+// Socket opens an rtnetlink socket in the calling thread's namespace.
+func Socket() (int, error) {
+	return unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+}
+
+// Ifindex asks the kernel for name's interface index through any socket
+// fd (SIOCGIFINDEX): a name lookup, where RTM_GETLINK has the kernel
+// describe the whole link and the caller parse it.
+func Ifindex(fd int, name string) (int, error) {
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return 0, err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFINDEX, ifr); err != nil {
+		return 0, err
+	}
+	return int(ifr.Uint32()), nil
+}
+
+// Attrs calls fn for each netlink attribute in b, without allocating;
+// it stops at the first malformed one.
+func Attrs(b []byte, fn func(typ uint16, val []byte)) {
+	for len(b) >= unix.SizeofRtAttr {
+		a := (*unix.RtAttr)(unsafe.Pointer(&b[0]))
+		l := int(a.Len)
+		if l < unix.SizeofRtAttr || l > len(b) {
+			return
+		}
+		fn(a.Type&^unix.NLA_F_NESTED, b[unix.SizeofRtAttr:l])
+		if l = (l + unix.RTA_ALIGNTO - 1) &^ (unix.RTA_ALIGNTO - 1); l >= len(b) {
+			return
+		}
+		b = b[l:]
+	}
+}

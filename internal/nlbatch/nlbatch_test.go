@@ -1,0 +1,105 @@
+package nlbatch
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+
+	"github.com/vmnet/vmnet/internal/testenv"
+)
+
+func getLink(name string) *nl.NetlinkRequest {
+	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+	return req
+}
+
+func setUp(index int) *nl.NetlinkRequest {
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index, msg.Flags, msg.Change = int32(index), unix.IFF_UP, unix.IFF_UP
+	req.AddData(msg)
+	return req
+}
+
+// TestBatch sends three requests in one batch to a fresh namespace: a
+// lookup that answers with data, one that fails, and a change after the
+// failure, which the kernel still runs. Exec reports the failing one by
+// index and errno, hands over the data, and the batch is empty and
+// reusable afterwards.
+func TestBatch(t *testing.T) {
+	ns := testenv.NetNS(t)
+	testenv.Do(t, ns, func() error {
+		fd, err := Socket()
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		lo, err := Ifindex(fd, "lo")
+		if err != nil || lo != 1 {
+			t.Fatalf("Ifindex(lo) = %d, %v; want 1", lo, err)
+		}
+		if _, err := Ifindex(fd, "nosuch0"); !errors.Is(err, unix.ENODEV) {
+			t.Errorf("Ifindex(nosuch0): %v, want ENODEV", err)
+		}
+		var b Batch
+		b.Add(getLink("lo"))
+		b.Add(getLink("nosuch0"))
+		b.Add(setUp(lo))
+		var names []string
+		var from []int
+		i, err := b.Exec(fd, func(i int, typ uint16, body []byte) {
+			if typ != unix.RTM_NEWLINK || len(body) < unix.SizeofIfInfomsg {
+				t.Errorf("answer %d: type %d, %d bytes", i, typ, len(body))
+				return
+			}
+			Attrs(body[unix.SizeofIfInfomsg:], func(typ uint16, v []byte) {
+				if typ == unix.IFLA_IFNAME {
+					names = append(names, nl.BytesToString(v))
+					from = append(from, i)
+				}
+			})
+		})
+		if i != 1 || !errors.Is(err, unix.ENODEV) {
+			t.Errorf("Exec = %d, %v; want 1, ENODEV", i, err)
+		}
+		if len(names) != 1 || names[0] != "lo" || from[0] != 0 {
+			t.Errorf("data: names %q from requests %v; want [lo] from [0]", names, from)
+		}
+		if b.Len() != 0 {
+			t.Errorf("Len after Exec = %d, want 0", b.Len())
+		}
+		// The request after the failed one ran: lo is up.
+		up := false
+		b.Add(getLink("lo"))
+		if i, err := b.Exec(fd, func(_ int, _ uint16, body []byte) {
+			up = nl.DeserializeIfInfomsg(body).Flags&unix.IFF_UP != 0
+		}); i != -1 || err != nil {
+			t.Fatalf("second Exec = %d, %v", i, err)
+		}
+		if !up {
+			t.Error("lo is down: the request after the failed one did not run")
+		}
+		return nil
+	})
+}
+
+// TestAttrsMalformed: a length that points past the buffer or below the
+// header size ends the walk instead of reading out of bounds.
+func TestAttrsMalformed(t *testing.T) {
+	for _, b := range [][]byte{
+		{8, 0, 1, 0, 'a', 'b', 'c', 'd', 200, 0, 2, 0},
+		{2, 0, 1, 0},
+		{8, 0, 1},
+		{},
+	} {
+		n := 0
+		Attrs(b, func(uint16, []byte) { n++ })
+		if n > 1 {
+			t.Errorf("Attrs(%v) called fn %d times", b, n)
+		}
+	}
+}
