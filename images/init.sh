@@ -29,11 +29,11 @@ start_shell() {
 		gate=$1
 		while :; do
 			stty -F /dev/ttyS1 -echo -onlcr 2>/dev/null
-			# stdout is a pipe, so sh is not interactive: no prompt and no
-			# line editing (which would query the cursor position and eat
-			# input).
+			# sh is not interactive (no prompt and no line editing, which
+			# would query the cursor position and eat input): its stdin
+			# is a FIFO when it starts, or its stdout a pipe.
 			if [ -n "$gate" ]; then
-				setsid sh -c 'sh -s <>"$0" 2>&1 | cat >/dev/ttyS1' "$gate"
+				setsid sh -s <>"$gate" >/dev/ttyS1 2>&1
 				gate=
 			else
 				setsid sh -c 'sh </dev/ttyS1 2>&1 | cat >/dev/ttyS1'
@@ -152,8 +152,21 @@ if [ -n "$warm" ]; then
 	done
 	set -f
 	shellgate=/run/vmnet-shell
-	mkfifo $shellgate
+	mkfifo $shellgate /run/vmnet-shell-up
 	start_shell $shellgate
+	# The host saves the guest as soon as it sees the marker: first let
+	# what was started finish starting (the shell answers through a
+	# FIFO) and the kernel finish bringing the links up (operstate), or
+	# every clone would do that work again.
+	echo 'echo >/run/vmnet-shell-up' >$shellgate
+	read -r _ </run/vmnet-shell-up
+	for i in $nogen; do
+		n=0
+		while { read -r st </sys/class/net/$i/operstate; } 2>/dev/null && [ "$st" != up ] && [ $n -lt 30 ]; do
+			sleep 0.1
+			n=$((n + 1))
+		done
+	done
 	echo VMNET-WARM-POINT
 	: >/run/vmnet-id.b64
 	sum=
