@@ -54,15 +54,21 @@
 //	    contains a marker line. The last one given counts.
 //
 //	vmnet.mac=IFACE:MAC, vmnet.hostname=NAME, vmnet.time=SECONDS
-//	    set a NIC's MAC address (before it is brought up), the host name
-//	    and the wall clock (seconds since the epoch, UTC).
+//	    set a NIC's MAC address (before it is brought up, or in a warm
+//	    guest before it has IPv6 addresses), the host name and the wall
+//	    clock (seconds since the epoch, UTC).
 //	vmnet.warm
 //	    a warm boot: /init does what depends only on the image and the
-//	    machine (modules, lo, the power button, waiting for the NICs),
-//	    prints VMNET-WARM-POINT and waits for the other parameters on
-//	    ttyS1, where the host sends them once it has saved the guest and
-//	    restored a clone: base64 of the words in lines, then a line
-//	    "END <sha256 of the decoded words>".
+//	    machine (modules, lo, the power button, waiting for the NICs,
+//	    bringing every ethN up with IPv6 address generation off, starting
+//	    the ttyS1 shell, which waits on a FIFO), prints VMNET-WARM-POINT
+//	    and waits for the other parameters on ttyS1, where the host sends
+//	    them once it has saved the guest and restored a clone: base64 of
+//	    the words in lines, then a line "END <sha256 of the decoded
+//	    words>". The MACs set, each ethN makes its link-local address and
+//	    the ttyS1 shell starts reading ttyS1. (Under TCG every program a
+//	    clone starts costs tens of milliseconds: it starts only base64,
+//	    sha256sum, date and one ip.)
 //
 // Any other vmnet.* parameter is an error.
 //
@@ -70,9 +76,11 @@
 //
 // It mounts proc, sysfs, devtmpfs, devpts; loads BootModules (virtio_pci,
 // virtio_mmio, virtio_net, virtio_blk, each with its dependencies) and
-// vmnet.modules; brings up lo and every ethN; waits up to 5 s for each interface named
-// in vmnet.ip/vmnet.mtu; applies vmnet.mtu, vmnet.ip, vmnet.route in that
-// order. Then it prints the line
+// vmnet.modules; brings up lo; waits up to 5 s for each interface named
+// in vmnet.ip/vmnet.mtu; applies vmnet.mac and vmnet.mtu, brings every
+// ethN up, applies vmnet.ip and vmnet.route, in that order and as one ip
+// -force -batch (a failed line is reported with its parameter and the
+// others still run). Then it prints the line
 //
 //	VMNET-READY
 //

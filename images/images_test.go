@@ -242,6 +242,28 @@ func TestConfigErrors(t *testing.T) {
 			}
 		})
 	}
+	// The network set-up runs as one ip batch: a line that fails is
+	// reported with the parameter it came from, and the lines after it
+	// still run; an MTU that is no number is refused before.
+	t.Run("ip batch errors", func(t *testing.T) {
+		r := boot(t, vm{params: []string{"vmnet.route=10.0.0.0/8:10.99.99.99", "vmnet.mtu=lo:x",
+			"vmnet.ip=lo:10.9.9.9/32", guest.CmdArg("echo should-not-run")}})
+		if r.exit != 125 || strings.Contains(r.out, "should-not-run\n") {
+			t.Fatalf("want VMNET-EXIT=125, command not run; console:\n%s", r.out)
+		}
+		errs := strings.Join(r.errs, "\n")
+		for _, want := range []string{"vmnet.mtu=lo:x: want IFACE:MTU", "vmnet.route=10.0.0.0/8:10.99.99.99: "} {
+			if !strings.Contains(errs, want) {
+				t.Errorf("VMNET-ERROR lines %q lack %q", r.errs, want)
+			}
+		}
+		if len(r.errs) != 2 {
+			t.Errorf("want 2 VMNET-ERROR lines (the address on lo is no error), got %q", r.errs)
+		}
+		if t.Failed() {
+			t.Log(r.out)
+		}
+	})
 	t.Run("invalid base64", func(t *testing.T) {
 		r := boot(t, vm{params: []string{"vmnet.cmd=!!notbase64"}})
 		if r.exit != 125 || len(r.errs) == 0 {

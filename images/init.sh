@@ -17,6 +17,32 @@ err() {
 	errors=$((errors + 1))
 }
 
+# A shell for programs on ttyS1 (no echo, no prompt, LF line ends),
+# started again when killed (a ^C). start_shell FIFO: its first shell
+# reads commands from FIFO (opened read-write, so nothing blocks) until
+# it is sent "exec </dev/ttyS1": a warm guest starts it before its
+# snapshot point, so that a restored guest starts no program for it.
+# The caller holds ttyS1 open (fd 9).
+start_shell() {
+	(
+		exec 9>&-
+		gate=$1
+		while :; do
+			stty -F /dev/ttyS1 -echo -onlcr 2>/dev/null
+			# sh is not interactive (no prompt and no line editing, which
+			# would query the cursor position and eat input): its stdin
+			# is a FIFO when it starts, or its stdout a pipe.
+			if [ -n "$gate" ]; then
+				setsid sh -s <>"$gate" >/dev/ttyS1 2>&1
+				gate=
+			else
+				setsid sh -c 'sh </dev/ttyS1 2>&1 | cat >/dev/ttyS1'
+			fi
+			sleep 1
+		done
+	) &
+}
+
 nonce=
 finish() { # finish STATUS: report the exit status on its own line and power off
 	# Nothing the command left behind may print after the marker: the
@@ -33,7 +59,7 @@ finish() { # finish STATUS: report the exit status on its own line and power off
 	reboot -f # -no-reboot turns this into a QEMU exit where poweroff is unsupported
 }
 
-ips= routes= mtus= mods= cmd64= havecmd= macs= host= now= warm=
+ips= routes= mtus= mods= cmd64= havecmd= macs= host= now= warm= nogen=
 parse() { # parse WORD...: the vmnet.* parameters (kernel command line, or the identity of a restored guest)
 	for w in "$@"; do
 		case "$w" in
@@ -103,13 +129,48 @@ done
 # restored from that snapshot reads who it is from ttyS1: the same
 # vmnet.* words the command line carries (plus MACs, hostname and the
 # time), base64 in lines, then "END <sha256 of the words>".
+shellgate=
 if [ -n "$warm" ]; then
-	exec 8<>/dev/ttyS1
+	# PID 1 holds ttyS1 open from here on (a closed 8250 drops what it
+	# receives).
+	exec 9<>/dev/ttyS1
 	stty -F /dev/ttyS1 115200 -echo -onlcr 2>/dev/null
+	# What costs a restored guest most under TCG is starting programs
+	# (each one tens of milliseconds, translated anew in every clone):
+	# start what does not depend on the identity now. The NICs come up
+	# without IPv6 addresses (addr_gen_mode none: the saved MAC's
+	# link-local address would be every clone's); the identity's MACs are
+	# set first, then their link-local addresses made. The shell on ttyS1
+	# waits for its FIFO until the identity has been read.
+	set +f
+	for i in /sys/class/net/eth*; do
+		[ -e "$i" ] || continue
+		i=${i##*/}
+		echo 1 >"/proc/sys/net/ipv6/conf/$i/addr_gen_mode"
+		ip link set dev "$i" up
+		nogen="$nogen $i"
+	done
+	set -f
+	shellgate=/run/vmnet-shell
+	mkfifo $shellgate /run/vmnet-shell-up
+	start_shell $shellgate
+	# The host saves the guest as soon as it sees the marker: first let
+	# what was started finish starting (the shell answers through a
+	# FIFO) and the kernel finish bringing the links up (operstate), or
+	# every clone would do that work again.
+	echo 'echo >/run/vmnet-shell-up' >$shellgate
+	read -r _ </run/vmnet-shell-up
+	for i in $nogen; do
+		n=0
+		while { read -r st </sys/class/net/$i/operstate; } 2>/dev/null && [ "$st" != up ] && [ $n -lt 30 ]; do
+			sleep 0.1
+			n=$((n + 1))
+		done
+	done
 	echo VMNET-WARM-POINT
 	: >/run/vmnet-id.b64
 	sum=
-	while IFS= read -r l <&8; do
+	while IFS= read -r l <&9; do
 		case "$l" in
 		END\ *)
 			sum=${l#END }
@@ -118,7 +179,6 @@ if [ -n "$warm" ]; then
 		*) printf %s "$l" >>/run/vmnet-id.b64 ;;
 		esac
 	done
-	exec 8>&-
 	if base64 -d </run/vmnet-id.b64 >/run/vmnet-id 2>/dev/null && [ "$(sha256sum </run/vmnet-id)" = "$sum  -" ]; then
 		IFS= read -r id </run/vmnet-id
 		parse $id
@@ -145,14 +205,6 @@ if [ "$havecmd" = cmdline ]; then
 	fi
 fi
 
-# The MAC a restored guest's NIC still has is the saved guest's: set each
-# NIC's own before it is up.
-for s in $macs; do
-	i=${s%%:*}
-	v=${s#*:}
-	out=$(ip link set dev "$i" address "$v" 2>&1) || err "vmnet.mac=$s: $out"
-done
-
 # Interfaces named on the command line must exist; wait briefly for late probes.
 want=
 for s in $ips $mtus; do
@@ -167,20 +219,44 @@ for i in $want; do
 	[ -e "/sys/class/net/$i" ] || err "interface $i not found (have: $(ls /sys/class/net | tr '\n' ' '))"
 done
 
+# One ip process applies the network set-up (under TCG every program
+# started costs tens of milliseconds): netcmd WHAT ARGS... adds the line
+# ARGS to its batch; WHAT names the line in error messages (empty: its
+# failure is no error).
+net=/run/vmnet-net
+: >$net
+nlines=0
+netcmd() {
+	nlines=$((nlines + 1))
+	eval "netwhat$nlines=\$1"
+	shift
+	echo "$*" >>$net
+}
+
+# The MAC a restored guest's NIC still has is the saved guest's: set each
+# NIC's own before it is up (or, in a warm guest, before it has IPv6
+# addresses).
+for s in $macs; do
+	netcmd "vmnet.mac=$s" link set dev "${s%%:*}" address "${s#*:}"
+done
+
 for s in $mtus; do
 	i=${s%%:*}
 	v=${s#*:}
+	case "$v" in '' | *[!0-9]*) v= ;; esac # a number, or ip stops the whole batch
 	if [ "$i" = "$s" ] || [ -z "$v" ]; then
 		err "vmnet.mtu=$s: want IFACE:MTU"
 	elif [ -e "/sys/class/net/$i" ]; then
-		out=$(ip link set dev "$i" mtu "$v" 2>&1) || err "vmnet.mtu=$s: $out"
+		netcmd "vmnet.mtu=$s" link set dev "$i" mtu "$v"
 	fi
 done
 
-for i in $(ls /sys/class/net); do
-	case "$i" in eth*) ;; *) continue ;; esac
-	out=$(ip link set dev "$i" up 2>&1) || err "cannot bring up $i: $out"
+set +f
+for i in /sys/class/net/eth*; do
+	[ -e "$i" ] || continue
+	netcmd "cannot bring up ${i##*/}" link set dev "${i##*/}" up
 done
+set -f
 
 for s in $ips; do
 	i=${s%%:*}
@@ -190,16 +266,15 @@ for s in $ips; do
 		continue
 	fi
 	[ -e "/sys/class/net/$i" ] || continue
-	case "$i" in eth*) ;; *) ip link set dev "$i" up 2>/dev/null ;; esac # eth* are up already
-	# Split at '+' in the shell: under TCG every program started costs
-	# tens of milliseconds.
+	case "$i" in eth*) ;; *) netcmd "" link set dev "$i" up ;; esac # eth* are up already
+	# Split at '+' in the shell, not with a program.
 	IFS=+
 	set -- $a
 	IFS=' 	
 '
 	for x in "$@"; do
 		case "$x" in
-		*/*) out=$(ip addr add "$x" dev "$i" 2>&1) || err "vmnet.ip: add $x to $i: $out" ;;
+		*/*) netcmd "vmnet.ip: add $x to $i" addr add "$x" dev "$i" ;;
 		*) err "vmnet.ip=$s: address $x has no /LEN" ;;
 		esac
 	done
@@ -222,10 +297,38 @@ for s in $routes; do
 		continue
 		;;
 	esac
-	fam=-4
-	case "$gw" in *:*) fam=-6 ;; esac
-	[ -n "$gw" ] || err "vmnet.route=$s: missing gateway"
-	out=$(ip $fam route add "$dst" via "$gw" 2>&1) || err "vmnet.route=$s: $out"
+	if [ -z "$gw" ]; then
+		err "vmnet.route=$s: missing gateway"
+		continue
+	fi
+	# (A batch line takes no -4/-6: ip takes the gateway's family.)
+	netcmd "vmnet.route=$s" route add "$dst" via "$gw"
+done
+
+if [ $nlines -gt 0 ] && ! out=$(ip -force -batch $net 2>&1); then
+	# ip reports each line that failed as "Command failed FILE:LINE"
+	# after the line's error, and stops at an argument it cannot parse
+	# (a malformed address or MAC) with only that argument's error.
+	prev= found=
+	while IFS= read -r l; do
+		case "$l" in
+		"Command failed $net:"*)
+			found=1
+			eval "w=\$netwhat${l##*:}"
+			[ -z "$w" ] || err "$w: $prev"
+			;;
+		*) prev=$l ;;
+		esac
+	done <<EOF
+$out
+EOF
+	[ -n "$found" ] || err "network set-up from vmnet.mac, vmnet.mtu, vmnet.ip and vmnet.route: $out"
+fi
+
+# A warm guest's NICs make their IPv6 link-local addresses now, from
+# their own MACs.
+for i in $nogen; do
+	echo 0 >"/proc/sys/net/ipv6/conf/$i/addr_gen_mode"
 done
 
 if [ "$errors" -gt 0 ] && [ -n "$havecmd" ]; then
@@ -234,29 +337,25 @@ fi
 
 # No command: a shell for programs on ttyS1 (no echo, no prompt, LF line
 # ends) when that port exists, set up before VMNET-READY so that a host
-# writing as soon as it sees the marker is not echoed.
-if [ -z "$havecmd" ] && [ "$(cat /sys/class/tty/ttyS1/type 2>/dev/null || echo 0)" != 0 ]; then
+# writing as soon as it sees the marker is not echoed. A warm guest
+# started it before its snapshot point: it is told to read ttyS1 now.
+ttys1=0
+{ read -r ttys1 </sys/class/tty/ttyS1/type; } 2>/dev/null
+if [ -z "$havecmd" ] && [ -n "$shellgate" ]; then
+	echo 'exec </dev/ttyS1' >$shellgate
+elif [ -z "$havecmd" ] && [ "$ttys1" != 0 ]; then
 	# Hold the port open so that input arriving before the shell opens it
 	# is kept (a closed 8250 drops what it receives). PID 1 is no session
 	# leader, so this does not make ttyS1 its controlling terminal.
 	exec 9<>/dev/ttyS1
 	stty -F /dev/ttyS1 115200 -echo -onlcr 2>/dev/null
-	(
-		exec 9>&-
-		while :; do
-			stty -F /dev/ttyS1 -echo -onlcr 2>/dev/null
-			# stdout is a pipe, so sh is not interactive: no prompt and no
-			# line editing (which would query the cursor position and eat
-			# input). A ^C kills it; it is restarted.
-			setsid sh -c 'sh </dev/ttyS1 2>&1 | cat >/dev/ttyS1'
-			sleep 1
-		done
-	) &
+	start_shell
 fi
 
 [ "$errors" -gt 0 ] || echo VMNET-READY
 
 if [ -n "$havecmd" ]; then
+	exec 9>&- # a warm guest's ttyS1 (see above): not the command's
 	cd /
 	if [ "$havecmd" = cmdline ]; then
 		sh -c "$cmd" </dev/null

@@ -27,6 +27,10 @@ const (
 	ShellEnd   = "VMNET-SHELL-"
 )
 
+// shellFile is the file in the guest that holds the command (and, with
+// ".b64", its base64 text).
+const shellFile = "/tmp/.vmnet-sh"
+
 // shellChunk is the base64 text per line sent to the guest: well below
 // the 4095-byte line limit of the tty's canonical mode.
 const shellChunk = 3072
@@ -51,18 +55,20 @@ func NewShellProgram(cmd string, guestTimeout time.Duration) ShellProgram {
 	secs := int(guestTimeout.Round(time.Second)/time.Second) + 1
 	// Every line is complete shell syntax made of fixed text, hex and
 	// base64: whatever cmd holds, the guest's shell reads exactly these
-	// lines. The file is per call, so a killed earlier command cannot
-	// have it open.
+	// lines. The shell runs one call at a time and the previous call's
+	// sh has exited (or was killed) before this one writes, so every
+	// call reuses the same two files: removing them would start one
+	// more program per call, which under TCG costs more than the
+	// command itself often does.
 	var s strings.Builder
-	f := "/tmp/.vmnet-sh-" + nonce
-	fmt.Fprintf(&s, "f=%s; : >$f.b64\n", f)
+	fmt.Fprintf(&s, "f=%s; : >$f.b64\n", shellFile)
 	for i := 0; i < len(b64); i += shellChunk {
 		fmt.Fprintf(&s, "printf %%s %s >>$f.b64\n", b64[i:min(i+shellChunk, len(b64))])
 	}
 	// A newline before each marker puts it on a line of its own even
 	// after output without one; Read drops that newline again.
 	fmt.Fprintf(&s, "echo; echo %s; if base64 -d <$f.b64 >$f 2>/dev/null && [ \"$(sha256sum <$f)\" = '%x  -' ]; then "+
-		"timeout -s KILL %d sh $f </dev/null 2>&1; s=$?; else s=garbled; fi; rm -f $f $f.b64; echo; echo %s$s\n",
+		"timeout -s KILL %d sh $f </dev/null 2>&1; s=$?; else s=garbled; fi; echo; echo %s$s\n",
 		p.begin, sum, secs, p.end)
 	p.Script = s.String()
 	return p

@@ -70,7 +70,7 @@ func snapshots(t *testing.T, dir string) []string {
 }
 
 // TestWarmClones: two guests of one lab restored from one snapshot get
-// their own MACs, addresses, host names and random bytes, keep TSO, and
+// their own MACs, addresses (link-local ones too), host names and random bytes, keep TSO, and
 // ping each other.
 func TestWarmClones(t *testing.T) {
 	testenv.RequirePrivateRun(t)
@@ -121,7 +121,7 @@ accel = "tcg"
 			var b bytes.Buffer
 			res, err := Shell(ctx, runDir, vm, "grep -c vmnet.warm /proc/cmdline; cat /sys/class/net/eth0/address; ip -4 -o addr show dev eth0 | awk '{print $4}'; hostname; "+
 				"head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; ethtool -k eth0 | grep '^tcp-segmentation-offload'; ping -c 1 -W 10 "+peer+" >/dev/null && echo ping-ok; "+
-				"cat /proc/sys/kernel/randomize_va_space", &b)
+				"cat /proc/sys/kernel/randomize_va_space; ip -6 -o addr show dev eth0 scope link | awk '{print $4}'", &b)
 			if err != nil {
 				return fmt.Errorf("vm %s: %w", vm, err)
 			}
@@ -148,8 +148,8 @@ accel = "tcg"
 	for vm, o := range out {
 		lines[vm] = strings.Split(strings.TrimSpace(o), "\n")
 		t.Logf("vm %s:\n%s", vm, o)
-		if len(lines[vm]) != 8 {
-			t.Fatalf("vm %s: want 8 lines, got %q", vm, o)
+		if len(lines[vm]) != 9 {
+			t.Fatalf("vm %s: want 9 lines, got %q", vm, o)
 		}
 	}
 	a, b := lines["a"], lines["b"]
@@ -173,6 +173,11 @@ accel = "tcg"
 		// would have its code translated anew (images/init.sh).
 		if lines[vm][7] != "0" {
 			t.Errorf("vm %s: kernel.randomize_va_space is %q, want 0", vm, lines[vm][7])
+		}
+		// The NICs of the saved guest came up without IPv6 addresses:
+		// each clone's link-local address is made from its own MAC.
+		if ll := map[string]string{"a": "fe80::5054:ff:fe77:2/64", "b": "fe80::5054:ff:fe77:3/64"}[vm]; lines[vm][8] != ll {
+			t.Errorf("vm %s: link-local address %q, want %s (from its MAC)", vm, lines[vm][8], ll)
 		}
 		// -v tells what each boot cost the host.
 		if !strings.Contains(log.String(), "vm "+vm+": QEMU CPU time to ready") {
