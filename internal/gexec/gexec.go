@@ -21,6 +21,7 @@ import (
 	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/images/guest"
 	"github.com/vmnet/vmnet/internal/qemu"
+	"github.com/vmnet/vmnet/internal/snapshot"
 )
 
 // DefaultModules are put into the image and loaded at boot (busybox
@@ -111,6 +112,16 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	if err := CheckStatic(o.Program); err != nil {
 		return res, err
+	}
+	if o.Accel == "" || o.Accel == qemu.AccelAuto {
+		// Choosing the accelerator runs the KVM probe, which takes its
+		// whole budget (a quarter second) where /dev/kvm emulates: let
+		// it run while the image and the program's archive are prepared
+		// (the result is cached for the process; later callers wait).
+		go qemu.ProbeKVM()
+	}
+	if o.coldReason() == "" {
+		snapshot.Prefetch(qemu.Spec{})
 	}
 	t0 := time.Now()
 	img, err := images.Ensure(ctx, images.Options{CacheDir: o.CacheDir, Progress: o.Progress, Modules: o.Modules})
