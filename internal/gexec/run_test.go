@@ -41,6 +41,12 @@ func main() {
 			d, _ := time.ParseDuration(a[6:])
 			fmt.Println("sleeping")
 			time.Sleep(d)
+		case a == "timers":
+			// Whether the kernel runs high-resolution timers.
+			tl, _ := os.ReadFile("/proc/timer_list")
+			_, v, _ := strings.Cut(string(tl), ".hres_active")
+			v, _, _ = strings.Cut(v, "\n")
+			fmt.Printf("hres=%s\n", strings.Trim(v, " :"))
 		}
 	}
 	wd, _ := os.Getwd()
@@ -290,7 +296,7 @@ func TestRunWarm(t *testing.T) {
 		os.MkdirAll(filepath.Join(dir, "testdata"), 0o755)
 		os.WriteFile(filepath.Join(dir, "testdata", "hello.txt"), []byte(word+"\n"), 0o644)
 		var warn, log syncBuf
-		res, out, err := run(t, gexec.Options{Program: prog, Args: []string{word, "exit=" + strconv.Itoa(3+i)}, Dir: dir,
+		res, out, err := run(t, gexec.Options{Program: prog, Args: []string{word, "exit=" + strconv.Itoa(3+i), "timers"}, Dir: dir,
 			SnapshotDir: snaps, Warn: &warn, Logf: log.logf})
 		if err != nil {
 			t.Fatalf("run %d: %v", i+1, err)
@@ -298,12 +304,17 @@ func TestRunWarm(t *testing.T) {
 		if w := warn.String(); w != "" {
 			t.Errorf("run %d fell back to a cold boot: %s", i+1, w)
 		}
-		if !strings.Contains(out, fmt.Sprintf("args=[%q %q]\n", word, "exit="+strconv.Itoa(3+i))) ||
+		if !strings.Contains(out, fmt.Sprintf("args=[%q %q %q]\n", word, "exit="+strconv.Itoa(3+i), "timers")) ||
 			!strings.Contains(out, "wd="+dir+"\n") || !strings.Contains(out, fmt.Sprintf("testdata=%q\n", word+"\n")) {
 			t.Errorf("run %d: output\n%s", i+1, out)
 		}
 		if res.Status != 3+i {
 			t.Errorf("run %d: status %d, want %d", i+1, res.Status, 3+i)
+		}
+		// TimerCmdline: a restored q35 guest runs its timers from the
+		// tick, as a cold microvm guest does (TestRunColdLeavesNoSnapshot).
+		if !strings.Contains(out, "hres=0\n") {
+			t.Errorf("run %d: the guest runs high-resolution timers (want the tick only, see gexec.TimerCmdline); output\n%s", i+1, out)
 		}
 		if strings.Contains(log.String(), "save a snapshot") {
 			saved++
@@ -333,11 +344,11 @@ func TestRunColdLeavesNoSnapshot(t *testing.T) {
 	needGuest(t)
 	prog := staticProgram(t)
 	snaps := t.TempDir()
-	res, out, err := run(t, gexec.Options{Program: prog, Args: []string{"exit=5"}, Dir: t.TempDir(), SnapshotDir: snaps, Cold: true})
+	res, out, err := run(t, gexec.Options{Program: prog, Args: []string{"exit=5", "timers"}, Dir: t.TempDir(), SnapshotDir: snaps, Cold: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Status != 5 || !strings.Contains(out, "guest=1\n") {
+	if res.Status != 5 || !strings.Contains(out, "guest=1\n") || !strings.Contains(out, "hres=0\n") {
 		t.Errorf("status %d, output\n%s", res.Status, out)
 	}
 	if ents, _ := os.ReadDir(snaps); len(ents) != 0 {

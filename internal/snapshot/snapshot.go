@@ -187,6 +187,18 @@ func qemuIdentity(binary string) (string, error) {
 	return v, nil
 }
 
+// Prefetch starts, in the background, the slow part of finding the
+// snapshot key of a guest of spec: asking its QEMU binary for its version
+// (a process start of tens of milliseconds, more on a loaded machine), so
+// that it overlaps whatever the caller prepares before Boot.
+func Prefetch(spec qemu.Spec) {
+	bin := spec.Binary
+	if bin == "" {
+		bin = qemu.DefaultBinary
+	}
+	go qemuIdentity(bin)
+}
+
 // keyOf is the snapshot key of a warm guest's spec (the spec of the
 // saving guest: Append with vmnet.warm, no per-guest parameters).
 func keyOf(s qemu.Spec, img images.Image) (snapKey, error) {
