@@ -364,26 +364,19 @@ func TestKernelFallback(t *testing.T) {
 	w.tc("qdisc", "add", "dev", "vA", "clsact")
 	prio := fmt.Sprint(kernelPrio)
 	w.tc("filter", "add", "dev", "vA", "ingress", "prio", prio, "protocol", "ip", "u32", "match", "ip", "protocol", "253", "0xff", "classid", "1:1")
-	var mu sync.Mutex
-	var logs []string
-	logf := func(f string, a ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		logs = append(logs, fmt.Sprintf(f, a...))
-	}
-	l, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{Logf: logf})
+	var rec logLines
+	l, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{Logf: rec.logf})
 	w.must(err)
 	w.run(l)
 	w.tcpTransfer(1 << 20)
 	// Clearing impairments asks for the kernel again: no second try.
 	w.must(l.SetImpairment(&vmconfig.Impairment{}, nil))
 	s := l.Stats()
-	mu.Lock()
+	logs := rec.lines()
 	t.Logf("log: %q", logs)
 	if len(logs) != 1 || !strings.Contains(logs[0], "forwarding in userspace") || !strings.Contains(logs[0], "tc filter del dev vA ingress prio "+prio) {
 		t.Errorf("log %q: want one line saying why and what to do", logs)
 	}
-	mu.Unlock()
 	if s.Datapath != DatapathUserspace || s.AtoB.Frames == 0 {
 		t.Errorf("datapath %q, %d frames A->B; want userspace carrying the transfer", s.Datapath, s.AtoB.Frames)
 	}
@@ -442,20 +435,13 @@ func TestKernelForcedUserspace(t *testing.T) {
 // CGO_ENABLED=0 go test -exec "$PWD/vmnet exec" -run TestKernelMissingFallback ./internal/link/
 func TestKernelMissingFallback(t *testing.T) {
 	w := newWorld(t, false)
-	var mu sync.Mutex
-	var logs []string
-	logf := func(f string, a ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		logs = append(logs, fmt.Sprintf(f, a...))
-	}
-	l, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{Logf: logf})
+	var rec logLines
+	l, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{Logf: rec.logf})
 	w.must(err)
 	w.run(l)
 	w.tcpTransfer(1 << 20)
 	s := l.Stats()
-	mu.Lock()
-	defer mu.Unlock()
+	logs := rec.lines()
 	if s.Datapath == DatapathKernel {
 		t.Skip("this kernel has clsact, u32 and mirred: the fallback is tested in a guest without those modules")
 	}
@@ -494,14 +480,8 @@ func TestKernelEndGone(t *testing.T) {
 // TestKernelRedirectRemoved: someone deletes vmnet's redirect while the
 // kernel forwards: the link says so once and forwards in userspace.
 func TestKernelRedirectRemoved(t *testing.T) {
-	var mu sync.Mutex
-	var logs []string
-	logf := func(f string, a ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		logs = append(logs, fmt.Sprintf(f, a...))
-	}
-	w, l := kernelWorld(t, "packet", Options{Logf: logf})
+	var rec logLines
+	w, l := kernelWorld(t, "packet", Options{Logf: rec.logf})
 	w.tc("filter", "del", "dev", "vA", "ingress", "prio", fmt.Sprint(kernelPrio))
 	waitFor(t, "the userspace data path", func() bool { return l.Stats().Datapath == DatapathUserspace })
 	w.tcpTransfer(1 << 20)
@@ -511,8 +491,7 @@ func TestKernelRedirectRemoved(t *testing.T) {
 	if out := w.tc("filter", "show", "dev", "vB", "ingress"); strings.Contains(out, "mirred") {
 		t.Errorf("the other redirect stayed:\n%s", out)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	logs := rec.lines()
 	if len(logs) != 1 || !strings.Contains(logs[0], "removed by someone else") || !strings.Contains(logs[0], "vA") {
 		t.Errorf("log %q: want one line saying what happened", logs)
 	}
@@ -580,4 +559,23 @@ func TestKernelSwitchLossless(t *testing.T) {
 			}
 		})
 	}
+}
+
+// logLines collects what a link logs (Options.Logf), from any goroutine.
+type logLines struct {
+	mu sync.Mutex
+	l  []string
+}
+
+func (r *logLines) logf(format string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.l = append(r.l, fmt.Sprintf(format, args...))
+}
+
+// lines returns a copy of what was logged so far.
+func (r *logLines) lines() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.l...)
 }
