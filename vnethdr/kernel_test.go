@@ -236,12 +236,7 @@ func (c *cable) bToA() {
 func (c *cable) noDrops(t *testing.T) {
 	t.Helper()
 	for i, ns := range []netns.Handle{c.ns1, c.ns2} {
-		m := testenv.SNMP(t, ns)
-		for _, k := range testenv.SNMPErrorCounters {
-			if m[k] != 0 {
-				t.Errorf("ns%d: %s = %d: the kernel dropped frames", i+1, k, m[k])
-			}
-		}
+		testenv.NoSNMPErrors(t, ns, fmt.Sprintf("ns%d", i+1))
 	}
 }
 

@@ -57,3 +57,15 @@ func SNMP(t testing.TB, ns netns.Handle) map[string]int64 {
 	}
 	return m
 }
+
+// NoSNMPErrors fails t for every error counter (SNMPErrorCounters) of
+// ns's IP stack that is not zero; who names the namespace in the message.
+func NoSNMPErrors(t testing.TB, ns netns.Handle, who string) {
+	t.Helper()
+	m := SNMP(t, ns)
+	for _, k := range SNMPErrorCounters {
+		if m[k] != 0 {
+			t.Errorf("%s: %s = %d: the kernel dropped frames", who, k, m[k])
+		}
+	}
+}
