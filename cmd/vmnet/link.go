@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -152,8 +153,8 @@ func runLink(e *env, pos []string, f linkFlags) (err error) {
 	if f.stats < 0 {
 		return usagef("vmnet link: --stats %v: want a positive interval such as 1s", f.stats)
 	}
-	if f.datapath != link.DatapathAuto && f.datapath != link.DatapathUserspace {
-		return usagef("vmnet link: --datapath %q: want %s or %s", f.datapath, link.DatapathAuto, link.DatapathUserspace)
+	if !slices.Contains(vmconfig.Datapaths, f.datapath) {
+		return usagef("vmnet link: --datapath %q: want %s", f.datapath, strings.Join(vmconfig.Datapaths, " or "))
 	}
 	var eps [2]vmconfig.Endpoint
 	for i, s := range pos {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,12 +77,10 @@ func New(a, b *Endpoint, opts Options) (*Link, error) {
 	if l.logf == nil {
 		l.logf = log.Printf
 	}
-	switch opts.Datapath {
-	case "", DatapathAuto, DatapathUserspace:
-	default:
+	if opts.Datapath != "" && !slices.Contains(vmconfig.Datapaths, opts.Datapath) {
 		a.Close()
 		b.Close()
-		return nil, fmt.Errorf("link %s <-> %s: unknown datapath %q: want %s or %s", a, b, opts.Datapath, DatapathAuto, DatapathUserspace)
+		return nil, fmt.Errorf("link %s <-> %s: unknown datapath %q: want %s", a, b, opts.Datapath, strings.Join(vmconfig.Datapaths, " or "))
 	}
 	if opts.Datapath != DatapathUserspace && opts.PCAP == "" && kernelCapable(a, b) {
 		k, err := newKernelPath(a, b, &l.ab, &l.ba)
