@@ -1,15 +1,50 @@
 package tap
 
 import (
+	"fmt"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
-// setLinkReq is one RTM_SETLINK on an existing link (by index) that sets
-// whichever of MTU, MAC, tx queue length, alias and up are given, as one
-// `ip link set` with several arguments does.
-func setLinkReq(index, mtu int, mac []byte, txqlen int, alias string, up bool) *nl.NetlinkRequest {
+// step is one rtnetlink request that Create sends, named as its error
+// says what failed ("set MTU 9000").
+type step struct {
+	what string
+	req  *nl.NetlinkRequest
+}
+
+// linkSteps are the requests that give a new link (by index) cfg's
+// settings, one setting each so that a refusal names it, in the order
+// the kernel must see them: the root qdisc first, while the link is still
+// down, so that the kernel never builds its default one; up last, when
+// up is true.
+func linkSteps(index int, cfg Config, up bool) []step {
+	var steps []step
+	if cfg.Qdisc == QdiscNoqueue {
+		steps = append(steps, step{"set qdisc noqueue", noqueueReq(index)})
+	}
+	if cfg.MTU > 0 {
+		steps = append(steps, step{fmt.Sprintf("set MTU %d", cfg.MTU), linkReq(index, false, nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(cfg.MTU))))})
+	}
+	if cfg.MAC != nil {
+		steps = append(steps, step{fmt.Sprintf("set MAC %s", cfg.MAC), linkReq(index, false, nl.NewRtAttr(unix.IFLA_ADDRESS, cfg.MAC))})
+	}
+	if cfg.TxQueueLen > 0 {
+		steps = append(steps, step{fmt.Sprintf("set txqueuelen %d", cfg.TxQueueLen), linkReq(index, false, nl.NewRtAttr(unix.IFLA_TXQLEN, nl.Uint32Attr(uint32(cfg.TxQueueLen))))})
+	}
+	// The owner tag, as owner.Set records it (Config's check validated it).
+	steps = append(steps, step{fmt.Sprintf("tag owner %q", cfg.Tag), linkReq(index, false, nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(cfg.Tag)))})
+	if up {
+		steps = append(steps, step{"set up", linkReq(index, true)})
+	}
+	return steps
+}
+
+// linkReq is one RTM_SETLINK on the link index that sets attrs and, when
+// up is true, brings the link up.
+func linkReq(index int, up bool, attrs ...*nl.RtAttr) *nl.NetlinkRequest {
 	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Index = int32(index)
@@ -17,17 +52,8 @@ func setLinkReq(index, mtu int, mac []byte, txqlen int, alias string, up bool) *
 		msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
 	}
 	req.AddData(msg)
-	if mtu > 0 {
-		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(mtu))))
-	}
-	if mac != nil {
-		req.AddData(nl.NewRtAttr(unix.IFLA_ADDRESS, mac))
-	}
-	if txqlen > 0 {
-		req.AddData(nl.NewRtAttr(unix.IFLA_TXQLEN, nl.Uint32Attr(uint32(txqlen))))
-	}
-	if alias != "" {
-		req.AddData(nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(alias)))
+	for _, a := range attrs {
+		req.AddData(a)
 	}
 	return req
 }

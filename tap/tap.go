@@ -332,12 +332,7 @@ func Create(cfg Config) (*Tap, error) {
 	}
 
 	// One rtnetlink socket for every request below, opened on this
-	// locked thread and so in its namespace. The common case (no
-	// impairment) is two requests in one system call: the root qdisc,
-	// while the link is still down so that the kernel never builds its
-	// default one, then MTU, MAC, tx queue length, owner tag and up in
-	// one RTM_SETLINK. If the kernel refuses either, configure runs the
-	// steps one by one, which names the step that failed.
+	// locked thread and so in its namespace.
 	nfd, err := nlbatch.Socket()
 	if err != nil {
 		return fail(fmt.Errorf("tap %s: open rtnetlink socket: %w", name, err))
@@ -346,19 +341,18 @@ func Create(cfg Config) (*Tap, error) {
 	if t.index, err = nlbatch.Ifindex(nfd, name); err != nil {
 		return fail(fmt.Errorf("tap %s: look up new link: %w", name, err))
 	}
-	fast := cfg.Impairment == (Impairment{})
-	if fast {
-		var b nlbatch.Batch
-		if cfg.Qdisc == QdiscNoqueue {
-			b.Add(noqueueReq(t.index))
-		}
-		b.Add(setLinkReq(t.index, cfg.MTU, cfg.MAC, cfg.TxQueueLen, cfg.Tag, cfg.Up))
-		_, err := b.Exec(nfd, nil)
-		fast = err == nil
+	impaired := cfg.Impairment != (Impairment{})
+	if err := t.apply(nfd, linkSteps(t.index, cfg, cfg.Up && !impaired)); err != nil {
+		return fail(err)
 	}
-	if !fast {
-		if err := t.configure(cfg); err != nil {
+	if impaired {
+		if err := t.impair(cfg); err != nil {
 			return fail(err)
+		}
+		if cfg.Up {
+			if err := t.apply(nfd, []step{{"set up", linkReq(t.index, true)}}); err != nil {
+				return fail(err)
+			}
 		}
 	}
 	if cfg.GROFlushTimeout > 0 {
@@ -374,56 +368,38 @@ func Create(cfg Config) (*Tap, error) {
 	return t, nil
 }
 
-// configure applies cfg's link settings one request at a time: the path
-// for impairments (tbf's default burst depends on the MTU set before it)
-// and the one that names the step the kernel refused.
-func (t *Tap) configure(cfg Config) error {
-	name := t.name
+// apply sends steps to the kernel in one system call (nlbatch) and names
+// the first one it refused. The kernel runs the later steps of a batch
+// even after one failed; Create deletes the tap on any error, so that
+// does no harm here.
+func (t *Tap) apply(nfd int, steps []step) error {
+	var b nlbatch.Batch
+	for _, s := range steps {
+		b.Add(s.req)
+	}
+	i, err := b.Exec(nfd, nil)
+	switch {
+	case err == nil:
+		return nil
+	case i < 0:
+		return fmt.Errorf("tap %s: rtnetlink: %w", t.name, err)
+	}
+	return fmt.Errorf("tap %s: %s: %w", t.name, steps[i].what, err)
+}
+
+// impair puts cfg's impairment on the tap, after its MTU is set: tbf's
+// default burst is one frame of it.
+func (t *Tap) impair(cfg Config) error {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		return fmt.Errorf("tap %s: open rtnetlink socket: %w", name, err)
+		return fmt.Errorf("tap %s: open rtnetlink socket: %w", t.name, err)
 	}
 	defer h.Close()
 	link, err := h.LinkByIndex(t.index)
 	if err != nil {
-		return fmt.Errorf("tap %s: look up new link: %w", name, err)
+		return fmt.Errorf("tap %s: look up: %w", t.name, err)
 	}
-	if cfg.MTU > 0 {
-		if err := h.LinkSetMTU(link, cfg.MTU); err != nil {
-			return fmt.Errorf("tap %s: set MTU %d: %w", name, cfg.MTU, err)
-		}
-	}
-	if cfg.MAC != nil {
-		if err := h.LinkSetHardwareAddr(link, cfg.MAC); err != nil {
-			return fmt.Errorf("tap %s: set MAC %s: %w", name, cfg.MAC, err)
-		}
-	}
-	if cfg.TxQueueLen > 0 {
-		if err := h.LinkSetTxQLen(link, cfg.TxQueueLen); err != nil {
-			return fmt.Errorf("tap %s: set txqueuelen %d: %w", name, cfg.TxQueueLen, err)
-		}
-	}
-	if err := owner.Set(h, link, cfg.Tag); err != nil {
-		return fmt.Errorf("tap %w", err)
-	}
-	if err := setQdisc(h, link, cfg.Qdisc); err != nil {
-		return err
-	}
-	if cfg.Impairment != (Impairment{}) {
-		// After the MTU: tbf's default burst is one frame of it.
-		if link, err = h.LinkByIndex(t.index); err != nil {
-			return fmt.Errorf("tap %s: look up: %w", name, err)
-		}
-		if err := setImpairment(h, link, cfg.Impairment, cfg.Qdisc); err != nil {
-			return err
-		}
-	}
-	if cfg.Up {
-		if err := h.LinkSetUp(link); err != nil {
-			return fmt.Errorf("tap %s: set up: %w", name, err)
-		}
-	}
-	return nil
+	return setImpairment(h, link, cfg.Impairment, cfg.Qdisc)
 }
 
 // Open attaches queues to an existing tap in the calling thread's

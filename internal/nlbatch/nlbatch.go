@@ -6,9 +6,8 @@
 // through vishvananda/netlink, a request object and a parse; sent as one
 // batch, the kernel runs them back to back under one system call. The
 // kernel answers every request of a batch even after one failed, so the
-// requests must be such that running the later ones after a failure does
-// no harm (callers redo the work step by step on failure, which also names
-// the step the kernel refused).
+// caller must not mind the later ones running after a failure (tap.Create
+// deletes the new tap; bridge.AddPort undoes its batch).
 package nlbatch
 
 import (
