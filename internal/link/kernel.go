@@ -25,9 +25,10 @@ import (
 //     carry, so the frames are taken at the tap's egress (a clsact egress
 //     filter), and a frame for the tap enters as if its fd had written it
 //     (mirred ingress redirect);
-//   - an AF_PACKET endpoint: the link carries what arrives on the
-//     interface (clsact ingress filter) and sends out of it (mirred egress
-//     redirect).
+//   - an AF_PACKET endpoint: the link carries a copy of what arrives on
+//     the interface (clsact ingress filter, mirred mirror: the frame also
+//     goes on to the host, as with a packet socket) and sends out of it
+//     (mirred egress).
 //
 // The filter is u32 matching everything (cls_matchall would do, but not
 // every kernel has it: this host's lacks it; one code path for all), with
@@ -164,16 +165,36 @@ func (k *kernelPath) usable() bool {
 	return !k.failed
 }
 
+// filter is the u32 filter at src's hook that hands every frame to dst.
+// A tap end's frames are the link's alone (in userspace its fd reads
+// them; nothing else would), so they are taken: a redirect. An AF_PACKET
+// end's interface keeps what it receives: a packet socket reads a copy
+// and the host's stack (a bridge, an address on the interface) still gets
+// the frame, so the kernel path copies too: a mirror that lets the frame
+// go on (pipe). A link on an interface the host uses never cuts the host
+// off it.
 func (k *kernelPath) filter(src, dst *kernelEnd) *netlink.U32 {
+	act, verdict := dst.redir, netlink.TC_ACT_STOLEN
+	if src.hook == netlink.HANDLE_MIN_INGRESS {
+		act, verdict = mirrorOf(dst.redir), netlink.TC_ACT_PIPE
+	}
 	return &netlink.U32{
 		FilterAttrs: netlink.FilterAttrs{LinkIndex: src.index, Parent: src.hook, Priority: kernelPrio, Protocol: unix.ETH_P_ALL},
 		// Sel nil: one key matching everything.
 		Actions: []netlink.Action{&netlink.MirredAction{
-			ActionAttrs:  netlink.ActionAttrs{Action: netlink.TC_ACT_STOLEN},
-			MirredAction: dst.redir,
+			ActionAttrs:  netlink.ActionAttrs{Action: verdict},
+			MirredAction: act,
 			Ifindex:      dst.index,
 		}},
 	}
+}
+
+// mirrorOf is the mirror (copy) that enters where redirect r would.
+func mirrorOf(r netlink.MirredAct) netlink.MirredAct {
+	if r == netlink.TCA_INGRESS_REDIR {
+		return netlink.TCA_INGRESS_MIRROR
+	}
+	return netlink.TCA_EGRESS_MIRROR
 }
 
 // install mutes the AF_PACKET ends, makes sure both ends have a clsact

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/vmnet/vmnet/internal/testenv"
@@ -58,8 +59,8 @@ func kernelWorld(t *testing.T, kind string, opts Options) (*world, *Link) {
 		l, err = New(w.open("packet:vA"), w.open("packet:vB"), opts)
 		w.must(err)
 	case "mixed":
-		// vA is a port of brA, but its ingress redirect takes A's
-		// frames before the bridge does.
+		// vA is a port of brA: its ingress mirror copies A's frames
+		// to the link, and brA still gets them.
 		w = newWorld(t, true)
 		l, err = New(w.open("packet:vA"), w.open("tap:tB"), opts)
 		w.must(err)
@@ -95,6 +96,12 @@ func packetStats(t *testing.T, e *Endpoint) (packets, drops uint32) {
 // of the replies B's kernel sent.
 func (w *world) ping(n int) []time.Duration {
 	w.t.Helper()
+	return w.pingTo(w.ipB, n)
+}
+
+// pingTo pings dst from A.
+func (w *world) pingTo(dst net.IP, n int) []time.Duration {
+	w.t.Helper()
 	var c net.PacketConn
 	testenv.Do(w.t, w.A, func() (err error) {
 		c, err = net.ListenPacket("ip4:icmp", w.ipA.String())
@@ -116,7 +123,7 @@ func (w *world) ping(n int) []time.Duration {
 		}
 		binary.BigEndian.PutUint16(msg[2:], ^uint16(sum))
 		start := time.Now()
-		if _, err := c.WriteTo(msg, &net.IPAddr{IP: w.ipB}); err != nil {
+		if _, err := c.WriteTo(msg, &net.IPAddr{IP: dst}); err != nil {
 			w.t.Fatalf("ping: %v", err)
 		}
 		for {
@@ -190,6 +197,27 @@ func TestKernelTransfer(t *testing.T) {
 				t.Errorf("tc filter show dev %s: no redirect at vmnet's priority:\n%s", ends[kind], out)
 			}
 		})
+	}
+}
+
+// TestKernelPacketEndKeepsFrames: an AF_PACKET end's interface keeps
+// what it receives while the kernel forwards, as it does with the
+// userspace path's packet sockets: the host's own address on vA still
+// answers A, and the link still carries A's frames to B. (A redirect
+// there took every frame from the host: a link on an interface the host
+// uses cut the host off it.)
+func TestKernelPacketEndKeepsFrames(t *testing.T) {
+	w, l := kernelWorld(t, "packet", Options{})
+	host := net.IPv4(10, 66, 0, 100)
+	vA, err := w.nlL.LinkByName("vA")
+	w.must(err)
+	w.must(w.nlL.AddrAdd(vA, &netlink.Addr{IPNet: &net.IPNet{IP: host, Mask: net.CIDRMask(24, 32)}}))
+	rtt := w.pingTo(host, 3)
+	w.tcpTransfer(1 << 20)
+	s := l.Stats()
+	t.Logf("ping of vA's address %v\nstats:\n%s", rtt, s)
+	if s.Datapath != DatapathKernel || s.AtoB.Frames == 0 {
+		t.Errorf("datapath %q, %d frames A->B; want the kernel carrying the transfer", s.Datapath, s.AtoB.Frames)
 	}
 }
 
