@@ -203,6 +203,10 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	return res, nil
 }
 
+// guestCmdline is the kernel command line of every exec guest, warm or
+// cold: the test image's, with timers from the tick (TimerCmdline).
+const guestCmdline = guest.DefaultCmdline + " " + TimerCmdline
+
 // TimerCmdline is on the kernel command line of every exec guest: the
 // kernel's timers run from its periodic tick (250 Hz, a 4 ms resolution)
 // instead of one-shot high-resolution timer interrupts. Under TCG every
@@ -235,7 +239,7 @@ func (o *Options) bootCold(ctx context.Context, img images.Image, run string, us
 	res.Image = time.Since(t0)
 
 	// The wrapper loads the modules, in one modprobe (see wrapperScript).
-	app, err := guest.Args{Nonce: nonce}.Append(guest.DefaultCmdline + " " + TimerCmdline)
+	app, err := guest.Args{Nonce: nonce}.Append(guestCmdline)
 	if err != nil {
 		return nil, time.Time{}, err
 	}

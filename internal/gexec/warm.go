@@ -80,7 +80,7 @@ func (o *Options) bootWarm(ctx context.Context, img images.Image, run string, us
 	if machine == "" {
 		machine = qemu.MachineQ35
 	}
-	app := guest.DefaultCmdline + " " + TimerCmdline
+	app := guestCmdline
 	if len(o.Modules) > 0 {
 		app += " vmnet.modules=" + strings.Join(o.Modules, ",")
 	}
