@@ -61,6 +61,40 @@ func (t *Tap) NAPI() (napi, frags bool, err error) {
 	return flags&unix.IFF_NAPI != 0, flags&unix.IFF_NAPI_FRAGS != 0, nil
 }
 
+// NAPIThreaded reads whether the device's NAPI polls run in kernel
+// threads of their own (sysfs "threaded"), in the tap's namespace.
+func (t *Tap) NAPIThreaded() (bool, error) {
+	var on bool
+	err := t.inNS(func() error {
+		err := withNetSysfs(func(root int) error {
+			s, err := readAt(root, "class/net/"+t.name+"/threaded")
+			on = strings.TrimSpace(s) != "0" && strings.TrimSpace(s) != ""
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("tap %s: read threaded NAPI: %w", t.name, err)
+		}
+		return nil
+	})
+	return on, err
+}
+
+// setNAPIThreaded sets the device's sysfs "threaded" (see
+// Config.NAPIThreaded) in the calling thread's namespace.
+func setNAPIThreaded(name string, on bool) error {
+	v := "0"
+	if on {
+		v = "1"
+	}
+	err := withNetSysfs(func(root int) error {
+		return writeAt(root, "class/net/"+name+"/threaded", v)
+	})
+	if err != nil {
+		return fmt.Errorf("tap %s: set threaded NAPI %v (Linux 5.12 or later, and a queue attached with NAPI): %w", name, on, err)
+	}
+	return nil
+}
+
 // GROFlushTimeout reads the device's gro_flush_timeout in the tap's
 // namespace.
 func (t *Tap) GROFlushTimeout() (time.Duration, error) {

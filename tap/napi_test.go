@@ -13,9 +13,10 @@ import (
 	"github.com/vmnet/vmnet/internal/testenv"
 )
 
-// TestNAPI creates taps with IFF_NAPI (and IFF_NAPI_FRAGS) and a GRO
-// flush timeout and lets the kernel judge: TUNGETIFF shows the flags,
-// the device's gro_flush_timeout reads back, frames written one by one
+// TestNAPI creates taps with IFF_NAPI (and IFF_NAPI_FRAGS), a GRO
+// flush timeout and threaded NAPI, and lets the kernel judge: TUNGETIFF
+// shows the flags, the device's gro_flush_timeout and threaded setting
+// read back, frames written one by one
 // cross a bridge intact, and a tap of the same name in another namespace
 // keeps its own timeout (the setting goes to the tap's namespace, not to
 // whatever /sys shows).
@@ -31,17 +32,19 @@ func TestNAPI(t *testing.T) {
 		name        string
 		napi, frags bool
 		timeout     time.Duration
+		threaded    bool
 	}{
-		{"plain", false, false, 0},
-		{"napi", true, false, 0},
-		{"napi-timeout", true, false, 200 * time.Microsecond},
-		{"napi-frags-timeout", true, true, 50 * time.Microsecond},
+		{"plain", false, false, 0, false},
+		{"napi", true, false, 0, false},
+		{"napi-timeout", true, false, 200 * time.Microsecond, false},
+		{"napi-frags-timeout", true, true, 50 * time.Microsecond, false},
+		{"napi-timeout-threaded", true, false, 200 * time.Microsecond, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ns := newNS(t)
 			testenv.Do(t, ns, func() error {
 				cfg := NewConfig("tapn", 2)
-				cfg.NAPI, cfg.NAPIFrags, cfg.GROFlushTimeout = c.napi, c.frags, c.timeout
+				cfg.NAPI, cfg.NAPIFrags, cfg.GROFlushTimeout, cfg.NAPIThreaded = c.napi, c.frags, c.timeout, c.threaded
 				a := mustCreate(t, cfg)
 				if _, err := a.AddQueue(); err != nil {
 					return err
@@ -56,6 +59,9 @@ func TestNAPI(t *testing.T) {
 				}
 				if d, err := a.GROFlushTimeout(); err != nil || d != c.timeout {
 					return fmt.Errorf("gro_flush_timeout %v (%v), want %v", d, err, c.timeout)
+				}
+				if on, err := a.NAPIThreaded(); err != nil || on != c.threaded {
+					return fmt.Errorf("threaded %v (%v), want %v", on, err, c.threaded)
 				}
 				if err := bridgeTaps(a, b); err != nil {
 					return err
@@ -105,6 +111,7 @@ func TestNAPIConfigErrors(t *testing.T) {
 			{func(c *Config) { c.NAPIFrags = true }, "NAPI fragments need NAPI"},
 			{func(c *Config) { c.GROFlushTimeout = time.Millisecond }, "GRO flush timeout of 1ms needs NAPI"},
 			{func(c *Config) { c.NAPI, c.GROFlushTimeout = true, -1 }, "negative GRO flush timeout"},
+			{func(c *Config) { c.NAPIThreaded = true }, "threaded NAPI needs NAPI"},
 		} {
 			cfg := NewConfig("tapx", 1)
 			c.cfg(&cfg)

@@ -86,6 +86,13 @@ type Config struct {
 	// (no hold). A TCP segment with PSH, and anything GRO cannot merge,
 	// passes at once.
 	GROFlushTimeout time.Duration
+	// NAPIThreaded (needs NAPI) runs the tap's NAPI polls in a kernel
+	// thread of their own (the device's "threaded" setting) instead of
+	// inside the writer's write(): a write then only queues its frame
+	// and wakes the thread, which runs GRO, the bridge and the
+	// receiving stack for whole batches, on another CPU when one is
+	// free. See napi.go.
+	NAPIThreaded bool
 }
 
 // NewConfig returns a Config for name with the given number of queues and
@@ -138,6 +145,8 @@ func (c *Config) validate() error {
 		return bad("negative GRO flush timeout %v", c.GROFlushTimeout)
 	case c.GROFlushTimeout > 0 && !c.NAPI:
 		return bad("a GRO flush timeout of %v needs NAPI (without it frames written to the tap skip GRO): turn NAPI on or drop the timeout", c.GROFlushTimeout)
+	case c.NAPIThreaded && !c.NAPI:
+		return bad("threaded NAPI needs NAPI: turn NAPI on as well")
 	}
 	return nil
 }
@@ -357,6 +366,14 @@ func Create(cfg Config) (*Tap, error) {
 	}
 	if cfg.GROFlushTimeout > 0 {
 		if err := setGROFlushTimeout(name, cfg.GROFlushTimeout); err != nil {
+			return fail(err)
+		}
+	}
+	if cfg.NAPIThreaded {
+		// After the queues are attached: the kernel refuses the setting
+		// on a device without NAPI instances, and a queue attached later
+		// gets its thread too.
+		if err := setNAPIThreaded(name, true); err != nil {
 			return fail(err)
 		}
 	}

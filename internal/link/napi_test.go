@@ -44,7 +44,15 @@ func napiTransfer(t *testing.T, spec string) (written, received uint64) {
 	if spec == "tap:tB" {
 		w.plainTap("tB")
 	}
-	l, err := New(w.open("tap:tA"), w.open(spec), Options{Datapath: DatapathUserspace})
+	eb := w.open(spec)
+	// A tap the link creates has its NAPI polls in a kernel thread; one
+	// it did not create keeps its settings.
+	threaded, err := eb.tap.NAPIThreaded()
+	w.must(err)
+	if want := spec != "tap:tB"; threaded != want {
+		t.Errorf("%s: threaded NAPI %v, want %v", spec, threaded, want)
+	}
+	l, err := New(w.open("tap:tA"), eb, Options{Datapath: DatapathUserspace})
 	w.must(err)
 	w.plug("tA", "brA")
 	w.plug("tB", "brB")
