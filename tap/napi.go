@@ -79,6 +79,14 @@ func (t *Tap) NAPIThreaded() (bool, error) {
 	return on, err
 }
 
+// SetNAPIThreaded turns the device's threaded NAPI (see
+// Config.NAPIThreaded) on or off in the tap's namespace. The kernel
+// takes the change while frames flow: a poll running finishes in the old
+// mode. It needs a queue attached with NAPI.
+func (t *Tap) SetNAPIThreaded(on bool) error {
+	return t.inNS(func() error { return setNAPIThreaded(t.name, on) })
+}
+
 // setNAPIThreaded sets the device's sysfs "threaded" (see
 // Config.NAPIThreaded) in the calling thread's namespace.
 func setNAPIThreaded(name string, on bool) error {

@@ -192,7 +192,29 @@ linkcase() {
   plug
   sleep 0.5 # bridge ports forward at once (forward_delay 0); let ARP settle
   iperf "$NA" "$NB" 10.77.0.2
+  # The process that made the tap without vnet_hdr (tB; tA in udp-gro).
+  case $name in
+    udp-gro) napicpu "$name-1" ;;
+    udp*) napicpu "$name-2" ;;
+    *) napicpu "$name" ;;
+  esac
   stoplinks
+}
+
+# napicpu NAME: the CPU time of the kernel threads that ran NAPI polls for
+# the link's taps (a tap the link creates without vnet_hdr has threaded
+# NAPI: that work leaves the link process), for the CPU-per-GB table.
+# Kernel threads are not in any namespace: a tA or tB of another run at
+# the same time would be counted too.
+napicpu() {
+  local t=0 f c
+  for f in /proc/[0-9]*/comm; do
+    read -r c <"$f" 2>/dev/null || continue
+    case $c in napi/tA-* | napi/tB-*)
+      t=$((t + $(awk '{print $14 + $15}' "${f%/comm}/stat" 2>/dev/null || echo 0))) ;;
+    esac
+  done
+  echo "$t" >"$WORK/$1.napi"
 }
 
 declare -A R
@@ -243,12 +265,20 @@ printf "%-18s %10s %10s   %s\n" udp-key-noTSO "${R[udp-key-noTSO]}" "$(ratio "${
 echo
 # CPU per byte does not depend on what else the machine runs as much as
 # throughput does: on a loaded machine compare these too.
-echo "link CPU (user+system of the link process) per GB read in its busier direction:"
+echo "link CPU (user+system of the link process, plus its taps' NAPI threads where it made any) per GB read in its busier direction:"
 for f in "$WORK"/*.log; do
-  awk -v n="$(basename "$f" .log)" '
+  napi=0
+  [ -s "${f%.log}.napi" ] && napi=$(cat "${f%.log}.napi")
+  awk -v n="$(basename "$f" .log)" -v napi="$napi" -v hz="$(getconf CLK_TCK)" '
     / -> .* frames .* bytes/ { for (i = 1; i <= NF; i++) if ($i == "bytes") { if ($(i-1) + 0 > max) max = $(i-1) + 0; break } }
     /cpu: user/ { u = $3; s = $5; sub("s", "", u); sub("s", "", s); cpu = u + s }
-    END { if (max > 0) printf "   %-16s %6.2f s/GB  (%.2f s for %.2f GB)\n", n, cpu / (max / 1e9), cpu, max / 1e9 }' "$f"
+    END {
+      if (max == 0) exit
+      k = napi / hz
+      printf "   %-16s %6.2f s/GB  (%.2f s for %.2f GB", n, (cpu + k) / (max / 1e9), cpu + k, max / 1e9
+      if (k > 0) printf "; %.2f s of it in NAPI threads", k
+      print ")"
+    }' "$f"
 done
 echo
 for f in "$WORK"/*.log; do

@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -102,8 +103,9 @@ type Endpoint struct {
 	uso      bool
 	segCheck bool // segments of passed-through GSO frames must fit maxFrame
 	created  bool
-	sealed   bool     // udp with key=FILE
-	tap      *tap.Tap // the device of a tap endpoint; nil for other kinds
+	sealed   bool        // udp with key=FILE
+	tap      *tap.Tap    // the device of a tap endpoint; nil for other kinds
+	napi     *napiSwitch // a tap the link made with NAPI; nil otherwise
 	queues   []queueIO
 
 	// For the kernel data path (kernel.go): the interface and its
@@ -262,9 +264,10 @@ func openTap(ep vmconfig.Endpoint) (*Endpoint, error) {
 		cfg.Up = true
 		if ep.VnetHdr == vmconfig.Off {
 			// The link writes this tap frame by frame: let the kernel's
-			// GRO merge them (see napiGROFlush), in a thread of the
-			// kernel's own (see napiThreaded).
-			cfg.NAPI, cfg.GROFlushTimeout, cfg.NAPIThreaded = true, napiGROFlush, napiThreaded
+			// GRO merge them (see napiGROFlush); the pumps writing into
+			// it turn threaded NAPI on while they write in bulk (see
+			// napiSwitch).
+			cfg.NAPI, cfg.GROFlushTimeout = true, napiGROFlush
 		}
 		var err error
 		if t, err = tap.Create(cfg); err != nil {
@@ -303,6 +306,9 @@ func openTap(ep vmconfig.Endpoint) (*Endpoint, error) {
 		// reader).
 		exclusive: alone,
 	}
+	if created && ep.VnetHdr == vmconfig.Off {
+		e.napi = &napiSwitch{t: t}
+	}
 	for _, q := range t.Queues() {
 		e.queues = append(e.queues, tapQueue{q})
 	}
@@ -324,16 +330,82 @@ func openTap(ep vmconfig.Endpoint) (*Endpoint, error) {
 // waits; the worst case is one idle flow's tail waiting this long.
 const napiGROFlush = 200 * time.Microsecond
 
-// napiThreaded runs the NAPI polls of a tap the link created without
-// vnet_hdr in a kernel thread (tap.Config.NAPIThreaded). Otherwise every
-// write() of a 1514-byte frame also runs a NAPI poll, GRO, and when GRO
-// lets go the bridge and the receiving TCP stack, all inside the link's
-// thread: about half of its time. With the thread, a write only queues
-// the frame and wakes the thread if it sleeps; the thread takes the
-// frames in batches, on the other CPU when one is free. Measured with
-// tests/bench-link.sh (segment case, against the same binary without it
-// in the same runs; see README): 1.2-1.7x the throughput.
-const napiThreaded = true
+// napiSwitch runs the NAPI polls of a tap the link created without
+// vnet_hdr in a kernel thread (tap.SetNAPIThreaded) while the link writes
+// into it in bulk, and inside the link's own write() otherwise.
+//
+// Inline, every write() of a 1514-byte frame also runs a NAPI poll, GRO,
+// and when GRO lets go the bridge and the receiving TCP stack: about half
+// of the link's thread. Threaded, a write only queues the frame and wakes
+// the thread if it sleeps, and the thread takes the frames in batches, on
+// the other CPU when one is free. bench-link's segment case (the link
+// writes a sender's data): 1.2-1.7x the throughput of inline polls in the
+// same runs, at the same CPU per GB or less, counting the thread.
+//
+// But a tap that only takes a trickle (the ACKs of a flow going the
+// other way: bench-link's gro case) then pays a thread wake-up for each
+// frame and hands it over later: 0.54-0.79x. So a pump turns the thread
+// on when one of its writes is bulk (at least napiBulk bytes from one
+// read), and off when no write was for napiIdle.
+type napiSwitch struct {
+	t        *tap.Tap
+	on       atomic.Bool
+	busy     atomic.Bool  // a change is under way
+	failed   atomic.Bool  // the kernel refused: stay as it is
+	lastBulk atomic.Int64 // time.Now().UnixNano() of the latest bulk write
+}
+
+// napiBulk is the least a pump writes after one read for the write to be
+// bulk: 32 KB is at least 21 full frames (a segmented super-frame gives
+// 45, a batch of tunnel datagrams up to 32), while a batch of ACKs read
+// at once stays far below (32 pure ACKs: about 2 KB).
+const napiBulk = 32 << 10
+
+// napiIdle is how long a tap stays threaded after its last bulk write.
+const napiIdle = time.Second
+
+// wrote notes a flush of n bytes at now (0: not read yet) and turns the
+// thread on or off when that is due. The change runs in a goroutine of
+// its own (a sysfs write takes about a millisecond); logf hears a
+// refusal once, and the tap then stays as it is.
+func (s *napiSwitch) wrote(n int, now int64, logf func(string, ...any)) {
+	if s.failed.Load() {
+		return
+	}
+	var want bool
+	switch on := s.on.Load(); {
+	case n >= napiBulk:
+		if now == 0 {
+			now = time.Now().UnixNano()
+		}
+		s.lastBulk.Store(now)
+		if on {
+			return
+		}
+		want = true
+	case !on:
+		return
+	default:
+		if now == 0 {
+			now = time.Now().UnixNano()
+		}
+		if now-s.lastBulk.Load() < int64(napiIdle) {
+			return
+		}
+	}
+	if !s.busy.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer s.busy.Store(false)
+		if err := s.t.SetNAPIThreaded(want); err != nil {
+			s.failed.Store(true)
+			logf("link: %v (frames written one by one still pass, with the NAPI polls inside the link's writes)", err)
+			return
+		}
+		s.on.Store(want)
+	}()
+}
 
 // tapQueue adapts a tap.Queue.
 type tapQueue struct{ q *tap.Queue }

@@ -1101,12 +1101,13 @@ func (p *pump) flush() error {
 	off := Headroom - p.dstHdr.Size
 	out := p.out
 	var ferr error
+	var bytes int
 	for len(out) > 0 {
 		n, err := p.dq.write(out, off)
 		for _, b := range out[:n] {
-			p.local.TxFrames++
-			p.local.TxBytes += uint64(len(b) - Headroom)
+			bytes += len(b) - Headroom
 		}
+		p.local.TxFrames += uint64(n)
 		out = out[n:]
 		if err == nil {
 			break
@@ -1119,6 +1120,10 @@ func (p *pump) flush() error {
 		if len(out) > 0 {
 			out = out[1:]
 		}
+	}
+	p.local.TxBytes += uint64(bytes)
+	if p.dst.napi != nil {
+		p.dst.napi.wrote(bytes, 0, p.l.logf)
 	}
 	clear(p.out) // drop references so old buffers are not kept by the slice header
 	p.out = p.out[:0]

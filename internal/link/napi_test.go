@@ -2,6 +2,7 @@ package link
 
 import (
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -45,12 +46,14 @@ func napiTransfer(t *testing.T, spec string) (written, received uint64) {
 		w.plainTap("tB")
 	}
 	eb := w.open(spec)
-	// A tap the link creates has its NAPI polls in a kernel thread; one
-	// it did not create keeps its settings.
-	threaded, err := eb.tap.NAPIThreaded()
-	w.must(err)
-	if want := spec != "tap:tB"; threaded != want {
-		t.Errorf("%s: threaded NAPI %v, want %v", spec, threaded, want)
+	created := spec != "tap:tB"
+	threaded := func() bool {
+		on, err := eb.tap.NAPIThreaded()
+		w.must(err)
+		return on
+	}
+	if threaded() {
+		t.Errorf("%s: threaded NAPI before any frame", spec)
 	}
 	l, err := New(w.open("tap:tA"), eb, Options{Datapath: DatapathUserspace})
 	w.must(err)
@@ -77,6 +80,18 @@ func napiTransfer(t *testing.T, spec string) (written, received uint64) {
 		t.Errorf("A->B: %d drops", d)
 	}
 	testenv.NoSNMPErrors(t, w.B, "B")
+	// The link wrote in bulk into a tap it created: its NAPI polls ran
+	// in a kernel thread (napiSwitch), until a trickle napiIdle after
+	// the last bulk write turned the thread off again. A tap it did not
+	// create keeps its settings.
+	if created {
+		waitFor(t, spec+" threaded NAPI on after a bulk transfer", threaded)
+		time.Sleep(napiIdle + 100*time.Millisecond)
+		w.ping(3)
+		waitFor(t, spec+" threaded NAPI off after pings only", func() bool { return !threaded() })
+	} else if threaded() {
+		t.Errorf("%s: threaded NAPI on a tap the link did not create", spec)
+	}
 	return written, received
 }
 
