@@ -26,6 +26,13 @@ package tap
 // TUNGETIFF reports the device's flags as the latest attach set them.
 // The link sets NAPI only on taps it creates without vnet_hdr
 // (internal/link, napiGROFlush).
+//
+// Threaded NAPI (the device's sysfs "threaded", Config.NAPIThreaded,
+// Tap.SetNAPIThreaded) moves those polls out of the writer's write()
+// into a kernel thread per NAPI instance (napi/NAME-N): a write then only
+// queues the frame and wakes the thread. The link turns it on only while
+// it writes in bulk (internal/link, napiSwitch): for a trickle, the
+// wake-up per frame costs more than the poll it moves.
 
 import (
 	"fmt"
