@@ -97,15 +97,15 @@ func (t *Tap) SetNAPIThreaded(on bool) error {
 // setNAPIThreaded sets the device's sysfs "threaded" (see
 // Config.NAPIThreaded) in the calling thread's namespace.
 func setNAPIThreaded(name string, on bool) error {
-	v := "0"
+	v, what := "0", "off"
 	if on {
-		v = "1"
+		v, what = "1", "on"
 	}
 	err := withNetSysfs(func(root int) error {
 		return writeAt(root, "class/net/"+name+"/threaded", v)
 	})
 	if err != nil {
-		return fmt.Errorf("tap %s: set threaded NAPI %v (Linux 5.12 or later, and a queue attached with NAPI): %w", name, on, err)
+		return fmt.Errorf("tap %s: turn threaded NAPI %s (needs Linux 5.12 or later and a queue attached with NAPI): %w", name, what, err)
 	}
 	return nil
 }

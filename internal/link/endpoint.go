@@ -364,34 +364,26 @@ const napiBulk = 32 << 10
 // napiIdle is how long a tap stays threaded after its last bulk write.
 const napiIdle = time.Second
 
-// wrote notes a flush of n bytes at now (0: not read yet) and turns the
-// thread on or off when that is due. The change runs in a goroutine of
-// its own (a sysfs write takes about a millisecond); logf hears a
-// refusal once, and the tap then stays as it is.
-func (s *napiSwitch) wrote(n int, now int64, logf func(string, ...any)) {
+// wrote notes a write of n bytes after one read and turns the thread on
+// or off when that is due. The change runs in a goroutine of its own (a
+// sysfs write takes about a millisecond); logf hears a refusal once, and
+// the tap then stays as it is.
+func (s *napiSwitch) wrote(n int, logf func(string, ...any)) {
 	if s.failed.Load() {
 		return
 	}
 	var want bool
 	switch on := s.on.Load(); {
 	case n >= napiBulk:
-		if now == 0 {
-			now = time.Now().UnixNano()
-		}
-		s.lastBulk.Store(now)
+		s.lastBulk.Store(time.Now().UnixNano())
 		if on {
 			return
 		}
 		want = true
 	case !on:
 		return
-	default:
-		if now == 0 {
-			now = time.Now().UnixNano()
-		}
-		if now-s.lastBulk.Load() < int64(napiIdle) {
-			return
-		}
+	case time.Now().UnixNano()-s.lastBulk.Load() < int64(napiIdle):
+		return
 	}
 	if !s.busy.CompareAndSwap(false, true) {
 		return
@@ -400,7 +392,7 @@ func (s *napiSwitch) wrote(n int, now int64, logf func(string, ...any)) {
 		defer s.busy.Store(false)
 		if err := s.t.SetNAPIThreaded(want); err != nil {
 			s.failed.Store(true)
-			logf("link: %v (frames written one by one still pass, with the NAPI polls inside the link's writes)", err)
+			logf("link: %v (frames still pass, with the kernel's work for them inside the link's writes)", err)
 			return
 		}
 		s.on.Store(want)

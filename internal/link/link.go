@@ -1123,7 +1123,7 @@ func (p *pump) flush() error {
 	}
 	p.local.TxBytes += uint64(bytes)
 	if p.dst.napi != nil {
-		p.dst.napi.wrote(bytes, 0, p.l.logf)
+		p.dst.napi.wrote(bytes, p.l.logf)
 	}
 	clear(p.out) // drop references so old buffers are not kept by the slice header
 	p.out = p.out[:0]
