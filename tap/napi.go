@@ -36,6 +36,7 @@ package tap
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -89,8 +90,16 @@ func (t *Tap) NAPIThreaded() (bool, error) {
 // SetNAPIThreaded turns the device's threaded NAPI (see
 // Config.NAPIThreaded) on or off in the tap's namespace. The kernel
 // takes the change while frames flow: a poll running finishes in the old
-// mode. It needs a queue attached with NAPI.
+// mode. It needs a queue attached with NAPI. On a closed Tap it fails
+// with os.ErrClosed and touches nothing (the namespace handle is gone, so
+// a device of the same name elsewhere must not be reached); Close waits
+// for a change under way.
 func (t *Tap) SetNAPIThreaded(on bool) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return fmt.Errorf("tap %s: threaded NAPI: %w", t.name, os.ErrClosed)
+	}
 	return t.inNS(func() error { return setNAPIThreaded(t.name, on) })
 }
 

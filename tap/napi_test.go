@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -122,6 +123,33 @@ func TestNAPIConfigErrors(t *testing.T) {
 			if names := linkNames(t); strings.Contains(strings.Join(names, " "), "tapx") {
 				return fmt.Errorf("refused config left a tap: %v", names)
 			}
+		}
+		return nil
+	})
+}
+
+// TestSetNAPIThreaded turns a tap's threaded NAPI on and off while it
+// exists, and refuses on a closed Tap: its namespace handle is gone, so
+// the setting could reach a device of the same name elsewhere.
+func TestSetNAPIThreaded(t *testing.T) {
+	testenv.RequireRoot(t)
+	t.Parallel()
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		cfg := NewConfig("tapt", 1)
+		cfg.NAPI = true
+		a := mustCreate(t, cfg)
+		for _, on := range []bool{true, false, true} {
+			if err := a.SetNAPIThreaded(on); err != nil {
+				return err
+			}
+			if got, err := a.NAPIThreaded(); err != nil || got != on {
+				return fmt.Errorf("after SetNAPIThreaded(%v): threaded %v (%v)", on, got, err)
+			}
+		}
+		a.Close()
+		if err := a.SetNAPIThreaded(false); !errors.Is(err, os.ErrClosed) || !strings.Contains(err.Error(), "tapt") {
+			return fmt.Errorf("SetNAPIThreaded on a closed tap = %v, want an error naming tapt that wraps os.ErrClosed", err)
 		}
 		return nil
 	})

@@ -339,14 +339,16 @@ const napiGROFlush = 200 * time.Microsecond
 // of the link's thread. Threaded, a write only queues the frame and wakes
 // the thread if it sleeps, and the thread takes the frames in batches, on
 // the other CPU when one is free. bench-link's segment case (the link
-// writes a sender's data): 1.2-1.7x the throughput of inline polls in the
-// same runs, at the same CPU per GB or less, counting the thread.
+// writes a sender's data), against inline polls in the same runs: a
+// median of 1.12x over nine runs (0.88-1.43), 1.18-1.69x in six others,
+// at no more CPU per GB counting the thread (see README).
 //
 // But a tap that only takes a trickle (the ACKs of a flow going the
 // other way: bench-link's gro case) then pays a thread wake-up for each
-// frame and hands it over later: 0.54-0.79x. So a pump turns the thread
-// on when one of its writes is bulk (at least napiBulk bytes from one
-// read), and off when no write was for napiIdle.
+// frame and hands it over later: always threaded, the gro case ran at
+// about 0.8x of this switch. So a pump turns the thread on when one of
+// its writes is bulk (at least napiBulk bytes from one read), and off
+// when no write was for napiIdle.
 type napiSwitch struct {
 	t        *tap.Tap
 	on       atomic.Bool
@@ -390,7 +392,13 @@ func (s *napiSwitch) wrote(n int, logf func(string, ...any)) {
 	}
 	go func() {
 		defer s.busy.Store(false)
-		if err := s.t.SetNAPIThreaded(want); err != nil {
+		err := s.t.SetNAPIThreaded(want)
+		switch {
+		case errors.Is(err, os.ErrClosed):
+			// The link is closing.
+			s.failed.Store(true)
+			return
+		case err != nil:
 			s.failed.Store(true)
 			logf("link: %v (frames still pass, with the kernel's work for them inside the link's writes)", err)
 			return
