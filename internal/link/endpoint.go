@@ -340,8 +340,8 @@ const napiGROFlush = 200 * time.Microsecond
 // the thread if it sleeps, and the thread takes the frames in batches, on
 // the other CPU when one is free. bench-link's segment case (the link
 // writes a sender's data), against inline polls in the same runs: a
-// median of 1.12x over nine runs (0.88-1.43), 1.18-1.69x in six others,
-// at no more CPU per GB counting the thread (see README).
+// median of 1.21x over thirteen runs (0.72-1.50), at no more CPU per GB
+// counting the thread, and less on a loaded machine (see README).
 //
 // But a tap that only takes a trickle (the ACKs of a flow going the
 // other way: bench-link's gro case) then pays a thread wake-up for each
