@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -107,11 +108,13 @@ type kernelEnd struct {
 // kernelPath installs and removes a link's redirects; one per link that
 // can run in the kernel. Its methods are safe from any goroutine.
 type kernelPath struct {
-	mu        sync.Mutex
-	h         *netlink.Handle // in the endpoints' namespace
-	ends      [2]*kernelEnd
-	c         [2]*counters // per direction: frames leaving ends[i]
-	installed bool
+	mu   sync.Mutex
+	h    *netlink.Handle // in the endpoints' namespace
+	ends [2]*kernelEnd
+	c    [2]*counters // per direction: frames leaving ends[i]
+	// installed: the redirects are in, so the kernel carries the frames
+	// (written under mu; read by Link.inKernel without it).
+	installed atomic.Bool
 	// failed: an install failed (a kernel without clsact, u32 or mirred;
 	// a priority someone else uses); the link stays in userspace.
 	failed bool
@@ -203,7 +206,7 @@ func mirrorOf(r netlink.MirredAct) netlink.MirredAct {
 func (k *kernelPath) install() (err error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.installed {
+	if k.installed.Load() {
 		return nil
 	}
 	if k.failed {
@@ -267,7 +270,7 @@ func (k *kernelPath) install() (err error) {
 		added = append(added, f)
 		src.lastPackets, src.lastBytes, src.lastDrops = 0, 0, 0
 	}
-	k.installed = true
+	k.installed.Store(true)
 	return nil
 }
 
@@ -340,7 +343,7 @@ func (k *kernelPath) dropQdisc(ke *kernelEnd) error {
 func (k *kernelPath) uninstall() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if !k.installed {
+	if !k.installed.Load() {
 		return nil
 	}
 	k.pollLocked() // last counts; what is gone says so below
@@ -357,7 +360,7 @@ func (k *kernelPath) uninstall() error {
 			}
 		}
 	}
-	k.installed = false
+	k.installed.Store(false)
 	return errors.Join(errs...)
 }
 
@@ -369,7 +372,7 @@ func (k *kernelPath) uninstall() error {
 func (k *kernelPath) poll() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.installed {
+	if k.installed.Load() {
 		return k.pollLocked()
 	}
 	return nil

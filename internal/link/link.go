@@ -55,13 +55,11 @@ type Link struct {
 	stages  [2][]*stage // per direction (0: a to b), of the running pumps
 
 	// kern is the kernel data path; nil for a link that cannot have
-	// one (see kernelCapable) or runs in userspace by choice. inKernel
-	// says which path carries the frames now; poke asks Run to look
-	// again (an impairment changed).
-	kern     *kernelPath
-	inKernel atomic.Bool
-	poke     chan struct{}
-	logf     func(format string, args ...any)
+	// one (see kernelCapable) or runs in userspace by choice. poke asks
+	// Run to look again (an impairment changed).
+	kern *kernelPath
+	poke chan struct{}
+	logf func(format string, args ...any)
 
 	running atomic.Bool
 	ran     atomic.Bool // Run has returned
@@ -165,16 +163,13 @@ func (l *Link) Run(ctx context.Context) error {
 			if err := l.kern.teardown(); err != nil {
 				l.logf("link %s: %v", l, err)
 			}
-			l.inKernel.Store(false)
 		}
 	}()
 	for {
 		ph := l.startPumps(ctx)
-		if l.inKernel.Load() {
+		if l.inKernel() {
 			// The pumps read now: take the redirects away.
-			err := l.kern.uninstall()
-			l.inKernel.Store(false)
-			if err != nil {
+			if err := l.kern.uninstall(); err != nil {
 				l.logf("link %s: %v", l, err)
 			}
 		}
@@ -307,7 +302,6 @@ func (l *Link) userspace(ctx context.Context, ph *phase) (toKernel bool, err err
 				} else {
 					// The kernel forwards from here on; the pumps only
 					// finish what reached them before.
-					l.inKernel.Store(true)
 					l.stop(ph, time.Now().Add(drainTime), true)
 					return true, l.flushCapture(nil)
 				}
@@ -447,7 +441,7 @@ func (l *Link) SetImpairment(ab, ba *vmconfig.Impairment) error {
 	// a test) then sees the path it asked for. A switch to the kernel
 	// waits for frames delayed before to leave, which may take longer.
 	want := l.wantKernel()
-	for end := time.Now().Add(2 * time.Second); l.running.Load() && !l.ran.Load() && l.inKernel.Load() != want && time.Now().Before(end); {
+	for end := time.Now().Add(2 * time.Second); l.running.Load() && !l.ran.Load() && l.inKernel() != want && time.Now().Before(end); {
 		time.Sleep(time.Millisecond)
 	}
 	return nil
@@ -528,10 +522,13 @@ func (d Drops) Total() uint64 {
 	return d.MTU + d.Invalid + d.Truncated + d.Segments + d.Write + d.VnetHdrSize + d.Auth + d.Replay
 }
 
+// inKernel reports whether the kernel carries the link's frames now.
+func (l *Link) inKernel() bool { return l.kern != nil && l.kern.installed.Load() }
+
 // Stats reads the counters; safe at any time, from any goroutine.
 func (l *Link) Stats() Stats {
 	s := Stats{A: l.a.String(), B: l.b.String(), Datapath: DatapathUserspace}
-	if l.inKernel.Load() {
+	if l.inKernel() {
 		s.Datapath = DatapathKernel
 		l.kern.poll()
 	}
