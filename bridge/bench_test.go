@@ -155,7 +155,7 @@ func provisionVmnet(b *testing.B, e *env, qdisc tap.Qdisc) (total, create, attac
 			name := fmt.Sprintf("vt%d", i)
 			t0 := time.Now()
 			cfg := tap.NewConfig(name, 4)
-			cfg.VnetHdrSize, cfg.Qdisc = 12, qdisc
+			cfg.VnetHdrSize, cfg.Qdisc, cfg.NoLinkLocal = 12, qdisc, true
 			t, err := tap.Create(cfg)
 			if err != nil {
 				return err

@@ -13,6 +13,7 @@ import (
 type step struct {
 	what string
 	req  *nl.NetlinkRequest
+	ok   unix.Errno // a refusal that still meets the step's goal, or 0
 }
 
 // linkSteps are the requests that give a new link (by index) cfg's
@@ -23,21 +24,27 @@ type step struct {
 func linkSteps(index int, cfg Config, up bool) []step {
 	var steps []step
 	if cfg.Qdisc == QdiscNoqueue {
-		steps = append(steps, step{"set qdisc noqueue", noqueueReq(index)})
+		steps = append(steps, step{what: "set qdisc noqueue", req: noqueueReq(index)})
+	}
+	if cfg.NoLinkLocal {
+		// Before the MTU: a link below IPv6's minimum MTU (1280) has no
+		// IPv6 state to change. A kernel without IPv6 (ipv6.disable=1)
+		// refuses with EAFNOSUPPORT, and then gives no address either.
+		steps = append(steps, step{"turn off the IPv6 link-local address", addrGenNoneReq(index), unix.EAFNOSUPPORT})
 	}
 	if cfg.MTU > 0 {
-		steps = append(steps, step{fmt.Sprintf("set MTU %d", cfg.MTU), linkReq(index, false, nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(cfg.MTU))))})
+		steps = append(steps, step{what: fmt.Sprintf("set MTU %d", cfg.MTU), req: linkReq(index, false, nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(cfg.MTU))))})
 	}
 	if cfg.MAC != nil {
-		steps = append(steps, step{fmt.Sprintf("set MAC %s", cfg.MAC), linkReq(index, false, nl.NewRtAttr(unix.IFLA_ADDRESS, cfg.MAC))})
+		steps = append(steps, step{what: fmt.Sprintf("set MAC %s", cfg.MAC), req: linkReq(index, false, nl.NewRtAttr(unix.IFLA_ADDRESS, cfg.MAC))})
 	}
 	if cfg.TxQueueLen > 0 {
-		steps = append(steps, step{fmt.Sprintf("set txqueuelen %d", cfg.TxQueueLen), linkReq(index, false, nl.NewRtAttr(unix.IFLA_TXQLEN, nl.Uint32Attr(uint32(cfg.TxQueueLen))))})
+		steps = append(steps, step{what: fmt.Sprintf("set txqueuelen %d", cfg.TxQueueLen), req: linkReq(index, false, nl.NewRtAttr(unix.IFLA_TXQLEN, nl.Uint32Attr(uint32(cfg.TxQueueLen))))})
 	}
 	// The owner tag, as owner.Set records it (Config's check validated it).
-	steps = append(steps, step{fmt.Sprintf("tag owner %q", cfg.Tag), linkReq(index, false, nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(cfg.Tag)))})
+	steps = append(steps, step{what: fmt.Sprintf("tag owner %q", cfg.Tag), req: linkReq(index, false, nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(cfg.Tag)))})
 	if up {
-		steps = append(steps, step{"set up", linkReq(index, true)})
+		steps = append(steps, step{what: "set up", req: linkReq(index, true)})
 	}
 	return steps
 }
@@ -66,4 +73,14 @@ func noqueueReq(index int) *nl.NetlinkRequest {
 	req.AddData(msg)
 	req.AddData(nl.NewRtAttr(nl.TCA_KIND, nl.ZeroTerminated("noqueue")))
 	return req
+}
+
+// addrGenNoneReq sets the link's IPv6 address generation mode to none
+// (`ip link set X addrgenmode none`): when it comes up, the kernel gives
+// it no link-local address, so it runs no duplicate address detection,
+// joins no solicited-node group and sends no router solicitation.
+func addrGenNoneReq(index int) *nl.NetlinkRequest {
+	spec := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
+	spec.AddRtAttr(unix.AF_INET6, nil).AddRtAttr(unix.IFLA_INET6_ADDR_GEN_MODE, []byte{nl.IN6_ADDR_GEN_MODE_NONE})
+	return linkReq(index, false, spec)
 }

@@ -62,6 +62,13 @@ type Config struct {
 	Carrier *bool
 	// Up brings the link up after configuring it.
 	Up bool
+	// NoLinkLocal gives the tap no IPv6 link-local address (address
+	// generation mode none), for a tap that becomes a bridge port or one
+	// end of a wire: the kernel hands a bridge port's frames to the
+	// bridge, never to the port's own addresses, so the address would
+	// only cost duplicate address detection, multicast reports and
+	// routes. A tap used on its own keeps the kernel's default.
+	NoLinkLocal bool
 	// Tag is the owner recorded in the interface alias (owner.AdHoc or
 	// owner.Lab(name)); "" is owner.AdHoc.
 	Tag string
@@ -350,7 +357,7 @@ func Create(cfg Config) (*Tap, error) {
 			return fail(err)
 		}
 		if cfg.Up {
-			if err := t.apply(nfd, []step{{"set up", linkReq(t.index, true)}}); err != nil {
+			if err := t.apply(nfd, []step{{what: "set up", req: linkReq(t.index, true)}}); err != nil {
 				return fail(err)
 			}
 		}
@@ -375,7 +382,7 @@ func Create(cfg Config) (*Tap, error) {
 func (t *Tap) apply(nfd int, steps []step) error {
 	var b nlbatch.Batch
 	for _, s := range steps {
-		b.Add(s.req)
+		b.AddTolerating(s.req, s.ok)
 	}
 	i, err := b.Exec(nfd, nil)
 	switch {

@@ -23,6 +23,7 @@ import (
 type Batch struct {
 	buf  []byte
 	seqs []uint32
+	ok   []unix.Errno // per request: an error that counts as success, or 0
 }
 
 // rbufs holds receive buffers: a link's description is a few KB, and a
@@ -30,9 +31,15 @@ type Batch struct {
 var rbufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // Add queues req, which must carry NLM_F_ACK.
-func (b *Batch) Add(req *nl.NetlinkRequest) {
+func (b *Batch) Add(req *nl.NetlinkRequest) { b.AddTolerating(req, 0) }
+
+// AddTolerating queues req, whose refusal with ok counts as success: a
+// request whose goal the kernel's refusal already meets (turning off
+// something the kernel does not have).
+func (b *Batch) AddTolerating(req *nl.NetlinkRequest, ok unix.Errno) {
 	b.buf = append(b.buf, req.Serialize()...)
 	b.seqs = append(b.seqs, req.Seq)
+	b.ok = append(b.ok, ok)
 }
 
 // Len is the number of queued requests.
@@ -47,7 +54,7 @@ func (b *Batch) Len() int { return len(b.seqs) }
 // itself failed.
 func (b *Batch) Exec(fd int, data func(i int, typ uint16, body []byte)) (int, error) {
 	seqs := b.seqs
-	defer func() { b.buf, b.seqs = b.buf[:0], b.seqs[:0] }()
+	defer func() { b.buf, b.seqs, b.ok = b.buf[:0], b.seqs[:0], b.ok[:0] }()
 	if len(seqs) == 0 {
 		return -1, nil
 	}
@@ -95,7 +102,7 @@ func (b *Batch) Exec(fd int, data func(i int, typ uint16, body []byte)) (int, er
 		}
 	}
 	for i := range seqs {
-		if codes[i] != 0 {
+		if codes[i] != 0 && unix.Errno(-codes[i]) != b.ok[i] {
 			return i, unix.Errno(-codes[i])
 		}
 	}

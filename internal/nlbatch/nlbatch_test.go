@@ -87,6 +87,36 @@ func TestBatch(t *testing.T) {
 	})
 }
 
+// TestAddTolerating: a refusal with the tolerated errno counts as
+// success, with any other errno it does not, and a later request's
+// failure is still reported with its own index.
+func TestAddTolerating(t *testing.T) {
+	ns := testenv.NetNS(t)
+	testenv.Do(t, ns, func() error {
+		fd, err := Socket()
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		var b Batch
+		b.AddTolerating(getLink("nosuch0"), unix.ENODEV)
+		b.Add(getLink("lo"))
+		if i, err := b.Exec(fd, nil); i != -1 || err != nil {
+			t.Errorf("tolerated ENODEV: Exec = %d, %v; want -1, nil", i, err)
+		}
+		b.AddTolerating(getLink("nosuch0"), unix.EINVAL)
+		if i, err := b.Exec(fd, nil); i != 0 || !errors.Is(err, unix.ENODEV) {
+			t.Errorf("tolerated EINVAL: Exec = %d, %v; want 0, ENODEV", i, err)
+		}
+		b.AddTolerating(getLink("nosuch0"), unix.ENODEV)
+		b.Add(getLink("nosuch1"))
+		if i, err := b.Exec(fd, nil); i != 1 || !errors.Is(err, unix.ENODEV) {
+			t.Errorf("tolerated then refused: Exec = %d, %v; want 1, ENODEV", i, err)
+		}
+		return nil
+	})
+}
+
 // TestAttrsMalformed: a length that points past the buffer or below the
 // header size ends the walk instead of reading out of bounds.
 func TestAttrsMalformed(t *testing.T) {
