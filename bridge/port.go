@@ -8,6 +8,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnet/vmnet/internal/nlbatch"
 )
 
 // PortConfig is the desired state of one bridge port.
@@ -168,8 +170,8 @@ func (m *Manager) addFreshPort(bridge string, p PortConfig) (done bool, err erro
 	// Both lookups in one system call.
 	fd := m.socks[unix.NETLINK_ROUTE].Socket.GetFd()
 	b := &m.batch
-	b.Add(m.getLinkReq(bridge))
-	b.Add(m.getLinkReq(p.Name))
+	getLink(b, bridge)
+	getLink(b, p.Name)
 	var heads [2]linkHead
 	var found [2]bool
 	if _, err := b.Exec(fd, func(i int, typ uint16, body []byte) {
@@ -183,27 +185,20 @@ func (m *Manager) addFreshPort(bridge string, p PortConfig) (done bool, err erro
 	if br.kind != "bridge" || port.kind == "bridge" || port.arpType != unix.ARPHRD_ETHER || port.master != 0 {
 		return false, nil
 	}
-	attach := m.request(unix.RTM_SETLINK, unix.NLM_F_ACK)
-	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Index = int32(port.index)
-	attach.AddData(msg)
+	ifi := nlbatch.IfInfomsg(unix.AF_UNSPEC, int32(port.index), 0, 0)
+	b.Begin(unix.RTM_SETLINK, 0, ifi[:], 0)
 	if port.mtu != br.mtu {
-		attach.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(br.mtu))))
+		b.AttrU32(unix.IFLA_MTU, uint32(br.mtu))
 	}
-	attach.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(br.index))))
-	b.Add(attach)
+	b.AttrU32(unix.IFLA_MASTER, uint32(br.index))
 	// A new port learns and floods, is neither isolated nor hairpin and
 	// forwards no link-local groups: only other settings need a request.
 	if p.Hairpin || p.Isolated || (p.Learning != nil && !*p.Learning) || (p.Flood != nil && !*p.Flood) || p.GroupFwdMask != 0 {
 		b.Add(m.portOptsReq(port.index, p.opts()))
 	}
 	if !port.up {
-		up := m.request(unix.RTM_SETLINK, unix.NLM_F_ACK)
-		msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-		msg.Index = int32(port.index)
-		msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
-		up.AddData(msg)
-		b.Add(up)
+		up := nlbatch.IfInfomsg(unix.AF_UNSPEC, int32(port.index), unix.IFF_UP, unix.IFF_UP)
+		b.Begin(unix.RTM_SETLINK, 0, up[:], 0)
 	}
 	if _, err := b.Exec(fd, nil); err == nil {
 		return true, nil

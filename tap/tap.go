@@ -349,7 +349,9 @@ func Create(cfg Config) (*Tap, error) {
 		return fail(fmt.Errorf("tap %s: look up new link: %w", name, err))
 	}
 	impaired := cfg.Impairment != (Impairment{})
-	if err := t.apply(nfd, linkSteps(t.index, cfg, cfg.Up && !impaired)); err != nil {
+	var b nlbatch.Batch
+	var names [8]step
+	if err := t.apply(nfd, &b, linkSteps(&b, names[:0], t.index, cfg, cfg.Up && !impaired)); err != nil {
 		return fail(err)
 	}
 	if impaired {
@@ -357,7 +359,7 @@ func Create(cfg Config) (*Tap, error) {
 			return fail(err)
 		}
 		if cfg.Up {
-			if err := t.apply(nfd, []step{{what: "set up", req: linkReq(t.index, true)}}); err != nil {
+			if err := t.apply(nfd, &b, setUp(&b, names[:0], t.index)); err != nil {
 				return fail(err)
 			}
 		}
@@ -375,15 +377,11 @@ func Create(cfg Config) (*Tap, error) {
 	return t, nil
 }
 
-// apply sends steps to the kernel in one system call (nlbatch) and names
-// the first one it refused. The kernel runs the later steps of a batch
-// even after one failed; Create deletes the tap on any error, so that
-// does no harm here.
-func (t *Tap) apply(nfd int, steps []step) error {
-	var b nlbatch.Batch
-	for _, s := range steps {
-		b.AddTolerating(s.req, s.ok)
-	}
+// apply sends the batch of steps to the kernel in one system call and
+// names the first one it refused. The kernel runs the later steps of a
+// batch even after one failed; Create deletes the tap on any error, so
+// that does no harm here.
+func (t *Tap) apply(nfd int, b *nlbatch.Batch, steps []step) error {
 	i, err := b.Exec(nfd, nil)
 	switch {
 	case err == nil:
@@ -391,7 +389,7 @@ func (t *Tap) apply(nfd int, steps []step) error {
 	case i < 0:
 		return fmt.Errorf("tap %s: rtnetlink: %w", t.name, err)
 	}
-	return fmt.Errorf("tap %s: %s: %w", t.name, steps[i].what, err)
+	return fmt.Errorf("tap %s: %s: %w", t.name, steps[i].what(), err)
 }
 
 // impair puts cfg's impairment on the tap, after its MTU is set: tbf's
