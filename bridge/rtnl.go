@@ -118,13 +118,8 @@ func (m *Manager) setBridgeOpt(index int, attr int, val []byte) error {
 	return err
 }
 
-// setPortOpts sets bridge-port flags in one AF_BRIDGE RTM_SETLINK, as
+// portOptsReq sets bridge-port flags in one AF_BRIDGE RTM_SETLINK, as
 // `bridge link set dev PORT ...` does.
-func (m *Manager) setPortOpts(index int, opts map[int][]byte) error {
-	_, err := m.portOptsReq(index, opts).Execute(unix.NETLINK_ROUTE, 0)
-	return err
-}
-
 func (m *Manager) portOptsReq(index int, opts map[int][]byte) *nl.NetlinkRequest {
 	req := m.request(unix.RTM_SETLINK, unix.NLM_F_ACK)
 	msg := nl.NewIfInfomsg(unix.AF_BRIDGE)
