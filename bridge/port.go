@@ -80,6 +80,14 @@ func (m *Manager) AddPort(bridge string, p PortConfig) (err error) {
 	switch {
 	case i == 0 && errors.Is(err, unix.ENODEV):
 		return fmt.Errorf("bridge %s: %w", bridge, ErrNotFound)
+	case i == 0:
+		return fmt.Errorf("bridge %s: look up: %w", bridge, err)
+	case found[0] && heads[0].kind != "bridge":
+		// Worded as everywhere else, from the link in full.
+		if _, err := m.bridge(bridge); err != nil {
+			return err
+		}
+		return fmt.Errorf("bridge %s: %s", bridge, notABridge(heads[0].kind))
 	case i == 1 && errors.Is(err, unix.ENODEV):
 		return fmt.Errorf("bridge %s: port %s: %w; create it first (a tap or veth) in the bridge's namespace", bridge, p.Name, ErrNotFound)
 	case i == 1:
@@ -183,16 +191,10 @@ func (s portStep) err(bridge, port string, mtu int, err error) error {
 	return fmt.Errorf("bridge %s: port %s: bring up: %w", bridge, port, err)
 }
 
-// checkPort refuses a port that cannot join br: not Ethernet, a bridge
-// itself, or on another master. Only its errors look the links up again
+// checkPort refuses a port that cannot join the bridge br: not Ethernet,
+// a bridge itself, or on another master. Only its errors look the links up again
 // in full, to name what they are.
 func (m *Manager) checkPort(bridge, name string, br, port linkHead) error {
-	if br.kind != "bridge" {
-		if _, err := m.bridge(bridge); err != nil {
-			return err
-		}
-		return fmt.Errorf("bridge %s: %s", bridge, notABridge(br.kind))
-	}
 	switch {
 	case port.kind == "bridge":
 		return fmt.Errorf("bridge %s: port %s is itself a bridge; a bridge cannot be a port of another bridge (connect them with a veth pair)", bridge, name)
