@@ -25,7 +25,9 @@ import (
 // vmnet at most 1/10 of its time, measured in the same run.
 // iproute2-noqueue is that loop with `tc qdisc replace ... root noqueue`
 // before the link comes up, the same end state as vmnet's (vmnet also
-// opens the 4 queues, which the loop leaves to QEMU, and tags the alias).
+// opens the 4 queues, which the loop leaves to QEMU, and tags the alias)
+// but for IPv6: vmnet's taps, as a lab's, are made with NoLinkLocal and
+// come up without the link-local address the loop's taps get.
 //
 // interleaved runs the vmnet and both iproute2 cases one after the other
 // in every iteration (in a rotating order) and reports their ms/tap and
@@ -155,7 +157,7 @@ func provisionVmnet(b *testing.B, e *env, qdisc tap.Qdisc) (total, create, attac
 			name := fmt.Sprintf("vt%d", i)
 			t0 := time.Now()
 			cfg := tap.NewConfig(name, 4)
-			cfg.VnetHdrSize, cfg.Qdisc = 12, qdisc
+			cfg.VnetHdrSize, cfg.Qdisc, cfg.NoLinkLocal = 12, qdisc, true
 			t, err := tap.Create(cfg)
 			if err != nil {
 				return err

@@ -289,6 +289,9 @@ func TestBadInput(t *testing.T) {
 	mustErr(t, e.m.AddPort("br0", bridge.PortConfig{Name: "nosuch"}), "br0", "port nosuch", "no such interface", "create it first")
 	mustErr(t, e.m.AddPort("nobr", bridge.PortConfig{Name: "veth0"}), "bridge nobr", "no such interface")
 	mustErr(t, e.m.AddPort("br0", bridge.PortConfig{Name: "br1"}), "br1 is itself a bridge")
+	// The bridge is checked before the port, and a port must be Ethernet.
+	mustErr(t, e.m.AddPort("veth0", bridge.PortConfig{Name: "nosuch"}), "bridge veth0", "is a veth interface, not a bridge")
+	mustErr(t, e.m.AddPort("br0", bridge.PortConfig{Name: "lo"}), "port lo is a loopback device, not Ethernet")
 	mustErr(t, e.m.AddPort("br0", bridge.PortConfig{Name: "tap-name-too-long0"}), "at most 15")
 	mustErr(t, e.m.AddPort("br0", bridge.PortConfig{Name: "veth0", GroupFwdMask: 0x0002}), "MAC PAUSE", "0xfffd")
 	mustErr(t, e.m.AddPort("br0", bridge.PortConfig{Name: "veth0", PVID: 4095}), "PVID 4095", "1-4094")

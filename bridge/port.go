@@ -1,13 +1,15 @@
 package bridge
 
 import (
+	"errors"
 	"fmt"
-	"net"
 	"slices"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnet/vmnet/internal/nlbatch"
 )
 
 // PortConfig is the desired state of one bridge port.
@@ -49,8 +51,14 @@ func (p *PortConfig) opts() map[int][]byte {
 // if it is attached already, and brings it up. It sets the port's MTU to
 // the bridge's first: the kernel lowers an automatic bridge MTU to that of
 // its smallest port, and a bridge with a larger MTU than a port drops the
-// large frames on that port. If it attached the port and then fails, it
-// detaches it again.
+// large frames on that port. If the kernel refuses a step, AddPort names
+// it and puts back what it changed: the MTU, the attachment to the bridge
+// and the link state.
+//
+// It looks both links up in one system call, then sends the changes as
+// one batch of requests, one per step, so that the index of a refused
+// request names the step. A port with VLANs takes three: its VLANs are
+// set between attaching it and bringing it up.
 func (m *Manager) AddPort(bridge string, p PortConfig) (err error) {
 	if err := checkName("bridge", bridge); err != nil {
 		return err
@@ -58,38 +66,45 @@ func (m *Manager) AddPort(bridge string, p PortConfig) (err error) {
 	if err := p.validate(bridge); err != nil {
 		return err
 	}
-	if done, err := m.addFreshPort(bridge, p); done {
-		return err
-	}
-	br, err := m.bridge(bridge)
-	if err != nil {
-		return err
-	}
-	port, err := m.h.LinkByName(p.Name)
-	if err != nil {
-		if isNotFound(err) {
-			return fmt.Errorf("bridge %s: port %s: %w; create it first (a tap or veth) in the bridge's namespace", bridge, p.Name, ErrNotFound)
+	fd := m.socks[unix.NETLINK_ROUTE].Socket.GetFd()
+	b := &m.batch
+	getLink(b, bridge)
+	getLink(b, p.Name)
+	var heads [2]linkHead
+	var found [2]bool
+	i, err := b.Exec(fd, func(i int, typ uint16, body []byte) {
+		if typ == unix.RTM_NEWLINK {
+			heads[i], found[i] = parseHead(body)
 		}
-		return fmt.Errorf("bridge %s: port %s: look up: %w", bridge, p.Name, err)
-	}
-	pa, ba := port.Attrs(), br.Attrs()
+	})
 	switch {
-	case isBridge(port):
-		return fmt.Errorf("bridge %s: port %s is itself a bridge; a bridge cannot be a port of another bridge (connect them with a veth pair)", bridge, p.Name)
-	case pa.EncapType != "" && pa.EncapType != "ether":
-		return fmt.Errorf("bridge %s: port %s is a %s device, not Ethernet; only Ethernet devices (tap, veth, NICs) can be bridge ports", bridge, p.Name, pa.EncapType)
-	case pa.MasterIndex != 0 && pa.MasterIndex != ba.Index:
-		master := fmt.Sprintf("ifindex %d", pa.MasterIndex)
-		if ml, err := m.h.LinkByIndex(pa.MasterIndex); err == nil {
-			master = ml.Attrs().Name + " (" + ml.Type() + ")"
+	case i == 0 && errors.Is(err, unix.ENODEV):
+		return fmt.Errorf("bridge %s: %w", bridge, ErrNotFound)
+	case i == 0:
+		return fmt.Errorf("bridge %s: look up: %w", bridge, err)
+	case found[0] && heads[0].kind != "bridge":
+		// Worded as everywhere else, from the link in full.
+		if _, err := m.bridge(bridge); err != nil {
+			return err
 		}
-		return fmt.Errorf("bridge %s: port %s is already attached to %s; detach it from there first", bridge, p.Name, master)
+		return fmt.Errorf("bridge %s: %s", bridge, notABridge(heads[0].kind))
+	case i == 1 && errors.Is(err, unix.ENODEV):
+		return fmt.Errorf("bridge %s: port %s: %w; create it first (a tap or veth) in the bridge's namespace", bridge, p.Name, ErrNotFound)
+	case i == 1:
+		return fmt.Errorf("bridge %s: port %s: look up: %w", bridge, p.Name, err)
+	case err != nil:
+		return fmt.Errorf("bridge %s: look up: %w", bridge, err)
+	case !found[0] || !found[1]:
+		return fmt.Errorf("bridge %s: look up port %s: the kernel answered without the link", bridge, p.Name)
+	}
+	br, port := heads[0], heads[1]
+	if err := m.checkPort(bridge, p.Name, br, port); err != nil {
+		return err
 	}
 
 	var brOpt brOpts
-	var cur []VLAN
 	if p.hasVLANs() {
-		if brOpt, err = m.linkOpts(ba.Index); err != nil {
+		if brOpt, err = m.linkOpts(br.index); err != nil {
 			return fmt.Errorf("bridge %s: read options: %w", bridge, err)
 		}
 		what := fmt.Sprintf("port %s VLANs (pvid %d, tagged %v)", p.Name, p.PVID, p.Tagged)
@@ -102,123 +117,149 @@ func (m *Manager) AddPort(bridge string, p PortConfig) (err error) {
 		}
 	}
 
-	if pa.MTU != ba.MTU {
-		if err := m.h.LinkSetMTU(port, ba.MTU); err != nil {
-			return fmt.Errorf("bridge %s: port %s: set MTU %d to match the bridge: %w",
-				bridge, p.Name, ba.MTU, err)
-		}
-		defer func() {
-			if err != nil {
-				_ = m.h.LinkSetMTU(port, pa.MTU)
-			}
-		}()
+	// The steps, in the order the kernel must see them; steps[i] is
+	// request i, worded only if the kernel refuses it.
+	var stepsBuf [4]portStep
+	steps := stepsBuf[:0]
+	if port.mtu != br.mtu {
+		setLink(b, port.index, 0)
+		b.AttrU32(unix.IFLA_MTU, uint32(br.mtu))
+		steps = append(steps, stepMTU)
 	}
-	if pa.MasterIndex == 0 {
-		if err := m.h.LinkSetMasterByIndex(port, ba.Index); err != nil {
-			return fmt.Errorf("bridge %s: attach port %s: %w", bridge, p.Name, err)
-		}
-		defer func() {
-			if err != nil {
-				_ = m.h.LinkSetNoMaster(port)
-			}
-		}()
+	if port.master == 0 {
+		setLink(b, port.index, 0)
+		b.AttrU32(unix.IFLA_MASTER, uint32(br.index))
+		steps = append(steps, stepAttach)
 	}
-	if err := m.setPortOpts(pa.Index, p.opts()); err != nil {
-		return fmt.Errorf("bridge %s: port %s: set hairpin/isolated/learning/flood/group_fwd_mask: %w", bridge, p.Name, err)
+	// A new port learns and floods, is neither isolated nor hairpin and
+	// forwards no link-local groups: only other settings need a request
+	// there. A port attached already gets them all, as it may differ.
+	if port.master != 0 || p.Hairpin || p.Isolated || (p.Learning != nil && !*p.Learning) || (p.Flood != nil && !*p.Flood) || p.GroupFwdMask != 0 {
+		b.Add(m.portOptsReq(port.index, p.opts()))
+		steps = append(steps, stepFlags)
 	}
-	if p.hasVLANs() {
-		ports, err := m.ports()
+	if !p.hasVLANs() && !port.up {
+		setLink(b, port.index, unix.IFF_UP)
+		steps = append(steps, stepUp)
+	}
+	defer func() {
 		if err != nil {
-			return fmt.Errorf("bridge %s: port %s: list VLANs: %w", bridge, p.Name, err)
+			m.undoPort(p.Name, br, port)
 		}
-		for _, ps := range ports {
-			if ps.index == pa.Index {
-				cur = ps.vlans
-			}
+	}()
+	if i, err := b.Exec(fd, nil); err != nil {
+		if i < 0 {
+			return fmt.Errorf("bridge %s: port %s: rtnetlink: %w", bridge, p.Name, err)
 		}
-		pvid := p.PVID
-		if pvid == 0 {
-			pvid = *brOpt.defaultPVID
-		}
-		if err := m.setVLANs(port, cur, pvid, p.Tagged); err != nil {
-			return vlanErr(bridge, "port "+p.Name+" VLANs", err)
-		}
+		return steps[i].err(bridge, p.Name, br.mtu, err)
 	}
-	if pa.Flags&net.FlagUp == 0 {
-		if err := m.h.LinkSetUp(port); err != nil {
-			return fmt.Errorf("bridge %s: port %s: bring up: %w", bridge, p.Name, err)
+	if !p.hasVLANs() {
+		return nil
+	}
+	if err := m.portVLANs(bridge, p, port.index, *brOpt.defaultPVID); err != nil {
+		return err
+	}
+	if !port.up {
+		setLink(b, port.index, unix.IFF_UP)
+		if _, err := b.Exec(fd, nil); err != nil {
+			return stepUp.err(bridge, p.Name, br.mtu, err)
 		}
 	}
 	return nil
 }
 
-// addFreshPort is AddPort for the common case, a port that is on no
-// bridge yet and gets no VLANs: MTU and master in one request, the port
-// flags (only where they differ from what the kernel gives a new port)
-// and up, sent together in one system call. It returns done=false, having
-// changed nothing, for every other case and for any lookup that does not
-// find exactly that; AddPort's step-by-step path then decides and words
-// the error. If the kernel refuses a request, addFreshPort puts back what
-// the batch changed and also returns done=false, so that the step-by-step
-// path runs again and names the step that fails.
-func (m *Manager) addFreshPort(bridge string, p PortConfig) (done bool, err error) {
-	if p.hasVLANs() {
-		return false, nil
+// portStep is one request of AddPort's batch.
+type portStep uint8
+
+const (
+	stepMTU portStep = iota
+	stepAttach
+	stepFlags
+	stepUp
+)
+
+// err words the kernel's refusal of the step.
+func (s portStep) err(bridge, port string, mtu int, err error) error {
+	switch s {
+	case stepMTU:
+		return fmt.Errorf("bridge %s: port %s: set MTU %d to match the bridge: %w", bridge, port, mtu, err)
+	case stepAttach:
+		return fmt.Errorf("bridge %s: attach port %s: %w", bridge, port, err)
+	case stepFlags:
+		return fmt.Errorf("bridge %s: port %s: set hairpin/isolated/learning/flood/group_fwd_mask: %w", bridge, port, err)
 	}
-	// Both lookups in one system call.
-	fd := m.socks[unix.NETLINK_ROUTE].Socket.GetFd()
-	b := &m.batch
-	b.Add(m.getLinkReq(bridge))
-	b.Add(m.getLinkReq(p.Name))
-	var heads [2]linkHead
-	var found [2]bool
-	if _, err := b.Exec(fd, func(i int, typ uint16, body []byte) {
-		if typ == unix.RTM_NEWLINK {
-			heads[i], found[i] = parseHead(body)
+	return fmt.Errorf("bridge %s: port %s: bring up: %w", bridge, port, err)
+}
+
+// checkPort refuses a port that cannot join the bridge br: not Ethernet,
+// a bridge itself, or on another master. Only its errors look the links up again
+// in full, to name what they are.
+func (m *Manager) checkPort(bridge, name string, br, port linkHead) error {
+	switch {
+	case port.kind == "bridge":
+		return fmt.Errorf("bridge %s: port %s is itself a bridge; a bridge cannot be a port of another bridge (connect them with a veth pair)", bridge, name)
+	case port.arpType != unix.ARPHRD_ETHER:
+		encap := fmt.Sprintf("ARP type %d", port.arpType)
+		if l, err := m.h.LinkByIndex(port.index); err == nil && l.Attrs().EncapType != "" {
+			encap = l.Attrs().EncapType
 		}
-	}); err != nil || !found[0] || !found[1] {
-		return false, nil
+		return fmt.Errorf("bridge %s: port %s is a %s device, not Ethernet; only Ethernet devices (tap, veth, NICs) can be bridge ports", bridge, name, encap)
+	case port.master != 0 && port.master != br.index:
+		master := fmt.Sprintf("ifindex %d", port.master)
+		if ml, err := m.h.LinkByIndex(port.master); err == nil {
+			master = ml.Attrs().Name + " (" + ml.Type() + ")"
+		}
+		return fmt.Errorf("bridge %s: port %s is already attached to %s; detach it from there first", bridge, name, master)
 	}
-	br, port := heads[0], heads[1]
-	if br.kind != "bridge" || port.kind == "bridge" || port.arpType != unix.ARPHRD_ETHER || port.master != 0 {
-		return false, nil
+	return nil
+}
+
+// portVLANs makes the attached port a member of exactly p's VLANs.
+func (m *Manager) portVLANs(bridge string, p PortConfig, index int, defaultPVID uint16) error {
+	ports, err := m.ports()
+	if err != nil {
+		return fmt.Errorf("bridge %s: port %s: list VLANs: %w", bridge, p.Name, err)
 	}
-	attach := m.request(unix.RTM_SETLINK, unix.NLM_F_ACK)
-	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Index = int32(port.index)
-	attach.AddData(msg)
-	if port.mtu != br.mtu {
-		attach.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(br.mtu))))
+	var cur []VLAN
+	for _, ps := range ports {
+		if ps.index == index {
+			cur = ps.vlans
+		}
 	}
-	attach.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(br.index))))
-	b.Add(attach)
-	// A new port learns and floods, is neither isolated nor hairpin and
-	// forwards no link-local groups: only other settings need a request.
-	if p.Hairpin || p.Isolated || (p.Learning != nil && !*p.Learning) || (p.Flood != nil && !*p.Flood) || p.GroupFwdMask != 0 {
-		b.Add(m.portOptsReq(port.index, p.opts()))
+	pvid := p.PVID
+	if pvid == 0 {
+		pvid = defaultPVID
 	}
-	if !port.up {
-		up := m.request(unix.RTM_SETLINK, unix.NLM_F_ACK)
-		msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-		msg.Index = int32(port.index)
-		msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
-		up.AddData(msg)
-		b.Add(up)
+	link := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: index, Name: p.Name}}
+	if err := m.setVLANs(link, cur, pvid, p.Tagged); err != nil {
+		return vlanErr(bridge, "port "+p.Name+" VLANs", err)
 	}
-	if _, err := b.Exec(fd, nil); err == nil {
-		return true, nil
-	}
-	// Undo in reverse order; each is harmless where the batch did not
-	// get that far.
-	link := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: port.index, Name: p.Name}}
-	if !port.up {
+	return nil
+}
+
+// undoPort puts back what AddPort changed on a port that was as before
+// describes: the kernel runs every request of a batch, also those after
+// a refused one, so each is undone whether or not it failed (each undo
+// is harmless where nothing changed). A port that was attached already
+// keeps its new flags and VLANs, as it had before this path existed.
+func (m *Manager) undoPort(name string, br, before linkHead) {
+	link := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: before.index, Name: name}}
+	if !before.up {
 		_ = m.h.LinkSetDown(link)
 	}
-	_ = m.h.LinkSetNoMaster(link)
-	if port.mtu != br.mtu {
-		_ = m.h.LinkSetMTU(link, port.mtu)
+	if before.master == 0 {
+		_ = m.h.LinkSetNoMaster(link)
 	}
-	return false, nil
+	if before.mtu != br.mtu {
+		_ = m.h.LinkSetMTU(link, before.mtu)
+	}
+}
+
+// setLink starts an RTM_SETLINK on the link index in b that sets flags
+// (IFF_UP or 0); attributes follow.
+func setLink(b *nlbatch.Batch, index int, flags uint32) {
+	ifi := nlbatch.IfInfomsg(unix.AF_UNSPEC, int32(index), flags, flags)
+	b.Begin(unix.RTM_SETLINK, 0, ifi[:], 0)
 }
 
 // setVLANs makes the port a member of exactly pvid (untagged, if not 0)

@@ -118,13 +118,8 @@ func (m *Manager) setBridgeOpt(index int, attr int, val []byte) error {
 	return err
 }
 
-// setPortOpts sets bridge-port flags in one AF_BRIDGE RTM_SETLINK, as
+// portOptsReq sets bridge-port flags in one AF_BRIDGE RTM_SETLINK, as
 // `bridge link set dev PORT ...` does.
-func (m *Manager) setPortOpts(index int, opts map[int][]byte) error {
-	_, err := m.portOptsReq(index, opts).Execute(unix.NETLINK_ROUTE, 0)
-	return err
-}
-
 func (m *Manager) portOptsReq(index int, opts map[int][]byte) *nl.NetlinkRequest {
 	req := m.request(unix.RTM_SETLINK, unix.NLM_F_ACK)
 	msg := nl.NewIfInfomsg(unix.AF_BRIDGE)
@@ -271,13 +266,13 @@ type linkHead struct {
 	kind               string // IFLA_INFO_KIND: "bridge", "tun", "veth", ...
 }
 
-// getLinkReq asks for the link called name, without its counters.
-func (m *Manager) getLinkReq(name string) *nl.NetlinkRequest {
-	req := m.request(unix.RTM_GETLINK, unix.NLM_F_ACK)
-	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
-	req.AddData(nl.NewRtAttr(unix.IFLA_EXT_MASK, nl.Uint32Attr(rtextFilterSkipStats)))
-	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
-	return req
+// getLink queues in b a request for the link called name, without its
+// counters.
+func getLink(b *nlbatch.Batch, name string) {
+	ifi := nlbatch.IfInfomsg(unix.AF_UNSPEC, 0, 0, 0)
+	b.Begin(unix.RTM_GETLINK, 0, ifi[:], 0)
+	b.AttrU32(unix.IFLA_EXT_MASK, rtextFilterSkipStats)
+	b.AttrString(unix.IFLA_IFNAME, name)
 }
 
 // parseHead reads a linkHead from an RTM_NEWLINK body.

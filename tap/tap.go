@@ -62,6 +62,13 @@ type Config struct {
 	Carrier *bool
 	// Up brings the link up after configuring it.
 	Up bool
+	// NoLinkLocal gives the tap no IPv6 link-local address (address
+	// generation mode none), for a tap that becomes a bridge port or one
+	// end of a wire: the kernel hands a bridge port's frames to the
+	// bridge, never to the port's own addresses, so the address would
+	// only cost duplicate address detection, multicast reports and
+	// routes. A tap used on its own keeps the kernel's default.
+	NoLinkLocal bool
 	// Tag is the owner recorded in the interface alias (owner.AdHoc or
 	// owner.Lab(name)); "" is owner.AdHoc.
 	Tag string
@@ -351,7 +358,9 @@ func Create(cfg Config) (*Tap, error) {
 		return fail(fmt.Errorf("tap %s: look up new link: %w", name, err))
 	}
 	impaired := cfg.Impairment != (Impairment{})
-	if err := t.apply(nfd, linkSteps(t.index, cfg, cfg.Up && !impaired)); err != nil {
+	var b nlbatch.Batch
+	var names [8]step
+	if err := t.apply(nfd, &b, linkSteps(&b, names[:0], t.index, cfg, cfg.Up && !impaired)); err != nil {
 		return fail(err)
 	}
 	if impaired {
@@ -359,7 +368,7 @@ func Create(cfg Config) (*Tap, error) {
 			return fail(err)
 		}
 		if cfg.Up {
-			if err := t.apply(nfd, []step{{"set up", linkReq(t.index, true)}}); err != nil {
+			if err := t.apply(nfd, &b, setUp(&b, names[:0], t.index)); err != nil {
 				return fail(err)
 			}
 		}
@@ -385,15 +394,11 @@ func Create(cfg Config) (*Tap, error) {
 	return t, nil
 }
 
-// apply sends steps to the kernel in one system call (nlbatch) and names
-// the first one it refused. The kernel runs the later steps of a batch
-// even after one failed; Create deletes the tap on any error, so that
-// does no harm here.
-func (t *Tap) apply(nfd int, steps []step) error {
-	var b nlbatch.Batch
-	for _, s := range steps {
-		b.Add(s.req)
-	}
+// apply sends the batch of steps to the kernel in one system call and
+// names the first one it refused. The kernel runs the later steps of a
+// batch even after one failed; Create deletes the tap on any error, so
+// that does no harm here.
+func (t *Tap) apply(nfd int, b *nlbatch.Batch, steps []step) error {
 	i, err := b.Exec(nfd, nil)
 	switch {
 	case err == nil:
@@ -401,7 +406,7 @@ func (t *Tap) apply(nfd int, steps []step) error {
 	case i < 0:
 		return fmt.Errorf("tap %s: rtnetlink: %w", t.name, err)
 	}
-	return fmt.Errorf("tap %s: %s: %w", t.name, steps[i].what, err)
+	return fmt.Errorf("tap %s: %s: %w", t.name, steps[i].what(), err)
 }
 
 // impair puts cfg's impairment on the tap, after its MTU is set: tbf's

@@ -110,6 +110,11 @@ func TestTapLifecycle(t *testing.T) {
 	if ipv[0].Master != "br0" || ipv[0].Mtu != 9000 || !d.MultiQueue || !d.VnetHdr || !d.Persist || d.Type != "tap" {
 		t.Errorf("kernel sees %+v", ipv[0])
 	}
+	// A bridge port gets no IPv6 link-local address (the bridge takes its
+	// frames, so nothing would reach it).
+	if a := inNS(t, ns, "ip", "-6", "-o", "addr", "show", "dev", "t0"); strings.TrimSpace(a) != "" {
+		t.Errorf("tap t0 on bridge br0 has IPv6 addresses:\n%s", a)
+	}
 	if k := inNS(t, ns, "ethtool", "-k", "t0"); !strings.Contains(k, "tcp-segmentation-offload: on") {
 		t.Errorf("ethtool -k t0 does not show TSO on:\n%s", k)
 	}

@@ -134,6 +134,9 @@ func tapCreate(e *env, name string, f *tapCreateFlags) error {
 				name, f.mtu, bi.MTU, f.br, bi.MTU)
 		}
 	}
+	// A bridge port's own addresses are never reached (the bridge takes
+	// its frames); a tap on its own keeps the kernel's link-local address.
+	cfg.NoLinkLocal = m != nil
 	t, err := tap.Create(cfg)
 	if err != nil {
 		return err

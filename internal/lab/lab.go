@@ -258,6 +258,9 @@ func (l *Lab) createTap(vm *vmconfig.VM, nic *vmconfig.NIC, uid, gid int) (_ *ta
 	defer func() { done(err) }()
 	cfg := tap.NewConfig(nic.IfName, nic.Queues)
 	cfg.Tag, cfg.Owner, cfg.Group, cfg.Up = owner.Lab(l.cfg.Name), uid, gid, true
+	// Every lab tap is a bridge port or one end of a [[link]]: an IPv6
+	// link-local address on it would never be reached (see NoLinkLocal).
+	cfg.NoLinkLocal = true
 	cfg.MTU = nic.MTU
 	if cfg.Qdisc, err = tap.ParseQdisc(nic.Qdisc); err != nil {
 		return nil, fmt.Errorf("vm %s nic %d: %w", vm.Name, nic.Index, err)

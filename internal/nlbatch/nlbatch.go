@@ -11,8 +11,10 @@
 package nlbatch
 
 import (
+	"encoding/binary"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/vishvananda/netlink/nl"
@@ -23,6 +25,9 @@ import (
 type Batch struct {
 	buf  []byte
 	seqs []uint32
+	ok   []unix.Errno // per request: an error that counts as success, or 0
+	cur  int          // offset of the request Begin started, or -1
+	open bool
 }
 
 // rbufs holds receive buffers: a link's description is a few KB, and a
@@ -30,9 +35,107 @@ type Batch struct {
 var rbufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // Add queues req, which must carry NLM_F_ACK.
-func (b *Batch) Add(req *nl.NetlinkRequest) {
+func (b *Batch) Add(req *nl.NetlinkRequest) { b.AddTolerating(req, 0) }
+
+// seq numbers the requests built with Begin; the kernel echoes it in the
+// acknowledgement. Any value works as long as it is unique in a batch.
+var seq atomic.Uint32
+
+// Begin starts a request of type typ, with NLM_F_REQUEST, NLM_F_ACK and
+// flags, whose fixed part (an ifinfomsg, a tcmsg) is fixed; Attr and
+// Nest add its attributes until the next Begin, Add or Exec. Built this
+// way, a request costs no allocation once the batch's buffer has grown.
+// A refusal with ok (0 for none) counts as success, as for AddTolerating.
+func (b *Batch) Begin(typ, flags uint16, fixed []byte, ok unix.Errno) {
+	b.end()
+	b.cur, b.open = len(b.buf), true
+	s := seq.Add(1)
+	var h [unix.NLMSG_HDRLEN]byte
+	binary.NativeEndian.PutUint16(h[4:], typ)
+	binary.NativeEndian.PutUint16(h[6:], flags|unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+	binary.NativeEndian.PutUint32(h[8:], s)
+	b.buf = append(b.buf, h[:]...)
+	b.buf = append(b.buf, fixed...)
+	b.pad()
+	b.seqs = append(b.seqs, s)
+	b.ok = append(b.ok, ok)
+}
+
+// Attr adds an attribute to the request Begin started.
+func (b *Batch) Attr(typ uint16, val []byte) {
+	b.attrHead(typ, len(val))
+	b.buf = append(b.buf, val...)
+	b.pad()
+}
+
+// AttrU32 adds a 32-bit attribute in host byte order.
+func (b *Batch) AttrU32(typ uint16, v uint32) {
+	var a [4]byte
+	binary.NativeEndian.PutUint32(a[:], v)
+	b.Attr(typ, a[:])
+}
+
+// AttrString adds a NUL-terminated string attribute.
+func (b *Batch) AttrString(typ uint16, v string) {
+	b.attrHead(typ, len(v)+1)
+	b.buf = append(b.buf, v...)
+	b.buf = append(b.buf, 0)
+	b.pad()
+}
+
+// Nest opens a nested attribute; the attributes added until the matching
+// EndNest, which takes Nest's result, go inside it.
+func (b *Batch) Nest(typ uint16) int {
+	at := len(b.buf)
+	b.attrHead(typ, 0)
+	return at
+}
+
+// EndNest closes the nested attribute Nest opened at at.
+func (b *Batch) EndNest(at int) {
+	binary.NativeEndian.PutUint16(b.buf[at:], uint16(len(b.buf)-at))
+}
+
+func (b *Batch) attrHead(typ uint16, n int) {
+	var h [unix.SizeofRtAttr]byte
+	binary.NativeEndian.PutUint16(h[0:], uint16(unix.SizeofRtAttr+n))
+	binary.NativeEndian.PutUint16(h[2:], typ)
+	b.buf = append(b.buf, h[:]...)
+}
+
+func (b *Batch) pad() {
+	for len(b.buf)%unix.NLMSG_ALIGNTO != 0 {
+		b.buf = append(b.buf, 0)
+	}
+}
+
+// end writes the length of the request Begin started.
+func (b *Batch) end() {
+	if b.open {
+		binary.NativeEndian.PutUint32(b.buf[b.cur:], uint32(len(b.buf)-b.cur))
+		b.open = false
+	}
+}
+
+// IfInfomsg is an ifinfomsg for Begin: family, interface index, and the
+// flags to set among change.
+func IfInfomsg(family uint8, index int32, flags, change uint32) [unix.SizeofIfInfomsg]byte {
+	var m [unix.SizeofIfInfomsg]byte
+	m[0] = family
+	binary.NativeEndian.PutUint32(m[4:], uint32(index))
+	binary.NativeEndian.PutUint32(m[8:], flags)
+	binary.NativeEndian.PutUint32(m[12:], change)
+	return m
+}
+
+// AddTolerating queues req, whose refusal with ok counts as success: a
+// request whose goal the kernel's refusal already meets (turning off
+// something the kernel does not have).
+func (b *Batch) AddTolerating(req *nl.NetlinkRequest, ok unix.Errno) {
+	b.end()
 	b.buf = append(b.buf, req.Serialize()...)
 	b.seqs = append(b.seqs, req.Seq)
+	b.ok = append(b.ok, ok)
 }
 
 // Len is the number of queued requests.
@@ -46,8 +149,9 @@ func (b *Batch) Len() int { return len(b.seqs) }
 // order, with its index; -1 when every request succeeded or the socket
 // itself failed.
 func (b *Batch) Exec(fd int, data func(i int, typ uint16, body []byte)) (int, error) {
+	b.end()
 	seqs := b.seqs
-	defer func() { b.buf, b.seqs = b.buf[:0], b.seqs[:0] }()
+	defer func() { b.buf, b.seqs, b.ok = b.buf[:0], b.seqs[:0], b.ok[:0] }()
 	if len(seqs) == 0 {
 		return -1, nil
 	}
@@ -63,7 +167,7 @@ func (b *Batch) Exec(fd int, data func(i int, typ uint16, body []byte)) (int, er
 	defer rbufs.Put(rp)
 	rb := *rp
 	for left := len(seqs); left > 0; {
-		n, _, err := unix.Recvfrom(fd, rb, 0)
+		n, err := unix.Read(fd, rb) // Recvfrom would allocate the sender's address
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -95,7 +199,7 @@ func (b *Batch) Exec(fd int, data func(i int, typ uint16, body []byte)) (int, er
 		}
 	}
 	for i := range seqs {
-		if codes[i] != 0 {
+		if codes[i] != 0 && unix.Errno(-codes[i]) != b.ok[i] {
 			return i, unix.Errno(-codes[i])
 		}
 	}

@@ -87,6 +87,36 @@ func TestBatch(t *testing.T) {
 	})
 }
 
+// TestAddTolerating: a refusal with the tolerated errno counts as
+// success, with any other errno it does not, and a later request's
+// failure is still reported with its own index.
+func TestAddTolerating(t *testing.T) {
+	ns := testenv.NetNS(t)
+	testenv.Do(t, ns, func() error {
+		fd, err := Socket()
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		var b Batch
+		b.AddTolerating(getLink("nosuch0"), unix.ENODEV)
+		b.Add(getLink("lo"))
+		if i, err := b.Exec(fd, nil); i != -1 || err != nil {
+			t.Errorf("tolerated ENODEV: Exec = %d, %v; want -1, nil", i, err)
+		}
+		b.AddTolerating(getLink("nosuch0"), unix.EINVAL)
+		if i, err := b.Exec(fd, nil); i != 0 || !errors.Is(err, unix.ENODEV) {
+			t.Errorf("tolerated EINVAL: Exec = %d, %v; want 0, ENODEV", i, err)
+		}
+		b.AddTolerating(getLink("nosuch0"), unix.ENODEV)
+		b.Add(getLink("nosuch1"))
+		if i, err := b.Exec(fd, nil); i != 1 || !errors.Is(err, unix.ENODEV) {
+			t.Errorf("tolerated then refused: Exec = %d, %v; want 1, ENODEV", i, err)
+		}
+		return nil
+	})
+}
+
 // TestAttrsMalformed: a length that points past the buffer or below the
 // header size ends the walk instead of reading out of bounds.
 func TestAttrsMalformed(t *testing.T) {
@@ -102,4 +132,66 @@ func TestAttrsMalformed(t *testing.T) {
 			t.Errorf("Attrs(%v) called fn %d times", b, n)
 		}
 	}
+}
+
+// TestBegin: a request built in place is byte for byte what
+// vishvananda/netlink serializes for the same request (header, fixed
+// part, padded attributes, a nested attribute), and the kernel answers
+// requests built that way.
+func TestBegin(t *testing.T) {
+	var b Batch
+	ifi := IfInfomsg(unix.AF_UNSPEC, 7, unix.IFF_UP, unix.IFF_UP)
+	b.Begin(unix.RTM_SETLINK, 0, ifi[:], 0)
+	b.AttrU32(unix.IFLA_MTU, 9000)
+	b.AttrString(unix.IFLA_IFNAME, "ab")
+	n := b.Nest(unix.IFLA_AF_SPEC)
+	in := b.Nest(unix.AF_INET6)
+	b.Attr(unix.IFLA_INET6_ADDR_GEN_MODE, []byte{1})
+	b.EndNest(in)
+	b.EndNest(n)
+	b.Attr(unix.IFLA_IFALIAS, []byte("xyz"))
+	b.end()
+
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	req.Seq = b.seqs[0]
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index, msg.Flags, msg.Change = 7, unix.IFF_UP, unix.IFF_UP
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(9000)))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated("ab")))
+	spec := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
+	spec.AddRtAttr(unix.AF_INET6, nil).AddRtAttr(unix.IFLA_INET6_ADDR_GEN_MODE, []byte{1})
+	req.AddData(spec)
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFALIAS, []byte("xyz")))
+	want := req.Serialize()
+	if string(b.buf) != string(want) {
+		t.Errorf("Begin built\n%v\nvishvananda/netlink serializes\n%v", b.buf, want)
+	}
+	b.buf, b.seqs, b.ok = b.buf[:0], b.seqs[:0], b.ok[:0]
+
+	ns := testenv.NetNS(t)
+	testenv.Do(t, ns, func() error {
+		fd, err := Socket()
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		up := IfInfomsg(unix.AF_UNSPEC, 1, unix.IFF_UP, unix.IFF_UP)
+		b.Begin(unix.RTM_SETLINK, 0, up[:], 0)
+		any := IfInfomsg(unix.AF_UNSPEC, 0, 0, 0)
+		b.Begin(unix.RTM_GETLINK, 0, any[:], 0)
+		b.AttrString(unix.IFLA_IFNAME, "lo")
+		b.Begin(unix.RTM_GETLINK, 0, any[:], unix.ENODEV)
+		b.AttrString(unix.IFLA_IFNAME, "nosuch0")
+		var flags uint32
+		if i, err := b.Exec(fd, func(i int, _ uint16, body []byte) {
+			flags = nl.DeserializeIfInfomsg(body).Flags
+		}); i != -1 || err != nil {
+			t.Fatalf("Exec = %d, %v", i, err)
+		}
+		if flags&unix.IFF_UP == 0 {
+			t.Errorf("lo flags %#x after a built RTM_SETLINK up", flags)
+		}
+		return nil
+	})
 }
