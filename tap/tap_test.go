@@ -693,22 +693,7 @@ func TestQdisc(t *testing.T) {
 	dq := kernelDefaultQdisc(t)
 	ns := newNS(t)
 	testenv.Do(t, ns, func() error {
-		root := func(name string) string {
-			var qs []struct {
-				Kind string `json:"kind"`
-				Root bool   `json:"root"`
-			}
-			if err := json.Unmarshal([]byte(run(t, "tc", "-j", "qdisc", "show", "dev", name)), &qs); err != nil {
-				t.Fatalf("tc -j qdisc show dev %s: %v", name, err)
-			}
-			for _, q := range qs {
-				if q.Root {
-					return q.Kind
-				}
-			}
-			return ""
-		}
-		for _, c := range []struct {
+		cases := []struct {
 			name   string
 			queues int
 			qdisc  Qdisc
@@ -718,14 +703,33 @@ func TestQdisc(t *testing.T) {
 			{"nq4", 4, QdiscNoqueue, "noqueue"},
 			{"dq1", 1, QdiscDefault, dq},
 			{"dq4", 4, QdiscDefault, "mq"},
-		} {
+		}
+		taps := make([]*Tap, len(cases))
+		for i, c := range cases {
 			cfg := NewConfig(c.name, c.queues)
 			cfg.Qdisc, cfg.Up = c.qdisc, true
-			tp := mustCreate(t, cfg)
-			if got := root(c.name); got != c.want {
+			taps[i] = mustCreate(t, cfg)
+		}
+		// One tc for all of them: a program start is slow in a guest.
+		var qs []struct {
+			Kind string `json:"kind"`
+			Dev  string `json:"dev"`
+			Root bool   `json:"root"`
+		}
+		if err := json.Unmarshal([]byte(run(t, "tc", "-j", "qdisc", "show")), &qs); err != nil {
+			t.Fatalf("tc -j qdisc show: %v", err)
+		}
+		root := map[string]string{}
+		for _, q := range qs {
+			if q.Root {
+				root[q.Dev] = q.Kind
+			}
+		}
+		for i, c := range cases {
+			if got := root[c.name]; got != c.want {
 				t.Errorf("tap %s (%s, %d queues): tc shows root qdisc %q, want %q", c.name, c.qdisc, c.queues, got, c.want)
 			}
-			info, err := tp.Describe()
+			info, err := taps[i].Describe()
 			if err != nil {
 				return err
 			}
