@@ -32,10 +32,11 @@ var (
 )
 
 // newNS gives the test a fresh namespace without IPv6 autoconfiguration
-// chatter on new links.
+// chatter on new links. It lives until the test binary exits: taking
+// namespaces down is slow in a guest.
 func newNS(t testing.TB) netns.Handle {
 	t.Helper()
-	ns := testenv.NetNS(t)
+	ns := testenv.NetNSUntilExit(t)
 	testenv.Do(t, ns, func() error {
 		for _, p := range []string{"all", "default"} {
 			// Best effort: a host without IPv6 has nothing to silence.
