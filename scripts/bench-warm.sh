@@ -115,16 +115,19 @@ if [[ -n ${OLD:-} && -n ${OLD_TESTS:-} ]]; then
 	git archive "$OLD_TESTS" | tar -x -C "$olddir"
 	(cd "$olddir" && CGO_ENABLED=0 go test -count=1 -run '^$' ./tap/ >/dev/null) # builds the old test binary
 fi
-tcold=() twarm=() told=()
+tcold=() twarm=() told=() toldnew=()
 for ((i = 0; i < n; i++)); do
 	[[ -n ${OLD:-} ]] && told+=("$(dir=$olddir gotest "$OLD exec --cold")")
+	[[ $olddir != . ]] && toldnew+=("$(gotest "$OLD exec --cold")")
 	tcold+=("$(gotest "$bin exec --cold")")
 	twarm+=("$(gotest "$bin exec")")
 done
 [[ -n ${OLD:-} ]] && echo "go test ./tap/, $OLD cold${OLD_TESTS:+ (tests of $OLD_TESTS)}: ${told[*]}"
+[[ $olddir != . ]] && echo "go test ./tap/, $OLD cold (today's tests): ${toldnew[*]}"
 echo "go test ./tap/, cold: ${tcold[*]}"
 echo "go test ./tap/, warm: ${twarm[*]}"
-mo=0
+mo=0 mon=0
 [[ -n ${OLD:-} ]] && mo=$(median "${told[@]}")
-awk -v c="$(median "${tcold[@]}")" -v w="$(median "${twarm[@]}")" -v o="$mo" \
-	'BEGIN {printf "median go test ./tap/: cold %.2fs, warm %.2fs, warm/cold %.2f", c, w, w / c; if (o > 0) printf "; old cold %.2fs, warm/old cold %.2f", o, w / o; printf "\n"}'
+[[ $olddir != . ]] && mon=$(median "${toldnew[@]}")
+awk -v c="$(median "${tcold[@]}")" -v w="$(median "${twarm[@]}")" -v o="$mo" -v on="$mon" \
+	'BEGIN {printf "median go test ./tap/: cold %.2fs, warm %.2fs, warm/cold %.2f", c, w, w / c; if (o > 0) printf "; old cold %.2fs, warm/old cold %.2f", o, w / o; if (on > 0) printf "; old cold on today'"'"'s tests %.2fs, warm/that %.2f", on, w / on; printf "\n"}'
