@@ -63,10 +63,10 @@ func NetNS(t testing.TB) netns.Handle {
 // NetNSUntilExit is NetNS for a package that makes many namespaces:
 // the namespace stays until the test binary exits. The kernel tears a
 // namespace down in a worker after its last reference goes, which under
-// TCG costs about as much CPU as building it (a bridge's namespace 23 of
-// 77 ms); a guest that runs the tests (`vmnet exec`) powers off without
-// doing that work, so there it leaves the run entirely. Tests that must
-// see a namespace go use NetNS.
+// TCG takes a third of the guest CPU the namespace cost (one with a
+// bridge and two taps: 23 of 77 ms); a guest that runs the tests (`vmnet
+// exec`) powers off without doing that work. Tests that must see a
+// namespace go use NetNS.
 func NetNSUntilExit(t testing.TB) netns.Handle {
 	t.Helper()
 	RequireRoot(t)
