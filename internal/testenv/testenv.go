@@ -51,11 +51,7 @@ func RequireProgram(t testing.TB, name string) string {
 // it with netlink.NewHandleAt.
 func NetNS(t testing.TB) netns.Handle {
 	t.Helper()
-	RequireRoot(t)
-	h, err := netns.New()
-	if err != nil {
-		t.Fatalf("new network namespace: %v", err)
-	}
+	h := NetNSUntilExit(t)
 	t.Cleanup(func() { h.Close() })
 	return h
 }
