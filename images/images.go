@@ -82,6 +82,11 @@ type Image struct {
 	KernelVersion    string // uname -r of the guest, e.g. 6.1.0-56-amd64
 	KernelPackage    string // Debian package and version it came from
 	Modules          []string
+	// HostFiles are the host's files the image carries, by their host
+	// paths: programs (in /usr/bin or /usr/sbin) and their libraries (at
+	// the host's paths). The image's key hashes their contents, so the
+	// image found for this host holds them as they are now.
+	HostFiles []string
 }
 
 // manifest is written last into an image directory; its presence marks
@@ -555,6 +560,7 @@ func load(dir string) (Image, manifest, error) {
 		KernelVersion:    m.Release,
 		KernelPackage:    m.KernelPackage,
 		Modules:          m.Modules,
+		HostFiles:        m.HostFiles,
 	}
 	for _, f := range []string{img.Kernel, img.KernelCompressed, img.Initrd} {
 		if _, err := os.Stat(f); err != nil {

@@ -9,7 +9,10 @@
 #   3. `CGO_ENABLED=0 go test -count=1 -exec "vmnet exec [--cold]" ./tap/`,
 #      cold, warm and, with OLD=path of an older vmnet binary, that binary
 #      cold (the reference the warm goal is stated against), alternating;
-#      skipped with TAP=0.
+#      with OLD_TESTS=a git revision as well, the old binary runs that
+#      revision's tap tests (the tests got faster too, so the old cold run
+#      of today's tests is not the run the goal was set against);
+#      skipped with TAP=0; TAP_ONLY=1 skips 1 and 2.
 # Prints every time and the medians. Needs root, qemu-system-x86_64 and
 # the test image (built on first use). Labs of 2, 8 and 32 guests (up to
 # every guest pinging its neighbour, down, QEMU CPU, RSS and PSS per
@@ -22,8 +25,10 @@ n=${1:-5}
 tmp=$(mktemp -d)
 bin=$tmp/vmnet
 ns=vmnet-bench-$$
-trap 'ip netns del "$ns" 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'ip netns del "$ns" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 go build -o "$bin" ./cmd/vmnet
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+if [[ ${TAP_ONLY:-0} != 1 ]]; then
 "$bin" run --quiet examples/ci.toml ci -- true # builds the image and the snapshot
 t() { # t ARGS...: wall seconds of one run
 	local s e
@@ -37,7 +42,6 @@ for ((i = 0; i < n; i++)); do
 	cold+=("$(t --cold)")
 	warm+=("$(t)")
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo "cold: ${cold[*]}"
 echo "warm: ${warm[*]}"
 mc=$(median "${cold[@]}") mw=$(median "${warm[@]}")
@@ -89,12 +93,13 @@ echo "vmnet down, cold guests: ${cdown[*]}"
 echo "vmnet down, warm guests: ${wdown[*]}"
 awk -v c="$(median "${cup[@]}")" -v w="$(median "${wup[@]}")" -v cd="$(median "${cdown[@]}")" -v wd="$(median "${wdown[@]}")" \
 	'BEGIN {printf "median up to a ping: cold %.2fs, warm %.2fs, warm/cold %.2f; down: %.2fs (cold guests), %.2fs (warm)\n", c, w, w / c, cd, wd}'
+fi
 
 [[ ${TAP:-1} == 0 ]] && exit 0
-gotest() { # gotest BINARY [--cold]: wall seconds of go test ./tap/ run in guests
+gotest() { # gotest BINARY [--cold]: wall seconds of go test ./tap/ run in guests (in $dir)
 	local s e
 	s=$(date +%s.%N)
-	CGO_ENABLED=0 go test -count=1 -exec "$*" ./tap/ >"$tmp/tap.out" 2>&1 || {
+	(cd "${dir:-.}" && CGO_ENABLED=0 go test -count=1 -exec "$*" ./tap/) >"$tmp/tap.out" 2>&1 || {
 		cat "$tmp/tap.out" >&2
 		return 1
 	}
@@ -103,16 +108,26 @@ gotest() { # gotest BINARY [--cold]: wall seconds of go test ./tap/ run in guest
 }
 "$bin" exec --help >/dev/null
 CGO_ENABLED=0 go test -count=1 -exec "$bin exec" ./tap/ >/dev/null # saves the exec snapshot
-tcold=() twarm=() told=()
+olddir=.
+if [[ -n ${OLD:-} && -n ${OLD_TESTS:-} ]]; then
+	olddir=$tmp/old-tests
+	mkdir "$olddir"
+	git archive "$OLD_TESTS" | tar -x -C "$olddir"
+	(cd "$olddir" && CGO_ENABLED=0 go test -count=1 -run '^$' ./tap/ >/dev/null) # builds the old test binary
+fi
+tcold=() twarm=() told=() toldnew=()
 for ((i = 0; i < n; i++)); do
-	[[ -n ${OLD:-} ]] && told+=("$(gotest "$OLD exec --cold")")
+	[[ -n ${OLD:-} ]] && told+=("$(dir=$olddir gotest "$OLD exec --cold")")
+	[[ $olddir != . ]] && toldnew+=("$(gotest "$OLD exec --cold")")
 	tcold+=("$(gotest "$bin exec --cold")")
 	twarm+=("$(gotest "$bin exec")")
 done
-[[ -n ${OLD:-} ]] && echo "go test ./tap/, $OLD cold: ${told[*]}"
+[[ -n ${OLD:-} ]] && echo "go test ./tap/, $OLD cold${OLD_TESTS:+ (tests of $OLD_TESTS)}: ${told[*]}"
+[[ $olddir != . ]] && echo "go test ./tap/, $OLD cold (today's tests): ${toldnew[*]}"
 echo "go test ./tap/, cold: ${tcold[*]}"
 echo "go test ./tap/, warm: ${twarm[*]}"
-mo=0
+mo=0 mon=0
 [[ -n ${OLD:-} ]] && mo=$(median "${told[@]}")
-awk -v c="$(median "${tcold[@]}")" -v w="$(median "${twarm[@]}")" -v o="$mo" \
-	'BEGIN {printf "median go test ./tap/: cold %.2fs, warm %.2fs, warm/cold %.2f", c, w, w / c; if (o > 0) printf "; old cold %.2fs, warm/old cold %.2f", o, w / o; printf "\n"}'
+[[ $olddir != . ]] && mon=$(median "${toldnew[@]}")
+awk -v c="$(median "${tcold[@]}")" -v w="$(median "${twarm[@]}")" -v o="$mo" -v on="$mon" \
+	'BEGIN {printf "median go test ./tap/: cold %.2fs, warm %.2fs, warm/cold %.2f", c, w, w / c; if (o > 0) printf "; old cold %.2fs, warm/old cold %.2f", o, w / o; if (on > 0) printf "; old cold on today'"'"'s tests %.2fs, warm/that %.2f", on, w / on; printf "\n"}'

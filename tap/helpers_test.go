@@ -8,7 +8,9 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,10 +32,11 @@ var (
 )
 
 // newNS gives the test a fresh namespace without IPv6 autoconfiguration
-// chatter on new links.
+// chatter on new links. It lives until the test binary exits: taking
+// namespaces down is slow in a guest.
 func newNS(t testing.TB) netns.Handle {
 	t.Helper()
-	ns := testenv.NetNS(t)
+	ns := testenv.NetNSUntilExit(t)
 	testenv.Do(t, ns, func() error {
 		for _, p := range []string{"all", "default"} {
 			// Best effort: a host without IPv6 has nothing to silence.
@@ -134,17 +137,23 @@ func readMatch(q *Queue, timeout time.Duration, match func(frame []byte) bool) (
 		return nil, err
 	}
 	defer q.SetReadDeadline(time.Time{})
-	buf := make([]byte, 70000)
+	bp := readBufs.Get().(*[]byte)
+	defer readBufs.Put(bp)
+	buf := *bp
 	for {
 		n, err := q.Read(buf)
 		if err != nil {
 			return nil, err
 		}
 		if match(buf[q.VnetHdrSize():n]) {
-			return buf[:n], nil
+			return bytes.Clone(buf[:n]), nil
 		}
 	}
 }
+
+// readBufs hold a frame of any size: readMatch runs for every frame of
+// most tests, and clearing 70 kB each time is slow in an emulated guest.
+var readBufs = sync.Pool{New: func() any { b := make([]byte, 70000); return &b }}
 
 // drain counts the frames matching match that arrive on q within d.
 func drain(q *Queue, d time.Duration, match func([]byte) bool) (int, error) {
@@ -159,6 +168,27 @@ func drain(q *Queue, d time.Duration, match func([]byte) bool) (int, error) {
 		err = nil
 	}
 	return n, err
+}
+
+// countOn reads the queues in turn until the frames matching match number
+// want in all, or within has passed, and returns how many each queue
+// read. Under load the kernel may pass frames on from its backlog well
+// after the writes returned: it waits for all of them, not for a fixed
+// time. A read that fails other than by its deadline ends it.
+func countOn(qs []*Queue, want int, within time.Duration, match func([]byte) bool) ([]int, error) {
+	counts := make([]int, len(qs))
+	total := 0
+	for end := time.Now().Add(within); total < want && time.Now().Before(end); {
+		for i, q := range qs {
+			n, err := drain(q, 5*time.Millisecond, match)
+			if err != nil {
+				return counts, fmt.Errorf("read on queue %d: %w", i, err)
+			}
+			counts[i] += n
+			total += n
+		}
+	}
+	return counts, nil
 }
 
 // run runs a command in the calling (locked) thread's namespace.
@@ -182,4 +212,21 @@ func linkNames(t testing.TB) []string {
 		names = append(names, l.Attrs().Name)
 	}
 	return names
+}
+
+// noLinksBut waits until the calling thread's namespace has only the
+// named links. A device that goes away when its last file is closed can
+// stay a moment longer: a parallel test's fork holds copies of every fd
+// until its exec closes them.
+func noLinksBut(t testing.TB, want ...string) error {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		names := linkNames(t)
+		if slices.Equal(names, want) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("links %v, want %v", names, want)
+		}
+	}
 }

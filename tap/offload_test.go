@@ -6,6 +6,7 @@ import (
 )
 
 func TestParseOffloads(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		in   string
 		want Offload
@@ -36,6 +37,7 @@ func TestParseOffloads(t *testing.T) {
 }
 
 func TestOffloadJSON(t *testing.T) {
+	t.Parallel()
 	b, err := json.Marshal(struct {
 		O Offload `json:"offloads"`
 	}{OffloadCsum | OffloadUSO})

@@ -537,12 +537,14 @@ func (t *Tap) AddQueue() (*Queue, error) {
 // checkSame guards against a race TUNSETIFF cannot: if the tap was
 // deleted after vmnet looked at it, attaching by name silently creates a
 // new device. Then the interface index differs, and closing our queue
-// removes the accidental device again.
+// removes the accidental device again. It asks for the name's index
+// alone (SIOCGIFINDEX), not for the whole link: AddQueue runs it once per
+// queue.
 func (t *Tap) checkSame() error {
-	msgs, err := getLinks(t.name)
-	if err == nil && len(msgs) == 1 {
-		var link netlink.Link
-		if link, _, err = parseLink(msgs[0]); err == nil && link.Attrs().Index == t.index {
+	if fd, err := nlbatch.Socket(); err == nil {
+		index, err := nlbatch.Ifindex(fd, t.name)
+		unix.Close(fd)
+		if err == nil && index == t.index {
 			return nil
 		}
 	}

@@ -57,6 +57,7 @@ func TestFrameAcrossBridge(t *testing.T) {
 // (NEEDS_CSUM) and checks that a tap with csum offload hands the header
 // over intact while one without it gets a finished frame.
 func TestVnetHdr(t *testing.T) {
+	t.Parallel()
 	for _, size := range []int{10, 12} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			t.Parallel()
@@ -157,11 +158,11 @@ func TestMultiQueueSpreadsFlows(t *testing.T) {
 				}
 				sent++
 			}
-			for i, q := range b.Queues() {
-				n, err := drain(q, 100*time.Millisecond, func(f []byte) bool { _, ok := isTestUDP(f); return ok })
-				if err != nil {
-					return err
-				}
+			got, err := countOn(b.Queues(), perRound, 10*time.Second, func(f []byte) bool { _, ok := isTestUDP(f); return ok })
+			if err != nil {
+				return err
+			}
+			for i, n := range got {
 				counts[i] += n
 			}
 			if !slices.Contains(counts, 0) {
@@ -222,22 +223,11 @@ func TestDetachQueue(t *testing.T) {
 		if err := send(); err != nil {
 			return err
 		}
-		// Under load the kernel may pass the frames on from its backlog
-		// well after the writes return: count on both queues until all
-		// 32 are in, not for a fixed time.
+		// Count on both queues until all 32 are in (a read on the
+		// detached queue must wait until its deadline, not fail).
 		count := func() (n0, n1 int, err error) {
-			for end := time.Now().Add(10 * time.Second); n0+n1 < 32 && time.Now().Before(end); {
-				m1, err := drain(q1, 50*time.Millisecond, isUDP)
-				if err != nil {
-					return n0, n1, fmt.Errorf("read on queue 1: %w (want it to wait until the deadline)", err)
-				}
-				m0, err := drain(q0, 50*time.Millisecond, isUDP)
-				if err != nil {
-					return n0, n1, err
-				}
-				n0, n1 = n0+m0, n1+m1
-			}
-			return n0, n1, nil
+			c, err := countOn([]*Queue{q0, q1}, 32, 10*time.Second, isUDP)
+			return c[0], c[1], err
 		}
 		n0, n1, err := count()
 		if err != nil {
@@ -448,6 +438,26 @@ func TestAddQueueToLimit(t *testing.T) {
 	})
 }
 
+// TestAddQueueAfterDelete: a queue added to a tap someone deleted meanwhile
+// would make a new device of the same name (TUNSETIFF attaches by name);
+// AddQueue sees the other index, refuses, and removes that device again.
+func TestAddQueueAfterDelete(t *testing.T) {
+	t.Parallel()
+	ns := newNS(t)
+	testenv.Do(t, ns, func() error {
+		tp := mustCreate(t, NewConfig("gone0", 2))
+		if err := Delete("gone0", "", false); err != nil {
+			return err
+		}
+		q, err := tp.AddQueue()
+		wantErr(t, "AddQueue after Delete", err, unix.ENODEV, "tap gone0: vanished while attaching")
+		if q != nil || len(tp.Queues()) != 2 {
+			t.Errorf("AddQueue after Delete: %d queues, want the 2 of before", len(tp.Queues()))
+		}
+		return noLinksBut(t, "lo")
+	})
+}
+
 func TestCloseUnblocksReadAndDeadlines(t *testing.T) {
 	t.Parallel()
 	ns := newNS(t)
@@ -490,8 +500,8 @@ func TestCloseUnblocksReadAndDeadlines(t *testing.T) {
 	}
 	// The tap was not persistent: closing its queues removed it.
 	testenv.Do(t, ns, func() error {
-		if names := linkNames(t); len(names) != 1 {
-			return fmt.Errorf("links left after Close: %v", names)
+		if err := noLinksBut(t, "lo"); err != nil {
+			return fmt.Errorf("after Close: %w", err)
 		}
 		return nil
 	})
@@ -683,22 +693,7 @@ func TestQdisc(t *testing.T) {
 	dq := kernelDefaultQdisc(t)
 	ns := newNS(t)
 	testenv.Do(t, ns, func() error {
-		root := func(name string) string {
-			var qs []struct {
-				Kind string `json:"kind"`
-				Root bool   `json:"root"`
-			}
-			if err := json.Unmarshal([]byte(run(t, "tc", "-j", "qdisc", "show", "dev", name)), &qs); err != nil {
-				t.Fatalf("tc -j qdisc show dev %s: %v", name, err)
-			}
-			for _, q := range qs {
-				if q.Root {
-					return q.Kind
-				}
-			}
-			return ""
-		}
-		for _, c := range []struct {
+		cases := []struct {
 			name   string
 			queues int
 			qdisc  Qdisc
@@ -708,14 +703,33 @@ func TestQdisc(t *testing.T) {
 			{"nq4", 4, QdiscNoqueue, "noqueue"},
 			{"dq1", 1, QdiscDefault, dq},
 			{"dq4", 4, QdiscDefault, "mq"},
-		} {
+		}
+		taps := make([]*Tap, len(cases))
+		for i, c := range cases {
 			cfg := NewConfig(c.name, c.queues)
 			cfg.Qdisc, cfg.Up = c.qdisc, true
-			tp := mustCreate(t, cfg)
-			if got := root(c.name); got != c.want {
+			taps[i] = mustCreate(t, cfg)
+		}
+		// One tc for all of them: a program start is slow in a guest.
+		var qs []struct {
+			Kind string `json:"kind"`
+			Dev  string `json:"dev"`
+			Root bool   `json:"root"`
+		}
+		if err := json.Unmarshal([]byte(run(t, "tc", "-j", "qdisc", "show")), &qs); err != nil {
+			t.Fatalf("tc -j qdisc show: %v", err)
+		}
+		root := map[string]string{}
+		for _, q := range qs {
+			if q.Root {
+				root[q.Dev] = q.Kind
+			}
+		}
+		for i, c := range cases {
+			if got := root[c.name]; got != c.want {
 				t.Errorf("tap %s (%s, %d queues): tc shows root qdisc %q, want %q", c.name, c.qdisc, c.queues, got, c.want)
 			}
-			info, err := tp.Describe()
+			info, err := taps[i].Describe()
 			if err != nil {
 				return err
 			}
@@ -753,6 +767,7 @@ func kernelDefaultQdisc(t *testing.T) string {
 }
 
 func TestParseQdisc(t *testing.T) {
+	t.Parallel()
 	for _, s := range Qdiscs {
 		q, err := ParseQdisc(s)
 		if err != nil || q.String() != s {
@@ -766,7 +781,8 @@ func TestParseQdisc(t *testing.T) {
 
 // TestRefreshVnetHdrSize: another holder of the device (QEMU) changes the
 // vnet header size; RefreshVnetHdrSize sees the new size, ReadHdr and
-// WriteHdr use it from then on, and asking allocates nothing.
+// WriteHdr use it from then on, and asking allocates nothing. Not
+// parallel: testing.AllocsPerRun counts every goroutine's allocations.
 func TestRefreshVnetHdrSize(t *testing.T) {
 	ns := newNS(t)
 	testenv.Do(t, ns, func() error {
@@ -805,6 +821,7 @@ func TestRefreshVnetHdrSize(t *testing.T) {
 // (QEMU detaches the queues a guest does not use) is attached again from
 // the bare file, as the kernel's queue counts show.
 func TestAttachFile(t *testing.T) {
+	t.Parallel()
 	ns := newNS(t)
 	testenv.Do(t, ns, func() error {
 		tp := mustCreate(t, NewConfig("af0", 2))
@@ -831,6 +848,7 @@ func TestAttachFile(t *testing.T) {
 // TestSetOffloads changes the offloads of a tap after it was made and
 // checks them with ethtool, the kernel's own report.
 func TestSetOffloads(t *testing.T) {
+	t.Parallel()
 	testenv.RequireProgram(t, "ethtool")
 	ns := newNS(t)
 	testenv.Do(t, ns, func() error {

@@ -153,11 +153,19 @@ func sharedLibs(ctx context.Context, prog string) ([]string, error) {
 }
 
 // addPrograms copies host programs into /vmnet/bin and their shared
-// libraries to the paths the host has them at.
-func (o *overlay) addPrograms(ctx context.Context, progs []string) error {
+// libraries to the paths the host has them at, leaving out those the
+// image carries already (by host path: the same files, on the guest's
+// PATH): every byte of the archive is unpacked anew in each guest.
+func (o *overlay) addPrograms(ctx context.Context, progs []string, carried []string) error {
 	seen := map[string]bool{}
+	for _, c := range carried {
+		seen[c] = true
+	}
 	var libs []string
 	for _, p := range progs {
+		if seen[p] {
+			continue
+		}
 		data, err := os.ReadFile(p)
 		if err != nil {
 			return fmt.Errorf("host program: %w", err)

@@ -225,7 +225,7 @@ const TimerCmdline = "highres=off"
 // program (the way without snapshots).
 func (o *Options) bootCold(ctx context.Context, img images.Image, run string, user *qemu.User, nonce string, out *outputFilter, t0 time.Time, res *Result) (*qemu.VM, time.Time, error) {
 	initrd := filepath.Join(run, "initrd")
-	if err := o.writeInitrd(ctx, img.Initrd, initrd); err != nil {
+	if err := o.writeInitrd(ctx, img, initrd); err != nil {
 		return nil, time.Time{}, err
 	}
 	if user != nil {
@@ -328,8 +328,8 @@ func (o *Options) env() []string {
 
 // writeInitrd writes base followed by the overlay with the program, its
 // wrapper, the host programs and testdata/.
-func (o *Options) writeInitrd(ctx context.Context, base, dst string) error {
-	b, err := os.ReadFile(base)
+func (o *Options) writeInitrd(ctx context.Context, img images.Image, dst string) error {
+	b, err := os.ReadFile(img.Initrd)
 	if err != nil {
 		return fmt.Errorf("guest image: %w", err)
 	}
@@ -341,15 +341,15 @@ func (o *Options) writeInitrd(ctx context.Context, base, dst string) error {
 	for buf.Len()%4 != 0 {
 		buf.WriteByte(0)
 	}
-	if err := o.writeOverlay(ctx, &buf, o.Modules); err != nil {
+	if err := o.writeOverlay(ctx, &buf, img, o.Modules); err != nil {
 		return err
 	}
 	return os.WriteFile(dst, buf.Bytes(), 0o600)
 }
 
 // writeOverlay writes the newc archive with the program, its wrapper, the
-// host programs and testdata/ to buf; the wrapper loads modules.
-func (o *Options) writeOverlay(ctx context.Context, buf *bytes.Buffer, modules []string) error {
+// host programs img lacks and testdata/ to buf; the wrapper loads modules.
+func (o *Options) writeOverlay(ctx context.Context, buf *bytes.Buffer, img images.Image, modules []string) error {
 	prog, err := os.ReadFile(o.Program)
 	if err != nil {
 		return fmt.Errorf("program: %w", err)
@@ -367,7 +367,7 @@ func (o *Options) writeOverlay(ctx context.Context, buf *bytes.Buffer, modules [
 	ov := newOverlay(buf)
 	guestProg := path.Join("/", guestProgDir, filepath.Base(o.Program))
 	ov.file(guestProg, 0o755, prog)
-	if err := ov.addPrograms(ctx, progs); err != nil {
+	if err := ov.addPrograms(ctx, progs, img.HostFiles); err != nil {
 		return err
 	}
 	dir := filepath.ToSlash(o.Dir)

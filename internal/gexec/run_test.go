@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +27,7 @@ const probe = `package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -47,6 +49,13 @@ func main() {
 			_, v, _ := strings.Cut(string(tl), ".hres_active")
 			v, _, _ = strings.Cut(v, "\n")
 			fmt.Printf("hres=%s\n", strings.Trim(v, " :"))
+		case strings.HasPrefix(a, "programs="):
+			// Whether host programs run: found on PATH, with their libraries.
+			for _, p := range strings.Split(a[9:], ",") {
+				out, err := exec.Command(p, "-V").CombinedOutput()
+				v, _, _ := strings.Cut(string(out), "\n")
+				fmt.Printf("program %s: %q %v\n", p, v, err)
+			}
 		}
 	}
 	wd, _ := os.Getwd()
@@ -296,7 +305,8 @@ func TestRunWarm(t *testing.T) {
 		os.MkdirAll(filepath.Join(dir, "testdata"), 0o755)
 		os.WriteFile(filepath.Join(dir, "testdata", "hello.txt"), []byte(word+"\n"), 0o644)
 		var warn, log syncBuf
-		res, out, err := run(t, gexec.Options{Program: prog, Args: []string{word, "exit=" + strconv.Itoa(3+i), "timers"}, Dir: dir,
+		programs := "programs=" + strings.Join(gexec.DefaultPrograms, ",")
+		res, out, err := run(t, gexec.Options{Program: prog, Args: []string{word, "exit=" + strconv.Itoa(3+i), "timers", programs}, Dir: dir,
 			SnapshotDir: snaps, Warn: &warn, Logf: log.logf})
 		if err != nil {
 			t.Fatalf("run %d: %v", i+1, err)
@@ -304,7 +314,8 @@ func TestRunWarm(t *testing.T) {
 		if w := warn.String(); w != "" {
 			t.Errorf("run %d fell back to a cold boot: %s", i+1, w)
 		}
-		if !strings.Contains(out, fmt.Sprintf("args=[%q %q %q]\n", word, "exit="+strconv.Itoa(3+i), "timers")) ||
+		wantPrograms(t, fmt.Sprintf("run %d", i+1), out)
+		if !strings.Contains(out, fmt.Sprintf("args=[%q %q %q %q]\n", word, "exit="+strconv.Itoa(3+i), "timers", programs)) ||
 			!strings.Contains(out, "wd="+dir+"\n") || !strings.Contains(out, fmt.Sprintf("testdata=%q\n", word+"\n")) {
 			t.Errorf("run %d: output\n%s", i+1, out)
 		}
@@ -339,15 +350,28 @@ func TestRunWarm(t *testing.T) {
 	}
 }
 
+// wantPrograms checks that every default host program ran in the guest:
+// the image carries ip, tc and bridge, the archive the others.
+func wantPrograms(t *testing.T, what, out string) {
+	t.Helper()
+	for _, p := range gexec.DefaultPrograms {
+		if !regexp.MustCompile(`(?m)^program ` + p + `: ".+" <nil>$`).MatchString(out) {
+			t.Errorf("%s: %s did not run in the guest; output\n%s", what, p, out)
+		}
+	}
+}
+
 // --cold (Options.Cold) and microvm never touch the snapshot cache.
 func TestRunColdLeavesNoSnapshot(t *testing.T) {
 	needGuest(t)
 	prog := staticProgram(t)
 	snaps := t.TempDir()
-	res, out, err := run(t, gexec.Options{Program: prog, Args: []string{"exit=5", "timers"}, Dir: t.TempDir(), SnapshotDir: snaps, Cold: true})
+	res, out, err := run(t, gexec.Options{Program: prog, Args: []string{"exit=5", "timers", "programs=" + strings.Join(gexec.DefaultPrograms, ",")},
+		Dir: t.TempDir(), SnapshotDir: snaps, Cold: true})
 	if err != nil {
 		t.Fatal(err)
 	}
+	wantPrograms(t, "cold", out)
 	if res.Status != 5 || !strings.Contains(out, "guest=1\n") || !strings.Contains(out, "hres=0\n") {
 		t.Errorf("status %d, output\n%s", res.Status, out)
 	}

@@ -55,7 +55,7 @@ func (o *Options) bootWarm(ctx context.Context, img images.Image, run string, us
 	var buf bytes.Buffer
 	// The saved guest loaded the modules before its snapshot point
 	// (vmnet.modules): under TCG loading them takes about a second.
-	if err := o.writeOverlay(ctx, &buf, nil); err != nil {
+	if err := o.writeOverlay(ctx, &buf, img, nil); err != nil {
 		return nil, time.Time{}, err
 	}
 	if buf.Len() > archiveDiskSize {
