@@ -465,6 +465,11 @@ func (vm *VM) WaitReady(ctx context.Context) error {
 	}
 }
 
+// exitPoweroff is how long a guest that printed its exit status may take
+// to power off. A test-image guest takes well under a second; 15 s leaves
+// room for a starved TCG guest on a loaded host.
+const exitPoweroff = 15 * time.Second
+
 func limitOr(limit time.Duration, start time.Time) time.Duration {
 	if limit > 0 {
 		return limit
@@ -473,7 +478,8 @@ func limitOr(limit time.Duration, start time.Time) time.Duration {
 }
 
 // Wait waits for the guest's VMNET-EXIT=<n> line and QEMU's exit, and
-// returns n. On timeout the VM keeps running; call Stop.
+// returns n. A guest that prints the line but does not power off within
+// exitPoweroff is stopped. On timeout the VM keeps running; call Stop.
 func (vm *VM) Wait(ctx context.Context) (int, error) {
 	ctx, cancel, limit := withDefault(ctx, DefaultWaitTimeout)
 	defer cancel()
@@ -500,6 +506,16 @@ func (vm *VM) Wait(ctx context.Context) (int, error) {
 	}
 	select {
 	case <-vm.exited:
+	case <-time.After(exitPoweroff):
+		// The program is done and its status known. A guest whose
+		// power-off hangs (a kernel worker stuck in shutdown, seen on a
+		// loaded host) must not hold the caller until the program's
+		// timeout: Stop quits QEMU. The console is read to its end
+		// below, so a later marker still counts.
+		if vm.spec.Logf != nil {
+			vm.spec.Logf("%s: the guest printed its exit status but did not power off within %v; stopping QEMU", vm.spec.name(), exitPoweroff)
+		}
+		vm.Stop(ctx)
 	case <-ctx.Done():
 		status := vm.con.exitStatus()
 		return status, fmt.Errorf("%s: guest printed %s%d but QEMU did not exit within %v; last console lines: %s",

@@ -289,6 +289,34 @@ func TestGuestExitStatus(t *testing.T) {
 	}
 }
 
+// A guest whose program is done (its exit status printed) but which does
+// not power off (seen on a loaded host: a kernel worker stuck in shutdown)
+// is stopped once exitPoweroff has passed: Wait returns the printed
+// status instead of waiting out the program's timeout.
+func TestGuestExitWithoutPoweroff(t *testing.T) {
+	img := guestImage(t)
+	nonce := guest.NewNonce()
+	cmd := `n=$(sed -n 's/.*vmnet.nonce=\([0-9a-f]*\).*/\1/p' /proc/cmdline)
+echo "VMNET-EXIT=7 $n"
+sleep 600`
+	s := guestSpec(t, img, "nopoweroff", guest.Args{Cmd: cmd, Nonce: nonce})
+	s.CPUs = 1
+	vm := start(t, s)
+	waitReady(t, vm, 90*time.Second)
+	t0 := time.Now()
+	// The program's timeout is far longer than exitPoweroff and Stop's
+	// grace together: Wait must not need it.
+	if st := wait(t, vm, 5*time.Minute); st != 7 {
+		t.Errorf("exit status %d, want 7; console:\n%s", st, strings.Join(vm.ConsoleTail(10), "\n"))
+	}
+	t.Logf("Wait returned %v after the marker", time.Since(t0).Round(time.Millisecond))
+	select {
+	case <-vm.Exited():
+	default:
+		t.Fatalf("Wait returned but QEMU still runs")
+	}
+}
+
 // A guest that never finishes makes Wait time out with the console tail,
 // and Stop still gets rid of it (through the ACPI power button, which the
 // test image takes as a poweroff).
