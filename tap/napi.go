@@ -36,7 +36,6 @@ package tap
 
 import (
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -95,11 +94,6 @@ func (t *Tap) NAPIThreaded() (bool, error) {
 // a device of the same name elsewhere must not be reached); Close waits
 // for a change under way.
 func (t *Tap) SetNAPIThreaded(on bool) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return fmt.Errorf("tap %s: threaded NAPI: %w", t.name, os.ErrClosed)
-	}
 	return t.inNS(func() error { return setNAPIThreaded(t.name, on) })
 }
 

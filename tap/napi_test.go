@@ -148,8 +148,18 @@ func TestSetNAPIThreaded(t *testing.T) {
 			}
 		}
 		a.Close()
-		if err := a.SetNAPIThreaded(false); !errors.Is(err, os.ErrClosed) || !strings.Contains(err.Error(), "tapt") {
-			return fmt.Errorf("SetNAPIThreaded on a closed tap = %v, want an error naming tapt that wraps os.ErrClosed", err)
+		// Every call that runs in the tap's namespace refuses after
+		// Close: its namespace handle is closed.
+		for what, err := range map[string]error{
+			"SetNAPIThreaded":    a.SetNAPIThreaded(false),
+			"SetGROFlushTimeout": a.SetGROFlushTimeout(0),
+			"SetImpairment":      a.SetImpairment(Impairment{}),
+			"AddQueue":           func() error { _, err := a.AddQueue(); return err }(),
+			"Describe":           func() error { _, err := a.Describe(); return err }(),
+		} {
+			if !errors.Is(err, os.ErrClosed) || !strings.Contains(err.Error(), "tapt") {
+				return fmt.Errorf("%s on a closed tap = %v, want an error naming tapt that wraps os.ErrClosed", what, err)
+			}
 		}
 		return nil
 	})

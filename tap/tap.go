@@ -172,6 +172,11 @@ type Tap struct {
 	mu     sync.Mutex
 	queues []*Queue
 	closed bool
+
+	// nsMu guards ns against Close while inNS runs in it: once closed,
+	// its fd number may name another namespace.
+	nsMu     sync.RWMutex
+	nsClosed bool
 }
 
 // Name is the interface name.
@@ -251,7 +256,13 @@ func (t *Tap) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	t.mu.Unlock()
+	// Without mu: a namespace call under way (inNS) may need it to end.
+	t.nsMu.Lock()
+	t.nsClosed = true
 	t.ns.Close()
+	t.nsMu.Unlock()
+	t.mu.Lock()
 	return errors.Join(errs...)
 }
 
@@ -565,7 +576,16 @@ func (t *Tap) Describe() (Info, error) {
 
 // inNS runs fn on a locked thread in the tap's namespace; it skips setns
 // (which needs CAP_SYS_ADMIN) when the thread is there already.
+//
+// After Close it runs nothing and fails with os.ErrClosed: the
+// namespace handle is closed, and a device of the tap's name in
+// whatever namespace its fd number names now must not be touched.
 func (t *Tap) inNS(fn func() error) error {
+	t.nsMu.RLock()
+	defer t.nsMu.RUnlock()
+	if t.nsClosed {
+		return fmt.Errorf("tap %s: %w", t.name, os.ErrClosed)
+	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	cur, err := vns.Get()
@@ -582,6 +602,10 @@ func (t *Tap) inNS(fn func() error) error {
 func (t *Tap) addFD(fd int) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.closed {
+		unix.Close(fd)
+		return fmt.Errorf("tap %s: add queue: %w", t.name, os.ErrClosed)
+	}
 	q := newQueue(t, len(t.queues), fd)
 	if q == nil {
 		unix.Close(fd)
