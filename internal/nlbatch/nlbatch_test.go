@@ -25,19 +25,25 @@ func setUp(index int) *nl.NetlinkRequest {
 	return req
 }
 
+// inFreshNS runs fn with a route socket in a namespace of its own.
+func inFreshNS(t *testing.T, fn func(fd int) error) {
+	testenv.Do(t, testenv.NetNS(t), func() error {
+		fd, err := Socket()
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return fn(fd)
+	})
+}
+
 // TestBatch sends three requests in one batch to a fresh namespace: a
 // lookup that answers with data, one that fails, and a change after the
 // failure, which the kernel still runs. Exec reports the failing one by
 // index and errno, hands over the data, and the batch is empty and
 // reusable afterwards.
 func TestBatch(t *testing.T) {
-	ns := testenv.NetNS(t)
-	testenv.Do(t, ns, func() error {
-		fd, err := Socket()
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
+	inFreshNS(t, func(fd int) error {
 		lo, err := Ifindex(fd, "lo")
 		if err != nil || lo != 1 {
 			t.Fatalf("Ifindex(lo) = %d, %v; want 1", lo, err)
@@ -91,13 +97,7 @@ func TestBatch(t *testing.T) {
 // success, with any other errno it does not, and a later request's
 // failure is still reported with its own index.
 func TestAddTolerating(t *testing.T) {
-	ns := testenv.NetNS(t)
-	testenv.Do(t, ns, func() error {
-		fd, err := Socket()
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
+	inFreshNS(t, func(fd int) error {
 		var b Batch
 		b.AddTolerating(getLink("nosuch0"), unix.ENODEV)
 		b.Add(getLink("lo"))
@@ -169,13 +169,7 @@ func TestBegin(t *testing.T) {
 	}
 	b.buf, b.seqs, b.ok = b.buf[:0], b.seqs[:0], b.ok[:0]
 
-	ns := testenv.NetNS(t)
-	testenv.Do(t, ns, func() error {
-		fd, err := Socket()
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
+	inFreshNS(t, func(fd int) error {
 		up := IfInfomsg(unix.AF_UNSPEC, 1, unix.IFF_UP, unix.IFF_UP)
 		b.Begin(unix.RTM_SETLINK, 0, up[:], 0)
 		any := IfInfomsg(unix.AF_UNSPEC, 0, 0, 0)
