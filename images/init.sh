@@ -366,6 +366,10 @@ elif [ -z "$havecmd" ] && [ "$ttys1" != 0 ]; then
 	stty -F /dev/ttyS1 115200 -echo -onlcr 2>/dev/null
 	mkfifo $hreq $hans
 	$helper serve $hreq $hans </dev/null 9>&- &
+	# Until the helper has the request FIFO open, a request written to
+	# it is lost when the writer closes it: wait for its answer.
+	echo hello >$hreq
+	read -r _ <$hans
 	start_shell
 fi
 

@@ -81,8 +81,10 @@ func NewShellProgram(cmd string, guestTimeout time.Duration) ShellProgram {
 	}
 	// A newline before each marker puts it on a line of its own even
 	// after output without one; Read drops that newline again.
-	fmt.Fprintf(&s, "echo; echo %s; echo \"decode $f %x\" 1<>%s; s=; IFS= read -r s <>%s; if [ \"$s\" = OK ]; then "+
-		"( . $f ) </dev/null 2>&1 & p=$!; echo \"watch $p %d\" 1<>%s; wait $p; s=$?; echo \"unwatch $p\" 1<>%s; "+
+	// Requests open the FIFO write-only, which waits for the helper to
+	// have it open: a request written before would be lost.
+	fmt.Fprintf(&s, "echo; echo %s; echo \"decode $f %x\" >%s; s=; IFS= read -r s <>%s; if [ \"$s\" = OK ]; then "+
+		"( . $f ) </dev/null 2>&1 & p=$!; echo \"watch $p %d\" >%s; wait $p; s=$?; echo \"unwatch $p\" >%s; "+
 		"else s=garbled; fi; echo; echo %s$s\n",
 		p.begin, sum, HelperRequest, HelperAnswer, secs, HelperRequest, HelperRequest, p.end)
 	p.Script = s.String()
