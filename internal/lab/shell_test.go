@@ -94,6 +94,19 @@ func hostShell(t *testing.T) (dir string) {
 var hostHelper struct {
 	once sync.Once
 	err  error
+	cmd  *exec.Cmd
+	dir  string
+}
+
+// stopHostHelper ends the helper startHostHelper started (TestMain).
+func stopHostHelper() {
+	if c := hostHelper.cmd; c != nil {
+		c.Process.Kill()
+		c.Wait()
+	}
+	if hostHelper.dir != "" {
+		os.RemoveAll(hostHelper.dir)
+	}
 }
 
 // startHostHelper builds the image's helper and starts it serving the
@@ -108,6 +121,7 @@ func startHostHelper(t *testing.T) {
 			hostHelper.err = err
 			return
 		}
+		hostHelper.dir = dir
 		bin := filepath.Join(dir, "vmnet-helper")
 		if out, err := exec.Command(gobin, "build", "-o", bin, "../../images/helper").CombinedOutput(); err != nil {
 			hostHelper.err = fmt.Errorf("build the helper: %v\n%s", err, out)
@@ -119,8 +133,13 @@ func startHostHelper(t *testing.T) {
 				return
 			}
 		}
-		// It lives as long as the test process; /run goes with it.
-		hostHelper.err = exec.Command(bin, "serve", guest.HelperRequest, guest.HelperAnswer).Start()
+		// It lives as long as the test process (TestMain stops it; the
+		// parent-death signal covers a test binary that panicked).
+		c := exec.Command(bin, "serve", guest.HelperRequest, guest.HelperAnswer)
+		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if hostHelper.err = c.Start(); hostHelper.err == nil {
+			hostHelper.cmd = c
+		}
 	})
 	if hostHelper.err != nil {
 		t.Fatal(hostHelper.err)
