@@ -67,8 +67,10 @@
 //	    the words in lines, then a line "END <sha256 of the decoded
 //	    words>". The MACs set, each ethN makes its link-local address and
 //	    the ttyS1 shell starts reading ttyS1. (Under TCG every program a
-//	    clone starts costs tens of milliseconds: it starts only base64,
-//	    sha256sum, date and one ip.)
+//	    clone starts costs tens of milliseconds: a restored guest starts
+//	    none to VMNET-READY. The helper, /usr/sbin/vmnet-helper, started
+//	    before the snapshot point, reads the identity, sets the clock and
+//	    applies the network set-up.)
 //
 // Any other vmnet.* parameter is an error.
 //
@@ -78,9 +80,11 @@
 // virtio_mmio, virtio_net, virtio_blk, each with its dependencies) and
 // vmnet.modules; brings up lo; waits up to 5 s for each interface named
 // in vmnet.ip/vmnet.mtu; applies vmnet.mac and vmnet.mtu, brings every
-// ethN up, applies vmnet.ip and vmnet.route, in that order and as one ip
-// -force -batch (a failed line is reported with its parameter and the
-// others still run). Then it prints the line
+// ethN up, applies vmnet.ip and vmnet.route, in that order, over
+// rtnetlink in one program (the image's helper, built from
+// images/helper with the host's Go toolchain when the image is built; a
+// failed step is reported with its parameter and the others still run).
+// Then it prints the line
 //
 //	VMNET-READY
 //
@@ -109,7 +113,11 @@
 // Without a command the guest keeps running: a shell for programs on
 // ttyS1 if that port exists (for example a unix-socket -serial the host
 // connects to) and an interactive shell on the console, both restarted
-// when they exit. The ttyS1 shell is set up before VMNET-READY and is not
+// when they exit. The console shell starts when the first line is typed
+// on the console, and runs that line first (until then the guest starts
+// no program for it). With the ttyS1 shell the image's helper serves two
+// FIFOs (guest.HelperRequest, guest.HelperAnswer) that guest.ShellProgram
+// uses. The ttyS1 shell is set up before VMNET-READY and is not
 // interactive: no echo, no prompt, no line editing, "\n" line ends, lines
 // of at most 4095 bytes; only command output comes back, so frame it
 // yourself (e.g. send "CMD; echo END-$?"). ^C or a syntax error ends it

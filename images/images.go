@@ -203,7 +203,7 @@ func collectHostFiles(ctx context.Context) ([]hostFile, error) {
 // packages (kernel, busybox).
 func key(r resolved, modules []string, files []hostFile) (full, base string) {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%x\n", recipeVersion, sha256.Sum256(initScript))
+	fmt.Fprintf(h, "%s\n%x\nhelper %x\n", recipeVersion, sha256.Sum256(initScript), helperSum())
 	fmt.Fprintf(h, "modules %s\n", strings.Join(modules, ","))
 	for _, f := range files {
 		fmt.Fprintf(h, "%s %o %x\n", f.dst, f.mode, sha256.Sum256(f.data))
@@ -362,6 +362,14 @@ func build(ctx context.Context, p progress, cache, tmp string, pkgs resolved, m 
 	if err != nil {
 		return fmt.Errorf("vmnet image: %w", err)
 	}
+	done()
+
+	done = p.step("build the guest helper (go build)")
+	helper, err := buildHelper(ctx)
+	if err != nil {
+		return err
+	}
+	files = append(files, hostFile{dst: helperPath, src: "vmnet-helper", mode: 0o755, data: helper})
 	done()
 
 	root := filepath.Join(tmp, "kernel")

@@ -129,7 +129,10 @@ done
 # restored from that snapshot reads who it is from ttyS1: the same
 # vmnet.* words the command line carries (plus MACs, hostname and the
 # time), base64 in lines, then "END <sha256 of the words>".
-shellgate=
+shellgate= hserve=
+# The helper and its FIFOs (see images/helper; the ttyS1 shell's calls
+# use them too: guest.ShellProgram).
+helper=/usr/sbin/vmnet-helper hreq=/run/vmnet-helper-req hans=/run/vmnet-helper-ans
 if [ -n "$warm" ]; then
 	# PID 1 holds ttyS1 open from here on (a closed 8250 drops what it
 	# receives).
@@ -152,14 +155,20 @@ if [ -n "$warm" ]; then
 	done
 	set -f
 	shellgate=/run/vmnet-shell
-	mkfifo $shellgate /run/vmnet-shell-up
+	mkfifo $shellgate /run/vmnet-shell-up $hreq $hans
 	start_shell $shellgate
+	# The helper reads the identity from ttyS1, sets the clock and the
+	# network: a restored guest starts no program for that.
+	$helper serve $hreq $hans <&9 9>&- &
+	hserve=1
 	# The host saves the guest as soon as it sees the marker: first let
-	# what was started finish starting (the shell answers through a
-	# FIFO) and the kernel finish bringing the links up (operstate), or
-	# every clone would do that work again.
+	# what was started finish starting (the shell and the helper answer
+	# through FIFOs) and the kernel finish bringing the links up
+	# (operstate), or every clone would do that work again.
 	echo 'echo >/run/vmnet-shell-up' >$shellgate
 	read -r _ </run/vmnet-shell-up
+	echo hello >$hreq
+	read -r _ <$hans
 	for i in $nogen; do
 		n=0
 		while { read -r st </sys/class/net/$i/operstate; } 2>/dev/null && [ "$st" != up ] && [ $n -lt 30 ]; do
@@ -168,29 +177,19 @@ if [ -n "$warm" ]; then
 		done
 	done
 	echo VMNET-WARM-POINT
-	: >/run/vmnet-id.b64
-	sum=
-	while IFS= read -r l <&9; do
-		case "$l" in
-		END\ *)
-			sum=${l#END }
-			break
-			;;
-		*) printf %s "$l" >>/run/vmnet-id.b64 ;;
-		esac
-	done
-	if base64 -d </run/vmnet-id.b64 >/run/vmnet-id 2>/dev/null && [ "$(sha256sum </run/vmnet-id)" = "$sum  -" ]; then
-		IFS= read -r id </run/vmnet-id
-		parse $id
-	else
-		err "the identity sent after the restore arrived garbled"
-	fi
+	echo identity >$hreq
+	IFS= read -r a <$hans
+	case "$a" in
+	OK*) parse ${a#OK} ;;
+	*) err "${a#ERR }" ;;
+	esac
 	# The clock stood still while the guest was saved.
+	a=
 	if [ -n "$now" ]; then
-		date -u -s "@$now" >/dev/null 2>&1 || hwclock -s 2>/dev/null
-	else
-		hwclock -s 2>/dev/null
+		echo "clock $now" >$hreq
+		IFS= read -r a <$hans
 	fi
+	[ "$a" = OK ] || hwclock -s 2>/dev/null
 fi
 [ -z "$nonce" ] || echo "$nonce" >/run/vmnet.nonce
 [ -z "$host" ] || echo "$host" 2>/dev/null >/proc/sys/kernel/hostname || err "cannot set hostname $host"
@@ -305,10 +304,26 @@ for s in $routes; do
 	netcmd "vmnet.route=$s" route add "$dst" via "$gw"
 done
 
-if [ $nlines -gt 0 ] && ! out=$(ip -force -batch $net 2>&1); then
-	# ip reports each line that failed as "Command failed FILE:LINE"
-	# after the line's error, and stops at an argument it cannot parse
-	# (a malformed address or MAC) with only that argument's error.
+# The helper (resident in a warm guest) applies the lines over
+# rtnetlink, each on its own, and reports each line that failed as
+# "Command failed FILE:LINE" after the line's error, as ip -batch does.
+st=0 out=
+if [ $nlines -gt 0 ] && [ -n "$hserve" ]; then
+	echo "batch $net" >$hreq
+	while IFS= read -r l; do
+		case "$l" in
+		END\ *)
+			st=${l#END }
+			break
+			;;
+		esac
+		out="$out$l
+"
+	done <$hans
+elif [ $nlines -gt 0 ]; then
+	out=$($helper batch $net 2>&1) || st=1
+fi
+if [ "$st" != 0 ]; then
 	prev= found=
 	while IFS= read -r l; do
 		case "$l" in
@@ -349,6 +364,12 @@ elif [ -z "$havecmd" ] && [ "$ttys1" != 0 ]; then
 	# leader, so this does not make ttyS1 its controlling terminal.
 	exec 9<>/dev/ttyS1
 	stty -F /dev/ttyS1 115200 -echo -onlcr 2>/dev/null
+	mkfifo $hreq $hans
+	$helper serve $hreq $hans </dev/null 9>&- &
+	# Until the helper has the request FIFO open, a request written to
+	# it is lost when the writer closes it: wait for its answer.
+	echo hello >$hreq
+	read -r _ <$hans
 	start_shell
 fi
 
@@ -373,8 +394,15 @@ if [ -n "$havecmd" ]; then
 	finish "$st"
 fi
 
-# And an interactive shell on the console.
+# And an interactive shell on the console, started by the first line
+# typed there, which it runs first (through ENV): until then the guest
+# starts no program for it (three, each costing tens of milliseconds
+# under TCG, in every guest).
+first=/run/vmnet-console-first
 while :; do
-	setsid cttyhack sh -i 9>&-
+	if IFS= read -r l; then
+		printf 'unset ENV\n%s\n' "$l" >$first
+		ENV=$first setsid cttyhack sh -i 9>&-
+	fi
 	sleep 1
 done

@@ -34,13 +34,20 @@ func TestInitShellAgrees(t *testing.T) {
 		// The parameters /init parses (case patterns).
 		ParamIP + "*)", ParamRoute + "*)", ParamMTU + "*)", ParamModules + "*)", ParamCmd + "*)", ParamNonce + "*)",
 		ParamWarm + ")",
-		// The identity's last line (IdentityText).
-		strings.ReplaceAll(IdentityEnd, " ", `\ `) + "*)",
-		"sum=${l#" + IdentityEnd + "}",
+		// The helper's FIFOs (ShellProgram).
+		"hreq=" + HelperRequest, "hans=" + HelperAnswer,
 	} {
 		if !strings.Contains(init, want) {
 			t.Errorf("init.sh lacks %q", want)
 		}
+	}
+	// The identity (IdentityText) is read by the image's helper.
+	h, err := os.ReadFile("../helper/main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `strings.HasPrefix(l, "` + IdentityEnd + `")`; !strings.Contains(string(h), want) {
+		t.Errorf("the image's helper lacks %q", want)
 	}
 	if !hasLine("echo " + WarmMarker) {
 		t.Errorf("init.sh does not print %s on a line of its own", WarmMarker)

@@ -15,13 +15,21 @@ import (
 
 // The test image keeps a root shell without echo or prompt on ttyS1. A
 // ShellProgram is one command for it: the command never reaches the shell
-// as text. It is sent base64-encoded, checked against its SHA-256 and
-// decoded into a file that a new sh runs with stdin /dev/null, so quoting,
-// control characters or a syntax error in it cannot leave the shell
-// waiting for more input. Output is framed by lines with a per-call
-// random nonce (ShellBegin+nonce before, ShellEnd+nonce+"=<status>"
-// after), so neither output left over from an earlier call nor command
-// output that imitates a status line is taken for the status.
+// as text. It is sent base64-encoded and handed to the image's resident
+// helper (vmnet-helper, through the FIFOs HelperRequest and
+// HelperAnswer), which checks it against its SHA-256 and decodes it into
+// a file; a subshell of the ttyS1 shell sources that file with stdin
+// /dev/null, so quoting, control characters or a syntax error in it
+// cannot leave the shell waiting for more input, and no new program
+// starts for the call (under TCG each costs tens of milliseconds of
+// QEMU's CPU). The command runs as a background job of that shell, so
+// it starts with SIGINT and SIGQUIT ignored; the helper kills it and
+// every process it started (SIGKILL) when it runs past the call's
+// deadline. Output is framed by lines
+// with a per-call random nonce (ShellBegin+nonce before,
+// ShellEnd+nonce+"=<status>" after), so neither output left over from an
+// earlier call nor command output that imitates a status line is taken
+// for the status.
 const (
 	ShellBegin = "VMNET-SHELL-BEGIN-"
 	ShellEnd   = "VMNET-SHELL-"
@@ -30,6 +38,13 @@ const (
 // shellFile is the file in the guest that holds the command (and, with
 // ".b64", its base64 text).
 const shellFile = "/tmp/.vmnet-sh"
+
+// The test image's helper FIFOs (images/init.sh creates them): requests
+// and answers, one per line.
+const (
+	HelperRequest = "/run/vmnet-helper-req"
+	HelperAnswer  = "/run/vmnet-helper-ans"
+)
 
 // shellChunk is the base64 text per line sent to the guest: well below
 // the 4095-byte line limit of the tty's canonical mode.
@@ -56,10 +71,9 @@ func NewShellProgram(cmd string, guestTimeout time.Duration) ShellProgram {
 	// Every line is complete shell syntax made of fixed text, hex and
 	// base64: whatever cmd holds, the guest's shell reads exactly these
 	// lines. The shell runs one call at a time and the previous call's
-	// sh has exited (or was killed) before this one writes, so every
-	// call reuses the same two files: removing them would start one
-	// more program per call, which under TCG costs more than the
-	// command itself often does.
+	// command has exited (or was killed) before this one writes, so
+	// every call reuses the same two files: removing them would start
+	// one more program per call.
 	var s strings.Builder
 	fmt.Fprintf(&s, "f=%s; : >$f.b64\n", shellFile)
 	for i := 0; i < len(b64); i += shellChunk {
@@ -67,9 +81,12 @@ func NewShellProgram(cmd string, guestTimeout time.Duration) ShellProgram {
 	}
 	// A newline before each marker puts it on a line of its own even
 	// after output without one; Read drops that newline again.
-	fmt.Fprintf(&s, "echo; echo %s; if base64 -d <$f.b64 >$f 2>/dev/null && [ \"$(sha256sum <$f)\" = '%x  -' ]; then "+
-		"timeout -s KILL %d sh $f </dev/null 2>&1; s=$?; else s=garbled; fi; echo; echo %s$s\n",
-		p.begin, sum, secs, p.end)
+	// Requests open the FIFO write-only, which waits for the helper to
+	// have it open: a request written before would be lost.
+	fmt.Fprintf(&s, "echo; echo %s; echo \"decode $f %x\" >%s; s=; IFS= read -r s <>%s; if [ \"$s\" = OK ]; then "+
+		"( . $f ) </dev/null 2>&1 & p=$!; echo \"watch $p %d\" >%s; wait $p; s=$?; echo \"unwatch $p\" >%s; "+
+		"else s=garbled; fi; echo; echo %s$s\n",
+		p.begin, sum, HelperRequest, HelperAnswer, secs, HelperRequest, HelperRequest, p.end)
 	p.Script = s.String()
 	return p
 }

@@ -11,5 +11,7 @@ import (
 // lab state directories.
 func TestMain(m *testing.M) {
 	testenv.PrivateRun()
-	os.Exit(m.Run())
+	code := m.Run()
+	stopHostHelper()
+	os.Exit(code)
 }

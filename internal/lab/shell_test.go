@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -11,22 +12,23 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/vmnet/vmnet/images/guest"
 	"github.com/vmnet/vmnet/internal/testenv"
 )
 
 // hostShell stands in for a guest's ttyS1: one long-lived sh whose stdin
 // and output go to whichever client is connected to the unix socket, as
 // QEMU's socket chardev does (output without a client is lost). The
-// shell protocol needs only sh, base64, sha256sum and timeout, which the
-// host has as the image has them in busybox.
+// shell protocol needs sh and the image's helper (images/helper, built
+// here) serving its FIFOs in /run (private to this test process).
 func hostShell(t *testing.T) (dir string) {
 	t.Helper()
-	for _, p := range []string{"sh", "base64", "sha256sum", "timeout"} {
-		testenv.RequireProgram(t, p)
-	}
+	testenv.RequireProgram(t, "sh")
+	startHostHelper(t)
 	dir = t.TempDir()
 	vmDir := filepath.Join(dir, "vm-g")
 	if err := os.Mkdir(vmDir, 0o700); err != nil {
@@ -87,6 +89,61 @@ func hostShell(t *testing.T) (dir string) {
 		}
 	}()
 	return dir
+}
+
+var hostHelper struct {
+	once sync.Once
+	err  error
+	cmd  *exec.Cmd
+	dir  string
+}
+
+// stopHostHelper ends the helper startHostHelper started (TestMain).
+func stopHostHelper() {
+	if c := hostHelper.cmd; c != nil {
+		c.Process.Kill()
+		c.Wait()
+	}
+	if hostHelper.dir != "" {
+		os.RemoveAll(hostHelper.dir)
+	}
+}
+
+// startHostHelper builds the image's helper and starts it serving the
+// FIFOs the ttyS1 shell protocol uses, once per test process (its /run
+// is private: TestMain).
+func startHostHelper(t *testing.T) {
+	t.Helper()
+	gobin := testenv.RequireProgram(t, "go")
+	hostHelper.once.Do(func() {
+		dir, err := os.MkdirTemp("", "vmnet-helper-test-")
+		if err != nil {
+			hostHelper.err = err
+			return
+		}
+		hostHelper.dir = dir
+		bin := filepath.Join(dir, "vmnet-helper")
+		if out, err := exec.Command(gobin, "build", "-o", bin, "../../images/helper").CombinedOutput(); err != nil {
+			hostHelper.err = fmt.Errorf("build the helper: %v\n%s", err, out)
+			return
+		}
+		for _, f := range []string{guest.HelperRequest, guest.HelperAnswer} {
+			if err := syscall.Mkfifo(f, 0o600); err != nil {
+				hostHelper.err = err
+				return
+			}
+		}
+		// It lives as long as the test process (TestMain stops it; the
+		// parent-death signal covers a test binary that panicked).
+		c := exec.Command(bin, "serve", guest.HelperRequest, guest.HelperAnswer)
+		c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if hostHelper.err = c.Start(); hostHelper.err == nil {
+			hostHelper.cmd = c
+		}
+	})
+	if hostHelper.err != nil {
+		t.Fatal(hostHelper.err)
+	}
 }
 
 func shellCall(t *testing.T, dir, cmd string, d time.Duration) (ShellResult, string, time.Duration, error) {
