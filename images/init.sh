@@ -53,6 +53,10 @@ finish() { # finish STATUS: report the exit status on its own line and power off
 	else
 		printf '\nVMNET-EXIT=%d\n' "$1"
 	fi
+	# The marker may still sit in the serial port's buffer, and power-off
+	# drops it (the kernel's own console lines overtake it): stty applies
+	# a setting only once the output has drained (TCSADRAIN).
+	stty -onlcr <&1 2>/dev/null
 	sync
 	poweroff -f
 	sleep 2
