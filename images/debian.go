@@ -262,7 +262,7 @@ func buildDebian(ctx context.Context, p progress, cache, tmp string, test Image,
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("vmnet image: mmdebstrap: %w (if a package download failed, the package lists are older than the mirror: run sudo apt-get update):\n%s", err, tail(out.String(), 20))
+			return fmt.Errorf("vmnet image: mmdebstrap: %w (%s):\n%s", err, downloadAdvice("if a package download failed, the package lists are older than the mirror: run sudo apt-get update"), tail(out.String(), 20))
 		}
 		return nil
 	})

@@ -234,7 +234,7 @@ func download(ctx context.Context, debsDir string, k debPkg) (string, error) {
 		return err
 	})
 	if err != nil {
-		return "", fmt.Errorf("vmnet image: download %s: %w (check the apt sources, or run: sudo apt-get update)", k.Name, err)
+		return "", fmt.Errorf("vmnet image: download %s: %w (%s)", k.Name, err, downloadAdvice("check the apt sources, or run: sudo apt-get update"))
 	}
 	got, _ := filepath.Glob(filepath.Join(tmp, "*.deb"))
 	if len(got) != 1 {
@@ -306,4 +306,17 @@ func sharedLibs(ctx context.Context, bin string) ([]string, error) {
 	}
 	sort.Strings(libs)
 	return libs, nil
+}
+
+// downloadAdvice is what to do about a failed package download: usual,
+// or first of all, when vmnet was started in a network namespace without
+// a default route (downloads run from there; see netns.DoInitial), to
+// reach the mirror from the host's namespace.
+func downloadAdvice(usual string) string {
+	if !netns.StartedOffline() {
+		return usual
+	}
+	return "vmnet was started in a network namespace without a default route, which cannot reach the Debian mirror: " +
+		"run vmnet image build once in the host's namespace (the image is cached for every namespace), " +
+		"or run vmnet there and give the lab's namespace with --netns; else " + usual
 }

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 
 	vns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -40,6 +42,47 @@ func DoInitial(fn func() error) error {
 		}
 	}
 	return Do(initial, fn)
+}
+
+// StartedOffline reports whether the namespace the process started in
+// has no default route (IPv4 or IPv6): a process started by `unshare -n`
+// or in a lab's namespace, whose downloads (DoInitial) cannot reach a
+// mirror, which a failed download should say.
+func StartedOffline() bool {
+	// Default routes that are up and not reject routes (the kernel lists
+	// its IPv6 null entry, a reject route, on lo in every namespace).
+	usable := func(hexFlags string) bool {
+		f, err := strconv.ParseUint(hexFlags, 16, 32)
+		return err == nil && f&unix.RTF_UP != 0 && f&unix.RTF_REJECT == 0
+	}
+	found := false
+	err := DoInitial(func() error {
+		for _, f := range []struct {
+			path      string
+			isDefault func([]string) bool
+		}{
+			// Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+			{"/proc/thread-self/net/route", func(c []string) bool {
+				return len(c) > 7 && c[1] == "00000000" && c[7] == "00000000" && usable(c[3])
+			}},
+			// Destination PrefixLen Source SrcLen NextHop Metric RefCnt Use Flags Iface
+			{"/proc/thread-self/net/ipv6_route", func(c []string) bool {
+				return len(c) > 8 && strings.Trim(c[0], "0") == "" && c[1] == "00" && usable(c[8])
+			}},
+		} {
+			b, err := os.ReadFile(f.path)
+			if err != nil {
+				continue
+			}
+			for _, l := range strings.Split(string(b), "\n") {
+				if f.isDefault(strings.Fields(l)) {
+					found = true
+				}
+			}
+		}
+		return nil
+	})
+	return err == nil && !found
 }
 
 // Current returns a handle to the calling thread's namespace.

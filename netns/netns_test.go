@@ -3,6 +3,7 @@ package netns_test
 import (
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -105,4 +106,32 @@ func TestDoInitialLeavesTheCallersNamespace(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// StartedOffline is about the namespace the process started in: the same
+// on a thread moved into a fresh namespace (no routes there), and true in
+// a process started by `unshare -n` (this test binary again).
+func TestStartedOffline(t *testing.T) {
+	if os.Getenv("VMNET_TEST_STARTED_OFFLINE") == "1" {
+		fmt.Printf("started-offline=%v\n", netns.StartedOffline())
+		return
+	}
+	testenv.RequireRoot(t)
+	testenv.RequireProgram(t, "unshare")
+	here := netns.StartedOffline()
+	testenv.Do(t, testenv.NetNS(t), func() error {
+		if got := netns.StartedOffline(); got != here {
+			t.Errorf("StartedOffline on a thread in a fresh namespace = %v, on the main thread %v: it must not depend on the caller's namespace", got, here)
+		}
+		return nil
+	})
+	cmd := exec.Command("unshare", "-n", os.Args[0], "-test.run=^TestStartedOffline$")
+	cmd.Env = append(os.Environ(), "VMNET_TEST_STARTED_OFFLINE=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("unshare -n: %v: %s", err, out)
+	}
+	if !strings.Contains(string(out), "started-offline=true") {
+		t.Errorf("a process started in a new network namespace: %s, want started-offline=true", out)
+	}
 }
