@@ -511,7 +511,9 @@ func (vm *VM) Wait(ctx context.Context) (int, error) {
 		// power-off hangs (a kernel worker stuck in shutdown, seen on a
 		// loaded host) must not hold the caller until the program's
 		// timeout: Stop quits QEMU. The console is read to its end
-		// below, so a later marker still counts.
+		// below, so a later marker still counts. A program that prints
+		// a marker with the nonce itself and runs on for longer is cut
+		// off with that status; it could report any status anyway.
 		if vm.spec.Logf != nil {
 			vm.spec.Logf("%s: the guest printed its exit status but did not power off within %v; stopping QEMU", vm.spec.name(), exitPoweroff)
 		}
