@@ -254,13 +254,29 @@ func (q *Queue) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
 
 func (q *Queue) readBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
 	q.rbufs, q.rsizes, q.roff, q.rn, q.rerr = bufs, sizes, offset, 0, nil
-	err := q.rc.Read(q.rfn)
+	err := q.rawRead(q.rfn)
 	n, rerr := q.rn, q.rerr
 	q.rbufs, q.rsizes = nil, nil
 	if err == nil {
 		err = rerr
 	}
 	return n, q.wrap("read", err)
+}
+
+// rawRead is the RawConn's Read, except on a queue whose tap is gone.
+// tun's poll then answers EPOLLERR alone, which Go's poller turns into an
+// unexported "not pollable" error for every later read, before fn runs;
+// running fn once more lets the kernel say what happened (EBADFD).
+func (q *Queue) rawRead(fn func(uintptr) bool) error {
+	err := q.rc.Read(fn)
+	if err == nil || q.closed.Load() || errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	done := false
+	if cerr := q.rc.Control(func(fd uintptr) { done = fn(fd) }); cerr != nil || !done {
+		return err
+	}
+	return nil
 }
 
 func (q *Queue) readFrames(fd uintptr) bool {
@@ -318,7 +334,7 @@ func (q *Queue) ReadHdr(hdr, frame []byte) (int, error) {
 	defer q.rmu.Unlock()
 	q.riovn = setIov(&q.riov, hdr[:hs], frame)
 	q.rn, q.rerr = 0, nil
-	err := q.rc.Read(q.rvfn)
+	err := q.rawRead(q.rvfn)
 	q.riov = [2]unix.Iovec{}
 	if err == nil {
 		err = q.rerr
