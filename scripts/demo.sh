@@ -54,7 +54,7 @@ left=$(ip -n "$ns" -o link show | grep -vc ': lo:' || true)
 # QEMU's command line names no path of vmnet's; its environment names its
 # run directory.
 for p in $(pgrep qemu-system || true); do
-  if tr '\0' '\n' </proc/"$p"/environ 2>/dev/null | grep -q '^VMNET_RUN_DIR=/run/vmnet/ns-[0-9]*/demo/'; then
+  if tr '\0' '\n' 2>/dev/null </proc/"$p"/environ | grep -q '^VMNET_RUN_DIR=/run/vmnet/ns-[0-9]*/demo/'; then
     echo "FAIL: QEMU $p left running"; exit 1
   fi
 done
