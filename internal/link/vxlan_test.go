@@ -1,0 +1,294 @@
+package link
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/vmnet/vmnet/internal/testenv"
+	"github.com/vmnet/vmnet/netns"
+	"github.com/vmnet/vmnet/owner"
+	"github.com/vmnet/vmnet/tap"
+	"github.com/vmnet/vmnet/vmconfig"
+	"github.com/vmnet/vmnet/vnethdr"
+)
+
+// The VXLAN endpoint (vxlan.go), judged by the real kernel. Two "hosts":
+// L (brA, tA, vA to A) and H (brB, tB, vB to B), joined by a veth
+// underlay ul (10.200.0.1 in L, 10.200.0.2 in H). One link per host
+// joins its tap to a vxlan endpoint towards the other host, so every
+// frame between A and B crosses the underlay encapsulated. (Both ends in
+// one namespace would not do: the kernel hands a vxlan packet for a local
+// address straight to the local device, vxlan_encap_bypass.)
+
+// vxlanWorld is a world whose B side is on the second host H.
+type vxlanWorld struct {
+	*world
+	H   netns.Handle
+	nlH *netlink.Handle
+}
+
+// newVXLANWorld builds the two hosts with an underlay of MTU underMTU.
+func newVXLANWorld(t *testing.T, underMTU int) *vxlanWorld {
+	t.Helper()
+	w := &vxlanWorld{world: newWorld(t, true), H: testenv.NetNS(t)}
+	var err error
+	if w.nlH, err = netlink.NewHandleAt(w.H, unix.NETLINK_ROUTE); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.nlH.Close)
+	lo, err := w.nlH.LinkByName("lo")
+	w.must(err)
+	w.must(w.nlH.LinkSetUp(lo))
+	// B's veth moves to H, into a bridge of H's own.
+	vB, err := w.nlL.LinkByName("vB")
+	w.must(err)
+	w.must(w.nlL.LinkSetNsFd(vB, int(w.H)))
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "brB"}}
+	w.must(w.nlH.LinkAdd(br))
+	w.must(w.nlH.LinkSetUp(br))
+	vB, err = w.nlH.LinkByName("vB")
+	w.must(err)
+	w.must(w.nlH.LinkSetMaster(vB, br))
+	w.must(w.nlH.LinkSetUp(vB))
+	// The underlay.
+	ul := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ul", MTU: underMTU}, PeerName: "ul", PeerNamespace: netlink.NsFd(w.H)}
+	w.must(w.nlL.LinkAdd(ul))
+	for i, h := range []*netlink.Handle{w.nlL, w.nlH} {
+		l, err := h.LinkByName("ul")
+		w.must(err)
+		w.must(h.LinkSetMTU(l, underMTU))
+		a, _ := netlink.ParseAddr([]string{"10.200.0.1/24", "10.200.0.2/24"}[i])
+		w.must(h.AddrAdd(l, a))
+		w.must(h.LinkSetUp(l))
+	}
+	return w
+}
+
+// openH opens an endpoint inside H.
+func (w *vxlanWorld) openH(spec string) *Endpoint {
+	w.t.Helper()
+	ep, err := vmconfig.ParseEndpoint(spec)
+	w.must(err)
+	var e *Endpoint
+	testenv.Do(w.t, w.H, func() error {
+		e, err = Open(context.Background(), ep, OpenOptions{})
+		return err
+	})
+	return e
+}
+
+// plugH puts a tap in H into a bridge of H.
+func (w *vxlanWorld) plugH(tapName, bridge string) {
+	w.t.Helper()
+	tl, err := w.nlH.LinkByName(tapName)
+	w.must(err)
+	br, err := w.nlH.LinkByName(bridge)
+	w.must(err)
+	w.must(w.nlH.LinkSetMaster(tl, br))
+	w.must(w.nlH.LinkSetUp(tl))
+}
+
+// links starts tap:tA <-> vxlan in L and vxlan <-> tap:tB in H.
+func (w *vxlanWorld) links(opts Options) (l1, l2 *Link) {
+	w.t.Helper()
+	var err error
+	l1, err = New(w.open("tap:tA"), w.open("vxlan:10.200.0.2,vni=42"), opts)
+	w.must(err)
+	l2, err = New(w.openH("vxlan:10.200.0.1,vni=42"), w.openH("tap:tB"), opts)
+	w.must(err)
+	w.plug("tA", "brA")
+	w.plugH("tB", "brB")
+	return l1, l2
+}
+
+// underlayBytes is what H's end of the underlay received.
+func (w *vxlanWorld) underlayBytes() uint64 {
+	w.t.Helper()
+	l, err := w.nlH.LinkByName("ul")
+	w.must(err)
+	return l.Attrs().Statistics.RxBytes
+}
+
+// TestVXLANTransfer: frames pass both ways through a VXLAN tunnel over a
+// veth underlay between two hosts: ping, and TCP data intact both ways.
+// By default the kernel carries them (a redirect between tap and vxlan
+// device on each host); with the userspace data path the links read and
+// write the vxlan devices through AF_PACKET. The devices are vmnet's
+// (tagged, MTU the underlay's less 50) and go when the links stop.
+func TestVXLANTransfer(t *testing.T) {
+	for _, dp := range []string{DatapathAuto, DatapathUserspace} {
+		name := dp
+		if name == "" {
+			name = "kernel"
+		}
+		t.Run(name, func(t *testing.T) {
+			w := newVXLANWorld(t, 1550)
+			l1, l2 := w.links(Options{Datapath: dp})
+			stop1, stop2 := stopper(t, l1), stopper(t, l2)
+			want := DatapathUserspace
+			if dp == DatapathAuto {
+				want = DatapathKernel
+				waitFor(t, "the kernel data path", func() bool {
+					return l1.Stats().Datapath == DatapathKernel && l2.Stats().Datapath == DatapathKernel
+				})
+			}
+			for i, h := range []*netlink.Handle{w.nlL, w.nlH} {
+				vx, err := h.LinkByName("vmvx42")
+				if err != nil {
+					t.Fatalf("host %d: vxlan device vmvx42: %v", i+1, err)
+				}
+				v, ok := vx.(*netlink.Vxlan)
+				if !ok || v.VxlanId != 42 || v.Port != vmconfig.DefaultVXLANPort || vx.Attrs().MTU != 1500 || vx.Attrs().Alias != owner.AdHoc {
+					t.Errorf("host %d: vmvx42 is %T %+v; want VXLAN VNI 42 port 4789 MTU 1500 tagged %q", i+1, vx, vx.Attrs(), owner.AdHoc)
+				}
+			}
+			before := w.underlayBytes()
+			rtt := w.ping(3)
+			w.tcpTransfer(transferSize)
+			s1, s2 := l1.Stats(), l2.Stats()
+			t.Logf("ping %v\n%s\n%s", rtt, s1, s2)
+			if s1.Datapath != want || s2.Datapath != want {
+				t.Errorf("datapaths %q and %q, want %q", s1.Datapath, s2.Datapath, want)
+			}
+			if s1.AtoB.Frames == 0 || s2.AtoB.Frames == 0 || s1.BtoA.Frames == 0 || s2.BtoA.Frames == 0 {
+				t.Errorf("a direction counted nothing: %+v %+v", s1, s2)
+			}
+			if got := w.underlayBytes() - before; got < transferSize {
+				t.Errorf("the underlay carried %d bytes to host 2, less than the %d-byte transfer: the frames did not cross it", got, transferSize)
+			}
+			testenv.NoSNMPErrors(t, w.B, "B")
+			stop1()
+			stop2()
+			for i, h := range []*netlink.Handle{w.nlL, w.nlH} {
+				if _, err := h.LinkByName("vmvx42"); err == nil {
+					t.Errorf("host %d: vxlan device vmvx42 is still there after the link stopped", i+1)
+				}
+			}
+		})
+	}
+}
+
+// TestVXLANNotOurs: vmnet never deletes a device it did not make. An
+// interface that holds the name is refused (and stays); a device whose
+// tag someone changed while the link ran stays after the link, and
+// closing says why.
+func TestVXLANNotOurs(t *testing.T) {
+	w := newVXLANWorld(t, 1550)
+	w.must(w.nlL.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "vmvx43"}}))
+	ep, err := vmconfig.ParseEndpoint("vxlan:10.200.0.2,vni=43")
+	w.must(err)
+	testenv.Do(t, w.L, func() error {
+		e, err := Open(context.Background(), ep, OpenOptions{})
+		if err == nil {
+			e.Close()
+			t.Fatalf("Open(%s) succeeded over a foreign interface vmvx43", ep)
+		}
+		t.Logf("%v", err)
+		for _, s := range []string{"vxlan:10.200.0.2", "vmvx43", "exists already", "use another vni", "ip link del"} {
+			if !strings.Contains(err.Error(), s) {
+				t.Errorf("error %q does not mention %q", err, s)
+			}
+		}
+		return nil
+	})
+	if l, err := w.nlL.LinkByName("vmvx43"); err != nil || l.Type() != "bridge" {
+		t.Errorf("the foreign bridge vmvx43: %v, %v after the failed open", l, err)
+	}
+
+	e := w.open("vxlan:10.200.0.2,vni=44")
+	vx, err := w.nlL.LinkByName("vmvx44")
+	w.must(err)
+	w.must(w.nlL.LinkSetAlias(vx, "someone-else"))
+	err = e.Close()
+	if err == nil || !strings.Contains(err.Error(), "vmvx44") || !errors.Is(err, owner.ErrNotOwned) {
+		t.Errorf("Close of a vxlan endpoint whose device was retagged: %v; want it named and not deleted", err)
+	}
+	if _, err := w.nlL.LinkByName("vmvx44"); err != nil {
+		t.Errorf("vmvx44, tagged by someone else, was deleted: %v", err)
+	}
+}
+
+// TestVXLANMTU: a tap whose MTU the tunnel cannot carry whole (underlay
+// 1500, VXLAN 50 bytes) is refused with both MTUs and both ways out, and
+// the vxlan device the endpoint made is gone again. With the tap's MTU
+// lowered as the error says, the link starts.
+func TestVXLANMTU(t *testing.T) {
+	w := newVXLANWorld(t, 1500)
+	_, err := New(w.open("tap:tA"), w.open("vxlan:10.200.0.2,vni=45"), Options{})
+	if err == nil {
+		t.Fatal("link of a 1500-byte tap over a VXLAN on a 1500-byte underlay was made")
+	}
+	t.Logf("%v", err)
+	for _, s := range []string{"interface tA has MTU 1500", "vxlan:10.200.0.2", "at most 1450", "ul has MTU 1500", "ip link set tA mtu 1450", "raise the underlay's MTU to 1550"} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error %q does not mention %q", err, s)
+		}
+	}
+	if _, err := w.nlL.LinkByName("vmvx45"); err == nil {
+		t.Error("vmvx45 is still there after the refused link")
+	}
+	// The advice works: a tap of MTU 1450 (made here, persistent, so
+	// that the link attaches to it) fits.
+	testenv.Do(t, w.L, func() error {
+		cfg := tap.NewConfig("tA", 1)
+		cfg.MTU, cfg.Persist, cfg.VnetHdrSize = 1450, true, vnethdr.HdrLen
+		tp, err := tap.Create(cfg)
+		if err != nil {
+			return err
+		}
+		return tp.Close()
+	})
+	l, err := New(w.open("tap:tA"), w.open("vxlan:10.200.0.2,vni=45"), Options{})
+	if err != nil {
+		t.Fatalf("with tA at MTU 1450: %v", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if _, err := w.nlL.LinkByName("vmvx45"); err == nil {
+		t.Error("vmvx45 is still there after Close")
+	}
+}
+
+// TestVXLANOpenErrors: bad vxlan endpoints fail with the endpoint named,
+// say what to do, and leave no device behind.
+func TestVXLANOpenErrors(t *testing.T) {
+	w := newVXLANWorld(t, 1550)
+	for _, tc := range []struct {
+		spec string
+		want []string
+	}{
+		{"vxlan:10.200.0.2,vni=46,dev=nosuch0", []string{"vxlan:10.200.0.2,vni=46", "underlay interface nosuch0 (dev=)", "this network namespace"}},
+		{"vxlan:192.0.2.7,vni=46", []string{"vxlan:192.0.2.7", "no route to 192.0.2.7", "dev=IFACE"}},
+		{"vxlan:10.200.0.2,vni=46,local=10.9.9.9", []string{"vxlan:10.200.0.2", "local 10.9.9.9 is not an address of this host", "leave local= out"}},
+	} {
+		ep, err := vmconfig.ParseEndpoint(tc.spec)
+		w.must(err)
+		testenv.Do(t, w.L, func() error {
+			e, err := Open(context.Background(), ep, OpenOptions{})
+			if err == nil {
+				e.Close()
+				t.Errorf("Open(%s) succeeded", ep)
+				return nil
+			}
+			t.Logf("%s: %v", ep, err)
+			for _, s := range tc.want {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("Open(%s): error %q does not mention %q", ep, err, s)
+				}
+			}
+			return nil
+		})
+		if _, err := w.nlL.LinkByName("vmvx46"); err == nil {
+			t.Errorf("after Open(%s): vmvx46 is left behind", ep)
+			if l, err := w.nlL.LinkByName("vmvx46"); err == nil {
+				w.nlL.LinkDel(l)
+			}
+		}
+	}
+}
