@@ -198,6 +198,9 @@ host2() {
 }
 # host2done gives vB back to brB in L and removes H.
 host2done() {
+  # Delete the underlay now: a namespace's devices go asynchronously after
+  # `ip netns del`, and the next case makes ul again.
+  ip -n "$NL" link del ul
   ip -n "$NH" link set vB netns "$NL"
   ip -n "$NL" link set vB master brB up
   ip netns del "$NH"

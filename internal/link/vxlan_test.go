@@ -3,6 +3,7 @@ package link
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -290,5 +291,44 @@ func TestVXLANOpenErrors(t *testing.T) {
 				w.nlL.LinkDel(l)
 			}
 		}
+	}
+}
+
+// TestVXLANFallback: where the kernel data path cannot go in on host 1
+// (a filter of someone else's at vmnet's priority on tA) that link says
+// so in one line, with what to do, and carries the tunnel in userspace;
+// host 2's link still forwards in the kernel, and frames pass both ways.
+func TestVXLANFallback(t *testing.T) {
+	w := newVXLANWorld(t, 1550)
+	testenv.Do(t, w.L, func() error {
+		cfg := tap.NewConfig("tA", 1)
+		cfg.Persist, cfg.VnetHdrSize = true, vnethdr.HdrLen
+		tp, err := tap.Create(cfg)
+		if err != nil {
+			return err
+		}
+		return tp.Close()
+	})
+	prio := fmt.Sprint(kernelPrio)
+	w.tc("qdisc", "add", "dev", "tA", "clsact")
+	w.tc("filter", "add", "dev", "tA", "egress", "prio", prio, "protocol", "ip", "u32", "match", "ip", "protocol", "253", "0xff", "classid", "1:1")
+	var rec logLines
+	l1, l2 := w.links(Options{Logf: rec.logf})
+	stopper(t, l1)
+	stopper(t, l2)
+	waitFor(t, "host 2's kernel data path", func() bool { return l2.Stats().Datapath == DatapathKernel })
+	w.ping(3)
+	w.tcpTransfer(1 << 20)
+	s1, s2 := l1.Stats(), l2.Stats()
+	logs := rec.lines()
+	t.Logf("log: %q\n%s\n%s", logs, s1, s2)
+	if len(logs) != 1 || !strings.Contains(logs[0], "forwarding in userspace") || !strings.Contains(logs[0], "tc filter del dev tA egress prio "+prio) {
+		t.Errorf("log %q: want one line saying why and what to do", logs)
+	}
+	if s1.Datapath != DatapathUserspace || s1.AtoB.Frames == 0 || s1.BtoA.Frames == 0 {
+		t.Errorf("host 1: datapath %q, %d/%d frames; want userspace carrying both ways", s1.Datapath, s1.AtoB.Frames, s1.BtoA.Frames)
+	}
+	if s2.Datapath != DatapathKernel {
+		t.Errorf("host 2: datapath %q, want kernel", s2.Datapath)
 	}
 }
