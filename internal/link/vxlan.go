@@ -54,7 +54,7 @@ type vxlanInfo struct {
 // inner frame leaves as one unfragmented outer packet. Close deletes the
 // device, if it is still the one vmnet made.
 func openVXLAN(ep vmconfig.Endpoint, opts OpenOptions) (_ *Endpoint, err error) {
-	h, err := netlink.NewHandle()
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE) // only ROUTE: xfrm_user may be missing (guest kernels)
 	if err != nil {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
@@ -144,7 +144,7 @@ func openVXLAN(ep vmconfig.Endpoint, opts OpenOptions) (_ *Endpoint, err error) 
 	e.closeFn = func() error {
 		// The sockets first: the device then goes without readers.
 		err := closeSockets()
-		dh, herr := netlink.NewHandleAt(e.ns)
+		dh, herr := netlink.NewHandleAt(e.ns, unix.NETLINK_ROUTE)
 		if herr != nil {
 			return errors.Join(err, fmt.Errorf("vxlan device %s: netlink: %w", name, herr))
 		}
