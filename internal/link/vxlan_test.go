@@ -65,6 +65,9 @@ func newVXLANWorld(t *testing.T, underMTU int) *vxlanWorld {
 		w.must(h.LinkSetMTU(l, underMTU))
 		a, _ := netlink.ParseAddr([]string{"10.200.0.1/24", "10.200.0.2/24"}[i])
 		w.must(h.AddrAdd(l, a))
+		a6, _ := netlink.ParseAddr([]string{"fd00:200::1/64", "fd00:200::2/64"}[i])
+		a6.Flags = unix.IFA_F_NODAD // usable at once
+		w.must(h.AddrAdd(l, a6))
 		w.must(h.LinkSetUp(l))
 	}
 	return w
@@ -94,13 +97,20 @@ func (w *vxlanWorld) plugH(tapName, bridge string) {
 	w.must(w.nlH.LinkSetUp(tl))
 }
 
-// links starts tap:tA <-> vxlan in L and vxlan <-> tap:tB in H.
+// links starts tap:tA <-> vxlan in L and vxlan <-> tap:tB in H, over
+// the underlay's IPv4 addresses.
 func (w *vxlanWorld) links(opts Options) (l1, l2 *Link) {
 	w.t.Helper()
+	return w.linksOver(opts, "10.200.0.1", "10.200.0.2")
+}
+
+// linksOver is links over the underlay addresses ipL (of L) and ipH.
+func (w *vxlanWorld) linksOver(opts Options, ipL, ipH string) (l1, l2 *Link) {
+	w.t.Helper()
 	var err error
-	l1, err = New(w.open("tap:tA"), w.open("vxlan:10.200.0.2,vni=42"), opts)
+	l1, err = New(w.open("tap:tA"), w.open("vxlan:"+ipH+",vni=42"), opts)
 	w.must(err)
-	l2, err = New(w.openH("vxlan:10.200.0.1,vni=42"), w.openH("tap:tB"), opts)
+	l2, err = New(w.openH("vxlan:"+ipL+",vni=42"), w.openH("tap:tB"), opts)
 	w.must(err)
 	w.plug("tA", "brA")
 	w.plugH("tB", "brB")
@@ -120,16 +130,21 @@ func (w *vxlanWorld) underlayBytes() uint64 {
 // By default the kernel carries them (a redirect between tap and vxlan
 // device on each host); with the userspace data path the links read and
 // write the vxlan devices through AF_PACKET. The devices are vmnet's
-// (tagged, MTU the underlay's less 50) and go when the links stop.
+// (tagged, MTU the underlay's less 50, or 70 over IPv6) and go when the
+// links stop.
 func TestVXLANTransfer(t *testing.T) {
-	for _, dp := range []string{DatapathAuto, DatapathUserspace} {
-		name := dp
-		if name == "" {
-			name = "kernel"
-		}
-		t.Run(name, func(t *testing.T) {
-			w := newVXLANWorld(t, 1550)
-			l1, l2 := w.links(Options{Datapath: dp})
+	for _, c := range []struct {
+		name, dp, ipL, ipH string
+		underMTU           int
+	}{
+		{"kernel", DatapathAuto, "10.200.0.1", "10.200.0.2", 1550},
+		{"userspace", DatapathUserspace, "10.200.0.1", "10.200.0.2", 1550},
+		{"ipv6", DatapathAuto, "fd00:200::1", "fd00:200::2", 1570},
+	} {
+		dp := c.dp
+		t.Run(c.name, func(t *testing.T) {
+			w := newVXLANWorld(t, c.underMTU)
+			l1, l2 := w.linksOver(Options{Datapath: dp}, c.ipL, c.ipH)
 			stop1, stop2 := stopper(t, l1), stopper(t, l2)
 			want := DatapathUserspace
 			if dp == DatapathAuto {
