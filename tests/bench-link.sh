@@ -66,6 +66,8 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   for n in "${NSS[@]}"; do ip netns del "$n" 2>/dev/null || true; done
+  # A vxlan case's second host, made in a subshell (NSS there is its own).
+  [ -z "${NH:-}" ] || ip netns del "$NH" 2>/dev/null || true
   [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
 }
 trap cleanup EXIT

@@ -132,7 +132,7 @@ func (l *Lab) createVXLAN(n *vmconfig.Network) (err error) {
 	if err != nil {
 		if errors.Is(err, syscall.EEXIST) {
 			return fmt.Errorf("lab %s: network %s: vxlan %s (VNI %d, port %d): %w: an interface of that name or a VXLAN device with that VNI and port exists already; "+
-				"set vni = N on the network to another value, or remove the other device", l.cfg.Name, n.Name, name, v.VNI, v.Port, err)
+				"set vni = N on the network to another value, or remove the other device", l.cfg.Name, n.Name, name, v.VNI, v.Port, syscall.EEXIST)
 		}
 		return fmt.Errorf("lab %s: network %s: vxlan (VNI %d, port %d): %w", l.cfg.Name, n.Name, v.VNI, v.Port, err)
 	}

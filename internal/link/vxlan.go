@@ -112,8 +112,9 @@ func openVXLAN(ep vmconfig.Endpoint, opts OpenOptions) (_ *Endpoint, err error) 
 	link, err := owner.Add(h, dev, vxlanOwner)
 	switch {
 	case errors.Is(err, unix.EEXIST):
-		return nil, fmt.Errorf("vxlan device %s (VNI %d, port %d): %w: an interface of that name, or another VXLAN device with that VNI and port, exists already: "+
-			"use another vni, or remove that device (`ip link del DEVICE`) if a vmnet that was killed left it", name, ep.VNI, ep.Remote.Port(), err)
+		what, dev := clash(h, name, ep.VNI, int(ep.Remote.Port()))
+		return nil, fmt.Errorf("vxlan device %s (VNI %d, port %d): %w: %s exists already: "+
+			"use another vni, or remove it (`ip link del %s`) if a vmnet that was killed left it", name, ep.VNI, ep.Remote.Port(), unix.EEXIST, what, dev)
 	case errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOENT):
 		return nil, fmt.Errorf("vxlan device %s: %w: this kernel has no VXLAN (CONFIG_VXLAN, module vxlan): load it with `modprobe vxlan`, or use a udp endpoint", name, err)
 	case err != nil:
@@ -152,6 +153,24 @@ func openVXLAN(ep vmconfig.Endpoint, opts OpenOptions) (_ *Endpoint, err error) 
 		return errors.Join(err, deleteVXLAN(dh, name, index))
 	}
 	return e, nil
+}
+
+// clash describes the device that kept a vxlan device from being made:
+// an interface of its name, or a VXLAN device with its VNI and port.
+func clash(h *netlink.Handle, name string, vni, port int) (what, dev string) {
+	links, _ := h.LinkList()
+	for _, l := range links {
+		vx, isVX := l.(*netlink.Vxlan)
+		switch {
+		case l.Attrs().Name == name && isVX:
+			return fmt.Sprintf("a VXLAN device named %s (tag %q)", name, l.Attrs().Alias), name
+		case l.Attrs().Name == name:
+			return fmt.Sprintf("an interface named %s (a %s)", name, l.Type()), name
+		case isVX && vx.VxlanId == vni && vx.Port == port:
+			return fmt.Sprintf("VXLAN device %s, with that VNI and port,", l.Attrs().Name), l.Attrs().Name
+		}
+	}
+	return "an interface of that name, or a VXLAN device with that VNI and port,", "DEVICE"
 }
 
 // deleteVXLAN deletes the device vmnet made (name at index), if it is

@@ -190,7 +190,8 @@ func TestVXLANTransfer(t *testing.T) {
 }
 
 // TestVXLANNotOurs: vmnet never deletes a device it did not make. An
-// interface that holds the name is refused (and stays); a device whose
+// interface that holds the name, or a VXLAN device with the VNI and port,
+// is named in the error (and stays); a device whose
 // tag someone changed while the link ran stays after the link, and
 // closing says why.
 func TestVXLANNotOurs(t *testing.T) {
@@ -205,7 +206,7 @@ func TestVXLANNotOurs(t *testing.T) {
 			t.Fatalf("Open(%s) succeeded over a foreign interface vmvx43", ep)
 		}
 		t.Logf("%v", err)
-		for _, s := range []string{"vxlan:10.200.0.2", "vmvx43", "exists already", "use another vni", "ip link del"} {
+		for _, s := range []string{"vxlan:10.200.0.2", "an interface named vmvx43 (a bridge) exists already", "use another vni", "ip link del vmvx43"} {
 			if !strings.Contains(err.Error(), s) {
 				t.Errorf("error %q does not mention %q", err, s)
 			}
@@ -214,6 +215,26 @@ func TestVXLANNotOurs(t *testing.T) {
 	})
 	if l, err := w.nlL.LinkByName("vmvx43"); err != nil || l.Type() != "bridge" {
 		t.Errorf("the foreign bridge vmvx43: %v, %v after the failed open", l, err)
+	}
+
+	// Another VXLAN device with the VNI and port: the kernel allows one.
+	w.must(w.nlL.LinkAdd(&netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "fx47"}, VxlanId: 47, Port: vmconfig.DefaultVXLANPort}))
+	ep47, err := vmconfig.ParseEndpoint("vxlan:10.200.0.2,vni=47")
+	w.must(err)
+	testenv.Do(t, w.L, func() error {
+		e, err := Open(context.Background(), ep47, OpenOptions{})
+		if err == nil {
+			e.Close()
+			t.Fatalf("Open(%s) succeeded next to a foreign VXLAN device with VNI 47", ep47)
+		}
+		t.Logf("%v", err)
+		if !strings.Contains(err.Error(), "VXLAN device fx47, with that VNI and port, exists already") || !strings.Contains(err.Error(), "ip link del fx47") {
+			t.Errorf("error %q does not name fx47", err)
+		}
+		return nil
+	})
+	if _, err := w.nlL.LinkByName("fx47"); err != nil {
+		t.Errorf("the foreign fx47: %v after the failed open", err)
 	}
 
 	e := w.open("vxlan:10.200.0.2,vni=44")
