@@ -123,8 +123,9 @@ func linkCommand(e *env) *cobra.Command {
 			"A udp tunnel without key is unauthenticated cleartext; key=FILE (32 random bytes, mode 0600,\n" +
 			"the same at both ends) authenticates and encrypts it. A vxlan endpoint is a kernel VXLAN device\n" +
 			"the link creates (vmvxN, deleted when the link stops), so the kernel carries the tunnel; it is\n" +
-			"cleartext too. VXLAN adds 50 bytes (70 over IPv6): the underlay's MTU must exceed the other\n" +
-			"end's by that much, or the link refuses to start and says which MTU to change.\n" +
+			"cleartext too. VXLAN adds 50 bytes (70 over IPv6): a tap the link creates takes the tunnel's\n" +
+			"MTU (1450 over a 1500-byte underlay); an existing interface with a larger MTU is refused, and\n" +
+			"the error says which MTU to change.\n" +
 			"Super-frames pass unchanged where the far side takes them and are segmented where it does not.\n\n" +
 			"Impairments (--delay, --jitter, --loss, --loss-correlation, --duplicate, --reorder, --corrupt,\n" +
 			"--rate, --burst) mean what tc-netem's mean and apply to both directions; --a-to-b-KEY and\n" +

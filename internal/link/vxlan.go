@@ -197,12 +197,16 @@ func deleteVXLAN(h *netlink.Handle, name string, index int) error {
 	return nil
 }
 
-// checkVXLANMTU refuses a link whose other end sends frames that the
-// vxlan end cannot carry whole: the kernel would fragment the outer
-// packets (VXLAN sends them without DF) or drop them, and the guests
-// would see a black hole for full-sized frames. It names both MTUs and
-// both ways out.
-func checkVXLANMTU(a, b *Endpoint) error {
+// fitVXLANMTU makes sure the vxlan end of a link can carry what the
+// other end sends, whole: otherwise the kernel would fragment the outer
+// packets (VXLAN sends them without DF) or drop them, and the guests would
+// see a black hole for full-sized frames. A tap the link created itself
+// (nothing else has set it up yet) takes the tunnel's MTU, as the
+// interfaces of overlay networks do (the guests behind it then need that
+// MTU too: logf says so); any other interface keeps its MTU, and a link
+// whose interface does not fit is refused with both MTUs and both ways
+// out.
+func fitVXLANMTU(a, b *Endpoint, logf func(string, ...any)) error {
 	for _, p := range [][2]*Endpoint{{a, b}, {b, a}} {
 		v, o := p[0], p[1]
 		if v.vxlan == nil || o.ifindex == 0 {
@@ -212,11 +216,29 @@ func checkVXLANMTU(a, b *Endpoint) error {
 		if mtu <= v.vxlan.mtu {
 			continue
 		}
-		what := "interface " + o.ifname
-		return fmt.Errorf("%s has MTU %d, but %s carries frames of at most %d bytes (underlay interface %s has MTU %d, and VXLAN adds %d): "+
-			"lower the MTU of %s to %d (`ip link set %s mtu %d`), or raise the underlay's MTU to %d",
-			what, mtu, v, v.vxlan.mtu, v.vxlan.under, v.vxlan.underMTU, v.vxlan.overhead,
-			what, v.vxlan.mtu, o.ifname, v.vxlan.mtu, mtu+v.vxlan.overhead)
+		why := fmt.Sprintf("%s carries frames of at most %d bytes (underlay interface %s has MTU %d, and VXLAN adds %d)",
+			v, v.vxlan.mtu, v.vxlan.under, v.vxlan.underMTU, v.vxlan.overhead)
+		if o.kind == vmconfig.KindTap && o.created {
+			if err := setMTU(o, v.vxlan.mtu); err != nil {
+				return fmt.Errorf("tap %s: set MTU %d to fit the tunnel: %w", o.ifname, v.vxlan.mtu, err)
+			}
+			o.maxFrame = v.vxlan.mtu + ethOverhead
+			logf("tap %s: MTU %d, not %d: %s; give the guests and bridge ports behind it MTU %d, or raise the underlay's MTU to %d for %d-byte frames",
+				o.ifname, v.vxlan.mtu, mtu, why, v.vxlan.mtu, mtu+v.vxlan.overhead, mtu)
+			continue
+		}
+		return fmt.Errorf("interface %s has MTU %d, but %s: lower the MTU of %s to %d (`ip link set %s mtu %d`), or raise the underlay's MTU to %d",
+			o.ifname, mtu, why, o.ifname, v.vxlan.mtu, o.ifname, v.vxlan.mtu, mtu+v.vxlan.overhead)
 	}
 	return nil
+}
+
+// setMTU sets the MTU of e's interface, in its namespace.
+func setMTU(e *Endpoint, mtu int) error {
+	h, err := netlink.NewHandleAt(e.ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	return h.LinkSetMTU(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: e.ifindex}}, mtu)
 }

@@ -250,15 +250,30 @@ func TestVXLANNotOurs(t *testing.T) {
 	}
 }
 
-// TestVXLANMTU: a tap whose MTU the tunnel cannot carry whole (underlay
-// 1500, VXLAN 50 bytes) is refused with both MTUs and both ways out, and
-// the vxlan device the endpoint made is gone again. With the tap's MTU
-// lowered as the error says, the link starts.
+// TestVXLANMTU: VXLAN adds 50 bytes, so over a 1500-byte underlay the
+// tunnel carries 1450-byte frames. A tap that exists already (someone
+// else's settings) with MTU 1500 is refused, with both MTUs and both ways
+// out, keeps its MTU, and the vxlan device the endpoint made is gone
+// again; with its MTU lowered as the error says, the link starts. A tap
+// the link creates itself takes the tunnel's MTU, and the link says so
+// once; with the hosts' MTU at 1450 too, TCP data passes intact.
 func TestVXLANMTU(t *testing.T) {
 	w := newVXLANWorld(t, 1500)
+	persistentTap := func(mtu int) {
+		testenv.Do(t, w.L, func() error {
+			cfg := tap.NewConfig("tA", 1)
+			cfg.MTU, cfg.Persist, cfg.VnetHdrSize = mtu, true, vnethdr.HdrLen
+			tp, err := tap.Create(cfg)
+			if err != nil {
+				return err
+			}
+			return tp.Close()
+		})
+	}
+	persistentTap(1500)
 	_, err := New(w.open("tap:tA"), w.open("vxlan:10.200.0.2,vni=45"), Options{})
 	if err == nil {
-		t.Fatal("link of a 1500-byte tap over a VXLAN on a 1500-byte underlay was made")
+		t.Fatal("link of an existing 1500-byte tap over a VXLAN on a 1500-byte underlay was made")
 	}
 	t.Logf("%v", err)
 	for _, s := range []string{"interface tA has MTU 1500", "vxlan:10.200.0.2", "at most 1450", "ul has MTU 1500", "ip link set tA mtu 1450", "raise the underlay's MTU to 1550"} {
@@ -269,17 +284,13 @@ func TestVXLANMTU(t *testing.T) {
 	if _, err := w.nlL.LinkByName("vmvx45"); err == nil {
 		t.Error("vmvx45 is still there after the refused link")
 	}
-	// The advice works: a tap of MTU 1450 (made here, persistent, so
-	// that the link attaches to it) fits.
-	testenv.Do(t, w.L, func() error {
-		cfg := tap.NewConfig("tA", 1)
-		cfg.MTU, cfg.Persist, cfg.VnetHdrSize = 1450, true, vnethdr.HdrLen
-		tp, err := tap.Create(cfg)
-		if err != nil {
-			return err
-		}
-		return tp.Close()
-	})
+	tA, err := w.nlL.LinkByName("tA")
+	w.must(err)
+	if tA.Attrs().MTU != 1500 {
+		t.Errorf("the refused link changed tA's MTU to %d", tA.Attrs().MTU)
+	}
+	// The advice works.
+	w.must(w.nlL.LinkSetMTU(tA, 1450))
 	l, err := New(w.open("tap:tA"), w.open("vxlan:10.200.0.2,vni=45"), Options{})
 	if err != nil {
 		t.Fatalf("with tA at MTU 1450: %v", err)
@@ -287,9 +298,36 @@ func TestVXLANMTU(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Errorf("Close: %v", err)
 	}
-	if _, err := w.nlL.LinkByName("vmvx45"); err == nil {
-		t.Error("vmvx45 is still there after Close")
+	w.must(w.nlL.LinkDel(tA))
+
+	// Taps the links make take the tunnel's MTU.
+	var rec logLines
+	l1, l2 := w.links(Options{Logf: rec.logf})
+	stopper(t, l1)
+	stopper(t, l2)
+	logs := rec.lines()
+	t.Logf("log: %q", logs)
+	if len(logs) != 2 || !strings.Contains(logs[0], "tap tA: MTU 1450, not 1500") || !strings.Contains(logs[0], "give the guests and bridge ports behind it MTU 1450") {
+		t.Errorf("log %q: want one line per link saying the tap's MTU and what to do", logs)
 	}
+	for i, h := range []*netlink.Handle{w.nlL, w.nlH} {
+		name := []string{"tA", "tB"}[i]
+		if l, err := h.LinkByName(name); err != nil || l.Attrs().MTU != 1450 {
+			t.Errorf("tap %s made by the link: %v %v, want MTU 1450", name, l, err)
+		}
+	}
+	for _, ns := range []netns.Handle{w.A, w.B} {
+		testenv.Do(t, ns, func() error {
+			h := &netlink.Handle{}
+			eth, err := h.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			return h.LinkSetMTU(eth, 1450)
+		})
+	}
+	w.ping(3)
+	w.tcpTransfer(1 << 20)
 }
 
 // TestVXLANOpenErrors: bad vxlan endpoints fail with the endpoint named,
