@@ -115,7 +115,7 @@ func openVXLAN(ep vmconfig.Endpoint, opts OpenOptions) (_ *Endpoint, err error) 
 		what, dev := clash(h, name, ep.VNI, int(ep.Remote.Port()))
 		return nil, fmt.Errorf("vxlan device %s (VNI %d, port %d): %w: %s exists already: "+
 			"use another vni, or remove it (`ip link del %s`) if a vmnet that was killed left it", name, ep.VNI, ep.Remote.Port(), unix.EEXIST, what, dev)
-	case errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOENT):
+	case errors.Is(err, unix.EOPNOTSUPP): // rtnetlink: no such link kind
 		return nil, fmt.Errorf("vxlan device %s: %w: this kernel has no VXLAN (CONFIG_VXLAN, module vxlan): load it with `modprobe vxlan`, or use a udp endpoint", name, err)
 	case err != nil:
 		return nil, fmt.Errorf("vxlan device %w", err)

@@ -305,6 +305,11 @@ func TestVXLANMTU(t *testing.T) {
 	l1, l2 := w.links(Options{Logf: rec.logf})
 	stopper(t, l1)
 	stopper(t, l2)
+	// Frames flow once both links are in the kernel (no switch under way,
+	// see TestVXLANFallback).
+	waitFor(t, "the kernel data path", func() bool {
+		return l1.Stats().Datapath == DatapathKernel && l2.Stats().Datapath == DatapathKernel
+	})
 	logs := rec.lines()
 	t.Logf("log: %q", logs)
 	if len(logs) != 2 || !strings.Contains(logs[0], "tap tA: MTU 1450, not 1500") || !strings.Contains(logs[0], "give the guests and bridge ports behind it MTU 1450") {
@@ -390,7 +395,12 @@ func TestVXLANFallback(t *testing.T) {
 	l1, l2 := w.links(Options{Logf: rec.logf})
 	stopper(t, l1)
 	stopper(t, l2)
-	waitFor(t, "host 2's kernel data path", func() bool { return l2.Stats().Datapath == DatapathKernel })
+	// No switch may be under way while frames flow: a frame that reaches
+	// an AF_PACKET end (the vxlan device) between its socket filter and
+	// its redirect changing is lost (see Link.Run).
+	waitFor(t, "host 2's kernel data path and host 1's log line", func() bool {
+		return l2.Stats().Datapath == DatapathKernel && len(rec.lines()) >= 1
+	})
 	w.ping(3)
 	w.tcpTransfer(1 << 20)
 	s1, s2 := l1.Stats(), l2.Stats()
