@@ -223,21 +223,13 @@ func (m *Manager) Ensure(cfg Config) (created bool, err error) {
 func (m *Manager) create(name, own string) (netlink.Link, error) {
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = name
-	if err := m.h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
-		if errors.Is(err, unix.EEXIST) {
-			return nil, fmt.Errorf("bridge %s: create: someone else created an interface of that name meanwhile; retry", name)
-		}
-		return nil, fmt.Errorf("bridge %s: create: %w", name, err)
+	link, err := owner.Add(m.h, &netlink.Bridge{LinkAttrs: attrs}, own)
+	if errors.Is(err, unix.EEXIST) {
+		return nil, fmt.Errorf("bridge %s: create: someone else created an interface of that name meanwhile; retry", name)
 	}
-	link, err := m.h.LinkByName(name)
 	if err != nil {
-		return nil, fmt.Errorf("bridge %s: look up after creating it: %w", name, err)
-	}
-	if err := owner.Set(m.h, link, own); err != nil {
-		_ = m.h.LinkDel(link)
 		return nil, fmt.Errorf("bridge %w", err)
 	}
-	link.Attrs().Alias = own
 	return link, nil
 }
 

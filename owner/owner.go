@@ -76,6 +76,31 @@ func Set(h *netlink.Handle, link netlink.Link, owner string) error {
 	return nil
 }
 
+// Add creates link (as netlink.Handle.LinkAdd does) and tags it as
+// own's, and returns the device as the kernel reports it. If tagging
+// fails it deletes the device again: untagged, nothing of vmnet's would
+// ever remove it. The error of the add itself is wrapped with the
+// device's name only, so that callers can test for EEXIST and explain.
+func Add(h *netlink.Handle, link netlink.Link, own string) (netlink.Link, error) {
+	name := link.Attrs().Name
+	if err := Valid(own); err != nil {
+		return nil, fmt.Errorf("%s: tag: %w", name, err)
+	}
+	if err := h.LinkAdd(link); err != nil {
+		return nil, fmt.Errorf("%s: create: %w", name, err)
+	}
+	made, err := h.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("%s: look up after creating it: %w", name, err)
+	}
+	if err := Set(h, made, own); err != nil {
+		_ = h.LinkDel(made)
+		return nil, err
+	}
+	made.Attrs().Alias = own
+	return made, nil
+}
+
 // Check returns nil if link belongs to owner, or an error naming the real
 // owner and how to override.
 func Check(link netlink.Link, owner string) error {

@@ -158,3 +158,35 @@ func TestSetCheckList(t *testing.T) {
 		t.Errorf("Set with an empty owner = %v", err)
 	}
 }
+
+// TestAdd: Add creates a device tagged as its owner's; a bad owner
+// creates nothing; a name in use is the kernel's EEXIST, and the device
+// that holds it is untouched.
+func TestAdd(t *testing.T) {
+	ns := testenv.NetNS(t)
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	br := func(name string) *netlink.Bridge { return &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}} }
+	l, err := owner.Add(h, br("made"), owner.AdHoc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := h.LinkByName("made"); err != nil || got.Attrs().Alias != owner.AdHoc || l.Attrs().Alias != owner.AdHoc || l.Attrs().Index != got.Attrs().Index {
+		t.Errorf("Add: %+v, kernel has %v %v; want it tagged %q", l.Attrs(), got, err, owner.AdHoc)
+	}
+	if _, err := owner.Add(h, br("bad"), "vmnet:nope"); !errors.Is(err, owner.ErrBadOwner) {
+		t.Errorf("Add with a bad owner: %v, want ErrBadOwner", err)
+	}
+	if _, err := h.LinkByName("bad"); err == nil {
+		t.Error("Add with a bad owner created the device")
+	}
+	if _, err := owner.Add(h, br("made"), owner.Lab("x")); !errors.Is(err, unix.EEXIST) || !strings.Contains(err.Error(), "made") {
+		t.Errorf("Add over an existing name: %v, want EEXIST naming it", err)
+	}
+	if got, err := h.LinkByName("made"); err != nil || got.Attrs().Alias != owner.AdHoc {
+		t.Errorf("the existing device changed: %v %v", got, err)
+	}
+}

@@ -31,6 +31,15 @@
 #                receiving link merges them for tB (software GRO)
 #   udp-key      udp with key=FILE on both ends (authenticated, encrypted)
 #   udp-key-noTSO  udp-noTSO with key=FILE
+#   vxlan        tap:tA <-> vxlan:... on host 1 (ns L), vxlan:... <-> tap:tB on host 2 (a
+#                namespace H that takes brB and vB for the case), the hosts joined by a veth
+#                underlay of MTU 1550 (VXLAN adds 50 bytes to the taps' 1500): kernel vxlan
+#                devices, tc redirects between them and the taps. (Not over loopback: the
+#                kernel hands vxlan for a local address to the local device unencapsulated.)
+#   vxlan-us     the same with --datapath userspace (the links read the vxlan devices with
+#                AF_PACKET)
+#   vxlan-bridged  the same two hosts without vmnet: each vxlan device a port of its bridge
+#                (what a multi-host lab's network does; no target)
 # Environment: T (seconds, default 5), P (iperf3 parallel streams, default 1), QUEUES (queues of the link's
 # taps, default 1: with more, each queue has its own reading and writing thread), CASES (default: all, in the order above), LINK (a vmnet binary; default builds
 # ./cmd/vmnet), LINK_NOGRO (a vmnet binary without GRO for gro-off), PROFILE=1 (default) writes CPU profiles of
@@ -57,6 +66,8 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   for n in "${NSS[@]}"; do ip netns del "$n" 2>/dev/null || true; done
+  # A vxlan case's second host, made in a subshell (NSS there is its own).
+  [ -z "${NH:-}" ] || ip netns del "$NH" 2>/dev/null || true
   [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -139,7 +150,7 @@ startlink() {
   rm -f "$WORK/$name.ready"
   local prof=()
   [ "$PROFILE" = 1 ] && prof=(--cpuprofile "$WORK/$name.prof")
-  ip netns exec "$NL" "$LINK" link --ready "$WORK/$name.ready" "${prof[@]}" "$@" >"$WORK/$name.log" 2>&1 &
+  ip netns exec "${LNS:-$NL}" "$LINK" link --ready "$WORK/$name.ready" "${prof[@]}" "$@" >"$WORK/$name.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 100); do
     [ -e "$WORK/$name.ready" ] && return 0
@@ -169,6 +180,47 @@ bridged() {
   ip -n "$NL" link del jA
 }
 
+# The second host for the vxlan cases: namespace H takes brB's port vB
+# (B's veth) into a bridge of its own, and a veth underlay joins L and H.
+NH=${ID}h
+host2() {
+  addns "$NH"
+  ip -n "$NL" link set vB nomaster
+  ip -n "$NL" link set vB netns "$NH"
+  ip -n "$NH" link add brB type bridge
+  ip -n "$NH" link set brB type bridge forward_delay 0 stp_state 0
+  ip -n "$NH" link set brB up
+  ip -n "$NH" link set vB master brB up
+  if [ "${BRNF:-0}" != 1 ] && [ -e /proc/sys/net/bridge ]; then
+    ip netns exec "$NH" sh -c 'for f in /proc/sys/net/bridge/bridge-nf-call-*; do echo 0 >"$f"; done'
+  fi
+  ip -n "$NL" link add ul mtu 1550 type veth peer name ul mtu 1550 netns "$NH"
+  ip -n "$NL" addr add 10.79.0.1/24 dev ul; ip -n "$NL" link set ul up
+  ip -n "$NH" addr add 10.79.0.2/24 dev ul; ip -n "$NH" link set ul up
+}
+# host2done gives vB back to brB in L and removes H.
+host2done() {
+  # Delete the underlay now: a namespace's devices go asynchronously after
+  # `ip netns del`, and the next case makes ul again.
+  ip -n "$NL" link del ul
+  ip -n "$NH" link set vB netns "$NL"
+  ip -n "$NL" link set vB master brB up
+  ip netns del "$NH"
+}
+
+# The two hosts joined by kernel vxlan devices in their bridges.
+vxlanbridged() {
+  host2
+  ip -n "$NL" link add vx77 type vxlan id 77 remote 10.79.0.2 dstport 4789 dev ul
+  ip -n "$NH" link add vx77 type vxlan id 77 remote 10.79.0.1 dstport 4789 dev ul
+  ip -n "$NL" link set vx77 master brA up
+  ip -n "$NH" link set vx77 master brB up
+  sleep 0.5
+  iperf "$NA" "$NB" 10.77.0.2
+  ip -n "$NL" link del vx77
+  host2done
+}
+
 linkcase() {
   local name=$1
   case $name in
@@ -187,6 +239,19 @@ linkcase() {
       esac
       startlink "$name-1" "tap:tA$optA$Q" "udp:127.0.0.1:$p1,remote=127.0.0.1:$p2$key"
       startlink "$name-2" "udp:127.0.0.1:$p2,remote=127.0.0.1:$p1$key" "tap:tB$opt$Q"
+      ;;
+    vxlan | vxlan-us)
+      local dp=
+      [ "$name" = vxlan-us ] && dp=$US
+      host2
+      startlink "$name-1" $dp "tap:tA$Q" "vxlan:10.79.0.2,vni=77"
+      LNS=$NH startlink "$name-2" $dp "vxlan:10.79.0.1,vni=77" "tap:tB$Q"
+      ip -n "$NL" link set tA master brA up; ip -n "$NH" link set tB master brB up
+      sleep 0.5
+      iperf "$NA" "$NB" 10.77.0.2
+      stoplinks
+      host2done
+      return
       ;;
   esac
   plug
@@ -218,7 +283,7 @@ napicpu() {
 }
 
 declare -A R
-ALL="kernel kernel-noTSO bridged bridged-noTSO passthrough-kernel passthrough segment segment-old gro gro-off udp udp-noTSO udp-gro udp-key udp-key-noTSO"
+ALL="kernel kernel-noTSO bridged bridged-noTSO passthrough-kernel passthrough segment segment-old gro gro-off udp udp-noTSO udp-gro udp-key udp-key-noTSO vxlan vxlan-us vxlan-bridged"
 CASES=${CASES:-$ALL}
 for c in $ALL; do R[$c]=-; done
 for c in $CASES; do
@@ -228,7 +293,8 @@ for c in $CASES; do
     bridged) R[$c]=$(bridged tso) ;;
     bridged-noTSO) R[$c]=$(bridged notso) ;;
     gro-off | segment-old) [ -n "${LINK_NOGRO:-}" ] && R[$c]=$(linkcase "$c") ;;
-    passthrough-kernel | passthrough | segment | gro | udp | udp-noTSO | udp-gro | udp-key | udp-key-noTSO) R[$c]=$(linkcase "$c") ;;
+    vxlan-bridged) R[$c]=$(vxlanbridged) ;;
+    passthrough-kernel | passthrough | segment | gro | udp | udp-noTSO | udp-gro | udp-key | udp-key-noTSO | vxlan | vxlan-us) R[$c]=$(linkcase "$c") ;;
     *) echo "bench-link: unknown case $c" >&2; exit 2 ;;
   esac
 done
@@ -262,6 +328,12 @@ printf "%-18s %10s %10s   %s\n" udp-key "${R[udp-key]}" "$(ratio "${R[udp-key]}"
   "(no target) of udp: $(ratio "${R[udp-key]}" "${R[udp]}" | tr -d ' ')"
 printf "%-18s %10s %10s   %s\n" udp-key-noTSO "${R[udp-key-noTSO]}" "$(ratio "${R[udp-key-noTSO]}" "${R[kernel]}")" \
   "(no target) of udp-noTSO: $(ratio "${R[udp-key-noTSO]}" "${R[udp-noTSO]}" | tr -d ' ')"
+printf "%-18s %10s %10s   %s\n" vxlan "${R[vxlan]}" "$(ratio "${R[vxlan]}" "${R[kernel]}")" \
+  ">= 50% of bridged: $(ratio "${R[vxlan]}" "${R[bridged]}" | tr -d ' ') (tunnel over a veth underlay; default datapath: kernel)"
+printf "%-18s %10s %10s   %s\n" vxlan-us "${R[vxlan-us]}" "$(ratio "${R[vxlan-us]}" "${R[kernel]}")" \
+  "(userspace) of bridged: $(ratio "${R[vxlan-us]}" "${R[bridged]}" | tr -d ' ')"
+printf "%-18s %10s %10s   %s\n" vxlan-bridged "${R[vxlan-bridged]}" "$(ratio "${R[vxlan-bridged]}" "${R[kernel]}")" \
+  "(no vmnet: vxlan devices in the bridges) vxlan is $(ratio "${R[vxlan]}" "${R[vxlan-bridged]}" | tr -d ' ') of this"
 echo
 # CPU per byte does not depend on what else the machine runs as much as
 # throughput does: on a loaded machine compare these too.

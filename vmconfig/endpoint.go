@@ -24,6 +24,11 @@ const (
 	KindUDP EndpointKind = "udp"
 	// KindVM is a NIC of a VM in this lab that has no network: vm:NAME:INDEX.
 	KindVM EndpointKind = "vm"
+	// KindVXLAN is a VXLAN tunnel (RFC 7348) through a kernel vxlan
+	// device that the link creates:
+	// vxlan:REMOTE,vni=N[,port=P][,local=ADDR][,dev=IFACE]. Like udp:, it
+	// is unauthenticated cleartext; unlike udp:, the kernel carries it.
+	KindVXLAN EndpointKind = "vxlan"
 )
 
 // OnOff is a switch that can also be left unset, so that a parsed endpoint
@@ -55,8 +60,10 @@ type Endpoint struct {
 	NetNS   string         // tap and packet: named network namespace, "" = the lab's
 	Queues  int            // tap: 1..256, 0 = not given (a loaded Lab has 1)
 	VnetHdr OnOff          // tap: Unset in ParseEndpoint output; a loaded Lab has On or Off
-	Local   netip.AddrPort // udp
-	Remote  netip.AddrPort // udp
+	Local   netip.AddrPort // udp; vxlan: local=ADDR (if given) and the port
+	Remote  netip.AddrPort // udp; vxlan: the peer's address and the port
+	VNI     int            // vxlan: 1..MaxVNI
+	Dev     string         // vxlan: underlay interface (dev=), "" = by route
 	// Key is the udp tunnel's pre-shared key file ("" = cleartext): with
 	// it, datagrams are authenticated and encrypted. Only the syntax is
 	// checked here; the link reads the file when it opens the endpoint.
@@ -64,7 +71,7 @@ type Endpoint struct {
 }
 
 const endpointSyntax = "tap:NAME[,queues=N][,vnet_hdr=on|off][,netns=NS], packet:IFNAME[,netns=NS], " +
-	"udp:ADDR:PORT,remote=ADDR:PORT[,key=FILE] (IPv6 in brackets) or vm:NAME:NICINDEX"
+	"udp:ADDR:PORT,remote=ADDR:PORT[,key=FILE] (IPv6 in brackets), vxlan:REMOTE,vni=N[,port=P][,local=ADDR][,dev=IFACE] or vm:NAME:NICINDEX"
 
 // ParseEndpoint parses a link endpoint such as "tap:lab0,queues=4",
 // "packet:eth1,netns=r1", "udp:127.0.0.1:5000,remote=127.0.0.1:5001" or
@@ -90,6 +97,7 @@ func parseEndpoint(s string) (Endpoint, error) {
 		KindTap:    {"queues", "vnet_hdr", "netns"},
 		KindPacket: {"netns"},
 		KindUDP:    {"remote", "key"},
+		KindVXLAN:  {"vni", "port", "local", "dev"},
 		KindVM:     nil,
 	}
 	keys, known := allowed[e.Kind]
@@ -165,6 +173,8 @@ func parseEndpoint(s string) (Endpoint, error) {
 			}
 			e.Key = k
 		}
+	case KindVXLAN:
+		return parseVXLAN(e, spec, opts)
 	case KindVM:
 		name, idx, ok := strings.Cut(spec, ":")
 		if !ok {
@@ -199,6 +209,69 @@ func parseUDPAddr(s string, remote bool) (netip.AddrPort, error) {
 	return ap, nil
 }
 
+// parseVXLAN checks vxlan:REMOTE,vni=N[,port=P][,local=ADDR][,dev=IFACE].
+func parseVXLAN(e Endpoint, spec string, opts map[string]string) (Endpoint, error) {
+	remote, err := parseVXLANAddr("remote", spec)
+	if err != nil {
+		return e, err
+	}
+	if remote.IsUnspecified() {
+		return e, fmt.Errorf("remote %s is unspecified: give the address of the other VXLAN end", spec)
+	}
+	v, ok := opts["vni"]
+	if !ok {
+		return e, errors.New("vxlan endpoint needs vni=N (1 to 16777215, the same on both ends)")
+	}
+	vni, err := strconv.Atoi(v)
+	if err != nil || vni < 1 || vni > MaxVNI {
+		return e, fmt.Errorf("vni=%s: want a number from 1 to %d", v, MaxVNI)
+	}
+	port := DefaultVXLANPort
+	if p, ok := opts["port"]; ok {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return e, fmt.Errorf("port=%s: want a UDP port from 1 to 65535 (default %d)", p, DefaultVXLANPort)
+		}
+		port = n
+	}
+	e.VNI, e.Remote = vni, netip.AddrPortFrom(remote, uint16(port))
+	if l, ok := opts["local"]; ok {
+		local, err := parseVXLANAddr("local", l)
+		if err != nil {
+			return e, err
+		}
+		if local.Is4() != remote.Is4() {
+			return e, fmt.Errorf("local %s and remote %s are different address families", local, remote)
+		}
+		e.Local = netip.AddrPortFrom(local, uint16(port))
+	}
+	if d, ok := opts["dev"]; ok {
+		if err := checkIfName(d); err != nil {
+			return e, fmt.Errorf("dev=: %w", err)
+		}
+		e.Dev = d
+	}
+	return e, nil
+}
+
+// parseVXLANAddr parses a VXLAN end's address: a plain unicast IPv4 or
+// IPv6 address (the kernel device takes no zone; dev= names the
+// underlay interface).
+func parseVXLANAddr(what, s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	switch {
+	case err != nil:
+		return a, fmt.Errorf("%s %q: want an IPv4 or IPv6 address (no port: give port=P; no brackets)", what, s)
+	case a.Zone() != "":
+		return a, fmt.Errorf("%s %s: a zone is not allowed: give the underlay interface as dev=IFACE", what, s)
+	case a.Is4In6():
+		return a, fmt.Errorf("%s %s: write the IPv4 address as such (%s)", what, s, a.Unmap())
+	case a.IsMulticast():
+		return a, fmt.Errorf("%s %s is a multicast address: a vxlan endpoint tunnels to one peer; give its unicast address", what, s)
+	}
+	return a, nil
+}
+
 // String formats the endpoint so that ParseEndpoint gives it back.
 func (e Endpoint) String() string {
 	var b strings.Builder
@@ -211,6 +284,16 @@ func (e Endpoint) String() string {
 		b.WriteString(e.Remote.String())
 		if e.Key != "" {
 			b.WriteString(",key=" + e.Key)
+		}
+	case KindVXLAN:
+		b.WriteString(e.Remote.Addr().String())
+		b.WriteString(",vni=" + strconv.Itoa(e.VNI))
+		b.WriteString(",port=" + strconv.Itoa(int(e.Remote.Port())))
+		if e.Local.IsValid() {
+			b.WriteString(",local=" + e.Local.Addr().String())
+		}
+		if e.Dev != "" {
+			b.WriteString(",dev=" + e.Dev)
 		}
 	case KindVM:
 		b.WriteString(e.Name)

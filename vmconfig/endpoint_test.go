@@ -25,6 +25,9 @@ func TestParseEndpoint(t *testing.T) {
 		{in: "udp:127.0.0.1:5000,remote=127.0.0.1:5001,key=t=1.key", want: Endpoint{Kind: KindUDP, Local: ap("127.0.0.1:5000"), Remote: ap("127.0.0.1:5001"), Key: "t=1.key"}},
 		{in: "vm:router:1", want: Endpoint{Kind: KindVM, Name: "router", NIC: 1}},
 		{in: "vm:r-1.a:0", want: Endpoint{Kind: KindVM, Name: "r-1.a"}},
+		{in: "vxlan:10.0.0.2,vni=42,port=4789", want: Endpoint{Kind: KindVXLAN, Remote: ap("10.0.0.2:4789"), VNI: 42}},
+		{in: "vxlan:fd00::2,vni=16777215,port=8472,local=fd00::1,dev=eth1",
+			want: Endpoint{Kind: KindVXLAN, Remote: ap("[fd00::2]:8472"), Local: ap("[fd00::1]:8472"), VNI: 16777215, Dev: "eth1"}},
 
 		{in: "", err: "want KIND:SPEC"},
 		{in: "tap", err: "want KIND:SPEC"},
@@ -57,6 +60,21 @@ func TestParseEndpoint(t *testing.T) {
 		{in: "udp:127.0.0.1:1,remote=127.0.0.1:2,key=a\nb", err: "control character"},
 		{in: "udp:127.0.0.1:1,remote=127.0.0.1:2,key=a,key=b", err: "given twice"},
 		{in: "tap:x,key=a", err: `unknown option "key"`},
+		{in: "vxlan:10.0.0.2", err: "needs vni=N"},
+		{in: "vxlan:10.0.0.2:4789,vni=1", err: "no port: give port=P"},
+		{in: "vxlan:[fd00::2],vni=1", err: "no brackets"},
+		{in: "vxlan:0.0.0.0,vni=1", err: "unspecified"},
+		{in: "vxlan:239.1.1.1,vni=1", err: "multicast"},
+		{in: "vxlan:fe80::1%eth0,vni=1", err: "dev=IFACE"},
+		{in: "vxlan:::ffff:10.0.0.2,vni=1", err: "write the IPv4 address as such"},
+		{in: "vxlan:10.0.0.2,vni=0", err: "vni=0: want a number from 1 to 16777215"},
+		{in: "vxlan:10.0.0.2,vni=16777216", err: "vni=16777216"},
+		{in: "vxlan:10.0.0.2,vni=1,port=0", err: "port=0: want a UDP port"},
+		{in: "vxlan:10.0.0.2,vni=1,local=fd00::1", err: "different address families"},
+		{in: "vxlan:10.0.0.2,vni=1,local=10.0.0.1:5", err: "local"},
+		{in: "vxlan:10.0.0.2,vni=1,dev=a/b", err: "dev="},
+		{in: "vxlan:10.0.0.2,vni=1,key=k", err: `unknown option "key" for vxlan endpoint`},
+		{in: "vxlan:10.0.0.2,vni=1,netns=x", err: `unknown option "netns"`},
 		{in: "vm:router", err: "want vm:NAME:NICINDEX"},
 		{in: "vm:router:x", err: "NIC index"},
 		{in: "vm:router:-1", err: "NIC index"},
@@ -88,7 +106,8 @@ func quote(s string) string { return fmt.Sprintf("%q", s) }
 
 func FuzzParseEndpoint(f *testing.F) {
 	for _, s := range []string{"tap:t1,queues=4,vnet_hdr=off,netns=r1", "packet:eth0", "udp:[::1]:5000,remote=[::1]:5001",
-		"udp:127.0.0.1:5000,remote=127.0.0.1:5001", "udp:127.0.0.1:5000,remote=127.0.0.1:5001,key=k", "vm:r:0", "vm:r:01", "udp:[::ffff:1.2.3.4]:1,remote=[::ffff:1.2.3.5]:2"} {
+		"udp:127.0.0.1:5000,remote=127.0.0.1:5001", "udp:127.0.0.1:5000,remote=127.0.0.1:5001,key=k", "vm:r:0", "vm:r:01", "udp:[::ffff:1.2.3.4]:1,remote=[::ffff:1.2.3.5]:2",
+		"vxlan:10.0.0.2,vni=42", "vxlan:fd00::2,vni=7,port=8472,local=fd00::1,dev=eth1", "vxlan:10.0.0.2,vni=1,local=0.0.0.0"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -119,5 +138,14 @@ func TestLinkKeyPath(t *testing.T) {
 	}
 	if got := lab.Links[1].B.Key; got != "/etc/vmnet/t.key" {
 		t.Errorf("absolute key path became %q", got)
+	}
+}
+
+// TestLinkVXLANInLab: a lab's [[link]] refuses a vxlan endpoint with a
+// message that names the link and says what to use instead.
+func TestLinkVXLANInLab(t *testing.T) {
+	_, ps := parse(t, head+"[[link]]\na = \"tap:x1\"\nb = \"vxlan:10.0.0.2,vni=5\"\n")
+	if ps == nil || !strings.Contains(ps.Error(), "vxlan endpoints are for `vmnet link`") || !strings.Contains(ps.Error(), "[[host]]") {
+		t.Fatalf("lab with a vxlan link endpoint: got %v, want the vxlan refusal", ps)
 	}
 }

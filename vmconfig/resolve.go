@@ -765,6 +765,11 @@ func (r *resolver) endpoint(t *table, k string, e *Endpoint, l *Link) bool {
 		if e.Key != "" {
 			e.Key = r.p.abs(e.Key) // relative to the lab file, like every path in it
 		}
+	case KindVXLAN:
+		// The vxlan device would outlive a supervisor that is killed, and
+		// `vmnet down` knows only the lab's own devices.
+		t.errorf(k, "%s: vxlan endpoints are for `vmnet link`; in a lab, reach VMs on other hosts with [[host]] entries (their networks then span hosts over VXLAN), or use a udp endpoint", e)
+		return false
 	case KindVM:
 		vm := r.vms[e.Name]
 		if vm == nil {

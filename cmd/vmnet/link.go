@@ -114,13 +114,18 @@ func linkCommand(e *env) *cobra.Command {
 		Use:   "link A B",
 		Short: "forward every frame between two endpoints until interrupted",
 		Long: "Forwards every frame between the endpoints A and B until Ctrl-C, then prints the counters.\n" +
-			"Between two local interfaces (tap, packet) in one namespace, with no --pcap and no impairments,\n" +
+			"Between two local interfaces (tap, packet, vxlan) in one namespace, with no --pcap and no impairments,\n" +
 			"the kernel forwards (a tc redirect each way: clsact, u32, mirred); otherwise, or with\n" +
 			"--datapath userspace, vmnet copies every frame. A kernel without those falls back to userspace.\n\n" +
 			"Endpoints: tap:NAME[,queues=N][,vnet_hdr=on|off][,netns=NS]  packet:IFNAME[,netns=NS]\n" +
 			"           udp:LOCALADDR:PORT,remote=ADDR:PORT[,key=FILE] (IPv6 in brackets)\n" +
+			"           vxlan:REMOTE,vni=N[,port=P][,local=ADDR][,dev=IFACE] (port 4789 by default)\n" +
 			"A udp tunnel without key is unauthenticated cleartext; key=FILE (32 random bytes, mode 0600,\n" +
-			"the same at both ends) authenticates and encrypts it.\n" +
+			"the same at both ends) authenticates and encrypts it. A vxlan endpoint is a kernel VXLAN device\n" +
+			"the link creates (vmvxN, deleted when the link stops), so the kernel carries the tunnel; it is\n" +
+			"cleartext too. VXLAN adds 50 bytes (70 over IPv6): a tap the link creates takes the tunnel's\n" +
+			"MTU (1450 over a 1500-byte underlay); an existing interface with a larger MTU is refused, and\n" +
+			"the error says which MTU to change.\n" +
 			"Super-frames pass unchanged where the far side takes them and are segmented where it does not.\n\n" +
 			"Impairments (--delay, --jitter, --loss, --loss-correlation, --duplicate, --reorder, --corrupt,\n" +
 			"--rate, --burst) mean what tc-netem's mean and apply to both directions; --a-to-b-KEY and\n" +
@@ -132,7 +137,8 @@ func linkCommand(e *env) *cobra.Command {
   vmnet link tap:t0 tap:t1 --datapath userspace  # every frame through vmnet, not a kernel redirect
   vmnet link tap:t0 tap:t1 --delay 20ms --jitter 5ms --loss 5% --rate 100mbit
   vmnet link tap:t0 tap:t1 --a-to-b-loss 20% --b-to-a-delay 40ms   # one direction each
-  vmnet link tap:t0 udp:0.0.0.0:4789,remote=192.0.2.7:4789,key=/etc/vmnet/link.key --pcap /tmp/t0.pcap`,
+  vmnet link tap:t0 udp:0.0.0.0:4789,remote=192.0.2.7:4789,key=/etc/vmnet/link.key --pcap /tmp/t0.pcap
+  vmnet link tap:t0 vxlan:192.0.2.7,vni=42   # the other host: vmnet link vxlan:192.0.2.1,vni=42 tap:t1`,
 		Args: nargs(2, 2),
 		RunE: func(_ *cobra.Command, args []string) error { return runLink(e, args, f) },
 	})

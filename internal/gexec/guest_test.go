@@ -28,7 +28,7 @@ var guestOnly = map[string][]string{
 	"./tap/":            {"TestProbe", "TestCreateSeenByIPAndEthtool", "TestImpairment"}, // a second kernel (6.1, no USO); netem
 	"./internal/gexec/": {"TestVhostFdsPerQueue", "TestKernel8021Q", "TestKernelNetem"},
 	// Only the named test: the whole package is too slow under TCG.
-	"./internal/link/": {"TestKernelMissingFallback"}, // no sch_ingress, cls_u32, act_mirred in the image
+	"./internal/link/": {"TestKernelMissingFallback", "TestVXLANMissingFallback"}, // no sch_ingress, cls_u32, act_mirred in the image
 }
 
 // guestOnlyAlone are the packages of guestOnly whose named tests run alone

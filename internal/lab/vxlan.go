@@ -128,20 +128,13 @@ func (l *Lab) createVXLAN(n *vmconfig.Network) (err error) {
 	}
 	dev := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: n.MTU}, VxlanId: v.VNI,
 		SrcAddr: net.IP(v.Local.AsSlice()), Port: v.Port, Learning: false}
-	if err := h.LinkAdd(dev); err != nil {
+	link, err := owner.Add(h, dev, owner.Lab(l.cfg.Name))
+	if err != nil {
 		if errors.Is(err, syscall.EEXIST) {
 			return fmt.Errorf("lab %s: network %s: vxlan %s (VNI %d, port %d): %w: an interface of that name or a VXLAN device with that VNI and port exists already; "+
-				"set vni = N on the network to another value, or remove the other device", l.cfg.Name, n.Name, name, v.VNI, v.Port, err)
+				"set vni = N on the network to another value, or remove the other device", l.cfg.Name, n.Name, name, v.VNI, v.Port, syscall.EEXIST)
 		}
-		return fmt.Errorf("lab %s: network %s: create vxlan %s (VNI %d, port %d): %w", l.cfg.Name, n.Name, name, v.VNI, v.Port, err)
-	}
-	link, err := h.LinkByName(name)
-	if err != nil {
-		return fmt.Errorf("lab %s: network %s: vxlan %s: %w", l.cfg.Name, n.Name, name, err)
-	}
-	if err := owner.Set(h, link, owner.Lab(l.cfg.Name)); err != nil {
-		h.LinkDel(link) // untagged, so nothing else would ever remove it
-		return fmt.Errorf("lab %s: network %s: vxlan %w", l.cfg.Name, n.Name, err)
+		return fmt.Errorf("lab %s: network %s: vxlan (VNI %d, port %d): %w", l.cfg.Name, n.Name, v.VNI, v.Port, err)
 	}
 	l.vxlans = append(l.vxlans, name)
 	if err := l.saveLocked(); err != nil {

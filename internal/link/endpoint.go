@@ -105,6 +105,7 @@ type Endpoint struct {
 	created  bool
 	sealed   bool        // udp with key=FILE
 	tap      *tap.Tap    // the device of a tap endpoint; nil for other kinds
+	vxlan    *vxlanInfo  // the device of a vxlan endpoint; nil for other kinds
 	napi     *napiSwitch // a tap the link made with NAPI; nil otherwise
 	queues   []queueIO
 
@@ -131,7 +132,14 @@ func (e *Endpoint) Info() Info {
 		GSO: e.gso, MaxFrame: e.maxFrame, Created: e.created, Encrypted: e.sealed}
 }
 
-// Close releases the endpoint's files. A tap that Open created disappears.
+// packetSockets reports whether the endpoint reads its interface with
+// AF_PACKET sockets (packet:, and vxlan: on its own device).
+func (e *Endpoint) packetSockets() bool {
+	return e.kind == vmconfig.KindPacket || e.kind == vmconfig.KindVXLAN
+}
+
+// Close releases the endpoint's files. A tap or vxlan device that Open
+// created disappears.
 func (e *Endpoint) Close() error {
 	e.closeOnce.Do(func() {
 		if e.closeFn != nil {
@@ -198,10 +206,12 @@ func Open(ctx context.Context, ep vmconfig.Endpoint, opts OpenOptions) (*Endpoin
 				return errors.New("udp endpoints take no netns")
 			}
 			e, err = openUDP(ep, opts)
+		case vmconfig.KindVXLAN:
+			e, err = openVXLAN(ep, opts)
 		case vmconfig.KindVM:
 			return errors.New("vm endpoints are resolved to the VM's tap by the lab; a bare link cannot open them")
 		default:
-			return fmt.Errorf("unknown endpoint kind %q (want tap, packet or udp)", ep.Kind)
+			return fmt.Errorf("unknown endpoint kind %q (want tap, packet, udp or vxlan)", ep.Kind)
 		}
 		return err
 	}

@@ -29,7 +29,10 @@ import (
 //   - an AF_PACKET endpoint: the link carries a copy of what arrives on
 //     the interface (clsact ingress filter, mirred mirror: the frame also
 //     goes on to the host, as with a packet socket) and sends out of it
-//     (mirred egress).
+//     (mirred egress);
+//   - a vxlan endpoint (vxlan.go): what the device decapsulates is taken
+//     at its ingress (a redirect: the device is the link's own), and a
+//     frame for it leaves through it (mirred egress: encapsulated).
 //
 // The filter is u32 matching everything (cls_matchall would do, but not
 // every kernel has it: this host's lacks it; one code path for all), with
@@ -130,7 +133,7 @@ func kernelCapable(a, b *Endpoint) bool {
 			return false
 		case e.kind == vmconfig.KindTap && !e.exclusive:
 			return false
-		case e.kind != vmconfig.KindTap && e.kind != vmconfig.KindPacket:
+		case e.kind != vmconfig.KindTap && !e.packetSockets():
 			return false
 		}
 	}
@@ -175,10 +178,11 @@ func (k *kernelPath) usable() bool {
 // and the host's stack (a bridge, an address on the interface) still gets
 // the frame, so the kernel path copies too: a mirror that lets the frame
 // go on (pipe). A link on an interface the host uses never cuts the host
-// off it.
+// off it. A vxlan end's device is the link's own (made for it, no address
+// on it): what arrives there is the link's alone, a redirect too.
 func (k *kernelPath) filter(src, dst *kernelEnd) *netlink.U32 {
 	act, verdict := dst.redir, netlink.TC_ACT_STOLEN
-	if src.hook == netlink.HANDLE_MIN_INGRESS {
+	if src.hook == netlink.HANDLE_MIN_INGRESS && src.e.kind == vmconfig.KindPacket {
 		act, verdict = mirrorOf(dst.redir), netlink.TC_ACT_PIPE
 	}
 	return &netlink.U32{
@@ -257,7 +261,7 @@ func (k *kernelPath) install() (err error) {
 		// Mute first: while both the socket and the redirect take a
 		// frame, it would cross twice. The frames that arrive at src
 		// between this and its redirect are what a switch costs.
-		if src.e.kind == vmconfig.KindPacket {
+		if src.e.packetSockets() {
 			if err := src.e.mute(true); err != nil {
 				return undo(fmt.Errorf("interface %s: %w", src.name, err))
 			}
@@ -354,7 +358,7 @@ func (k *kernelPath) uninstall() error {
 			errs = append(errs, fmt.Errorf("interface %s: remove vmnet's tc redirect: %w", src.name, err))
 		}
 		// Unmute only now: both at once would carry a frame twice.
-		if src.e.kind == vmconfig.KindPacket {
+		if src.e.packetSockets() {
 			if err := src.e.mute(false); err != nil {
 				errs = append(errs, fmt.Errorf("interface %s: %w", src.name, err))
 			}

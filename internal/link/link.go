@@ -80,6 +80,11 @@ func New(a, b *Endpoint, opts Options) (*Link, error) {
 		b.Close()
 		return nil, fmt.Errorf("link %s <-> %s: unknown datapath %q: want %s", a, b, opts.Datapath, strings.Join(vmconfig.Datapaths, " or "))
 	}
+	if err := fitVXLANMTU(a, b, func(format string, args ...any) { l.logf("link %s: "+format, append([]any{l}, args...)...) }); err != nil {
+		a.Close()
+		b.Close()
+		return nil, fmt.Errorf("link %s <-> %s: %w", a, b, err)
+	}
 	if opts.Datapath != DatapathUserspace && opts.PCAP == "" && kernelCapable(a, b) {
 		k, err := newKernelPath(a, b, &l.ab, &l.ba)
 		if err != nil {
