@@ -75,21 +75,50 @@ type guestCost struct {
 	guests         int
 }
 
-// labCost reads the smaps_rollup and CPU times of the lab's QEMU
-// processes (their pidfiles are in the VMs' run directories).
-func labCost(b *testing.B, stateDir string) guestCost {
+// labPIDs returns the PIDs of the lab's QEMU processes (their pidfiles
+// are in the VMs' run directories).
+func labPIDs(b *testing.B, stateDir string) []int {
 	b.Helper()
 	pidfiles, _ := filepath.Glob(filepath.Join(stateDir, "vm-*", qemu.PidfileName))
-	var c guestCost
+	var pids []int
 	for _, pf := range pidfiles {
 		raw, err := os.ReadFile(pf)
 		if err != nil {
 			b.Fatal(err)
 		}
-		pid := strings.Fields(string(raw))[0]
-		sm, err := os.ReadFile("/proc/" + pid + "/smaps_rollup")
+		pid, err := strconv.Atoi(strings.Fields(string(raw))[0])
 		if err != nil {
-			b.Fatalf("QEMU of %s: %v", pf, err)
+			b.Fatalf("%s: %v", pf, err)
+		}
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// labCPU is the CPU time the lab's QEMU processes have used, summed.
+func labCPU(b *testing.B, pids []int) float64 {
+	b.Helper()
+	var s float64
+	for _, pid := range pids {
+		cpu, err := procCPU(pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		s += cpu.Seconds()
+	}
+	return s
+}
+
+// labCost reads the smaps_rollup and CPU times of the lab's QEMU
+// processes.
+func labCost(b *testing.B, stateDir string) guestCost {
+	b.Helper()
+	pids := labPIDs(b, stateDir)
+	c := guestCost{cpu: labCPU(b, pids), guests: len(pids)}
+	for _, pid := range pids {
+		sm, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+		if err != nil {
+			b.Fatalf("QEMU %d: %v", pid, err)
 		}
 		for _, l := range strings.Split(string(sm), "\n") {
 			f := strings.Fields(l)
@@ -104,13 +133,6 @@ func labCost(b *testing.B, stateDir string) guestCost {
 				c.pssKiB += v
 			}
 		}
-		p, _ := strconv.Atoi(pid)
-		cpu, err := procCPU(p)
-		if err != nil {
-			b.Fatal(err)
-		}
-		c.cpu += cpu.Seconds()
-		c.guests++
 	}
 	return c
 }
@@ -131,6 +153,7 @@ var benchColdToPing = map[int]float64{}
 //	s-to-ping      every guest has pinged its neighbour
 //	s-down         `vmnet down`
 //	CPU-s/guest    QEMU's CPU time per guest, start to the last ping
+//	CPU-s/guest-ready  the same, start to s-to-ready
 //	RSS-MiB/guest, PSS-MiB/guest  memory per guest (smaps_rollup) after the pings
 //	given-MiB/guest  the memory each guest was given (256)
 //	warm/cold      (warm runs) s-to-ping against the cold run before it
@@ -177,6 +200,7 @@ func benchLabUp(b *testing.B, bin string, n int, cold bool) {
 	name := fmt.Sprintf("lu%d", n)
 	var ready, ping, down time.Duration
 	var cost guestCost
+	var readyCPU float64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		dir := b.TempDir()
@@ -188,6 +212,14 @@ func benchLabUp(b *testing.B, bin string, n int, cold bool) {
 			b.Fatalf("vmnet up: %v\n%s", err, out)
 		}
 		ready += time.Since(start)
+		// What the restores (or boots) cost against what the pings
+		// add: read while the clock is stopped, and left out of the
+		// time to the pings.
+		b.StopTimer()
+		t := time.Now()
+		readyCPU += labCPU(b, labPIDs(b, filepath.Join(dir, "state")))
+		start = start.Add(time.Since(t))
+		b.StartTimer()
 		errs := make([]error, n)
 		var wg sync.WaitGroup
 		for g := range n {
@@ -208,7 +240,7 @@ func benchLabUp(b *testing.B, bin string, n int, cold bool) {
 		cost.pssKiB += c.pssKiB
 		cost.cpu += c.cpu
 		cost.guests += c.guests
-		t := time.Now()
+		t = time.Now()
 		out, err := vmnet("down", name)
 		down += time.Since(t)
 		for _, e := range errs {
@@ -230,6 +262,7 @@ func benchLabUp(b *testing.B, bin string, n int, cold bool) {
 	b.ReportMetric(per(down), "s-down")
 	g := float64(cost.guests)
 	b.ReportMetric(cost.cpu/g, "CPU-s/guest")
+	b.ReportMetric(readyCPU/g, "CPU-s/guest-ready")
 	b.ReportMetric(float64(cost.rssKiB)/1024/g, "RSS-MiB/guest")
 	b.ReportMetric(float64(cost.pssKiB)/1024/g, "PSS-MiB/guest")
 	b.ReportMetric(256, "given-MiB/guest")

@@ -18,6 +18,10 @@ type MigrationCapability struct {
 type MigrationParameters struct {
 	MaxBandwidth  *int64 `json:"max-bandwidth,omitempty"`  // bytes per second
 	DowntimeLimit *int64 `json:"downtime-limit,omitempty"` // milliseconds
+	// AnnounceRounds is how often a guest that arrives by migration is
+	// announced on its NICs (QEMU's RARP frames, and virtio-net asks the
+	// guest to announce itself); 0 turns that off.
+	AnnounceRounds *int64 `json:"announce-rounds,omitempty"`
 }
 
 // MigrationInfo is the part of query-migrate's reply vmnet reads.

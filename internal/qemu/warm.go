@@ -73,6 +73,16 @@ func (vm *VM) Restore(ctx context.Context) error {
 	if err := vm.SetMigrationCapabilities(ctx, MigrationCapability{Capability: "x-ignore-shared", State: true}); err != nil {
 		return vm.restoreErr(err)
 	}
+	// No announcements after the restore (QEMU 7.2 makes 5 rounds by
+	// default): they would carry the saved guest's MAC, which every
+	// clone of a snapshot shares until its guest sets its own, and each
+	// round is broadcast to every guest on the bridge. The bridge learns
+	// a clone's own MAC from its first frames (its IPv6 link-local
+	// set-up, its first ARP).
+	noAnnounce := int64(0)
+	if err := vm.SetMigrationParameters(ctx, MigrationParameters{AnnounceRounds: &noAnnounce}); err != nil {
+		return vm.restoreErr(err)
+	}
 	if err := vm.SendFD(ctx, "vmnet-incoming", vm.spec.Incoming); err != nil {
 		return vm.restoreErr(err)
 	}
