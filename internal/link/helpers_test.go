@@ -1,6 +1,7 @@
 package link
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -10,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -440,6 +442,31 @@ func (s *rawSocket) recv(timeout time.Duration) [][]byte {
 		frames = append(frames, f)
 	}
 }
+
+// recvUntil returns the frames that arrive until done says they hold
+// what the caller waits for, or within has passed. A wait for frames
+// that must arrive ends when they have: recv's idle timeout alone (200
+// ms to 1 s) ended before the first frame when a loaded machine held a
+// link's pump off the CPU that long.
+func (s *rawSocket) recvUntil(within time.Duration, done func(frames [][]byte) bool) [][]byte {
+	var frames [][]byte
+	for end := time.Now().Add(within); !done(frames) && time.Now().Before(end); {
+		// recv's timeout must not be 0: SO_RCVTIMEO 0 waits for ever.
+		frames = append(frames, s.recv(max(min(100*time.Millisecond, time.Until(end)), time.Millisecond))...)
+	}
+	return frames
+}
+
+// has is a recvUntil condition: a frame equal to f arrived.
+func has(f []byte) func([][]byte) bool {
+	return func(frames [][]byte) bool {
+		return slices.ContainsFunc(frames, func(g []byte) bool { return bytes.Equal(g, f) })
+	}
+}
+
+// arrive bounds the wait for frames that must arrive: generous, since it
+// ends when they do.
+const arrive = 20 * time.Second
 
 // lockedBuffer collects a child's output while the test reads it.
 type lockedBuffer struct {

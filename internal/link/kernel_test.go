@@ -127,7 +127,7 @@ func (w *world) pingTo(dst net.IP, n int) []time.Duration {
 			w.t.Fatalf("ping: %v", err)
 		}
 		for {
-			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			c.SetReadDeadline(time.Now().Add(10 * time.Second)) // ends when the reply comes
 			k, _, err := c.ReadFrom(buf)
 			if err != nil {
 				w.t.Fatalf("ping %d: no reply: %v", seq, err)
@@ -141,11 +141,10 @@ func (w *world) pingTo(dst net.IP, n int) []time.Duration {
 	return rtts
 }
 
-func median(d []time.Duration) time.Duration {
-	d = slices.Clone(d)
-	slices.Sort(d)
-	return d[len(d)/2]
-}
+// fastest is the shortest of round trips d: load only adds to a round
+// trip, so bounds on what a path costs hold for the fastest of several
+// on a loaded machine, where a median went past them.
+func fastest(d []time.Duration) time.Duration { return slices.Min(d) }
 
 // TestKernelTransfer: a tap<->tap, a packet<->packet and a packet<->tap
 // link forward in the kernel by default: TCP data intact, ping, a redirect on each end,
@@ -248,11 +247,7 @@ func TestKernelWire(t *testing.T) {
 				}
 				sb.recv(10 * time.Millisecond) // drain
 				sa.send(t, f)
-				found := false
-				for _, g := range sb.recv(200 * time.Millisecond) {
-					found = found || bytes.Equal(g, f)
-				}
-				if !found {
+				if !has(f)(sb.recvUntil(arrive, has(f))) {
 					t.Errorf("frame to %x (ethertype/length %x) did not come out of the far side unchanged", f[:6], f[12:14])
 				}
 			}
@@ -268,7 +263,7 @@ func TestKernelSwitch(t *testing.T) {
 	for _, kind := range []string{"tap", "packet"} {
 		t.Run(kind, func(t *testing.T) {
 			w, l := kernelWorld(t, kind, Options{})
-			fast := median(w.ping(9))
+			fast := fastest(w.ping(9))
 			delay := &vmconfig.Impairment{Delay: 20 * time.Millisecond}
 			if err := l.SetImpairment(delay, delay); err != nil {
 				t.Fatal(err)
@@ -281,20 +276,20 @@ func TestKernelSwitch(t *testing.T) {
 					t.Errorf("the redirect stayed while the link forwards in userspace:\n%s", out)
 				}
 			}
-			slow := median(w.ping(9))
+			slow := fastest(w.ping(9))
 			if err := l.SetImpairment(&vmconfig.Impairment{}, &vmconfig.Impairment{}); err != nil {
 				t.Fatal(err)
 			}
 			if s := l.Stats(); s.Datapath != DatapathKernel {
 				t.Fatalf("after clearing the delay: datapath %q, want kernel", s.Datapath)
 			}
-			again := median(w.ping(9))
-			t.Logf("median round trip: kernel %v, with 20 ms each way %v, kernel again %v", fast, slow, again)
+			again := fastest(w.ping(9))
+			t.Logf("fastest round trip: kernel %v, with 20 ms each way %v, kernel again %v", fast, slow, again)
 			if slow < 40*time.Millisecond || slow > 60*time.Millisecond {
-				t.Errorf("median round trip %v with 20 ms each way in userspace, want 40-60 ms", slow)
+				t.Errorf("fastest round trip %v with 20 ms each way in userspace, want 40-60 ms", slow)
 			}
 			if fast > 20*time.Millisecond || again > 20*time.Millisecond {
-				t.Errorf("median round trip %v / %v in the kernel, want below 20 ms", fast, again)
+				t.Errorf("fastest round trip %v / %v in the kernel, want below 20 ms", fast, again)
 			}
 			// Probes in both modes: each arrives once.
 			p := w.probes(6010)
@@ -302,7 +297,7 @@ func TestKernelSwitch(t *testing.T) {
 				if mode == DatapathUserspace {
 					w.must(l.SetImpairment(&vmconfig.Impairment{Delay: time.Millisecond}, nil))
 				}
-				seqs := p.oneWay(300, 300*time.Millisecond)
+				seqs := p.oneWay(300, quiet)
 				slices.Sort(seqs)
 				if len(seqs) != 300 || len(slices.Compact(seqs)) != 300 {
 					t.Errorf("%s: %d of 300 probes arrived (%d distinct); want each once", mode, len(seqs), len(slices.Compact(seqs)))
@@ -562,7 +557,19 @@ func TestKernelSwitchLossless(t *testing.T) {
 				}
 			}()
 			const n = 4000
-			seqs := p.oneWay(n, 300*time.Millisecond)
+			dropped := 0
+			if kind == "tap" {
+				dropped = w.tapDropped("tA")
+			}
+			seqs := p.oneWay(n, quiet)
+			if kind == "tap" {
+				// Probes tun dropped because tA's ring was full (a pump
+				// off the CPU for 50 ms on a loaded machine: 4000 probes
+				// at 20/ms exceed the ring's 1000) never reached the
+				// link, in either path: what the switches lost is the
+				// rest.
+				dropped = w.tapDropped("tA") - dropped
+			}
 			close(done)
 			k := <-switches
 			slices.Sort(seqs)
@@ -576,8 +583,8 @@ func TestKernelSwitchLossless(t *testing.T) {
 			if distinct != len(seqs) {
 				t.Errorf("%d probes arrived twice", len(seqs)-distinct)
 			}
-			if kind == "tap" && len(seqs) != n {
-				t.Errorf("%d of %d probes lost across %d switches between taps", n-len(seqs), n, k)
+			if kind == "tap" && len(seqs) != n-dropped {
+				t.Errorf("%d of %d probes lost across %d switches between taps (%d more dropped by tA's full ring)", n-dropped-len(seqs), n, k, dropped)
 			}
 			// The probes go at 20 a millisecond: a switch may cost what
 			// arrives in the moment (well under a millisecond) between an
