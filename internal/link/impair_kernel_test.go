@@ -103,12 +103,18 @@ func (p *probes) send(seq uint32) {
 // oneWay sends n probes A -> B, paced (20 per ms), and returns the sequence numbers B received, in order
 // of arrival, once nothing more arrives for quiet.
 func (p *probes) oneWay(n int, quiet time.Duration) []uint32 {
+	return p.oneWayThen(n, quiet, nil)
+}
+
+// oneWayThen is oneWay, calling sent (if not nil) once the last probe is
+// sent, before the wait for the last ones to arrive.
+func (p *probes) oneWayThen(n int, quiet time.Duration, sent func()) []uint32 {
 	if !p.warmed {
 		p.warm()
 		p.warmed = true
 	}
 	got := make(chan []uint32, 1)
-	var sent atomic.Bool
+	var allSent atomic.Bool
 	go func() {
 		var seqs []uint32
 		buf := make([]byte, 64)
@@ -119,7 +125,7 @@ func (p *probes) oneWay(n int, quiet time.Duration) []uint32 {
 			k, _, err := p.rx.ReadFrom(buf)
 			if err != nil {
 				var ne net.Error
-				if errors.As(err, &ne) && ne.Timeout() && !sent.Load() {
+				if errors.As(err, &ne) && ne.Timeout() && !allSent.Load() {
 					continue
 				}
 				got <- seqs
@@ -136,7 +142,10 @@ func (p *probes) oneWay(n int, quiet time.Duration) []uint32 {
 			time.Sleep(time.Millisecond)
 		}
 	}
-	sent.Store(true)
+	if sent != nil {
+		sent()
+	}
+	allSent.Store(true)
 	return <-got
 }
 
