@@ -68,7 +68,10 @@ func kernelWorld(t *testing.T, kind string, opts Options) (*world, *Link) {
 	}
 	w.run(l)
 	if opts.Datapath != DatapathUserspace {
-		waitFor(t, "the kernel data path", func() bool { return l.Stats().Datapath == DatapathKernel })
+		// Until the kernel forwards and the userspace pumps have read
+		// what reached them before (the drain, drainTime and however
+		// long a loaded machine keeps them off the CPU after it).
+		waitFor(t, "the kernel data path", func() bool { return l.Stats().Datapath == DatapathKernel && l.pumps.Load() == 0 })
 	}
 	return w, l
 }
@@ -154,7 +157,6 @@ func TestKernelTransfer(t *testing.T) {
 	for _, kind := range []string{"tap", "packet", "mixed"} {
 		t.Run(kind, func(t *testing.T) {
 			w, l := kernelWorld(t, kind, Options{})
-			time.Sleep(2 * drainTime) // the pumps finish what came before
 			if kind != "tap" {
 				packetStats(t, l.a) // reset
 			}
@@ -462,6 +464,13 @@ func TestKernelMissingFallback(t *testing.T) {
 	l, err := New(w.open("packet:vA"), w.open("packet:vB"), Options{Logf: rec.logf})
 	w.must(err)
 	w.run(l)
+	// Run tries the kernel path after its pumps start: wait for the
+	// outcome, the kernel forwarding or the line saying why not. The
+	// transfer alone was not always long enough on a loaded machine
+	// (seen: neither after 1 MB, and the test failed with "log []").
+	waitFor(t, "the link to try the kernel data path", func() bool {
+		return l.Stats().Datapath == DatapathKernel || len(rec.lines()) > 0
+	})
 	w.tcpTransfer(1 << 20)
 	s := l.Stats()
 	logs := rec.lines()
