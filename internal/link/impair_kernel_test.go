@@ -185,7 +185,7 @@ func TestImpairLossKernel(t *testing.T) {
 	if lost < 14 || lost > 26 {
 		t.Errorf("lost %.1f%% of 2000 probes, want 14-26%%", lost)
 	}
-	if s.AtoB.Impaired == nil || s.AtoB.Impaired.Lost < 280 || s.BtoA.Impaired != nil {
+	if s.AtoB.Impaired == nil || s.AtoB.Impaired.Lost < uint64(in)*14/100 || s.BtoA.Impaired != nil {
 		t.Errorf("stats: %+v / %+v", s.AtoB.Impaired, s.BtoA.Impaired)
 	}
 }
@@ -251,7 +251,9 @@ func TestImpairDuplicateKernel(t *testing.T) {
 	}
 	dups := len(seqs) - len(count)
 	t.Logf("%d probes arrived, %d of the %d of 1000 that reached the link distinct, %d duplicates; link: %+v", len(seqs), len(count), in, dups, l.Stats().AtoB.Impaired)
-	if len(count) != in || dups < in*5/100 || dups > in*15/100 {
+	// in is a lower bound: tA's tx_dropped may count frames other than
+	// probes too.
+	if len(count) < in || dups < in*5/100 || dups > 1000*15/100 {
 		t.Errorf("%d distinct probes of the %d that reached the link and %d duplicates, want all and 5-15%%", len(count), in, dups)
 	}
 }
@@ -271,7 +273,7 @@ func TestImpairReorderKernel(t *testing.T) {
 		high = max(high, int(s))
 	}
 	t.Logf("%d of %d probes arrived after a later one", late, len(seqs))
-	if len(seqs) != in || late < in/10 {
+	if len(seqs) < in || len(seqs) > 1000 || late < in/10 {
 		t.Errorf("%d probes of the %d of 1000 that reached the link arrived, %d after a later one; want all and at least a tenth", len(seqs), in, late)
 	}
 }

@@ -604,7 +604,10 @@ func TestKernelSwitchLossless(t *testing.T) {
 				if distinct != len(seqs) {
 					t.Errorf("%d probes arrived twice", len(seqs)-distinct)
 				}
-				if kind == "tap" && len(seqs) != n-dropped {
+				// tx_dropped also counts frames other than probes (seen:
+				// one more arrived than 4000 less the drops), so it is a
+				// bound, not an exact count.
+				if kind == "tap" && len(seqs) < n-dropped {
 					t.Errorf("%d of %d probes lost across %d switches between taps (%d more dropped by tA's full ring)", n-dropped-len(seqs), n, k, dropped)
 				}
 				// Between AF_PACKET ends the link counts every probe it
