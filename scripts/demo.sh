@@ -42,7 +42,10 @@ echo "isolated, as configured"
 
 say "hot-plug a NIC on dmz into r2, use it, remove it"
 vmnet nic add demo r2 --network dmz
-vmnet sh demo r2 -- 'ip addr add 10.91.0.12/24 dev eth1 && ip link set eth1 up && ping -c 2 -W 5 10.91.0.13'
+# nic add returns once QEMU has the device; the guest's PCIe hot-plug
+# and driver probe follow on their own time (slow under TCG on a loaded
+# first run): wait for eth1 in the guest before using it.
+vmnet sh demo r2 -- 'i=0; until [ -e /sys/class/net/eth1 ]; do i=$((i+1)); [ $i -le 600 ] || { echo "eth1 not in the guest 60 s after nic add"; exit 1; }; sleep 0.1; done; ip addr add 10.91.0.12/24 dev eth1 && ip link set eth1 up && ping -c 2 -W 5 10.91.0.13'
 vmnet nic del demo r2 nic1
 
 say "the lab as a graph (vmnet status -o dot)"

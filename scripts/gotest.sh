@@ -12,9 +12,9 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 go test -count=1 -v "$@" 2>&1 | tee "$log" | grep -v -E '^\s*(=== (RUN|PAUSE|CONT|NAME)|--- PASS)'
 status=${PIPESTATUS[0]}
-# go test -v streams a test's log, so its skip message stands on the
-# line before its "--- SKIP" line.
-skips=$(awk '/^\s*--- SKIP/ {print $0 " :: " prev} !/^\s*=== / {prev=$0}' "$log")
+# Each skipped test with its skip message (its last log line; see
+# skips.awk for why not simply the line before its "--- SKIP").
+skips=$(awk -f "$(dirname "$0")/skips.awk" "$log")
 if [ -n "$skips" ]; then
   echo "skipped tests:"
   echo "$skips"

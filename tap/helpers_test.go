@@ -130,6 +130,19 @@ func isMarked(frame []byte) bool {
 	return len(frame) >= 18 && binary.BigEndian.Uint16(frame[12:]) == testEtherType
 }
 
+// arrive bounds the wait for a frame that must arrive, and settle the
+// wait for the kernel to finish something it does after a call returned
+// (a fork holding a copy of a queue's fd, a deferred close). Both end
+// early when the frame or state comes, so they cost nothing when the
+// test passes; they are long because the tap tests also run inside a
+// guest under TCG (TestGuestOnly) on a loaded 2-core host, where a vCPU
+// can wait for seconds for a host CPU: 2 s was close enough to that for
+// chance failures.
+const (
+	arrive = 10 * time.Second
+	settle = 10 * time.Second
+)
+
 // readMatch reads from q until a frame (after hdr bytes of vnet header)
 // satisfies match, or the timeout passes.
 func readMatch(q *Queue, timeout time.Duration, match func(frame []byte) bool) ([]byte, error) {
@@ -220,7 +233,7 @@ func linkNames(t testing.TB) []string {
 // until its exec closes them.
 func noLinksBut(t testing.TB, want ...string) error {
 	t.Helper()
-	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(settle); ; time.Sleep(10 * time.Millisecond) {
 		names := linkNames(t)
 		if slices.Equal(names, want) {
 			return nil

@@ -221,7 +221,7 @@ func TestImpairment(t *testing.T) {
 				if _, err := qa.Write(markedFrame(id, 100)); err != nil {
 					return err
 				}
-				if _, err := readMatch(qb, 5*time.Second, isID(id)); err != nil {
+				if _, err := readMatch(qb, arrive, isID(id)); err != nil {
 					return err
 				}
 				back := markedFrame(id+1000, 100)
@@ -230,7 +230,7 @@ func TestImpairment(t *testing.T) {
 				if _, err := qb.Write(back); err != nil {
 					return err
 				}
-				if _, err := readMatch(qa, 5*time.Second, isID(id+1000)); err != nil {
+				if _, err := readMatch(qa, arrive, isID(id+1000)); err != nil {
 					return err
 				}
 				rtts = append(rtts, time.Since(start))
@@ -357,7 +357,7 @@ func checkRate(t *testing.T, qa, qb *Queue, what string) {
 	}
 	var last time.Time
 	n := 0
-	_, err := readMatch(qb, 3*time.Second, func(f []byte) bool {
+	_, err := readMatch(qb, arrive, func(f []byte) bool {
 		if !isMarked(f) {
 			return false
 		}

@@ -76,7 +76,7 @@ func TestNAPI(t *testing.T) {
 						if _, err := q.Write(want); err != nil {
 							return fmt.Errorf("queue %d: write: %w", i, err)
 						}
-						got, err := readMatch(b.Queues()[0], 2*time.Second, isMarked)
+						got, err := readMatch(b.Queues()[0], arrive, isMarked)
 						if err != nil {
 							return fmt.Errorf("queue %d: frame %d written to tapn never reached tapm: %w", i, id, err)
 						}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/vmnet/vmnet/internal/testenv"
 )
@@ -42,7 +41,7 @@ func TestWriteVec(t *testing.T) {
 					if err != nil || n != len(want) {
 						return fmt.Errorf("WriteVec in %d pieces: %d, %v", len(pieces), n, err)
 					}
-					got, err := readMatch(b.Queues()[0], 2*time.Second, isMarked)
+					got, err := readMatch(b.Queues()[0], arrive, isMarked)
 					if err != nil {
 						return fmt.Errorf("frame %d in %d pieces never reached tapb: %w", k, len(pieces), err)
 					}

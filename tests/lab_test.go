@@ -216,7 +216,10 @@ func TestLabUpStatusHotplugDown(t *testing.T) {
 	if k := kernelLinks(t, ns); k["t-b-1"].Master != "t-dmz" {
 		t.Errorf("hot-plugged tap not on the dmz bridge: %+v", k["t-b-1"])
 	}
-	if r := sh("b", "ip addr add 10.71.0.12/24 dev eth1 && ip link set eth1 up && ping -c 2 -W 5 10.71.0.13"); r.status != 0 {
+	// nic add returns once QEMU has the device; the guest's PCIe
+	// hot-plug and driver probe follow on their own time (slow under
+	// TCG on a loaded host): wait for eth1 in the guest first.
+	if r := sh("b", waitEth1+"ip addr add 10.71.0.12/24 dev eth1 && ip link set eth1 up && ping -c 2 -W 5 10.71.0.13"); r.status != 0 {
 		t.Errorf("hot-plugged NIC does not carry a ping: %d\n%s%s", r.status, r.stdout, r.stderr)
 	}
 	if r := vmnetIn(t, ns, "nic", "del", path, "b", "nic1"); r.status != 0 {
@@ -735,3 +738,7 @@ addresses = ["10.76.0.1/24"]
 	}
 	onlyLoopback(t, ns)
 }
+
+// waitEth1 is a guest shell prefix that waits (up to 60 s) until a
+// hot-plugged NIC is eth1 in the guest.
+const waitEth1 = `i=0; until [ -e /sys/class/net/eth1 ]; do i=$((i+1)); [ $i -le 600 ] || { echo "eth1 not in the guest 60 s after nic add"; exit 1; }; sleep 0.1; done; `

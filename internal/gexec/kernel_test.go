@@ -98,6 +98,12 @@ func (k *kenv) send(fd int, l netlink.Link) []byte {
 // recv waits up to wait for a frame with token on fd and tells when it came.
 func recv(t *testing.T, fd int, token []byte, wait time.Duration) (time.Time, bool) {
 	t.Helper()
+	return recvAny(t, fd, [][]byte{token}, wait)
+}
+
+// recvAny waits up to wait for a frame with any of tokens on fd.
+func recvAny(t *testing.T, fd int, tokens [][]byte, wait time.Duration) (time.Time, bool) {
+	t.Helper()
 	deadline := time.Now().Add(wait)
 	buf := make([]byte, 2048)
 	for {
@@ -114,8 +120,10 @@ func recv(t *testing.T, fd int, token []byte, wait time.Duration) (time.Time, bo
 		if err != nil {
 			t.Fatalf("recv: %v", err)
 		}
-		if bytes.Contains(buf[:n], token) {
-			return time.Now(), true
+		for _, token := range tokens {
+			if bytes.Contains(buf[:n], token) {
+				return time.Now(), true
+			}
 		}
 	}
 }
@@ -139,15 +147,26 @@ func TestKernel8021Q(t *testing.T) {
 	}
 	a100 := add(va, 100)
 	b100, b200 := add(vb, 100), add(vb, 200)
-	time.Sleep(50 * time.Millisecond) // let the links settle (carrier)
 	out := k.packetSocket(a100)
 	in100, in200 := k.packetSocket(b100), k.packetSocket(b200)
-	token := k.send(out, a100)
-	if _, ok := recv(t, in100, token, 2*time.Second); !ok {
-		t.Error("frame sent on va.100 did not reach vb.100")
+	// va came up before its peer, without carrier, so the kernel
+	// activates its transmit queue only when its link watcher (a work
+	// item) sees the carrier; a frame sent before that is dropped
+	// silently. A fixed 50 ms was the wait for it, short in a guest
+	// under TCG on a loaded host: send fresh frames until one arrives.
+	var tokens [][]byte
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		tokens = append(tokens, k.send(out, a100))
+		if _, ok := recv(t, in100, tokens[len(tokens)-1], 100*time.Millisecond); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("none of %d frames sent on va.100 in 20s reached vb.100", len(tokens))
+		}
 	}
-	if _, ok := recv(t, in200, token, 300*time.Millisecond); ok {
-		t.Error("frame sent on va.100 reached vb.200")
+	t.Logf("frames sent on va.100 until one reached vb.100: %d", len(tokens))
+	if _, ok := recvAny(t, in200, tokens, 300*time.Millisecond); ok {
+		t.Error("a frame sent on va.100 reached vb.200")
 	}
 }
 
@@ -182,7 +201,7 @@ func TestKernelNetem(t *testing.T) {
 	out, in := k.packetSocket(na), k.packetSocket(nb)
 	start := time.Now()
 	token := k.send(out, na)
-	at, ok := recv(t, in, token, 5*time.Second)
+	at, ok := recv(t, in, token, 20*time.Second) // ends when the frame comes
 	if !ok {
 		t.Fatal("frame through netem never arrived")
 	}

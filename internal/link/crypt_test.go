@@ -10,10 +10,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/chacha20poly1305"
+	"golang.org/x/sys/unix"
 
 	"github.com/vmnet/vmnet/internal/testenv"
 	"github.com/vmnet/vmnet/vmconfig"
@@ -99,8 +101,18 @@ func TestTunnelWrongKey(t *testing.T) {
 				}
 				return nil
 			})
-			time.Sleep(200 * time.Millisecond)
-			s1, s2 := l1.Stats(), l2.Stats()
+			// Wait until the receiving end has dropped something: a
+			// fixed 200 ms was not always enough for A's ARP request to
+			// pass both links on a loaded machine. Nothing can pass with
+			// the wrong key, so what arrived by then is all there is to
+			// judge.
+			var s1, s2 Stats
+			for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				s1, s2 = l1.Stats(), l2.Stats()
+				if s1.AtoB.TxFrames > 0 && s2.AtoB.Drops.Total() > 0 || time.Now().After(deadline) {
+					break
+				}
+			}
 			t.Logf("stats:\n%s\n%s", s1, s2)
 			if s1.AtoB.TxFrames == 0 {
 				t.Fatalf("nothing entered the tunnel")
@@ -478,7 +490,10 @@ func TestSealedPartialSend(t *testing.T) {
 	if n, err := x.queues[0].write([][]byte{frame(0)}, off); n != 1 || err != nil {
 		t.Fatalf("first send: %d, %v", n, err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	// Wait for that error to be on the socket (poll says POLLERR) rather
+	// than for a fixed 100 ms: the ICMP message is made and delivered in
+	// softirq work, which a loaded machine can defer.
+	waitSocketError(t, x.queues[0].(*sealedConn).c.rc, 20*time.Second)
 	y = open("udp:127.0.0.1:7032,remote=127.0.0.1:7031,key=" + key)
 	defer y.Close()
 	out := [][]byte{frame(1), frame(2), frame(3)}
@@ -512,5 +527,31 @@ func TestSealedPartialSend(t *testing.T) {
 		if want := fmt.Sprintf("frame %d", n+2+i); g != want {
 			t.Errorf("datagram %d opened to %q, want %q", i, g, want)
 		}
+	}
+}
+
+// waitSocketError waits until the socket behind rc has a pending error
+// (poll reports POLLERR, whatever events were asked for), or fails the
+// test after within.
+func waitSocketError(t *testing.T, rc syscall.RawConn, within time.Duration) {
+	t.Helper()
+	var perr error
+	var revents int16
+	if err := rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd)}}
+		for deadline := time.Now().Add(within); time.Now().Before(deadline); {
+			var n int
+			if n, perr = unix.Poll(fds, 100); perr == unix.EINTR {
+				continue
+			} else if perr != nil || n > 0 {
+				break
+			}
+		}
+		revents = fds[0].Revents
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if perr != nil || revents&unix.POLLERR == 0 {
+		t.Fatalf("no error on the socket within %v (poll: events %#x, %v)", within, revents, perr)
 	}
 }

@@ -140,10 +140,18 @@ func TestVnetHdrSizeChange(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(200 * time.Millisecond)
-	after := l.Stats()
-	if got := after.AtoB.Drops.VnetHdrSize + after.BtoA.Drops.VnetHdrSize - before.AtoB.Drops.VnetHdrSize - before.BtoA.Drops.VnetHdrSize; got == 0 {
-		t.Errorf("vnet header size %d on tA: no frames counted as dropped for it:\n%s", MaxVnetHdr+36, after)
+	// The pumps count the drops when they get to the frames: a fixed
+	// 200 ms was not always enough on a loaded machine.
+	var after Stats
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		after = l.Stats()
+		if got := after.AtoB.Drops.VnetHdrSize + after.BtoA.Drops.VnetHdrSize - before.AtoB.Drops.VnetHdrSize - before.BtoA.Drops.VnetHdrSize; got > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("vnet header size %d on tA: no frames counted as dropped for it within 20s:\n%s", MaxVnetHdr+36, after)
+			break
+		}
 	}
 	ha.set(10)
 	time.Sleep(5 * time.Millisecond)

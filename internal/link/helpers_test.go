@@ -1,6 +1,7 @@
 package link
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -10,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,6 +51,7 @@ func newWorld(t *testing.T, bridges bool) *world {
 	t.Cleanup(w.nlL.Close)
 	lo, _ := w.nlL.LinkByName("lo")
 	w.must(w.nlL.LinkSetUp(lo))
+	var hs []*netlink.Handle
 	for _, s := range []struct {
 		ns   netns.Handle
 		name string
@@ -73,9 +76,48 @@ func newWorld(t *testing.T, bridges bool) *world {
 		w.must(h.LinkSetUp(eth))
 		lo, _ := h.LinkByName("lo")
 		w.must(h.LinkSetUp(lo))
+		hs = append(hs, h)
+	}
+	// A veth end that comes up before its peer has no carrier then, and
+	// the kernel activates its transmit queue only when its link watcher
+	// (a work item, under the RTNL lock every namespace on the machine
+	// shares) sees the carrier: until then what is sent out of it is
+	// dropped without an error. vA and vB come up before A's and B's
+	// eth0, so a link's first frames into them could vanish; tests that
+	// send a single frame (TestTunnelCutsLongSuperFrame: "far side got 0
+	// payload bytes" at load 20-30, with the link counting the frames as
+	// written) failed so. Wait until every end is operationally up: the
+	// link watcher sets that in the same step as it activates the queue.
+	waitOperUp(t, w.nlL, "vA", "vB")
+	for _, h := range hs {
+		waitOperUp(t, h, "eth0")
 		h.Close()
 	}
 	return w
+}
+
+// waitOperUp waits until the named links seen through h are
+// operationally up (generous: it ends when they are).
+func waitOperUp(t *testing.T, h *netlink.Handle, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		start := time.Now()
+		for deadline := start.Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			l, err := h.LinkByName(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l.Attrs().OperState == netlink.OperUp {
+				if d := time.Since(start); d > 100*time.Millisecond {
+					t.Logf("%s was operationally up only %v after it came up", name, d.Round(time.Millisecond))
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not operationally up after 30s: %s", name, l.Attrs().OperState)
+			}
+		}
+	}
 }
 
 func (w *world) must(err error) {
@@ -440,6 +482,31 @@ func (s *rawSocket) recv(timeout time.Duration) [][]byte {
 		frames = append(frames, f)
 	}
 }
+
+// recvUntil returns the frames that arrive until done says they hold
+// what the caller waits for, or within has passed. A wait for frames
+// that must arrive ends when they have: recv's idle timeout alone (200
+// ms to 1 s) ended before the first frame when a loaded machine held a
+// link's pump off the CPU that long.
+func (s *rawSocket) recvUntil(within time.Duration, done func(frames [][]byte) bool) [][]byte {
+	var frames [][]byte
+	for end := time.Now().Add(within); !done(frames) && time.Now().Before(end); {
+		// recv's timeout must not be 0: SO_RCVTIMEO 0 waits for ever.
+		frames = append(frames, s.recv(max(min(100*time.Millisecond, time.Until(end)), time.Millisecond))...)
+	}
+	return frames
+}
+
+// has is a recvUntil condition: a frame equal to f arrived.
+func has(f []byte) func([][]byte) bool {
+	return func(frames [][]byte) bool {
+		return slices.ContainsFunc(frames, func(g []byte) bool { return bytes.Equal(g, f) })
+	}
+}
+
+// arrive bounds the wait for frames that must arrive: generous, since it
+// ends when they do.
+const arrive = 20 * time.Second
 
 // lockedBuffer collects a child's output while the test reads it.
 type lockedBuffer struct {

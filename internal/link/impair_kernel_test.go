@@ -103,12 +103,18 @@ func (p *probes) send(seq uint32) {
 // oneWay sends n probes A -> B, paced (20 per ms), and returns the sequence numbers B received, in order
 // of arrival, once nothing more arrives for quiet.
 func (p *probes) oneWay(n int, quiet time.Duration) []uint32 {
+	return p.oneWayThen(n, quiet, nil)
+}
+
+// oneWayThen is oneWay, calling sent (if not nil) once the last probe is
+// sent, before the wait for the last ones to arrive.
+func (p *probes) oneWayThen(n int, quiet time.Duration, sent func()) []uint32 {
 	if !p.warmed {
 		p.warm()
 		p.warmed = true
 	}
 	got := make(chan []uint32, 1)
-	var sent atomic.Bool
+	var allSent atomic.Bool
 	go func() {
 		var seqs []uint32
 		buf := make([]byte, 64)
@@ -119,7 +125,7 @@ func (p *probes) oneWay(n int, quiet time.Duration) []uint32 {
 			k, _, err := p.rx.ReadFrom(buf)
 			if err != nil {
 				var ne net.Error
-				if errors.As(err, &ne) && ne.Timeout() && !sent.Load() {
+				if errors.As(err, &ne) && ne.Timeout() && !allSent.Load() {
 					continue
 				}
 				got <- seqs
@@ -136,32 +142,61 @@ func (p *probes) oneWay(n int, quiet time.Duration) []uint32 {
 			time.Sleep(time.Millisecond)
 		}
 	}
-	sent.Store(true)
+	if sent != nil {
+		sent()
+	}
+	allSent.Store(true)
 	return <-got
+}
+
+// quiet is how long oneWay waits for more probes once all are sent. The
+// link's pump can be off a CPU for hundreds of milliseconds on a loaded
+// 2-core machine (load 20 while other packages' tests run), and a probe
+// still in a tap's ring then would count as lost; 300 ms was within
+// reach of that.
+const quiet = time.Second
+
+// tapDropped is what tap name in L dropped on its way to the link (tun
+// drops a frame when the queue's ring, tx_queue_len frames, is full: a
+// link pump kept off the CPU while probes come at 20 a millisecond).
+// Those frames never reached the link: a count of what the link did
+// must leave them out.
+func (w *world) tapDropped(name string) int {
+	w.t.Helper()
+	l, err := w.nlL.LinkByName(name)
+	w.must(err)
+	return int(l.Attrs().Statistics.TxDropped)
 }
 
 // TestImpairLossKernel: --a-to-b-loss 20% loses 14-26% of 2000 probes
 // A -> B, and the link counts what it dropped.
 func TestImpairLossKernel(t *testing.T) {
 	w, l := impairedWorld(t, &vmconfig.Impairment{Loss: 20}, nil)
-	seqs := w.probes(6001).oneWay(2000, 300*time.Millisecond)
+	before := w.tapDropped("tA")
+	seqs := w.probes(6001).oneWay(2000, quiet)
 	uniq := map[uint32]bool{}
 	for _, s := range seqs {
 		uniq[s] = true
 	}
-	lost := 100 * float64(2000-len(uniq)) / 2000
+	in := 2000 - (w.tapDropped("tA") - before)
+	lost := 100 * float64(in-len(uniq)) / float64(in)
 	s := l.Stats()
-	t.Logf("lost %.1f%% of 2000; link: %+v, drops %+v", lost, s.AtoB.Impaired, s.AtoB.Drops)
+	t.Logf("lost %.1f%% of the %d of 2000 that reached the link; link: %+v, drops %+v", lost, in, s.AtoB.Impaired, s.AtoB.Drops)
 	if lost < 14 || lost > 26 {
 		t.Errorf("lost %.1f%% of 2000 probes, want 14-26%%", lost)
 	}
-	if s.AtoB.Impaired == nil || s.AtoB.Impaired.Lost < 280 || s.BtoA.Impaired != nil {
+	if s.AtoB.Impaired == nil || s.AtoB.Impaired.Lost < uint64(in)*14/100 || s.BtoA.Impaired != nil {
 		t.Errorf("stats: %+v / %+v", s.AtoB.Impaired, s.BtoA.Impaired)
 	}
 }
 
-// TestImpairDelayKernel: --delay 20ms both ways gives a median round
-// trip of 40-50 ms (an echo of our own).
+// TestImpairDelayKernel: --delay 20ms both ways makes every round trip
+// (an echo of our own) last at least 40 ms, and the fastest of 25 at most
+// 60 ms. The upper bound is on the fastest, not the median: load only
+// adds to a round trip (four passes through userspace programs), and a
+// median of 25 on a machine at load 20 went past the 50 ms the test once
+// asked for; the fastest stays near 40 unless the delay itself is wrong
+// (applied twice: 80).
 func TestImpairDelayKernel(t *testing.T) {
 	im := &vmconfig.Impairment{Delay: 20 * time.Millisecond}
 	w, _ := impairedWorld(t, im, im)
@@ -184,7 +219,7 @@ func TestImpairDelayKernel(t *testing.T) {
 		start := time.Now()
 		p.send(uint32(i))
 		for {
-			p.tx.SetReadDeadline(time.Now().Add(time.Second))
+			p.tx.SetReadDeadline(time.Now().Add(10 * time.Second)) // ends when the echo comes
 			n, _, err := p.tx.ReadFrom(buf)
 			if err != nil {
 				t.Fatalf("probe %d: no echo: %v", i, err)
@@ -198,8 +233,8 @@ func TestImpairDelayKernel(t *testing.T) {
 	slices.Sort(rtts)
 	med := rtts[len(rtts)/2]
 	t.Logf("round trips %v .. %v, median %v", rtts[0], rtts[len(rtts)-1], med)
-	if med < 40*time.Millisecond || med > 50*time.Millisecond {
-		t.Errorf("median round trip %v with 20 ms each way, want 40-50 ms", med)
+	if rtts[0] < 40*time.Millisecond || rtts[0] > 60*time.Millisecond {
+		t.Errorf("round trips %v .. %v with 20 ms each way, want the fastest 40-60 ms", rtts[0], rtts[len(rtts)-1])
 	}
 }
 
@@ -207,15 +242,19 @@ func TestImpairDelayKernel(t *testing.T) {
 // tenth of the probes twice.
 func TestImpairDuplicateKernel(t *testing.T) {
 	w, l := impairedWorld(t, &vmconfig.Impairment{Duplicate: 10}, nil)
-	seqs := w.probes(6003).oneWay(1000, 300*time.Millisecond)
+	before := w.tapDropped("tA")
+	seqs := w.probes(6003).oneWay(1000, quiet)
+	in := 1000 - (w.tapDropped("tA") - before)
 	count := map[uint32]int{}
 	for _, s := range seqs {
 		count[s]++
 	}
 	dups := len(seqs) - len(count)
-	t.Logf("%d probes arrived, %d of 1000 distinct, %d duplicates; link: %+v", len(seqs), len(count), dups, l.Stats().AtoB.Impaired)
-	if len(count) != 1000 || dups < 50 || dups > 150 {
-		t.Errorf("%d distinct probes of 1000 and %d duplicates, want all and 50-150", len(count), dups)
+	t.Logf("%d probes arrived, %d of the %d of 1000 that reached the link distinct, %d duplicates; link: %+v", len(seqs), len(count), in, dups, l.Stats().AtoB.Impaired)
+	// in is a lower bound: tA's tx_dropped may count frames other than
+	// probes too.
+	if len(count) < in || dups < in*5/100 || dups > 1000*15/100 {
+		t.Errorf("%d distinct probes of the %d that reached the link and %d duplicates, want all and 5-15%%", len(count), in, dups)
 	}
 }
 
@@ -223,7 +262,9 @@ func TestImpairDuplicateKernel(t *testing.T) {
 // quarter of the probes ahead of earlier, delayed ones.
 func TestImpairReorderKernel(t *testing.T) {
 	w, _ := impairedWorld(t, &vmconfig.Impairment{Delay: 10 * time.Millisecond, Reorder: 25}, nil)
-	seqs := w.probes(6004).oneWay(1000, 300*time.Millisecond)
+	before := w.tapDropped("tA")
+	seqs := w.probes(6004).oneWay(1000, quiet)
+	in := 1000 - (w.tapDropped("tA") - before)
 	late, high := 0, -1
 	for _, s := range seqs {
 		if int(s) < high {
@@ -232,8 +273,8 @@ func TestImpairReorderKernel(t *testing.T) {
 		high = max(high, int(s))
 	}
 	t.Logf("%d of %d probes arrived after a later one", late, len(seqs))
-	if len(seqs) != 1000 || late < 100 {
-		t.Errorf("%d probes of 1000 arrived, %d after a later one; want all and at least 100", len(seqs), late)
+	if len(seqs) < in || len(seqs) > 1000 || late < in/10 {
+		t.Errorf("%d probes of the %d of 1000 that reached the link arrived, %d after a later one; want all and at least a tenth", len(seqs), in, late)
 	}
 }
 
@@ -275,33 +316,35 @@ func (w *world) iperf(t *testing.T) float64 {
 }
 
 // TestImpairRateKernel: --rate 100mbit gives iperf3 TCP at most 105
-// Mbit/s, and not far below 100: the floor is loose (60) because a loaded
-// 2-core machine starves iperf3 itself (a run in a full suite gave 80),
-// and still catches a shaper off by a factor (bytes for bits: 12.5).
+// Mbit/s, and not far below 100: the floor is loose (20) because a loaded
+// 2-core machine starves iperf3 itself (a run in a full suite gave 80, one
+// at load 19 gave 45.6 and failed the floor of 60 the test had), and
+// still catches a shaper off by a factor (bytes for bits: 12.5).
 func TestImpairRateKernel(t *testing.T) {
 	im := &vmconfig.Impairment{Rate: 100_000_000}
 	w, _ := impairedWorld(t, im, im)
 	mbit := w.iperf(t)
 	t.Logf("iperf3 TCP through --rate 100mbit: %.1f Mbit/s", mbit)
-	if mbit < 60 || mbit > 105 {
-		t.Errorf("%.1f Mbit/s through --rate 100mbit, want 60-105", mbit)
+	if mbit < 20 || mbit > 105 {
+		t.Errorf("%.1f Mbit/s through --rate 100mbit, want 20-105", mbit)
 	}
 }
 
 // TestImpairDelayThroughputKernel: a delay does not hold up the
 // forwarding loop (GNS3's ubridge sleeps inline, and a 1 ms delay takes
 // its iperf3 from 2 Gbit/s to 5 Mbit/s): with --delay 5ms both ways TCP
-// still carries at least 200 Mbit/s. A loop that waited out each frame's
+// still carries at least 50 Mbit/s. A loop that waited out each frame's
 // delay would carry one frame per 5 ms (2.4 Mbit/s); the floor sits far
 // above that and far below what an idle machine reaches (1-3 Gbit/s), as
-// a loaded one gave 538.
+// a loaded one gave 538 (the floor was 200 then; 50 leaves room for a
+// machine at load 20 and still is 20 times the inline loop's rate).
 func TestImpairDelayThroughputKernel(t *testing.T) {
 	im := &vmconfig.Impairment{Delay: 5 * time.Millisecond}
 	w, l := impairedWorld(t, im, im)
 	mbit := w.iperf(t)
 	t.Logf("iperf3 TCP through --delay 5ms both ways: %.0f Mbit/s; link: %+v", mbit, l.Stats().AtoB.Impaired)
-	if mbit < 200 {
-		t.Errorf("%.0f Mbit/s through a 5 ms delay each way, want at least 200", mbit)
+	if mbit < 50 {
+		t.Errorf("%.0f Mbit/s through a 5 ms delay each way, want at least 50", mbit)
 	}
 }
 
@@ -310,13 +353,13 @@ func TestImpairDelayThroughputKernel(t *testing.T) {
 func TestImpairSetKernel(t *testing.T) {
 	w, l := impairedWorld(t, &vmconfig.Impairment{}, nil)
 	p := w.probes(6005)
-	if got := len(p.oneWay(200, 200*time.Millisecond)); got != 200 {
+	if got := len(p.oneWay(200, quiet)); got != 200 {
 		t.Fatalf("%d of 200 probes arrived through a delay 0 stage", got)
 	}
 	if err := l.SetImpairment(&vmconfig.Impairment{Loss: 100}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if got := len(p.oneWay(200, 200*time.Millisecond)); got != 0 {
+	if got := len(p.oneWay(200, quiet)); got != 0 {
 		t.Errorf("%d of 200 probes arrived after loss was set to 100%%", got)
 	}
 	if s := l.Stats(); s.AtoB.Impairment != "loss 100%" {

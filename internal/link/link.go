@@ -62,7 +62,8 @@ type Link struct {
 	logf func(format string, args ...any)
 
 	running atomic.Bool
-	ran     atomic.Bool // Run has returned
+	ran     atomic.Bool  // Run has returned
+	pumps   atomic.Int32 // userspace pumps running (a switch to the kernel ends when they have drained)
 	closeMu sync.Mutex
 	closed  bool
 }
@@ -278,8 +279,10 @@ func (l *Link) startPumps(ctx context.Context) *phase {
 				}()
 			}
 			ph.pumps.Add(1)
+			l.pumps.Add(1)
 			go func() {
 				defer ph.pumps.Done()
+				defer l.pumps.Add(-1)
 				if err := p.run(pctx); err != nil {
 					fail(err)
 				}

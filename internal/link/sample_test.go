@@ -44,7 +44,12 @@ func TestSampleJSON(t *testing.T) {
 	for range 3 {
 		sa.send(t, frame)
 	}
-	sb.recv(300 * time.Millisecond)
+	// The samples must count the three frames: wait until the link has
+	// (a fixed 300 ms of quiet at B was not always enough under load, and
+	// a pump adds its counts only after it wrote the frames out).
+	for deadline := time.Now().Add(arrive); l.Stats().AtoB.Frames < 3 && time.Now().Before(deadline); {
+		sb.recv(10 * time.Millisecond)
+	}
 
 	var out bytes.Buffer
 	mid := l.Sample(start, false)

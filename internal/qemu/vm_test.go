@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -351,6 +352,17 @@ func TestGuestTimeout(t *testing.T) {
 		t.Fatalf("query-status after SIGCONT: %+v %v", st, err)
 	}
 
+	// The console tail in Wait's error must hold the command's line: wait
+	// until the guest printed it (the command starts after VMNET-READY,
+	// and under TCG on a loaded host that can take longer than the 3 s
+	// Wait is given).
+	printed := time.Now()
+	for deadline := printed.Add(60 * time.Second); !slices.ContainsFunc(vm.ConsoleTail(50), func(l string) bool { return strings.TrimSpace(l) == "going-to-sleep" }); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest command printed nothing in 60s; console:\n%s", strings.Join(vm.ConsoleTail(20), "\n"))
+		}
+	}
+	t.Logf("the command's line was on the console %v after the checks above", time.Since(printed).Round(time.Millisecond))
 	ctx, cancel = context.WithTimeout(context.Background(), 3*time.Second)
 	_, err = vm.Wait(ctx)
 	cancel()
@@ -432,26 +444,22 @@ func dialShell(t *testing.T, path string) *shell {
 	t.Cleanup(func() { c.Close() })
 	s := &shell{c: c, r: bufio.NewReader(c)}
 	// The guest drops what arrives before its shell opens ttyS1: knock
-	// until the shell answers.
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		fmt.Fprintf(c, "echo SYNC-OK\n")
+	// until the shell answers. Each knock has its own number, and only
+	// the answer to the latest one ends the wait: the shell answers in
+	// order, so every answer to an earlier knock came before it. (Waiting
+	// a fixed 500 ms for stray answers left one in the first command's
+	// output when the guest was slower than that.)
+	deadline := time.Now().Add(60 * time.Second)
+	for n := 0; time.Now().Before(deadline); n++ {
+		want := fmt.Sprintf("SYNC-OK-%d", n)
+		fmt.Fprintf(c, "echo %s\n", want)
 		c.SetReadDeadline(time.Now().Add(time.Second))
 		for {
 			line, err := s.r.ReadString('\n')
 			if err != nil {
 				break
 			}
-			if strings.TrimSpace(line) == "SYNC-OK" {
-				// Swallow answers to earlier knocks.
-				time.Sleep(300 * time.Millisecond)
-				c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-				for {
-					if _, err := s.r.ReadString('\n'); err != nil {
-						break
-					}
-				}
-				s.r.Reset(c)
+			if strings.TrimSpace(line) == want {
 				return s
 			}
 		}
