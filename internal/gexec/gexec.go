@@ -367,7 +367,11 @@ func (o *Options) writeOverlay(ctx context.Context, buf *bytes.Buffer, img image
 	ov := newOverlay(buf)
 	guestProg := path.Join("/", guestProgDir, filepath.Base(o.Program))
 	ov.file(guestProg, 0o755, prog)
-	if err := ov.addPrograms(ctx, progs, img.HostFiles); err != nil {
+	cache := o.CacheDir
+	if cache == "" {
+		cache, _ = images.DefaultCacheDir() // "" keeps nothing
+	}
+	if err := ov.addPrograms(ctx, cache, progs, img.HostFiles); err != nil {
 		return err
 	}
 	dir := filepath.ToSlash(o.Dir)
