@@ -30,6 +30,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -43,6 +44,10 @@ func main() {
 			d, _ := time.ParseDuration(a[6:])
 			fmt.Println("sleeping")
 			time.Sleep(d)
+		case a == "poweroff":
+			// The guest goes away without /init's exit marker.
+			fmt.Println("powering off")
+			syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
 		case a == "timers":
 			// Whether the kernel runs high-resolution timers.
 			tl, _ := os.ReadFile("/proc/timer_list")
@@ -215,6 +220,15 @@ func TestRunTimeouts(t *testing.T) {
 		}
 		if out != "" {
 			t.Errorf("program output %q from a guest that never got ready", out)
+		}
+	})
+	// A guest that goes away without its exit marker is an error, not a
+	// timeout (exit status 125 from vmnet exec, not 124).
+	t.Run("no exit marker", func(t *testing.T) {
+		t.Parallel()
+		_, _, err := run(t, gexec.Options{Program: prog, Args: []string{"poweroff"}, Dir: t.TempDir()})
+		if err == nil || errors.Is(err, gexec.ErrTimeout) || !strings.Contains(err.Error(), "without VMNET-EXIT") {
+			t.Fatalf("err = %v, want QEMU's exit without the marker, not a timeout", err)
 		}
 	})
 	t.Run("program", func(t *testing.T) {
