@@ -146,7 +146,8 @@ type hostFile struct {
 	dst  string // path in the image, relative
 	src  string
 	mode uint32
-	data []byte
+	sum  [sha256.Size]byte // of data
+	data []byte            // nil for a file from the scan cache until load
 }
 
 // guestPrograms are copied from the host with their shared libraries.
@@ -163,7 +164,8 @@ var guestPrograms = []struct{ name, dst, pkg string }{
 // collectHostFiles reads the guestPrograms and their shared
 // libraries from the host (Debian 12, the release the guest kernel is
 // from).
-func collectHostFiles(ctx context.Context) ([]hostFile, error) {
+// reading, if set, is called with each file's host path before it is read.
+func collectHostFiles(ctx context.Context, reading func(src string)) ([]hostFile, error) {
 	var files []hostFile
 	seen := map[string]bool{}
 	add := func(src, dst string, mode uint32) error {
@@ -171,11 +173,14 @@ func collectHostFiles(ctx context.Context) ([]hostFile, error) {
 			return nil
 		}
 		seen[dst] = true
+		if reading != nil {
+			reading(src)
+		}
 		data, err := os.ReadFile(src)
 		if err != nil {
 			return fmt.Errorf("vmnet image: %w", err)
 		}
-		files = append(files, hostFile{dst: strings.TrimPrefix(dst, "/"), src: src, mode: mode, data: data})
+		files = append(files, hostFile{dst: strings.TrimPrefix(dst, "/"), src: src, mode: mode, sum: sha256.Sum256(data), data: data})
 		return nil
 	}
 	for _, b := range guestPrograms {
@@ -206,7 +211,7 @@ func key(r resolved, modules []string, files []hostFile) (full, base string) {
 	fmt.Fprintf(h, "%s\n%x\nhelper %x\n", recipeVersion, sha256.Sum256(initScript), helperSum())
 	fmt.Fprintf(h, "modules %s\n", strings.Join(modules, ","))
 	for _, f := range files {
-		fmt.Fprintf(h, "%s %o %x\n", f.dst, f.mode, sha256.Sum256(f.data))
+		fmt.Fprintf(h, "%s %o %x\n", f.dst, f.mode, f.sum)
 	}
 	base = hex.EncodeToString(h.Sum(nil))
 	fmt.Fprintf(h, "kernel %s %s\nbusybox %s\n", r.Kernel.Name, r.Kernel.Version, r.Busybox.Version)
@@ -266,7 +271,7 @@ func Ensure(ctx context.Context, opts Options) (Image, error) {
 		return Image{}, err
 	}
 	done := p.step("read host programs and libraries")
-	files, err := collectHostFiles(ctx)
+	files, err := scanHostFiles(ctx, cache)
 	if err != nil {
 		return Image{}, err
 	}
@@ -318,6 +323,11 @@ func Ensure(ctx context.Context, opts Options) (Image, error) {
 }
 
 func build(ctx context.Context, p progress, cache, tmp string, pkgs resolved, m *manifest, files []hostFile) error {
+	for i := range files {
+		if err := files[i].load(); err != nil {
+			return err
+		}
+	}
 	k := pkgs.Kernel
 	done := p.step("download " + k.Name + " " + k.Version)
 	deb, err := download(ctx, filepath.Join(cache, "debs"), k)
@@ -340,7 +350,7 @@ func build(ctx context.Context, p progress, cache, tmp string, pkgs resolved, m 
 		return fmt.Errorf("vmnet image: %w", err)
 	}
 	defer os.Remove(bbPath)
-	files = append([]hostFile{{dst: "bin/busybox", src: bbDeb, mode: 0o755, data: bb}}, files...)
+	files = append([]hostFile{{dst: "bin/busybox", src: bbDeb, mode: 0o755, sum: sha256.Sum256(bb), data: bb}}, files...)
 	bbLibs, err := sharedLibs(ctx, bbPath)
 	if err != nil {
 		return err
@@ -355,7 +365,7 @@ func build(ctx context.Context, p progress, cache, tmp string, pkgs resolved, m 
 			if err != nil {
 				return fmt.Errorf("vmnet image: %w", err)
 			}
-			files = append(files, hostFile{dst: dst, src: l, mode: 0o755, data: data})
+			files = append(files, hostFile{dst: dst, src: l, mode: 0o755, sum: sha256.Sum256(data), data: data})
 		}
 	}
 	applets, err := run(ctx, "", bbPath, "--list-full")
@@ -369,7 +379,7 @@ func build(ctx context.Context, p progress, cache, tmp string, pkgs resolved, m 
 	if err != nil {
 		return err
 	}
-	files = append(files, hostFile{dst: helperPath, src: "vmnet-helper", mode: 0o755, data: helper})
+	files = append(files, hostFile{dst: helperPath, src: "vmnet-helper", mode: 0o755, sum: sha256.Sum256(helper), data: helper})
 	done()
 
 	root := filepath.Join(tmp, "kernel")

@@ -53,6 +53,17 @@ const shellChunk = 3072
 // ErrGarbled marks a command that did not arrive intact in the guest.
 var ErrGarbled = errors.New("the command arrived garbled in the guest (its SHA-256 differs); nothing was run")
 
+// ErrNoHelper marks a guest whose helper did not answer within the
+// helper wait of NewShellProgram: nothing was run, and the guest's shell
+// refuses every later command at once (the helper's late answer would
+// otherwise be taken for the next call's).
+var ErrNoHelper = errors.New("the guest's helper program (vmnet-helper) does not answer, so the guest's shell runs no commands; nothing was run")
+
+// HelperWait is how long the guest's shell waits for the helper's answer
+// to a request: it answers in milliseconds, and in well under a second
+// in a TCG guest starved by dozens of others on two cores.
+const HelperWait = 20 * time.Second
+
 // ShellProgram is one call: the lines to send to the guest's shell
 // (Script) and the markers that frame the answer (Read).
 type ShellProgram struct {
@@ -62,12 +73,15 @@ type ShellProgram struct {
 }
 
 // NewShellProgram encodes cmd; the guest kills it after guestTimeout.
-func NewShellProgram(cmd string, guestTimeout time.Duration) ShellProgram {
+// The guest's shell waits helperWait (HelperWait; rounded up to whole
+// seconds) for the helper to take the command, then reports ErrNoHelper.
+func NewShellProgram(cmd string, guestTimeout, helperWait time.Duration) ShellProgram {
 	nonce := NewNonce()
 	p := ShellProgram{begin: ShellBegin + nonce, end: ShellEnd + nonce + "="}
 	sum := sha256.Sum256([]byte(cmd))
 	b64 := base64.StdEncoding.EncodeToString([]byte(cmd))
 	secs := int(guestTimeout.Round(time.Second)/time.Second) + 1
+	wait := int((helperWait + time.Second - 1) / time.Second)
 	// Every line is complete shell syntax made of fixed text, hex and
 	// base64: whatever cmd holds, the guest's shell reads exactly these
 	// lines. The shell runs one call at a time and the previous call's
@@ -81,12 +95,17 @@ func NewShellProgram(cmd string, guestTimeout time.Duration) ShellProgram {
 	}
 	// A newline before each marker puts it on a line of its own even
 	// after output without one; Read drops that newline again.
-	// Requests open the FIFO write-only, which waits for the helper to
-	// have it open: a request written before would be lost.
-	fmt.Fprintf(&s, "echo; echo %s; echo \"decode $f %x\" >%s; s=; IFS= read -r s <>%s; if [ \"$s\" = OK ]; then "+
-		"( . $f ) </dev/null 2>&1 & p=$!; echo \"watch $p %d\" >%s; wait $p; s=$?; echo \"unwatch $p\" >%s; "+
-		"else s=garbled; fi; echo; echo %s$s\n",
-		p.begin, sum, HelperRequest, HelperAnswer, secs, HelperRequest, HelperRequest, p.end)
+	// Requests open the FIFO read-write, which never waits: the helper
+	// holds it open from before the guest is ready (a request written
+	// while nobody reads it is lost, and the answer's wait ends). A
+	// helper that did not answer within the wait is taken for dead by
+	// this shell (vmnet_nohelper), so a late answer is never taken for a
+	// later call's.
+	fmt.Fprintf(&s, "echo; echo %s; if [ -n \"$vmnet_nohelper\" ]; then s=nohelper; else "+
+		"echo \"decode $f %x\" 1<>%s; s=; IFS= read -t %d -r s <>%s || vmnet_nohelper=1; if [ \"$s\" = OK ]; then "+
+		"( . $f ) </dev/null 2>&1 & p=$!; echo \"watch $p %d\" 1<>%s; wait $p; s=$?; echo \"unwatch $p\" 1<>%s; "+
+		"elif [ -n \"$vmnet_nohelper\" ]; then s=nohelper; else s=garbled; fi; fi; echo; echo %s$s\n",
+		p.begin, sum, HelperRequest, wait, HelperAnswer, secs, HelperRequest, HelperRequest, p.end)
 	p.Script = s.String()
 	return p
 }
@@ -121,8 +140,11 @@ func (p ShellProgram) Read(r *bufio.Reader, out io.Writer, limit int64) (status 
 					chunk = nil
 				case strings.HasPrefix(line, p.end):
 					st := line[len(p.end):]
-					if st == "garbled" {
+					switch st {
+					case "garbled":
 						return 0, cut, ErrGarbled
+					case "nohelper":
+						return 0, cut, ErrNoHelper
 					}
 					n, aerr := strconv.Atoi(st)
 					if aerr != nil {

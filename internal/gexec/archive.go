@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/images/cpio"
 )
 
@@ -155,8 +156,9 @@ func sharedLibs(ctx context.Context, prog string) ([]string, error) {
 // addPrograms copies host programs into /vmnet/bin and their shared
 // libraries to the paths the host has them at, leaving out those the
 // image carries already (by host path: the same files, on the guest's
-// PATH): every byte of the archive is unpacked anew in each guest.
-func (o *overlay) addPrograms(ctx context.Context, progs []string, carried []string) error {
+// PATH): every byte of the archive is unpacked anew in each guest. The
+// libraries ldd lists are kept in cacheDir (images.CachedLibs).
+func (o *overlay) addPrograms(ctx context.Context, cacheDir string, progs []string, carried []string) error {
 	seen := map[string]bool{}
 	for _, c := range carried {
 		seen[c] = true
@@ -171,7 +173,7 @@ func (o *overlay) addPrograms(ctx context.Context, progs []string, carried []str
 			return fmt.Errorf("host program: %w", err)
 		}
 		o.file(path.Join(guestBinDir, filepath.Base(p)), 0o755, data)
-		l, err := sharedLibs(ctx, p)
+		l, err := images.CachedLibs(cacheDir, p, func() ([]string, error) { return sharedLibs(ctx, p) })
 		if err != nil {
 			return err
 		}

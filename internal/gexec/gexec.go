@@ -172,9 +172,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}()
 	bctx, cancel := context.WithTimeout(ctx, o.BootTimeout)
 	err = vm.WaitReady(bctx)
+	// Read before cancel, which sets Err on every context.
+	timedOut := errors.Is(bctx.Err(), context.DeadlineExceeded)
 	cancel()
 	if err != nil {
-		if bctx.Err() != nil && ctx.Err() == nil {
+		if timedOut && ctx.Err() == nil {
 			err = fmt.Errorf("%w: %w", ErrTimeout, err)
 		}
 		return res, fmt.Errorf("guest for %s did not come up: %w", filepath.Base(o.Program), err)
@@ -182,9 +184,10 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	res.Boot = time.Since(start)
 	wctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	st, err := vm.Wait(wctx)
+	timedOut = errors.Is(wctx.Err(), context.DeadlineExceeded)
 	cancel()
 	if err != nil {
-		if wctx.Err() != nil && ctx.Err() == nil {
+		if timedOut && ctx.Err() == nil {
 			err = fmt.Errorf("%w: %s did not finish within %v: %w", ErrTimeout, filepath.Base(o.Program), o.Timeout, err)
 		}
 		return res, err
@@ -367,7 +370,11 @@ func (o *Options) writeOverlay(ctx context.Context, buf *bytes.Buffer, img image
 	ov := newOverlay(buf)
 	guestProg := path.Join("/", guestProgDir, filepath.Base(o.Program))
 	ov.file(guestProg, 0o755, prog)
-	if err := ov.addPrograms(ctx, progs, img.HostFiles); err != nil {
+	cache := o.CacheDir
+	if cache == "" {
+		cache, _ = images.DefaultCacheDir() // "" keeps nothing
+	}
+	if err := ov.addPrograms(ctx, cache, progs, img.HostFiles); err != nil {
 		return err
 	}
 	dir := filepath.ToSlash(o.Dir)

@@ -3,6 +3,7 @@ package lab
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -52,6 +53,11 @@ type ShellResult struct {
 // after ctx's deadline, so a call that timed out does not wedge the next
 // one for longer than that.
 func Shell(ctx context.Context, dir, vm, cmd string, out io.Writer) (ShellResult, error) {
+	return shell(ctx, dir, vm, cmd, out, guest.HelperWait)
+}
+
+// shell is Shell with the guest shell's wait for its helper.
+func shell(ctx context.Context, dir, vm, cmd string, out io.Writer, helperWait time.Duration) (ShellResult, error) {
 	var res ShellResult
 	if len(cmd) > MaxShellCommand {
 		return res, fmt.Errorf("vm %s: command is %d bytes, at most %d go through the guest shell", vm, len(cmd), MaxShellCommand)
@@ -87,7 +93,7 @@ func Shell(ctx context.Context, dir, vm, cmd string, out io.Writer) (ShellResult
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
-	p := guest.NewShellProgram(cmd, time.Until(dl)+shellGrace)
+	p := guest.NewShellProgram(cmd, time.Until(dl)+shellGrace, helperWait)
 	if _, err := io.WriteString(c, p.Script); err != nil {
 		return res, shellErr(ctx, vm, err)
 	}
@@ -121,6 +127,9 @@ func agentShell(ctx context.Context, sock, vm, cmd string, out io.Writer) (Shell
 }
 
 func shellErr(ctx context.Context, vm string, err error) error {
+	if errors.Is(err, guest.ErrNoHelper) {
+		return fmt.Errorf("vm %s: %w: restart the lab (vmnet down, then vmnet up); the guest's console log (vmnet logs LAB %s) may say why the helper stopped", vm, err, vm)
+	}
 	if ctx.Err() != nil || os.IsTimeout(err) {
 		return fmt.Errorf("vm %s: command did not finish in time: %w", vm, context.DeadlineExceeded)
 	}

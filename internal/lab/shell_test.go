@@ -27,8 +27,25 @@ import (
 // here) serving its FIFOs in /run (private to this test process).
 func hostShell(t *testing.T) (dir string) {
 	t.Helper()
-	testenv.RequireProgram(t, "sh")
 	startHostHelper(t)
+	sh := guestLikeShell(t)
+	return hostShellCmd(t, exec.Command(sh[0], sh[1:]...))
+}
+
+// guestLikeShell is the host's shell closest to the guest's (busybox
+// ash): busybox itself, else bash, which also has read -t (dash has
+// not).
+func guestLikeShell(t *testing.T) []string {
+	t.Helper()
+	if p, err := exec.LookPath("busybox"); err == nil {
+		return []string{p, "sh"}
+	}
+	return []string{testenv.RequireProgram(t, "bash")}
+}
+
+// hostShellCmd is hostShell with sh as the command sh starts.
+func hostShellCmd(t *testing.T, sh *exec.Cmd) (dir string) {
+	t.Helper()
 	dir = t.TempDir()
 	vmDir := filepath.Join(dir, "vm-g")
 	if err := os.Mkdir(vmDir, 0o700); err != nil {
@@ -38,7 +55,6 @@ func hostShell(t *testing.T) (dir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sh := exec.Command("sh")
 	sh.Dir = dir
 	in, err := sh.StdinPipe()
 	if err != nil {
@@ -181,7 +197,7 @@ func TestShellProtocol(t *testing.T) {
 				t.Fatalf("%v after %v", err, took)
 			}
 			if tc.name == "unbalanced quote" {
-				if res.Status != 2 || !strings.Contains(strings.ToLower(out), "unterminated") {
+				if lo := strings.ToLower(out); res.Status != 2 || !strings.Contains(lo, "unterminated") && !strings.Contains(lo, "unexpected eof") {
 					t.Errorf("status %d, output %q: want a syntax error", res.Status, out)
 				}
 				return
@@ -225,4 +241,40 @@ func TestShellTimeoutThenNext(t *testing.T) {
 		t.Errorf("next call took %v: the timed-out command was not killed", took)
 	}
 	t.Logf("next call answered after %v", took.Round(time.Millisecond))
+}
+
+// A guest whose helper is gone (its FIFOs exist, nobody serves them)
+// does not wedge its shell: the call fails after the helper wait with an
+// error naming the VM and what to do, nothing runs, and every later
+// call is refused at once.
+func TestShellDeadHelper(t *testing.T) {
+	testenv.RequireProgram(t, "unshare")
+	// The stand-in's sh gets a /run of its own with the FIFOs and no
+	// helper (its own mount namespace; the test's /run is private too).
+	dir := hostShellCmd(t, exec.Command("unshare", "-m", "sh", "-c",
+		"mount -t tmpfs vmnet-test /run && mkfifo "+guest.HelperRequest+" "+guest.HelperAnswer+" && exec "+strings.Join(guestLikeShell(t), " ")))
+	marker := filepath.Join(dir, "ran")
+	call := func() (time.Duration, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		var out bytes.Buffer
+		t0 := time.Now()
+		_, err := shell(ctx, dir, "g", "touch "+marker, &out, time.Second)
+		return time.Since(t0), err
+	}
+	took, err := call()
+	if !errors.Is(err, guest.ErrNoHelper) {
+		t.Fatalf("want the no-helper error, got %v after %v", err, took)
+	}
+	if !strings.Contains(err.Error(), "vm g:") || !strings.Contains(err.Error(), "restart the lab") {
+		t.Errorf("message does not name the VM and what to do: %v", err)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("the command ran without the helper")
+	}
+	took, err = call()
+	if !errors.Is(err, guest.ErrNoHelper) {
+		t.Fatalf("second call: want the no-helper error, got %v after %v", err, took)
+	}
+	t.Logf("first call failed after the helper wait; the second after %v", took.Round(time.Millisecond))
 }

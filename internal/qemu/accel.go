@@ -1,29 +1,41 @@
 package qemu
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmnet/vmnet/images"
 )
 
 // KVMProbe is the result of ProbeKVM.
 type KVMProbe struct {
 	Usable  bool
 	Reason  string        // why KVM is not usable, or what was measured
-	Elapsed time.Duration // time KVM_RUN took for the probe loop
+	Elapsed time.Duration // wall time KVM_RUN took for the probe loop (or until stopped)
+	CPU     time.Duration // CPU time the probe's thread spent in KVM_RUN
+	// Lasting is set on a verdict that holds for as long as the kernel
+	// and its /dev/kvm stay the same (it does not depend on the host's
+	// load): only such verdicts are kept in the per-boot cache.
+	Lasting bool
 }
 
 // The probe runs probeLoops iterations of a two-instruction real-mode loop
-// (about a million instructions). Hardware virtualization runs it in well
-// under a millisecond. A /dev/kvm that emulates instead is slower than TCG
-// and is treated as unusable.
+// (about a million instructions). Hardware virtualization runs it in about
+// a millisecond. A /dev/kvm that emulates instead is slower than TCG and
+// is treated as unusable.
 //
 // Found on the development machine (Linux 6.18 guest of a paravirtual
 // hypervisor, "PVM"): /dev/kvm opens, KVM_CREATE_VM, KVM_CREATE_VCPU and a
@@ -32,12 +44,29 @@ type KVMProbe struct {
 // microsecond of host kernel time (2^20 loop iterations: 2.3 s). QEMU with
 // -accel kvm and the Debian kernel stalls after "Probing EDD" (bzImage) or
 // reaches 2.8 s of guest time in 40 s of wall time, all of it system time
-// (vmlinux through PVH). Hence a timed probe, not a functional one: it
-// rejects this KVM after probeBudget, interrupting KVM_RUN with a signal
-// (which took about 2 ms).
+// (vmlinux through PVH). Hence a timed probe, not a functional one.
+//
+// The probe is judged on the CPU time its thread spends in KVM_RUN, not on
+// wall time: a KVM that emulates burns CPU for every instruction, and
+// after probeCPU of it (25 to 50 times what hardware virtualization
+// needs for the whole loop) it is rejected, whatever the host's load
+// (on an idle host after about probeCPU of wall time, where a wall-time
+// budget had to wait out its whole 250 ms). A real KVM on a loaded host
+// is not misjudged for waiting its turn: while its thread is runnable
+// but kept off the CPU by other load, the probe waits, up to
+// probeMaxWait. A KVM_RUN that sleeps in the kernel instead of running
+// (the thread is neither running nor runnable for most of probeBudget)
+// is rejected after probeBudget, as before. The probe is stopped by
+// interrupting KVM_RUN with a signal (which took about 2 ms).
 const (
-	probeLoops  = 1 << 19
-	probeBudget = 250 * time.Millisecond
+	probeLoops   = 1 << 19
+	probeCPU     = 50 * time.Millisecond
+	probeBudget  = 250 * time.Millisecond
+	probeMaxWait = 3 * time.Second
+	probeTick    = 2 * time.Millisecond
+	// probeSetup bounds creating the probe's VM (ioctls that should take
+	// microseconds) before its KVM_RUN starts.
+	probeSetup = 2 * time.Second
 )
 
 var (
@@ -48,10 +77,226 @@ var (
 // ProbeKVM tells whether /dev/kvm can run guests at hardware speed. It runs
 // a few real-mode instructions in a throwaway VM through the KVM ioctls and
 // is bounded by a timeout, so it never hangs. The result is cached for the
-// process.
+// process, and a lasting verdict for the boot of the host (see
+// kvmVerdictFile).
 func ProbeKVM() KVMProbe {
-	kvmOnce.Do(func() { kvmResult = probeKVM(probeBudget) })
+	kvmOnce.Do(func() {
+		dir, err := images.DefaultCacheDir()
+		if err != nil {
+			dir = ""
+		}
+		kvmResult = cachedProbe(dir, probeKVMDevice)
+	})
 	return kvmResult
+}
+
+// probeSample is what the probe's watchdog has seen of its KVM_RUN so far.
+type probeSample struct {
+	Wall   time.Duration // since KVM_RUN started
+	CPU    time.Duration // the probe thread's CPU time since then
+	Asleep time.Duration // of Wall, the time the thread was seen sleeping (neither running nor runnable)
+}
+
+// probeVerdict is the watchdog's judgement of a probe still in KVM_RUN.
+type probeVerdict int
+
+const (
+	probeGoOn     probeVerdict = iota // not decided: wait
+	probeEmulates                     // used probeCPU of CPU without finishing: emulation
+	probeSleeps                       // KVM_RUN sleeps instead of running the guest
+	probeStarved                      // kept off the CPU for probeMaxWait: cannot tell
+)
+
+// judge decides on a probe that has not finished yet.
+func judge(s probeSample) probeVerdict {
+	switch {
+	case s.CPU >= probeCPU:
+		return probeEmulates
+	case s.Wall < probeBudget:
+		return probeGoOn
+	case s.Asleep*2 >= s.Wall:
+		return probeSleeps
+	case s.Wall >= probeMaxWait:
+		return probeStarved
+	}
+	return probeGoOn
+}
+
+// judgeFinished decides on a probe whose loop ran to its end in cpu.
+func judgeFinished(cpu time.Duration) bool { return cpu < probeCPU }
+
+// probeRun is shared between a probe trial (which runs KVM_RUN on its
+// own locked thread) and the watchdog that judges it.
+type probeRun struct {
+	tid     atomic.Int32
+	stop    atomic.Bool
+	runArea atomic.Pointer[[]byte]
+	// cpu0 is the thread's CPU time (ns) when KVM_RUN started, +1 so
+	// that 0 means "not started yet".
+	cpu0 atomic.Int64
+	t0   atomic.Int64 // when KVM_RUN started (Unix ns)
+}
+
+// started marks the start of KVM_RUN; call it on the probe's thread.
+func (r *probeRun) started() {
+	r.t0.Store(time.Now().UnixNano())
+	r.cpu0.Store(int64(threadCPU(int(r.tid.Load()))) + 1)
+}
+
+// threadCPU is the CPU time thread tid of this process has used (its
+// CLOCK_THREAD_CPUTIME_ID, readable from another thread), or -1.
+func threadCPU(tid int) time.Duration {
+	var ts unix.Timespec
+	// MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED): include/linux/posix-timers.h.
+	clock := int32(^tid<<3 | 6)
+	if err := unix.ClockGettime(clock, &ts); err != nil {
+		return -1
+	}
+	return time.Duration(ts.Nano())
+}
+
+// threadAsleep reports whether thread tid of this process sleeps in
+// KVM_RUN (state S or D in /proc, in an ioctl KVM_RUN): neither running
+// the guest nor waiting for a CPU. A thread that waits for the Go
+// scheduler (a futex) or for a CPU does not count.
+func threadAsleep(tid int) bool {
+	dir := fmt.Sprintf("/proc/self/task/%d/", tid)
+	b, err := os.ReadFile(dir + "stat")
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) || (b[i+2] != 'S' && b[i+2] != 'D') {
+		return false
+	}
+	// "NR ARG1 ARG2 ...": the system call the thread is blocked in.
+	sc, err := os.ReadFile(dir + "syscall")
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(sc))
+	return len(f) >= 3 && f[0] == strconv.Itoa(unix.SYS_IOCTL) && f[2] == fmt.Sprintf("%#x", kvmRun)
+}
+
+// probeKVMDevice probes /dev/kvm.
+func probeKVMDevice() KVMProbe {
+	st, err := os.Stat("/dev/kvm")
+	if err != nil {
+		return KVMProbe{Reason: "no /dev/kvm"}
+	}
+	if st.Mode()&os.ModeDevice == 0 {
+		return KVMProbe{Reason: "/dev/kvm is not a device"}
+	}
+	return probeWith(kvmTrial)
+}
+
+// probeWith runs trial on a locked thread of its own and judges it (see
+// judge) until it finishes or is stopped. trial calls run.started()
+// right before its first KVM_RUN and returns its result.
+func probeWith(trial func(run *probeRun) KVMProbe) KVMProbe {
+	run := &probeRun{}
+	res := make(chan KVMProbe, 1)
+	go func() {
+		// The thread stays locked: if KVM_RUN had to be interrupted by a
+		// signal, the runtime discards the thread when this goroutine ends.
+		runtime.LockOSThread()
+		run.tid.Store(int32(unix.Gettid()))
+		res <- trial(run)
+	}()
+	tick := time.NewTicker(probeTick)
+	defer tick.Stop()
+	begin := time.Now()
+	var last time.Time
+	var s probeSample
+	verdict := probeGoOn
+	for verdict == probeGoOn {
+		select {
+		case r := <-res:
+			return finished(r, run)
+		case <-tick.C:
+		}
+		now := time.Now()
+		c0 := run.cpu0.Load()
+		if c0 == 0 {
+			if now.Sub(begin) > probeSetup {
+				stopTrial(run, res)
+				return KVMProbe{Reason: fmt.Sprintf("/dev/kvm: creating a VM with one vCPU took more than %v", probeSetup)}
+			}
+			continue
+		}
+		tid := int(run.tid.Load())
+		if last.IsZero() {
+			last = time.Unix(0, run.t0.Load())
+		}
+		if threadAsleep(tid) {
+			s.Asleep += now.Sub(last)
+		}
+		last = now
+		s.Wall = now.Sub(time.Unix(0, run.t0.Load()))
+		if c := threadCPU(tid); c >= 0 {
+			s.CPU = c - time.Duration(c0-1)
+		}
+		verdict = judge(s)
+	}
+	// The result may have arrived meanwhile: it wins over the verdict.
+	select {
+	case r := <-res:
+		return finished(r, run)
+	default:
+	}
+	stopTrial(run, res)
+	p := KVMProbe{Elapsed: s.Wall, CPU: s.CPU}
+	switch verdict {
+	case probeEmulates:
+		p.Lasting = true
+		p.Reason = fmt.Sprintf("/dev/kvm used %v of CPU without finishing %d real-mode instructions (hardware virtualization needs about 1ms): "+
+			"it emulates instead of virtualizing (e.g. a paravirtual hypervisor), which is slower than TCG", s.CPU.Round(time.Millisecond), 2*probeLoops)
+	case probeSleeps:
+		p.Reason = fmt.Sprintf("/dev/kvm did not run %d real-mode instructions within %v (hardware virtualization needs about 1ms): "+
+			"its KVM_RUN sleeps instead of running the guest", 2*probeLoops, s.Wall.Round(time.Millisecond))
+	default:
+		p.Reason = fmt.Sprintf("the KVM probe got only %v of CPU in %v (the host is too busy to tell whether /dev/kvm works); "+
+			"choose the accelerator yourself (accel kvm) if it does", s.CPU.Round(time.Millisecond), s.Wall.Round(time.Millisecond))
+	}
+	return p
+}
+
+// finished completes the result of a trial that returned by itself: a
+// loop that ran to its end is judged on the CPU it took.
+func finished(r KVMProbe, run *probeRun) KVMProbe {
+	if c0 := run.cpu0.Load(); c0 != 0 {
+		if c := threadCPU(int(run.tid.Load())); c >= 0 {
+			r.CPU = c - time.Duration(c0-1)
+		}
+	}
+	if r.Usable {
+		if !judgeFinished(r.CPU) {
+			r.Usable = false
+			r.Reason = fmt.Sprintf("/dev/kvm took %v of CPU for %d real-mode instructions (hardware virtualization needs about 1ms): "+
+				"it emulates instead of virtualizing, which is slower than TCG", r.CPU.Round(time.Millisecond), 2*probeLoops)
+		}
+		r.Lasting = true
+	}
+	return r
+}
+
+// stopTrial asks the vCPU to leave KVM_RUN and waits a little for the
+// trial to end. immediate_exit makes a re-entry return at once; the
+// signal (SIGURG, which the Go runtime tolerates) kicks the thread out
+// of a KVM_RUN in progress.
+func stopTrial(run *probeRun, res <-chan KVMProbe) {
+	run.stop.Store(true)
+	if p := run.runArea.Load(); p != nil {
+		(*p)[kvmRunImmediateExOff] = 1
+	}
+	if t := run.tid.Load(); t != 0 {
+		unix.Tgkill(unix.Getpid(), int(t), unix.SIGURG)
+	}
+	select {
+	case <-res:
+	case <-time.After(probeBudget):
+		// Still stuck in the kernel; leave the thread behind rather than hang.
+	}
 }
 
 // KVM ioctls (include/uapi/linux/kvm.h); x/sys/unix does not define them.
@@ -120,53 +365,7 @@ var probeCode = []byte{
 	0xBA, 0xF8, 0x03, 0xB0, 'K', 0xEE, 0xF4,
 }
 
-func probeKVM(budget time.Duration) KVMProbe {
-	st, err := os.Stat("/dev/kvm")
-	if err != nil {
-		return KVMProbe{Reason: "no /dev/kvm"}
-	}
-	if st.Mode()&os.ModeDevice == 0 {
-		return KVMProbe{Reason: "/dev/kvm is not a device"}
-	}
-	res := make(chan KVMProbe, 1)
-	var tid atomic.Int32
-	var stop atomic.Bool
-	var runArea atomic.Pointer[[]byte]
-	go func() {
-		// The thread stays locked: if KVM_RUN had to be interrupted by a
-		// signal, the runtime discards the thread when this goroutine ends.
-		runtime.LockOSThread()
-		tid.Store(int32(unix.Gettid()))
-		res <- kvmTrial(&stop, &runArea)
-	}()
-	timer := time.NewTimer(budget)
-	defer timer.Stop()
-	select {
-	case r := <-res:
-		return r
-	case <-timer.C:
-	}
-	// Too slow: ask the vCPU to leave KVM_RUN. immediate_exit makes a
-	// re-entry return at once; the signal (SIGURG, which the Go runtime
-	// tolerates) kicks the thread out of a KVM_RUN in progress.
-	stop.Store(true)
-	if p := runArea.Load(); p != nil {
-		(*p)[kvmRunImmediateExOff] = 1
-	}
-	if t := tid.Load(); t != 0 {
-		unix.Tgkill(unix.Getpid(), int(t), unix.SIGURG)
-	}
-	select {
-	case <-res:
-	case <-time.After(budget):
-		// Still stuck in the kernel; leave the thread behind rather than hang.
-	}
-	return KVMProbe{Elapsed: budget, Reason: fmt.Sprintf(
-		"/dev/kvm did not run %d real-mode instructions within %v (hardware virtualization needs about 1ms): "+
-			"it emulates instead of virtualizing (e.g. a paravirtual hypervisor), which is slower than TCG", 2*probeLoops, budget)}
-}
-
-func kvmTrial(stop *atomic.Bool, runArea *atomic.Pointer[[]byte]) KVMProbe {
+func kvmTrial(pr *probeRun) KVMProbe {
 	fail := func(what string, err error) KVMProbe {
 		return KVMProbe{Reason: fmt.Sprintf("/dev/kvm: %s: %v", what, err)}
 	}
@@ -208,8 +407,8 @@ func kvmTrial(stop *atomic.Bool, runArea *atomic.Pointer[[]byte]) KVMProbe {
 		return fail("mmap kvm_run", err)
 	}
 	defer unix.Munmap(run)
-	runArea.Store(&run)
-	defer runArea.Store(nil)
+	pr.runArea.Store(&run)
+	defer pr.runArea.Store(nil)
 
 	var sregs kvmSregs
 	if _, err := kvmIoctl(vcpu, kvmGetSregs, unsafe.Pointer(&sregs)); err != nil {
@@ -224,10 +423,11 @@ func kvmTrial(stop *atomic.Bool, runArea *atomic.Pointer[[]byte]) KVMProbe {
 		return fail("KVM_SET_REGS", err)
 	}
 
+	pr.started()
 	start := time.Now()
 	sawOut := false
 	for i := 0; i < 100; i++ {
-		if stop.Load() {
+		if pr.stop.Load() {
 			return KVMProbe{Reason: "stopped"}
 		}
 		_, err := kvmIoctl(vcpu, kvmRun, nil)
@@ -256,4 +456,73 @@ func kvmTrial(stop *atomic.Bool, runArea *atomic.Pointer[[]byte]) KVMProbe {
 		}
 	}
 	return KVMProbe{Reason: "/dev/kvm: KVM_RUN kept returning without reaching HLT"}
+}
+
+// The KVM verdict is kept per boot of the host in kvmVerdictFile of
+// vmnet's cache directory, keyed by the kernel's boot id and the identity
+// of /dev/kvm (device number, inode, change time: reloading the kvm
+// modules makes a new device node): the probe costs every vmnet process
+// probeCPU of CPU (a quarter of a second of wall time before) where
+// /dev/kvm emulates, which is a good part of a warm `vmnet exec`. Only
+// a lasting verdict is kept: the loop ran to its end (usable) or used
+// probeCPU of CPU without finishing (emulation), both measured in CPU
+// time, which the host's load does not change. A verdict that depends
+// on the moment (KVM_RUN slept, the probe was starved of CPU, an open or
+// ioctl failed) is probed again by the next process.
+const kvmVerdictFile = "kvm-verdict.json"
+
+// kvmRecipe names the probe and its thresholds: a changed probe does not
+// trust an older one's verdict.
+var kvmRecipe = fmt.Sprintf("loops=%d cpu=%v", probeLoops, probeCPU)
+
+type kvmVerdict struct {
+	Key    string    `json:"key"`
+	Usable bool      `json:"usable"`
+	Reason string    `json:"reason"`
+	Probed time.Time `json:"probed"`
+}
+
+// kvmKey is the key of the verdict for this boot and /dev/kvm, or "".
+func kvmKey() string {
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	var st unix.Stat_t
+	if err := unix.Stat("/dev/kvm", &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR {
+		return ""
+	}
+	return fmt.Sprintf("boot %s dev %d:%d inode %d ctime %d.%09d probe %s", bytes.TrimSpace(boot),
+		unix.Major(st.Rdev), unix.Minor(st.Rdev), st.Ino, st.Ctim.Sec, st.Ctim.Nsec, kvmRecipe)
+}
+
+// cachedProbe returns the verdict kept in dir for this boot and /dev/kvm,
+// or runs probe and keeps its verdict if it is a lasting one. dir ""
+// keeps nothing.
+func cachedProbe(dir string, probe func() KVMProbe) KVMProbe {
+	key := kvmKey()
+	if dir == "" || key == "" {
+		return probe()
+	}
+	path := filepath.Join(dir, kvmVerdictFile)
+	var v kvmVerdict
+	if b, err := os.ReadFile(path); err == nil && json.Unmarshal(b, &v) == nil && v.Key == key && v.Reason != "" {
+		return KVMProbe{Usable: v.Usable, Lasting: true,
+			Reason: fmt.Sprintf("%s (probed at %s in this boot of the host; kept in %s)", v.Reason, v.Probed.Format(time.TimeOnly), path)}
+	}
+	p := probe()
+	if !p.Lasting || key != kvmKey() {
+		return p
+	}
+	b, err := json.Marshal(kvmVerdict{Key: key, Usable: p.Usable, Reason: p.Reason, Probed: time.Now()})
+	if err != nil || os.MkdirAll(dir, 0o755) != nil {
+		return p
+	}
+	// Written whole and renamed: a concurrent reader sees the old file or
+	// the new one.
+	tmp := fmt.Sprintf("%s.tmp%d", path, os.Getpid())
+	if os.WriteFile(tmp, b, 0o644) != nil || os.Rename(tmp, path) != nil {
+		os.Remove(tmp)
+	}
+	return p
 }

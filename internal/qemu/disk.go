@@ -190,7 +190,13 @@ func prepareDisks(ctx context.Context, s Spec) (_ []DiskFiles, made []string, er
 		if st.IsDir() {
 			return nil, made, fmt.Errorf("%s: is a directory, not a disk image", what)
 		}
-		info, err := InspectImage(ctx, d.Path, d.Format)
+		// Any file is a raw image without a backing file: asking qemu-img
+		// (a process start on the way to every warm exec guest's boot,
+		// whose program comes on a raw disk) tells nothing more.
+		var info ImageInfo
+		if d.Format != "raw" || !st.Mode().IsRegular() {
+			info, err = InspectImage(ctx, d.Path, d.Format)
+		}
 		if err != nil {
 			return nil, made, fmt.Errorf("%s: cannot be read as a %s image (%v); set the disk's format to what the file holds (qemu-img info shows it)", what, d.Format, err)
 		}

@@ -251,3 +251,30 @@ func TestDiskModesRealQEMU(t *testing.T) {
 		t.Error("the image changed")
 	}
 }
+
+// A raw disk file is taken as it is: qemu-img would only say it is raw,
+// and running it costs a process start on the way to every warm exec
+// guest's boot. Another format is still checked by qemu-img.
+func TestRawDiskWithoutQemuImg(t *testing.T) {
+	dir := t.TempDir()
+	img := rawImage(t, dir, "prog.raw")
+	t.Setenv("PATH", t.TempDir()) // no qemu-img
+	for _, d := range []Disk{{Path: img, ReadOnly: true}, {Path: img, Mode: DiskPersistent}} {
+		s, err := Spec{Name: "raw", Kernel: "/k", RunDir: filepath.Join(dir, "run"), Disks: []Disk{d}}.withDefaults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		files, _, err := prepareDisks(context.Background(), s)
+		if err != nil {
+			t.Fatalf("%+v: %v", d, err)
+		}
+		closeDisks(files)
+	}
+	s, err := Spec{Name: "q", Kernel: "/k", RunDir: filepath.Join(dir, "run"), Disks: []Disk{{Path: img, Format: "qcow2", ReadOnly: true}}}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := prepareDisks(context.Background(), s); err == nil || !strings.Contains(err.Error(), "qemu-img not found") {
+		t.Errorf("qcow2 without qemu-img: %v", err)
+	}
+}

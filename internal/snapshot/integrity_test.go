@@ -234,3 +234,44 @@ func TestTrustRAM(t *testing.T) {
 		t.Fatalf("check after trusting: changed %t, %v; want trusted", changed, err)
 	}
 }
+
+// QEMU's version line is kept in the cache directory by the binary's
+// identity: a second vmnet process does not start QEMU to ask, a
+// changed binary is asked again.
+func TestQEMUVersionKept(t *testing.T) {
+	t.Setenv("VMNET_CACHE", t.TempDir())
+	dir := t.TempDir()
+	bin, count := filepath.Join(dir, "qemu-stand-in"), filepath.Join(dir, "runs")
+	script := "#!/bin/sh\necho run >>" + count + "\necho 'QEMU emulator version 7.2.99'\necho second line\n"
+	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	runs := func() int {
+		b, _ := os.ReadFile(count)
+		return strings.Count(string(b), "run")
+	}
+	fresh := func() string { // as a new vmnet process
+		t.Helper()
+		qemuIDMu.Lock()
+		qemuIDs = map[string]string{}
+		qemuIDMu.Unlock()
+		v, err := qemuIdentity(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	first := fresh()
+	if !strings.HasSuffix(first, " QEMU emulator version 7.2.99") || runs() != 1 {
+		t.Fatalf("identity %q after %d runs", first, runs())
+	}
+	if second := fresh(); second != first || runs() != 1 {
+		t.Fatalf("second process: %q after %d runs; want %q from the cache", second, runs(), first)
+	}
+	if err := os.Chtimes(bin, time.Now(), time.Unix(1e9, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if third := fresh(); third == first || !strings.HasSuffix(third, " QEMU emulator version 7.2.99") || runs() != 2 {
+		t.Fatalf("changed binary: %q after %d runs; want it asked again", third, runs())
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/vmnet/vmnet/images"
@@ -177,15 +178,50 @@ func qemuIdentity(binary string) (string, error) {
 	if v, ok := qemuIDs[id]; ok {
 		return v, nil
 	}
-	out, err := exec.Command(path, "--version").Output()
-	if err != nil {
-		return "", fmt.Errorf("%s --version: %w", path, err)
+	// The version line is kept in the cache directory by the binary's
+	// file identity (device, inode, size, modification and change time):
+	// asking QEMU is a process start (tens of milliseconds, more on a
+	// loaded host) on the way to every warm boot.
+	var vkey, vfile string
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		fid := fileID{Dev: sys.Dev, Ino: sys.Ino, Size: sys.Size, Mtime: sys.Mtim.Sec*1e9 + sys.Mtim.Nsec, Ctime: sys.Ctim.Sec*1e9 + sys.Ctim.Nsec}
+		vkey = fmt.Sprintf("%s %+v", path, fid)
+		if dir, err := images.DefaultCacheDir(); err == nil {
+			vfile = filepath.Join(dir, qemuVersionFile)
+		}
 	}
-	line, _, _ := strings.Cut(string(out), "\n")
-	v := id + " " + strings.TrimSpace(line)
+	versions := map[string]string{}
+	if vfile != "" {
+		if b, err := os.ReadFile(vfile); err != nil || json.Unmarshal(b, &versions) != nil {
+			versions = map[string]string{}
+		}
+	}
+	line, ok := versions[vkey]
+	if !ok || line == "" {
+		out, err := exec.Command(path, "--version").Output()
+		if err != nil {
+			return "", fmt.Errorf("%s --version: %w", path, err)
+		}
+		line, _, _ = strings.Cut(string(out), "\n")
+		line = strings.TrimSpace(line)
+		if vfile != "" && line != "" {
+			versions[vkey] = line
+			if b, err := json.Marshal(versions); err == nil && os.MkdirAll(filepath.Dir(vfile), 0o755) == nil {
+				tmp := fmt.Sprintf("%s.tmp%d", vfile, os.Getpid())
+				if os.WriteFile(tmp, b, 0o644) != nil || os.Rename(tmp, vfile) != nil {
+					os.Remove(tmp)
+				}
+			}
+		}
+	}
+	v := id + " " + line
 	qemuIDs[id] = v
 	return v, nil
 }
+
+// qemuVersionFile keeps qemuIdentity's version lines, in the cache
+// directory.
+const qemuVersionFile = "qemu-versions.json"
 
 // Prefetch starts, in the background, the slow part of finding the
 // snapshot key of a guest of spec: asking its QEMU binary for its version
