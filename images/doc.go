@@ -105,7 +105,10 @@
 // "\nVMNET-EXIT=<status>\n", or "\nVMNET-EXIT=<status> <nonce>\n" when
 // vmnet.nonce was given (a newline first, so the marker is on its own
 // line even after output without a final newline), and powers the
-// machine off (poweroff -f; reboot -f if that fails). The command can
+// machine off (poweroff -f; reboot -f if that fails). With vmnet.nonce it
+// first waits up to 2 s for the host's answer "VMNET-ACK <nonce>\n" on
+// the console (the host has read the marker, so power-off cannot drop it
+// from a buffer), printing the marker again, up to three times in all. The command can
 // print marker lines itself, and read the nonce from /proc/cmdline, but
 // nothing can print after /init's marker: hosts take the last one. After VMNET-ERROR
 // with a command given, the command is not run: VMNET-EXIT=125.

@@ -44,19 +44,35 @@ start_shell() {
 }
 
 nonce=
+acked() { # acked: whether the host answered the exit marker within 2 s
+	while IFS= read -r -t 2 l; do
+		[ "$l" != "VMNET-ACK $nonce" ] || return 0
+	done
+	return 1
+}
 finish() { # finish STATUS: report the exit status on its own line and power off
 	# Nothing the command left behind may print after the marker: the
 	# host takes the last marker line as the status.
 	kill -KILL -1 2>/dev/null
 	if [ -n "$nonce" ]; then
-		printf '\nVMNET-EXIT=%d %s\n' "$1" "$nonce"
+		# A marker still in the serial port's buffers is dropped by
+		# power-off, and draining the output first (as below) did not
+		# always keep it: vmnet answers each marker it reads with
+		# "VMNET-ACK <nonce>" on the console (guest.AckLine), and until
+		# it has, the marker is printed again. No echo: the answer is
+		# not output.
+		stty -echo <&1 2>/dev/null
+		for _ in 1 2 3; do
+			printf '\nVMNET-EXIT=%d %s\n' "$1" "$nonce"
+			! acked || break
+		done
 	else
 		printf '\nVMNET-EXIT=%d\n' "$1"
+		# stty applies a setting only once the output has drained
+		# (TCSADRAIN), which keeps the marker from being overtaken by
+		# the kernel's own power-off lines.
+		stty -onlcr <&1 2>/dev/null
 	fi
-	# The marker may still sit in the serial port's buffer, and power-off
-	# drops it (the kernel's own console lines overtake it): stty applies
-	# a setting only once the output has drained (TCSADRAIN).
-	stty -onlcr <&1 2>/dev/null
 	sync
 	poweroff -f
 	sleep 2
@@ -405,6 +421,8 @@ fi
 first=/run/vmnet-console-first
 while :; do
 	if IFS= read -r l; then
+		# vmnet's answer to the power button's exit marker is no command.
+		case "$l" in "VMNET-ACK "*) continue ;; esac
 		printf 'unset ENV\n%s\n' "$l" >$first
 		ENV=$first setsid cttyhack sh -i 9>&-
 	fi

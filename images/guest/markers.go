@@ -22,6 +22,12 @@ const (
 	ErrorMarker = "VMNET-ERROR:"
 )
 
+// AckLine is the host's answer to an exit marker with nonce, written to
+// the guest's console: /init powers off once it has it (or after three
+// markers unanswered), so that no marker is lost in a buffer power-off
+// drops. Without its line end.
+func AckLine(nonce string) string { return "VMNET-ACK " + nonce }
+
 // maxStatusDigits bounds the status in an exit marker (0 to 255).
 const maxStatusDigits = 3
 

@@ -29,6 +29,7 @@ type console struct {
 	done     chan struct{} // closed when the console stream ended
 	gotReady bool
 	gotExit  bool
+	acks     chan struct{} // a token per exit marker with nonce, for VM.answerExits
 	errs     []string      // VMNET-ERROR lines
 	failed   chan struct{} // closed at the first VMNET-ERROR line
 
@@ -42,6 +43,7 @@ func newConsole(lines int, out ...io.Writer) *console {
 		ready:  make(chan struct{}),
 		warm:   make(chan struct{}),
 		exited: make(chan struct{}),
+		acks:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
 		failed: make(chan struct{}),
 	}
@@ -136,6 +138,12 @@ func (c *console) line(l string) {
 		// gone (see package images).
 		if st, ok := guest.ParseExit(m, c.nonce); ok {
 			c.status = st
+			if c.nonce != "" {
+				select {
+				case c.acks <- struct{}{}:
+				default: // an answer is on its way already
+				}
+			}
 			if !c.gotExit {
 				c.gotExit = true
 				close(c.exited)

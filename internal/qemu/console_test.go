@@ -67,6 +67,8 @@ func TestConsoleExitNonceLastWins(t *testing.T) {
 	select {
 	case <-c.exited:
 		t.Fatal("a marker without the nonce counted")
+	case <-c.acks:
+		t.Fatal("a marker without the nonce is answered")
 	default:
 	}
 	fmt.Fprintf(c, "VMNET-EXIT=0 %s\r\nstill running, then failing\r\n\r\nVMNET-EXIT=3 %s\r\n[   12.3] reboot: Power down\r\n", nonce, nonce)
@@ -78,5 +80,9 @@ func TestConsoleExitNonceLastWins(t *testing.T) {
 	if st := c.exitStatus(); st != 3 {
 		t.Errorf("status %d, want 3 (the last marker)", st)
 	}
-
+	select {
+	case <-c.acks: // one token for both: the answer is the same
+	default:
+		t.Fatal("markers with the nonce not answered")
+	}
 }

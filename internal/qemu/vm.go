@@ -317,6 +317,7 @@ func Start(ctx context.Context, s Spec) (_ *VM, err error) {
 		conOurs.Close()
 		close(vm.con.done)
 	}()
+	go vm.answerExits()
 
 	vm.mon = newMonitor(qmpPath, vm.exited)
 	cleanup = append(cleanup, vm.mon.close)
@@ -530,6 +531,23 @@ func (vm *VM) Wait(ctx context.Context) (int, error) {
 	}
 	vm.release()
 	return vm.con.exitStatus(), nil
+}
+
+// answerExits tells the guest that its exit marker arrived: /init powers
+// off only then (or after printing it three times unanswered), so that
+// power-off cannot drop the marker from the serial port's buffers. A
+// failed write (QEMU gone) changes nothing: the console is read to its
+// end regardless.
+func (vm *VM) answerExits() {
+	ack := []byte("\n" + guest.AckLine(vm.con.nonce) + "\n")
+	for {
+		select {
+		case <-vm.con.acks:
+			vm.conIn.Write(ack)
+		case <-vm.con.done:
+			return
+		}
+	}
 }
 
 // Status is QMP query-status.

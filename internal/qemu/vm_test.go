@@ -883,3 +883,44 @@ func TestGuestPowerButton(t *testing.T) {
 		})
 	}
 }
+
+// /init powers off only once vmnet has answered its exit marker, so that
+// the marker cannot be lost in a serial buffer that power-off drops; an
+// unanswered marker is printed again, three times in all. The guest
+// command keeps the answer from completing a line (inlcr turns its "\n"
+// into "\r", which ends no line without icrnl).
+func TestGuestExitAnswered(t *testing.T) {
+	img := guestImage(t)
+	for _, tc := range []struct {
+		name    string
+		cmd     string
+		markers int
+	}{
+		{"answered", "exit 3", 1},
+		{"unanswered", "stty -F /dev/console inlcr -icrnl; exit 3", 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := guestSpec(t, img, tc.name, guest.Args{Cmd: tc.cmd, Nonce: guest.NewNonce()})
+			s.CPUs = 1
+			vm := start(t, s)
+			waitReady(t, vm, 90*time.Second)
+			if st := wait(t, vm, 2*time.Minute); st != 3 {
+				t.Errorf("exit status %d, want 3", st)
+			}
+			tail := vm.ConsoleTail(400)
+			n := 0
+			for _, l := range tail {
+				if strings.HasPrefix(strings.TrimSpace(l), guest.ExitMarker) {
+					n++
+				}
+				if strings.Contains(l, "VMNET-ACK") {
+					t.Errorf("the answer was echoed: %q", l)
+				}
+			}
+			if n != tc.markers {
+				t.Errorf("%d exit markers, want %d; console:\n%s", n, tc.markers, strings.Join(tail, "\n"))
+			}
+		})
+	}
+}
