@@ -58,6 +58,7 @@ type Queue struct {
 	riov   [2]unix.Iovec
 	riovn  int
 	rone   [1][]byte
+	rnow   func(uintptr) // readFrames for Control (ReadBatchNow)
 	rsz    [1]int
 
 	wmu   sync.Mutex
@@ -96,6 +97,7 @@ func newQueue(t *Tap, index, fd int) *Queue {
 	q.hdr.Store(int32(t.vnetHdr))
 	q.szfn = q.getVnetHdrSize
 	q.rfn = q.readFrames
+	q.rnow = func(fd uintptr) { q.readFrames(fd) }
 	q.rvfn = q.readv
 	q.wfn = q.writeFrames
 	q.wvfn = q.writev
@@ -249,12 +251,32 @@ func (q *Queue) ReadBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
 	}
 	q.rmu.Lock()
 	defer q.rmu.Unlock()
-	return q.readBatch(bufs, sizes, offset)
+	return q.readBatch(bufs, sizes, offset, true)
 }
 
-func (q *Queue) readBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
+// ReadBatchNow is ReadBatch without waiting, and whatever the read
+// deadline: it reads the frames the queue holds now and returns 0 frames
+// and no error when none is waiting. Go's poller fails a read whose
+// deadline has passed before trying it, so a reader that must empty the
+// queue after its deadline (a link handing a tap over to the kernel)
+// reads on with this until it returns 0.
+func (q *Queue) ReadBatchNow(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if len(sizes) < len(bufs) {
+		return 0, q.wrap("read", fmt.Errorf("%d sizes for %d buffers", len(sizes), len(bufs)))
+	}
+	q.rmu.Lock()
+	defer q.rmu.Unlock()
+	return q.readBatch(bufs, sizes, offset, false)
+}
+
+func (q *Queue) readBatch(bufs [][]byte, sizes []int, offset int, wait bool) (int, error) {
 	q.rbufs, q.rsizes, q.roff, q.rn, q.rerr = bufs, sizes, offset, 0, nil
-	err := q.rawRead(q.rfn)
+	var err error
+	if wait {
+		err = q.rawRead(q.rfn)
+	} else {
+		err = q.rc.Control(q.rnow)
+	}
 	n, rerr := q.rn, q.rerr
 	q.rbufs, q.rsizes = nil, nil
 	if err == nil {
@@ -310,7 +332,7 @@ func (q *Queue) Read(b []byte) (int, error) {
 	q.rmu.Lock()
 	defer q.rmu.Unlock()
 	q.rone[0] = b
-	n, err := q.readBatch(q.rone[:], q.rsz[:], 0)
+	n, err := q.readBatch(q.rone[:], q.rsz[:], 0, true)
 	q.rone[0] = nil
 	if n == 0 {
 		return 0, err

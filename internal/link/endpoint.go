@@ -417,6 +417,17 @@ func (s *napiSwitch) wrote(n int, logf func(string, ...any)) {
 	}()
 }
 
+// sweeper is a queue that can be emptied after its read deadline has
+// passed (the queues of ends with a kernel data path: taps and AF_PACKET
+// sockets). Go's poller fails a read whose deadline has passed before
+// trying it, so a pump kept off the CPU past its drain's deadline would
+// otherwise leave frames in the queue while the kernel forwards.
+type sweeper interface {
+	// readNow is read without waiting and whatever the deadline; it
+	// returns 0 frames and no error when none is waiting.
+	readNow(bufs [][]byte, off int, sizes []int) (int, error)
+}
+
 // tapQueue adapts a tap.Queue.
 type tapQueue struct{ q *tap.Queue }
 
@@ -430,6 +441,9 @@ func (t tapQueue) vnetHdrSize() (int, error) { return t.q.RefreshVnetHdrSize() }
 
 func (t tapQueue) read(bufs [][]byte, off int, sizes []int) (int, error) {
 	return t.q.ReadBatch(bufs, sizes, off)
+}
+func (t tapQueue) readNow(bufs [][]byte, off int, sizes []int) (int, error) {
+	return t.q.ReadBatchNow(bufs, sizes, off)
 }
 func (t tapQueue) write(bufs [][]byte, off int) (int, error) { return t.q.WriteBatch(bufs, off) }
 func (t tapQueue) setDeadline(d time.Time) error             { return t.q.SetDeadline(d) }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -649,4 +650,158 @@ func (r *logLines) lines() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]string(nil), r.l...)
+}
+
+// TestKernelDrainLatePump: frames waiting in a source queue when the link
+// switches to the kernel reach the far end, once each and in order, even
+// when the pump comes back to its queue only after its drain's deadline
+// (a pump off the CPU for longer than drainTime on a loaded machine). Go's
+// poller fails a read whose deadline has passed before trying it, so the
+// pump used to stop there and leave the frames to arrive after a later
+// switch back to userspace, or never (TestKernelSwitchLossless/tap lost
+// 999 of 4000 probes across 12 switches at load 32-38). A test hook holds
+// the source's pumps once they have read a first probe, the other probes
+// are queued, the link switches, and the pumps are let go only after the
+// deadline.
+func TestKernelDrainLatePump(t *testing.T) {
+	for _, kind := range []string{"tap", "packet"} {
+		t.Run(kind, func(t *testing.T) {
+			w, l := kernelWorld(t, kind, Options{})
+			const port = 6013
+			p := w.probes(port)
+			// Userspace first (an impairment), with a probe through.
+			w.must(l.SetImpairment(&vmconfig.Impairment{Delay: 100 * time.Microsecond}, nil))
+			waitFor(t, "userspace forwarding", func() bool { return l.Stats().Datapath == DatapathUserspace })
+			p.warm()
+			p.warmed = true
+
+			var held atomic.Bool
+			entered := make(chan struct{}, 1)
+			release := make(chan struct{})
+			drain := make(chan time.Time, 1)
+			l.hooks.Store(&testHooks{
+				beforeRead: func(src *Endpoint) {
+					if !held.Load() || src != l.a {
+						return
+					}
+					select {
+					case entered <- struct{}{}:
+					default:
+					}
+					<-release
+				},
+				draining: func(deadline time.Time) {
+					select {
+					case drain <- deadline:
+					default:
+					}
+				},
+			})
+			t.Cleanup(func() {
+				if held.Swap(false) {
+					close(release)
+				}
+			})
+			held.Store(true)
+			// Probe 0 takes the source's pump from its read to the hook.
+			p.send(0)
+			select {
+			case <-entered:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the pump did not come back from its read with probe 0")
+			}
+			// Probes 1..n wait in the source's queue (a tap's ring, an
+			// AF_PACKET socket), seen on the way there.
+			const n = 100
+			src := map[string]string{"tap": "tA", "packet": "vA"}[kind]
+			sniff := sniffUDP(t, w, src, port)
+			for i := 1; i <= n; i++ {
+				p.send(uint32(i))
+			}
+			if got := sniff(n, 10*time.Second); got < n {
+				t.Fatalf("only %d of %d probes seen on %s", got, n, src)
+			}
+			w.must(l.SetImpairment(&vmconfig.Impairment{}, nil))
+			var deadline time.Time
+			select {
+			case deadline = <-drain:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the link did not drain towards the kernel")
+			}
+			// Let the pump go only once its deadline has passed.
+			time.Sleep(time.Until(deadline) + 5*time.Millisecond)
+			held.Store(false)
+			close(release)
+			waitFor(t, "the pumps to stop", func() bool { return l.Stats().Datapath == DatapathKernel && l.pumps.Load() == 0 })
+
+			var seqs []uint32
+			buf := make([]byte, 64)
+			for end := time.Now().Add(10 * time.Second); len(seqs) < n+1 && time.Now().Before(end); {
+				p.rx.SetReadDeadline(end)
+				k, _, err := p.rx.ReadFrom(buf)
+				if err != nil {
+					break
+				}
+				if s := binary.BigEndian.Uint32(buf[:k]); s != warmSeq {
+					seqs = append(seqs, s)
+				}
+			}
+			// A probe arriving twice would show after the last one.
+			p.rx.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			for {
+				k, _, err := p.rx.ReadFrom(buf)
+				if err != nil {
+					break
+				}
+				if s := binary.BigEndian.Uint32(buf[:k]); s != warmSeq {
+					seqs = append(seqs, s)
+				}
+			}
+			want := make([]uint32, n+1)
+			for i := range want {
+				want[i] = uint32(i)
+			}
+			if !slices.Equal(seqs, want) {
+				t.Errorf("probes 0..%d sent, %d arrived: %v", n, len(seqs), seqs)
+			}
+		})
+	}
+}
+
+// sniffUDP opens an AF_PACKET socket on ifname in L (both directions:
+// outgoing frames reach ETH_P_ALL sockets only) and
+// returns a function that counts the frames to UDP port until count have
+// been seen or within has passed.
+func sniffUDP(t *testing.T, w *world, ifname string, port int) func(count int, within time.Duration) int {
+	t.Helper()
+	var fd int
+	testenv.Do(t, w.L, func() error {
+		ifi, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return err
+		}
+		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL))); err != nil {
+			return err
+		}
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})
+	})
+	t.Cleanup(func() { unix.Close(fd) })
+	return func(count int, within time.Duration) int {
+		seen := 0
+		buf := make([]byte, 2048)
+		tv := unix.NsecToTimeval((100 * time.Millisecond).Nanoseconds())
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		for end := time.Now().Add(within); seen < count && time.Now().Before(end); {
+			k, err := unix.Read(fd, buf)
+			if err != nil {
+				continue
+			}
+			// Ethernet, IPv4 without options, UDP.
+			if k >= 14+20+8 && buf[14+9] == unix.IPPROTO_UDP && int(binary.BigEndian.Uint16(buf[14+20+2:])) == port {
+				seen++
+			}
+		}
+		return seen
+	}
 }

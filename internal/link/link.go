@@ -66,6 +66,17 @@ type Link struct {
 	pumps   atomic.Int32 // userspace pumps running (a switch to the kernel ends when they have drained)
 	closeMu sync.Mutex
 	closed  bool
+
+	// hooks are the tests' (nil outside tests).
+	hooks atomic.Pointer[testHooks]
+}
+
+// testHooks let a test hold the pumps off their queues: beforeRead runs
+// before each read of a pump, draining when a switch to the kernel has
+// set the pumps' read deadline.
+type testHooks struct {
+	beforeRead func(src *Endpoint)
+	draining   func(deadline time.Time)
 }
 
 // New makes a link between a and b. The Link owns both endpoints from then
@@ -141,9 +152,17 @@ func (l *Link) Close() error {
 	return errors.Join(errs...)
 }
 
-// drainTime bounds how long the userspace pumps go on reading, after the
-// kernel's redirects are in place, what reached their queues before.
+// drainTime is how long the userspace pumps go on waiting for frames,
+// after the kernel's redirects are in place (a frame on its way to a
+// queue in that moment); then each reads what its queue still holds
+// without waiting, until it is empty (see sweeper).
 const drainTime = 20 * time.Millisecond
+
+// maxSweep bounds the frames a pump reads from its queue once its drain's
+// deadline has passed: far above what a tap's ring or a socket's receive
+// buffer holds, so it ends a sweep only if something still feeds the
+// queue while the kernel forwards.
+const maxSweep = 1 << 16
 
 // Run forwards frames until ctx is done (it then returns nil) or an
 // endpoint fails for good (a tap deleted, a socket closed), which stops
@@ -198,19 +217,27 @@ type phase struct {
 	errOnce     sync.Once
 	err         error
 	failed      chan struct{}
+	draining    atomic.Bool // the pumps empty their queues before they stop
 }
 
 // stop ends the phase. Without drain, reads and writes end at deadline
 // (in the past: at once) and frames waiting in impairment stages are
-// dropped. With drain, reads end at deadline (soon: after reading what
-// the queues hold), writes in flight finish, and frames waiting in the
-// stages (delayed before the impairments were cleared) leave on time
-// before the stages stop.
+// dropped. With drain, reads wait for frames until deadline, and then
+// the pumps read what their queues still hold until they are empty,
+// however late they come to it (a loaded machine); writes in flight
+// finish, and frames waiting in the stages (delayed before the
+// impairments were cleared) leave on time before the stages stop.
 func (l *Link) stop(ph *phase, deadline time.Time, drain bool) {
+	if drain {
+		ph.draining.Store(true)
+	}
 	ph.cancel()
 	if drain {
 		l.a.setReadDeadline(deadline)
 		l.b.setReadDeadline(deadline)
+		if h := l.hooks.Load(); h != nil && h.draining != nil {
+			h.draining(deadline)
+		}
 	} else {
 		l.a.setDeadline(deadline)
 		l.b.setDeadline(deadline)
@@ -265,6 +292,7 @@ func (l *Link) startPumps(ctx context.Context) *phase {
 		}
 		for i := range src.queues {
 			p := newPump(l, src, dst, i, c)
+			p.drain = &ph.draining
 			if im != nil {
 				p.st = newStage(*im, Headroom-dst.hdr.Size, c.imp, clock, rand.Uint64())
 				l.imMu.Lock()
@@ -688,6 +716,8 @@ type pump struct {
 	groHdr []vnethdr.Hdr
 
 	fragID uint32 // IPv6 fragment id of the last UFO datagram split
+
+	drain *atomic.Bool // the phase's draining; nil: never drains
 }
 
 func newPump(l *Link, src, dst *Endpoint, i int, c *counters) *pump {
@@ -727,12 +757,30 @@ func newPump(l *Link, src, dst *Endpoint, i int, c *counters) *pump {
 }
 
 func (p *pump) run(ctx context.Context) error {
+	// sweep: the drain's deadline has passed, and the pump reads what
+	// its queue holds without waiting until it is empty.
+	var sweep sweeper
+	swept := 0
 	for {
 		off := Headroom - p.srcHdr.Size
 		if p.srcBad {
 			off = 0 // read to drain; every frame is dropped
 		}
-		n, err := p.sq.read(p.rbufs, off, p.sizes)
+		if h := p.l.hooks.Load(); h != nil && h.beforeRead != nil {
+			h.beforeRead(p.src)
+		}
+		var n int
+		var err error
+		if sweep == nil {
+			n, err = p.sq.read(p.rbufs, off, p.sizes)
+		} else {
+			n, err = sweep.readNow(p.rbufs, off, p.sizes)
+			if swept += n; n == 0 || swept >= maxSweep {
+				// Empty (or fed while the kernel forwards): the queue
+				// is the kernel's now.
+				err = errSwept
+			}
+		}
 		if n > 0 && p.qi < len(p.c.queues) {
 			p.c.queues[p.qi].Add(uint64(n))
 		}
@@ -785,6 +833,12 @@ func (p *pump) run(ctx context.Context) error {
 		}
 		if err != nil {
 			if ctx.Err() != nil {
+				if sw, ok := p.sq.(sweeper); ok && sweep == nil && p.drain != nil && p.drain.Load() {
+					// A read ends at the drain's deadline, even one
+					// that never tried because the pump came late.
+					sweep = sw
+					continue
+				}
 				return nil
 			}
 			if fatal(err) {
@@ -798,6 +852,9 @@ func (p *pump) run(ctx context.Context) error {
 		}
 	}
 }
+
+// errSwept ends a pump's sweep of its queue.
+var errSwept = errors.New("queue swept")
 
 // hdrCheckEvery is how often a pump asks the kernel for a tap's vnet
 // header size. The question (TUNGETVNETHDRSZ) takes the kernel's RTNL

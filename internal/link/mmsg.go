@@ -38,6 +38,7 @@ type mmsgConn struct {
 	rn     int
 	rerr   error
 	rfn    func(uintptr) bool
+	rnow   func(uintptr) // recv for Control (readNow)
 
 	wmu    sync.Mutex
 	wmsgs  [maxBatch]unix.Mmsghdr
@@ -70,6 +71,7 @@ func newMmsgConn(name string, rc syscall.RawConn, deadline func(time.Time) error
 		}
 	}
 	c.rfn = c.recv
+	c.rnow = func(fd uintptr) { c.recv(fd) }
 	c.wfn = c.send
 	for i := range c.rmsgs {
 		c.rmsgs[i].Hdr.Iov = &c.riovs[i]
@@ -83,6 +85,16 @@ func newMmsgConn(name string, rc syscall.RawConn, deadline func(time.Time) error
 func (c *mmsgConn) setDeadline(t time.Time) error { return c.deadline(t) }
 
 func (c *mmsgConn) read(bufs [][]byte, off int, sizes []int) (int, error) {
+	return c.receive(bufs, off, sizes, true)
+}
+
+// readNow is read without waiting and whatever the read deadline: 0
+// frames and no error when none is waiting (see sweeper).
+func (c *mmsgConn) readNow(bufs [][]byte, off int, sizes []int) (int, error) {
+	return c.receive(bufs, off, sizes, false)
+}
+
+func (c *mmsgConn) receive(bufs [][]byte, off int, sizes []int, wait bool) (int, error) {
 	n := min(len(bufs), maxBatch)
 	for i := 0; i < n; i++ {
 		b := bufs[i][off:]
@@ -94,7 +106,12 @@ func (c *mmsgConn) read(bufs [][]byte, off int, sizes []int) (int, error) {
 		}
 	}
 	c.rcount, c.rn, c.rerr = n, 0, nil
-	err := c.rc.Read(c.rfn)
+	var err error
+	if wait {
+		err = c.rc.Read(c.rfn)
+	} else {
+		err = c.rc.Control(c.rnow)
+	}
 	if err == nil {
 		err = c.rerr
 	}
