@@ -805,3 +805,21 @@ func sniffUDP(t *testing.T, w *world, ifname string, port int) func(count int, w
 		return seen
 	}
 }
+
+// A link that ran in the kernel to the end says so in its final counters
+// (what `vmnet link` prints at exit), although Run has taken the
+// redirects away by then.
+func TestKernelFinalDatapath(t *testing.T) {
+	w := newWorld(t, true)
+	l, err := New(w.open("tap:tA"), w.open("tap:tB"), Options{})
+	w.must(err)
+	w.plug("tA", "brA")
+	w.plug("tB", "brB")
+	stop := stopper(t, l)
+	waitFor(t, "the kernel data path", func() bool { return l.Stats().Datapath == DatapathKernel })
+	w.ping(3)
+	stop()
+	if s := l.Stats(); s.Datapath != DatapathKernel || s.AtoB.Frames == 0 {
+		t.Errorf("after Run: datapath %q, %d frames A->B; want kernel and the pings counted", s.Datapath, s.AtoB.Frames)
+	}
+}

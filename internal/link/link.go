@@ -61,11 +61,12 @@ type Link struct {
 	poke chan struct{}
 	logf func(format string, args ...any)
 
-	running atomic.Bool
-	ran     atomic.Bool  // Run has returned
-	pumps   atomic.Int32 // userspace pumps running (a switch to the kernel ends when they have drained)
-	closeMu sync.Mutex
-	closed  bool
+	running       atomic.Bool
+	ran           atomic.Bool  // Run has returned
+	pumps         atomic.Int32 // userspace pumps running (a switch to the kernel ends when they have drained)
+	endedInKernel atomic.Bool  // Run returned while the kernel forwarded
+	closeMu       sync.Mutex
+	closed        bool
 
 	// hooks are the tests' (nil outside tests).
 	hooks atomic.Pointer[testHooks]
@@ -185,6 +186,7 @@ func (l *Link) Run(ctx context.Context) error {
 	defer l.ran.Store(true)
 	defer func() {
 		if l.kern != nil {
+			l.endedInKernel.Store(l.inKernel())
 			if err := l.kern.teardown(); err != nil {
 				l.logf("link %s: %v", l, err)
 			}
@@ -502,7 +504,8 @@ func (l *Link) Impairments() [2]*vmconfig.Impairment {
 type Stats struct {
 	A string `json:"a"`
 	B string `json:"b"`
-	// Datapath says what forwards the frames now: DatapathKernel (tc
+	// Datapath says what forwards the frames now (once Run has
+	// returned: what forwarded them last): DatapathKernel (tc
 	// redirects; the counters are the kernel's, which count a
 	// super-frame as its segments) or DatapathUserspace.
 	Datapath string   `json:"datapath"`
@@ -564,9 +567,14 @@ func (l *Link) inKernel() bool { return l.kern != nil && l.kern.installed.Load()
 // Stats reads the counters; safe at any time, from any goroutine.
 func (l *Link) Stats() Stats {
 	s := Stats{A: l.a.String(), B: l.b.String(), Datapath: DatapathUserspace}
-	if l.inKernel() {
+	switch {
+	case l.inKernel():
 		s.Datapath = DatapathKernel
 		l.kern.poll()
+	case l.endedInKernel.Load():
+		// Run has taken the redirects away: the final counters are
+		// still the kernel's.
+		s.Datapath = DatapathKernel
 	}
 	s.AtoB, s.BtoA = l.ab.load(), l.ba.load()
 	l.imMu.Lock()
