@@ -5,16 +5,15 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 
+	"github.com/vmnet/vmnet/internal/cachefile"
 	"github.com/vmnet/vmnet/netns"
 )
 
@@ -182,7 +181,7 @@ func resolveCached(ctx context.Context, cache string) (resolved, error) {
 	stamp := aptListsStamp()
 	path := filepath.Join(cache, "resolved.json")
 	var mm memo
-	if data, err := os.ReadFile(path); err == nil && json.Unmarshal(data, &mm) == nil && mm.Stamp == stamp && mm.Pkgs.Kernel.Name != "" && mm.Pkgs.Busybox.Name != "" {
+	if cachefile.Read(path, &mm) && mm.Stamp == stamp && mm.Pkgs.Kernel.Name != "" && mm.Pkgs.Busybox.Name != "" {
 		return mm.Pkgs, nil
 	}
 	var r resolved
@@ -196,12 +195,7 @@ func resolveCached(ctx context.Context, cache string) (resolved, error) {
 	if r.Busybox, err = resolvePkg(ctx, "busybox"); err != nil {
 		return r, err
 	}
-	if data, err := json.Marshal(memo{stamp, r}); err == nil && os.MkdirAll(cache, 0o755) == nil {
-		tmp := path + ".tmp" + strconv.Itoa(os.Getpid())
-		if os.WriteFile(tmp, data, 0o644) == nil {
-			os.Rename(tmp, path)
-		}
-	}
+	cachefile.Write(path, memo{stamp, r})
 	return r, nil
 }
 

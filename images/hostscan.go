@@ -4,13 +4,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
+
+	"github.com/vmnet/vmnet/internal/cachefile"
 )
 
 // Reading the guest programs and their libraries (five ldd runs, each a
@@ -38,7 +38,7 @@ var loaderFiles = []string{"/etc/ld.so.cache", "/etc/ld.so.preload"}
 
 type hostScan struct {
 	Key   string            `json:"key"`
-	Deps  map[string]string `json:"deps"` // path: fileIdentity
+	Deps  map[string]string `json:"deps"` // path: cachefile.FileID
 	Files []scannedFile     `json:"files"`
 }
 
@@ -47,16 +47,6 @@ type scannedFile struct {
 	Src    string `json:"src"`
 	Mode   uint32 `json:"mode"`
 	SHA256 string `json:"sha256"`
-}
-
-// fileIdentity names a file's version: "absent" for a missing one.
-func fileIdentity(path string) string {
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		return "absent"
-	}
-	return fmt.Sprintf("size %d mtime %d.%09d ctime %d.%09d inode %d dev %d",
-		st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec, st.Ino, st.Dev)
 }
 
 // hostScanKey is what the scan depends on besides file identities: the
@@ -87,10 +77,10 @@ func scanHostFiles(ctx context.Context, dir string) ([]hostFile, error) {
 	}
 	path := filepath.Join(dir, hostScanFile)
 	var c hostScan
-	if b, err := os.ReadFile(path); err == nil && json.Unmarshal(b, &c) == nil && c.Key == key && len(c.Files) > 0 {
+	if cachefile.Read(path, &c) && c.Key == key && len(c.Files) > 0 {
 		files, ok := c.files()
 		for p, id := range c.Deps {
-			if !ok || fileIdentity(p) != id {
+			if !ok || cachefile.FileID(p) != id {
 				ok = false
 				break
 			}
@@ -103,10 +93,10 @@ func scanHostFiles(ctx context.Context, dir string) ([]hostFile, error) {
 	// get the new identity with the old contents.
 	deps := map[string]string{}
 	for _, p := range loaderFiles {
-		deps[p] = fileIdentity(p)
+		deps[p] = cachefile.FileID(p)
 	}
 	before := map[string]string{}
-	files, err := collectHostFiles(ctx, func(src string) { before[src] = fileIdentity(src) })
+	files, err := collectHostFiles(ctx, func(src string) { before[src] = cachefile.FileID(src) })
 	if err != nil {
 		return nil, err
 	}
@@ -115,12 +105,7 @@ func scanHostFiles(ctx context.Context, dir string) ([]hostFile, error) {
 		deps[f.src] = before[f.src]
 		c.Files = append(c.Files, scannedFile{Dst: f.dst, Src: f.src, Mode: f.mode, SHA256: hex.EncodeToString(f.sum[:])})
 	}
-	if b, err := json.Marshal(c); err == nil && os.MkdirAll(dir, 0o755) == nil {
-		tmp := fmt.Sprintf("%s.tmp%d", path, os.Getpid())
-		if os.WriteFile(tmp, b, 0o644) != nil || os.Rename(tmp, path) != nil {
-			os.Remove(tmp)
-		}
-	}
+	cachefile.Write(path, c)
 	return files, nil
 }
 
@@ -178,11 +163,11 @@ func CachedLibs(dir, prog string, resolve func() ([]string, error)) ([]string, e
 	key := fmt.Sprintf("%s %q %q", hostScanRecipe, os.Getenv("LD_LIBRARY_PATH"), os.Getenv("LD_PRELOAD"))
 	path := filepath.Join(dir, hostLibsFile)
 	all := map[string]libsEntry{}
-	if b, err := os.ReadFile(path); err == nil && json.Unmarshal(b, &all) == nil {
+	if cachefile.Read(path, &all) {
 		if e, ok := all[prog]; ok && e.Key == key && e.Deps[prog] != "" {
 			valid := true
 			for p, id := range e.Deps {
-				if fileIdentity(p) != id {
+				if cachefile.FileID(p) != id {
 					valid = false
 					break
 				}
@@ -194,23 +179,18 @@ func CachedLibs(dir, prog string, resolve func() ([]string, error)) ([]string, e
 	} else {
 		all = map[string]libsEntry{}
 	}
-	deps := map[string]string{prog: fileIdentity(prog)}
+	deps := map[string]string{prog: cachefile.FileID(prog)}
 	for _, p := range loaderFiles {
-		deps[p] = fileIdentity(p)
+		deps[p] = cachefile.FileID(p)
 	}
 	libs, err := resolve()
 	if err != nil {
 		return nil, err
 	}
 	for _, l := range libs {
-		deps[l] = fileIdentity(l)
+		deps[l] = cachefile.FileID(l)
 	}
 	all[prog] = libsEntry{Key: key, Deps: deps, Libs: libs}
-	if b, err := json.Marshal(all); err == nil && os.MkdirAll(dir, 0o755) == nil {
-		tmp := fmt.Sprintf("%s.tmp%d", path, os.Getpid())
-		if os.WriteFile(tmp, b, 0o644) != nil || os.Rename(tmp, path) != nil {
-			os.Remove(tmp)
-		}
-	}
+	cachefile.Write(path, all)
 	return libs, nil
 }

@@ -2,7 +2,6 @@ package qemu
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmnet/vmnet/images"
+	"github.com/vmnet/vmnet/internal/cachefile"
 )
 
 // KVMProbe is the result of ProbeKVM.
@@ -506,7 +506,7 @@ func cachedProbe(dir string, probe func() KVMProbe) KVMProbe {
 	}
 	path := filepath.Join(dir, kvmVerdictFile)
 	var v kvmVerdict
-	if b, err := os.ReadFile(path); err == nil && json.Unmarshal(b, &v) == nil && v.Key == key && v.Reason != "" {
+	if cachefile.Read(path, &v) && v.Key == key && v.Reason != "" {
 		return KVMProbe{Usable: v.Usable, Lasting: true,
 			Reason: fmt.Sprintf("%s (probed at %s in this boot of the host; kept in %s)", v.Reason, v.Probed.Format(time.TimeOnly), path)}
 	}
@@ -514,15 +514,6 @@ func cachedProbe(dir string, probe func() KVMProbe) KVMProbe {
 	if !p.Lasting || key != kvmKey() {
 		return p
 	}
-	b, err := json.Marshal(kvmVerdict{Key: key, Usable: p.Usable, Reason: p.Reason, Probed: time.Now()})
-	if err != nil || os.MkdirAll(dir, 0o755) != nil {
-		return p
-	}
-	// Written whole and renamed: a concurrent reader sees the old file or
-	// the new one.
-	tmp := fmt.Sprintf("%s.tmp%d", path, os.Getpid())
-	if os.WriteFile(tmp, b, 0o644) != nil || os.Rename(tmp, path) != nil {
-		os.Remove(tmp)
-	}
+	cachefile.Write(path, kvmVerdict{Key: key, Usable: p.Usable, Reason: p.Reason, Probed: time.Now()})
 	return p
 }

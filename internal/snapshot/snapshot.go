@@ -28,6 +28,7 @@ import (
 
 	"github.com/vmnet/vmnet/images"
 	"github.com/vmnet/vmnet/images/guest"
+	"github.com/vmnet/vmnet/internal/cachefile"
 	"github.com/vmnet/vmnet/internal/qemu"
 )
 
@@ -192,7 +193,7 @@ func qemuIdentity(binary string) (string, error) {
 	}
 	versions := map[string]string{}
 	if vfile != "" {
-		if b, err := os.ReadFile(vfile); err != nil || json.Unmarshal(b, &versions) != nil {
+		if !cachefile.Read(vfile, &versions) {
 			versions = map[string]string{}
 		}
 	}
@@ -206,12 +207,7 @@ func qemuIdentity(binary string) (string, error) {
 		line = strings.TrimSpace(line)
 		if vfile != "" && line != "" {
 			versions[vkey] = line
-			if b, err := json.Marshal(versions); err == nil && os.MkdirAll(filepath.Dir(vfile), 0o755) == nil {
-				tmp := fmt.Sprintf("%s.tmp%d", vfile, os.Getpid())
-				if os.WriteFile(tmp, b, 0o644) != nil || os.Rename(tmp, vfile) != nil {
-					os.Remove(tmp)
-				}
-			}
+			cachefile.Write(vfile, versions)
 		}
 	}
 	v := id + " " + line
