@@ -50,7 +50,7 @@ type Peer struct {
 var hostKeys = []string{"name", "address", "underlay_mtu", "vxlan_port"}
 
 // VXLANName is the name of the VXLAN device of the network with VNI vni
-// on each of its hosts. The kernel allows one device per VNI, port and
+// on each of its hosts, and of a `vmnet link` vxlan endpoint's. The kernel allows one device per VNI, port and
 // local address anyway, so the VNI makes the name unique where it
 // matters; it fits 15 bytes.
 func VXLANName(vni int) string { return fmt.Sprintf("vx%d", vni) }

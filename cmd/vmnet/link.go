@@ -122,7 +122,7 @@ func linkCommand(e *env) *cobra.Command {
 			"           vxlan:REMOTE,vni=N[,port=P][,local=ADDR][,dev=IFACE] (port 4789 by default)\n" +
 			"A udp tunnel without key is unauthenticated cleartext; key=FILE (32 random bytes, mode 0600,\n" +
 			"the same at both ends) authenticates and encrypts it. A vxlan endpoint is a kernel VXLAN device\n" +
-			"the link creates (vmvxN, deleted when the link stops), so the kernel carries the tunnel; it is\n" +
+			"the link creates (vxN, deleted when the link stops), so the kernel carries the tunnel; it is\n" +
 			"cleartext too. VXLAN adds 50 bytes (70 over IPv6): a tap the link creates takes the tunnel's\n" +
 			"MTU (1450 over a 1500-byte underlay); an existing interface with a larger MTU is refused, and\n" +
 			"the error says which MTU to change.\n" +

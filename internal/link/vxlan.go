@@ -35,11 +35,6 @@ import (
 // error of the next link that wants its VNI.
 const vxlanOwner = owner.AdHoc
 
-// vxlanName is the name of the device of a link's vxlan endpoint. The
-// kernel allows one device per VNI, port and local address, so the VNI
-// makes it unique where it matters; it fits 15 bytes ("vmvx16777215").
-func vxlanName(vni int) string { return fmt.Sprintf("vmvx%d", vni) }
-
 // vxlanInfo is what an MTU error needs to say about a vxlan endpoint.
 type vxlanInfo struct {
 	mtu      int    // the device's
@@ -100,7 +95,7 @@ func openVXLAN(ep vmconfig.Endpoint, opts OpenOptions) (_ *Endpoint, err error) 
 	if info.mtu < 68 {
 		return nil, fmt.Errorf("underlay interface %s has MTU %d: VXLAN adds %d bytes, which leaves no room for a frame; raise its MTU", info.under, info.underMTU, info.overhead)
 	}
-	name := vxlanName(ep.VNI)
+	name := vmconfig.VXLANName(ep.VNI) // a lab's network of that VNI would clash anyway
 	dev := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: info.mtu}, VxlanId: ep.VNI,
 		Group: net.IP(remote.AsSlice()), Port: int(ep.Remote.Port()), Learning: false}
 	if ep.Local.IsValid() {

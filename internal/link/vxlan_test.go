@@ -154,13 +154,13 @@ func TestVXLANTransfer(t *testing.T) {
 				})
 			}
 			for i, h := range []*netlink.Handle{w.nlL, w.nlH} {
-				vx, err := h.LinkByName("vmvx42")
+				vx, err := h.LinkByName("vx42")
 				if err != nil {
-					t.Fatalf("host %d: vxlan device vmvx42: %v", i+1, err)
+					t.Fatalf("host %d: vxlan device vx42: %v", i+1, err)
 				}
 				v, ok := vx.(*netlink.Vxlan)
 				if !ok || v.VxlanId != 42 || v.Port != vmconfig.DefaultVXLANPort || vx.Attrs().MTU != 1500 || vx.Attrs().Alias != owner.AdHoc {
-					t.Errorf("host %d: vmvx42 is %T %+v; want VXLAN VNI 42 port 4789 MTU 1500 tagged %q", i+1, vx, vx.Attrs(), owner.AdHoc)
+					t.Errorf("host %d: vx42 is %T %+v; want VXLAN VNI 42 port 4789 MTU 1500 tagged %q", i+1, vx, vx.Attrs(), owner.AdHoc)
 				}
 			}
 			before := w.underlayBytes()
@@ -181,8 +181,8 @@ func TestVXLANTransfer(t *testing.T) {
 			stop1()
 			stop2()
 			for i, h := range []*netlink.Handle{w.nlL, w.nlH} {
-				if _, err := h.LinkByName("vmvx42"); err == nil {
-					t.Errorf("host %d: vxlan device vmvx42 is still there after the link stopped", i+1)
+				if _, err := h.LinkByName("vx42"); err == nil {
+					t.Errorf("host %d: vxlan device vx42 is still there after the link stopped", i+1)
 				}
 			}
 		})
@@ -196,25 +196,25 @@ func TestVXLANTransfer(t *testing.T) {
 // closing says why.
 func TestVXLANNotOurs(t *testing.T) {
 	w := newVXLANWorld(t, 1550)
-	w.must(w.nlL.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "vmvx43"}}))
+	w.must(w.nlL.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "vx43"}}))
 	ep, err := vmconfig.ParseEndpoint("vxlan:10.200.0.2,vni=43")
 	w.must(err)
 	testenv.Do(t, w.L, func() error {
 		e, err := Open(context.Background(), ep, OpenOptions{})
 		if err == nil {
 			e.Close()
-			t.Fatalf("Open(%s) succeeded over a foreign interface vmvx43", ep)
+			t.Fatalf("Open(%s) succeeded over a foreign interface vx43", ep)
 		}
 		t.Logf("%v", err)
-		for _, s := range []string{"vxlan:10.200.0.2", "an interface named vmvx43 (a bridge) exists already", "use another vni", "ip link del vmvx43"} {
+		for _, s := range []string{"vxlan:10.200.0.2", "an interface named vx43 (a bridge) exists already", "use another vni", "ip link del vx43"} {
 			if !strings.Contains(err.Error(), s) {
 				t.Errorf("error %q does not mention %q", err, s)
 			}
 		}
 		return nil
 	})
-	if l, err := w.nlL.LinkByName("vmvx43"); err != nil || l.Type() != "bridge" {
-		t.Errorf("the foreign bridge vmvx43: %v, %v after the failed open", l, err)
+	if l, err := w.nlL.LinkByName("vx43"); err != nil || l.Type() != "bridge" {
+		t.Errorf("the foreign bridge vx43: %v, %v after the failed open", l, err)
 	}
 
 	// Another VXLAN device with the VNI and port: the kernel allows one.
@@ -238,15 +238,15 @@ func TestVXLANNotOurs(t *testing.T) {
 	}
 
 	e := w.open("vxlan:10.200.0.2,vni=44")
-	vx, err := w.nlL.LinkByName("vmvx44")
+	vx, err := w.nlL.LinkByName("vx44")
 	w.must(err)
 	w.must(w.nlL.LinkSetAlias(vx, "someone-else"))
 	err = e.Close()
-	if err == nil || !strings.Contains(err.Error(), "vmvx44") || !errors.Is(err, owner.ErrNotOwned) {
+	if err == nil || !strings.Contains(err.Error(), "vx44") || !errors.Is(err, owner.ErrNotOwned) {
 		t.Errorf("Close of a vxlan endpoint whose device was retagged: %v; want it named and not deleted", err)
 	}
-	if _, err := w.nlL.LinkByName("vmvx44"); err != nil {
-		t.Errorf("vmvx44, tagged by someone else, was deleted: %v", err)
+	if _, err := w.nlL.LinkByName("vx44"); err != nil {
+		t.Errorf("vx44, tagged by someone else, was deleted: %v", err)
 	}
 }
 
@@ -281,8 +281,8 @@ func TestVXLANMTU(t *testing.T) {
 			t.Errorf("error %q does not mention %q", err, s)
 		}
 	}
-	if _, err := w.nlL.LinkByName("vmvx45"); err == nil {
-		t.Error("vmvx45 is still there after the refused link")
+	if _, err := w.nlL.LinkByName("vx45"); err == nil {
+		t.Error("vx45 is still there after the refused link")
 	}
 	tA, err := w.nlL.LinkByName("tA")
 	w.must(err)
@@ -364,9 +364,9 @@ func TestVXLANOpenErrors(t *testing.T) {
 			}
 			return nil
 		})
-		if _, err := w.nlL.LinkByName("vmvx46"); err == nil {
-			t.Errorf("after Open(%s): vmvx46 is left behind", ep)
-			if l, err := w.nlL.LinkByName("vmvx46"); err == nil {
+		if _, err := w.nlL.LinkByName("vx46"); err == nil {
+			t.Errorf("after Open(%s): vx46 is left behind", ep)
+			if l, err := w.nlL.LinkByName("vx46"); err == nil {
 				w.nlL.LinkDel(l)
 			}
 		}
